@@ -1,0 +1,177 @@
+//! Ring configuration.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::ring::frame::{HEADER_LEN, MAX_PAYLOAD, frame_size};
+use crate::{Error, Result, Storage};
+
+/// When appended records reach stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SyncPolicy {
+    /// `append` returns once the record is on stable storage. Concurrent
+    /// appenders share fsyncs (group commit).
+    Always,
+    /// A background flusher makes everything appended durable at this
+    /// interval; one fsync covers everything appended since the last.
+    /// `append` never waits for it.
+    Interval(Duration),
+    /// Durability is left to the operating system (and to explicit
+    /// [`Ring::sync`](crate::Ring::sync) calls).
+    Never,
+}
+
+/// What `append` does when the ring has no room left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FullPolicy {
+    /// Evict the oldest records, as few as the new record needs. Evicting an
+    /// unacknowledged record counts it as overwritten, with its range.
+    #[default]
+    OverwriteOldest,
+    /// Refuse the new record with [`Error::Full`] and count it as rejected.
+    /// Acknowledged records are still evicted to make room.
+    RejectNew,
+    /// Wait up to this long for acknowledgements to free room, then fail
+    /// with [`Error::BlockTimeout`] and count the record as rejected.
+    Block(Duration),
+}
+
+/// Wraps the ring's storage, for fault injection in tests. It receives the
+/// path of each file and the real storage, and returns what the ring uses.
+pub type StorageWrapper = Arc<dyn Fn(&Path, Box<dyn Storage>) -> Box<dyn Storage> + Send + Sync>;
+
+/// Configuration of a [`Ring`](crate::Ring); start from [`RingConfig::default`].
+#[derive(Clone)]
+pub struct RingConfig {
+    pub(crate) capacity: u64,
+    pub(crate) max_record_len: usize,
+    pub(crate) sync: SyncPolicy,
+    pub(crate) full: FullPolicy,
+    pub(crate) checkpoint_interval: Duration,
+    pub(crate) max_loss_ranges: usize,
+    pub(crate) storage_wrapper: Option<StorageWrapper>,
+}
+
+/// Most loss ranges a checkpoint can hold.
+pub const MAX_LOSS_RANGES: usize = 64;
+
+impl Default for RingConfig {
+    /// 64 MiB ring, records up to 1 MiB, `Interval(200 ms)`, `OverwriteOldest`.
+    fn default() -> Self {
+        RingConfig {
+            capacity: 64 << 20,
+            max_record_len: 1 << 20,
+            sync: SyncPolicy::Interval(Duration::from_millis(200)),
+            full: FullPolicy::OverwriteOldest,
+            checkpoint_interval: Duration::from_millis(100),
+            max_loss_ranges: 32,
+            storage_wrapper: None,
+        }
+    }
+}
+
+impl fmt::Debug for RingConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RingConfig")
+            .field("capacity", &self.capacity)
+            .field("max_record_len", &self.max_record_len)
+            .field("sync", &self.sync)
+            .field("full", &self.full)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("max_loss_ranges", &self.max_loss_ranges)
+            .field("storage_wrapper", &self.storage_wrapper.is_some())
+            .finish()
+    }
+}
+
+impl RingConfig {
+    /// Size of the data area in bytes, rounded down to a multiple of 8. Fixed
+    /// when the ring is created: reopening with another value keeps the one
+    /// on disk and says so in the [`RecoveryReport`](crate::RecoveryReport).
+    #[must_use]
+    pub fn with_capacity(mut self, bytes: u64) -> Self {
+        self.capacity = bytes;
+        self
+    }
+
+    /// Largest payload `append` accepts (at most 16 MiB - 1).
+    #[must_use]
+    pub fn with_max_record_len(mut self, bytes: usize) -> Self {
+        self.max_record_len = bytes;
+        self
+    }
+
+    /// The sync policy.
+    #[must_use]
+    pub fn with_sync(mut self, policy: SyncPolicy) -> Self {
+        self.sync = policy;
+        self
+    }
+
+    /// The full policy.
+    #[must_use]
+    pub fn with_full(mut self, policy: FullPolicy) -> Self {
+        self.full = policy;
+        self
+    }
+
+    /// How often at most evictions of unacknowledged records write a
+    /// checkpoint (without fsync), bounding what a crash leaves for
+    /// recovery to rediscover from sequence gaps.
+    #[must_use]
+    pub fn with_checkpoint_interval(mut self, interval: Duration) -> Self {
+        self.checkpoint_interval = interval;
+        self
+    }
+
+    /// How many loss ranges are kept before the oldest merge (1 to 64).
+    #[must_use]
+    pub fn with_max_loss_ranges(mut self, n: usize) -> Self {
+        self.max_loss_ranges = n;
+        self
+    }
+
+    /// Puts `wrapper` between the ring and each of its files (fault injection).
+    #[must_use]
+    pub fn with_storage_wrapper(mut self, wrapper: StorageWrapper) -> Self {
+        self.storage_wrapper = Some(wrapper);
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.max_record_len == 0 || self.max_record_len > MAX_PAYLOAD {
+            return Err(Error::Config(format!(
+                "max_record_len must be between 1 and {MAX_PAYLOAD} bytes, got {}",
+                self.max_record_len
+            )));
+        }
+        let min = min_capacity(self.max_record_len);
+        if self.capacity < min {
+            return Err(Error::Config(format!(
+                "capacity of {} bytes is too small for one record of max_record_len {} bytes: at least {min} bytes needed",
+                self.capacity, self.max_record_len
+            )));
+        }
+        if let SyncPolicy::Interval(d) = self.sync {
+            if d.is_zero() {
+                return Err(Error::Config("SyncPolicy::Interval needs a non-zero interval".into()));
+            }
+        }
+        if !(1..=MAX_LOSS_RANGES).contains(&self.max_loss_ranges) {
+            return Err(Error::Config(format!(
+                "max_loss_ranges must be between 1 and {MAX_LOSS_RANGES}, got {}",
+                self.max_loss_ranges
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Smallest capacity that holds one largest record and the pad before it.
+pub(crate) fn min_capacity(max_record_len: usize) -> u64 {
+    frame_size(max_record_len) + HEADER_LEN as u64
+}

@@ -1,0 +1,555 @@
+//! The bounded durable ring.
+
+pub(crate) mod frame;
+pub(crate) mod meta;
+mod open;
+mod read;
+pub(crate) mod recovery;
+pub(crate) mod scan;
+pub(crate) mod state;
+pub(crate) mod storage;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{RecvTimeoutError, Sender};
+
+use self::frame::{HEADER_LEN, encode_pad, encode_record, frame_size};
+use self::meta::{DATA_OFFSET, SLOT_LEN};
+use self::scan::next_lap;
+use self::state::{Hole, State};
+use crate::stats::{LossCause, LossRange, RecoveryReport, RingStats};
+use crate::sync::{Condvar, Mutex};
+use crate::{Error, FullPolicy, Result, RingConfig, Storage, SyncPolicy};
+
+pub use read::{Batch, Record};
+
+/// The group-commit coordinator's state (`ring.sync`).
+#[derive(Default)]
+struct SyncState {
+    durable: u64,
+    in_progress: bool,
+}
+
+pub(crate) struct Inner {
+    dir: PathBuf,
+    data_path: PathBuf,
+    meta_path: PathBuf,
+    data: Box<dyn Storage>,
+    meta: Box<dyn Storage>,
+    cap: u64,
+    max_len: usize,
+    config: RingConfig,
+    ring_id: u64,
+    boot_id: Option<[u8; 16]>,
+    /// Level 10: the checkpoint generation; held across one checkpoint write.
+    meta_io: Mutex<u64>,
+    /// Level 20: everything else; held across a record write, never an fsync.
+    state: Mutex<State>,
+    /// Signalled when acks free room (for `FullPolicy::Block`).
+    room: Condvar,
+    /// Level 30: group commit; released before every fsync.
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+    written_seq: AtomicU64,
+    durable_seq: AtomicU64,
+    /// Set with `State::poisoned`, readable without the state lock.
+    poisoned: AtomicBool,
+    lock_file: parking_lot::Mutex<Option<File>>,
+}
+
+/// A bounded, crash-safe ring of records on local disk.
+///
+/// **When full**, the ring follows its [`FullPolicy`]: by default it evicts
+/// the oldest records, as few as the new record needs, and counts every
+/// unacknowledged one it evicts as overwritten, with its seq range, time
+/// span and size ([`Ring::losses`]). Nothing leaves the ring uncounted.
+///
+/// Records get consecutive sequence numbers starting at 1, across restarts
+/// (I1). [`Ring::read`] returns records from a seq on; [`Ring::ack`]
+/// advances the persisted delivery cursor. [`Ring::stats`] exposes every
+/// counter of the accounting identity (I2).
+///
+/// All methods take `&self`; share the ring between threads with an `Arc`.
+/// Dropping the ring never blocks: call [`Ring::close`] to sync and record
+/// a clean shutdown.
+pub struct Ring {
+    inner: Arc<Inner>,
+    flusher: parking_lot::Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring").field("dir", &self.inner.dir).finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Outcome of trying to make room for a write.
+enum Room {
+    Ready,
+    /// Only unacknowledged records could be evicted, and the policy forbids it.
+    MustNotEvict,
+}
+
+impl Ring {
+    /// Opens the ring in `dir`, creating the directory and the ring if
+    /// needed, and recovers it after a crash.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] if another process or handle has the directory
+    /// open; [`Error::NotARing`] or [`Error::UnsupportedVersion`] if the
+    /// directory holds something else; [`Error::Config`] for a bad
+    /// configuration; [`Error::Io`] (naming the file) for OS errors, such as
+    /// a read-only directory or a full disk at creation.
+    pub fn open(dir: impl AsRef<Path>, config: RingConfig) -> Result<(Ring, RecoveryReport)> {
+        let (inner, report) = open::open(dir.as_ref(), config)?;
+        let inner = Arc::new(inner);
+        let flusher = match inner.config.sync {
+            SyncPolicy::Interval(every) => Some(spawn_flusher(Arc::downgrade(&inner), every)),
+            _ => None,
+        };
+        Ok((
+            Ring {
+                inner,
+                flusher: parking_lot::Mutex::new(flusher),
+            },
+            report,
+        ))
+    }
+
+    /// The ring's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Appends one record and returns its seq.
+    ///
+    /// Under [`SyncPolicy::Always`] it returns once the record is durable;
+    /// otherwise once the record is in the operating system's page cache
+    /// (it survives a crash of the process, not a power loss).
+    ///
+    /// # Errors
+    /// [`Error::RecordTooLarge`], [`Error::Full`], [`Error::BlockTimeout`]
+    /// (each counted as rejected), [`Error::Poisoned`] after a failed fsync,
+    /// [`Error::Closed`], or [`Error::Io`].
+    pub fn append(&self, payload: &[u8]) -> Result<u64> {
+        self.append_batch(&[payload]).map(|(first, _)| first)
+    }
+
+    /// Appends many records in one write and returns the first and last
+    /// seq. All or nothing: on error no record of the batch was written.
+    ///
+    /// # Errors
+    /// As [`Ring::append`]; a batch larger than the ring is [`Error::Full`].
+    pub fn append_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(u64, u64)> {
+        let inner = &*self.inner;
+        let n = payloads.len() as u64;
+        if n == 0 {
+            let st = inner.state.lock();
+            return Ok((st.next_seq, st.next_seq - 1));
+        }
+        let (first, last) = inner.append_batch(payloads)?;
+        if inner.config.sync == SyncPolicy::Always {
+            inner.wait_durable(last)?;
+        }
+        Ok((first, last))
+    }
+
+    /// Reads up to `max_records` records (and about `max_bytes` payload
+    /// bytes, at least one record) with seq `from_seq` or above, oldest
+    /// first. Records that were lost are skipped: compare seqs with
+    /// [`Batch::next_seq`] and [`Ring::losses`] to see which.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] or [`Error::Io`].
+    pub fn read(&self, from_seq: u64, max_records: usize, max_bytes: usize) -> Result<Batch> {
+        self.inner.read(from_seq, max_records.max(1), max_bytes)
+    }
+
+    /// Acknowledges every record up to and including `seq` and persists the
+    /// delivery cursor. Acknowledged records may be evicted without loss.
+    /// Acknowledging a seq at or below the cursor does nothing.
+    ///
+    /// # Errors
+    /// [`Error::AckBeyondHead`] for a seq never assigned, [`Error::Closed`],
+    /// or [`Error::Io`] if the checkpoint could not be written.
+    pub fn ack(&self, seq: u64) -> Result<()> {
+        let inner = &*self.inner;
+        {
+            let mut st = inner.state.lock();
+            if st.closed {
+                return Err(Error::Closed);
+            }
+            let last = st.next_seq - 1;
+            if seq > last {
+                return Err(Error::AckBeyondHead { seq, last });
+            }
+            if seq <= st.ack_seq {
+                return Ok(());
+            }
+            let from = st.settled() + 1;
+            let present = st.present_in(from, seq);
+            st.acked += present;
+            st.ack_seq = seq;
+            st.ack_pos = st.hints.get(&(seq + 1)).copied();
+            st.settle();
+        }
+        inner.room.notify_all();
+        inner.write_checkpoint(false)
+    }
+
+    /// Makes every record appended so far durable, writes a checkpoint, and
+    /// returns the durable seq.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] if this or an earlier fsync failed, or
+    /// [`Error::Io`].
+    pub fn sync(&self) -> Result<u64> {
+        self.inner.sync_all(false)
+    }
+
+    /// A snapshot of every counter.
+    pub fn stats(&self) -> RingStats {
+        let durable = self.inner.durable_seq.load(Ordering::Acquire);
+        self.inner.state.lock().stats(durable)
+    }
+
+    /// The lost ranges, oldest first: a bounded list (ranges merge when it
+    /// is full), persisted across restarts.
+    pub fn losses(&self) -> Vec<LossRange> {
+        self.inner.state.lock().losses()
+    }
+
+    /// Syncs, records a clean shutdown, stops the flusher and releases the
+    /// directory. Later calls on this handle fail with [`Error::Closed`].
+    ///
+    /// # Errors
+    /// The sync or checkpoint error, if any; the directory is released
+    /// either way.
+    pub fn close(&self) -> Result<()> {
+        if let Some((stop, handle)) = self.flusher.lock().take() {
+            drop(stop);
+            let _ = handle.join();
+        }
+        let result = if self.inner.state.lock().closed {
+            Ok(())
+        } else {
+            self.inner.sync_all(true).map(|_| ())
+        };
+        {
+            let mut st = self.inner.state.lock();
+            st.closed = true;
+        }
+        self.inner.room.notify_all();
+        self.inner.lock_file.lock().take();
+        result
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // Only signal: the flusher holds a weak reference and exits on its own.
+        if let Some((stop, _handle)) = self.flusher.get_mut().take() {
+            drop(stop);
+        }
+    }
+}
+
+fn spawn_flusher(inner: Weak<Inner>, every: Duration) -> (Sender<()>, JoinHandle<()>) {
+    let (tx, rx) = crossbeam_channel::bounded::<()>(0);
+    let handle = std::thread::Builder::new()
+        .name("ringship-flush".into())
+        .spawn(move || {
+            loop {
+                match rx.recv_timeout(every) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                let Some(inner) = inner.upgrade() else { return };
+                let written = inner.written_seq.load(Ordering::Acquire);
+                let dirty = written > inner.durable_seq.load(Ordering::Acquire) || inner.state.lock().unsaved_losses;
+                if dirty && inner.sync_all(false).is_err() {
+                    // Poisoned: appends now fail and say why; nothing more to do here.
+                    return;
+                }
+            }
+        })
+        .expect("spawn ringship flusher thread");
+    (tx, handle)
+}
+
+impl Inner {
+    fn poisoned_error(&self, st: &State) -> Result<()> {
+        if st.closed {
+            return Err(Error::Closed);
+        }
+        match &st.poisoned {
+            Some(path) => Err(Error::Poisoned { path: path.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    fn reject(&self, st: &mut State, n: u64, err: Error) -> Error {
+        st.rejected += n;
+        st.unsaved_losses = true;
+        err
+    }
+
+    fn append_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(u64, u64)> {
+        let n = payloads.len() as u64;
+        let mut st = self.state.lock();
+        self.poisoned_error(&st)?;
+        if let Some(p) = payloads.iter().find(|p| p.as_ref().len() > self.max_len) {
+            let err = Error::RecordTooLarge {
+                len: p.as_ref().len(),
+                max: self.max_len,
+            };
+            return Err(self.reject(&mut st, n, err));
+        }
+        let frames: u64 = payloads.iter().map(|p| frame_size(p.as_ref().len())).sum();
+        // A batch must fit with a pad before it.
+        if frames + HEADER_LEN as u64 > self.cap {
+            return Err(self.reject(&mut st, n, Error::Full { needed: frames }));
+        }
+        let deadline = match self.config.full {
+            FullPolicy::Block(t) => Some((Instant::now() + t, t)),
+            _ => None,
+        };
+        let ts = now_nanos();
+        let mut buf = Vec::with_capacity(frames as usize + HEADER_LEN);
+        loop {
+            // Lay the frames out from the current head.
+            buf.clear();
+            let mut segments: Vec<(u64, usize)> = Vec::with_capacity(2);
+            let mut pos = st.head;
+            let mut seg_start = (pos, 0usize);
+            let first_seq = st.next_seq;
+            for (i, p) in payloads.iter().enumerate() {
+                let p = p.as_ref();
+                let size = frame_size(p.len());
+                let room = self.cap - pos % self.cap;
+                if size > room {
+                    if room >= HEADER_LEN as u64 {
+                        encode_pad(&mut buf, first_seq + i as u64, pos, (room - HEADER_LEN as u64) as usize);
+                    }
+                    if buf.len() > seg_start.1 {
+                        segments.push(seg_start);
+                    }
+                    pos = next_lap(pos, self.cap);
+                    seg_start = (pos, buf.len());
+                }
+                encode_record(&mut buf, first_seq + i as u64, ts, pos, p);
+                pos += size;
+            }
+            segments.push(seg_start);
+            let new_head = pos;
+            match self.make_room(&mut st, new_head)? {
+                Room::Ready => {}
+                Room::MustNotEvict => match deadline {
+                    None => return Err(self.reject(&mut st, n, Error::Full { needed: frames })),
+                    Some((at, total)) => {
+                        let now = Instant::now();
+                        if now >= at || self.room.wait_for(&mut st, at - now) && Instant::now() >= at {
+                            return Err(self.reject(&mut st, n, Error::BlockTimeout(total)));
+                        }
+                        self.poisoned_error(&st)?;
+                        continue;
+                    }
+                },
+            }
+            // Write each segment; segment i ends where segment i + 1 starts.
+            for (i, &(seg_pos, from)) in segments.iter().enumerate() {
+                let to = segments.get(i + 1).map_or(buf.len(), |s| s.1);
+                if let Err(e) = self.data.write_at(&buf[from..to], DATA_OFFSET + seg_pos % self.cap) {
+                    return Err(self.reject(&mut st, n, Error::io("write", &self.data_path, e)));
+                }
+            }
+            st.head = new_head;
+            st.next_seq += n;
+            let last = st.next_seq - 1;
+            self.written_seq.store(last, Ordering::Release);
+            let due = st.unsaved_losses && st.last_checkpoint.elapsed() >= self.config.checkpoint_interval;
+            drop(st);
+            if due {
+                self.write_checkpoint(false)?;
+            }
+            return Ok((first_seq, last));
+        }
+    }
+
+    /// Evicts the oldest frames until a write ending at `new_head` fits.
+    fn make_room(&self, st: &mut State, new_head: u64) -> Result<Room> {
+        while new_head - st.tail_pos > self.cap {
+            if let Some(h) = st.hole_at(st.tail_seq).filter(|h| h.pos <= st.tail_pos) {
+                st.tail_pos = h.resume_pos.max(st.tail_pos);
+                st.tail_seq = h.last + 1;
+                st.settle();
+                continue;
+            }
+            if st.tail_pos >= st.head {
+                // Empty: nothing left to evict, and the write fits by size.
+                st.tail_pos = st.head;
+                break;
+            }
+            let pos = st.tail_pos;
+            let room = self.cap - pos % self.cap;
+            if room < HEADER_LEN as u64 {
+                st.tail_pos = next_lap(pos, self.cap);
+                continue;
+            }
+            let mut raw = [0u8; HEADER_LEN];
+            self.data
+                .read_at(&mut raw, DATA_OFFSET + pos % self.cap)
+                .map_err(|e| Error::io("read", &self.data_path, e))?;
+            match frame::decode_header(&raw, pos, self.max_len) {
+                Some(h) if h.is_pad && h.size() == room => st.tail_pos = next_lap(pos, self.cap),
+                Some(h) if !h.is_pad && h.seq == st.tail_seq && pos + h.size() <= st.head => {
+                    if h.seq > st.ack_seq {
+                        if self.config.full != FullPolicy::OverwriteOldest {
+                            return Ok(Room::MustNotEvict);
+                        }
+                        st.overwritten += 1;
+                        st.overwritten_bytes += h.size();
+                        let range = LossRange {
+                            first_seq: h.seq,
+                            last_seq: h.seq,
+                            first_ts: h.ts,
+                            last_ts: h.ts,
+                            count: 1,
+                            bytes: h.size(),
+                            cause: LossCause::Overwritten,
+                        };
+                        st.losses.add(range, st.max_losses);
+                        st.unsaved_losses = true;
+                    }
+                    st.tail_pos = pos + h.size();
+                    st.tail_seq = h.seq + 1;
+                    st.tail_ts = h.ts;
+                }
+                _ => {
+                    // Damage at the tail that no reader has met yet.
+                    let resume = {
+                        let mut scan = scan::Scanner::new(&*self.data, self.cap, self.max_len, 64 << 10);
+                        scan.resync(pos, st.head).map_err(|e| Error::io("read", &self.data_path, e))?
+                    };
+                    let (resume_pos, next) = match resume {
+                        Some((q, scan::Found::Record(h) | scan::Found::Pad(h))) => (q, h.seq),
+                        _ => (st.head, st.next_seq),
+                    };
+                    let hole = Hole {
+                        first: st.tail_seq,
+                        last: next.max(st.tail_seq + 1) - 1,
+                        pos,
+                        resume_pos,
+                        first_ts: st.tail_ts,
+                        last_ts: st.tail_ts,
+                        cause: LossCause::Corrupted,
+                    };
+                    if next <= st.tail_seq || !st.add_hole(hole) {
+                        // Nothing to count: skip the unreadable bytes.
+                        st.tail_pos = resume_pos;
+                        if next > st.tail_seq {
+                            st.tail_seq = next;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Room::Ready)
+    }
+
+    /// Waits until `seq` is durable, running the fsync itself if no other
+    /// thread is (group commit). No lock is held during the fsync.
+    fn wait_durable(&self, seq: u64) -> Result<()> {
+        let mut g = self.sync.lock();
+        loop {
+            if g.durable >= seq {
+                return Ok(());
+            }
+            if self.poisoned.load(Ordering::Acquire) {
+                drop(g);
+                let path = self.state.lock().poisoned.clone().unwrap_or_default();
+                return Err(Error::Poisoned { path });
+            }
+            if g.in_progress {
+                self.synced.wait(&mut g);
+                continue;
+            }
+            g.in_progress = true;
+            let target = self.written_seq.load(Ordering::Acquire);
+            drop(g);
+            let result = self.data.sync_data();
+            g = self.sync.lock();
+            g.in_progress = false;
+            match result {
+                Ok(()) => {
+                    g.durable = g.durable.max(target);
+                    self.durable_seq.fetch_max(target, Ordering::AcqRel);
+                    self.synced.notify_all();
+                }
+                Err(e) => {
+                    self.synced.notify_all();
+                    drop(g);
+                    self.poison(&self.data_path);
+                    return Err(Error::io("fsync", &self.data_path, e));
+                }
+            }
+        }
+    }
+
+    fn poison(&self, path: &Path) {
+        self.poisoned.store(true, Ordering::Release);
+        let mut st = self.state.lock();
+        if st.poisoned.is_none() {
+            st.poisoned = Some(path.to_path_buf());
+        }
+    }
+
+    /// fsync the data, then write and fsync a checkpoint.
+    fn sync_all(&self, clean: bool) -> Result<u64> {
+        {
+            let st = self.state.lock();
+            self.poisoned_error(&st)?;
+        }
+        let target = self.written_seq.load(Ordering::Acquire);
+        self.wait_durable(target)?;
+        self.write_checkpoint(clean)?;
+        if let Err(e) = self.meta.sync_data() {
+            self.poison(&self.meta_path);
+            return Err(Error::io("fsync", &self.meta_path, e));
+        }
+        Ok(self.durable_seq.load(Ordering::Acquire))
+    }
+
+    /// Writes a checkpoint of the current state to the older slot (no fsync).
+    fn write_checkpoint(&self, clean: bool) -> Result<()> {
+        let mut generation = self.meta_io.lock();
+        let mut ck = {
+            let mut st = self.state.lock();
+            st.last_checkpoint = Instant::now();
+            st.unsaved_losses = false;
+            st.checkpoint()
+        };
+        *generation += 1;
+        ck.generation = *generation;
+        ck.ring_id = self.ring_id;
+        ck.durable_seq = self.durable_seq.load(Ordering::Acquire);
+        ck.clean = clean;
+        ck.boot_id = self.boot_id;
+        let bytes = ck.encode();
+        self.meta
+            .write_at(&bytes, ck.slot() * SLOT_LEN as u64)
+            .map_err(|e| Error::io("write", &self.meta_path, e))
+    }
+}
+

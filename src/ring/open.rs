@@ -1,0 +1,249 @@
+//! Opening a ring directory: lock, create or validate, recover.
+//!
+//! Creation is safe to interrupt at every step: both files are written
+//! under temporary names, synced, then renamed data first, meta second. A
+//! data file without a meta file is a ring whose creation (or whose meta
+//! file) was lost, and opens with a full recovery scan.
+
+use std::collections::hash_map::RandomState;
+use std::fs::{self, File, OpenOptions};
+use std::hash::BuildHasher;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+
+use super::meta::{Checkpoint, DATA_OFFSET, DataHeader, FORMAT_VERSION, HeaderError, SLOT_LEN, pick_checkpoint};
+use super::recovery::{Input, fresh_state, recover};
+use super::storage::FileStorage;
+use super::{Inner, SyncState};
+use crate::stats::RecoveryReport;
+use crate::sync::{Condvar, LEVEL_META_IO, LEVEL_RING_STATE, LEVEL_SYNC, Mutex};
+use crate::{Error, Result, RingConfig, Storage};
+
+const LOCK_FILE: &str = "ring.lock";
+const DATA_FILE: &str = "ring.data";
+const META_FILE: &str = "ring.meta";
+
+fn open_rw(path: &Path, create_new: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(create_new)
+        .mode(0o600)
+        .open(path)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+/// Writes a new, empty ring: both files under temporary names, then renamed.
+fn create(dir: &Path, data_path: &Path, meta_path: &Path, cap: u64) -> Result<()> {
+    let data_tmp = dir.join("ring.data.tmp");
+    let meta_tmp = dir.join("ring.meta.tmp");
+    let ring_id = RandomState::new().hash_one(std::process::id()) | 1;
+    let result = (|| -> Result<()> {
+        let data = open_rw(&data_tmp, true).map_err(|e| Error::io("create", &data_tmp, e))?;
+        fs2::FileExt::allocate(&data, DATA_OFFSET + cap).map_err(|e| Error::io("preallocate", &data_tmp, e))?;
+        let header = DataHeader { ring_id, capacity: cap }.encode();
+        let data = FileStorage { file: data };
+        data.write_at(&header, 0).map_err(|e| Error::io("write", &data_tmp, e))?;
+        data.sync_data().map_err(|e| Error::io("fsync", &data_tmp, e))?;
+
+        let meta = open_rw(&meta_tmp, true).map_err(|e| Error::io("create", &meta_tmp, e))?;
+        fs2::FileExt::allocate(&meta, 2 * SLOT_LEN as u64).map_err(|e| Error::io("preallocate", &meta_tmp, e))?;
+        let ck = Checkpoint {
+            ring_id,
+            generation: 1,
+            capacity: cap,
+            next_seq: 1,
+            tail_seq: 1,
+            ..Checkpoint::default()
+        };
+        let meta = FileStorage { file: meta };
+        meta.write_at(&ck.encode(), ck.slot() * SLOT_LEN as u64)
+            .map_err(|e| Error::io("write", &meta_tmp, e))?;
+        meta.sync_data().map_err(|e| Error::io("fsync", &meta_tmp, e))?;
+        fs::rename(&data_tmp, data_path).map_err(|e| Error::io("rename", &data_tmp, e))?;
+        fs::rename(&meta_tmp, meta_path).map_err(|e| Error::io("rename", &meta_tmp, e))?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&data_tmp);
+        let _ = fs::remove_file(&meta_tmp);
+    }
+    result
+}
+
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| Error::io("create lock file", &path, e))?;
+    match fs2::FileExt::try_lock_exclusive(&file) {
+        Ok(()) => Ok(file),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => {
+            Err(Error::Locked { dir: dir.to_path_buf() })
+        }
+        Err(e) => Err(Error::io("lock", &path, e)),
+    }
+}
+
+fn not_a_ring(path: &Path, reason: impl Into<String>) -> Error {
+    Error::NotARing {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn wrap(config: &RingConfig, path: &Path, storage: Box<dyn Storage>) -> Box<dyn Storage> {
+    match &config.storage_wrapper {
+        Some(w) => w(path, storage),
+        None => storage,
+    }
+}
+
+pub(super) fn open(dir: &Path, config: RingConfig) -> Result<(Inner, RecoveryReport)> {
+    config.validate()?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io("create ring directory", dir, e))?;
+    if !dir.is_dir() {
+        return Err(not_a_ring(dir, "not a directory"));
+    }
+    let lock_file = lock_dir(dir)?;
+    let data_path = dir.join(DATA_FILE);
+    let meta_path = dir.join(META_FILE);
+    let mut created = false;
+    match (data_path.exists(), meta_path.exists()) {
+        (false, true) => return Err(not_a_ring(&data_path, "ring.meta is present but ring.data is missing")),
+        (false, false) => {
+            for entry in fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
+                let name = entry.map_err(|e| Error::io("list", dir, e))?.file_name();
+                if !matches!(name.to_str(), Some(LOCK_FILE | "ring.data.tmp" | "ring.meta.tmp")) {
+                    return Err(not_a_ring(dir, "the directory is not empty and holds no ring"));
+                }
+            }
+            create(dir, &data_path, &meta_path, config.capacity & !7)?;
+            created = true;
+        }
+        _ => {}
+    }
+
+    let data_file = open_rw(&data_path, false).map_err(|e| Error::io("open", &data_path, e))?;
+    let meta_file = match open_rw(&meta_path, false) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => open_rw(&meta_path, true),
+        other => other,
+    }
+    .map_err(|e| Error::io("open", &meta_path, e))?;
+    let data = wrap(&config, &data_path, Box::new(FileStorage { file: data_file }));
+    let meta = wrap(&config, &meta_path, Box::new(FileStorage { file: meta_file }));
+
+    let mut slots = vec![0u8; 2 * SLOT_LEN];
+    let meta_len = meta.len().map_err(|e| Error::io("stat", &meta_path, e))?;
+    let readable = (meta_len as usize).min(slots.len());
+    meta.read_at(&mut slots[..readable], 0)
+        .map_err(|e| Error::io("read", &meta_path, e))?;
+    let (ck, damaged_slots, version) = pick_checkpoint([&slots[..SLOT_LEN], &slots[SLOT_LEN..]]);
+    if let (None, Some(found)) = (&ck, version) {
+        return Err(Error::UnsupportedVersion {
+            path: meta_path,
+            found,
+            supported: FORMAT_VERSION,
+        });
+    }
+
+    let data_len = data.len().map_err(|e| Error::io("stat", &data_path, e))?;
+    let mut header = vec![0u8; (DATA_OFFSET as usize).min(data_len as usize)];
+    data.read_at(&mut header, 0).map_err(|e| Error::io("read", &data_path, e))?;
+    let (ring_id, cap, rewrite_header) = match DataHeader::decode(&header) {
+        Ok(h) => (h.ring_id, h.capacity, false),
+        Err(HeaderError::Version(found)) => {
+            return Err(Error::UnsupportedVersion {
+                path: data_path,
+                found,
+                supported: FORMAT_VERSION,
+            });
+        }
+        // A damaged header is repaired from the checkpoint, which repeats it.
+        Err(_) => match &ck {
+            Some(c) if data_len == DATA_OFFSET + c.capacity && header.starts_with(b"RSHP") => (c.ring_id, c.capacity, true),
+            Some(c) if data_len == DATA_OFFSET + c.capacity && c.ring_id != 0 => (c.ring_id, c.capacity, true),
+            _ => return Err(not_a_ring(&data_path, "no ringship data header")),
+        },
+    };
+    if cap == 0 || cap % 8 != 0 || data_len < DATA_OFFSET + cap {
+        return Err(not_a_ring(
+            &data_path,
+            format!("the file is {data_len} bytes, too short for a ring of capacity {cap}"),
+        ));
+    }
+    if rewrite_header {
+        data.write_at(&DataHeader { ring_id, capacity: cap }.encode(), 0)
+            .map_err(|e| Error::io("write", &data_path, e))?;
+    }
+    let ck = ck.filter(|c| c.ring_id == ring_id && c.capacity == cap);
+    let boot_id = data.boot_id();
+
+    let (state, mut report) = if created {
+        (fresh_state(cap, config.max_loss_ranges), RecoveryReport::default())
+    } else {
+        recover(Input {
+            data: &*data,
+            cap,
+            max_len: config.max_record_len,
+            max_losses: config.max_loss_ranges,
+            checkpoint: ck.clone(),
+            boot_now: boot_id,
+        })
+        .map_err(|e| Error::io("recover", &data_path, e))?
+    };
+    report.created = created;
+    report.damaged_checkpoint_slots = damaged_slots;
+    report.capacity_mismatch = cap != config.capacity & !7;
+    data.sync_data().map_err(|e| Error::io("fsync", &data_path, e))?;
+    let written = state.next_seq - 1;
+    let inner = Inner {
+        dir: dir.to_path_buf(),
+        data_path,
+        meta_path: meta_path.clone(),
+        data,
+        meta,
+        cap,
+        max_len: config.max_record_len,
+        config,
+        ring_id,
+        boot_id,
+        meta_io: Mutex::new(LEVEL_META_IO, "ring.meta_io", ck.map_or(1, |c| c.generation)),
+        state: Mutex::new(LEVEL_RING_STATE, "ring.state", state),
+        room: Condvar::new(),
+        sync: Mutex::new(
+            LEVEL_SYNC,
+            "ring.sync",
+            SyncState {
+                durable: written,
+                in_progress: false,
+            },
+        ),
+        synced: Condvar::new(),
+        written_seq: AtomicU64::new(written),
+        durable_seq: AtomicU64::new(written),
+        poisoned: AtomicBool::new(false),
+        lock_file: parking_lot::Mutex::new(Some(lock_file)),
+    };
+    inner.write_checkpoint(false)?;
+    inner
+        .meta
+        .sync_data()
+        .map_err(|e| Error::io("fsync", &meta_path, e))?;
+    Ok((inner, report))
+}

@@ -1,0 +1,271 @@
+//! Recovery: rebuilding the ring's state from its frames and checkpoint.
+//!
+//! 1. Find the head: one pass over the data area, physical offset by
+//!    offset, for the intact frame that ends furthest along. Positions only
+//!    grow, so that frame is the newest one, whatever the checkpoint says.
+//! 2. Walk the live window, from the checkpoint's tail (or from one
+//!    capacity behind the head, if the writer lapped it since), to the
+//!    head. Intact frames are the records; sequence gaps between them are
+//!    holes (damage, or writes lost to a power loss); seqs missing before
+//!    the first surviving record were overwritten.
+//! 3. Seqs the checkpoint says were assigned but no frame holds any more are
+//!    a hole at the head, so no seq is ever reused.
+//!
+//! Nothing here trusts the checkpoint's counters for what can be derived
+//! from the frames; the checkpoint supplies only the settled part (acks and
+//! losses already counted).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::time::Instant;
+
+use super::frame::{Header, decode_header};
+use super::frame::HEADER_LEN;
+use super::meta::Checkpoint;
+use super::scan::{Found, Scanner, next_lap};
+use super::state::{Hole, State};
+use crate::Storage;
+use crate::stats::{LossCause, LossList, LossRange, RecoveryReport};
+
+const SCAN_CHUNK: usize = 1 << 20;
+
+pub(crate) struct Input<'a> {
+    pub(crate) data: &'a dyn Storage,
+    pub(crate) cap: u64,
+    pub(crate) max_len: usize,
+    pub(crate) max_losses: usize,
+    pub(crate) checkpoint: Option<Checkpoint>,
+    pub(crate) boot_now: Option<[u8; 16]>,
+}
+
+/// Where the newest intact frame ends and the seq that follows it.
+fn find_head(scan: &mut Scanner<'_>, cap: u64) -> io::Result<Option<(u64, u64)>> {
+    let mut best: Option<(u64, u64)> = None;
+    let mut off = 0;
+    while off < cap {
+        let (pos, found) = scan.frame_at_offset(off)?;
+        let (h, next_seq): (Header, u64) = match found {
+            Found::Wrap => break,
+            Found::Invalid => {
+                off += super::frame::ALIGN;
+                continue;
+            }
+            Found::Record(h) => (h, h.seq + 1),
+            Found::Pad(h) => (h, h.seq),
+        };
+        let end = pos + h.size();
+        if best.is_none_or(|(e, _)| end > e) {
+            best = Some((end, next_seq));
+        }
+        off += h.size();
+    }
+    Ok(best)
+}
+
+pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
+    let Input {
+        data,
+        cap,
+        max_len,
+        max_losses,
+        checkpoint,
+        boot_now,
+    } = input;
+    let ck = checkpoint.unwrap_or_else(|| Checkpoint {
+        next_seq: 1,
+        tail_seq: 1,
+        ..Checkpoint::default()
+    });
+    let power_loss_possible = !ck.clean && (ck.boot_id.is_none() || boot_now.is_none() || ck.boot_id != boot_now);
+    let cause_for = |first: u64| {
+        if power_loss_possible && first > ck.durable_seq {
+            LossCause::LostUnsynced
+        } else {
+            LossCause::Corrupted
+        }
+    };
+    let mut report = RecoveryReport {
+        clean_shutdown: ck.clean,
+        ..RecoveryReport::default()
+    };
+    let mut scan = Scanner::new(data, cap, max_len, SCAN_CHUNK);
+
+    // 1. The head.
+    let (head, found_next) = find_head(&mut scan, cap)?.unwrap_or((ck.head_pos, ck.next_seq));
+    if head % cap + HEADER_LEN as u64 <= cap {
+        let off = head % cap;
+        let raw = decode_header(scan.bytes(off, HEADER_LEN)?, head, max_len);
+        if let Some(h) = raw {
+            if scan.frame_at(head)? == Found::Invalid {
+                report.torn_bytes_truncated = h.size().min(cap - off);
+            }
+        }
+    }
+
+    // 2. The live window.
+    let lapped = head.saturating_sub(cap) > ck.tail_pos;
+    let window_start = head.saturating_sub(cap).max(ck.tail_pos).min(head);
+    let settled_c = ck.settled_seq;
+    let mut holes: Vec<Hole> = Vec::new();
+    let mut tail: Option<(u64, u64, u64)> = None;
+    let mut prev: Option<(u64, u64, u64)> = None; // seq, end pos, ts
+    let mut ack_pos = None;
+    let mut p = window_start;
+    while p < head {
+        match scan.frame_at(p)? {
+            Found::Wrap => p = next_lap(p, cap),
+            Found::Pad(h) => p += h.size(),
+            Found::Invalid => match scan.resync(p, head)? {
+                Some((q, _)) => p = q,
+                None => p = head,
+            },
+            Found::Record(h) => {
+                let size = h.size();
+                match prev {
+                    Some((ps, _, _)) if h.seq <= ps => {
+                        p += size;
+                        continue;
+                    }
+                    Some((ps, pend, pts)) if h.seq > ps + 1 => holes.push(Hole {
+                        first: ps + 1,
+                        last: h.seq - 1,
+                        pos: pend,
+                        resume_pos: p,
+                        first_ts: pts,
+                        last_ts: h.ts,
+                        cause: cause_for(ps + 1),
+                    }),
+                    Some(_) => {}
+                    None => tail = Some((h.seq, p, h.ts)),
+                }
+                if h.seq == ck.ack_seq + 1 {
+                    ack_pos = Some(p);
+                }
+                report.records_recovered += 1;
+                prev = Some((h.seq, p + size, h.ts));
+                p += size;
+            }
+        }
+    }
+
+    // 3. Seqs assigned before the crash that no frame holds any more.
+    let mut next_seq = found_next.max(prev.map_or(0, |(s, _, _)| s + 1));
+    if ck.next_seq > next_seq {
+        let (first_ts, pos) = prev.map_or((ck.tail_ts, head), |(_, e, t)| (t, e));
+        holes.push(Hole {
+            first: next_seq,
+            last: ck.next_seq - 1,
+            pos,
+            resume_pos: head.max(pos),
+            first_ts,
+            last_ts: u64::MAX,
+            cause: cause_for(next_seq),
+        });
+        next_seq = ck.next_seq;
+    }
+    let (tail_seq, tail_pos, tail_ts) = tail.unwrap_or((next_seq, head, 0));
+    let tail_seq = holes.first().map_or(tail_seq, |h| h.first.min(tail_seq));
+    let tail_pos = holes.first().filter(|h| h.first == tail_seq).map_or(tail_pos, |h| h.pos.min(tail_pos));
+
+    let mut st = State {
+        cap,
+        next_seq,
+        head,
+        tail_seq,
+        tail_pos,
+        tail_ts,
+        ack_seq: ck.ack_seq.min(next_seq - 1),
+        ack_pos,
+        rejected: ck.rejected,
+        acked: ck.acked,
+        overwritten: ck.overwritten,
+        overwritten_bytes: ck.overwritten_bytes,
+        corrupted: ck.corrupted,
+        lost_unsynced: ck.lost_unsynced,
+        holes: Vec::new(),
+        losses: ck.losses.clone(),
+        max_losses,
+        hints: BTreeMap::new(),
+        poisoned: None,
+        closed: false,
+        last_checkpoint: Instant::now(),
+        unsaved_losses: false,
+    };
+
+    // Seqs below the oldest survivor that the checkpoint had not settled.
+    if tail_seq > settled_c + 1 {
+        let count = tail_seq - 1 - settled_c;
+        let cause = if lapped {
+            LossCause::Overwritten
+        } else {
+            cause_for(settled_c + 1)
+        };
+        let range = LossRange {
+            first_seq: settled_c + 1,
+            last_seq: tail_seq - 1,
+            first_ts: ck.tail_ts,
+            last_ts: tail_ts,
+            count,
+            bytes: tail_pos.saturating_sub(ck.settled_pos),
+            cause,
+        };
+        match cause {
+            LossCause::Overwritten => {
+                st.overwritten += count;
+                st.overwritten_bytes += range.bytes;
+                report.overwritten_discovered += count;
+            }
+            LossCause::LostUnsynced => {
+                st.lost_unsynced += count;
+                report.lost_unsynced_discovered += count;
+            }
+            _ => {
+                st.corrupted += count;
+                report.damaged_records += count;
+            }
+        }
+        st.losses.add(range, max_losses);
+        report.losses_discovered.push(range);
+    }
+    for h in holes {
+        if st.add_hole(h) {
+            let added = st.hole_at(h.last).expect("just added");
+            match added.cause {
+                LossCause::LostUnsynced => report.lost_unsynced_discovered += added.count(),
+                _ => report.damaged_records += added.count(),
+            }
+            report.losses_discovered.push(added.to_range());
+        }
+    }
+    st.settle();
+    report.pending = st.stats(0).pending;
+    Ok((st, report))
+}
+
+/// An empty loss list, for a new ring.
+pub(crate) fn fresh_state(cap: u64, max_losses: usize) -> State {
+    State {
+        cap,
+        next_seq: 1,
+        head: 0,
+        tail_seq: 1,
+        tail_pos: 0,
+        tail_ts: 0,
+        ack_seq: 0,
+        ack_pos: None,
+        rejected: 0,
+        acked: 0,
+        overwritten: 0,
+        overwritten_bytes: 0,
+        corrupted: 0,
+        lost_unsynced: 0,
+        holes: Vec::new(),
+        losses: LossList::default(),
+        max_losses,
+        hints: BTreeMap::new(),
+        poisoned: None,
+        closed: false,
+        last_checkpoint: Instant::now(),
+        unsaved_losses: false,
+    }
+}

@@ -1,0 +1,120 @@
+//! Sequential, buffered reading of frames by logical position.
+
+use std::io;
+
+use super::frame::{ALIGN, HEADER_LEN, Header, crc_ok, decode_header};
+use super::meta::DATA_OFFSET;
+use crate::Storage;
+
+/// What lies at a logical position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// An intact record frame.
+    Record(Header),
+    /// An intact pad frame: the rest of the lap is unused.
+    Pad(Header),
+    /// Too few bytes left in the lap for a header: the lap ends here.
+    Wrap,
+    /// Nothing valid at this position.
+    Invalid,
+}
+
+/// First logical position of the lap after the one holding `pos`.
+pub(crate) fn next_lap(pos: u64, cap: u64) -> u64 {
+    (pos / cap + 1) * cap
+}
+
+/// Reads frames through a buffer of `chunk` bytes, so a walk over the ring
+/// costs one large read per chunk rather than one per frame. Memory is the
+/// chunk (or one record, if larger), whatever the ring's size.
+pub(crate) struct Scanner<'a> {
+    data: &'a dyn Storage,
+    cap: u64,
+    max_len: usize,
+    chunk: usize,
+    buf: Vec<u8>,
+    buf_off: u64,
+}
+
+impl<'a> Scanner<'a> {
+    pub(crate) fn new(data: &'a dyn Storage, cap: u64, max_len: usize, chunk: usize) -> Self {
+        Scanner {
+            data,
+            cap,
+            max_len,
+            chunk,
+            buf: Vec::new(),
+            buf_off: 0,
+        }
+    }
+
+    /// Bytes `off..off + len` of the data area (`off + len <= cap`).
+    pub(crate) fn bytes(&mut self, off: u64, len: usize) -> io::Result<&[u8]> {
+        let end = off + len as u64;
+        debug_assert!(end <= self.cap);
+        if off < self.buf_off || end > self.buf_off + self.buf.len() as u64 {
+            let want = (self.chunk.max(len) as u64).min(self.cap - off) as usize;
+            self.buf.resize(want, 0);
+            self.data.read_at(&mut self.buf, DATA_OFFSET + off)?;
+            self.buf_off = off;
+        }
+        let at = (off - self.buf_off) as usize;
+        Ok(&self.buf[at..at + len])
+    }
+
+    /// The frame stored for logical position `pos`, checksum verified.
+    pub(crate) fn frame_at(&mut self, pos: u64) -> io::Result<Found> {
+        let (cap, max_len) = (self.cap, self.max_len);
+        let off = pos % cap;
+        let room = cap - off;
+        if room < HEADER_LEN as u64 {
+            return Ok(Found::Wrap);
+        }
+        let Some(h) = decode_header(self.bytes(off, HEADER_LEN)?, pos, max_len) else {
+            return Ok(Found::Invalid);
+        };
+        if h.size() > room || (h.is_pad && h.size() != room) {
+            return Ok(Found::Invalid);
+        }
+        let total = if h.is_pad { HEADER_LEN } else { HEADER_LEN + h.len };
+        let b = self.bytes(off, total)?;
+        if !crc_ok(b, &h, &b[HEADER_LEN..]) {
+            return Ok(Found::Invalid);
+        }
+        Ok(if h.is_pad { Found::Pad(h) } else { Found::Record(h) })
+    }
+
+    /// The payload of a record returned by [`frame_at`](Self::frame_at).
+    pub(crate) fn payload(&mut self, h: &Header) -> io::Result<&[u8]> {
+        self.bytes(h.pos % self.cap + HEADER_LEN as u64, h.len)
+    }
+
+    /// The first intact frame stored for its own position in
+    /// `(after, limit)`, scanning at frame alignment. Used to resume past
+    /// damage: a frame that names its own position cannot be a leftover of
+    /// another lap.
+    pub(crate) fn resync(&mut self, after: u64, limit: u64) -> io::Result<Option<(u64, Found)>> {
+        let mut q = after + ALIGN;
+        while q < limit {
+            match self.frame_at(q)? {
+                Found::Wrap => q = next_lap(q, self.cap),
+                Found::Invalid => q += ALIGN,
+                found => return Ok(Some((q, found))),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The intact frame at physical offset `off` of any lap, if any.
+    pub(crate) fn frame_at_offset(&mut self, off: u64) -> io::Result<(u64, Found)> {
+        if self.cap - off < HEADER_LEN as u64 {
+            return Ok((off, Found::Wrap));
+        }
+        let b = self.bytes(off, HEADER_LEN)?;
+        let pos = u64::from_le_bytes(b[24..32].try_into().expect("8 bytes"));
+        if pos % self.cap != off {
+            return Ok((off, Found::Invalid));
+        }
+        Ok((pos, self.frame_at(pos)?))
+    }
+}

@@ -1,0 +1,243 @@
+//! The ring's in-memory state, guarded by the `ring.state` lock.
+//!
+//! Sequence numbers partition into three parts:
+//!
+//! - settled, `1..=settled()`: acknowledged or counted lost, in the persisted
+//!   counters and loss list;
+//! - holes: known-missing seqs above the settled point (damage found by
+//!   recovery or a reader), counted as lost but not yet settled;
+//! - pending: every other seq below `next_seq`, a record in the ring.
+//!
+//! Recovery rebuilds the holes and pending parts from the frames, so a
+//! checkpoint only has to persist the settled part.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use super::meta::Checkpoint;
+use crate::stats::{LossCause, LossList, LossRange, RingStats};
+
+/// Bound on the seq -> position hints kept for readers.
+const MAX_HINTS: usize = 1024;
+
+/// Known-missing seqs above the settled point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hole {
+    pub(crate) first: u64,
+    pub(crate) last: u64,
+    /// Where the damage starts.
+    pub(crate) pos: u64,
+    /// Where the frame after the hole starts (or the head).
+    pub(crate) resume_pos: u64,
+    pub(crate) first_ts: u64,
+    pub(crate) last_ts: u64,
+    pub(crate) cause: LossCause,
+}
+
+impl Hole {
+    pub(crate) fn count(&self) -> u64 {
+        self.last - self.first + 1
+    }
+
+    pub(crate) fn to_range(self) -> LossRange {
+        LossRange {
+            first_seq: self.first,
+            last_seq: self.last,
+            first_ts: self.first_ts,
+            last_ts: self.last_ts,
+            count: self.count(),
+            bytes: self.resume_pos - self.pos,
+            cause: self.cause,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) cap: u64,
+    pub(crate) next_seq: u64,
+    pub(crate) head: u64,
+    pub(crate) tail_seq: u64,
+    pub(crate) tail_pos: u64,
+    pub(crate) tail_ts: u64,
+    pub(crate) ack_seq: u64,
+    /// Position of the frame of `ack_seq + 1`, when known.
+    pub(crate) ack_pos: Option<u64>,
+    pub(crate) rejected: u64,
+    pub(crate) acked: u64,
+    pub(crate) overwritten: u64,
+    pub(crate) overwritten_bytes: u64,
+    /// Settled part only; holes add to it in `stats`.
+    pub(crate) corrupted: u64,
+    /// Settled part only; holes add to it in `stats`.
+    pub(crate) lost_unsynced: u64,
+    /// Sorted, disjoint, all above `settled()`.
+    pub(crate) holes: Vec<Hole>,
+    pub(crate) losses: LossList,
+    pub(crate) max_losses: usize,
+    pub(crate) hints: BTreeMap<u64, u64>,
+    pub(crate) poisoned: Option<PathBuf>,
+    pub(crate) closed: bool,
+    pub(crate) last_checkpoint: Instant,
+    pub(crate) unsaved_losses: bool,
+}
+
+impl State {
+    /// Every seq up to this one is acknowledged or counted lost.
+    pub(crate) fn settled(&self) -> u64 {
+        self.ack_seq.max(self.tail_seq - 1)
+    }
+
+    /// Position of the frame of `settled() + 1`.
+    pub(crate) fn settled_pos(&self) -> u64 {
+        if self.ack_seq >= self.tail_seq {
+            self.ack_pos.unwrap_or(self.tail_pos)
+        } else {
+            self.tail_pos
+        }
+    }
+
+    /// Moves holes (or their parts) at or below the settled point into the
+    /// settled counters and the loss list.
+    pub(crate) fn settle(&mut self) {
+        let s = self.settled();
+        while let Some(h) = self.holes.first_mut() {
+            if h.first > s {
+                break;
+            }
+            let mut part = *h;
+            if h.last > s {
+                part.last = s;
+                part.resume_pos = part.pos;
+                h.first = s + 1;
+            } else {
+                self.holes.remove(0);
+            }
+            match part.cause {
+                LossCause::LostUnsynced => self.lost_unsynced += part.count(),
+                _ => self.corrupted += part.count(),
+            }
+            self.losses.add(part.to_range(), self.max_losses);
+            self.unsaved_losses = true;
+        }
+    }
+
+    /// Adds a hole found above the settled point, unless it overlaps a
+    /// known one. Returns whether it was added.
+    pub(crate) fn add_hole(&mut self, mut h: Hole) -> bool {
+        h.first = h.first.max(self.settled() + 1);
+        if h.first > h.last {
+            return false;
+        }
+        let at = self.holes.partition_point(|x| x.last < h.first);
+        if self.holes.get(at).is_some_and(|x| x.first <= h.last) {
+            return false;
+        }
+        self.holes.insert(at, h);
+        true
+    }
+
+    /// The hole containing `seq`, if any.
+    pub(crate) fn hole_at(&self, seq: u64) -> Option<Hole> {
+        let at = self.holes.partition_point(|x| x.last < seq);
+        self.holes.get(at).filter(|h| h.first <= seq).copied()
+    }
+
+    fn hole_counts(&self) -> (u64, u64) {
+        let mut corrupted = 0;
+        let mut unsynced = 0;
+        for h in &self.holes {
+            match h.cause {
+                LossCause::LostUnsynced => unsynced += h.count(),
+                _ => corrupted += h.count(),
+            }
+        }
+        (corrupted, unsynced)
+    }
+
+    /// Records in `from..=to` that are in the ring (not in a hole).
+    pub(crate) fn present_in(&self, from: u64, to: u64) -> u64 {
+        if from > to {
+            return 0;
+        }
+        let missing: u64 = self
+            .holes
+            .iter()
+            .map(|h| {
+                let (lo, hi) = (h.first.max(from), h.last.min(to));
+                if lo <= hi { hi - lo + 1 } else { 0 }
+            })
+            .sum();
+        to - from + 1 - missing
+    }
+
+    pub(crate) fn note_hint(&mut self, seq: u64, pos: u64) {
+        self.hints.insert(seq, pos);
+        if self.hints.len() > MAX_HINTS {
+            self.hints.pop_first();
+        }
+    }
+
+    /// Best known starting point at or before `seq`: `(seq, pos)`.
+    pub(crate) fn start_for(&self, seq: u64) -> (u64, u64) {
+        if seq <= self.tail_seq {
+            return (self.tail_seq, self.tail_pos);
+        }
+        match self.hints.range(..=seq).next_back() {
+            Some((&s, &p)) if s >= self.tail_seq && p >= self.tail_pos => (s, p),
+            _ => (self.tail_seq, self.tail_pos),
+        }
+    }
+
+    pub(crate) fn stats(&self, durable_seq: u64) -> RingStats {
+        let last_seq = self.next_seq - 1;
+        let (hc, hu) = self.hole_counts();
+        RingStats {
+            appended: last_seq + self.rejected,
+            acked: self.acked,
+            pending: last_seq - self.settled() - hc - hu,
+            overwritten: self.overwritten,
+            overwritten_bytes: self.overwritten_bytes,
+            rejected: self.rejected,
+            corrupted: self.corrupted + hc,
+            lost_unsynced: self.lost_unsynced + hu,
+            last_seq,
+            durable_seq: durable_seq.min(last_seq),
+            ack_seq: self.ack_seq,
+            used_bytes: self.head - self.tail_pos,
+            capacity: self.cap,
+        }
+    }
+
+    /// All loss ranges: the settled list, then the holes.
+    pub(crate) fn losses(&self) -> Vec<LossRange> {
+        let mut v = self.losses.ranges.clone();
+        v.extend(self.holes.iter().map(|h| h.to_range()));
+        v
+    }
+
+    /// The checkpoint of this state (generation, ids and flags filled in by
+    /// the caller).
+    pub(crate) fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            capacity: self.cap,
+            next_seq: self.next_seq,
+            head_pos: self.head,
+            tail_seq: self.tail_seq,
+            tail_pos: self.tail_pos,
+            tail_ts: self.tail_ts,
+            settled_seq: self.settled(),
+            settled_pos: self.settled_pos(),
+            ack_seq: self.ack_seq,
+            rejected: self.rejected,
+            acked: self.acked,
+            overwritten: self.overwritten,
+            overwritten_bytes: self.overwritten_bytes,
+            corrupted: self.corrupted,
+            lost_unsynced: self.lost_unsynced,
+            losses: self.losses.clone(),
+            ..Checkpoint::default()
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Counters, loss ranges and recovery reports.
+
+/// Why a range of records was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LossCause {
+    /// Evicted by [`FullPolicy::OverwriteOldest`](crate::FullPolicy::OverwriteOldest)
+    /// before it was acknowledged.
+    Overwritten,
+    /// Damaged on disk (checksum mismatch, broken framing).
+    Corrupted,
+    /// Never reported durable and gone after a power loss.
+    LostUnsynced,
+    /// Two ranges of different causes merged to keep the list bounded.
+    Mixed,
+}
+
+impl LossCause {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            LossCause::Overwritten => 1,
+            LossCause::Corrupted => 2,
+            LossCause::LostUnsynced => 3,
+            LossCause::Mixed => 4,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => LossCause::Overwritten,
+            2 => LossCause::Corrupted,
+            3 => LossCause::LostUnsynced,
+            4 => LossCause::Mixed,
+            _ => return None,
+        })
+    }
+}
+
+/// A range of sequence numbers whose records were lost.
+///
+/// Within `first_seq..=last_seq`, `count` records were lost (less than the
+/// width of the range only after two ranges were merged to keep the list
+/// bounded). Timestamps are nanoseconds since the Unix epoch; for ranges
+/// discovered by recovery rather than seen while evicting, they are bounds
+/// taken from the nearest surviving records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LossRange {
+    /// First lost seq.
+    pub first_seq: u64,
+    /// Last lost seq.
+    pub last_seq: u64,
+    /// Timestamp of the first lost record (or a lower bound).
+    pub first_ts: u64,
+    /// Timestamp of the last lost record (or an upper bound).
+    pub last_ts: u64,
+    /// Records lost in the range.
+    pub count: u64,
+    /// Ring bytes (frames, headers included) the lost records occupied.
+    pub bytes: u64,
+    /// Why they were lost.
+    pub cause: LossCause,
+}
+
+/// A bounded list of loss ranges, merged as they arrive.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct LossList {
+    pub(crate) ranges: Vec<LossRange>,
+}
+
+impl LossList {
+    /// Adds a range, merging it into the newest one when they touch and
+    /// share a cause; when `max` is exceeded the two oldest ranges merge.
+    pub(crate) fn add(&mut self, r: LossRange, max: usize) {
+        if let Some(last) = self.ranges.last_mut() {
+            if last.cause == r.cause && last.last_seq + 1 == r.first_seq {
+                last.last_seq = r.last_seq;
+                last.last_ts = last.last_ts.max(r.last_ts);
+                last.count += r.count;
+                last.bytes += r.bytes;
+                return;
+            }
+        }
+        let at = self.ranges.partition_point(|x| x.first_seq < r.first_seq);
+        self.ranges.insert(at, r);
+        while self.ranges.len() > max.max(1) {
+            let b = self.ranges.remove(1);
+            let a = &mut self.ranges[0];
+            a.last_seq = a.last_seq.max(b.last_seq);
+            a.first_ts = a.first_ts.min(b.first_ts);
+            a.last_ts = a.last_ts.max(b.last_ts);
+            a.count += b.count;
+            a.bytes += b.bytes;
+            if a.cause != b.cause {
+                a.cause = LossCause::Mixed;
+            }
+        }
+    }
+}
+
+/// A snapshot of the ring's counters.
+///
+/// The accounting identity (invariant I2) holds in every snapshot, and
+/// after any crash and recovery:
+///
+/// `appended = acked + pending + overwritten + rejected + corrupted + lost_unsynced`
+///
+/// All counters survive restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct RingStats {
+    /// Records offered to `append` (accepted plus rejected).
+    pub appended: u64,
+    /// Records acknowledged by `ack`.
+    pub acked: u64,
+    /// Records in the ring that are not acknowledged yet.
+    pub pending: u64,
+    /// Records evicted before they were acknowledged.
+    pub overwritten: u64,
+    /// Ring bytes those evicted records occupied.
+    pub overwritten_bytes: u64,
+    /// Records refused by `append` (full ring, too large, write error).
+    pub rejected: u64,
+    /// Records found damaged and never delivered.
+    pub corrupted: u64,
+    /// Records lost to a power loss before they were reported durable.
+    pub lost_unsynced: u64,
+    /// The last seq assigned (0 before the first record).
+    pub last_seq: u64,
+    /// Every record up to this seq is on stable storage.
+    pub durable_seq: u64,
+    /// The delivery cursor: every record up to this seq is acknowledged or lost.
+    pub ack_seq: u64,
+    /// Ring bytes in use by records still in the ring, acked or not.
+    pub used_bytes: u64,
+    /// Size of the ring's data area in bytes.
+    pub capacity: u64,
+}
+
+impl RingStats {
+    /// The right-hand side of the accounting identity.
+    pub fn accounted(&self) -> u64 {
+        self.acked + self.pending + self.overwritten + self.rejected + self.corrupted + self.lost_unsynced
+    }
+
+    /// Whether `appended` equals the sum of where every record went.
+    pub fn identity_holds(&self) -> bool {
+        self.appended == self.accounted()
+    }
+}
+
+/// What [`Ring::open`](crate::Ring::open) found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// The ring was created by this open.
+    pub created: bool,
+    /// The previous owner closed the ring cleanly.
+    pub clean_shutdown: bool,
+    /// Intact records found in the ring (acked or not).
+    pub records_recovered: u64,
+    /// Of those, records not yet acknowledged.
+    pub pending: u64,
+    /// Bytes of a torn (partially written) frame at the head, dropped.
+    pub torn_bytes_truncated: u64,
+    /// Records found damaged and skipped.
+    pub damaged_records: u64,
+    /// Records discovered as overwritten from sequence gaps since the last checkpoint.
+    pub overwritten_discovered: u64,
+    /// Records discovered lost to a power loss before they were synced.
+    pub lost_unsynced_discovered: u64,
+    /// Checkpoint slots that failed their checksum (0, 1 or 2).
+    pub damaged_checkpoint_slots: u8,
+    /// The capacity on disk differs from the one configured; the one on
+    /// disk is used.
+    pub capacity_mismatch: bool,
+    /// Loss ranges discovered by this recovery.
+    pub losses_discovered: Vec<LossRange>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(first: u64, last: u64, cause: LossCause) -> LossRange {
+        LossRange {
+            first_seq: first,
+            last_seq: last,
+            first_ts: first,
+            last_ts: last,
+            count: last - first + 1,
+            bytes: 10 * (last - first + 1),
+            cause,
+        }
+    }
+
+    #[test]
+    fn adjacent_ranges_of_one_cause_merge() {
+        let mut l = LossList::default();
+        l.add(r(1, 3, LossCause::Overwritten), 4);
+        l.add(r(4, 9, LossCause::Overwritten), 4);
+        assert_eq!(l.ranges, vec![r(1, 9, LossCause::Overwritten)]);
+        l.add(r(10, 10, LossCause::Corrupted), 4);
+        assert_eq!(l.ranges.len(), 2);
+    }
+
+    #[test]
+    fn list_stays_bounded_and_keeps_the_count() {
+        let mut l = LossList::default();
+        for i in 0..10 {
+            l.add(r(i * 10, i * 10 + 1, LossCause::Overwritten), 3);
+        }
+        assert_eq!(l.ranges.len(), 3);
+        assert_eq!(l.ranges.iter().map(|x| x.count).sum::<u64>(), 20);
+        assert_eq!(l.ranges[0].first_seq, 0);
+        assert_eq!(l.ranges[2].last_seq, 91);
+    }
+}
