@@ -1,0 +1,53 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use ringship::{Ring, RingConfig, RingStats, SyncPolicy};
+
+/// A fresh directory for a ring, removed when dropped.
+pub struct TempRing {
+    pub tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+}
+
+impl TempRing {
+    pub fn new() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("ring");
+        TempRing { tmp, dir }
+    }
+
+    pub fn data_file(&self) -> PathBuf {
+        self.dir.join("ring.data")
+    }
+
+    pub fn meta_file(&self) -> PathBuf {
+        self.dir.join("ring.meta")
+    }
+}
+
+/// A small ring that syncs only when asked.
+pub fn small(capacity: u64) -> RingConfig {
+    RingConfig::default()
+        .with_capacity(capacity)
+        .with_max_record_len(1024)
+        .with_sync(SyncPolicy::Never)
+}
+
+pub fn open(dir: &Path, config: RingConfig) -> Ring {
+    Ring::open(dir, config).expect("open ring").0
+}
+
+/// Asserts the accounting identity, printing the counters when it fails.
+#[track_caller]
+pub fn assert_identity(s: &RingStats) {
+    assert!(s.identity_holds(), "accounting identity broken: {s:?} (accounted {})", s.accounted());
+}
+
+/// A payload that encodes its own index, so a wrong record is detectable.
+pub fn payload(i: u64, len: usize) -> Vec<u8> {
+    let mut p = format!("record-{i:010}-").into_bytes();
+    p.resize(len.max(p.len()), b'a' + (i % 26) as u8);
+    p
+}
