@@ -342,10 +342,13 @@ impl Inner {
                     if room >= HEADER_LEN as u64 {
                         encode_pad(&mut buf, first_seq + i as u64, pos, (room - HEADER_LEN as u64) as usize);
                     }
+                    pos = next_lap(pos, self.cap);
+                }
+                // A segment never crosses the end of the data area.
+                if pos % self.cap == 0 && pos != seg_start.0 {
                     if buf.len() > seg_start.1 {
                         segments.push(seg_start);
                     }
-                    pos = next_lap(pos, self.cap);
                     seg_start = (pos, buf.len());
                 }
                 encode_record(&mut buf, first_seq + i as u64, ts, pos, p);
@@ -370,6 +373,7 @@ impl Inner {
             // Write each segment; segment i ends where segment i + 1 starts.
             for (i, &(seg_pos, from)) in segments.iter().enumerate() {
                 let to = segments.get(i + 1).map_or(buf.len(), |s| s.1);
+                debug_assert!(seg_pos % self.cap + (to - from) as u64 <= self.cap);
                 if let Err(e) = self.data.write_at(&buf[from..to], DATA_OFFSET + seg_pos % self.cap) {
                     return Err(self.reject(&mut st, n, Error::io("write", &self.data_path, e)));
                 }
