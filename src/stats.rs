@@ -173,6 +173,10 @@ pub struct RecoveryReport {
     /// The capacity on disk differs from the one configured; the one on
     /// disk is used.
     pub capacity_mismatch: bool,
+    /// The data file was shorter than its capacity (it had this many
+    /// bytes) and was extended; records in the missing part are counted as
+    /// damaged.
+    pub data_file_extended_from: Option<u64>,
     /// Loss ranges discovered by this recovery.
     pub losses_discovered: Vec<LossRange>,
 }

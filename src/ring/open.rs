@@ -165,6 +165,7 @@ pub(super) fn open(dir: &Path, config: RingConfig) -> Result<(Inner, RecoveryRep
     let data_len = data.len().map_err(|e| Error::io("stat", &data_path, e))?;
     let mut header = vec![0u8; (DATA_OFFSET as usize).min(data_len as usize)];
     data.read_at(&mut header, 0).map_err(|e| Error::io("read", &data_path, e))?;
+    let mut report_short = None;
     let (ring_id, cap, rewrite_header) = match DataHeader::decode(&header) {
         Ok(h) => (h.ring_id, h.capacity, false),
         Err(HeaderError::Version(found)) => {
@@ -176,16 +177,20 @@ pub(super) fn open(dir: &Path, config: RingConfig) -> Result<(Inner, RecoveryRep
         }
         // A damaged header is repaired from the checkpoint, which repeats it.
         Err(_) => match &ck {
-            Some(c) if data_len == DATA_OFFSET + c.capacity && header.starts_with(b"RSHP") => (c.ring_id, c.capacity, true),
-            Some(c) if data_len == DATA_OFFSET + c.capacity && c.ring_id != 0 => (c.ring_id, c.capacity, true),
+            Some(c) if data_len <= DATA_OFFSET + c.capacity => (c.ring_id, c.capacity, true),
             _ => return Err(not_a_ring(&data_path, "no ringship data header")),
         },
     };
-    if cap == 0 || cap % 8 != 0 || data_len < DATA_OFFSET + cap {
-        return Err(not_a_ring(
-            &data_path,
-            format!("the file is {data_len} bytes, too short for a ring of capacity {cap}"),
-        ));
+    if cap == 0 || cap % 8 != 0 || cap < crate::config::min_capacity(1) {
+        return Err(not_a_ring(&data_path, format!("the header names an impossible capacity of {cap} bytes")));
+    }
+    if data_len < DATA_OFFSET + cap {
+        // Cut short (by a tool, or a file system that lost the
+        // preallocation): the missing bytes read as zeros, and recovery
+        // counts the records they held.
+        let file = open_rw(&data_path, false).map_err(|e| Error::io("open", &data_path, e))?;
+        fs2::FileExt::allocate(&file, DATA_OFFSET + cap).map_err(|e| Error::io("preallocate", &data_path, e))?;
+        report_short = Some(data_len);
     }
     if rewrite_header {
         data.write_at(&DataHeader { ring_id, capacity: cap }.encode(), 0)
@@ -210,6 +215,7 @@ pub(super) fn open(dir: &Path, config: RingConfig) -> Result<(Inner, RecoveryRep
     report.created = created;
     report.damaged_checkpoint_slots = damaged_slots;
     report.capacity_mismatch = cap != config.capacity & !7;
+    report.data_file_extended_from = report_short;
     data.sync_data().map_err(|e| Error::io("fsync", &data_path, e))?;
     let written = state.next_seq - 1;
     let inner = Inner {
