@@ -34,6 +34,17 @@ fn open_rw(path: &Path, create_new: bool) -> io::Result<File> {
         .open(path)
 }
 
+/// Reserves `len` bytes for `file` so writes within it never hit ENOSPC.
+/// (fs2's `allocate` reports posix_fallocate errors as "Success (os error
+/// 0)"; rustix returns the real errno.)
+fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
+        // File systems without fallocate: a sized file is the best we can do.
+        Err(rustix::io::Errno::OPNOTSUPP) => file.set_len(len),
+        other => other.map_err(io::Error::from),
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -47,14 +58,14 @@ fn create(dir: &Path, data_path: &Path, meta_path: &Path, cap: u64) -> Result<()
     let ring_id = RandomState::new().hash_one(std::process::id()) | 1;
     let result = (|| -> Result<()> {
         let data = open_rw(&data_tmp, true).map_err(|e| Error::io("create", &data_tmp, e))?;
-        fs2::FileExt::allocate(&data, DATA_OFFSET + cap).map_err(|e| Error::io("preallocate", &data_tmp, e))?;
+        preallocate(&data, DATA_OFFSET + cap).map_err(|e| Error::io("preallocate", &data_tmp, e))?;
         let header = DataHeader { ring_id, capacity: cap }.encode();
         let data = FileStorage { file: data };
         data.write_at(&header, 0).map_err(|e| Error::io("write", &data_tmp, e))?;
         data.sync_data().map_err(|e| Error::io("fsync", &data_tmp, e))?;
 
         let meta = open_rw(&meta_tmp, true).map_err(|e| Error::io("create", &meta_tmp, e))?;
-        fs2::FileExt::allocate(&meta, 2 * SLOT_LEN as u64).map_err(|e| Error::io("preallocate", &meta_tmp, e))?;
+        preallocate(&meta, 2 * SLOT_LEN as u64).map_err(|e| Error::io("preallocate", &meta_tmp, e))?;
         let ck = Checkpoint {
             ring_id,
             generation: 1,
@@ -189,7 +200,7 @@ pub(super) fn open(dir: &Path, config: RingConfig) -> Result<(Inner, RecoveryRep
         // preallocation): the missing bytes read as zeros, and recovery
         // counts the records they held.
         let file = open_rw(&data_path, false).map_err(|e| Error::io("open", &data_path, e))?;
-        fs2::FileExt::allocate(&file, DATA_OFFSET + cap).map_err(|e| Error::io("preallocate", &data_path, e))?;
+        preallocate(&file, DATA_OFFSET + cap).map_err(|e| Error::io("preallocate", &data_path, e))?;
         report_short = Some(data_len);
     }
     if rewrite_header {
