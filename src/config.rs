@@ -60,11 +60,11 @@ pub struct RingConfig {
 pub const MAX_LOSS_RANGES: usize = 64;
 
 impl Default for RingConfig {
-    /// 64 MiB ring, records up to 1 MiB, `Interval(200 ms)`, `OverwriteOldest`.
+    /// 64 MiB ring, records up to 256 KiB, `Interval(200 ms)`, `OverwriteOldest`.
     fn default() -> Self {
         RingConfig {
             capacity: 64 << 20,
-            max_record_len: 1 << 20,
+            max_record_len: 256 << 10,
             sync: SyncPolicy::Interval(Duration::from_millis(200)),
             full: FullPolicy::OverwriteOldest,
             checkpoint_interval: Duration::from_millis(100),

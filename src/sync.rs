@@ -66,22 +66,14 @@ pub(crate) struct Mutex<T> {
 
 impl<T> Mutex<T> {
     pub(crate) const fn new(level: u8, name: &'static str, value: T) -> Self {
-        Mutex {
-            level,
-            name,
-            inner: parking_lot::Mutex::new(value),
-        }
+        Mutex { level, name, inner: parking_lot::Mutex::new(value) }
     }
 
     /// Takes the lock. Panics in debug builds if the lock order is broken.
     pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
         #[cfg(debug_assertions)]
         order::acquire(self.level, self.name);
-        MutexGuard {
-            inner: self.inner.lock(),
-            level: self.level,
-            name: self.name,
-        }
+        MutexGuard { inner: self.inner.lock(), level: self.level, name: self.name }
     }
 }
 

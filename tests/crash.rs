@@ -93,11 +93,8 @@ fn check_after_kill(dir: &Path, rep: &Reported, kill: u32) {
     // I3: everything reported durable is present, acked, or counted overwritten.
     let seqs: std::collections::HashSet<u64> = batch.records.iter().map(|r| r.seq).collect();
     let losses = ring.losses();
-    let overwritten = |seq: u64| {
-        losses
-            .iter()
-            .any(|l| l.cause == LossCause::Overwritten && l.first_seq <= seq && seq <= l.last_seq)
-    };
+    let overwritten =
+        |seq: u64| losses.iter().any(|l| l.cause == LossCause::Overwritten && l.first_seq <= seq && seq <= l.last_seq);
     for seq in oldest_present..=rep.durable {
         assert!(seqs.contains(&seq) || seq <= s.ack_seq, "kill {kill}: durable seq {seq} missing");
     }

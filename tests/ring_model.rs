@@ -73,12 +73,7 @@ impl Model {
             }
             self.live.pop_front();
         }
-        self.live.push_back(ModelRecord {
-            seq: self.next_seq,
-            pos: self.head,
-            size,
-            payload,
-        });
+        self.live.push_back(ModelRecord { seq: self.next_seq, pos: self.head, size, payload });
         self.head = end;
         self.next_seq += 1;
     }
@@ -123,16 +118,9 @@ fn check(ring: &Ring, model: &Model) -> Result<(), TestCaseError> {
 
 fn run(cap: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let t = TempRing::new();
-    let config = RingConfig::default()
-        .with_capacity(cap)
-        .with_max_record_len(400)
-        .with_sync(SyncPolicy::Never);
+    let config = RingConfig::default().with_capacity(cap).with_max_record_len(400).with_sync(SyncPolicy::Never);
     let mut ring = Some(Ring::open(&t.dir, config.clone()).unwrap().0);
-    let mut model = Model {
-        cap,
-        next_seq: 1,
-        ..Model::default()
-    };
+    let mut model = Model { cap, next_seq: 1, ..Model::default() };
     let mut n = 0u64;
     for op in ops {
         let r = ring.as_ref().unwrap();

@@ -46,11 +46,7 @@ pub(crate) struct Header {
 impl Header {
     /// Ring bytes the frame occupies (for a pad: header plus its body).
     pub(crate) fn size(&self) -> u64 {
-        if self.is_pad {
-            HEADER_LEN as u64 + self.len as u64
-        } else {
-            frame_size(self.len)
-        }
+        if self.is_pad { HEADER_LEN as u64 + self.len as u64 } else { frame_size(self.len) }
     }
 }
 
@@ -78,14 +74,7 @@ pub(crate) fn decode_header(buf: &[u8], pos: u64, max_len: usize) -> Option<Head
         KIND_PAD => true,
         _ => return None,
     };
-    Some(Header {
-        crc: u32_at(buf, 0),
-        is_pad,
-        len,
-        seq: u64_at(buf, 8),
-        ts: u64_at(buf, 16),
-        pos,
-    })
+    Some(Header { crc: u32_at(buf, 0), is_pad, len, seq: u64_at(buf, 8), ts: u64_at(buf, 16), pos })
 }
 
 /// Whether `header` (the raw 32 bytes) and `payload` match the stored CRC.

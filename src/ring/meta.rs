@@ -59,10 +59,7 @@ impl DataHeader {
         if version != FORMAT_VERSION {
             return Err(HeaderError::Version(version));
         }
-        Ok(DataHeader {
-            ring_id: u64_at(b, 16),
-            capacity: u64_at(b, 24),
-        })
+        Ok(DataHeader { ring_id: u64_at(b, 16), capacity: u64_at(b, 24) })
     }
 }
 
@@ -157,7 +154,10 @@ impl Checkpoint {
             return Err(HeaderError::BadMagic);
         }
         let len = u32_at(b, 12) as usize;
-        if !(FIXED_LEN..=SLOT_LEN - 4).contains(&len) || b.len() < len + 4 || crc32c::crc32c(&b[..len]) != u32_at(b, len) {
+        if !(FIXED_LEN..=SLOT_LEN - 4).contains(&len)
+            || b.len() < len + 4
+            || crc32c::crc32c(&b[..len]) != u32_at(b, len)
+        {
             return Err(HeaderError::Checksum);
         }
         let version = u32_at(b, 8);
@@ -281,10 +281,7 @@ mod tests {
 
     #[test]
     fn data_header_round_trips_and_rejects_other_versions() {
-        let h = DataHeader {
-            ring_id: 9,
-            capacity: 4096,
-        };
+        let h = DataHeader { ring_id: 9, capacity: 4096 };
         let mut e = h.encode();
         assert_eq!(DataHeader::decode(&e), Ok(h));
         e[8] = 2;

@@ -89,9 +89,7 @@ impl std::fmt::Debug for Ring {
 }
 
 pub(crate) fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// Outcome of trying to make room for a write.
@@ -118,13 +116,7 @@ impl Ring {
             SyncPolicy::Interval(every) => Some(spawn_flusher(Arc::downgrade(&inner), every)),
             _ => None,
         };
-        Ok((
-            Ring {
-                inner,
-                flusher: parking_lot::Mutex::new(flusher),
-            },
-            report,
-        ))
+        Ok((Ring { inner, flusher: parking_lot::Mutex::new(flusher) }, report))
     }
 
     /// The ring's directory.
@@ -241,11 +233,7 @@ impl Ring {
             drop(stop);
             let _ = handle.join();
         }
-        let result = if self.inner.state.lock().closed {
-            Ok(())
-        } else {
-            self.inner.sync_all(true).map(|_| ())
-        };
+        let result = if self.inner.state.lock().closed { Ok(()) } else { self.inner.sync_all(true).map(|_| ()) };
         {
             let mut st = self.inner.state.lock();
             st.closed = true;
@@ -289,7 +277,7 @@ fn spawn_flusher(inner: Weak<Inner>, every: Duration) -> (Sender<()>, JoinHandle
 }
 
 impl Inner {
-    fn poisoned_error(&self, st: &State) -> Result<()> {
+    fn poisoned_error(st: &State) -> Result<()> {
         if st.closed {
             return Err(Error::Closed);
         }
@@ -299,7 +287,7 @@ impl Inner {
         }
     }
 
-    fn reject(&self, st: &mut State, n: u64, err: Error) -> Error {
+    fn reject(st: &mut State, n: u64, err: Error) -> Error {
         st.rejected += n;
         st.unsaved_losses = true;
         err
@@ -308,18 +296,15 @@ impl Inner {
     fn append_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(u64, u64)> {
         let n = payloads.len() as u64;
         let mut st = self.state.lock();
-        self.poisoned_error(&st)?;
+        Self::poisoned_error(&st)?;
         if let Some(p) = payloads.iter().find(|p| p.as_ref().len() > self.max_len) {
-            let err = Error::RecordTooLarge {
-                len: p.as_ref().len(),
-                max: self.max_len,
-            };
-            return Err(self.reject(&mut st, n, err));
+            let err = Error::RecordTooLarge { len: p.as_ref().len(), max: self.max_len };
+            return Err(Self::reject(&mut st, n, err));
         }
         let frames: u64 = payloads.iter().map(|p| frame_size(p.as_ref().len())).sum();
         // A batch must fit with a pad before it.
         if frames + HEADER_LEN as u64 > self.cap {
-            return Err(self.reject(&mut st, n, Error::Full { needed: frames }));
+            return Err(Self::reject(&mut st, n, Error::Full { needed: frames }));
         }
         let deadline = match self.config.full {
             FullPolicy::Block(t) => Some((Instant::now() + t, t)),
@@ -359,13 +344,13 @@ impl Inner {
             match self.make_room(&mut st, new_head)? {
                 Room::Ready => {}
                 Room::MustNotEvict => match deadline {
-                    None => return Err(self.reject(&mut st, n, Error::Full { needed: frames })),
+                    None => return Err(Self::reject(&mut st, n, Error::Full { needed: frames })),
                     Some((at, total)) => {
                         let now = Instant::now();
                         if now >= at || self.room.wait_for(&mut st, at - now) && Instant::now() >= at {
-                            return Err(self.reject(&mut st, n, Error::BlockTimeout(total)));
+                            return Err(Self::reject(&mut st, n, Error::BlockTimeout(total)));
                         }
-                        self.poisoned_error(&st)?;
+                        Self::poisoned_error(&st)?;
                         continue;
                     }
                 },
@@ -375,7 +360,7 @@ impl Inner {
                 let to = segments.get(i + 1).map_or(buf.len(), |s| s.1);
                 debug_assert!(seg_pos % self.cap + (to - from) as u64 <= self.cap);
                 if let Err(e) = self.data.write_at(&buf[from..to], DATA_OFFSET + seg_pos % self.cap) {
-                    return Err(self.reject(&mut st, n, Error::io("write", &self.data_path, e)));
+                    return Err(Self::reject(&mut st, n, Error::io("write", &self.data_path, e)));
                 }
             }
             st.head = new_head;
@@ -523,7 +508,7 @@ impl Inner {
     fn sync_all(&self, clean: bool) -> Result<u64> {
         {
             let st = self.state.lock();
-            self.poisoned_error(&st)?;
+            Self::poisoned_error(&st)?;
         }
         let target = self.written_seq.load(Ordering::Acquire);
         self.wait_durable(target)?;
@@ -551,9 +536,6 @@ impl Inner {
         ck.clean = clean;
         ck.boot_id = self.boot_id;
         let bytes = ck.encode();
-        self.meta
-            .write_at(&bytes, ck.slot() * SLOT_LEN as u64)
-            .map_err(|e| Error::io("write", &self.meta_path, e))
+        self.meta.write_at(&bytes, ck.slot() * SLOT_LEN as u64).map_err(|e| Error::io("write", &self.meta_path, e))
     }
 }
-

@@ -26,16 +26,11 @@ const DATA_FILE: &str = "ring.data";
 const META_FILE: &str = "ring.meta";
 
 fn open_rw(path: &Path, create_new: bool) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(create_new)
-        .mode(0o600)
-        .open(path)
+    OpenOptions::new().read(true).write(true).create_new(create_new).mode(0o600).open(path)
 }
 
 /// Reserves `len` bytes for `file` so writes within it never hit ENOSPC.
-/// (fs2's `allocate` reports posix_fallocate errors as "Success (os error
+/// (fs2's `allocate` reports `posix_fallocate` errors as "Success (os error
 /// 0)"; rustix returns the real errno.)
 fn preallocate(file: &File, len: u64) -> io::Result<()> {
     match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
@@ -46,9 +41,7 @@ fn preallocate(file: &File, len: u64) -> io::Result<()> {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("fsync directory", dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("fsync directory", dir, e))
 }
 
 /// Writes a new, empty ring: both files under temporary names, then renamed.
@@ -66,17 +59,10 @@ fn create(dir: &Path, data_path: &Path, meta_path: &Path, cap: u64) -> Result<()
 
         let meta = open_rw(&meta_tmp, true).map_err(|e| Error::io("create", &meta_tmp, e))?;
         preallocate(&meta, 2 * SLOT_LEN as u64).map_err(|e| Error::io("preallocate", &meta_tmp, e))?;
-        let ck = Checkpoint {
-            ring_id,
-            generation: 1,
-            capacity: cap,
-            next_seq: 1,
-            tail_seq: 1,
-            ..Checkpoint::default()
-        };
+        let ck =
+            Checkpoint { ring_id, generation: 1, capacity: cap, next_seq: 1, tail_seq: 1, ..Checkpoint::default() };
         let meta = FileStorage { file: meta };
-        meta.write_at(&ck.encode(), ck.slot() * SLOT_LEN as u64)
-            .map_err(|e| Error::io("write", &meta_tmp, e))?;
+        meta.write_at(&ck.encode(), ck.slot() * SLOT_LEN as u64).map_err(|e| Error::io("write", &meta_tmp, e))?;
         meta.sync_data().map_err(|e| Error::io("fsync", &meta_tmp, e))?;
         fs::rename(&data_tmp, data_path).map_err(|e| Error::io("rename", &data_tmp, e))?;
         fs::rename(&meta_tmp, meta_path).map_err(|e| Error::io("rename", &meta_tmp, e))?;
@@ -100,7 +86,10 @@ fn lock_dir(dir: &Path) -> Result<File> {
         .map_err(|e| Error::io("create lock file", &path, e))?;
     match fs2::FileExt::try_lock_exclusive(&file) {
         Ok(()) => Ok(file),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == fs2::lock_contended_error().raw_os_error() => {
+        Err(e)
+            if e.kind() == io::ErrorKind::WouldBlock
+                || e.raw_os_error() == fs2::lock_contended_error().raw_os_error() =>
+        {
             Err(Error::Locked { dir: dir.to_path_buf() })
         }
         Err(e) => Err(Error::io("lock", &path, e)),
@@ -108,16 +97,92 @@ fn lock_dir(dir: &Path) -> Result<File> {
 }
 
 fn not_a_ring(path: &Path, reason: impl Into<String>) -> Error {
-    Error::NotARing {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
+    Error::NotARing { path: path.to_path_buf(), reason: reason.into() }
 }
 
 fn wrap(config: &RingConfig, path: &Path, storage: Box<dyn Storage>) -> Box<dyn Storage> {
     match &config.storage_wrapper {
         Some(w) => w(path, storage),
         None => storage,
+    }
+}
+
+/// What the two files say about the ring before recovery.
+struct Layout {
+    ring_id: u64,
+    cap: u64,
+    checkpoint: Option<Checkpoint>,
+    damaged_slots: u8,
+    /// The data file's length, if it was short and had to be extended.
+    short_len: Option<u64>,
+}
+
+/// Reads the checkpoint slots and the data header, repairing a damaged
+/// header from the checkpoint and a short data file by extending it.
+fn read_layout(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_path: &Path) -> Result<Layout> {
+    let mut slots = vec![0u8; 2 * SLOT_LEN];
+    let meta_len = meta.len().map_err(|e| Error::io("stat", meta_path, e))?;
+    let readable = (meta_len as usize).min(slots.len());
+    meta.read_at(&mut slots[..readable], 0).map_err(|e| Error::io("read", meta_path, e))?;
+    let (ck, damaged_slots, version) = pick_checkpoint([&slots[..SLOT_LEN], &slots[SLOT_LEN..]]);
+    if let (None, Some(found)) = (&ck, version) {
+        return Err(Error::UnsupportedVersion { path: meta_path.to_path_buf(), found, supported: FORMAT_VERSION });
+    }
+
+    let data_len = data.len().map_err(|e| Error::io("stat", data_path, e))?;
+    let mut header = vec![0u8; (DATA_OFFSET as usize).min(data_len as usize)];
+    data.read_at(&mut header, 0).map_err(|e| Error::io("read", data_path, e))?;
+    let mut short_len = None;
+    let (ring_id, cap, rewrite_header) = match DataHeader::decode(&header) {
+        Ok(h) => (h.ring_id, h.capacity, false),
+        Err(HeaderError::Version(found)) => {
+            return Err(Error::UnsupportedVersion { path: data_path.to_path_buf(), found, supported: FORMAT_VERSION });
+        }
+        // A damaged header is repaired from the checkpoint, which repeats it.
+        Err(_) => match &ck {
+            Some(c) if data_len <= DATA_OFFSET + c.capacity => (c.ring_id, c.capacity, true),
+            _ => return Err(not_a_ring(data_path, "no ringship data header")),
+        },
+    };
+    if cap == 0 || cap % 8 != 0 || cap < crate::config::min_capacity(1) {
+        return Err(not_a_ring(data_path, format!("the header names an impossible capacity of {cap} bytes")));
+    }
+    if data_len < DATA_OFFSET + cap {
+        // Cut short (by a tool, or a file system that lost the
+        // preallocation): the missing bytes read as zeros, and recovery
+        // counts the records they held.
+        let file = open_rw(data_path, false).map_err(|e| Error::io("open", data_path, e))?;
+        preallocate(&file, DATA_OFFSET + cap).map_err(|e| Error::io("preallocate", data_path, e))?;
+        short_len = Some(data_len);
+    }
+    if rewrite_header {
+        data.write_at(&DataHeader { ring_id, capacity: cap }.encode(), 0)
+            .map_err(|e| Error::io("write", data_path, e))?;
+    }
+    Ok(Layout {
+        ring_id,
+        cap,
+        checkpoint: ck.filter(|c| c.ring_id == ring_id && c.capacity == cap),
+        damaged_slots,
+        short_len,
+    })
+}
+
+/// Creates the ring if the directory holds none; returns whether it did.
+fn create_if_absent(dir: &Path, data_path: &Path, meta_path: &Path, cap: u64) -> Result<bool> {
+    match (data_path.exists(), meta_path.exists()) {
+        (false, true) => Err(not_a_ring(data_path, "ring.meta is present but ring.data is missing")),
+        (false, false) => {
+            for entry in fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
+                let name = entry.map_err(|e| Error::io("list", dir, e))?.file_name();
+                if !matches!(name.to_str(), Some(LOCK_FILE | "ring.data.tmp" | "ring.meta.tmp")) {
+                    return Err(not_a_ring(dir, "the directory is not empty and holds no ring"));
+                }
+            }
+            create(dir, data_path, meta_path, cap)?;
+            Ok(true)
+        }
+        _ => Ok(false),
     }
 }
 
@@ -134,21 +199,7 @@ pub(super) fn open(dir: &Path, config: RingConfig) -> Result<(Inner, RecoveryRep
     let lock_file = lock_dir(dir)?;
     let data_path = dir.join(DATA_FILE);
     let meta_path = dir.join(META_FILE);
-    let mut created = false;
-    match (data_path.exists(), meta_path.exists()) {
-        (false, true) => return Err(not_a_ring(&data_path, "ring.meta is present but ring.data is missing")),
-        (false, false) => {
-            for entry in fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
-                let name = entry.map_err(|e| Error::io("list", dir, e))?.file_name();
-                if !matches!(name.to_str(), Some(LOCK_FILE | "ring.data.tmp" | "ring.meta.tmp")) {
-                    return Err(not_a_ring(dir, "the directory is not empty and holds no ring"));
-                }
-            }
-            create(dir, &data_path, &meta_path, config.capacity & !7)?;
-            created = true;
-        }
-        _ => {}
-    }
+    let created = create_if_absent(dir, &data_path, &meta_path, config.capacity & !7)?;
 
     let data_file = open_rw(&data_path, false).map_err(|e| Error::io("open", &data_path, e))?;
     let meta_file = match open_rw(&meta_path, false) {
@@ -159,55 +210,8 @@ pub(super) fn open(dir: &Path, config: RingConfig) -> Result<(Inner, RecoveryRep
     let data = wrap(&config, &data_path, Box::new(FileStorage { file: data_file }));
     let meta = wrap(&config, &meta_path, Box::new(FileStorage { file: meta_file }));
 
-    let mut slots = vec![0u8; 2 * SLOT_LEN];
-    let meta_len = meta.len().map_err(|e| Error::io("stat", &meta_path, e))?;
-    let readable = (meta_len as usize).min(slots.len());
-    meta.read_at(&mut slots[..readable], 0)
-        .map_err(|e| Error::io("read", &meta_path, e))?;
-    let (ck, damaged_slots, version) = pick_checkpoint([&slots[..SLOT_LEN], &slots[SLOT_LEN..]]);
-    if let (None, Some(found)) = (&ck, version) {
-        return Err(Error::UnsupportedVersion {
-            path: meta_path,
-            found,
-            supported: FORMAT_VERSION,
-        });
-    }
-
-    let data_len = data.len().map_err(|e| Error::io("stat", &data_path, e))?;
-    let mut header = vec![0u8; (DATA_OFFSET as usize).min(data_len as usize)];
-    data.read_at(&mut header, 0).map_err(|e| Error::io("read", &data_path, e))?;
-    let mut report_short = None;
-    let (ring_id, cap, rewrite_header) = match DataHeader::decode(&header) {
-        Ok(h) => (h.ring_id, h.capacity, false),
-        Err(HeaderError::Version(found)) => {
-            return Err(Error::UnsupportedVersion {
-                path: data_path,
-                found,
-                supported: FORMAT_VERSION,
-            });
-        }
-        // A damaged header is repaired from the checkpoint, which repeats it.
-        Err(_) => match &ck {
-            Some(c) if data_len <= DATA_OFFSET + c.capacity => (c.ring_id, c.capacity, true),
-            _ => return Err(not_a_ring(&data_path, "no ringship data header")),
-        },
-    };
-    if cap == 0 || cap % 8 != 0 || cap < crate::config::min_capacity(1) {
-        return Err(not_a_ring(&data_path, format!("the header names an impossible capacity of {cap} bytes")));
-    }
-    if data_len < DATA_OFFSET + cap {
-        // Cut short (by a tool, or a file system that lost the
-        // preallocation): the missing bytes read as zeros, and recovery
-        // counts the records they held.
-        let file = open_rw(&data_path, false).map_err(|e| Error::io("open", &data_path, e))?;
-        preallocate(&file, DATA_OFFSET + cap).map_err(|e| Error::io("preallocate", &data_path, e))?;
-        report_short = Some(data_len);
-    }
-    if rewrite_header {
-        data.write_at(&DataHeader { ring_id, capacity: cap }.encode(), 0)
-            .map_err(|e| Error::io("write", &data_path, e))?;
-    }
-    let ck = ck.filter(|c| c.ring_id == ring_id && c.capacity == cap);
+    let Layout { ring_id, cap, checkpoint: ck, damaged_slots, short_len: report_short } =
+        read_layout(&*data, &data_path, &*meta, &meta_path)?;
     let boot_id = data.boot_id();
 
     let (state, mut report) = if created {
@@ -243,14 +247,7 @@ pub(super) fn open(dir: &Path, config: RingConfig) -> Result<(Inner, RecoveryRep
         meta_io: Mutex::new(LEVEL_META_IO, "ring.meta_io", ck.map_or(1, |c| c.generation)),
         state: Mutex::new(LEVEL_RING_STATE, "ring.state", state),
         room: Condvar::new(),
-        sync: Mutex::new(
-            LEVEL_SYNC,
-            "ring.sync",
-            SyncState {
-                durable: written,
-                in_progress: false,
-            },
-        ),
+        sync: Mutex::new(LEVEL_SYNC, "ring.sync", SyncState { durable: written, in_progress: false }),
         synced: Condvar::new(),
         written_seq: AtomicU64::new(written),
         durable_seq: AtomicU64::new(written),
@@ -258,9 +255,6 @@ pub(super) fn open(dir: &Path, config: RingConfig) -> Result<(Inner, RecoveryRep
         lock_file: parking_lot::Mutex::new(Some(lock_file)),
     };
     inner.write_checkpoint(false)?;
-    inner
-        .meta
-        .sync_data()
-        .map_err(|e| Error::io("fsync", &meta_path, e))?;
+    inner.meta.sync_data().map_err(|e| Error::io("fsync", &meta_path, e))?;
     Ok((inner, report))
 }

@@ -40,123 +40,132 @@ impl Batch {
     }
 }
 
-/// Where a walk found damage that no hole covered yet.
-struct NewHole {
-    hole: Hole,
+/// What one walk over the ring found.
+struct Walk {
+    out: BytesMut,
+    /// seq, timestamp, position, payload range in `out`.
+    found: Vec<(u64, u64, u64, usize, usize)>,
+    new_holes: Vec<Hole>,
+    /// Where the walk stopped, and the seq expected there.
+    end_pos: u64,
+    next_seq: u64,
+}
+
+/// Where a read starts and what it may cover, copied under the state lock.
+struct Span {
+    start_seq: u64,
+    start_pos: u64,
+    head: u64,
+    next_seq: u64,
+    holes: Vec<Hole>,
 }
 
 impl Inner {
     pub(super) fn read(&self, from_seq: u64, max_records: usize, max_bytes: usize) -> Result<Batch> {
         loop {
-            let (start_seq, start_pos, head, next_seq, holes) = {
+            let window = {
                 let st = self.state.lock();
                 if st.closed {
                     return Err(Error::Closed);
                 }
-                let (s, p) = st.start_for(from_seq);
-                (s, p, st.head, st.next_seq, st.holes.clone())
+                let (start_seq, start_pos) = st.start_for(from_seq);
+                Span { start_seq, start_pos, head: st.head, next_seq: st.next_seq, holes: st.holes.clone() }
             };
-            let hole_at = |seq: u64| {
-                let at = holes.partition_point(|h| h.last < seq);
-                holes.get(at).filter(|h| h.first <= seq).copied()
-            };
-            let chunk = max_bytes.clamp(64 << 10, 4 << 20);
-            let mut scan = Scanner::new(&*self.data, self.cap, self.max_len, chunk);
-            let mut out = BytesMut::new();
-            let mut found: Vec<(u64, u64, u64, usize, usize)> = Vec::new(); // seq, ts, pos, from, to
-            let mut new_holes: Vec<NewHole> = Vec::new();
-            let mut p = start_pos;
-            let mut expect = start_seq;
-            let mut prev_ts = 0;
-            let io = |e| Error::io("read", &self.data_path, e);
-            while p < head && found.len() < max_records && (found.is_empty() || out.len() < max_bytes) {
-                match scan.frame_at(p).map_err(io)? {
-                    Found::Wrap => p = next_lap(p, self.cap),
-                    Found::Pad(h) => p += h.size(),
-                    Found::Record(h) if h.seq >= expect => {
-                        if h.seq > expect && hole_at(expect).is_none_or(|k| k.last + 1 < h.seq) {
-                            // Intact framing, missing seqs: damage the walk skipped over.
-                            new_holes.push(NewHole {
-                                hole: Hole {
-                                    first: expect,
-                                    last: h.seq - 1,
-                                    pos: p,
-                                    resume_pos: p,
-                                    first_ts: prev_ts,
-                                    last_ts: h.ts,
-                                    cause: LossCause::Corrupted,
-                                },
-                            });
-                        }
-                        if h.seq >= from_seq {
-                            let payload = scan.payload(&h).map_err(io)?;
-                            let from = out.len();
-                            out.extend_from_slice(payload);
-                            found.push((h.seq, h.ts, p, from, out.len()));
-                        }
-                        prev_ts = h.ts;
-                        expect = h.seq + 1;
-                        p += h.size();
-                    }
-                    Found::Record(_) | Found::Invalid => {
-                        if let Some(k) = hole_at(expect).filter(|k| k.resume_pos > p) {
-                            p = k.resume_pos;
-                            expect = k.last + 1;
-                            continue;
-                        }
-                        let resume = scan.resync(p, head).map_err(io)?;
-                        let (q, next) = match resume {
-                            Some((q, Found::Record(h) | Found::Pad(h))) => (q, h.seq.max(expect)),
-                            _ => (head, next_seq),
-                        };
-                        if next > expect {
-                            new_holes.push(NewHole {
-                                hole: Hole {
-                                    first: expect,
-                                    last: next - 1,
-                                    pos: p,
-                                    resume_pos: q,
-                                    first_ts: prev_ts,
-                                    last_ts: prev_ts,
-                                    cause: LossCause::Corrupted,
-                                },
-                            });
-                            expect = next;
-                        }
-                        p = q;
-                    }
-                }
-            }
+            let mut walk = self
+                .walk(&window, from_seq, max_records, max_bytes)
+                .map_err(|e| Error::io("read", &self.data_path, e))?;
             let mut st = self.state.lock();
-            if st.tail_pos > start_pos {
+            if st.tail_pos > window.start_pos {
                 // The writer evicted part of what we read while we read it:
                 // keep only what was still in the ring afterwards.
                 let tail = st.tail_pos;
-                let before = found.len();
-                found.retain(|r| r.2 >= tail);
-                new_holes.retain(|h| h.hole.pos >= tail);
-                if found.is_empty() && before > 0 {
+                let before = walk.found.len();
+                walk.found.retain(|r| r.2 >= tail);
+                walk.new_holes.retain(|h| h.pos >= tail);
+                if walk.found.is_empty() && before > 0 {
                     continue;
                 }
             }
-            for h in new_holes {
-                st.add_hole(h.hole);
+            for h in walk.new_holes {
+                st.add_hole(h);
             }
-            st.note_hint(expect, p);
+            st.note_hint(walk.next_seq, walk.end_pos);
             drop(st);
-            let out = out.freeze();
-            let records = found
+            let out = walk.out.freeze();
+            let records = walk
+                .found
                 .into_iter()
-                .map(|(seq, timestamp, _, from, to)| Record {
-                    seq,
-                    timestamp,
-                    payload: out.slice(from..to),
-                })
+                .map(|(seq, timestamp, _, from, to)| Record { seq, timestamp, payload: out.slice(from..to) })
                 .collect();
-            return Ok(Batch {
-                records,
-                next_seq: expect.max(from_seq),
-            });
+            return Ok(Batch { records, next_seq: walk.next_seq.max(from_seq) });
         }
+    }
+
+    /// Walks frames from `span.start_pos` without any lock, collecting
+    /// records with seq `from_seq` or above and noting damage.
+    fn walk(&self, window: &Span, from_seq: u64, max_records: usize, max_bytes: usize) -> std::io::Result<Walk> {
+        let hole_at = |seq: u64| {
+            let at = window.holes.partition_point(|h| h.last < seq);
+            window.holes.get(at).filter(|h| h.first <= seq).copied()
+        };
+        let chunk = max_bytes.clamp(64 << 10, 4 << 20);
+        let mut scan = Scanner::new(&*self.data, self.cap, self.max_len, chunk);
+        let mut w = Walk {
+            out: BytesMut::new(),
+            found: Vec::new(),
+            new_holes: Vec::new(),
+            end_pos: window.start_pos,
+            next_seq: window.start_seq,
+        };
+        let mut prev_ts = 0;
+        let head = window.head;
+        while w.end_pos < head && w.found.len() < max_records && (w.found.is_empty() || w.out.len() < max_bytes) {
+            let (at, expect) = (w.end_pos, w.next_seq);
+            let damage = |first: u64, last: u64, resume_pos: u64, last_ts: u64| Hole {
+                first,
+                last,
+                pos: at,
+                resume_pos,
+                first_ts: prev_ts,
+                last_ts,
+                cause: LossCause::Corrupted,
+            };
+            match scan.frame_at(at)? {
+                Found::Wrap => w.end_pos = next_lap(at, self.cap),
+                Found::Pad(h) => w.end_pos = at + h.size(),
+                Found::Record(h) if h.seq >= expect => {
+                    if h.seq > expect && hole_at(expect).is_none_or(|k| k.last + 1 < h.seq) {
+                        // Intact framing, missing seqs: damage the walk skipped over.
+                        w.new_holes.push(damage(expect, h.seq - 1, at, h.ts));
+                    }
+                    if h.seq >= from_seq {
+                        let payload = scan.payload(&h)?;
+                        let from = w.out.len();
+                        w.out.extend_from_slice(payload);
+                        w.found.push((h.seq, h.ts, at, from, w.out.len()));
+                    }
+                    prev_ts = h.ts;
+                    w.next_seq = h.seq + 1;
+                    w.end_pos = at + h.size();
+                }
+                Found::Record(_) | Found::Invalid => {
+                    if let Some(k) = hole_at(expect).filter(|k| k.resume_pos > at) {
+                        w.end_pos = k.resume_pos;
+                        w.next_seq = k.last + 1;
+                        continue;
+                    }
+                    let (q, next) = match scan.resync(at, head)? {
+                        Some((q, Found::Record(h) | Found::Pad(h))) => (q, h.seq.max(expect)),
+                        _ => (head, window.next_seq),
+                    };
+                    if next > expect {
+                        w.new_holes.push(damage(expect, next - 1, q, prev_ts));
+                        w.next_seq = next;
+                    }
+                    w.end_pos = q;
+                }
+            }
+        }
+        Ok(w)
     }
 }

@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 use std::io;
 use std::time::Instant;
 
-use super::frame::{Header, decode_header};
 use super::frame::HEADER_LEN;
+use super::frame::{Header, decode_header};
 use super::meta::Checkpoint;
 use super::scan::{Found, Scanner, next_lap};
 use super::state::{Hole, State};
@@ -62,55 +62,44 @@ fn find_head(scan: &mut Scanner<'_>, cap: u64) -> io::Result<Option<(u64, u64)>>
     Ok(best)
 }
 
-pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
-    let Input {
-        data,
-        cap,
-        max_len,
-        max_losses,
-        checkpoint,
-        boot_now,
-    } = input;
-    let ck = checkpoint.unwrap_or_else(|| Checkpoint {
-        next_seq: 1,
-        tail_seq: 1,
-        ..Checkpoint::default()
-    });
-    let power_loss_possible = !ck.clean && (ck.boot_id.is_none() || boot_now.is_none() || ck.boot_id != boot_now);
-    let cause_for = |first: u64| {
-        if power_loss_possible && first > ck.durable_seq {
-            LossCause::LostUnsynced
-        } else {
-            LossCause::Corrupted
-        }
-    };
-    let mut report = RecoveryReport {
-        clean_shutdown: ck.clean,
-        ..RecoveryReport::default()
-    };
-    let mut scan = Scanner::new(data, cap, max_len, SCAN_CHUNK);
-
-    // 1. The head.
-    let (head, found_next) = find_head(&mut scan, cap)?.unwrap_or((ck.head_pos, ck.next_seq));
-    if head % cap + HEADER_LEN as u64 <= cap {
-        let off = head % cap;
-        let raw = decode_header(scan.bytes(off, HEADER_LEN)?, head, max_len);
-        if let Some(h) = raw {
-            if scan.frame_at(head)? == Found::Invalid {
-                report.torn_bytes_truncated = h.size().min(cap - off);
-            }
-        }
+/// Size of a torn frame at `head`: a header that names its position but
+/// whose frame fails its checksum (the write was cut short).
+fn torn_bytes_at(scan: &mut Scanner<'_>, head: u64, max_len: usize) -> io::Result<u64> {
+    let cap = scan.cap();
+    let off = head % cap;
+    if off + HEADER_LEN as u64 > cap {
+        return Ok(0);
     }
+    let Some(h) = decode_header(scan.bytes(off, HEADER_LEN)?, head, max_len) else {
+        return Ok(0);
+    };
+    Ok(if scan.frame_at(head)? == Found::Invalid { h.size().min(cap - off) } else { 0 })
+}
 
-    // 2. The live window.
-    let lapped = head.saturating_sub(cap) > ck.tail_pos;
-    let window_start = head.saturating_sub(cap).max(ck.tail_pos).min(head);
-    let settled_c = ck.settled_seq;
-    let mut holes: Vec<Hole> = Vec::new();
-    let mut tail: Option<(u64, u64, u64)> = None;
-    let mut prev: Option<(u64, u64, u64)> = None; // seq, end pos, ts
-    let mut ack_pos = None;
-    let mut p = window_start;
+/// What the walk over the live window found.
+struct Window {
+    holes: Vec<Hole>,
+    /// The oldest record: seq, position, timestamp.
+    tail: Option<(u64, u64, u64)>,
+    /// The newest record: seq, end position, timestamp.
+    last: Option<(u64, u64, u64)>,
+    /// Position of the record after the delivery cursor.
+    ack_pos: Option<u64>,
+    records: u64,
+}
+
+/// Walks `start..head` in logical order: intact frames are records, seq
+/// gaps between them holes.
+fn walk_window(
+    scan: &mut Scanner<'_>,
+    start: u64,
+    head: u64,
+    ack_seq: u64,
+    cause_for: &dyn Fn(u64) -> LossCause,
+) -> io::Result<Window> {
+    let cap = scan.cap();
+    let mut w = Window { holes: Vec::new(), tail: None, last: None, ack_pos: None, records: 0 };
+    let mut p = start;
     while p < head {
         match scan.frame_at(p)? {
             Found::Wrap => p = next_lap(p, cap),
@@ -121,12 +110,12 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
             },
             Found::Record(h) => {
                 let size = h.size();
-                match prev {
+                match w.last {
                     Some((ps, _, _)) if h.seq <= ps => {
                         p += size;
                         continue;
                     }
-                    Some((ps, pend, pts)) if h.seq > ps + 1 => holes.push(Hole {
+                    Some((ps, pend, pts)) if h.seq > ps + 1 => w.holes.push(Hole {
                         first: ps + 1,
                         last: h.seq - 1,
                         pos: pend,
@@ -136,17 +125,41 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
                         cause: cause_for(ps + 1),
                     }),
                     Some(_) => {}
-                    None => tail = Some((h.seq, p, h.ts)),
+                    None => w.tail = Some((h.seq, p, h.ts)),
                 }
-                if h.seq == ck.ack_seq + 1 {
-                    ack_pos = Some(p);
+                if h.seq == ack_seq + 1 {
+                    w.ack_pos = Some(p);
                 }
-                report.records_recovered += 1;
-                prev = Some((h.seq, p + size, h.ts));
+                w.records += 1;
+                w.last = Some((h.seq, p + size, h.ts));
                 p += size;
             }
         }
     }
+    Ok(w)
+}
+
+pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
+    let Input { data, cap, max_len, max_losses, checkpoint, boot_now } = input;
+    let ck = checkpoint.unwrap_or_else(|| Checkpoint { next_seq: 1, tail_seq: 1, ..Checkpoint::default() });
+    let power_loss_possible = !ck.clean && (ck.boot_id.is_none() || boot_now.is_none() || ck.boot_id != boot_now);
+    let cause_for = |first: u64| {
+        if power_loss_possible && first > ck.durable_seq { LossCause::LostUnsynced } else { LossCause::Corrupted }
+    };
+    let mut report = RecoveryReport { clean_shutdown: ck.clean, ..RecoveryReport::default() };
+    let mut scan = Scanner::new(data, cap, max_len, SCAN_CHUNK);
+
+    // 1. The head.
+    let (head, found_next) = find_head(&mut scan, cap)?.unwrap_or((ck.head_pos, ck.next_seq));
+    report.torn_bytes_truncated = torn_bytes_at(&mut scan, head, max_len)?;
+
+    // 2. The live window.
+    let lapped = head.saturating_sub(cap) > ck.tail_pos;
+    let window_start = head.saturating_sub(cap).max(ck.tail_pos).min(head);
+    let settled_c = ck.settled_seq;
+    let Window { mut holes, tail, last: prev, ack_pos, records } =
+        walk_window(&mut scan, window_start, head, ck.ack_seq, &cause_for)?;
+    report.records_recovered = records;
 
     // 3. Seqs assigned before the crash that no frame holds any more.
     let mut next_seq = found_next.max(prev.map_or(0, |(s, _, _)| s + 1));
@@ -167,39 +180,24 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
     let tail_seq = holes.first().map_or(tail_seq, |h| h.first.min(tail_seq));
     let tail_pos = holes.first().filter(|h| h.first == tail_seq).map_or(tail_pos, |h| h.pos.min(tail_pos));
 
-    let mut st = State {
-        cap,
-        next_seq,
-        head,
-        tail_seq,
-        tail_pos,
-        tail_ts,
-        ack_seq: ck.ack_seq.min(next_seq - 1),
-        ack_pos,
-        rejected: ck.rejected,
-        acked: ck.acked,
-        overwritten: ck.overwritten,
-        overwritten_bytes: ck.overwritten_bytes,
-        corrupted: ck.corrupted,
-        lost_unsynced: ck.lost_unsynced,
-        holes: Vec::new(),
-        losses: ck.losses.clone(),
-        max_losses,
-        hints: BTreeMap::new(),
-        poisoned: None,
-        closed: false,
-        last_checkpoint: Instant::now(),
-        unsaved_losses: false,
-    };
+    let mut st = fresh_state(cap, max_losses);
+    st.next_seq = next_seq;
+    st.head = head;
+    (st.tail_seq, st.tail_pos, st.tail_ts) = (tail_seq, tail_pos, tail_ts);
+    st.ack_seq = ck.ack_seq.min(next_seq - 1);
+    st.ack_pos = ack_pos;
+    st.rejected = ck.rejected;
+    st.acked = ck.acked;
+    st.overwritten = ck.overwritten;
+    st.overwritten_bytes = ck.overwritten_bytes;
+    st.corrupted = ck.corrupted;
+    st.lost_unsynced = ck.lost_unsynced;
+    st.losses = ck.losses.clone();
 
     // Seqs below the oldest survivor that the checkpoint had not settled.
     if tail_seq > settled_c + 1 {
         let count = tail_seq - 1 - settled_c;
-        let cause = if lapped {
-            LossCause::Overwritten
-        } else {
-            cause_for(settled_c + 1)
-        };
+        let cause = if lapped { LossCause::Overwritten } else { cause_for(settled_c + 1) };
         let range = LossRange {
             first_seq: settled_c + 1,
             last_seq: tail_seq - 1,
@@ -209,23 +207,7 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
             bytes: tail_pos.saturating_sub(ck.settled_pos),
             cause,
         };
-        match cause {
-            LossCause::Overwritten => {
-                st.overwritten += count;
-                st.overwritten_bytes += range.bytes;
-                report.overwritten_discovered += count;
-            }
-            LossCause::LostUnsynced => {
-                st.lost_unsynced += count;
-                report.lost_unsynced_discovered += count;
-            }
-            _ => {
-                st.corrupted += count;
-                report.damaged_records += count;
-            }
-        }
-        st.losses.add(range, max_losses);
-        report.losses_discovered.push(range);
+        settle_discovered(&mut st, &mut report, range);
     }
     for h in holes {
         if st.add_hole(h) {
@@ -242,7 +224,29 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
     Ok((st, report))
 }
 
-/// An empty loss list, for a new ring.
+/// Counts a range discovered lost below the oldest survivor as settled.
+fn settle_discovered(st: &mut State, report: &mut RecoveryReport, range: LossRange) {
+    let count = range.count;
+    match range.cause {
+        LossCause::Overwritten => {
+            st.overwritten += count;
+            st.overwritten_bytes += range.bytes;
+            report.overwritten_discovered += count;
+        }
+        LossCause::LostUnsynced => {
+            st.lost_unsynced += count;
+            report.lost_unsynced_discovered += count;
+        }
+        _ => {
+            st.corrupted += count;
+            report.damaged_records += count;
+        }
+    }
+    st.losses.add(range, st.max_losses);
+    report.losses_discovered.push(range);
+}
+
+/// The state of a new, empty ring.
 pub(crate) fn fresh_state(cap: u64, max_losses: usize) -> State {
     State {
         cap,

@@ -38,14 +38,12 @@ pub(crate) struct Scanner<'a> {
 
 impl<'a> Scanner<'a> {
     pub(crate) fn new(data: &'a dyn Storage, cap: u64, max_len: usize, chunk: usize) -> Self {
-        Scanner {
-            data,
-            cap,
-            max_len,
-            chunk,
-            buf: Vec::new(),
-            buf_off: 0,
-        }
+        Scanner { data, cap, max_len, chunk, buf: Vec::new(), buf_off: 0 }
+    }
+
+    /// Size of the data area.
+    pub(crate) fn cap(&self) -> u64 {
+        self.cap
     }
 
     /// Bytes `off..off + len` of the data area (`off + len <= cap`).

@@ -91,11 +91,7 @@ impl State {
 
     /// Position of the frame of `settled() + 1`.
     pub(crate) fn settled_pos(&self) -> u64 {
-        if self.ack_seq >= self.tail_seq {
-            self.ack_pos.unwrap_or(self.tail_pos)
-        } else {
-            self.tail_pos
-        }
+        if self.ack_seq >= self.tail_seq { self.ack_pos.unwrap_or(self.tail_pos) } else { self.tail_pos }
     }
 
     /// Moves holes (or their parts) at or below the settled point into the

@@ -29,10 +29,7 @@ impl TempRing {
 
 /// A small ring that syncs only when asked.
 pub fn small(capacity: u64) -> RingConfig {
-    RingConfig::default()
-        .with_capacity(capacity)
-        .with_max_record_len(1024)
-        .with_sync(SyncPolicy::Never)
+    RingConfig::default().with_capacity(capacity).with_max_record_len(1024).with_sync(SyncPolicy::Never)
 }
 
 pub fn open(dir: &Path, config: RingConfig) -> Ring {
