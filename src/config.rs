@@ -48,7 +48,7 @@ pub type StorageWrapper = Arc<dyn Fn(&Path, Box<dyn Storage>) -> Box<dyn Storage
 #[derive(Clone)]
 pub struct RingConfig {
     pub(crate) capacity: u64,
-    pub(crate) max_record_len: usize,
+    pub(crate) max_record_len: Option<usize>,
     pub(crate) sync: SyncPolicy,
     pub(crate) full: FullPolicy,
     pub(crate) checkpoint_interval: Duration,
@@ -60,11 +60,12 @@ pub struct RingConfig {
 pub const MAX_LOSS_RANGES: usize = 64;
 
 impl Default for RingConfig {
-    /// 64 MiB ring, records up to 256 KiB, `Interval(200 ms)`, `OverwriteOldest`.
+    /// 64 MiB ring, records up to 256 KiB (or a quarter of a smaller
+    /// capacity), `Interval(200 ms)`, `OverwriteOldest`.
     fn default() -> Self {
         RingConfig {
             capacity: 64 << 20,
-            max_record_len: 256 << 10,
+            max_record_len: None,
             sync: SyncPolicy::Interval(Duration::from_millis(200)),
             full: FullPolicy::OverwriteOldest,
             checkpoint_interval: Duration::from_millis(100),
@@ -98,11 +99,17 @@ impl RingConfig {
         self
     }
 
-    /// Largest payload `append` accepts (at most 16 MiB - 1).
+    /// Largest payload `append` accepts (at most 16 MiB - 1). Unset, it is
+    /// 256 KiB or a quarter of the capacity, whichever is smaller.
     #[must_use]
     pub fn with_max_record_len(mut self, bytes: usize) -> Self {
-        self.max_record_len = bytes;
+        self.max_record_len = Some(bytes);
         self
+    }
+
+    /// The largest payload `append` accepts with this configuration.
+    pub fn max_record_len(&self) -> usize {
+        self.max_record_len.unwrap_or_else(|| (256 << 10).min(usize::try_from(self.capacity / 4).unwrap_or(usize::MAX)))
     }
 
     /// The sync policy.
@@ -143,17 +150,17 @@ impl RingConfig {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
-        if self.max_record_len == 0 || self.max_record_len > MAX_PAYLOAD {
+        let max_record_len = self.max_record_len();
+        if max_record_len == 0 || max_record_len > MAX_PAYLOAD {
             return Err(Error::Config(format!(
-                "max_record_len must be between 1 and {MAX_PAYLOAD} bytes, got {}",
-                self.max_record_len
+                "max_record_len must be between 1 and {MAX_PAYLOAD} bytes, got {max_record_len}"
             )));
         }
-        let min = min_capacity(self.max_record_len);
+        let min = min_capacity(max_record_len);
         if self.capacity < min {
             return Err(Error::Config(format!(
-                "capacity of {} bytes is too small for one record of max_record_len {} bytes: at least {min} bytes needed",
-                self.capacity, self.max_record_len
+                "capacity of {} bytes is too small for one record of max_record_len {max_record_len} bytes: at least {min} bytes needed",
+                self.capacity
             )));
         }
         if let SyncPolicy::Interval(d) = self.sync {

@@ -220,7 +220,7 @@ pub(super) fn open(dir: &Path, config: RingConfig) -> Result<(Inner, RecoveryRep
         recover(Input {
             data: &*data,
             cap,
-            max_len: config.max_record_len,
+            max_len: config.max_record_len(),
             max_losses: config.max_loss_ranges,
             checkpoint: ck.clone(),
             boot_now: boot_id,
@@ -240,7 +240,7 @@ pub(super) fn open(dir: &Path, config: RingConfig) -> Result<(Inner, RecoveryRep
         data,
         meta,
         cap,
-        max_len: config.max_record_len,
+        max_len: config.max_record_len(),
         config,
         ring_id,
         boot_id,
