@@ -425,6 +425,22 @@ impl Inner {
                     st.tail_seq = h.seq + 1;
                     st.tail_ts = h.ts;
                 }
+                Some(h) if !h.is_pad && h.seq > st.tail_seq => {
+                    // Intact framing with seqs missing before it: a gap no
+                    // reader has registered yet.
+                    let hole = Hole {
+                        first: st.tail_seq,
+                        last: h.seq - 1,
+                        pos,
+                        resume_pos: pos,
+                        first_ts: st.tail_ts,
+                        last_ts: h.ts,
+                        cause: LossCause::Corrupted,
+                    };
+                    if !st.add_hole(hole) {
+                        st.tail_seq = h.seq;
+                    }
+                }
                 _ => {
                     // Damage at the tail that no reader has met yet.
                     let resume = {
