@@ -48,11 +48,20 @@
 mod config;
 mod error;
 mod ring;
+mod sender;
 mod stats;
 mod sync;
+mod transport;
 
 pub use config::{FullPolicy, MAX_LOSS_RANGES, RingConfig, StorageWrapper, SyncPolicy};
 pub use error::{Error, Result};
 pub use ring::storage::Storage;
-pub use ring::{Batch, Record, Ring};
+pub use ring::{ReadBatch, Record, Ring};
+pub use sender::{
+    Health, HealthState, LossCallback, SenderStats, Shipper, ShipperBuilder, ShutdownReport, StallCallback,
+};
 pub use stats::{LossCause, LossRange, RecoveryReport, RingStats};
+pub use transport::{
+    Batch, BatchRecord, CancelToken, Endpoint, GapNotice, MemoryReceiver, MemoryTransport, Received, SendContext,
+    SendError, SendErrorKind, Transport, TransportFactory,
+};

@@ -13,6 +13,9 @@
 //! | 10 | `ring.meta_io` | one checkpoint `pwrite` (never fsync) |
 //! | 20 | `ring.state` | one record `pwrite` into the page cache (never fsync) |
 //! | 30 | `ring.sync` | nothing: released before every fsync |
+//! | 40 | `sender.endpoint` | nothing (cancels the in-flight send's token) |
+//! | 50 | `sender.status` | nothing |
+//! | 60 | `transport.cancel` | nothing (a token's wait/notify) |
 //!
 //! The shim exists so that loom (under `cfg(loom)`) can swap the primitives
 //! underneath without touching the code that uses them.
@@ -25,6 +28,12 @@ pub(crate) const LEVEL_META_IO: u8 = 10;
 pub(crate) const LEVEL_RING_STATE: u8 = 20;
 /// `ring.sync`: the group-commit coordinator.
 pub(crate) const LEVEL_SYNC: u8 = 30;
+/// `sender.endpoint`: the desired endpoint, its generation, the in-flight token.
+pub(crate) const LEVEL_SENDER_ENDPOINT: u8 = 40;
+/// `sender.status`: health, last error, worker heartbeat.
+pub(crate) const LEVEL_SENDER_STATUS: u8 = 50;
+/// `transport.cancel`: a cancellation token's waiters.
+pub(crate) const LEVEL_CANCEL: u8 = 60;
 
 #[cfg(debug_assertions)]
 mod order {

@@ -26,7 +26,7 @@ use crate::stats::{LossCause, LossRange, RecoveryReport, RingStats};
 use crate::sync::{Condvar, Mutex};
 use crate::{Error, FullPolicy, Result, RingConfig, Storage, SyncPolicy};
 
-pub use read::{Batch, Record};
+pub use read::{ReadBatch, Record};
 
 /// The group-commit coordinator's state (`ring.sync`).
 #[derive(Default)]
@@ -160,11 +160,11 @@ impl Ring {
     /// Reads up to `max_records` records (and about `max_bytes` payload
     /// bytes, at least one record) with seq `from_seq` or above, oldest
     /// first. Records that were lost are skipped: compare seqs with
-    /// [`Batch::next_seq`] and [`Ring::losses`] to see which.
+    /// [`ReadBatch::next_seq`] and [`Ring::losses`] to see which.
     ///
     /// # Errors
     /// [`Error::Closed`] or [`Error::Io`].
-    pub fn read(&self, from_seq: u64, max_records: usize, max_bytes: usize) -> Result<Batch> {
+    pub fn read(&self, from_seq: u64, max_records: usize, max_bytes: usize) -> Result<ReadBatch> {
         self.inner.read(from_seq, max_records.max(1), max_bytes)
     }
 

@@ -21,14 +21,14 @@ pub struct Record {
 
 /// Records read by [`Ring::read`](crate::Ring::read), oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Batch {
+pub struct ReadBatch {
     /// The records, in seq order. Seqs missing between them were lost.
     pub records: Vec<Record>,
     /// The seq to read from next.
     pub next_seq: u64,
 }
 
-impl Batch {
+impl ReadBatch {
     /// Whether the batch holds no record.
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
@@ -61,7 +61,7 @@ struct Span {
 }
 
 impl Inner {
-    pub(super) fn read(&self, from_seq: u64, max_records: usize, max_bytes: usize) -> Result<Batch> {
+    pub(super) fn read(&self, from_seq: u64, max_records: usize, max_bytes: usize) -> Result<ReadBatch> {
         loop {
             let window = {
                 let st = self.state.lock();
@@ -97,7 +97,7 @@ impl Inner {
                 .into_iter()
                 .map(|(seq, timestamp, _, from, to)| Record { seq, timestamp, payload: out.slice(from..to) })
                 .collect();
-            return Ok(Batch { records, next_seq: walk.next_seq.max(from_seq) });
+            return Ok(ReadBatch { records, next_seq: walk.next_seq.max(from_seq) });
         }
     }
 

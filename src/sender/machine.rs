@@ -1,0 +1,523 @@
+//! The sender's protocol core: a deterministic state machine with no
+//! threads, clocks or I/O inside (sans-IO).
+//!
+//! The worker thread drives it:
+//!
+//! 1. call [`Machine::poll_action`] with the current time and carry the
+//!    action out;
+//! 2. report what happened with the matching `on_*` method (`on_batch` after
+//!    a `Read`, `on_send_result` after a `Send`);
+//! 3. on `Wait`, sleep until the deadline or an event (records appended,
+//!    endpoint switched, shutdown) and report the event.
+//!
+//! States and transitions are drawn in docs/SENDER.md.
+
+use std::time::Duration;
+
+use crate::transport::SendErrorKind;
+
+/// Instants as the machine sees them: any monotonic clock, in nanoseconds.
+/// Tests jump it; the worker feeds it from `Instant`.
+pub(crate) type Nanos = u64;
+
+fn nanos(d: Duration) -> Nanos {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Longest `Retry-After` honoured; a longer one is cut to this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// Batching and retry settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MachineConfig {
+    pub(crate) max_batch_records: usize,
+    pub(crate) max_batch_bytes: usize,
+    pub(crate) linger: Duration,
+    pub(crate) backoff_initial: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) idle_poll: Duration,
+}
+
+/// What the worker should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Read a batch from the ring starting at `from_seq`; report it with
+    /// [`Machine::on_batch`] or [`Machine::on_read_failed`].
+    Read { from_seq: u64 },
+    /// Send the batch last reported to the current endpoint; report with
+    /// [`Machine::on_send_result`].
+    Send,
+    /// Acknowledge the ring up to `seq`.
+    Ack { seq: u64 },
+    /// Nothing to do before `until` unless an event arrives.
+    Wait { until: Nanos },
+    /// The machine has stopped.
+    Stop,
+}
+
+/// The machine's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    NeedRead,
+    Reading,
+    Idle { until: Nanos },
+    Lingering { until: Nanos },
+    ReadyToSend,
+    Sending { generation: u64 },
+    Acking { seq: u64 },
+    Backoff { until: Nanos },
+    Stopped,
+}
+
+impl State {
+    pub(crate) fn is_sending(self) -> bool {
+        matches!(self, State::Sending { .. })
+    }
+}
+
+/// What a read found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchInfo {
+    pub(crate) first_seq: u64,
+    pub(crate) last_seq: u64,
+    pub(crate) records: usize,
+    pub(crate) bytes: usize,
+}
+
+/// How a send ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Accepted,
+    Failed { kind: SendErrorKind, retry_after: Option<Duration> },
+}
+
+/// Counters the machine keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Counters {
+    pub(crate) batches_sent: u64,
+    pub(crate) records_sent: u64,
+    pub(crate) retries: u64,
+    pub(crate) failures: u64,
+    pub(crate) permanent_failures: u64,
+    pub(crate) cancelled: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Machine {
+    cfg: MachineConfig,
+    state: State,
+    /// The next seq to read: everything below it was accepted by an endpoint.
+    cursor: u64,
+    held: Option<BatchInfo>,
+    /// First seq of the batch being lingered on, and since when.
+    linger_start: Option<(u64, Nanos)>,
+    attempt: u32,
+    /// The newest endpoint generation the worker has reported.
+    generation: u64,
+    retrying: bool,
+    draining: bool,
+    rng: u64,
+    pub(crate) counters: Counters,
+}
+
+impl Machine {
+    pub(crate) fn new(cfg: MachineConfig, cursor: u64, generation: u64, seed: u64) -> Self {
+        Machine {
+            cfg,
+            state: State::NeedRead,
+            cursor,
+            held: None,
+            linger_start: None,
+            attempt: 0,
+            generation,
+            retrying: false,
+            draining: false,
+            rng: seed | 1,
+            counters: Counters::default(),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn state(&self) -> State {
+        self.state
+    }
+
+    #[cfg(test)]
+    pub(crate) fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// The next action. `None` while waiting for a read or send to be
+    /// reported.
+    pub(crate) fn poll_action(&mut self, now: Nanos) -> Option<Action> {
+        match self.state {
+            State::NeedRead => Some(self.start_read()),
+            State::Idle { until } | State::Lingering { until } | State::Backoff { until } => {
+                if now >= until {
+                    Some(self.start_read())
+                } else {
+                    Some(Action::Wait { until })
+                }
+            }
+            State::ReadyToSend => {
+                self.state = State::Sending { generation: self.generation };
+                Some(Action::Send)
+            }
+            State::Acking { seq } => {
+                self.state = State::NeedRead;
+                Some(Action::Ack { seq })
+            }
+            State::Reading | State::Sending { .. } => None,
+            State::Stopped => Some(Action::Stop),
+        }
+    }
+
+    /// When the machine next wants `poll_action` called without an event.
+    #[cfg(test)]
+    pub(crate) fn poll_timeout(&self) -> Option<Nanos> {
+        match self.state {
+            State::Idle { until } | State::Lingering { until } | State::Backoff { until } => Some(until),
+            _ => None,
+        }
+    }
+
+    fn start_read(&mut self) -> Action {
+        self.state = State::Reading;
+        Action::Read { from_seq: self.cursor }
+    }
+
+    /// A read from the cursor returned `batch` (`None`: nothing to send).
+    pub(crate) fn on_batch(&mut self, now: Nanos, batch: Option<BatchInfo>) {
+        let Some(info) = batch else {
+            self.held = None;
+            self.linger_start = None;
+            self.state =
+                if self.draining { State::Stopped } else { State::Idle { until: now + nanos(self.cfg.idle_poll) } };
+            return;
+        };
+        let start = match self.linger_start {
+            Some((first, since)) if first == info.first_seq => since,
+            _ => {
+                self.linger_start = Some((info.first_seq, now));
+                now
+            }
+        };
+        let until = start + nanos(self.cfg.linger);
+        let full = info.records >= self.cfg.max_batch_records || info.bytes >= self.cfg.max_batch_bytes;
+        self.held = Some(info);
+        self.state = if full || self.retrying || self.draining || now >= until {
+            State::ReadyToSend
+        } else {
+            State::Lingering { until }
+        };
+    }
+
+    /// The read failed (an I/O error): try again after a backoff.
+    pub(crate) fn on_read_failed(&mut self, now: Nanos) {
+        self.attempt += 1;
+        self.state = State::Backoff { until: now + nanos(self.backoff()) };
+    }
+
+    /// The send of the held batch to endpoint generation `sent_generation`
+    /// ended with `outcome`.
+    pub(crate) fn on_send_result(&mut self, now: Nanos, sent_generation: u64, outcome: Outcome) {
+        debug_assert!(self.state.is_sending(), "send result in state {:?}", self.state);
+        let info = self.held.expect("a send result needs a held batch");
+        match outcome {
+            Outcome::Accepted => {
+                self.counters.batches_sent += 1;
+                self.counters.records_sent += info.records as u64;
+                self.cursor = self.cursor.max(info.last_seq + 1);
+                self.held = None;
+                self.linger_start = None;
+                self.attempt = 0;
+                self.retrying = false;
+                self.state = State::Acking { seq: info.last_seq };
+            }
+            Outcome::Failed { kind, retry_after } => {
+                self.counters.failures += 1;
+                self.counters.retries += 1;
+                match kind {
+                    SendErrorKind::Permanent => self.counters.permanent_failures += 1,
+                    SendErrorKind::Cancelled => self.counters.cancelled += 1,
+                    _ => {}
+                }
+                self.retrying = true;
+                if sent_generation < self.generation {
+                    // The endpoint changed under the send: go to the new one now.
+                    self.attempt = 0;
+                    self.state = State::NeedRead;
+                } else if self.draining && kind == SendErrorKind::Cancelled {
+                    self.state = State::Stopped;
+                } else {
+                    self.attempt += 1;
+                    let delay = if kind == SendErrorKind::Permanent { self.cfg.backoff_max } else { self.backoff() };
+                    let delay = delay.max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER));
+                    self.state = State::Backoff { until: now + nanos(delay) };
+                }
+            }
+        }
+    }
+
+    /// The worker saw endpoint generation `generation`. A retry waiting
+    /// out a backoff goes to the new endpoint at once.
+    pub(crate) fn on_switch(&mut self, generation: u64) {
+        if generation <= self.generation {
+            return;
+        }
+        self.generation = generation;
+        if let State::Backoff { .. } = self.state {
+            self.attempt = 0;
+            self.state = State::NeedRead;
+        }
+    }
+
+    /// Records were appended: an idle machine reads at once.
+    pub(crate) fn on_records_available(&mut self) {
+        if let State::Idle { .. } = self.state {
+            self.state = State::NeedRead;
+        }
+    }
+
+    /// Shutdown: stop lingering, send what is held, stop once the ring
+    /// reads empty.
+    pub(crate) fn on_shutdown(&mut self) {
+        self.draining = true;
+        match self.state {
+            State::Idle { .. } => self.state = State::Stopped,
+            State::Lingering { .. } => self.state = State::ReadyToSend,
+            _ => {}
+        }
+    }
+
+    /// Exponential backoff for the current attempt with "equal jitter":
+    /// half the step fixed, half random, never above the cap.
+    fn backoff(&mut self) -> Duration {
+        let exp = self.attempt.saturating_sub(1).min(30);
+        let step = self.cfg.backoff_initial.saturating_mul(1 << exp).min(self.cfg.backoff_max);
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let half = step / 2;
+        let jitter = self.rng % nanos(half).saturating_add(1);
+        half + Duration::from_nanos(jitter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Nanos = 1_000_000;
+
+    fn cfg() -> MachineConfig {
+        MachineConfig {
+            max_batch_records: 10,
+            max_batch_bytes: 1000,
+            linger: Duration::from_millis(20),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(2),
+            idle_poll: Duration::from_millis(50),
+        }
+    }
+
+    fn batch(first: u64, last: u64) -> BatchInfo {
+        BatchInfo { first_seq: first, last_seq: last, records: (last - first + 1) as usize, bytes: 10 }
+    }
+
+    /// A machine that has read a full batch 1..=10 and is sending it.
+    fn sending() -> Machine {
+        let mut m = Machine::new(cfg(), 1, 1, 42);
+        assert_eq!(m.poll_action(0), Some(Action::Read { from_seq: 1 }));
+        m.on_batch(0, Some(batch(1, 10)));
+        assert_eq!(m.poll_action(0), Some(Action::Send));
+        m
+    }
+
+    #[test]
+    fn starts_by_reading_from_the_cursor() {
+        let mut m = Machine::new(cfg(), 7, 1, 1);
+        assert_eq!(m.poll_action(0), Some(Action::Read { from_seq: 7 }));
+        assert_eq!(m.state(), State::Reading);
+        assert_eq!(m.poll_action(0), None, "nothing until the read is reported");
+    }
+
+    #[test]
+    fn empty_read_idles_then_polls_again() {
+        let mut m = Machine::new(cfg(), 1, 1, 1);
+        m.poll_action(0);
+        m.on_batch(0, None);
+        assert_eq!(m.poll_action(10 * MS), Some(Action::Wait { until: 50 * MS }));
+        assert_eq!(m.poll_timeout(), Some(50 * MS));
+        assert_eq!(m.poll_action(50 * MS), Some(Action::Read { from_seq: 1 }));
+    }
+
+    #[test]
+    fn records_available_wakes_an_idle_machine() {
+        let mut m = Machine::new(cfg(), 1, 1, 1);
+        m.poll_action(0);
+        m.on_batch(0, None);
+        m.on_records_available();
+        assert_eq!(m.poll_action(1), Some(Action::Read { from_seq: 1 }));
+    }
+
+    #[test]
+    fn full_batch_is_sent_at_once() {
+        let m = sending();
+        assert_eq!(m.state(), State::Sending { generation: 1 });
+    }
+
+    #[test]
+    fn partial_batch_lingers_then_is_sent() {
+        let mut m = Machine::new(cfg(), 1, 1, 1);
+        m.poll_action(0);
+        m.on_batch(0, Some(batch(1, 3)));
+        assert_eq!(m.poll_action(5 * MS), Some(Action::Wait { until: 20 * MS }));
+        // Re-read after the linger: the batch grew but is still partial;
+        // the linger clock started with its first seq, so it goes now.
+        assert_eq!(m.poll_action(20 * MS), Some(Action::Read { from_seq: 1 }));
+        m.on_batch(20 * MS, Some(batch(1, 5)));
+        assert_eq!(m.poll_action(20 * MS), Some(Action::Send));
+    }
+
+    #[test]
+    fn batch_full_by_bytes_is_sent_at_once() {
+        let mut m = Machine::new(cfg(), 1, 1, 1);
+        m.poll_action(0);
+        m.on_batch(0, Some(BatchInfo { first_seq: 1, last_seq: 2, records: 2, bytes: 5000 }));
+        assert_eq!(m.poll_action(0), Some(Action::Send));
+    }
+
+    #[test]
+    fn accepted_send_acks_and_moves_the_cursor() {
+        let mut m = sending();
+        m.on_send_result(MS, 1, Outcome::Accepted);
+        assert_eq!(m.poll_action(MS), Some(Action::Ack { seq: 10 }));
+        assert_eq!(m.poll_action(MS), Some(Action::Read { from_seq: 11 }));
+        assert_eq!((m.counters.batches_sent, m.counters.records_sent), (1, 10));
+    }
+
+    #[test]
+    fn retryable_failure_backs_off_exponentially_with_a_cap() {
+        let mut m = sending();
+        let mut now = 0;
+        let mut delays = Vec::new();
+        for _ in 0..8 {
+            m.on_send_result(now, 1, Outcome::Failed { kind: SendErrorKind::Retryable, retry_after: None });
+            let State::Backoff { until } = m.state() else { panic!("{:?}", m.state()) };
+            delays.push(until - now);
+            now = until;
+            assert_eq!(m.poll_action(now), Some(Action::Read { from_seq: 1 }), "retries re-read from the cursor");
+            m.on_batch(now, Some(batch(1, 3)));
+            assert_eq!(m.poll_action(now), Some(Action::Send), "a retry does not linger");
+        }
+        // Equal jitter: attempt n waits between half and all of min(100ms * 2^(n-1), 2s).
+        for (i, d) in delays.iter().enumerate() {
+            let step = (100 * MS << i).min(2_000 * MS);
+            assert!(*d >= step / 2 && *d <= step, "attempt {}: {d} not in [{}, {step}]", i + 1, step / 2);
+        }
+        assert!(delays[7] <= 2_000 * MS);
+        assert_eq!(m.counters.retries, 8);
+        assert_eq!(m.cursor(), 1, "nothing acked that was not accepted");
+    }
+
+    #[test]
+    fn retry_after_is_honoured_up_to_a_limit() {
+        let mut m = sending();
+        let ask = Duration::from_secs(7);
+        m.on_send_result(0, 1, Outcome::Failed { kind: SendErrorKind::Retryable, retry_after: Some(ask) });
+        assert_eq!(m.state(), State::Backoff { until: nanos(ask) });
+        let mut m = sending();
+        let huge = Duration::from_secs(100_000);
+        m.on_send_result(0, 1, Outcome::Failed { kind: SendErrorKind::Retryable, retry_after: Some(huge) });
+        assert_eq!(m.state(), State::Backoff { until: nanos(MAX_RETRY_AFTER) });
+    }
+
+    #[test]
+    fn permanent_failure_waits_the_longest_backoff_and_keeps_the_batch() {
+        let mut m = sending();
+        m.on_send_result(0, 1, Outcome::Failed { kind: SendErrorKind::Permanent, retry_after: None });
+        assert_eq!(m.state(), State::Backoff { until: 2_000 * MS });
+        assert_eq!(m.counters.permanent_failures, 1);
+        assert_eq!(m.cursor(), 1);
+    }
+
+    #[test]
+    fn failure_for_an_old_generation_retries_at_once_to_the_new_endpoint() {
+        let mut m = sending();
+        m.on_switch(2);
+        m.on_send_result(0, 1, Outcome::Failed { kind: SendErrorKind::Cancelled, retry_after: None });
+        assert_eq!(m.poll_action(0), Some(Action::Read { from_seq: 1 }));
+        m.on_batch(0, Some(batch(1, 2)));
+        assert_eq!(m.poll_action(0), Some(Action::Send));
+        assert_eq!(m.state(), State::Sending { generation: 2 });
+        assert_eq!(m.counters.cancelled, 1);
+    }
+
+    #[test]
+    fn success_for_an_old_generation_still_counts() {
+        let mut m = sending();
+        m.on_switch(5);
+        m.on_send_result(0, 1, Outcome::Accepted);
+        assert_eq!(m.poll_action(0), Some(Action::Ack { seq: 10 }));
+        assert_eq!(m.cursor(), 11);
+    }
+
+    #[test]
+    fn switch_cuts_a_backoff_short() {
+        let mut m = sending();
+        m.on_send_result(0, 1, Outcome::Failed { kind: SendErrorKind::Permanent, retry_after: None });
+        m.on_switch(2);
+        assert_eq!(m.poll_action(0), Some(Action::Read { from_seq: 1 }));
+    }
+
+    #[test]
+    fn stale_or_repeated_switches_change_nothing() {
+        let mut m = sending();
+        m.on_switch(1);
+        m.on_switch(0);
+        m.on_send_result(0, 1, Outcome::Failed { kind: SendErrorKind::Retryable, retry_after: None });
+        assert!(matches!(m.state(), State::Backoff { .. }), "same generation: back off");
+    }
+
+    #[test]
+    fn shutdown_flushes_a_lingering_batch_and_stops_when_empty() {
+        let mut m = Machine::new(cfg(), 1, 1, 1);
+        m.poll_action(0);
+        m.on_batch(0, Some(batch(1, 2)));
+        m.on_shutdown();
+        assert_eq!(m.poll_action(0), Some(Action::Send));
+        m.on_send_result(0, 1, Outcome::Accepted);
+        assert_eq!(m.poll_action(0), Some(Action::Ack { seq: 2 }));
+        assert_eq!(m.poll_action(0), Some(Action::Read { from_seq: 3 }));
+        m.on_batch(0, None);
+        assert_eq!(m.poll_action(0), Some(Action::Stop));
+    }
+
+    #[test]
+    fn shutdown_of_an_idle_machine_stops_it() {
+        let mut m = Machine::new(cfg(), 1, 1, 1);
+        m.poll_action(0);
+        m.on_batch(0, None);
+        m.on_shutdown();
+        assert_eq!(m.poll_action(0), Some(Action::Stop));
+    }
+
+    #[test]
+    fn cancelled_send_during_shutdown_stops() {
+        let mut m = sending();
+        m.on_shutdown();
+        m.on_send_result(0, 1, Outcome::Failed { kind: SendErrorKind::Cancelled, retry_after: None });
+        assert_eq!(m.poll_action(0), Some(Action::Stop));
+    }
+
+    #[test]
+    fn read_failure_backs_off_then_reads_again() {
+        let mut m = Machine::new(cfg(), 3, 1, 1);
+        m.poll_action(0);
+        m.on_read_failed(0);
+        let State::Backoff { until } = m.state() else { panic!() };
+        assert!(until >= 50 * MS && until <= 100 * MS);
+        assert_eq!(m.poll_action(until), Some(Action::Read { from_seq: 3 }));
+    }
+}

@@ -1,0 +1,675 @@
+//! The shipping half: a worker that reads batches from the ring, sends them
+//! through a transport and acknowledges them; a supervisor that detects
+//! stalls and replaces stuck workers; and `switch_endpoint`, which never
+//! waits for anything.
+
+mod health;
+pub(crate) mod machine;
+pub(crate) mod supervisor;
+mod worker;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+pub use health::{Health, HealthState, SenderStats, ShutdownReport};
+
+use self::machine::{Counters, MachineConfig, Nanos};
+use self::supervisor::{Observation, Verdict, Watch};
+use crate::stats::LossRange;
+use crate::sync::{LEVEL_SENDER_ENDPOINT, LEVEL_SENDER_STATUS, Mutex};
+use crate::transport::{Batch, CancelToken, Endpoint, TransportFactory};
+use crate::{Error, Result, Ring};
+
+/// Called with the health snapshot when a stall is detected.
+pub type StallCallback = Box<dyn Fn(&Health) + Send + Sync>;
+/// Called with the loss ranges the ring has newly recorded.
+pub type LossCallback = Box<dyn Fn(&[LossRange]) + Send + Sync>;
+
+/// Settings fixed at start.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ShipperConfig {
+    pub(crate) machine: MachineConfig,
+    pub(crate) send_timeout: Duration,
+    pub(crate) abandon_after: Duration,
+    pub(crate) stall_after: Duration,
+    pub(crate) supervise_every: Duration,
+    pub(crate) seed: u64,
+}
+
+/// `sender.endpoint` (level 40): where to send, and the send in flight.
+struct EndpointSlot {
+    generation: u64,
+    endpoint: Arc<Endpoint>,
+    /// (generation, worker epoch, token) of the send in flight.
+    inflight: Option<(u64, u64, CancelToken)>,
+}
+
+/// `sender.status` (level 50).
+#[derive(Default)]
+struct Status {
+    /// (worker epoch, start) of the send in flight.
+    send_started: Option<(u64, Instant)>,
+    last_ack: Option<Instant>,
+    last_error: Option<String>,
+    failing: bool,
+    stalled_since: Option<Instant>,
+    stopped: bool,
+}
+
+#[derive(Default)]
+struct AtomicCounters {
+    batches_sent: AtomicU64,
+    records_sent: AtomicU64,
+    retries: AtomicU64,
+    failures: AtomicU64,
+    permanent_failures: AtomicU64,
+    cancelled: AtomicU64,
+    switches: AtomicU64,
+    restarts: AtomicU64,
+    stalls: AtomicU64,
+    gap_notices: AtomicU64,
+}
+
+pub(crate) struct Shared {
+    ring: Arc<Ring>,
+    cfg: ShipperConfig,
+    factory: Box<dyn TransportFactory>,
+    endpoint: Mutex<EndpointSlot>,
+    status: Mutex<Status>,
+    wake_tx: Sender<()>,
+    wake_rx: Receiver<()>,
+    /// The epoch of the current worker; an abandoned worker sees it change.
+    epoch: AtomicU64,
+    /// Intake stopped, drain what is pending.
+    closing: AtomicBool,
+    /// Stop now.
+    stop: AtomicBool,
+    rejected_reported: AtomicU64,
+    counters: AtomicCounters,
+    base: Instant,
+    on_stall: Option<StallCallback>,
+    on_loss: Option<LossCallback>,
+    worker: parking_lot::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Shared {
+    fn now(&self) -> Nanos {
+        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn duration_until(&self, at: Nanos) -> Duration {
+        Duration::from_nanos(at.saturating_sub(self.now()))
+    }
+
+    fn generation(&self) -> u64 {
+        self.endpoint.lock().generation
+    }
+
+    fn wake(&self) {
+        let _ = self.wake_tx.try_send(());
+    }
+
+    /// Registers a send by worker `epoch`: returns the endpoint to use and
+    /// the token a switch will fire.
+    fn begin_send(&self, epoch: u64) -> (u64, Arc<Endpoint>, CancelToken) {
+        let token = CancelToken::new();
+        let (generation, endpoint) = {
+            let mut slot = self.endpoint.lock();
+            slot.inflight = Some((slot.generation, epoch, token.clone()));
+            (slot.generation, Arc::clone(&slot.endpoint))
+        };
+        self.status.lock().send_started = Some((epoch, Instant::now()));
+        (generation, endpoint, token)
+    }
+
+    fn end_send(&self, epoch: u64) {
+        {
+            let mut slot = self.endpoint.lock();
+            if slot.inflight.as_ref().is_some_and(|(_, e, _)| *e == epoch) {
+                slot.inflight = None;
+            }
+        }
+        let mut st = self.status.lock();
+        if st.send_started.is_some_and(|(e, _)| e == epoch) {
+            st.send_started = None;
+        }
+    }
+
+    fn note_error(&self, message: &str) {
+        let mut st = self.status.lock();
+        st.failing = true;
+        st.last_error = Some(message.to_owned());
+    }
+
+    fn note_accepted(&self, batch: &Batch) {
+        if let Some(g) = batch.gap {
+            self.counters.gap_notices.fetch_add(1, Ordering::Relaxed);
+            self.rejected_reported.fetch_add(g.rejected, Ordering::AcqRel);
+        }
+        let mut st = self.status.lock();
+        st.failing = false;
+        st.last_error = None;
+    }
+
+    fn note_ack(&self) {
+        self.status.lock().last_ack = Some(Instant::now());
+    }
+
+    fn add_counters(&self, before: &Counters, after: &Counters) {
+        let c = &self.counters;
+        c.batches_sent.fetch_add(after.batches_sent - before.batches_sent, Ordering::Relaxed);
+        c.records_sent.fetch_add(after.records_sent - before.records_sent, Ordering::Relaxed);
+        c.retries.fetch_add(after.retries - before.retries, Ordering::Relaxed);
+        c.failures.fetch_add(after.failures - before.failures, Ordering::Relaxed);
+        c.permanent_failures.fetch_add(after.permanent_failures - before.permanent_failures, Ordering::Relaxed);
+        c.cancelled.fetch_add(after.cancelled - before.cancelled, Ordering::Relaxed);
+    }
+
+    fn health(&self) -> Health {
+        let ring = self.ring.stats();
+        let (generation, endpoint) = {
+            let slot = self.endpoint.lock();
+            (slot.generation, slot.endpoint.address.clone())
+        };
+        let st = self.status.lock();
+        let state = if st.stopped {
+            HealthState::Stopped
+        } else if st.stalled_since.is_some() {
+            HealthState::Stalled
+        } else if st.failing {
+            HealthState::Degraded
+        } else {
+            HealthState::Healthy
+        };
+        Health {
+            state,
+            stalled_for: st.stalled_since.map(|s| s.elapsed()),
+            pending: ring.pending,
+            since_last_ack: st.last_ack.map(|a| a.elapsed()),
+            last_error: st.last_error.clone(),
+            endpoint,
+            generation,
+            worker_restarts: self.counters.restarts.load(Ordering::Relaxed),
+        }
+    }
+
+    fn stats(&self) -> SenderStats {
+        let health = self.health();
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        SenderStats {
+            ring: self.ring.stats(),
+            batches_sent: load(&c.batches_sent),
+            records_sent: load(&c.records_sent),
+            retries: load(&c.retries),
+            send_failures: load(&c.failures),
+            permanent_failures: load(&c.permanent_failures),
+            cancelled_sends: load(&c.cancelled),
+            switches: load(&c.switches),
+            worker_restarts: load(&c.restarts),
+            stalls: load(&c.stalls),
+            gap_notices: load(&c.gap_notices),
+            since_last_ack: health.since_last_ack,
+            endpoint: health.endpoint,
+            generation: health.generation,
+            health: health.state,
+        }
+    }
+
+    /// Cancels the send in flight, whichever worker runs it.
+    fn cancel_inflight(&self) {
+        if let Some((_, _, token)) = self.endpoint.lock().inflight.take() {
+            token.cancel();
+        }
+    }
+
+    /// Abandons the current worker (stuck in a send past its deadline) and
+    /// starts a fresh one with a new transport.
+    fn replace_worker(self: &Arc<Self>) {
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        self.cancel_inflight();
+        self.status.lock().send_started = None;
+        self.counters.restarts.fetch_add(1, Ordering::Relaxed);
+        spawn_worker(self, epoch);
+    }
+}
+
+fn spawn_worker(shared: &Arc<Shared>, epoch: u64) {
+    let transport = shared.factory.make();
+    let s = Arc::clone(shared);
+    let handle = std::thread::Builder::new()
+        .name(format!("ringship-send-{epoch}"))
+        .spawn(move || worker::run(&s, epoch, transport))
+        .expect("spawn ringship worker thread");
+    // The previous handle, if any, is dropped: an abandoned worker is detached.
+    *shared.worker.lock() = Some(handle);
+}
+
+fn supervise(shared: &Arc<Shared>, stop: &Receiver<()>) {
+    let ring = shared.ring.stats();
+    let cfg = shared.cfg;
+    let mut watch = Watch::new(shared.now(), cfg.stall_after, cfg.abandon_after, ring.ack_seq, ring.overwritten);
+    let mut reported_loss = ring.last_seq;
+    loop {
+        match stop.recv_timeout(cfg.supervise_every) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        let ring = shared.ring.stats();
+        let send_started = shared
+            .status
+            .lock()
+            .send_started
+            .map(|(_, at)| u64::try_from(at.saturating_duration_since(shared.base).as_nanos()).unwrap_or(u64::MAX));
+        let observation = Observation {
+            now: shared.now(),
+            pending: ring.pending,
+            ack_seq: ring.ack_seq,
+            send_started,
+            overwritten: ring.overwritten,
+        };
+        for verdict in watch.observe(observation) {
+            match verdict {
+                Verdict::Stalled { since } => {
+                    shared.status.lock().stalled_since = Some(shared.base + Duration::from_nanos(since));
+                    shared.counters.stalls.fetch_add(1, Ordering::Relaxed);
+                    if let Some(cb) = &shared.on_stall {
+                        cb(&shared.health());
+                    }
+                }
+                Verdict::Recovered => shared.status.lock().stalled_since = None,
+                Verdict::Abandon => shared.replace_worker(),
+                Verdict::Loss { .. } => {
+                    if let Some(cb) = &shared.on_loss {
+                        let new: Vec<LossRange> =
+                            shared.ring.losses().into_iter().filter(|l| l.last_seq > reported_loss).collect();
+                        if let Some(max) = new.iter().map(|l| l.last_seq).max() {
+                            reported_loss = max;
+                            cb(&new);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Ships the records of a [`Ring`] to an endpoint that can be switched at
+/// any moment.
+///
+/// A worker thread reads batches from the ring, sends them through the
+/// transport, and acknowledges them in the ring only once the endpoint
+/// accepted them (at-least-once: receivers de-duplicate by seq). A
+/// supervisor thread reports a stall when records are pending and nothing is
+/// acknowledged for `stall_after`, and replaces a worker whose send runs
+/// past `abandon_after` with a fresh one from the transport factory.
+///
+/// [`Shipper::switch_endpoint`] never waits: it records the new endpoint,
+/// cancels a send in flight to an older one and returns. Drop only signals
+/// the threads to stop; call [`Shipper::shutdown`] to drain with a deadline.
+pub struct Shipper {
+    shared: Arc<Shared>,
+    supervisor: Option<(Sender<()>, JoinHandle<()>)>,
+}
+
+impl std::fmt::Debug for Shipper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shipper").field("ring", &self.shared.ring).finish_non_exhaustive()
+    }
+}
+
+impl Shipper {
+    /// Starts configuring a shipper for `ring`.
+    pub fn builder(ring: impl Into<Arc<Ring>>) -> ShipperBuilder {
+        ShipperBuilder::new(ring.into())
+    }
+
+    /// The ring the shipper reads from.
+    pub fn ring(&self) -> &Arc<Ring> {
+        &self.shared.ring
+    }
+
+    /// Appends a record to the ring and wakes the worker. See [`Ring::append`].
+    ///
+    /// # Errors
+    /// As [`Ring::append`]; [`Error::Closed`] once shutdown has begun.
+    pub fn append(&self, payload: &[u8]) -> Result<u64> {
+        self.append_batch(&[payload]).map(|(first, _)| first)
+    }
+
+    /// Appends many records in one write. See [`Ring::append_batch`].
+    ///
+    /// # Errors
+    /// As [`Ring::append_batch`]; [`Error::Closed`] once shutdown has begun.
+    pub fn append_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(u64, u64)> {
+        if self.shared.closing.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let r = self.shared.ring.append_batch(payloads)?;
+        self.shared.wake();
+        Ok(r)
+    }
+
+    /// Points the shipper at `endpoint` and returns its generation.
+    ///
+    /// Returns at once: it never waits for the send in flight, which is
+    /// cancelled if it targets an older endpoint. That batch then goes to
+    /// the new endpoint, unless the old one had already accepted it. Rapid
+    /// switches coalesce: only the latest matters.
+    pub fn switch_endpoint(&self, endpoint: Endpoint) -> u64 {
+        let generation = {
+            let mut slot = self.shared.endpoint.lock();
+            slot.generation += 1;
+            slot.endpoint = Arc::new(endpoint);
+            if slot.inflight.as_ref().is_some_and(|(g, _, _)| *g < slot.generation) {
+                if let Some((_, _, token)) = slot.inflight.take() {
+                    token.cancel();
+                }
+            }
+            slot.generation
+        };
+        self.shared.counters.switches.fetch_add(1, Ordering::Relaxed);
+        self.shared.wake();
+        generation
+    }
+
+    /// The endpoint in use.
+    pub fn endpoint(&self) -> Endpoint {
+        (*self.shared.endpoint.lock().endpoint).clone()
+    }
+
+    /// Every counter, the ring's included.
+    pub fn stats(&self) -> SenderStats {
+        self.shared.stats()
+    }
+
+    /// The sender's health.
+    pub fn health(&self) -> Health {
+        self.shared.health()
+    }
+
+    /// Stops intake, drains for at most `deadline`, stops the threads, and
+    /// syncs and closes the ring, keeping whatever could not be shipped for
+    /// the next start.
+    ///
+    /// # Errors
+    /// The ring's sync or close error.
+    pub fn shutdown(mut self, deadline: Duration) -> Result<ShutdownReport> {
+        let start = Instant::now();
+        let shared = Arc::clone(&self.shared);
+        let acked_before = shared.ring.stats().acked;
+        shared.closing.store(true, Ordering::Release);
+        shared.wake();
+        while shared.ring.stats().pending > 0 && start.elapsed() < deadline {
+            std::thread::sleep(Duration::from_millis(2).min(deadline.saturating_sub(start.elapsed())));
+        }
+        self.stop_threads();
+        // Give the worker a moment to leave; a transport stuck past its
+        // deadline is left behind, detached.
+        let worker = shared.worker.lock().take();
+        if let Some(handle) = worker {
+            let grace = Instant::now() + Duration::from_millis(200);
+            while !handle.is_finished() && Instant::now() < grace {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if handle.is_finished() {
+                let _ = handle.join();
+            }
+        }
+        shared.status.lock().stopped = true;
+        let stats = shared.stats();
+        shared.ring.sync()?;
+        shared.ring.close()?;
+        Ok(ShutdownReport {
+            drained: stats.ring.pending == 0,
+            delivered: stats.ring.acked - acked_before,
+            left_pending: stats.ring.pending,
+            elapsed: start.elapsed(),
+            stats,
+        })
+    }
+
+    fn stop_threads(&mut self) {
+        self.shared.closing.store(true, Ordering::Release);
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.cancel_inflight();
+        self.shared.wake();
+        if let Some((stop, handle)) = self.supervisor.take() {
+            drop(stop);
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Shipper {
+    fn drop(&mut self) {
+        // Signal only; never block.
+        self.shared.closing.store(true, Ordering::Release);
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.cancel_inflight();
+        self.shared.wake();
+        self.supervisor.take();
+    }
+}
+
+/// Configures a [`Shipper`]. Every knob has a default but the endpoint and
+/// the transport.
+pub struct ShipperBuilder {
+    ring: Arc<Ring>,
+    endpoint: Option<Endpoint>,
+    factory: Option<Box<dyn TransportFactory>>,
+    cfg: ShipperConfig,
+    abandon_after: Option<Duration>,
+    supervise_every: Option<Duration>,
+    on_stall: Option<StallCallback>,
+    on_loss: Option<LossCallback>,
+}
+
+impl ShipperBuilder {
+    fn new(ring: Arc<Ring>) -> Self {
+        ShipperBuilder {
+            ring,
+            endpoint: None,
+            factory: None,
+            cfg: ShipperConfig {
+                machine: MachineConfig {
+                    max_batch_records: 1000,
+                    max_batch_bytes: 1 << 20,
+                    linger: Duration::from_millis(10),
+                    backoff_initial: Duration::from_millis(100),
+                    backoff_max: Duration::from_secs(30),
+                    idle_poll: Duration::from_millis(50),
+                },
+                send_timeout: Duration::from_secs(10),
+                abandon_after: Duration::ZERO,
+                stall_after: Duration::from_secs(30),
+                supervise_every: Duration::ZERO,
+                seed: 0x5eed,
+            },
+            abandon_after: None,
+            supervise_every: None,
+            on_stall: None,
+            on_loss: None,
+        }
+    }
+
+    /// The endpoint to start with (required).
+    #[must_use]
+    pub fn endpoint(mut self, endpoint: Endpoint) -> Self {
+        self.endpoint = Some(endpoint);
+        self
+    }
+
+    /// Makes the transports (required); called again for each replacement
+    /// of a stuck worker.
+    #[must_use]
+    pub fn transport(mut self, factory: impl TransportFactory + 'static) -> Self {
+        self.factory = Some(Box::new(factory));
+        self
+    }
+
+    /// Most records in a batch (default 1000).
+    #[must_use]
+    pub fn max_batch_records(mut self, n: usize) -> Self {
+        self.cfg.machine.max_batch_records = n;
+        self
+    }
+
+    /// Most payload bytes in a batch, roughly: a batch stops at the first
+    /// record that reaches it (default 1 MiB).
+    #[must_use]
+    pub fn max_batch_bytes(mut self, n: usize) -> Self {
+        self.cfg.machine.max_batch_bytes = n;
+        self
+    }
+
+    /// How long a partial batch waits for more records (default 10 ms).
+    #[must_use]
+    pub fn linger(mut self, d: Duration) -> Self {
+        self.cfg.machine.linger = d;
+        self
+    }
+
+    /// Deadline given to each send (default 10 s).
+    #[must_use]
+    pub fn send_timeout(mut self, d: Duration) -> Self {
+        self.cfg.send_timeout = d;
+        self
+    }
+
+    /// A send still running this long after it started is abandoned with
+    /// its worker, which a fresh one replaces (default twice `send_timeout`).
+    #[must_use]
+    pub fn abandon_after(mut self, d: Duration) -> Self {
+        self.abandon_after = Some(d);
+        self
+    }
+
+    /// First retry delay; doubles per attempt with jitter (default 100 ms).
+    #[must_use]
+    pub fn backoff_initial(mut self, d: Duration) -> Self {
+        self.cfg.machine.backoff_initial = d;
+        self
+    }
+
+    /// Longest retry delay, also used after a non-retryable error (default 30 s).
+    #[must_use]
+    pub fn backoff_max(mut self, d: Duration) -> Self {
+        self.cfg.machine.backoff_max = d;
+        self
+    }
+
+    /// Records pending with no acknowledgement for this long is a stall
+    /// (default 30 s).
+    #[must_use]
+    pub fn stall_after(mut self, d: Duration) -> Self {
+        self.cfg.stall_after = d;
+        self
+    }
+
+    /// How often the supervisor looks (default a tenth of the smaller of
+    /// `stall_after` and `abandon_after`, between 5 ms and 1 s).
+    #[must_use]
+    pub fn supervise_every(mut self, d: Duration) -> Self {
+        self.supervise_every = Some(d);
+        self
+    }
+
+    /// How often an idle worker looks for records appended to the ring
+    /// directly rather than through the shipper (default 50 ms).
+    #[must_use]
+    pub fn idle_poll(mut self, d: Duration) -> Self {
+        self.cfg.machine.idle_poll = d;
+        self
+    }
+
+    /// Seed of the retry jitter (for reproducible tests).
+    #[must_use]
+    pub fn jitter_seed(mut self, seed: u64) -> Self {
+        self.cfg.seed = seed;
+        self
+    }
+
+    /// Called (from the supervisor thread, holding no lock) when a stall is detected.
+    #[must_use]
+    pub fn on_stall(mut self, f: impl Fn(&Health) + Send + Sync + 'static) -> Self {
+        self.on_stall = Some(Box::new(f));
+        self
+    }
+
+    /// Called (from the supervisor thread, holding no lock) with new loss
+    /// ranges when the ring overwrites unacknowledged records.
+    #[must_use]
+    pub fn on_loss(mut self, f: impl Fn(&[LossRange]) + Send + Sync + 'static) -> Self {
+        self.on_loss = Some(Box::new(f));
+        self
+    }
+
+    /// Starts the worker and supervisor threads.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a missing endpoint or transport, or a value
+    /// out of range.
+    pub fn start(self) -> Result<Shipper> {
+        let mut cfg = self.cfg;
+        let endpoint = self.endpoint.ok_or_else(|| Error::Config("the shipper needs an endpoint".into()))?;
+        let factory = self.factory.ok_or_else(|| Error::Config("the shipper needs a transport".into()))?;
+        let m = cfg.machine;
+        if m.max_batch_records == 0 || m.max_batch_bytes == 0 {
+            return Err(Error::Config("max_batch_records and max_batch_bytes must be at least 1".into()));
+        }
+        for (name, d) in
+            [("send_timeout", cfg.send_timeout), ("stall_after", cfg.stall_after), ("idle_poll", m.idle_poll)]
+        {
+            if d.is_zero() {
+                return Err(Error::Config(format!("{name} must be longer than zero")));
+            }
+        }
+        if m.backoff_initial.is_zero() || m.backoff_initial > m.backoff_max {
+            return Err(Error::Config("backoff_initial must be above zero and at most backoff_max".into()));
+        }
+        cfg.abandon_after = self.abandon_after.unwrap_or(cfg.send_timeout * 2);
+        if cfg.abandon_after <= cfg.send_timeout {
+            return Err(Error::Config("abandon_after must be longer than send_timeout".into()));
+        }
+        cfg.supervise_every = self.supervise_every.unwrap_or_else(|| {
+            (cfg.stall_after.min(cfg.abandon_after) / 10).clamp(Duration::from_millis(5), Duration::from_secs(1))
+        });
+        let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
+        let shared = Arc::new(Shared {
+            ring: self.ring,
+            cfg,
+            factory,
+            endpoint: Mutex::new(
+                LEVEL_SENDER_ENDPOINT,
+                "sender.endpoint",
+                EndpointSlot { generation: 1, endpoint: Arc::new(endpoint), inflight: None },
+            ),
+            status: Mutex::new(LEVEL_SENDER_STATUS, "sender.status", Status::default()),
+            wake_tx,
+            wake_rx,
+            epoch: AtomicU64::new(1),
+            closing: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            rejected_reported: AtomicU64::new(0),
+            counters: AtomicCounters::default(),
+            base: Instant::now(),
+            on_stall: self.on_stall,
+            on_loss: self.on_loss,
+            worker: parking_lot::Mutex::new(None),
+        });
+        shared.rejected_reported.store(shared.ring.stats().rejected, Ordering::Release);
+        spawn_worker(&shared, 1);
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let s = Arc::clone(&shared);
+        let supervisor = std::thread::Builder::new()
+            .name("ringship-supervisor".into())
+            .spawn(move || supervise(&s, &stop_rx))
+            .expect("spawn ringship supervisor thread");
+        Ok(Shipper { shared, supervisor: Some((stop_tx, supervisor)) })
+    }
+}

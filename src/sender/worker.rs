@@ -1,0 +1,129 @@
+//! The worker thread: drives the state machine, owns the transport.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crossbeam_channel::RecvTimeoutError;
+
+use super::Shared;
+use super::machine::{Action, BatchInfo, Machine, Outcome};
+use crate::Error;
+use crate::ring::ReadBatch;
+use crate::stats::LossCause;
+use crate::transport::{Batch, BatchRecord, GapNotice, SendContext, Transport};
+
+/// Runs until stopped, abandoned or the ring closes.
+pub(super) fn run(shared: &Arc<Shared>, epoch: u64, mut transport: Box<dyn Transport>) {
+    let ring = &shared.ring;
+    let cfg = shared.cfg.machine;
+    let mut m = Machine::new(cfg, ring.stats().ack_seq + 1, shared.generation(), shared.cfg.seed ^ epoch);
+    let mut held: Option<Batch> = None;
+    let mut counted = m.counters;
+    let mut draining = false;
+    loop {
+        if shared.stop.load(Ordering::Acquire) || shared.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        if !draining && shared.closing.load(Ordering::Acquire) {
+            draining = true;
+            m.on_shutdown();
+        }
+        let Some(action) = m.poll_action(shared.now()) else {
+            debug_assert!(false, "the worker reports every read and send");
+            return;
+        };
+        match action {
+            Action::Read { from_seq } => match ring.read(from_seq, cfg.max_batch_records, cfg.max_batch_bytes) {
+                Ok(rb) => {
+                    held = build_batch(shared, rb, from_seq);
+                    let info = held.as_ref().map(|b| BatchInfo {
+                        first_seq: b.first_seq(),
+                        last_seq: b.last_seq(),
+                        records: b.records.len(),
+                        bytes: b.payload_bytes(),
+                    });
+                    m.on_batch(shared.now(), info);
+                }
+                Err(Error::Closed) => return,
+                Err(e) => {
+                    shared.note_error(&e.to_string());
+                    m.on_read_failed(shared.now());
+                }
+            },
+            Action::Send => {
+                let batch = held.as_ref().expect("a send follows a non-empty read");
+                let (generation, endpoint, cancel) = shared.begin_send(epoch);
+                let ctx = SendContext { deadline: Instant::now() + shared.cfg.send_timeout, cancel };
+                let result = transport.send(&endpoint, batch, &ctx);
+                shared.end_send(epoch);
+                if shared.epoch.load(Ordering::Acquire) != epoch {
+                    // Abandoned while stuck: what the endpoint accepted still counts.
+                    if result.is_ok() {
+                        let _ = ring.ack(batch.last_seq());
+                    }
+                    return;
+                }
+                let outcome = match &result {
+                    Ok(()) => {
+                        shared.note_accepted(batch);
+                        Outcome::Accepted
+                    }
+                    Err(e) => {
+                        shared.note_error(&format!("sending to {endpoint}: {e}"));
+                        Outcome::Failed { kind: e.kind, retry_after: e.retry_after }
+                    }
+                };
+                m.on_switch(shared.generation());
+                m.on_send_result(shared.now(), generation, outcome);
+                shared.add_counters(&counted, &m.counters);
+                counted = m.counters;
+            }
+            Action::Ack { seq } => match ring.ack(seq) {
+                Ok(()) => shared.note_ack(),
+                Err(Error::Closed) => return,
+                Err(e) => shared.note_error(&e.to_string()),
+            },
+            Action::Wait { until } => {
+                let timeout = shared.duration_until(until);
+                match shared.wake_rx.recv_timeout(timeout) {
+                    Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+                m.on_switch(shared.generation());
+                m.on_records_available();
+            }
+            Action::Stop => return,
+        }
+    }
+}
+
+/// Turns a ring read into a batch, with a gap notice when seqs between the
+/// cursor and the first record are missing or records were rejected.
+fn build_batch(shared: &Shared, rb: ReadBatch, cursor: u64) -> Option<Batch> {
+    let first = rb.records.first()?.seq;
+    let records: Vec<BatchRecord> = rb
+        .records
+        .into_iter()
+        .map(|r| BatchRecord { seq: r.seq, timestamp: r.timestamp, payload: r.payload })
+        .collect();
+    let rejected = shared.ring.stats().rejected.saturating_sub(shared.rejected_reported.load(Ordering::Acquire));
+    let mut gap = None;
+    if first > cursor || rejected > 0 {
+        let mut notice =
+            GapNotice { first_seq: 0, last_seq: 0, first_ts: 0, last_ts: 0, cause: LossCause::Overwritten, rejected };
+        if first > cursor {
+            notice.first_seq = cursor;
+            notice.last_seq = first - 1;
+            let overlapping: Vec<_> =
+                shared.ring.losses().into_iter().filter(|l| l.last_seq >= cursor && l.first_seq < first).collect();
+            notice.first_ts = overlapping.iter().map(|l| l.first_ts).min().unwrap_or(0);
+            notice.last_ts = overlapping.iter().map(|l| l.last_ts).max().unwrap_or(0);
+            if let Some(c) = overlapping.first().map(|l| l.cause) {
+                notice.cause = if overlapping.iter().all(|l| l.cause == c) { c } else { LossCause::Mixed };
+            }
+        }
+        gap = Some(notice);
+    }
+    Some(Batch { records, gap })
+}

@@ -1,0 +1,304 @@
+//! Transports: how a batch reaches an endpoint.
+//!
+//! A [`Transport`] sends one [`Batch`] to one [`Endpoint`] per call,
+//! blocking, and must return by the [`SendContext`]'s deadline or soon after
+//! its [`CancelToken`] fires. ringship never relies on that: a transport that
+//! ignores both is abandoned by the supervisor and replaced with a fresh one
+//! from the [`TransportFactory`].
+
+mod memory;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+pub use memory::{MemoryReceiver, MemoryTransport, Received};
+
+use crate::stats::LossCause;
+use crate::sync::{Condvar, LEVEL_CANCEL, Mutex};
+
+/// Where batches go: an address a transport understands (a URL, a
+/// `host:port`) and headers to send with every batch (auth tokens).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// The address, in the transport's own syntax.
+    pub address: String,
+    /// Extra headers, for transports that carry them.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Endpoint {
+    /// An endpoint with no headers.
+    pub fn new(address: impl Into<String>) -> Self {
+        Endpoint { address: address.into(), headers: Vec::new() }
+    }
+
+    /// Adds a header.
+    #[must_use]
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.address)
+    }
+}
+
+/// One record in a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRecord {
+    /// Its sequence number: receivers de-duplicate on it (delivery is
+    /// at-least-once).
+    pub seq: u64,
+    /// When it was appended, nanoseconds since the Unix epoch.
+    pub timestamp: u64,
+    /// Its bytes.
+    pub payload: Bytes,
+}
+
+/// Tells the receiver which records before a batch will never arrive.
+///
+/// Seqs `first_seq..=last_seq` were lost (overwritten before they were
+/// acknowledged, or damaged); `rejected` counts records refused at append
+/// since the previous notice (they never had seqs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GapNotice {
+    /// First missing seq (0 with `last_seq` 0 when only `rejected` is set).
+    pub first_seq: u64,
+    /// Last missing seq.
+    pub last_seq: u64,
+    /// Timestamp bound of the first missing record, if known.
+    pub first_ts: u64,
+    /// Timestamp bound of the last missing record, if known.
+    pub last_ts: u64,
+    /// Why they are missing (`Mixed` when several causes).
+    pub cause: LossCause,
+    /// Records refused at append since the previous notice.
+    pub rejected: u64,
+}
+
+impl GapNotice {
+    /// Missing seqs in the notice.
+    pub fn missing(&self) -> u64 {
+        if self.last_seq >= self.first_seq && self.first_seq > 0 { self.last_seq - self.first_seq + 1 } else { 0 }
+    }
+}
+
+/// What a transport sends: records in seq order, and a gap notice when
+/// records before them were lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// The records, seqs increasing (not necessarily consecutive: missing
+    /// seqs between them are in the ring's loss ranges).
+    pub records: Vec<BatchRecord>,
+    /// Records lost just before this batch, if any.
+    pub gap: Option<GapNotice>,
+}
+
+impl Batch {
+    /// Seq of the first record.
+    pub fn first_seq(&self) -> u64 {
+        self.records.first().map_or(0, |r| r.seq)
+    }
+
+    /// Seq of the last record.
+    pub fn last_seq(&self) -> u64 {
+        self.records.last().map_or(0, |r| r.seq)
+    }
+
+    /// Payload bytes.
+    pub fn payload_bytes(&self) -> usize {
+        self.records.iter().map(|r| r.payload.len()).sum()
+    }
+}
+
+/// A one-way cancellation signal shared between the sender and a send.
+#[derive(Clone)]
+pub struct CancelToken(Arc<CancelInner>);
+
+struct CancelInner {
+    cancelled: AtomicBool,
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+impl fmt::Debug for CancelToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CancelToken").field(&self.is_cancelled()).finish()
+    }
+}
+
+impl Default for CancelToken {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CancelToken {
+    /// A token that has not fired.
+    pub fn new() -> Self {
+        CancelToken(Arc::new(CancelInner {
+            cancelled: AtomicBool::new(false),
+            lock: Mutex::new(LEVEL_CANCEL, "transport.cancel", ()),
+            cv: Condvar::new(),
+        }))
+    }
+
+    /// Fires the token; never blocks.
+    pub fn cancel(&self) {
+        self.0.cancelled.store(true, Ordering::Release);
+        let _g = self.0.lock.lock();
+        self.0.cv.notify_all();
+    }
+
+    /// Whether the token has fired.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Sleeps up to `timeout`, waking early if the token fires. Returns
+    /// whether it fired.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.0.lock.lock();
+        while !self.is_cancelled() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            self.0.cv.wait_for(&mut g, deadline - now);
+        }
+        self.is_cancelled()
+    }
+}
+
+/// What a transport gets with each send.
+#[derive(Debug, Clone)]
+pub struct SendContext {
+    /// Return by then, with [`SendErrorKind::TimedOut`] if not done.
+    pub deadline: Instant,
+    /// Return soon after this fires, with [`SendErrorKind::Cancelled`].
+    pub cancel: CancelToken,
+}
+
+impl SendContext {
+    /// Time left before the deadline (zero if past it).
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+/// Whether retrying a failed send can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendErrorKind {
+    /// Try again later (connection refused, 5xx, 429, 408...).
+    Retryable,
+    /// The endpoint refused the batch and will refuse it again (4xx): the
+    /// batch stays in the ring, health reports the error, and the sender
+    /// keeps retrying at the longest backoff until the endpoint changes.
+    Permanent,
+    /// The send's cancellation token fired.
+    Cancelled,
+    /// The deadline passed.
+    TimedOut,
+}
+
+/// A failed send.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind:?} send failure: {message}")]
+pub struct SendError {
+    /// Whether retrying can help.
+    pub kind: SendErrorKind,
+    /// What happened, for health and logs.
+    pub message: String,
+    /// The endpoint asked to wait this long before retrying (Retry-After).
+    pub retry_after: Option<Duration>,
+}
+
+impl SendError {
+    /// A failure of the given kind.
+    pub fn new(kind: SendErrorKind, message: impl Into<String>) -> Self {
+        SendError { kind, message: message.into(), retry_after: None }
+    }
+
+    /// A retryable failure.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self::new(SendErrorKind::Retryable, message)
+    }
+
+    /// A permanent failure.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::new(SendErrorKind::Permanent, message)
+    }
+
+    /// The send was cancelled.
+    pub fn cancelled() -> Self {
+        Self::new(SendErrorKind::Cancelled, "cancelled")
+    }
+
+    /// The deadline passed.
+    pub fn timed_out() -> Self {
+        Self::new(SendErrorKind::TimedOut, "deadline passed")
+    }
+
+    /// Asks the sender to wait at least `after` before retrying.
+    #[must_use]
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+}
+
+/// Sends batches to endpoints. One transport is used by one worker thread
+/// at a time.
+pub trait Transport: Send {
+    /// Sends `batch` to `endpoint`. `Ok` means the endpoint accepted every
+    /// record of the batch; only then are they acknowledged in the ring.
+    ///
+    /// # Errors
+    /// A [`SendError`] saying whether retrying can help.
+    fn send(&mut self, endpoint: &Endpoint, batch: &Batch, ctx: &SendContext) -> Result<(), SendError>;
+}
+
+/// Makes fresh transports, so a stuck one can be replaced.
+pub trait TransportFactory: Send + Sync {
+    /// A new transport.
+    fn make(&self) -> Box<dyn Transport>;
+}
+
+impl<F> TransportFactory for F
+where
+    F: Fn() -> Box<dyn Transport> + Send + Sync,
+{
+    fn make(&self) -> Box<dyn Transport> {
+        self()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancel_wakes_a_waiter() {
+        let t = CancelToken::new();
+        let t2 = t.clone();
+        let h = std::thread::spawn(move || t2.wait_timeout(Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_millis(20));
+        t.cancel();
+        assert!(h.join().unwrap());
+    }
+
+    #[test]
+    fn wait_times_out_without_cancel() {
+        let t = CancelToken::new();
+        assert!(!t.wait_timeout(Duration::from_millis(10)));
+    }
+}
