@@ -26,7 +26,8 @@ use crate::{Error, Result, Ring};
 
 /// Called with the health snapshot when a stall is detected.
 pub type StallCallback = Box<dyn Fn(&Health) + Send + Sync>;
-/// Called with the loss ranges the ring has newly recorded.
+/// Called with the loss ranges the ring has newly recorded (a range that
+/// grew since the last call is clipped to its new seqs).
 pub type LossCallback = Box<dyn Fn(&[LossRange]) + Send + Sync>;
 
 /// Settings fixed at start.
@@ -249,8 +250,16 @@ fn spawn_worker(shared: &Arc<Shared>, epoch: u64) {
     *shared.worker.lock() = Some(handle);
 }
 
-fn supervise(shared: &Arc<Shared>, stop: &Receiver<()>) {
-    let ring = shared.ring.stats();
+/// Runs a user callback; a panic in it is caught so the supervisor lives on.
+fn call_back(what: &str, f: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        eprintln!("ringship: the {what} callback panicked; the supervisor carries on");
+    }
+}
+
+/// `ring` is the ring's stats when the shipper started: losses and stalls
+/// are judged from that moment, whenever this thread gets to run.
+fn supervise(shared: &Arc<Shared>, stop: &Receiver<()>, ring: &crate::RingStats) {
     let cfg = shared.cfg;
     let mut watch = Watch::new(shared.now(), cfg.stall_after, cfg.abandon_after, ring.ack_seq, ring.overwritten);
     let mut reported_loss = ring.last_seq;
@@ -278,24 +287,43 @@ fn supervise(shared: &Arc<Shared>, stop: &Receiver<()>) {
                     shared.status.lock().stalled_since = Some(shared.base + Duration::from_nanos(since));
                     shared.counters.stalls.fetch_add(1, Ordering::Relaxed);
                     if let Some(cb) = &shared.on_stall {
-                        cb(&shared.health());
+                        let health = shared.health();
+                        call_back("on_stall", || cb(&health));
                     }
                 }
                 Verdict::Recovered => shared.status.lock().stalled_since = None,
                 Verdict::Abandon => shared.replace_worker(),
                 Verdict::Loss { .. } => {
                     if let Some(cb) = &shared.on_loss {
-                        let new: Vec<LossRange> =
-                            shared.ring.losses().into_iter().filter(|l| l.last_seq > reported_loss).collect();
+                        let new = unreported(&shared.ring.losses(), reported_loss);
                         if let Some(max) = new.iter().map(|l| l.last_seq).max() {
                             reported_loss = max;
-                            cb(&new);
+                            call_back("on_loss", || cb(&new));
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// The parts of `ranges` above seq `reported`: a range that grew since it
+/// was reported is clipped to its new seqs.
+fn unreported(ranges: &[LossRange], reported: u64) -> Vec<LossRange> {
+    ranges
+        .iter()
+        .filter(|l| l.last_seq > reported)
+        .map(|l| {
+            let mut l = *l;
+            if l.first_seq <= reported {
+                let width = l.last_seq - reported;
+                l.count = l.count.min(width);
+                l.bytes = l.bytes / (l.last_seq - l.first_seq + 1) * width;
+                l.first_seq = reported + 1;
+            }
+            l
+        })
+        .collect()
 }
 
 /// Ships the records of a [`Ring`] to an endpoint that can be switched at
@@ -662,13 +690,14 @@ impl ShipperBuilder {
             on_loss: self.on_loss,
             worker: parking_lot::Mutex::new(None),
         });
-        shared.rejected_reported.store(shared.ring.stats().rejected, Ordering::Release);
+        let initial = shared.ring.stats();
+        shared.rejected_reported.store(initial.rejected, Ordering::Release);
         spawn_worker(&shared, 1);
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let s = Arc::clone(&shared);
         let supervisor = std::thread::Builder::new()
             .name("ringship-supervisor".into())
-            .spawn(move || supervise(&s, &stop_rx))
+            .spawn(move || supervise(&s, &stop_rx, &initial))
             .expect("spawn ringship supervisor thread");
         Ok(Shipper { shared, supervisor: Some((stop_tx, supervisor)) })
     }

@@ -1,0 +1,99 @@
+//! Transports that misbehave on command, for the sender tests.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use ringship::{Batch, Endpoint, MemoryReceiver, SendContext, SendError, SendErrorKind, Transport};
+
+/// How an endpoint behaves.
+#[derive(Debug, Clone)]
+pub enum Behavior {
+    /// Accept every batch.
+    Deliver,
+    /// Hang until the send is cancelled or its deadline passes.
+    HangHonouringCancel,
+    /// Hang, ignoring cancellation and deadline, until `release` is set.
+    HangIgnoringCancel,
+    /// Fail with this kind `n` times, then deliver.
+    FailThenDeliver(SendErrorKind, u64),
+    /// Always fail with this kind.
+    Fail(SendErrorKind),
+}
+
+/// Behaviour per endpoint address, changeable while the test runs.
+#[derive(Clone, Default)]
+pub struct Script {
+    pub behaviors: Arc<Mutex<HashMap<String, Behavior>>>,
+    pub receiver: MemoryReceiver,
+    /// Set to let every ignoring hang return.
+    pub release: Arc<AtomicBool>,
+    pub sends: Arc<AtomicU64>,
+    pub transports_made: Arc<AtomicU64>,
+    failures_left: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+impl Script {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn set(&self, address: &str, b: Behavior) {
+        if let Behavior::FailThenDeliver(_, n) = b {
+            self.failures_left.lock().insert(address.to_owned(), n);
+        }
+        self.behaviors.lock().insert(address.to_owned(), b);
+    }
+
+    /// A factory for `Shipper::builder(..).transport(..)`.
+    pub fn factory(&self) -> impl Fn() -> Box<dyn Transport> + Send + Sync + 'static {
+        let s = self.clone();
+        move || {
+            s.transports_made.fetch_add(1, Ordering::SeqCst);
+            Box::new(ScriptedTransport { script: s.clone() }) as Box<dyn Transport>
+        }
+    }
+}
+
+pub struct ScriptedTransport {
+    script: Script,
+}
+
+impl Transport for ScriptedTransport {
+    fn send(&mut self, endpoint: &Endpoint, batch: &Batch, ctx: &SendContext) -> Result<(), SendError> {
+        let s = &self.script;
+        s.sends.fetch_add(1, Ordering::SeqCst);
+        let b = s.behaviors.lock().get(&endpoint.address).cloned().unwrap_or(Behavior::Deliver);
+        match b {
+            Behavior::Deliver => s.receiver.transport().send(endpoint, batch, ctx),
+            Behavior::HangHonouringCancel => {
+                if ctx.cancel.wait_timeout(ctx.remaining()) {
+                    Err(SendError::cancelled())
+                } else {
+                    Err(SendError::timed_out())
+                }
+            }
+            Behavior::HangIgnoringCancel => {
+                while !s.release.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(SendError::retryable("released"))
+            }
+            Behavior::FailThenDeliver(kind, _) => {
+                let mut left = s.failures_left.lock();
+                let n = left.entry(endpoint.address.clone()).or_insert(0);
+                if *n > 0 {
+                    *n -= 1;
+                    Err(SendError::new(kind, "scripted failure"))
+                } else {
+                    drop(left);
+                    s.receiver.transport().send(endpoint, batch, ctx)
+                }
+            }
+            Behavior::Fail(kind) => Err(SendError::new(kind, format!("scripted {kind:?} failure"))),
+        }
+    }
+}

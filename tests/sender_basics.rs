@@ -1,0 +1,343 @@
+//! The sender's everyday behaviour: shipping, switching, retries, failures,
+//! stalls, losses, shutdown.
+
+mod common;
+#[path = "common/transports.rs"]
+mod transports;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{TempRing, assert_identity, payload, small};
+use ringship::{Endpoint, HealthState, LossCause, Ring, SendErrorKind, Shipper, ShipperBuilder};
+use transports::{Behavior, Script};
+
+fn ring(t: &TempRing, cap: u64) -> Ring {
+    Ring::open(&t.dir, small(cap)).unwrap().0
+}
+
+fn builder(ring: Ring, script: &Script, address: &str) -> ShipperBuilder {
+    Shipper::builder(ring)
+        .endpoint(Endpoint::new(address))
+        .transport(script.factory())
+        .linger(Duration::from_millis(2))
+        .backoff_initial(Duration::from_millis(5))
+        .backoff_max(Duration::from_millis(50))
+        .send_timeout(Duration::from_millis(200))
+        .idle_poll(Duration::from_millis(5))
+}
+
+/// Waits until `f` holds, for at most 20 s.
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn seqs(script: &Script, address: &str) -> Vec<u64> {
+    let mut v: Vec<u64> = script.receiver.received(address).records.iter().map(|r| r.seq).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+#[test]
+fn ships_every_record_byte_exact_and_acks() {
+    let t = TempRing::new();
+    let script = Script::new();
+    let shipper = builder(ring(&t, 1 << 20), &script, "a").max_batch_records(100).start().unwrap();
+    for i in 1..=1000 {
+        shipper.append(&payload(i, 40)).unwrap();
+    }
+    eventually("all acked", || shipper.stats().ring.acked == 1000);
+    let got = script.receiver.received("a");
+    for r in &got.records {
+        assert_eq!(&r.payload[..], &payload(r.seq, 40)[..]);
+    }
+    assert_eq!(seqs(&script, "a"), (1..=1000).collect::<Vec<_>>());
+    let s = shipper.stats();
+    assert_identity(&s.ring);
+    assert!(s.batches_sent >= 10, "batches of at most 100: {}", s.batches_sent);
+    assert_eq!(shipper.health().state, HealthState::Healthy);
+    assert!(got.gaps.is_empty());
+}
+
+#[test]
+fn switch_sends_the_rest_to_the_new_endpoint() {
+    let t = TempRing::new();
+    let script = Script::new();
+    let shipper = builder(ring(&t, 1 << 20), &script, "a").start().unwrap();
+    for i in 1..=100 {
+        shipper.append(&payload(i, 10)).unwrap();
+    }
+    eventually("first half acked", || shipper.stats().ring.acked == 100);
+    assert_eq!(shipper.switch_endpoint(Endpoint::new("b")), 2);
+    for i in 101..=200 {
+        shipper.append(&payload(i, 10)).unwrap();
+    }
+    eventually("second half acked", || shipper.stats().ring.acked == 200);
+    assert_eq!(seqs(&script, "b"), (101..=200).collect::<Vec<_>>());
+    assert_eq!(shipper.endpoint().address, "b");
+    assert_eq!(shipper.stats().switches, 1);
+}
+
+#[test]
+fn retryable_failures_are_retried_and_nothing_is_acked_before_acceptance() {
+    let t = TempRing::new();
+    let script = Script::new();
+    script.set("a", Behavior::FailThenDeliver(SendErrorKind::Retryable, 5));
+    let shipper = builder(ring(&t, 1 << 20), &script, "a").start().unwrap();
+    shipper.append(b"one").unwrap();
+    // While the endpoint refuses, the cursor never moves.
+    eventually("three failures", || shipper.stats().send_failures >= 3);
+    assert_eq!(shipper.stats().ring.ack_seq, 0);
+    assert_eq!(shipper.health().state, HealthState::Degraded);
+    assert!(shipper.health().last_error.unwrap().contains("scripted failure"));
+    eventually("delivered", || shipper.stats().ring.acked == 1);
+    let s = shipper.stats();
+    assert_eq!((s.send_failures, s.retries), (5, 5));
+    assert_eq!(shipper.health().state, HealthState::Healthy);
+}
+
+#[test]
+fn timeouts_are_retried() {
+    let t = TempRing::new();
+    let script = Script::new();
+    script.set("a", Behavior::FailThenDeliver(SendErrorKind::TimedOut, 2));
+    let shipper = builder(ring(&t, 1 << 20), &script, "a").start().unwrap();
+    shipper.append(b"one").unwrap();
+    eventually("delivered", || shipper.stats().ring.acked == 1);
+    assert_eq!(shipper.stats().send_failures, 2);
+}
+
+#[test]
+fn backoff_is_capped() {
+    let t = TempRing::new();
+    let script = Script::new();
+    script.set("a", Behavior::Fail(SendErrorKind::Retryable));
+    let shipper = builder(ring(&t, 1 << 20), &script, "a").start().unwrap();
+    shipper.append(b"one").unwrap();
+    // With a 50 ms cap, 20 attempts take about a second, not 2^20 * 5 ms.
+    let start = Instant::now();
+    eventually("20 failures", || shipper.stats().send_failures >= 20);
+    assert!(start.elapsed() < Duration::from_secs(5), "backoff not capped: {:?}", start.elapsed());
+    assert_eq!(shipper.stats().ring.acked, 0);
+}
+
+#[test]
+fn permanent_errors_surface_and_keep_the_records() {
+    let t = TempRing::new();
+    let script = Script::new();
+    script.set("bad", Behavior::Fail(SendErrorKind::Permanent));
+    let shipper = builder(ring(&t, 1 << 20), &script, "bad").start().unwrap();
+    for i in 1..=10 {
+        shipper.append(&payload(i, 10)).unwrap();
+    }
+    eventually("a permanent failure", || shipper.stats().permanent_failures >= 1);
+    let h = shipper.health();
+    assert_eq!(h.state, HealthState::Degraded);
+    assert!(h.last_error.unwrap().contains("Permanent"));
+    assert_eq!(shipper.stats().ring.pending, 10, "nothing dropped");
+    // A good endpoint gets them all, at once (the switch cuts the backoff).
+    shipper.switch_endpoint(Endpoint::new("good"));
+    eventually("delivered after switch", || shipper.stats().ring.acked == 10);
+    assert_eq!(seqs(&script, "good"), (1..=10).collect::<Vec<_>>());
+}
+
+#[test]
+fn gap_notice_tells_the_receiver_what_was_overwritten() {
+    let t = TempRing::new();
+    // 4 KiB ring: 100 records of 100 bytes overflow it before shipping starts.
+    let r = ring(&t, 4096);
+    for i in 1..=100 {
+        r.append(&payload(i, 100)).unwrap();
+    }
+    let lost = r.stats().overwritten;
+    assert!(lost > 0);
+    let script = Script::new();
+    let shipper = builder(r, &script, "a").start().unwrap();
+    eventually("survivors acked", || shipper.stats().ring.pending == 0);
+    let got = script.receiver.received("a");
+    assert_eq!(got.gaps.len(), 1, "{:?}", got.gaps);
+    let g = got.gaps[0];
+    assert_eq!((g.first_seq, g.last_seq, g.missing()), (1, lost, lost));
+    assert_eq!(g.cause, LossCause::Overwritten);
+    assert_eq!(seqs(&script, "a"), (lost + 1..=100).collect::<Vec<_>>());
+    assert_eq!(shipper.stats().gap_notices, 1);
+}
+
+#[test]
+fn rejected_records_are_reported_in_a_gap_notice() {
+    let t = TempRing::new();
+    let r = ring(&t, 64 << 10);
+    assert!(r.append(&vec![0; 5000]).is_err());
+    let script = Script::new();
+    let shipper = builder(r, &script, "a").start().unwrap();
+    shipper.append(b"after").unwrap();
+    eventually("acked", || shipper.stats().ring.acked == 1);
+    let g = script.receiver.received("a").gaps;
+    // Rejections before the shipper started were already in the ring's
+    // counters; only new ones are reported in-band.
+    assert!(g.is_empty(), "{g:?}");
+    assert!(shipper.append(&vec![0; 5000]).is_err());
+    shipper.append(b"after 2").unwrap();
+    eventually("acked 2", || shipper.stats().ring.acked == 2);
+    let g = script.receiver.received("a").gaps;
+    assert_eq!(g.len(), 1);
+    assert_eq!((g[0].rejected, g[0].missing()), (1, 0));
+}
+
+#[test]
+fn on_loss_fires_with_the_overwritten_ranges() {
+    let t = TempRing::new();
+    let script = Script::new();
+    script.set("down", Behavior::Fail(SendErrorKind::Retryable));
+    let reported = Arc::new(AtomicU64::new(0));
+    let r2 = Arc::clone(&reported);
+    let shipper = builder(ring(&t, 4096), &script, "down")
+        .on_loss(move |ranges| {
+            assert!(ranges.iter().all(|l| l.cause == LossCause::Overwritten));
+            r2.fetch_add(ranges.iter().map(|l| l.count).sum(), Ordering::SeqCst);
+        })
+        .supervise_every(Duration::from_millis(5))
+        .start()
+        .unwrap();
+    for i in 1..=100 {
+        shipper.append(&payload(i, 100)).unwrap();
+    }
+    let lost = shipper.stats().ring.overwritten;
+    assert!(lost > 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reported.load(Ordering::SeqCst) != lost {
+        assert!(
+            Instant::now() < deadline,
+            "on_loss reported {} of {lost}: {:?}",
+            reported.load(Ordering::SeqCst),
+            shipper.ring().losses()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn stall_is_detected_and_a_stuck_worker_replaced() {
+    let t = TempRing::new();
+    let script = Script::new();
+    script.set("hang", Behavior::HangIgnoringCancel);
+    let stalls = Arc::new(AtomicU64::new(0));
+    let s2 = Arc::clone(&stalls);
+    let shipper = builder(ring(&t, 1 << 20), &script, "hang")
+        .send_timeout(Duration::from_millis(50))
+        .abandon_after(Duration::from_millis(100))
+        .stall_after(Duration::from_millis(150))
+        .on_stall(move |h| {
+            assert_eq!(h.state, HealthState::Stalled);
+            s2.fetch_add(1, Ordering::SeqCst);
+        })
+        .start()
+        .unwrap();
+    shipper.append(b"stuck").unwrap();
+    eventually("stall reported", || stalls.load(Ordering::SeqCst) == 1);
+    assert_eq!(shipper.health().state, HealthState::Stalled);
+    eventually("worker replaced", || shipper.stats().worker_restarts >= 1);
+    assert!(script.transports_made.load(Ordering::SeqCst) >= 2, "a fresh transport from the factory");
+    // The endpoint is fixed: the fresh worker delivers, the stall clears.
+    shipper.switch_endpoint(Endpoint::new("ok"));
+    eventually("delivered", || shipper.stats().ring.acked == 1);
+    eventually("healthy again", || shipper.health().state == HealthState::Healthy);
+    script.release.store(true, Ordering::SeqCst);
+    assert_eq!(seqs(&script, "ok"), vec![1]);
+}
+
+#[test]
+fn shutdown_drains_then_closes() {
+    let t = TempRing::new();
+    let script = Script::new();
+    let shipper = builder(ring(&t, 1 << 20), &script, "a").linger(Duration::from_secs(60)).start().unwrap();
+    for i in 1..=50 {
+        shipper.append(&payload(i, 10)).unwrap();
+    }
+    let report = shipper.shutdown(Duration::from_secs(10)).unwrap();
+    assert!(report.drained, "{report:?}");
+    assert_eq!((report.left_pending, report.stats.ring.acked), (0, 50));
+    assert_eq!(report.stats.health, HealthState::Stopped);
+    assert_eq!(seqs(&script, "a"), (1..=50).collect::<Vec<_>>());
+}
+
+#[test]
+fn shutdown_keeps_what_it_could_not_ship() {
+    let t = TempRing::new();
+    let script = Script::new();
+    script.set("down", Behavior::Fail(SendErrorKind::Retryable));
+    let shipper = builder(ring(&t, 1 << 20), &script, "down").start().unwrap();
+    for i in 1..=20 {
+        shipper.append(&payload(i, 10)).unwrap();
+    }
+    let report = shipper.shutdown(Duration::from_millis(100)).unwrap();
+    assert!(!report.drained);
+    assert_eq!(report.left_pending, 20);
+    // The records are still on disk for the next start.
+    let (r, _) = Ring::open(&t.dir, small(1 << 20)).unwrap();
+    assert_eq!(r.stats().pending, 20);
+    assert_eq!(r.read(1, 100, 1 << 20).unwrap().records.len(), 20);
+}
+
+#[test]
+fn shutdown_with_a_hung_send_returns_by_its_deadline() {
+    let t = TempRing::new();
+    let script = Script::new();
+    script.set("hang", Behavior::HangIgnoringCancel);
+    let shipper = builder(ring(&t, 1 << 20), &script, "hang").start().unwrap();
+    shipper.append(b"x").unwrap();
+    let start = Instant::now();
+    let report = shipper.shutdown(Duration::from_millis(100)).unwrap();
+    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    assert_eq!(report.left_pending, 1);
+    script.release.store(true, Ordering::SeqCst);
+}
+
+#[test]
+fn append_after_shutdown_began_is_refused() {
+    let t = TempRing::new();
+    let script = Script::new();
+    let shipper = builder(ring(&t, 1 << 20), &script, "a").start().unwrap();
+    let ring = Arc::clone(shipper.ring());
+    shipper.shutdown(Duration::from_secs(1)).unwrap();
+    assert!(ring.append(b"late").is_err());
+}
+
+#[test]
+fn prometheus_rendering_of_live_stats() {
+    let t = TempRing::new();
+    let script = Script::new();
+    let shipper = builder(ring(&t, 1 << 20), &script, "http://collector:4318/v1/logs").start().unwrap();
+    shipper.append(b"x").unwrap();
+    eventually("acked", || shipper.stats().ring.acked == 1);
+    let text = shipper.stats().to_prometheus();
+    assert!(text.contains("ringship_records_acked_total 1\n"), "{text}");
+    assert!(text.contains("ringship_endpoint_info{endpoint=\"http://collector:4318/v1/logs\",generation=\"1\"} 1"));
+}
+
+#[test]
+fn builder_rejects_bad_settings() {
+    let script = Script::new();
+    for (what, b) in [
+        ("no endpoint", Shipper::builder(ring(&TempRing::new(), 1 << 20)).transport(script.factory())),
+        ("no transport", Shipper::builder(ring(&TempRing::new(), 1 << 20)).endpoint(Endpoint::new("a"))),
+        ("zero batch", builder(ring(&TempRing::new(), 1 << 20), &script, "a").max_batch_records(0)),
+        (
+            "abandon before timeout",
+            builder(ring(&TempRing::new(), 1 << 20), &script, "a").abandon_after(Duration::from_millis(1)),
+        ),
+        (
+            "backoff order",
+            builder(ring(&TempRing::new(), 1 << 20), &script, "a").backoff_initial(Duration::from_secs(100)),
+        ),
+    ] {
+        let err = b.start().unwrap_err();
+        assert!(matches!(err, ringship::Error::Config(_)), "{what}: {err}");
+    }
+}
