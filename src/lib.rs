@@ -39,11 +39,21 @@
 //! # }
 //! ```
 //!
-//! The on-disk format is specified in `docs/FORMAT.md`; the lock hierarchy
-//! in `docs/LOCKS.md`.
+//! To ship the records, hand the ring to a [`Shipper`] with an [`Endpoint`]
+//! and a [`Transport`]: it batches, retries, acknowledges only what the
+//! endpoint accepted, can be re-pointed with [`Shipper::switch_endpoint`] at
+//! any moment without waiting, and reports stalls and losses.
+//!
+//! The on-disk format is specified in `docs/FORMAT.md`, the lock hierarchy
+//! in `docs/LOCKS.md`, the sender's state machine in `docs/SENDER.md`.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+/// The README's code blocks, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 mod config;
 mod error;

@@ -122,6 +122,11 @@ fn replay(a: Behavior) {
     }
     script.release.store(true, Ordering::SeqCst);
 
+    check_outcome(&shipper, &script, appended_by_producers, worst_switch);
+}
+
+/// Every record delivered to B or counted overwritten, with a gap notice.
+fn check_outcome(shipper: &Shipper, script: &Script, appended_by_producers: u64, worst_switch: Duration) {
     let stats = shipper.stats();
     let ring = stats.ring;
     assert_identity(&ring);

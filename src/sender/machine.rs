@@ -413,8 +413,8 @@ mod tests {
         }
         // Equal jitter: attempt n waits between half and all of min(100ms * 2^(n-1), 2s).
         for (i, d) in delays.iter().enumerate() {
-            let step = (100 * MS << i).min(2_000 * MS);
-            assert!(*d >= step / 2 && *d <= step, "attempt {}: {d} not in [{}, {step}]", i + 1, step / 2);
+            let step = ((100 * MS) << i).min(2_000 * MS);
+            assert!((step / 2..=step).contains(d), "attempt {}: {d} not in [{}, {step}]", i + 1, step / 2);
         }
         assert!(delays[7] <= 2_000 * MS);
         assert_eq!(m.counters.retries, 8);
@@ -517,7 +517,7 @@ mod tests {
         m.poll_action(0);
         m.on_read_failed(0);
         let State::Backoff { until } = m.state() else { panic!() };
-        assert!(until >= 50 * MS && until <= 100 * MS);
+        assert!((50 * MS..=100 * MS).contains(&until));
         assert_eq!(m.poll_action(until), Some(Action::Read { from_seq: 3 }));
     }
 }
