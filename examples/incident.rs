@@ -124,6 +124,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     progress("drained to B");
 
+    let stall = stall_report.lock().unwrap().unwrap_or_default();
+    report(&shipper, &receiver, slowest, stall);
+    Ok(())
+}
+
+/// Prints what happened.
+fn report(shipper: &Shipper, receiver: &MemoryReceiver, slowest: Duration, stall: Duration) {
     let stats = shipper.stats();
     let got = receiver.received("B");
     let distinct: HashSet<u64> = got.records.iter().map(|r| r.seq).collect();
@@ -131,10 +138,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!();
     println!("what happened");
     println!("  switches made           {} (slowest switch_endpoint call: {slowest:?})", stats.switches);
-    println!(
-        "  stall detected after    {:?} without an acknowledgement (stall_after 250 ms)",
-        stall_report.lock().unwrap().unwrap_or_default()
-    );
+    println!("  stall detected after    {:?} without an acknowledgement (stall_after 250 ms)", stall);
     println!("  stalls reported         {}", stats.stalls);
     println!("  worker restarts         {}", stats.worker_restarts);
     println!("  sends cancelled         {}", stats.cancelled_sends);
@@ -162,5 +166,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  gap notices received    {} by B, announcing {noticed} missing seqs", got.gaps.len());
     println!("  accounting identity     {}", if stats.ring.identity_holds() { "holds" } else { "BROKEN" });
     assert!(stats.ring.identity_holds());
-    Ok(())
 }
