@@ -138,7 +138,7 @@ fn report(shipper: &Shipper, receiver: &MemoryReceiver, slowest: Duration, stall
     println!();
     println!("what happened");
     println!("  switches made           {} (slowest switch_endpoint call: {slowest:?})", stats.switches);
-    println!("  stall detected after    {:?} without an acknowledgement (stall_after 250 ms)", stall);
+    println!("  stall detected after    {stall:?} without an acknowledgement (stall_after 250 ms)");
     println!("  stalls reported         {}", stats.stalls);
     println!("  worker restarts         {}", stats.worker_restarts);
     println!("  sends cancelled         {}", stats.cancelled_sends);
