@@ -59,6 +59,7 @@ mod config;
 mod error;
 mod ring;
 mod sender;
+pub mod sim;
 mod stats;
 mod sync;
 mod transport;

@@ -120,6 +120,9 @@ impl Storage for FullDisk {
     fn len(&self) -> io::Result<u64> {
         self.inner.len()
     }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.inner.set_len(len)
+    }
 }
 
 #[test]

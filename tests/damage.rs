@@ -35,6 +35,9 @@ impl Storage for NoSync {
     fn len(&self) -> io::Result<u64> {
         self.0.len()
     }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
 }
 
 fn config() -> RingConfig {

@@ -111,12 +111,27 @@ impl Ring {
     /// a read-only directory or a full disk at creation.
     pub fn open(dir: impl AsRef<Path>, config: RingConfig) -> Result<(Ring, RecoveryReport)> {
         let (inner, report) = open::open(dir.as_ref(), config)?;
+        Ok(Self::start(inner, report))
+    }
+
+    /// Opens a ring on two storages instead of a directory: no lock file,
+    /// no directory. Empty storages get a new ring. This is how tests run
+    /// the ring on a [`SimDisk`](crate::sim::SimDisk).
+    ///
+    /// # Errors
+    /// As [`Ring::open`], but for the directory errors.
+    pub fn open_on(data: Box<dyn Storage>, meta: Box<dyn Storage>, config: RingConfig) -> Result<(Ring, RecoveryReport)> {
+        let (inner, report) = open::open_on(data, meta, config)?;
+        Ok(Self::start(inner, report))
+    }
+
+    fn start(inner: Inner, report: RecoveryReport) -> (Ring, RecoveryReport) {
         let inner = Arc::new(inner);
         let flusher = match inner.config.sync {
             SyncPolicy::Interval(every) => Some(spawn_flusher(Arc::downgrade(&inner), every)),
             _ => None,
         };
-        Ok((Ring { inner, flusher: parking_lot::Mutex::new(flusher) }, report))
+        (Ring { inner, flusher: parking_lot::Mutex::new(flusher) }, report)
     }
 
     /// The ring's directory.

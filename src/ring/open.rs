@@ -10,7 +10,7 @@ use std::fs::{self, File, OpenOptions};
 use std::hash::BuildHasher;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use super::meta::{Checkpoint, DATA_OFFSET, DataHeader, FORMAT_VERSION, HeaderError, SLOT_LEN, pick_checkpoint};
@@ -29,41 +29,31 @@ fn open_rw(path: &Path, create_new: bool) -> io::Result<File> {
     OpenOptions::new().read(true).write(true).create_new(create_new).mode(0o600).open(path)
 }
 
-/// Reserves `len` bytes for `file` so writes within it never hit ENOSPC.
-/// (fs2's `allocate` reports `posix_fallocate` errors as "Success (os error
-/// 0)"; rustix returns the real errno.)
-fn preallocate(file: &File, len: u64) -> io::Result<()> {
-    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
-        // File systems without fallocate: a sized file is the best we can do.
-        Err(rustix::io::Errno::OPNOTSUPP) => file.set_len(len),
-        other => other.map_err(io::Error::from),
-    }
-}
-
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("fsync directory", dir, e))
+}
+
+/// Writes the header and first checkpoint of a new, empty ring into two
+/// empty storages, and syncs them.
+fn init_storage(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_path: &Path, cap: u64) -> Result<()> {
+    let ring_id = RandomState::new().hash_one(std::process::id()) | 1;
+    data.set_len(DATA_OFFSET + cap).map_err(|e| Error::io("preallocate", data_path, e))?;
+    data.write_at(&DataHeader { ring_id, capacity: cap }.encode(), 0).map_err(|e| Error::io("write", data_path, e))?;
+    data.sync_data().map_err(|e| Error::io("fsync", data_path, e))?;
+    meta.set_len(2 * SLOT_LEN as u64).map_err(|e| Error::io("preallocate", meta_path, e))?;
+    let ck = Checkpoint { ring_id, generation: 1, capacity: cap, next_seq: 1, tail_seq: 1, ..Checkpoint::default() };
+    meta.write_at(&ck.encode(), ck.slot() * SLOT_LEN as u64).map_err(|e| Error::io("write", meta_path, e))?;
+    meta.sync_data().map_err(|e| Error::io("fsync", meta_path, e))
 }
 
 /// Writes a new, empty ring: both files under temporary names, then renamed.
 fn create(dir: &Path, data_path: &Path, meta_path: &Path, cap: u64) -> Result<()> {
     let data_tmp = dir.join("ring.data.tmp");
     let meta_tmp = dir.join("ring.meta.tmp");
-    let ring_id = RandomState::new().hash_one(std::process::id()) | 1;
     let result = (|| -> Result<()> {
         let data = open_rw(&data_tmp, true).map_err(|e| Error::io("create", &data_tmp, e))?;
-        preallocate(&data, DATA_OFFSET + cap).map_err(|e| Error::io("preallocate", &data_tmp, e))?;
-        let header = DataHeader { ring_id, capacity: cap }.encode();
-        let data = FileStorage { file: data };
-        data.write_at(&header, 0).map_err(|e| Error::io("write", &data_tmp, e))?;
-        data.sync_data().map_err(|e| Error::io("fsync", &data_tmp, e))?;
-
         let meta = open_rw(&meta_tmp, true).map_err(|e| Error::io("create", &meta_tmp, e))?;
-        preallocate(&meta, 2 * SLOT_LEN as u64).map_err(|e| Error::io("preallocate", &meta_tmp, e))?;
-        let ck =
-            Checkpoint { ring_id, generation: 1, capacity: cap, next_seq: 1, tail_seq: 1, ..Checkpoint::default() };
-        let meta = FileStorage { file: meta };
-        meta.write_at(&ck.encode(), ck.slot() * SLOT_LEN as u64).map_err(|e| Error::io("write", &meta_tmp, e))?;
-        meta.sync_data().map_err(|e| Error::io("fsync", &meta_tmp, e))?;
+        init_storage(&FileStorage { file: data }, &data_tmp, &FileStorage { file: meta }, &meta_tmp, cap)?;
         fs::rename(&data_tmp, data_path).map_err(|e| Error::io("rename", &data_tmp, e))?;
         fs::rename(&meta_tmp, meta_path).map_err(|e| Error::io("rename", &meta_tmp, e))?;
         sync_dir(dir)
@@ -151,8 +141,7 @@ fn read_layout(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_pa
         // Cut short (by a tool, or a file system that lost the
         // preallocation): the missing bytes read as zeros, and recovery
         // counts the records they held.
-        let file = open_rw(data_path, false).map_err(|e| Error::io("open", data_path, e))?;
-        preallocate(&file, DATA_OFFSET + cap).map_err(|e| Error::io("preallocate", data_path, e))?;
+        data.set_len(DATA_OFFSET + cap).map_err(|e| Error::io("preallocate", data_path, e))?;
         short_len = Some(data_len);
     }
     if rewrite_header {
@@ -210,6 +199,44 @@ pub(super) fn open(dir: &Path, config: RingConfig) -> Result<(Inner, RecoveryRep
     let data = wrap(&config, &data_path, Box::new(FileStorage { file: data_file }));
     let meta = wrap(&config, &meta_path, Box::new(FileStorage { file: meta_file }));
 
+    let paths = Paths { dir: dir.to_path_buf(), data: data_path, meta: meta_path };
+    open_storages(paths, data, meta, config, created, Some(lock_file))
+}
+
+/// Where a ring's storages live, for error messages.
+struct Paths {
+    dir: PathBuf,
+    data: PathBuf,
+    meta: PathBuf,
+}
+
+/// Opens a ring on two storages that may be empty (a new in-memory or
+/// simulated ring), without a directory or a lock.
+pub(super) fn open_on(
+    data: Box<dyn Storage>,
+    meta: Box<dyn Storage>,
+    config: RingConfig,
+) -> Result<(Inner, RecoveryReport)> {
+    config.validate()?;
+    let dir = PathBuf::from("<storage>");
+    let paths = Paths { data: dir.join(DATA_FILE), meta: dir.join(META_FILE), dir };
+    let empty = data.len().map_err(|e| Error::io("stat", &paths.data, e))? == 0
+        && meta.len().map_err(|e| Error::io("stat", &paths.meta, e))? == 0;
+    if empty {
+        init_storage(&*data, &paths.data, &*meta, &paths.meta, config.capacity & !7)?;
+    }
+    open_storages(paths, data, meta, config, empty, None)
+}
+
+fn open_storages(
+    paths: Paths,
+    data: Box<dyn Storage>,
+    meta: Box<dyn Storage>,
+    config: RingConfig,
+    created: bool,
+    lock_file: Option<File>,
+) -> Result<(Inner, RecoveryReport)> {
+    let Paths { dir, data: data_path, meta: meta_path } = paths;
     let Layout { ring_id, cap, checkpoint: ck, damaged_slots, short_len: report_short } =
         read_layout(&*data, &data_path, &*meta, &meta_path)?;
     let boot_id = data.boot_id();
@@ -234,7 +261,7 @@ pub(super) fn open(dir: &Path, config: RingConfig) -> Result<(Inner, RecoveryRep
     data.sync_data().map_err(|e| Error::io("fsync", &data_path, e))?;
     let written = state.next_seq - 1;
     let inner = Inner {
-        dir: dir.to_path_buf(),
+        dir,
         data_path,
         meta_path: meta_path.clone(),
         data,
@@ -252,7 +279,7 @@ pub(super) fn open(dir: &Path, config: RingConfig) -> Result<(Inner, RecoveryRep
         written_seq: AtomicU64::new(written),
         durable_seq: AtomicU64::new(written),
         poisoned: AtomicBool::new(false),
-        lock_file: parking_lot::Mutex::new(Some(lock_file)),
+        lock_file: parking_lot::Mutex::new(lock_file),
     };
     inner.write_checkpoint(false)?;
     inner.meta.sync_data().map_err(|e| Error::io("fsync", &meta_path, e))?;

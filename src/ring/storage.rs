@@ -44,6 +44,13 @@ pub trait Storage: Send + Sync {
     /// Any I/O error.
     fn len(&self) -> io::Result<u64>;
 
+    /// Sets the length, reserving the space (`fallocate` where the file
+    /// system has it) so later writes within it cannot fail for space.
+    ///
+    /// # Errors
+    /// Any I/O error, for example `ENOSPC`.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+
     /// An identifier of the current boot of the machine, so recovery can
     /// tell a process crash (page cache intact) from a power loss. `None`
     /// when unknown; recovery then assumes a power loss may have happened.
@@ -87,5 +94,13 @@ impl Storage for FileStorage {
 
     fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        match rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), 0, len) {
+            // File systems without fallocate: a sized file is the best we can do.
+            Err(rustix::io::Errno::OPNOTSUPP) => self.file.set_len(len),
+            other => other.map_err(io::Error::from),
+        }
     }
 }

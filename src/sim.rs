@@ -1,0 +1,356 @@
+//! A simulated disk that lies the way real disks do, for tests.
+//!
+//! [`SimDisk`] holds files in memory and keeps, for each, what a reader
+//! sees (the page cache) apart from what is on stable storage. Everything is
+//! driven by a seed, so a failing run replays exactly:
+//!
+//! - writes go to the cache at once and reach stable storage only at a
+//!   successful `sync_data`;
+//! - [`SimDisk::power_loss`] keeps each unsynced write or drops it, on its
+//!   own (so later writes can survive while earlier ones do not: reordering),
+//!   tears a kept write at 512-byte sector granularity, may flip a bit of
+//!   stable storage, and changes the boot id;
+//! - [`SimDisk::process_crash`] loses nothing: the page cache survives;
+//! - `sync_data` can fail: like Linux, the unsynced writes are then marked
+//!   clean whether they reached the disk or not, so a later fsync succeeds
+//!   without them;
+//! - `write_at` can fail with `ENOSPC`.
+//!
+//! Give the ring its files with [`Ring::open_on`](crate::Ring::open_on).
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::Storage;
+
+/// Sector size: a torn write keeps or loses whole sectors.
+pub const SECTOR: usize = 512;
+
+/// Which faults the disk injects, with what probability.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Faults {
+    /// Chance that an unsynced write is lost at a power loss.
+    pub lose_unsynced: f64,
+    /// Chance that a kept unsynced write is torn (some sectors lost).
+    pub tear: f64,
+    /// Chance that a power loss also flips one bit of stable storage.
+    pub bit_flip: f64,
+    /// Chance that a `sync_data` fails.
+    pub fsync_failure: f64,
+    /// Chance that a `write_at` fails with `ENOSPC`.
+    pub enospc: f64,
+}
+
+impl Faults {
+    /// No faults at all: a perfect disk (power loss still drops unsynced
+    /// writes that were never kept by chance; set `lose_unsynced` to 1.0
+    /// for "everything unsynced is lost").
+    pub const NONE: Faults = Faults { lose_unsynced: 0.0, tear: 0.0, bit_flip: 0.0, fsync_failure: 0.0, enospc: 0.0 };
+}
+
+/// How many faults the disk injected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Power losses.
+    pub power_losses: u64,
+    /// Process crashes.
+    pub process_crashes: u64,
+    /// Unsynced writes lost at a power loss.
+    pub lost_writes: u64,
+    /// Writes torn at a power loss.
+    pub torn_writes: u64,
+    /// Bits flipped.
+    pub bit_flips: u64,
+    /// Failed fsyncs.
+    pub fsync_failures: u64,
+    /// Writes refused with ENOSPC.
+    pub enospc: u64,
+}
+
+#[derive(Default)]
+struct SimFile {
+    cache: Vec<u8>,
+    stable: Vec<u8>,
+    /// Writes since the last successful sync, in order.
+    unsynced: Vec<(u64, Vec<u8>)>,
+}
+
+struct SimState {
+    files: HashMap<String, SimFile>,
+    rng: u64,
+    faults: Faults,
+    boot: u64,
+    counts: FaultCounts,
+}
+
+impl SimState {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        #[expect(clippy::cast_precision_loss, reason = "53 bits of randomness are plenty")]
+        let x = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        x < p
+    }
+}
+
+fn put(buf: &mut Vec<u8>, offset: u64, data: &[u8]) {
+    let end = offset as usize + data.len();
+    if buf.len() < end {
+        buf.resize(end, 0);
+    }
+    buf[offset as usize..end].copy_from_slice(data);
+}
+
+/// A deterministic, seeded, fault-injecting in-memory disk. Clones share
+/// the same disk.
+#[derive(Clone)]
+pub struct SimDisk {
+    state: Arc<Mutex<SimState>>,
+}
+
+impl std::fmt::Debug for SimDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.state.lock();
+        f.debug_struct("SimDisk").field("files", &st.files.len()).field("counts", &st.counts).finish()
+    }
+}
+
+impl SimDisk {
+    /// A disk with the given seed and faults.
+    pub fn new(seed: u64, faults: Faults) -> Self {
+        SimDisk {
+            state: Arc::new(Mutex::new(SimState {
+                files: HashMap::new(),
+                rng: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+                faults,
+                boot: 1,
+                counts: FaultCounts::default(),
+            })),
+        }
+    }
+
+    /// Changes the faults injected from now on.
+    pub fn set_faults(&self, faults: Faults) {
+        self.state.lock().faults = faults;
+    }
+
+    /// The file `name` (created empty if new) as ring storage.
+    pub fn file(&self, name: &str) -> Box<dyn Storage> {
+        self.state.lock().files.entry(name.to_owned()).or_default();
+        Box::new(SimStorage { disk: self.clone(), name: name.to_owned() })
+    }
+
+    /// A process crash: the page cache survives, nothing is lost.
+    pub fn process_crash(&self) {
+        self.state.lock().counts.process_crashes += 1;
+    }
+
+    /// A power loss: unsynced writes are kept, torn or lost, a bit of stable
+    /// storage may flip, and the machine boots again.
+    pub fn power_loss(&self) {
+        let mut st = self.state.lock();
+        st.counts.power_losses += 1;
+        st.boot += 1;
+        let mut names: Vec<String> = st.files.keys().cloned().collect();
+        names.sort();
+        for name in &names {
+            let unsynced = std::mem::take(&mut st.files.get_mut(name).expect("file").unsynced);
+            for (offset, data) in unsynced {
+                let faults = st.faults;
+                if st.chance(faults.lose_unsynced) {
+                    st.counts.lost_writes += 1;
+                    continue;
+                }
+                if st.chance(faults.tear) && data.len() > 1 {
+                    st.counts.torn_writes += 1;
+                    // Keep a random subset of the write's sectors.
+                    let mut at = 0;
+                    while at < data.len() {
+                        let boundary = ((offset as usize + at) / SECTOR + 1) * SECTOR - offset as usize;
+                        let end = boundary.min(data.len());
+                        if st.next() % 2 == 0 {
+                            put(&mut st.files.get_mut(name).expect("file").stable, offset + at as u64, &data[at..end]);
+                        }
+                        at = end;
+                    }
+                    continue;
+                }
+                put(&mut st.files.get_mut(name).expect("file").stable, offset, &data);
+            }
+        }
+        let flip = st.faults.bit_flip;
+        if !names.is_empty() && st.chance(flip) {
+            let pick = (st.next() % names.len() as u64) as usize;
+            let f = st.files.get_mut(&names[pick]).expect("file");
+            if !f.stable.is_empty() {
+                let len = f.stable.len() as u64;
+                let _ = f;
+                let bit = st.next() % (len * 8);
+                let f = st.files.get_mut(&names[pick]).expect("file");
+                f.stable[(bit / 8) as usize] ^= 1 << (bit % 8);
+                st.counts.bit_flips += 1;
+            }
+        }
+        for f in st.files.values_mut() {
+            f.cache.clone_from(&f.stable);
+        }
+    }
+
+    /// The faults injected so far.
+    pub fn counts(&self) -> FaultCounts {
+        self.state.lock().counts
+    }
+
+    /// Length of file `name` as a reader sees it.
+    pub fn len(&self, name: &str) -> u64 {
+        self.state.lock().files.get(name).map_or(0, |f| f.cache.len() as u64)
+    }
+
+    /// Whether the disk holds no files.
+    pub fn is_empty(&self) -> bool {
+        self.state.lock().files.is_empty()
+    }
+}
+
+struct SimStorage {
+    disk: SimDisk,
+    name: String,
+}
+
+impl Storage for SimStorage {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let st = self.disk.state.lock();
+        let f = &st.files[&self.name];
+        let end = offset as usize + buf.len();
+        if end > f.cache.len() {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of a simulated file"));
+        }
+        buf.copy_from_slice(&f.cache[offset as usize..end]);
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut st = self.disk.state.lock();
+        let p = st.faults.enospc;
+        if st.chance(p) {
+            st.counts.enospc += 1;
+            return Err(io::Error::from_raw_os_error(28));
+        }
+        let f = st.files.get_mut(&self.name).expect("file");
+        put(&mut f.cache, offset, buf);
+        f.unsynced.push((offset, buf.to_vec()));
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        let mut st = self.disk.state.lock();
+        let p = st.faults.fsync_failure;
+        let failed = st.chance(p);
+        let unsynced = std::mem::take(&mut st.files.get_mut(&self.name).expect("file").unsynced);
+        for (offset, data) in unsynced {
+            // After a failed fsync each write may or may not have made it;
+            // either way it is now "clean" and will not be written again.
+            if !failed || st.next() % 2 == 0 {
+                put(&mut st.files.get_mut(&self.name).expect("file").stable, offset, &data);
+            }
+        }
+        if failed {
+            st.counts.fsync_failures += 1;
+            return Err(io::Error::from_raw_os_error(5));
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.disk.len(&self.name))
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut st = self.disk.state.lock();
+        // Size changes are treated as durable at once (the ring syncs right
+        // after creating a file anyway).
+        let f = st.files.get_mut(&self.name).expect("file");
+        f.cache.resize(len as usize, 0);
+        f.stable.resize(len as usize, 0);
+        Ok(())
+    }
+
+    fn boot_id(&self) -> Option<[u8; 16]> {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&self.disk.state.lock().boot.to_le_bytes());
+        id[8..].copy_from_slice(b"sim-boot");
+        Some(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsynced_writes_vanish_at_power_loss_synced_ones_stay() {
+        let disk = SimDisk::new(1, Faults { lose_unsynced: 1.0, ..Faults::NONE });
+        let f = disk.file("a");
+        f.write_at(b"durable", 0).unwrap();
+        f.sync_data().unwrap();
+        f.write_at(b"DURABLE-NOT", 0).unwrap();
+        let mut b = [0; 7];
+        f.read_at(&mut b, 0).unwrap();
+        assert_eq!(&b, b"DURABLE");
+        disk.process_crash();
+        f.read_at(&mut b, 0).unwrap();
+        assert_eq!(&b, b"DURABLE", "a process crash keeps the page cache");
+        let boot = f.boot_id();
+        disk.power_loss();
+        f.read_at(&mut b, 0).unwrap();
+        assert_eq!(&b, b"durable");
+        assert_ne!(f.boot_id(), boot);
+        assert_eq!(disk.counts().lost_writes, 1);
+    }
+
+    #[test]
+    fn failed_fsync_marks_writes_clean() {
+        let disk = SimDisk::new(3, Faults { fsync_failure: 1.0, ..Faults::NONE });
+        let f = disk.file("a");
+        f.write_at(&[1; 4096], 0).unwrap();
+        assert!(f.sync_data().is_err());
+        disk.set_faults(Faults::NONE);
+        assert!(f.sync_data().is_ok(), "the next fsync succeeds, whatever the first dropped");
+        assert_eq!(disk.counts().fsync_failures, 1);
+    }
+
+    #[test]
+    fn same_seed_same_faults() {
+        let run = |seed| {
+            let faults = Faults { lose_unsynced: 0.5, tear: 0.5, bit_flip: 1.0, ..Faults::NONE };
+            let disk = SimDisk::new(seed, faults);
+            let f = disk.file("a");
+            for i in 0..20u8 {
+                f.write_at(&[i; 1500], u64::from(i) * 700).unwrap();
+            }
+            disk.power_loss();
+            let mut b = vec![0; disk.len("a") as usize];
+            f.read_at(&mut b, 0).unwrap();
+            (b, disk.counts())
+        };
+        assert_eq!(run(7), run(7));
+        assert_ne!(run(7).0, run(8).0);
+    }
+
+    #[test]
+    fn enospc_writes_nothing() {
+        let disk = SimDisk::new(1, Faults { enospc: 1.0, ..Faults::NONE });
+        let f = disk.file("a");
+        assert_eq!(f.write_at(b"x", 0).unwrap_err().raw_os_error(), Some(28));
+        assert_eq!(disk.len("a"), 0);
+    }
+}
