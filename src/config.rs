@@ -53,11 +53,12 @@ pub struct RingConfig {
     pub(crate) full: FullPolicy,
     pub(crate) checkpoint_interval: Duration,
     pub(crate) max_loss_ranges: usize,
+    pub(crate) seq_reservation: u64,
     pub(crate) storage_wrapper: Option<StorageWrapper>,
 }
 
 /// Most loss ranges a checkpoint can hold.
-pub const MAX_LOSS_RANGES: usize = 64;
+pub const MAX_LOSS_RANGES: usize = 48;
 
 impl Default for RingConfig {
     /// 64 MiB ring, records up to 256 KiB (or a quarter of a smaller
@@ -70,6 +71,7 @@ impl Default for RingConfig {
             full: FullPolicy::OverwriteOldest,
             checkpoint_interval: Duration::from_millis(100),
             max_loss_ranges: 32,
+            seq_reservation: 65_536,
             storage_wrapper: None,
         }
     }
@@ -84,6 +86,7 @@ impl fmt::Debug for RingConfig {
             .field("full", &self.full)
             .field("checkpoint_interval", &self.checkpoint_interval)
             .field("max_loss_ranges", &self.max_loss_ranges)
+            .field("seq_reservation", &self.seq_reservation)
             .field("storage_wrapper", &self.storage_wrapper.is_some())
             .finish()
     }
@@ -135,10 +138,24 @@ impl RingConfig {
         self
     }
 
-    /// How many loss ranges are kept before the oldest merge (1 to 64).
+    /// How many loss ranges are kept before the oldest merge (1 to 48).
     #[must_use]
     pub fn with_max_loss_ranges(mut self, n: usize) -> Self {
         self.max_loss_ranges = n;
+        self
+    }
+
+    /// How many seqs one durable reservation covers (default 65,536).
+    ///
+    /// So that a seq is never reused, even after a power loss, the ring
+    /// writes and fsyncs a small reservation record before handing out seqs
+    /// beyond the last one: once per this many appends (the flusher and
+    /// `sync` renew it ahead of time). After a power loss the seqs between
+    /// the last record on disk and the reservation are counted as
+    /// `lost_unsynced`: at most this many more than were really lost.
+    #[must_use]
+    pub fn with_seq_reservation(mut self, seqs: u64) -> Self {
+        self.seq_reservation = seqs;
         self
     }
 
@@ -167,6 +184,9 @@ impl RingConfig {
             if d.is_zero() {
                 return Err(Error::Config("SyncPolicy::Interval needs a non-zero interval".into()));
             }
+        }
+        if self.seq_reservation == 0 {
+            return Err(Error::Config("seq_reservation must be at least 1".into()));
         }
         if !(1..=MAX_LOSS_RANGES).contains(&self.max_loss_ranges) {
             return Err(Error::Config(format!(

@@ -13,10 +13,10 @@ use std::io;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::{TempRing, assert_identity, open, payload, small};
-use ringship::{Ring, Storage};
+use ringship::{Error, Ring, Storage};
 
 const CHILD_ENV: &str = "RINGSHIP_BAD_INPUT_CHILD";
 
@@ -98,10 +98,10 @@ fn disk_too_full_to_create_the_ring() {
     );
 }
 
-/// Fails every write with ENOSPC while `full` is set.
+/// Fails the next `fail` writes with ENOSPC.
 struct FullDisk {
     inner: Box<dyn Storage>,
-    full: Arc<AtomicBool>,
+    fail: Arc<AtomicU64>,
 }
 
 impl Storage for FullDisk {
@@ -109,7 +109,7 @@ impl Storage for FullDisk {
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if self.full.load(Ordering::SeqCst) {
+        if self.fail.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
             return Err(io::Error::from_raw_os_error(28));
         }
         self.inner.write_at(buf, offset)
@@ -125,35 +125,63 @@ impl Storage for FullDisk {
     }
 }
 
-#[test]
-fn enospc_while_appending_is_an_error_and_the_ring_stays_consistent() {
-    let t = TempRing::new();
-    let full = Arc::new(AtomicBool::new(false));
-    let f = Arc::clone(&full);
+fn ring_with_full_disk(t: &TempRing) -> (Ring, Arc<AtomicU64>) {
+    let fail = Arc::new(AtomicU64::new(0));
+    let f = Arc::clone(&fail);
     let config = small(64 << 10).with_storage_wrapper(Arc::new(move |path: &Path, inner| {
-        let full = if path.ends_with("ring.data") { Arc::clone(&f) } else { Arc::new(AtomicBool::new(false)) };
-        Box::new(FullDisk { inner, full })
+        let fail = if path.ends_with("ring.data") { Arc::clone(&f) } else { Arc::new(AtomicU64::new(0)) };
+        Box::new(FullDisk { inner, fail })
     }));
     let (ring, _) = Ring::open(&t.dir, config).unwrap();
     for i in 1..=5 {
         ring.append(&payload(i, 50)).unwrap();
     }
-    full.store(true, Ordering::SeqCst);
+    (ring, fail)
+}
+
+fn check_reopened(t: &TempRing, appended: u64, rejected: u64) {
+    let (ring, _) = Ring::open(&t.dir, small(64 << 10)).unwrap();
+    let s = ring.stats();
+    assert_identity(&s);
+    assert_eq!((s.appended, s.rejected), (appended, rejected), "{s:?}");
+    let b = ring.read(1, 100, 1 << 20).unwrap();
+    assert_eq!(b.records.len() as u64, s.pending);
+    for r in &b.records {
+        assert_eq!(&r.payload[..], &payload(r.seq, 50)[..]);
+    }
+}
+
+#[test]
+fn enospc_once_is_rejected_and_the_ring_goes_on() {
+    let t = TempRing::new();
+    let (ring, fail) = ring_with_full_disk(&t);
+    // The append's write fails; undoing it succeeds: a clean refusal.
+    fail.store(1, Ordering::SeqCst);
     let err = ring.append(&payload(6, 50)).unwrap_err();
     assert_eq!(err.io_error().and_then(io::Error::raw_os_error), Some(28), "{err}");
     assert!(err.to_string().contains("ring.data"), "{err}");
     let s = ring.stats();
     assert_eq!((s.appended, s.rejected, s.last_seq), (6, 1, 5));
     assert_identity(&s);
-    full.store(false, Ordering::SeqCst);
     assert_eq!(ring.append(&payload(6, 50)).unwrap(), 6);
     ring.close().unwrap();
-    let (ring, _) = Ring::open(&t.dir, small(64 << 10)).unwrap();
+    check_reopened(&t, 7, 1);
+}
+
+#[test]
+fn enospc_that_persists_poisons_the_ring_until_reopened() {
+    let t = TempRing::new();
+    let (ring, fail) = ring_with_full_disk(&t);
+    // The write fails and so does undoing it: what reached the disk is
+    // unknown, so the ring refuses to go on pretending.
+    fail.store(u64::MAX, Ordering::SeqCst);
+    let err = ring.append(&payload(6, 50)).unwrap_err();
+    assert_eq!(err.io_error().and_then(io::Error::raw_os_error), Some(28), "{err}");
+    assert!(matches!(ring.append(&payload(6, 50)), Err(Error::Poisoned { .. })));
     let s = ring.stats();
+    assert_eq!((s.appended, s.last_seq), (5, 5), "an append of unknown outcome is not counted yet");
     assert_identity(&s);
-    assert_eq!((s.appended, s.rejected, s.pending), (7, 1, 6));
-    let b = ring.read(1, 100, 1 << 20).unwrap();
-    for r in &b.records {
-        assert_eq!(&r.payload[..], &payload(r.seq, 50)[..]);
-    }
+    drop(ring);
+    // Recovery decides: here nothing of the failed append reached the disk.
+    check_reopened(&t, 5, 0);
 }

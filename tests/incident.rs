@@ -37,7 +37,7 @@ fn replay(a: Behavior) {
     let config = RingConfig::default()
         .with_capacity(RING_BYTES)
         .with_max_record_len(256)
-        .with_max_loss_ranges(64)
+        .with_max_loss_ranges(48)
         .with_sync(SyncPolicy::Never);
     let (ring, _) = Ring::open(&t.dir, config).unwrap();
     let script = Script::new();

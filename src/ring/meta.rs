@@ -6,7 +6,7 @@
 use crate::stats::{LossCause, LossList, LossRange};
 
 /// Version of the on-disk format this build reads and writes.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 2;
 /// Magic of the data file header.
 pub(crate) const DATA_MAGIC: &[u8; 8] = b"RSHPDATA";
 /// Magic of a checkpoint slot.
@@ -15,9 +15,19 @@ pub(crate) const META_MAGIC: &[u8; 8] = b"RSHPMETA";
 pub(crate) const DATA_OFFSET: u64 = 4096;
 /// Size of one checkpoint slot; the meta file holds two.
 pub(crate) const SLOT_LEN: usize = 4096;
+/// Magic of a seq reservation record.
+pub(crate) const RESERVATION_MAGIC: &[u8; 8] = b"RSHPRSRV";
+/// Offsets of the two reservation records (one sector each).
+pub(crate) const RESERVATION_OFFSETS: [u64; 2] = [2 * SLOT_LEN as u64, 2 * SLOT_LEN as u64 + 512];
+/// Length of the meta file.
+pub(crate) const META_LEN: u64 = 2 * SLOT_LEN as u64 + 1024;
+const RESERVATION_LEN: usize = 40;
 const DATA_HEADER_LEN: usize = 36;
 const LOSS_LEN: usize = 56;
-const FIXED_LEN: usize = 184;
+const HINT_LEN: usize = 24;
+const FIXED_LEN: usize = 188;
+/// Most unsettled holes a checkpoint remembers the cause of.
+pub(crate) const MAX_HOLE_HINTS: usize = 16;
 
 /// The data file header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,8 +95,13 @@ pub(crate) struct Checkpoint {
     pub(crate) corrupted: u64,
     pub(crate) lost_unsynced: u64,
     pub(crate) clean: bool,
+    /// The ring ran under `SyncPolicy::Always`: every returned append was durable.
+    pub(crate) sync_always: bool,
     pub(crate) boot_id: Option<[u8; 16]>,
     pub(crate) losses: LossList,
+    /// Causes of holes not yet settled (first seq, last seq, cause), so a
+    /// later recovery that finds the same gap again gives the same cause.
+    pub(crate) hole_hints: Vec<(u64, u64, LossCause)>,
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -98,14 +113,9 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 }
 
 impl Checkpoint {
-    /// Which slot this checkpoint goes to.
-    pub(crate) fn slot(&self) -> u64 {
-        self.generation % 2
-    }
-
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(SLOT_LEN);
-        let len = FIXED_LEN + self.losses.ranges.len() * LOSS_LEN;
+        let len = FIXED_LEN + self.losses.ranges.len() * LOSS_LEN + self.hole_hints.len() * HINT_LEN;
         b.extend_from_slice(META_MAGIC);
         b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         b.extend_from_slice(&(len as u32).to_le_bytes());
@@ -131,16 +141,24 @@ impl Checkpoint {
         ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
-        let flags = u32::from(self.clean) | (u32::from(self.boot_id.is_some()) << 1);
+        let flags =
+            u32::from(self.clean) | (u32::from(self.boot_id.is_some()) << 1) | (u32::from(self.sync_always) << 2);
         b.extend_from_slice(&flags.to_le_bytes());
         b.extend_from_slice(&self.boot_id.unwrap_or_default());
         b.extend_from_slice(&(self.losses.ranges.len() as u32).to_le_bytes());
+        b.extend_from_slice(&(self.hole_hints.len() as u32).to_le_bytes());
         debug_assert_eq!(b.len(), FIXED_LEN);
         for r in &self.losses.ranges {
             for v in [r.first_seq, r.last_seq, r.first_ts, r.last_ts, r.count, r.bytes] {
                 b.extend_from_slice(&v.to_le_bytes());
             }
             b.push(r.cause.code());
+            b.extend_from_slice(&[0; 7]);
+        }
+        for &(first, last, cause) in &self.hole_hints {
+            b.extend_from_slice(&first.to_le_bytes());
+            b.extend_from_slice(&last.to_le_bytes());
+            b.push(cause.code());
             b.extend_from_slice(&[0; 7]);
         }
         let crc = crc32c::crc32c(&b);
@@ -167,7 +185,8 @@ impl Checkpoint {
         let v = |i: usize| u64_at(b, 16 + 8 * i);
         let flags = u32_at(b, 160);
         let n = u32_at(b, 180) as usize;
-        if FIXED_LEN + n * LOSS_LEN != len {
+        let h = u32_at(b, 184) as usize;
+        if FIXED_LEN + n * LOSS_LEN + h * HINT_LEN != len {
             return Err(HeaderError::Checksum);
         }
         let mut losses = LossList::default();
@@ -183,6 +202,12 @@ impl Checkpoint {
                 bytes: u64_at(b, at + 40),
                 cause,
             });
+        }
+        let mut hole_hints = Vec::with_capacity(h);
+        for i in 0..h {
+            let at = FIXED_LEN + n * LOSS_LEN + i * HINT_LEN;
+            let cause = LossCause::from_code(b[at + 16]).ok_or(HeaderError::Checksum)?;
+            hole_hints.push((u64_at(b, at), u64_at(b, at + 8), cause));
         }
         Ok(Checkpoint {
             ring_id: v(0),
@@ -204,31 +229,78 @@ impl Checkpoint {
             corrupted: v(16),
             lost_unsynced: v(17),
             clean: flags & 1 != 0,
+            sync_always: flags & 4 != 0,
             boot_id: (flags & 2 != 0).then(|| b[164..180].try_into().expect("16 bytes")),
             losses,
+            hole_hints,
         })
     }
 }
 
-/// Picks the newest valid slot. Returns it, how many slots were damaged,
-/// and the first version error seen (a slot of an unknown version).
-pub(crate) fn pick_checkpoint(slots: [&[u8]; 2]) -> (Option<Checkpoint>, u8, Option<u32>) {
-    let mut best: Option<Checkpoint> = None;
-    let mut damaged = 0;
-    let mut version = None;
-    for s in slots {
+/// A seq reservation: no seq above `seq_reserved` has been handed out.
+/// Written alone in its own sector, and fsynced before any seq it covers
+/// is used, so a power loss can lose an update but never tear one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reservation {
+    pub(crate) ring_id: u64,
+    pub(crate) counter: u64,
+    pub(crate) seq_reserved: u64,
+}
+
+impl Reservation {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(512);
+        b.extend_from_slice(RESERVATION_MAGIC);
+        b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b.extend_from_slice(&self.ring_id.to_le_bytes());
+        b.extend_from_slice(&self.counter.to_le_bytes());
+        b.extend_from_slice(&self.seq_reserved.to_le_bytes());
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        debug_assert_eq!(b.len(), RESERVATION_LEN);
+        b.resize(512, 0);
+        b
+    }
+
+    pub(crate) fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() < RESERVATION_LEN || &b[..8] != RESERVATION_MAGIC || crc32c::crc32c(&b[..36]) != u32_at(b, 36) {
+            return None;
+        }
+        (u32_at(b, 8) == FORMAT_VERSION).then(|| Reservation {
+            ring_id: u64_at(b, 12),
+            counter: u64_at(b, 20),
+            seq_reserved: u64_at(b, 28),
+        })
+    }
+}
+
+/// What the two checkpoint slots hold.
+#[derive(Debug, Default)]
+pub(crate) struct Slots {
+    /// The newest valid checkpoint and the slot it is in.
+    pub(crate) best: Option<(u64, Checkpoint)>,
+    /// Slots that failed their checksum.
+    pub(crate) damaged: u8,
+    /// A version this build does not read, if a slot had one.
+    pub(crate) version: Option<u32>,
+}
+
+/// Picks the newest valid slot.
+pub(crate) fn pick_checkpoint(slots: [&[u8]; 2]) -> Slots {
+    let mut out = Slots::default();
+    for (i, s) in slots.into_iter().enumerate() {
         match Checkpoint::decode(s) {
             Ok(c) => {
-                if best.as_ref().is_none_or(|b| c.generation > b.generation) {
-                    best = Some(c);
+                if out.best.as_ref().is_none_or(|(_, b)| c.generation > b.generation) {
+                    out.best = Some((i as u64, c));
                 }
             }
-            Err(HeaderError::Version(v)) => version = Some(v),
+            Err(HeaderError::Version(v)) => out.version = Some(v),
             Err(_) if s.iter().all(|&x| x == 0) => {}
-            Err(_) => damaged += 1,
+            Err(_) => out.damaged += 1,
         }
     }
-    (best, damaged, version)
+    out
 }
 
 #[cfg(test)]
@@ -257,8 +329,19 @@ mod tests {
             boot_id: Some([7; 16]),
             clean: true,
             losses,
+            hole_hints: vec![(200, 210, LossCause::LostUnsynced)],
             ..Checkpoint::default()
         }
+    }
+
+    #[test]
+    fn reservation_round_trips_and_rejects_damage() {
+        let r = Reservation { ring_id: 3, counter: 9, seq_reserved: 1 << 40 };
+        let mut e = r.encode();
+        assert_eq!(e.len(), 512);
+        assert_eq!(Reservation::decode(&e), Some(r));
+        e[30] ^= 4;
+        assert_eq!(Reservation::decode(&e), None);
     }
 
     #[test]
@@ -273,10 +356,11 @@ mod tests {
         let mut b = sample();
         b.generation = 6;
         let (ea, mut eb) = (a.encode(), b.encode());
-        assert_eq!(pick_checkpoint([&ea, &eb]).0.unwrap().generation, 6);
+        let picked = pick_checkpoint([&ea, &eb]).best.unwrap();
+        assert_eq!((picked.0, picked.1.generation), (1, 6));
         eb[50] ^= 1;
-        let (best, damaged, _) = pick_checkpoint([&ea, &eb]);
-        assert_eq!((best.unwrap().generation, damaged), (5, 1));
+        let slots = pick_checkpoint([&ea, &eb]);
+        assert_eq!((slots.best.unwrap().1.generation, slots.damaged), (5, 1));
     }
 
     #[test]
@@ -284,11 +368,11 @@ mod tests {
         let h = DataHeader { ring_id: 9, capacity: 4096 };
         let mut e = h.encode();
         assert_eq!(DataHeader::decode(&e), Ok(h));
-        e[8] = 2;
+        e[8] = 99;
         assert_eq!(DataHeader::decode(&e), Err(HeaderError::Checksum));
         let crc = crc32c::crc32c(&e[..32]);
         e[32..36].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(DataHeader::decode(&e), Err(HeaderError::Version(2)));
+        assert_eq!(DataHeader::decode(&e), Err(HeaderError::Version(99)));
         e[0] = b'X';
         assert_eq!(DataHeader::decode(&e), Err(HeaderError::BadMagic));
     }

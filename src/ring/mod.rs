@@ -28,6 +28,21 @@ use crate::{Error, FullPolicy, Result, RingConfig, Storage, SyncPolicy};
 
 pub use read::{ReadBatch, Record};
 
+/// Which checkpoint slot is safe to overwrite (`ring.meta_io`).
+///
+/// The slot holding the last checkpoint covered by an fsync is never
+/// overwritten by an unsynced write: checkpoints between fsyncs all go to
+/// the other slot, so a power loss that tears it leaves the synced one.
+pub(crate) struct MetaIo {
+    pub(crate) generation: u64,
+    /// The slot holding the last synced checkpoint.
+    pub(crate) durable_slot: u64,
+    /// Checkpoint writes so far.
+    pub(crate) writes: u64,
+    /// The slot of the last write.
+    pub(crate) last_slot: u64,
+}
+
 /// The group-commit coordinator's state (`ring.sync`).
 #[derive(Default)]
 struct SyncState {
@@ -46,12 +61,16 @@ pub(crate) struct Inner {
     config: RingConfig,
     ring_id: u64,
     boot_id: Option<[u8; 16]>,
-    /// Level 10: the checkpoint generation; held across one checkpoint write.
-    meta_io: Mutex<u64>,
+    /// Level 10: checkpoint slots; held across one checkpoint write.
+    meta_io: Mutex<MetaIo>,
     /// Level 20: everything else; held across a record write, never an fsync.
     state: Mutex<State>,
     /// Signalled when acks free room (for `FullPolicy::Block`).
     room: Condvar,
+    /// Signalled when a seq reservation extension ends.
+    reserved: Condvar,
+    /// Seqs one reservation covers.
+    reserve_block: u64,
     /// Level 30: group commit; released before every fsync.
     sync: Mutex<SyncState>,
     synced: Condvar,
@@ -120,7 +139,11 @@ impl Ring {
     ///
     /// # Errors
     /// As [`Ring::open`], but for the directory errors.
-    pub fn open_on(data: Box<dyn Storage>, meta: Box<dyn Storage>, config: RingConfig) -> Result<(Ring, RecoveryReport)> {
+    pub fn open_on(
+        data: Box<dyn Storage>,
+        meta: Box<dyn Storage>,
+        config: RingConfig,
+    ) -> Result<(Ring, RecoveryReport)> {
         let (inner, report) = open::open_on(data, meta, config)?;
         Ok(Self::start(inner, report))
     }
@@ -210,6 +233,7 @@ impl Ring {
             st.ack_seq = seq;
             st.ack_pos = st.hints.get(&(seq + 1)).copied();
             st.settle();
+            st.debug_check("ack");
         }
         inner.room.notify_all();
         inner.write_checkpoint(false)
@@ -310,7 +334,14 @@ impl Inner {
 
     fn append_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(u64, u64)> {
         let n = payloads.len() as u64;
-        let mut st = self.state.lock();
+        let mut st = loop {
+            self.ensure_reserved(n, 0)?;
+            let st = self.state.lock();
+            // Another appender may have used the reservation up meanwhile.
+            if st.next_seq + n - 1 <= st.seq_reserved || st.poisoned.is_some() || st.closed {
+                break st;
+            }
+        };
         Self::poisoned_error(&st)?;
         if let Some(p) = payloads.iter().find(|p| p.as_ref().len() > self.max_len) {
             let err = Error::RecordTooLarge { len: p.as_ref().len(), max: self.max_len };
@@ -356,7 +387,9 @@ impl Inner {
             }
             segments.push(seg_start);
             let new_head = pos;
-            match self.make_room(&mut st, new_head)? {
+            let room = self.make_room(&mut st, new_head);
+            st.debug_check("make_room");
+            match room? {
                 Room::Ready => {}
                 Room::MustNotEvict => match deadline {
                     None => return Err(Self::reject(&mut st, n, Error::Full { needed: frames })),
@@ -371,11 +404,16 @@ impl Inner {
                 },
             }
             // Write each segment; segment i ends where segment i + 1 starts.
-            for (i, &(seg_pos, from)) in segments.iter().enumerate() {
-                let to = segments.get(i + 1).map_or(buf.len(), |s| s.1);
-                debug_assert!(seg_pos % self.cap + (to - from) as u64 <= self.cap);
-                if let Err(e) = self.data.write_at(&buf[from..to], DATA_OFFSET + seg_pos % self.cap) {
-                    return Err(Self::reject(&mut st, n, Error::io("write", &self.data_path, e)));
+            let spans: Vec<(u64, usize, usize)> = segments
+                .iter()
+                .enumerate()
+                .map(|(i, &(seg_pos, from))| (seg_pos % self.cap, from, segments.get(i + 1).map_or(buf.len(), |s| s.1)))
+                .collect();
+            for (i, &(off, from, to)) in spans.iter().enumerate() {
+                debug_assert!(off + (to - from) as u64 <= self.cap);
+                if let Err(e) = self.data.write_at(&buf[from..to], DATA_OFFSET + off) {
+                    let err = Error::io("write", &self.data_path, e);
+                    return Err(self.undo_failed_write(&mut st, n, &spans[..=i], err));
                 }
             }
             st.head = new_head;
@@ -391,9 +429,28 @@ impl Inner {
         }
     }
 
+    /// After a failed write, zeroes whatever the batch may have written, so
+    /// no part of it can be recovered: then it was cleanly refused and is
+    /// counted as rejected. If even that fails, what reached the disk is
+    /// unknown: the ring is poisoned and recovery at the next open decides
+    /// (records that made it are kept; delivery is at-least-once).
+    fn undo_failed_write(&self, st: &mut State, n: u64, spans: &[(u64, usize, usize)], err: Error) -> Error {
+        let undone =
+            spans.iter().all(|&(off, from, to)| self.data.write_at(&vec![0; to - from], DATA_OFFSET + off).is_ok());
+        if undone {
+            Self::reject(st, n, err)
+        } else {
+            self.poisoned.store(true, Ordering::Release);
+            st.poisoned.get_or_insert_with(|| self.data_path.clone());
+            err
+        }
+    }
+
     /// Evicts the oldest frames until a write ending at `new_head` fits.
     fn make_room(&self, st: &mut State, new_head: u64) -> Result<Room> {
         while new_head - st.tail_pos > self.cap {
+            // Whatever moved the tail last time, holes below it are settled.
+            st.settle();
             if let Some(h) = st.hole_at(st.tail_seq).filter(|h| h.pos <= st.tail_pos) {
                 st.tail_pos = h.resume_pos.max(st.tail_pos);
                 st.tail_seq = h.last + 1;
@@ -440,7 +497,7 @@ impl Inner {
                     st.tail_seq = h.seq + 1;
                     st.tail_ts = h.ts;
                 }
-                Some(h) if !h.is_pad && h.seq > st.tail_seq => {
+                Some(h) if !h.is_pad && h.seq > st.tail_seq && self.frame_intact(pos)? => {
                     // Intact framing with seqs missing before it: a gap no
                     // reader has registered yet.
                     let hole = Hole {
@@ -485,7 +542,62 @@ impl Inner {
                 }
             }
         }
+        st.settle();
         Ok(Room::Ready)
+    }
+
+    /// Whether the frame at `pos` passes its checksum (eviction trusts a
+    /// header's seq beyond the expected one only then).
+    fn frame_intact(&self, pos: u64) -> Result<bool> {
+        let mut scan = scan::Scanner::new(&*self.data, self.cap, self.max_len, 0);
+        let found = scan.frame_at(pos).map_err(|e| Error::io("read", &self.data_path, e))?;
+        Ok(matches!(found, scan::Found::Record(_)))
+    }
+
+    /// Makes sure seqs up to `next_seq + n - 1` (and `ahead` more) are
+    /// covered by a durable reservation, writing and fsyncing a larger one
+    /// if not. One thread extends at a time; others wait for it, which
+    /// happens once per `reserve_block` seqs at most.
+    fn ensure_reserved(&self, n: u64, ahead: u64) -> Result<()> {
+        let mut st = self.state.lock();
+        loop {
+            if st.next_seq + n - 1 + ahead <= st.seq_reserved || st.poisoned.is_some() || st.closed {
+                return Ok(());
+            }
+            if st.extending {
+                self.reserved.wait(&mut st);
+                continue;
+            }
+            st.extending = true;
+            st.reserve_writes += 1;
+            let target = st.next_seq + n - 1 + self.reserve_block.max(ahead);
+            let counter = st.reserve_writes;
+            drop(st);
+            let result = self.write_reservation(target, counter);
+            st = self.state.lock();
+            st.extending = false;
+            if result.is_ok() {
+                st.seq_reserved = st.seq_reserved.max(target);
+            }
+            self.reserved.notify_all();
+            result?;
+        }
+    }
+
+    /// Writes reservation record `counter` to both copies (each one sector,
+    /// so a power loss can lose a copy's update but not tear it, and a
+    /// damaged copy leaves the other) and fsyncs them. No seq it covers is
+    /// handed out before this returns. No lock is held.
+    fn write_reservation(&self, seq_reserved: u64, counter: u64) -> Result<()> {
+        let record = meta::Reservation { ring_id: self.ring_id, counter, seq_reserved }.encode();
+        for at in meta::RESERVATION_OFFSETS {
+            self.meta.write_at(&record, at).map_err(|e| Error::io("write", &self.meta_path, e))?;
+        }
+        if let Err(e) = self.meta.sync_data() {
+            self.poison(&self.meta_path);
+            return Err(Error::io("fsync", &self.meta_path, e));
+        }
+        Ok(())
     }
 
     /// Waits until `seq` is durable, running the fsync itself if no other
@@ -543,30 +655,65 @@ impl Inner {
         }
         let target = self.written_seq.load(Ordering::Acquire);
         self.wait_durable(target)?;
+        if clean {
+            // Closing: no seq above the last one was handed out. Recorded
+            // durably, so a reboot after a clean close skips no seqs.
+            let (target, counter) = {
+                let mut st = self.state.lock();
+                st.reserve_writes += 1;
+                st.seq_reserved = st.next_seq - 1;
+                (st.seq_reserved, st.reserve_writes)
+            };
+            self.write_reservation(target, counter)?;
+        } else {
+            // Renew the reservation ahead of time, so appenders rarely wait.
+            self.ensure_reserved(1, self.reserve_block / 2)?;
+        }
         self.write_checkpoint(clean)?;
+        self.sync_meta()?;
+        Ok(self.durable_seq.load(Ordering::Acquire))
+    }
+
+    /// fsyncs the meta file. If no checkpoint was written while it ran, the
+    /// slot last written is now the durable one, and the next checkpoints
+    /// go to the other.
+    fn sync_meta(&self) -> Result<()> {
+        let (writes, slot) = {
+            let m = self.meta_io.lock();
+            (m.writes, m.last_slot)
+        };
         if let Err(e) = self.meta.sync_data() {
             self.poison(&self.meta_path);
             return Err(Error::io("fsync", &self.meta_path, e));
         }
-        Ok(self.durable_seq.load(Ordering::Acquire))
+        let mut m = self.meta_io.lock();
+        if writes > 0 && m.writes == writes {
+            m.durable_slot = slot;
+        }
+        Ok(())
     }
 
-    /// Writes a checkpoint of the current state to the older slot (no fsync).
+    /// Writes a checkpoint of the current state (no fsync) to the slot that
+    /// does not hold the last synced checkpoint.
     fn write_checkpoint(&self, clean: bool) -> Result<()> {
-        let mut generation = self.meta_io.lock();
+        let mut m = self.meta_io.lock();
         let mut ck = {
             let mut st = self.state.lock();
             st.last_checkpoint = Instant::now();
             st.unsaved_losses = false;
             st.checkpoint()
         };
-        *generation += 1;
-        ck.generation = *generation;
+        m.generation += 1;
+        ck.generation = m.generation;
         ck.ring_id = self.ring_id;
         ck.durable_seq = self.durable_seq.load(Ordering::Acquire);
         ck.clean = clean;
+        ck.sync_always = self.config.sync == SyncPolicy::Always;
         ck.boot_id = self.boot_id;
-        let bytes = ck.encode();
-        self.meta.write_at(&bytes, ck.slot() * SLOT_LEN as u64).map_err(|e| Error::io("write", &self.meta_path, e))
+        let slot = 1 - m.durable_slot;
+        self.meta.write_at(&ck.encode(), slot * SLOT_LEN as u64).map_err(|e| Error::io("write", &self.meta_path, e))?;
+        m.writes += 1;
+        m.last_slot = slot;
+        Ok(())
     }
 }

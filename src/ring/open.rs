@@ -13,10 +13,13 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
-use super::meta::{Checkpoint, DATA_OFFSET, DataHeader, FORMAT_VERSION, HeaderError, SLOT_LEN, pick_checkpoint};
+use super::meta::{
+    Checkpoint, DATA_OFFSET, DataHeader, FORMAT_VERSION, HeaderError, META_LEN, RESERVATION_OFFSETS, Reservation,
+    SLOT_LEN, pick_checkpoint,
+};
 use super::recovery::{Input, fresh_state, recover};
 use super::storage::FileStorage;
-use super::{Inner, SyncState};
+use super::{Inner, MetaIo, SyncState};
 use crate::stats::RecoveryReport;
 use crate::sync::{Condvar, LEVEL_META_IO, LEVEL_RING_STATE, LEVEL_SYNC, Mutex};
 use crate::{Error, Result, RingConfig, Storage};
@@ -40,9 +43,9 @@ fn init_storage(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_p
     data.set_len(DATA_OFFSET + cap).map_err(|e| Error::io("preallocate", data_path, e))?;
     data.write_at(&DataHeader { ring_id, capacity: cap }.encode(), 0).map_err(|e| Error::io("write", data_path, e))?;
     data.sync_data().map_err(|e| Error::io("fsync", data_path, e))?;
-    meta.set_len(2 * SLOT_LEN as u64).map_err(|e| Error::io("preallocate", meta_path, e))?;
+    meta.set_len(META_LEN).map_err(|e| Error::io("preallocate", meta_path, e))?;
     let ck = Checkpoint { ring_id, generation: 1, capacity: cap, next_seq: 1, tail_seq: 1, ..Checkpoint::default() };
-    meta.write_at(&ck.encode(), ck.slot() * SLOT_LEN as u64).map_err(|e| Error::io("write", meta_path, e))?;
+    meta.write_at(&ck.encode(), 0).map_err(|e| Error::io("write", meta_path, e))?;
     meta.sync_data().map_err(|e| Error::io("fsync", meta_path, e))
 }
 
@@ -102,19 +105,35 @@ struct Layout {
     ring_id: u64,
     cap: u64,
     checkpoint: Option<Checkpoint>,
+    /// The slot it came from: treated as the durable one, so the next
+    /// checkpoints go to the other.
+    checkpoint_slot: u64,
     damaged_slots: u8,
     /// The data file's length, if it was short and had to be extended.
     short_len: Option<u64>,
+    /// The newest valid seq reservation (0: none).
+    reserved: u64,
+    reserve_counter: u64,
 }
 
 /// Reads the checkpoint slots and the data header, repairing a damaged
 /// header from the checkpoint and a short data file by extending it.
 fn read_layout(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_path: &Path) -> Result<Layout> {
-    let mut slots = vec![0u8; 2 * SLOT_LEN];
+    let mut slots = vec![0u8; META_LEN as usize];
     let meta_len = meta.len().map_err(|e| Error::io("stat", meta_path, e))?;
     let readable = (meta_len as usize).min(slots.len());
     meta.read_at(&mut slots[..readable], 0).map_err(|e| Error::io("read", meta_path, e))?;
-    let (ck, damaged_slots, version) = pick_checkpoint([&slots[..SLOT_LEN], &slots[SLOT_LEN..]]);
+    if meta_len < META_LEN {
+        meta.set_len(META_LEN).map_err(|e| Error::io("preallocate", meta_path, e))?;
+    }
+    let picked = pick_checkpoint([&slots[..SLOT_LEN], &slots[SLOT_LEN..2 * SLOT_LEN]]);
+    let (damaged_slots, version) = (picked.damaged, picked.version);
+    let (ck_slot, ck) = match picked.best {
+        Some((slot, c)) => (slot, Some(c)),
+        None => (1, None),
+    };
+    let reservations: Vec<Reservation> =
+        RESERVATION_OFFSETS.iter().filter_map(|&at| Reservation::decode(&slots[at as usize..])).collect();
     if let (None, Some(found)) = (&ck, version) {
         return Err(Error::UnsupportedVersion { path: meta_path.to_path_buf(), found, supported: FORMAT_VERSION });
     }
@@ -148,12 +167,16 @@ fn read_layout(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_pa
         data.write_at(&DataHeader { ring_id, capacity: cap }.encode(), 0)
             .map_err(|e| Error::io("write", data_path, e))?;
     }
+    let mine = reservations.iter().filter(|r| r.ring_id == ring_id);
     Ok(Layout {
         ring_id,
         cap,
         checkpoint: ck.filter(|c| c.ring_id == ring_id && c.capacity == cap),
+        checkpoint_slot: ck_slot,
         damaged_slots,
         short_len,
+        reserved: mine.clone().map(|r| r.seq_reserved).max().unwrap_or(0),
+        reserve_counter: mine.map(|r| r.counter).max().unwrap_or(0),
     })
 }
 
@@ -220,12 +243,21 @@ pub(super) fn open_on(
     config.validate()?;
     let dir = PathBuf::from("<storage>");
     let paths = Paths { data: dir.join(DATA_FILE), meta: dir.join(META_FILE), dir };
-    let empty = data.len().map_err(|e| Error::io("stat", &paths.data, e))? == 0
-        && meta.len().map_err(|e| Error::io("stat", &paths.meta, e))? == 0;
+    // New storages, or a creation interrupted before its header and first
+    // checkpoint were written, are (re)initialised.
+    let empty = is_blank(&*data, &paths.data, DATA_OFFSET)? && is_blank(&*meta, &paths.meta, 2 * SLOT_LEN as u64)?;
     if empty {
         init_storage(&*data, &paths.data, &*meta, &paths.meta, config.capacity & !7)?;
     }
     open_storages(paths, data, meta, config, empty, None)
+}
+
+/// Whether the first `len` bytes of `storage` (as far as it goes) are zero.
+fn is_blank(storage: &dyn Storage, path: &Path, len: u64) -> Result<bool> {
+    let have = storage.len().map_err(|e| Error::io("stat", path, e))?.min(len);
+    let mut buf = vec![0u8; have as usize];
+    storage.read_at(&mut buf, 0).map_err(|e| Error::io("read", path, e))?;
+    Ok(buf.iter().all(|&b| b == 0))
 }
 
 fn open_storages(
@@ -237,8 +269,16 @@ fn open_storages(
     lock_file: Option<File>,
 ) -> Result<(Inner, RecoveryReport)> {
     let Paths { dir, data: data_path, meta: meta_path } = paths;
-    let Layout { ring_id, cap, checkpoint: ck, damaged_slots, short_len: report_short } =
-        read_layout(&*data, &data_path, &*meta, &meta_path)?;
+    let Layout {
+        ring_id,
+        cap,
+        checkpoint: ck,
+        checkpoint_slot,
+        damaged_slots,
+        short_len: report_short,
+        reserved,
+        reserve_counter,
+    } = read_layout(&*data, &data_path, &*meta, &meta_path)?;
     let boot_id = data.boot_id();
 
     let (state, mut report) = if created {
@@ -251,6 +291,7 @@ fn open_storages(
             max_losses: config.max_loss_ranges,
             checkpoint: ck.clone(),
             boot_now: boot_id,
+            reserved,
         })
         .map_err(|e| Error::io("recover", &data_path, e))?
     };
@@ -259,7 +300,15 @@ fn open_storages(
     report.capacity_mismatch = cap != config.capacity & !7;
     report.data_file_extended_from = report_short;
     data.sync_data().map_err(|e| Error::io("fsync", &data_path, e))?;
+    let mut state = state;
+    // Recovery moved next_seq past every seq that may have been handed out.
+    // The reservation read back may not be durable (its fsync may have
+    // failed before a process crash), so none is trusted for new seqs: the
+    // first append writes and fsyncs a fresh one.
+    state.seq_reserved = state.next_seq - 1;
+    state.reserve_writes = reserve_counter;
     let written = state.next_seq - 1;
+    let reserve_block = config.seq_reservation;
     let inner = Inner {
         dir,
         data_path,
@@ -271,9 +320,20 @@ fn open_storages(
         config,
         ring_id,
         boot_id,
-        meta_io: Mutex::new(LEVEL_META_IO, "ring.meta_io", ck.map_or(1, |c| c.generation)),
+        meta_io: Mutex::new(
+            LEVEL_META_IO,
+            "ring.meta_io",
+            MetaIo {
+                generation: ck.map_or(1, |c| c.generation),
+                durable_slot: checkpoint_slot,
+                writes: 0,
+                last_slot: 0,
+            },
+        ),
         state: Mutex::new(LEVEL_RING_STATE, "ring.state", state),
         room: Condvar::new(),
+        reserved: Condvar::new(),
+        reserve_block,
         sync: Mutex::new(LEVEL_SYNC, "ring.sync", SyncState { durable: written, in_progress: false }),
         synced: Condvar::new(),
         written_seq: AtomicU64::new(written),
@@ -282,6 +342,6 @@ fn open_storages(
         lock_file: parking_lot::Mutex::new(lock_file),
     };
     inner.write_checkpoint(false)?;
-    inner.meta.sync_data().map_err(|e| Error::io("fsync", &meta_path, e))?;
+    inner.sync_meta()?;
     Ok((inner, report))
 }

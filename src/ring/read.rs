@@ -89,6 +89,7 @@ impl Inner {
             for h in walk.new_holes {
                 st.add_hole(h);
             }
+            st.debug_check("read");
             st.note_hint(walk.next_seq, walk.end_pos);
             drop(st);
             let out = walk.out.freeze();

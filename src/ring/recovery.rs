@@ -36,6 +36,8 @@ pub(crate) struct Input<'a> {
     pub(crate) max_losses: usize,
     pub(crate) checkpoint: Option<Checkpoint>,
     pub(crate) boot_now: Option<[u8; 16]>,
+    /// The durable seq reservation: no seq above it was ever handed out.
+    pub(crate) reserved: u64,
 }
 
 /// Where the newest intact frame ends and the seq that follows it.
@@ -95,7 +97,7 @@ fn walk_window(
     start: u64,
     head: u64,
     ack_seq: u64,
-    cause_for: &dyn Fn(u64) -> LossCause,
+    classify: &Classifier<'_>,
 ) -> io::Result<Window> {
     let cap = scan.cap();
     let mut w = Window { holes: Vec::new(), tail: None, last: None, ack_pos: None, records: 0 };
@@ -115,15 +117,9 @@ fn walk_window(
                         p += size;
                         continue;
                     }
-                    Some((ps, pend, pts)) if h.seq > ps + 1 => w.holes.push(Hole {
-                        first: ps + 1,
-                        last: h.seq - 1,
-                        pos: pend,
-                        resume_pos: p,
-                        first_ts: pts,
-                        last_ts: h.ts,
-                        cause: cause_for(ps + 1),
-                    }),
+                    Some((ps, pend, pts)) if h.seq > ps + 1 => {
+                        w.holes.extend(classify.holes(ps + 1, h.seq - 1, pend, p, pts, h.ts));
+                    }
                     Some(_) => {}
                     None => w.tail = Some((h.seq, p, h.ts)),
                 }
@@ -140,17 +136,21 @@ fn walk_window(
 }
 
 pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
-    let Input { data, cap, max_len, max_losses, checkpoint, boot_now } = input;
+    let Input { data, cap, max_len, max_losses, checkpoint, boot_now, reserved } = input;
     let ck = checkpoint.unwrap_or_else(|| Checkpoint { next_seq: 1, tail_seq: 1, ..Checkpoint::default() });
-    let power_loss_possible = !ck.clean && (ck.boot_id.is_none() || boot_now.is_none() || ck.boot_id != boot_now);
-    let cause_for = |first: u64| {
-        if power_loss_possible && first > ck.durable_seq { LossCause::LostUnsynced } else { LossCause::Corrupted }
-    };
+    // Not `ck.clean`: that flag may come from an older slot when the newest
+    // was torn. A clean close shrinks the reservation to its last seq, so a
+    // reboot after one costs nothing.
+    let power_loss_possible = ck.boot_id.is_none() || boot_now.is_none() || ck.boot_id != boot_now;
     let mut report = RecoveryReport { clean_shutdown: ck.clean, ..RecoveryReport::default() };
     let mut scan = Scanner::new(data, cap, max_len, SCAN_CHUNK);
 
     // 1. The head.
     let (head, found_next) = find_head(&mut scan, cap)?.unwrap_or((ck.head_pos, ck.next_seq));
+    // Under SyncPolicy::Always every returned append was durable: nothing
+    // below the newest surviving record can have been lost unsynced.
+    let durable_seq = if ck.sync_always { ck.durable_seq.max(found_next.saturating_sub(1)) } else { ck.durable_seq };
+    let classify = Classifier { hints: &ck.hole_hints, power_loss_possible, durable_seq };
     report.torn_bytes_truncated = torn_bytes_at(&mut scan, head, max_len)?;
 
     // 2. The live window.
@@ -158,23 +158,25 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
     let window_start = head.saturating_sub(cap).max(ck.tail_pos).min(head);
     let settled_c = ck.settled_seq;
     let Window { mut holes, tail, last: prev, ack_pos, records } =
-        walk_window(&mut scan, window_start, head, ck.ack_seq, &cause_for)?;
+        walk_window(&mut scan, window_start, head, ck.ack_seq, &classify)?;
     report.records_recovered = records;
 
     // 3. Seqs assigned before the crash that no frame holds any more.
+    // A surviving pad after the last surviving record names seqs whose
+    // frames are gone (a torn record before the pad).
+    if let Some((last, end, ts)) = prev {
+        if found_next > last + 1 {
+            holes.extend(classify.holes(last + 1, found_next - 1, end, head, ts, ts));
+        }
+    }
     let mut next_seq = found_next.max(prev.map_or(0, |(s, _, _)| s + 1));
-    if ck.next_seq > next_seq {
+    // After a power loss, any seq up to the reservation may have been handed
+    // out to a record that never reached the disk: none is used again.
+    let assigned_before = if power_loss_possible { ck.next_seq.max(reserved + 1) } else { ck.next_seq };
+    if assigned_before > next_seq {
         let (first_ts, pos) = prev.map_or((ck.tail_ts, head), |(_, e, t)| (t, e));
-        holes.push(Hole {
-            first: next_seq,
-            last: ck.next_seq - 1,
-            pos,
-            resume_pos: head.max(pos),
-            first_ts,
-            last_ts: u64::MAX,
-            cause: cause_for(next_seq),
-        });
-        next_seq = ck.next_seq;
+        holes.extend(classify.holes(next_seq, assigned_before - 1, pos, head.max(pos), first_ts, u64::MAX));
+        next_seq = assigned_before;
     }
     let (tail_seq, tail_pos, tail_ts) = tail.unwrap_or((next_seq, head, 0));
     let tail_seq = holes.first().map_or(tail_seq, |h| h.first.min(tail_seq));
@@ -196,18 +198,21 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
 
     // Seqs below the oldest survivor that the checkpoint had not settled.
     if tail_seq > settled_c + 1 {
-        let count = tail_seq - 1 - settled_c;
-        let cause = if lapped { LossCause::Overwritten } else { cause_for(settled_c + 1) };
-        let range = LossRange {
-            first_seq: settled_c + 1,
-            last_seq: tail_seq - 1,
-            first_ts: ck.tail_ts,
-            last_ts: tail_ts,
-            count,
-            bytes: tail_pos.saturating_sub(ck.settled_pos),
-            cause,
-        };
-        settle_discovered(&mut st, &mut report, range);
+        let (first, last) = (settled_c + 1, tail_seq - 1);
+        let parts = if lapped { vec![(first, last, LossCause::Overwritten)] } else { classify.split(first, last) };
+        let mut bytes = tail_pos.saturating_sub(ck.settled_pos);
+        for (first_seq, last_seq, cause) in parts {
+            let range = LossRange {
+                first_seq,
+                last_seq,
+                first_ts: ck.tail_ts,
+                last_ts: tail_ts,
+                count: last_seq - first_seq + 1,
+                bytes: std::mem::take(&mut bytes),
+                cause,
+            };
+            settle_discovered(&mut st, &mut report, range);
+        }
     }
     for h in holes {
         if st.add_hole(h) {
@@ -220,8 +225,72 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
         }
     }
     st.settle();
+    st.debug_check("recovery");
     report.pending = st.stats(0).pending;
     Ok((st, report))
+}
+
+/// Says why seqs missing at recovery are missing.
+struct Classifier<'a> {
+    /// Causes an earlier recovery or reader gave (first, last, cause).
+    hints: &'a [(u64, u64, LossCause)],
+    power_loss_possible: bool,
+    durable_seq: u64,
+}
+
+impl Classifier<'_> {
+    /// Splits `first..=last` into runs of one cause: a run an earlier
+    /// recovery classified keeps its cause; otherwise seqs above the durable
+    /// seq after a power loss were lost unsynced, and anything else is damage.
+    fn split(&self, first: u64, last: u64) -> Vec<(u64, u64, LossCause)> {
+        let mut parts: Vec<(u64, u64, LossCause)> = Vec::new();
+        let mut cur = first;
+        while cur <= last {
+            let (end, cause) = if let Some(&(_, b, c)) = self.hints.iter().find(|&&(a, b, _)| a <= cur && cur <= b) {
+                (b.min(last), c)
+            } else {
+                let next_hint = self.hints.iter().map(|&(a, _, _)| a).filter(|&a| a > cur).min().unwrap_or(u64::MAX);
+                let mut end = last.min(next_hint.saturating_sub(1));
+                let cause = if self.power_loss_possible && cur > self.durable_seq {
+                    LossCause::LostUnsynced
+                } else {
+                    if self.power_loss_possible {
+                        end = end.min(self.durable_seq);
+                    }
+                    LossCause::Corrupted
+                };
+                (end, cause)
+            };
+            match parts.last_mut() {
+                Some(p) if p.2 == cause && p.1 + 1 == cur => p.1 = end,
+                _ => parts.push((cur, end, cause)),
+            }
+            if end == u64::MAX {
+                break;
+            }
+            cur = end + 1;
+        }
+        parts
+    }
+
+    /// The holes for missing seqs `first..=last` found between positions
+    /// `pos` and `resume_pos`: one per run of one cause, the bytes counted
+    /// on the first.
+    fn holes(&self, first: u64, last: u64, pos: u64, resume_pos: u64, first_ts: u64, last_ts: u64) -> Vec<Hole> {
+        self.split(first, last)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (a, b, cause))| Hole {
+                first: a,
+                last: b,
+                pos: if i == 0 { pos } else { resume_pos },
+                resume_pos,
+                first_ts,
+                last_ts,
+                cause,
+            })
+            .collect()
+    }
 }
 
 /// Counts a range discovered lost below the oldest survivor as settled.
@@ -271,5 +340,8 @@ pub(crate) fn fresh_state(cap: u64, max_losses: usize) -> State {
         closed: false,
         last_checkpoint: Instant::now(),
         unsaved_losses: false,
+        seq_reserved: 0,
+        extending: false,
+        reserve_writes: 0,
     }
 }

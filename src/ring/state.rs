@@ -81,6 +81,13 @@ pub(crate) struct State {
     pub(crate) closed: bool,
     pub(crate) last_checkpoint: Instant,
     pub(crate) unsaved_losses: bool,
+    /// No seq above this may be handed out until a larger reservation is
+    /// durable.
+    pub(crate) seq_reserved: u64,
+    /// A thread is writing a larger reservation.
+    pub(crate) extending: bool,
+    /// Reservation records written so far (picks the copy to write next).
+    pub(crate) reserve_writes: u64,
 }
 
 impl State {
@@ -186,6 +193,27 @@ impl State {
         }
     }
 
+    /// Checks the state's own invariants (debug builds): holes sorted,
+    /// disjoint, above the settled point and below `next_seq`.
+    pub(crate) fn debug_check(&self, after: &str) {
+        if cfg!(debug_assertions) {
+            let s = self.settled();
+            let mut prev = s;
+            for h in &self.holes {
+                assert!(
+                    h.first > prev && h.first <= h.last && h.last < self.next_seq,
+                    "ring state after {after}: bad hole {h:?} (settled {s}, next_seq {}, tail_seq {}, ack {}) in {:?}",
+                    self.next_seq,
+                    self.tail_seq,
+                    self.ack_seq,
+                    self.holes
+                );
+                prev = h.last;
+            }
+            assert!(self.tail_seq <= self.next_seq, "ring state after {after}: tail beyond head");
+        }
+    }
+
     pub(crate) fn stats(&self, durable_seq: u64) -> RingStats {
         let last_seq = self.next_seq - 1;
         let (hc, hu) = self.hole_counts();
@@ -233,6 +261,14 @@ impl State {
             corrupted: self.corrupted,
             lost_unsynced: self.lost_unsynced,
             losses: self.losses.clone(),
+            hole_hints: self
+                .holes
+                .iter()
+                .rev()
+                .take(super::meta::MAX_HOLE_HINTS)
+                .rev()
+                .map(|h| (h.first, h.last, h.cause))
+                .collect(),
             ..Checkpoint::default()
         }
     }
