@@ -57,6 +57,8 @@ struct ReadmeDoctests;
 
 mod config;
 mod error;
+#[cfg(all(test, loom))]
+mod loom_models;
 mod ring;
 mod sender;
 pub mod sim;

@@ -22,6 +22,21 @@
 
 use std::time::Duration;
 
+#[cfg(not(loom))]
+mod imp {
+    pub(crate) use parking_lot::{Condvar, Mutex, MutexGuard};
+    pub(crate) use std::sync::atomic;
+}
+
+#[cfg(loom)]
+mod imp {
+    pub(crate) use loom::sync::atomic;
+    pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard};
+}
+
+/// Atomics: std's, or loom's under `cfg(loom)`.
+pub(crate) use imp::atomic;
+
 /// `ring.meta_io`: serialises checkpoint writes so generations are ordered.
 pub(crate) const LEVEL_META_IO: u8 = 10;
 /// `ring.state`: the ring's in-memory state and the append path.
@@ -34,8 +49,13 @@ pub(crate) const LEVEL_SENDER_ENDPOINT: u8 = 40;
 pub(crate) const LEVEL_SENDER_STATUS: u8 = 50;
 /// `transport.cancel`: a cancellation token's waiters.
 pub(crate) const LEVEL_CANCEL: u8 = 60;
+/// `signal`: a one-slot wake-up's flag (loom builds only).
+#[cfg(loom)]
+const LEVEL_SIGNAL: u8 = 70;
 
-#[cfg(debug_assertions)]
+// The order checker keeps a thread-local list; loom runs its threads as
+// coroutines on one OS thread, so it is off under loom.
+#[cfg(all(debug_assertions, not(loom)))]
 mod order {
     use std::cell::RefCell;
 
@@ -66,38 +86,45 @@ mod order {
     }
 }
 
+#[cfg(not(all(debug_assertions, not(loom))))]
+mod order {
+    pub(super) fn acquire(_level: u8, _name: &'static str) {}
+    pub(super) fn release(_level: u8, _name: &'static str) {}
+}
+
 /// A mutex with a level in the lock hierarchy.
 pub(crate) struct Mutex<T> {
     level: u8,
     name: &'static str,
-    inner: parking_lot::Mutex<T>,
+    inner: imp::Mutex<T>,
 }
 
 impl<T> Mutex<T> {
-    pub(crate) const fn new(level: u8, name: &'static str, value: T) -> Self {
-        Mutex { level, name, inner: parking_lot::Mutex::new(value) }
+    pub(crate) fn new(level: u8, name: &'static str, value: T) -> Self {
+        Mutex { level, name, inner: imp::Mutex::new(value) }
     }
 
     /// Takes the lock. Panics in debug builds if the lock order is broken.
     pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
-        #[cfg(debug_assertions)]
         order::acquire(self.level, self.name);
-        MutexGuard { inner: self.inner.lock(), level: self.level, name: self.name }
+        #[cfg(not(loom))]
+        let inner = self.inner.lock();
+        #[cfg(loom)]
+        let inner = self.inner.lock().expect("loom mutex poisoned");
+        MutexGuard { inner: Some(inner), level: self.level, name: self.name }
     }
 }
 
 /// Guard of a [`Mutex`]; releasing it pops the level from the checker.
 pub(crate) struct MutexGuard<'a, T> {
-    inner: parking_lot::MutexGuard<'a, T>,
-    #[cfg_attr(not(debug_assertions), allow(dead_code))]
+    /// Always `Some` outside a condition-variable wait.
+    inner: Option<imp::MutexGuard<'a, T>>,
     level: u8,
-    #[cfg_attr(not(debug_assertions), allow(dead_code))]
     name: &'static str,
 }
 
 impl<T> Drop for MutexGuard<'_, T> {
     fn drop(&mut self) {
-        #[cfg(debug_assertions)]
         order::release(self.level, self.name);
     }
 }
@@ -105,36 +132,139 @@ impl<T> Drop for MutexGuard<'_, T> {
 impl<T> std::ops::Deref for MutexGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        &self.inner
+        self.inner.as_ref().expect("guard held")
     }
 }
 
 impl<T> std::ops::DerefMut for MutexGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
-        &mut self.inner
+        self.inner.as_mut().expect("guard held")
     }
 }
 
 /// A condition variable that works with [`MutexGuard`].
 #[derive(Default)]
-pub(crate) struct Condvar(parking_lot::Condvar);
+pub(crate) struct Condvar(imp::Condvar);
 
 impl Condvar {
     pub(crate) fn new() -> Self {
-        Condvar(parking_lot::Condvar::new())
+        Condvar(imp::Condvar::new())
     }
 
-    /// Waits with a timeout; returns `true` if it timed out.
+    /// Waits with a timeout; returns `true` if it timed out. (Under loom a
+    /// timed wait may return at any point, as a spurious wake-up.)
     pub(crate) fn wait_for<T>(&self, guard: &mut MutexGuard<'_, T>, timeout: Duration) -> bool {
-        self.0.wait_for(&mut guard.inner, timeout).timed_out()
+        #[cfg(not(loom))]
+        {
+            self.0.wait_for(guard.inner.as_mut().expect("guard held"), timeout).timed_out()
+        }
+        #[cfg(loom)]
+        {
+            let g = guard.inner.take().expect("guard held");
+            let (g, result) = self.0.wait_timeout(g, timeout).expect("loom mutex poisoned");
+            guard.inner = Some(g);
+            result.timed_out()
+        }
     }
 
     pub(crate) fn wait<T>(&self, guard: &mut MutexGuard<'_, T>) {
-        self.0.wait(&mut guard.inner);
+        #[cfg(not(loom))]
+        self.0.wait(guard.inner.as_mut().expect("guard held"));
+        #[cfg(loom)]
+        {
+            let g = guard.inner.take().expect("guard held");
+            guard.inner = Some(self.0.wait(g).expect("loom mutex poisoned"));
+        }
     }
 
     pub(crate) fn notify_all(&self) {
         self.0.notify_all();
+    }
+}
+
+/// How a wait on a [`Signal`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Woken {
+    Notified,
+    TimedOut,
+    Closed,
+}
+
+/// A one-slot wake-up: `notify` never blocks and coalesces; `close` wakes
+/// the waiter for good. crossbeam-channel normally; a loom mutex and
+/// condition variable under loom.
+pub(crate) struct Signal {
+    #[cfg(not(loom))]
+    tx: parking_lot::Mutex<Option<crossbeam_channel::Sender<()>>>,
+    #[cfg(not(loom))]
+    rx: crossbeam_channel::Receiver<()>,
+    #[cfg(loom)]
+    state: Mutex<(bool, bool)>,
+    #[cfg(loom)]
+    cv: Condvar,
+}
+
+impl Signal {
+    pub(crate) fn new() -> Self {
+        #[cfg(not(loom))]
+        {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            Signal { tx: parking_lot::Mutex::new(Some(tx)), rx }
+        }
+        #[cfg(loom)]
+        {
+            Signal { state: Mutex::new(LEVEL_SIGNAL, "signal", (false, false)), cv: Condvar::new() }
+        }
+    }
+
+    /// Wakes the waiter (or the next wait); never blocks.
+    pub(crate) fn notify(&self) {
+        #[cfg(not(loom))]
+        if let Some(tx) = self.tx.lock().as_ref() {
+            let _ = tx.try_send(());
+        }
+        #[cfg(loom)]
+        {
+            self.state.lock().0 = true;
+            self.cv.notify_all();
+        }
+    }
+
+    /// Wakes the waiter for good: every later wait returns `Closed`.
+    pub(crate) fn close(&self) {
+        #[cfg(not(loom))]
+        self.tx.lock().take();
+        #[cfg(loom)]
+        {
+            self.state.lock().1 = true;
+            self.cv.notify_all();
+        }
+    }
+
+    /// Waits for a notification, up to `timeout`.
+    pub(crate) fn wait_timeout(&self, timeout: Duration) -> Woken {
+        #[cfg(not(loom))]
+        {
+            match self.rx.recv_timeout(timeout) {
+                Ok(()) => Woken::Notified,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => Woken::TimedOut,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Woken::Closed,
+            }
+        }
+        #[cfg(loom)]
+        {
+            let mut g = self.state.lock();
+            if !g.0 && !g.1 {
+                self.cv.wait_for(&mut g, timeout);
+            }
+            if g.1 {
+                Woken::Closed
+            } else if std::mem::take(&mut g.0) {
+                Woken::Notified
+            } else {
+                Woken::TimedOut
+            }
+        }
     }
 }
 

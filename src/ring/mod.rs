@@ -11,19 +11,17 @@ pub(crate) mod storage;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use crossbeam_channel::{RecvTimeoutError, Sender};
 
 use self::frame::{HEADER_LEN, encode_pad, encode_record, frame_size};
 use self::meta::{DATA_OFFSET, SLOT_LEN};
 use self::scan::next_lap;
 use self::state::{Hole, State};
 use crate::stats::{LossCause, LossRange, RecoveryReport, RingStats};
-use crate::sync::{Condvar, Mutex};
+use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use crate::sync::{Condvar, Mutex, Signal, Woken};
 use crate::{Error, FullPolicy, Result, RingConfig, Storage, SyncPolicy};
 
 pub use read::{ReadBatch, Record};
@@ -98,7 +96,7 @@ pub(crate) struct Inner {
 /// a clean shutdown.
 pub struct Ring {
     inner: Arc<Inner>,
-    flusher: parking_lot::Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
+    flusher: parking_lot::Mutex<Option<(Arc<Signal>, JoinHandle<()>)>>,
 }
 
 impl std::fmt::Debug for Ring {
@@ -269,7 +267,7 @@ impl Ring {
     /// either way.
     pub fn close(&self) -> Result<()> {
         if let Some((stop, handle)) = self.flusher.lock().take() {
-            drop(stop);
+            stop.close();
             let _ = handle.join();
         }
         let result = if self.inner.state.lock().closed { Ok(()) } else { self.inner.sync_all(true).map(|_| ()) };
@@ -287,20 +285,20 @@ impl Drop for Ring {
     fn drop(&mut self) {
         // Only signal: the flusher holds a weak reference and exits on its own.
         if let Some((stop, _handle)) = self.flusher.get_mut().take() {
-            drop(stop);
+            stop.close();
         }
     }
 }
 
-fn spawn_flusher(inner: Weak<Inner>, every: Duration) -> (Sender<()>, JoinHandle<()>) {
-    let (tx, rx) = crossbeam_channel::bounded::<()>(0);
+fn spawn_flusher(inner: Weak<Inner>, every: Duration) -> (Arc<Signal>, JoinHandle<()>) {
+    let stop = Arc::new(Signal::new());
+    let rx = Arc::clone(&stop);
     let handle = std::thread::Builder::new()
         .name("ringship-flush".into())
         .spawn(move || {
             loop {
-                match rx.recv_timeout(every) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    _ => return,
+                if rx.wait_timeout(every) != Woken::TimedOut {
+                    return;
                 }
                 let Some(inner) = inner.upgrade() else { return };
                 let written = inner.written_seq.load(Ordering::Acquire);
@@ -312,7 +310,7 @@ fn spawn_flusher(inner: Weak<Inner>, every: Duration) -> (Sender<()>, JoinHandle
             }
         })
         .expect("spawn ringship flusher thread");
-    (tx, handle)
+    (stop, handle)
 }
 
 impl Inner {

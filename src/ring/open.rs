@@ -11,7 +11,6 @@ use std::hash::BuildHasher;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use super::meta::{
     Checkpoint, DATA_OFFSET, DataHeader, FORMAT_VERSION, HeaderError, META_LEN, RESERVATION_OFFSETS, Reservation,
@@ -21,6 +20,7 @@ use super::recovery::{Input, fresh_state, recover};
 use super::storage::FileStorage;
 use super::{Inner, MetaIo, SyncState};
 use crate::stats::RecoveryReport;
+use crate::sync::atomic::{AtomicBool, AtomicU64};
 use crate::sync::{Condvar, LEVEL_META_IO, LEVEL_RING_STATE, LEVEL_SYNC, Mutex};
 use crate::{Error, Result, RingConfig, Storage};
 

@@ -6,21 +6,21 @@
 mod health;
 pub(crate) mod machine;
 pub(crate) mod supervisor;
+pub(crate) mod switch;
 mod worker;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-use crossbeam_channel::{Receiver, Sender};
 
 pub use health::{Health, HealthState, SenderStats, ShutdownReport};
 
 use self::machine::{Counters, MachineConfig, Nanos};
 use self::supervisor::{Observation, Verdict, Watch};
+use self::switch::Switchboard;
 use crate::stats::LossRange;
-use crate::sync::{LEVEL_SENDER_ENDPOINT, LEVEL_SENDER_STATUS, Mutex};
+use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use crate::sync::{LEVEL_SENDER_STATUS, Mutex, Signal, Woken};
 use crate::transport::{Batch, CancelToken, Endpoint, TransportFactory};
 use crate::{Error, Result, Ring};
 
@@ -39,14 +39,6 @@ pub(crate) struct ShipperConfig {
     pub(crate) stall_after: Duration,
     pub(crate) supervise_every: Duration,
     pub(crate) seed: u64,
-}
-
-/// `sender.endpoint` (level 40): where to send, and the send in flight.
-struct EndpointSlot {
-    generation: u64,
-    endpoint: Arc<Endpoint>,
-    /// (generation, worker epoch, token) of the send in flight.
-    inflight: Option<(u64, u64, CancelToken)>,
 }
 
 /// `sender.status` (level 50).
@@ -79,10 +71,10 @@ pub(crate) struct Shared {
     ring: Arc<Ring>,
     cfg: ShipperConfig,
     factory: Box<dyn TransportFactory>,
-    endpoint: Mutex<EndpointSlot>,
+    endpoint: Switchboard,
     status: Mutex<Status>,
-    wake_tx: Sender<()>,
-    wake_rx: Receiver<()>,
+    /// Wakes the worker: records appended, endpoint switched, shutdown.
+    wake: Signal,
     /// The epoch of the current worker; an abandoned worker sees it change.
     epoch: AtomicU64,
     /// Intake stopped, drain what is pending.
@@ -107,33 +99,23 @@ impl Shared {
     }
 
     fn generation(&self) -> u64 {
-        self.endpoint.lock().generation
+        self.endpoint.generation()
     }
 
     fn wake(&self) {
-        let _ = self.wake_tx.try_send(());
+        self.wake.notify();
     }
 
     /// Registers a send by worker `epoch`: returns the endpoint to use and
     /// the token a switch will fire.
     fn begin_send(&self, epoch: u64) -> (u64, Arc<Endpoint>, CancelToken) {
-        let token = CancelToken::new();
-        let (generation, endpoint) = {
-            let mut slot = self.endpoint.lock();
-            slot.inflight = Some((slot.generation, epoch, token.clone()));
-            (slot.generation, Arc::clone(&slot.endpoint))
-        };
+        let sent = self.endpoint.begin_send(epoch);
         self.status.lock().send_started = Some((epoch, Instant::now()));
-        (generation, endpoint, token)
+        sent
     }
 
     fn end_send(&self, epoch: u64) {
-        {
-            let mut slot = self.endpoint.lock();
-            if slot.inflight.as_ref().is_some_and(|(_, e, _)| *e == epoch) {
-                slot.inflight = None;
-            }
-        }
+        self.endpoint.end_send(epoch);
         let mut st = self.status.lock();
         if st.send_started.is_some_and(|(e, _)| e == epoch) {
             st.send_started = None;
@@ -172,10 +154,8 @@ impl Shared {
 
     fn health(&self) -> Health {
         let ring = self.ring.stats();
-        let (generation, endpoint) = {
-            let slot = self.endpoint.lock();
-            (slot.generation, slot.endpoint.address.clone())
-        };
+        let (generation, endpoint) = self.endpoint.current();
+        let endpoint = endpoint.address.clone();
         let st = self.status.lock();
         let state = if st.stopped {
             HealthState::Stopped
@@ -223,9 +203,7 @@ impl Shared {
 
     /// Cancels the send in flight, whichever worker runs it.
     fn cancel_inflight(&self) {
-        if let Some((_, _, token)) = self.endpoint.lock().inflight.take() {
-            token.cancel();
-        }
+        self.endpoint.cancel_inflight();
     }
 
     /// Abandons the current worker (stuck in a send past its deadline) and
@@ -259,14 +237,13 @@ fn call_back(what: &str, f: impl FnOnce()) {
 
 /// `ring` is the ring's stats when the shipper started: losses and stalls
 /// are judged from that moment, whenever this thread gets to run.
-fn supervise(shared: &Arc<Shared>, stop: &Receiver<()>, ring: &crate::RingStats) {
+fn supervise(shared: &Arc<Shared>, stop: &Signal, ring: &crate::RingStats) {
     let cfg = shared.cfg;
     let mut watch = Watch::new(shared.now(), cfg.stall_after, cfg.abandon_after, ring.ack_seq, ring.overwritten);
     let mut reported_loss = ring.last_seq;
     loop {
-        match stop.recv_timeout(cfg.supervise_every) {
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            _ => return,
+        if stop.wait_timeout(cfg.supervise_every) != Woken::TimedOut {
+            return;
         }
         let ring = shared.ring.stats();
         let send_started = shared
@@ -341,7 +318,7 @@ fn unreported(ranges: &[LossRange], reported: u64) -> Vec<LossRange> {
 /// the threads to stop; call [`Shipper::shutdown`] to drain with a deadline.
 pub struct Shipper {
     shared: Arc<Shared>,
-    supervisor: Option<(Sender<()>, JoinHandle<()>)>,
+    supervisor: Option<(Arc<Signal>, JoinHandle<()>)>,
 }
 
 impl std::fmt::Debug for Shipper {
@@ -389,17 +366,7 @@ impl Shipper {
     /// the new endpoint, unless the old one had already accepted it. Rapid
     /// switches coalesce: only the latest matters.
     pub fn switch_endpoint(&self, endpoint: Endpoint) -> u64 {
-        let generation = {
-            let mut slot = self.shared.endpoint.lock();
-            slot.generation += 1;
-            slot.endpoint = Arc::new(endpoint);
-            if slot.inflight.as_ref().is_some_and(|(g, _, _)| *g < slot.generation) {
-                if let Some((_, _, token)) = slot.inflight.take() {
-                    token.cancel();
-                }
-            }
-            slot.generation
-        };
+        let generation = self.shared.endpoint.switch(endpoint);
         self.shared.counters.switches.fetch_add(1, Ordering::Relaxed);
         self.shared.wake();
         generation
@@ -407,7 +374,7 @@ impl Shipper {
 
     /// The endpoint in use.
     pub fn endpoint(&self) -> Endpoint {
-        (*self.shared.endpoint.lock().endpoint).clone()
+        (*self.shared.endpoint.current().1).clone()
     }
 
     /// Every counter, the ring's included.
@@ -467,7 +434,7 @@ impl Shipper {
         self.shared.cancel_inflight();
         self.shared.wake();
         if let Some((stop, handle)) = self.supervisor.take() {
-            drop(stop);
+            stop.close();
             let _ = handle.join();
         }
     }
@@ -480,7 +447,9 @@ impl Drop for Shipper {
         self.shared.stop.store(true, Ordering::Release);
         self.shared.cancel_inflight();
         self.shared.wake();
-        self.supervisor.take();
+        if let Some((stop, _handle)) = self.supervisor.take() {
+            stop.close();
+        }
     }
 }
 
@@ -667,19 +636,13 @@ impl ShipperBuilder {
         cfg.supervise_every = self.supervise_every.unwrap_or_else(|| {
             (cfg.stall_after.min(cfg.abandon_after) / 10).clamp(Duration::from_millis(5), Duration::from_secs(1))
         });
-        let (wake_tx, wake_rx) = crossbeam_channel::bounded(1);
         let shared = Arc::new(Shared {
             ring: self.ring,
             cfg,
             factory,
-            endpoint: Mutex::new(
-                LEVEL_SENDER_ENDPOINT,
-                "sender.endpoint",
-                EndpointSlot { generation: 1, endpoint: Arc::new(endpoint), inflight: None },
-            ),
+            endpoint: Switchboard::new(endpoint),
             status: Mutex::new(LEVEL_SENDER_STATUS, "sender.status", Status::default()),
-            wake_tx,
-            wake_rx,
+            wake: Signal::new(),
             epoch: AtomicU64::new(1),
             closing: AtomicBool::new(false),
             stop: AtomicBool::new(false),
@@ -693,12 +656,13 @@ impl ShipperBuilder {
         let initial = shared.ring.stats();
         shared.rejected_reported.store(initial.rejected, Ordering::Release);
         spawn_worker(&shared, 1);
-        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let stop = Arc::new(Signal::new());
+        let stop_rx = Arc::clone(&stop);
         let s = Arc::clone(&shared);
         let supervisor = std::thread::Builder::new()
             .name("ringship-supervisor".into())
             .spawn(move || supervise(&s, &stop_rx, &initial))
             .expect("spawn ringship supervisor thread");
-        Ok(Shipper { shared, supervisor: Some((stop_tx, supervisor)) })
+        Ok(Shipper { shared, supervisor: Some((stop, supervisor)) })
     }
 }

@@ -1,16 +1,15 @@
 //! The worker thread: drives the state machine, owns the transport.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
-
-use crossbeam_channel::RecvTimeoutError;
 
 use super::Shared;
 use super::machine::{Action, BatchInfo, Machine, Outcome};
 use crate::Error;
 use crate::ring::ReadBatch;
 use crate::stats::LossCause;
+use crate::sync::Woken;
+use crate::sync::atomic::Ordering;
 use crate::transport::{Batch, BatchRecord, GapNotice, SendContext, Transport};
 
 /// Runs until stopped, abandoned or the ring closes.
@@ -86,9 +85,8 @@ pub(super) fn run(shared: &Arc<Shared>, epoch: u64, mut transport: Box<dyn Trans
             },
             Action::Wait { until } => {
                 let timeout = shared.duration_until(until);
-                match shared.wake_rx.recv_timeout(timeout) {
-                    Ok(()) | Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => return,
+                if shared.wake.wait_timeout(timeout) == Woken::Closed {
+                    return;
                 }
                 m.on_switch(shared.generation());
                 m.on_records_available();

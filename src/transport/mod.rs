@@ -10,7 +10,6 @@ mod memory;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,6 +17,7 @@ use bytes::Bytes;
 pub use memory::{MemoryReceiver, MemoryTransport, Received};
 
 use crate::stats::LossCause;
+use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::sync::{Condvar, LEVEL_CANCEL, Mutex};
 
 /// Where batches go: an address a transport understands (a URL, a

@@ -1,0 +1,83 @@
+//! The endpoint switch protocol's shared state: which endpoint, which
+//! generation, and the token of the send in flight (`sender.endpoint`,
+//! level 40). Its own type so the loom models check this very code.
+
+use std::sync::Arc;
+
+use crate::sync::{LEVEL_SENDER_ENDPOINT, Mutex};
+use crate::transport::{CancelToken, Endpoint};
+
+struct Slot {
+    generation: u64,
+    endpoint: Arc<Endpoint>,
+    /// (generation, worker epoch, token) of the send in flight.
+    inflight: Option<(u64, u64, CancelToken)>,
+}
+
+/// Where to send, and the send in flight.
+pub(crate) struct Switchboard {
+    slot: Mutex<Slot>,
+}
+
+impl Switchboard {
+    pub(crate) fn new(endpoint: Endpoint) -> Self {
+        Switchboard {
+            slot: Mutex::new(
+                LEVEL_SENDER_ENDPOINT,
+                "sender.endpoint",
+                Slot { generation: 1, endpoint: Arc::new(endpoint), inflight: None },
+            ),
+        }
+    }
+
+    /// Stores `endpoint` as generation + 1 and cancels a send in flight to
+    /// an older generation. Never waits on anything but this lock, held
+    /// for a few instructions.
+    pub(crate) fn switch(&self, endpoint: Endpoint) -> u64 {
+        let mut slot = self.slot.lock();
+        slot.generation += 1;
+        slot.endpoint = Arc::new(endpoint);
+        if slot.inflight.as_ref().is_some_and(|(g, _, _)| *g < slot.generation) {
+            if let Some((_, _, token)) = slot.inflight.take() {
+                token.cancel();
+            }
+        }
+        slot.generation
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.slot.lock().generation
+    }
+
+    pub(crate) fn current(&self) -> (u64, Arc<Endpoint>) {
+        let slot = self.slot.lock();
+        (slot.generation, Arc::clone(&slot.endpoint))
+    }
+
+    /// Registers a send by worker `epoch`: the endpoint to use, its
+    /// generation, and the token a later switch will fire. Reading the
+    /// endpoint and registering the token happen under one lock, so a
+    /// switch either precedes the send (which then uses the new endpoint)
+    /// or cancels it.
+    pub(crate) fn begin_send(&self, epoch: u64) -> (u64, Arc<Endpoint>, CancelToken) {
+        let token = CancelToken::new();
+        let mut slot = self.slot.lock();
+        slot.inflight = Some((slot.generation, epoch, token.clone()));
+        (slot.generation, Arc::clone(&slot.endpoint), token)
+    }
+
+    /// The send by worker `epoch` is over.
+    pub(crate) fn end_send(&self, epoch: u64) {
+        let mut slot = self.slot.lock();
+        if slot.inflight.as_ref().is_some_and(|(_, e, _)| *e == epoch) {
+            slot.inflight = None;
+        }
+    }
+
+    /// Cancels the send in flight, whichever worker runs it.
+    pub(crate) fn cancel_inflight(&self) {
+        if let Some((_, _, token)) = self.slot.lock().inflight.take() {
+            token.cancel();
+        }
+    }
+}
