@@ -57,6 +57,9 @@ struct ReadmeDoctests;
 
 mod config;
 mod error;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(all(test, loom))]
 mod loom_models;
 mod ring;

@@ -137,12 +137,12 @@ impl Machine {
         }
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, loom))]
     pub(crate) fn state(&self) -> State {
         self.state
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, fuzzing))]
     pub(crate) fn cursor(&self) -> u64 {
         self.cursor
     }

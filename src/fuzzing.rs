@@ -1,0 +1,107 @@
+//! Internals the fuzz targets (`fuzz/`) reach, compiled only with
+//! `--cfg fuzzing` (cargo-fuzz sets it).
+
+use std::time::Duration;
+
+use crate::ring::frame;
+use crate::sender::machine::{Action, BatchInfo, Machine, MachineConfig, Outcome};
+use crate::transport::SendErrorKind;
+
+/// Decodes the frame `buf` claims to be at logical position `pos`; returns
+/// `(seq, timestamp, payload)` of an intact record frame. Panics if a frame
+/// is accepted whose checksum does not match its bytes.
+pub fn decode_frame(buf: &[u8], pos: u64, max_len: usize) -> Option<(u64, u64, Vec<u8>)> {
+    let h = frame::decode_header(buf, pos, max_len)?;
+    if h.is_pad {
+        return None;
+    }
+    let payload = buf.get(frame::HEADER_LEN..frame::HEADER_LEN + h.len)?;
+    if !frame::crc_ok(buf, &h, payload) {
+        return None;
+    }
+    // Independent re-check: the CRC over bytes 4..32 and the payload.
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&buf[4..frame::HEADER_LEN]), payload);
+    assert_eq!(crc.to_le_bytes(), buf[..4], "a frame with a bad checksum was accepted");
+    Some((h.seq, h.ts, payload.to_vec()))
+}
+
+/// Encodes a record frame.
+pub fn encode_frame(seq: u64, ts: u64, pos: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    frame::encode_record(&mut out, seq, ts, pos, payload);
+    out
+}
+
+/// Drives the sender's state machine with choices taken from `input`,
+/// following the protocol (a read is answered after `Read`, a send result
+/// after `Send`), and checks it: the cursor never moves back, only an
+/// accepted batch is acked, and never beyond it.
+pub fn drive_machine(input: &[u8]) {
+    let cfg = MachineConfig {
+        max_batch_records: 1 + usize::from(input.first().copied().unwrap_or(0) % 8),
+        max_batch_bytes: 1 << 12,
+        linger: Duration::from_millis(u64::from(input.get(1).copied().unwrap_or(0))),
+        backoff_initial: Duration::from_millis(1),
+        backoff_max: Duration::from_millis(100),
+        idle_poll: Duration::from_millis(5),
+    };
+    let mut m = Machine::new(cfg, 1, 1, 9);
+    let mut now: u64 = 0;
+    let mut generation = 1;
+    let mut next_seq = 1u64;
+    let mut last_accepted: Option<u64> = None;
+    let mut in_flight: Option<BatchInfo> = None;
+    let mut bytes = input.iter().skip(2).copied();
+    for _ in 0..10_000 {
+        let Some(b) = bytes.next() else { break };
+        now += u64::from(b) * 1_000_000;
+        match b % 5 {
+            0 => {
+                generation += 1;
+                m.on_switch(generation);
+            }
+            1 => m.on_records_available(),
+            2 => m.on_shutdown(),
+            _ => {}
+        }
+        let cursor_before = m.cursor();
+        match m.poll_action(now) {
+            Some(Action::Read { from_seq }) => {
+                assert_eq!(from_seq, m.cursor());
+                let n = u64::from(bytes.next().unwrap_or(0) % 6);
+                if n == 0 {
+                    m.on_batch(now, None);
+                } else {
+                    let first = from_seq.max(next_seq.min(from_seq + 3));
+                    let info = BatchInfo { first_seq: first, last_seq: first + n - 1, records: n as usize, bytes: 10 };
+                    next_seq = next_seq.max(info.last_seq + 1);
+                    in_flight = Some(info);
+                    m.on_batch(now, Some(info));
+                }
+            }
+            Some(Action::Send) => {
+                let info = in_flight.expect("a send follows a read that found records");
+                let sent = generation;
+                let outcome = match bytes.next().unwrap_or(0) % 5 {
+                    0 => Outcome::Accepted,
+                    1 => Outcome::Failed { kind: SendErrorKind::Retryable, retry_after: None },
+                    2 => Outcome::Failed { kind: SendErrorKind::Permanent, retry_after: None },
+                    3 => Outcome::Failed { kind: SendErrorKind::Cancelled, retry_after: None },
+                    _ => Outcome::Failed { kind: SendErrorKind::TimedOut, retry_after: Some(Duration::from_secs(1)) },
+                };
+                if outcome == Outcome::Accepted {
+                    last_accepted = Some(info.last_seq);
+                }
+                m.on_send_result(now, sent, outcome);
+            }
+            Some(Action::Ack { seq }) => {
+                assert_eq!(Some(seq), last_accepted, "acked a batch the endpoint did not accept");
+                last_accepted = None;
+            }
+            Some(Action::Wait { until }) => assert!(until > now, "waits for a moment already past"),
+            Some(Action::Stop) => return,
+            None => panic!("the driver answers every read and send"),
+        }
+        assert!(m.cursor() >= cursor_before, "the cursor moved back");
+    }
+}
