@@ -6,6 +6,8 @@
 //! ignores both is abandoned by the supervisor and replaced with a fresh one
 //! from the [`TransportFactory`].
 
+#[cfg(feature = "http")]
+mod http;
 mod memory;
 
 use std::fmt;
@@ -14,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+#[cfg(feature = "http")]
+pub use http::{BodyFormat, HttpConfig, HttpTransport};
 pub use memory::{MemoryReceiver, MemoryTransport, Received};
 
 use crate::stats::LossCause;

@@ -1,0 +1,305 @@
+//! The HTTP(S) transport: one POST per batch, on ureq with rustls.
+//!
+//! Every request carries the batch's seq range and gap notice in headers,
+//! so a receiver can de-duplicate (delivery is at-least-once) and see
+//! losses:
+//!
+//! | header | value |
+//! |---|---|
+//! | `X-Ringship-First-Seq`, `X-Ringship-Last-Seq` | the batch's seq range |
+//! | `X-Ringship-Count` | records in the body |
+//! | `X-Ringship-Gap` | `first-last; count=N; cause=overwritten; rejected=R` when records before the batch were lost |
+//!
+//! 2xx acknowledges the batch. 408, 429, 5xx and connection errors are
+//! retried (honouring `Retry-After` in seconds); any other status is
+//! non-retryable: the records stay in the ring and the error shows in
+//! health and stats.
+
+use std::io::Write as _;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use base64::Engine as _;
+
+use super::{Batch, Endpoint, SendContext, SendError, SendErrorKind, Transport};
+use crate::stats::LossCause;
+
+/// How records are laid out in the request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum BodyFormat {
+    /// One JSON object a line (`application/x-ndjson`):
+    /// `{"seq":1,"ts":1700000000000000000,"msg":"..."}`; a payload that is
+    /// not UTF-8 goes in `"msg_b64"` instead of `"msg"`.
+    #[default]
+    NewlineDelimited,
+    /// Byte-exact (`application/x-ringship-records`): per record, u64 seq,
+    /// u64 timestamp, u32 length (little-endian), then the payload.
+    LengthPrefixed,
+}
+
+/// Settings of an [`HttpTransport`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Body layout.
+    pub format: BodyFormat,
+    /// Compress bodies with gzip (`Content-Encoding: gzip`).
+    pub gzip: bool,
+    /// Verify TLS certificates (on by default; turn off only for tests).
+    pub verify_tls: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { format: BodyFormat::default(), gzip: false, verify_tls: true }
+    }
+}
+
+/// POSTs each batch to the endpoint's URL.
+pub struct HttpTransport {
+    agent: ureq::Agent,
+    config: HttpConfig,
+}
+
+impl std::fmt::Debug for HttpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpTransport").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl HttpTransport {
+    /// A transport with the given settings.
+    pub fn new(config: HttpConfig) -> Self {
+        let tls = ureq::tls::TlsConfig::builder().disable_verification(!config.verify_tls).build();
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .tls_config(tls)
+            .user_agent(concat!("ringship/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        HttpTransport { agent, config }
+    }
+
+    /// A factory for [`ShipperBuilder::transport`](crate::ShipperBuilder::transport).
+    pub fn factory(config: HttpConfig) -> impl Fn() -> Box<dyn Transport> + Send + Sync + 'static {
+        move || Box::new(HttpTransport::new(config.clone())) as Box<dyn Transport>
+    }
+}
+
+/// Encodes the records of `batch` in `format`.
+pub(crate) fn encode_body(batch: &Batch, format: BodyFormat) -> Vec<u8> {
+    let mut out = Vec::with_capacity(batch.payload_bytes() + batch.records.len() * 48);
+    match format {
+        BodyFormat::LengthPrefixed => {
+            for r in &batch.records {
+                out.extend_from_slice(&r.seq.to_le_bytes());
+                out.extend_from_slice(&r.timestamp.to_le_bytes());
+                out.extend_from_slice(&(r.payload.len() as u32).to_le_bytes());
+                out.extend_from_slice(&r.payload);
+            }
+        }
+        BodyFormat::NewlineDelimited => {
+            for r in &batch.records {
+                let _ = write!(out, "{{\"seq\":{},\"ts\":{},", r.seq, r.timestamp);
+                match std::str::from_utf8(&r.payload) {
+                    Ok(text) => {
+                        out.extend_from_slice(b"\"msg\":\"");
+                        json_escape(text, &mut out);
+                        out.push(b'"');
+                    }
+                    Err(_) => {
+                        out.extend_from_slice(b"\"msg_b64\":\"");
+                        out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(&r.payload).as_bytes());
+                        out.push(b'"');
+                    }
+                }
+                out.extend_from_slice(b"}\n");
+            }
+        }
+    }
+    out
+}
+
+fn json_escape(text: &str, out: &mut Vec<u8>) {
+    for c in text.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => {
+                let mut buf = [0; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+}
+
+fn cause_name(c: LossCause) -> &'static str {
+    match c {
+        LossCause::Overwritten => "overwritten",
+        LossCause::Corrupted => "corrupted",
+        LossCause::LostUnsynced => "lost-unsynced",
+        _ => "mixed",
+    }
+}
+
+/// The `X-Ringship-Gap` header value for a batch, if it has a gap notice.
+pub(crate) fn gap_header(batch: &Batch) -> Option<String> {
+    batch.gap.map(|g| {
+        format!(
+            "{}-{}; count={}; cause={}; rejected={}; first-ts={}; last-ts={}",
+            g.first_seq,
+            g.last_seq,
+            g.missing(),
+            cause_name(g.cause),
+            g.rejected,
+            g.first_ts,
+            g.last_ts
+        )
+    })
+}
+
+/// What a finished request says about the batch.
+fn classify(status: u16, retry_after: Option<&str>) -> Result<(), SendError> {
+    match status {
+        200..=299 => Ok(()),
+        408 | 429 | 500..=599 => {
+            let mut e = SendError::retryable(format!("HTTP {status}"));
+            if let Some(secs) = retry_after.and_then(|v| v.trim().parse::<u64>().ok()) {
+                e = e.with_retry_after(Duration::from_secs(secs));
+            }
+            Err(e)
+        }
+        _ => Err(SendError::permanent(format!("HTTP {status}: the endpoint refused the batch"))),
+    }
+}
+
+impl Transport for HttpTransport {
+    fn send(&mut self, endpoint: &Endpoint, batch: &Batch, ctx: &SendContext) -> Result<(), SendError> {
+        if ctx.cancel.is_cancelled() {
+            return Err(SendError::cancelled());
+        }
+        let mut body = encode_body(batch, self.config.format);
+        if self.config.gzip {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&body).map_err(|e| SendError::permanent(format!("gzip: {e}")))?;
+            body = gz.finish().map_err(|e| SendError::permanent(format!("gzip: {e}")))?;
+        }
+        let content_type = match self.config.format {
+            BodyFormat::NewlineDelimited => "application/x-ndjson",
+            BodyFormat::LengthPrefixed => "application/x-ringship-records",
+        };
+        let mut req = self
+            .agent
+            .post(&endpoint.address)
+            .header("Content-Type", content_type)
+            .header("X-Ringship-First-Seq", batch.first_seq().to_string())
+            .header("X-Ringship-Last-Seq", batch.last_seq().to_string())
+            .header("X-Ringship-Count", batch.records.len().to_string());
+        if self.config.gzip {
+            req = req.header("Content-Encoding", "gzip");
+        }
+        if let Some(gap) = gap_header(batch) {
+            req = req.header("X-Ringship-Gap", gap);
+        }
+        for (k, v) in &endpoint.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let req = req.config().timeout_global(Some(ctx.remaining().max(Duration::from_millis(1)))).build();
+        // The request runs on a helper thread so that a cancellation is
+        // honoured at once; the helper ends by the deadline at the latest.
+        let (tx, rx) = mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("ringship-http".into())
+            .spawn(move || {
+                let outcome = match req.send(&body[..]) {
+                    Ok(resp) => {
+                        let retry_after =
+                            resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                        classify(resp.status().as_u16(), retry_after.as_deref())
+                    }
+                    Err(ureq::Error::Timeout(_)) => Err(SendError::timed_out()),
+                    Err(e) => Err(SendError::retryable(e.to_string())),
+                };
+                let _ = tx.send(outcome);
+            })
+            .map_err(|e| SendError::retryable(format!("spawning the request thread: {e}")))?;
+        loop {
+            if ctx.cancel.is_cancelled() {
+                return Err(SendError::cancelled());
+            }
+            match rx.recv_timeout(Duration::from_millis(5).min(ctx.remaining().max(Duration::from_millis(1)))) {
+                Ok(outcome) => return outcome,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(SendError::new(SendErrorKind::Retryable, "the request thread died"));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if ctx.remaining().is_zero() {
+                        return Err(SendError::timed_out());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{BatchRecord, GapNotice};
+
+    fn batch() -> Batch {
+        Batch {
+            records: vec![
+                BatchRecord { seq: 7, timestamp: 1, payload: bytes::Bytes::from_static(b"a \"quoted\"\nline") },
+                BatchRecord { seq: 9, timestamp: 2, payload: bytes::Bytes::from_static(&[0xff, 0x00]) },
+            ],
+            gap: Some(GapNotice {
+                first_seq: 3,
+                last_seq: 6,
+                first_ts: 10,
+                last_ts: 20,
+                cause: LossCause::Overwritten,
+                rejected: 1,
+            }),
+        }
+    }
+
+    #[test]
+    fn ndjson_escapes_and_falls_back_to_base64() {
+        let body = String::from_utf8(encode_body(&batch(), BodyFormat::NewlineDelimited)).unwrap();
+        assert_eq!(body, "{\"seq\":7,\"ts\":1,\"msg\":\"a \\\"quoted\\\"\\nline\"}\n{\"seq\":9,\"ts\":2,\"msg_b64\":\"/wA=\"}\n");
+    }
+
+    #[test]
+    fn length_prefixed_is_byte_exact() {
+        let body = encode_body(&batch(), BodyFormat::LengthPrefixed);
+        assert_eq!(&body[..8], &7u64.to_le_bytes());
+        assert_eq!(&body[16..20], &15u32.to_le_bytes());
+        assert_eq!(&body[20..35], b"a \"quoted\"\nline");
+        assert_eq!(body.len(), 2 * 20 + 15 + 2);
+    }
+
+    #[test]
+    fn gap_header_names_the_window() {
+        assert_eq!(
+            gap_header(&batch()).unwrap(),
+            "3-6; count=4; cause=overwritten; rejected=1; first-ts=10; last-ts=20"
+        );
+    }
+
+    #[test]
+    fn statuses_map_to_retry_decisions() {
+        assert!(classify(204, None).is_ok());
+        assert_eq!(classify(503, Some("7")).unwrap_err().retry_after, Some(Duration::from_secs(7)));
+        assert_eq!(classify(429, None).unwrap_err().kind, SendErrorKind::Retryable);
+        assert_eq!(classify(408, None).unwrap_err().kind, SendErrorKind::Retryable);
+        assert_eq!(classify(400, None).unwrap_err().kind, SendErrorKind::Permanent);
+        assert_eq!(classify(404, None).unwrap_err().kind, SendErrorKind::Permanent);
+    }
+}
