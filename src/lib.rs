@@ -77,9 +77,9 @@ pub use sender::{
     Health, HealthState, LossCallback, SenderStats, Shipper, ShipperBuilder, ShutdownReport, StallCallback,
 };
 pub use stats::{LossCause, LossRange, RecoveryReport, RingStats};
-#[cfg(feature = "http")]
-pub use transport::{BodyFormat, HttpConfig, HttpTransport};
 pub use transport::{
     Batch, BatchRecord, CancelToken, Endpoint, GapNotice, MemoryReceiver, MemoryTransport, Received, SendContext,
     SendError, SendErrorKind, Transport, TransportFactory,
 };
+#[cfg(feature = "http")]
+pub use transport::{BodyFormat, HttpConfig, HttpTransport};

@@ -273,7 +273,10 @@ mod tests {
     #[test]
     fn ndjson_escapes_and_falls_back_to_base64() {
         let body = String::from_utf8(encode_body(&batch(), BodyFormat::NewlineDelimited)).unwrap();
-        assert_eq!(body, "{\"seq\":7,\"ts\":1,\"msg\":\"a \\\"quoted\\\"\\nline\"}\n{\"seq\":9,\"ts\":2,\"msg_b64\":\"/wA=\"}\n");
+        assert_eq!(
+            body,
+            "{\"seq\":7,\"ts\":1,\"msg\":\"a \\\"quoted\\\"\\nline\"}\n{\"seq\":9,\"ts\":2,\"msg_b64\":\"/wA=\"}\n"
+        );
     }
 
     #[test]
