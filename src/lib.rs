@@ -83,3 +83,5 @@ pub use transport::{
 };
 #[cfg(feature = "http")]
 pub use transport::{BodyFormat, HttpConfig, HttpTransport};
+#[cfg(feature = "syslog")]
+pub use transport::{SyslogConfig, SyslogTransport};

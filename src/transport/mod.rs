@@ -9,6 +9,8 @@
 #[cfg(feature = "http")]
 mod http;
 mod memory;
+#[cfg(feature = "syslog")]
+mod syslog;
 
 use std::fmt;
 use std::sync::Arc;
@@ -19,6 +21,10 @@ use bytes::Bytes;
 #[cfg(feature = "http")]
 pub use http::{BodyFormat, HttpConfig, HttpTransport};
 pub use memory::{MemoryReceiver, MemoryTransport, Received};
+#[cfg(feature = "syslog")]
+pub use syslog::{SyslogConfig, SyslogTransport};
+#[cfg(fuzzing)]
+pub(crate) use syslog::parse_frame;
 
 use crate::stats::LossCause;
 use crate::sync::atomic::{AtomicBool, Ordering};
