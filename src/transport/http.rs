@@ -101,18 +101,14 @@ pub(crate) fn encode_body(batch: &Batch, format: BodyFormat) -> Vec<u8> {
         BodyFormat::NewlineDelimited => {
             for r in &batch.records {
                 let _ = write!(out, "{{\"seq\":{},\"ts\":{},", r.seq, r.timestamp);
-                match std::str::from_utf8(&r.payload) {
-                    Ok(text) => {
-                        out.extend_from_slice(b"\"msg\":\"");
-                        json_escape(text, &mut out);
-                        out.push(b'"');
-                    }
-                    Err(_) => {
-                        out.extend_from_slice(b"\"msg_b64\":\"");
-                        out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(&r.payload).as_bytes());
-                        out.push(b'"');
-                    }
+                if let Ok(text) = std::str::from_utf8(&r.payload) {
+                    out.extend_from_slice(b"\"msg\":\"");
+                    json_escape(text, &mut out);
+                } else {
+                    out.extend_from_slice(b"\"msg_b64\":\"");
+                    out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(&r.payload).as_bytes());
                 }
+                out.push(b'"');
                 out.extend_from_slice(b"}\n");
             }
         }

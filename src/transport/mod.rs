@@ -21,10 +21,10 @@ use bytes::Bytes;
 #[cfg(feature = "http")]
 pub use http::{BodyFormat, HttpConfig, HttpTransport};
 pub use memory::{MemoryReceiver, MemoryTransport, Received};
-#[cfg(feature = "syslog")]
-pub use syslog::{SyslogConfig, SyslogTransport};
 #[cfg(fuzzing)]
 pub(crate) use syslog::parse_frame;
+#[cfg(feature = "syslog")]
+pub use syslog::{SyslogConfig, SyslogTransport};
 
 use crate::stats::LossCause;
 use crate::sync::atomic::{AtomicBool, Ordering};

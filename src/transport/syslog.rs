@@ -70,8 +70,9 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    // Both are in range by construction (day 1..=31, month 1..=12).
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
@@ -198,7 +199,8 @@ impl SyslogTransport {
             let mut conn =
                 Connection { address: endpoint.address.clone(), kind, stream, next_txnr: 1, inbox: Vec::new() };
             if kind == Kind::Relp {
-                let offer = format!("relp_version=0\nrelp_software=ringship,{}\ncommands=syslog", env!("CARGO_PKG_VERSION"));
+                let offer =
+                    format!("relp_version=0\nrelp_software=ringship,{}\ncommands=syslog", env!("CARGO_PKG_VERSION"));
                 let txnr = conn.send_frame("open", offer.as_bytes(), ctx)?;
                 conn.flush(ctx)?;
                 conn.expect_ok(txnr, ctx)?;
@@ -220,7 +222,10 @@ impl Connection {
         }
         // Short slices, so cancellation is seen within 20 ms.
         let slice = Some(left.min(Duration::from_millis(20)));
-        self.stream.set_write_timeout(slice).and_then(|()| self.stream.set_read_timeout(slice)).map_err(|e| retryable("socket", &e))
+        self.stream
+            .set_write_timeout(slice)
+            .and_then(|()| self.stream.set_read_timeout(slice))
+            .map_err(|e| retryable("socket", &e))
     }
 
     fn write_all(&mut self, mut buf: &[u8], ctx: &SendContext) -> Result<(), SendError> {
@@ -229,7 +234,11 @@ impl Connection {
             match self.stream.write(buf) {
                 Ok(0) => return Err(SendError::retryable("the receiver closed the connection")),
                 Ok(n) => buf = &buf[n..],
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => return Err(retryable("writing", &e)),
             }
         }
@@ -271,7 +280,11 @@ impl Connection {
             match self.stream.read(&mut buf) {
                 Ok(0) => return Err(SendError::retryable("the RELP server closed the connection")),
                 Ok(n) => self.inbox.extend_from_slice(&buf[..n]),
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => return Err(retryable("reading", &e)),
             }
         }
@@ -293,9 +306,11 @@ impl Connection {
     }
 }
 
-/// Parses one RELP frame at the start of `buf`: `Some((txnr, command,
-/// data, bytes used))`, `None` if incomplete.
-pub(crate) fn parse_frame(buf: &[u8]) -> Result<Option<(u64, String, Vec<u8>, usize)>, SendError> {
+/// A parsed RELP frame: transaction number, command, data, bytes used.
+pub(crate) type Frame = (u64, String, Vec<u8>, usize);
+
+/// Parses one RELP frame at the start of `buf`; `None` if incomplete.
+pub(crate) fn parse_frame(buf: &[u8]) -> Result<Option<Frame>, SendError> {
     let bad = || SendError::retryable("malformed RELP frame");
     let Some(sp1) = buf.iter().take(12).position(|&b| b == b' ') else {
         return if buf.len() >= 12 { Err(bad()) } else { Ok(None) };

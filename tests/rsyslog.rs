@@ -1,0 +1,300 @@
+//! The syslog transports against a real rsyslogd (imtcp and imrelp) on
+//! loopback ports, writing to a file: every record arrives byte-exact
+//! across an endpoint switch between two rsyslogs, across rsyslog killed
+//! and restarted mid-stream (RELP: nothing lost, duplicates identifiable by
+//! seq), and across a ringship process killed and restarted.
+//!
+//! Without rsyslog (Debian: `apt-get install rsyslog rsyslog-relp`) these
+//! tests print why they were skipped and pass; with
+//! `RINGSHIP_REQUIRE_RSYSLOG=1` (as `.ci/run` sets) a skip is a failure.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TempRing, assert_identity, payload, small};
+use ringship::{Endpoint, Ring, Shipper, ShipperBuilder, SyslogConfig, SyslogTransport};
+
+const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
+const MODULE_DIRS: [&str; 3] = ["/usr/lib/x86_64-linux-gnu/rsyslog", "/usr/lib/rsyslog", "/usr/lib64/rsyslog"];
+
+/// `Ok` if rsyslogd with imtcp and imrelp is here; otherwise why not.
+fn available() -> Result<(), String> {
+    if !Path::new(RSYSLOGD).exists() {
+        return Err(format!("{RSYSLOGD} is not installed"));
+    }
+    let has = |m: &str| MODULE_DIRS.iter().any(|d| Path::new(d).join(m).exists());
+    if !has("imrelp.so") || !has("imtcp.so") {
+        return Err("rsyslog's imrelp/imtcp modules are not installed".into());
+    }
+    Ok(())
+}
+
+/// Skips the test (saying why) when rsyslog is missing, unless CI requires it.
+macro_rules! require_rsyslog {
+    () => {
+        if let Err(why) = available() {
+            if std::env::var("RINGSHIP_REQUIRE_RSYSLOG").is_ok() {
+                panic!("RINGSHIP_REQUIRE_RSYSLOG is set but {why}");
+            }
+            eprintln!("SKIPPED: {why} (Debian: apt-get install rsyslog rsyslog-relp)");
+            return;
+        }
+    };
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An rsyslogd of our own, listening on loopback ports and writing each
+/// message as `STRUCTURED-DATA|MSG` to a file.
+struct Rsyslog {
+    child: Child,
+    dir: PathBuf,
+    tcp: u16,
+    relp: u16,
+    /// The temporary directory, when this instance made it.
+    owned_dir: Option<tempfile::TempDir>,
+}
+
+impl Rsyslog {
+    fn start() -> Rsyslog {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut r = Rsyslog::start_in(&dir, free_port(), free_port());
+        r.owned_dir = Some(tmp);
+        r
+    }
+
+    fn start_in(dir: &Path, tcp: u16, relp: u16) -> Rsyslog {
+        let d = dir.display();
+        let conf = format!(
+            "global(workDirectory=\"{d}\")\n\
+             module(load=\"imtcp\")\n\
+             module(load=\"imrelp\")\n\
+             input(type=\"imtcp\" port=\"{tcp}\" address=\"127.0.0.1\")\n\
+             input(type=\"imrelp\" port=\"{relp}\" address=\"127.0.0.1\")\n\
+             template(name=\"ringship\" type=\"string\" string=\"%structured-data%|%msg%\\n\")\n\
+             *.* action(type=\"omfile\" file=\"{d}/out.log\" template=\"ringship\")\n"
+        );
+        std::fs::write(dir.join("rsyslog.conf"), conf).unwrap();
+        let child = Command::new(RSYSLOGD)
+            .args(["-n", "-f"])
+            .arg(dir.join("rsyslog.conf"))
+            .arg("-i")
+            .arg(dir.join("rsyslogd.pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start rsyslogd");
+        let r = Rsyslog { child, dir: dir.to_path_buf(), tcp, relp, owned_dir: None };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", relp)).is_err() || TcpStream::connect(("127.0.0.1", tcp)).is_err() {
+            assert!(Instant::now() < deadline, "rsyslogd did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+
+    fn relp_url(&self) -> String {
+        format!("relp://127.0.0.1:{}", self.relp)
+    }
+
+    fn tcp_url(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.tcp)
+    }
+
+    /// (seq, message) of every record line written so far.
+    fn records(&self) -> Vec<(u64, String)> {
+        let text = std::fs::read_to_string(self.dir.join("out.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("[ringship@32473 seq=\"")?;
+                let (seq, rest) = rest.split_once("\"]|")?;
+                Some((seq.parse().ok()?, rest.to_owned()))
+            })
+            .collect()
+    }
+
+    fn seqs(&self) -> BTreeSet<u64> {
+        self.records().into_iter().map(|r| r.0).collect()
+    }
+
+    fn gap_lines(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(self.dir.join("out.log")).unwrap_or_default();
+        text.lines().filter(|l| l.starts_with("[ringship-gap@32473")).map(str::to_owned).collect()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn builder(ring: Ring, url: &str) -> ShipperBuilder {
+    Shipper::builder(ring)
+        .endpoint(Endpoint::new(url))
+        .transport(SyslogTransport::factory(SyslogConfig::default()))
+        .max_batch_records(100)
+        .linger(Duration::from_millis(2))
+        .backoff_initial(Duration::from_millis(20))
+        .backoff_max(Duration::from_millis(200))
+        .send_timeout(Duration::from_secs(2))
+        .idle_poll(Duration::from_millis(5))
+}
+
+fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn assert_exact(records: &[(u64, String)], len: usize) {
+    for (seq, msg) in records {
+        assert_eq!(msg.as_bytes(), &payload(*seq, len)[..], "seq {seq} arrived altered");
+    }
+}
+
+#[test]
+fn relp_every_record_arrives_byte_exact_across_a_switch() {
+    require_rsyslog!();
+    let (a, b) = (Rsyslog::start(), Rsyslog::start());
+    let t = TempRing::new();
+    let shipper = builder(Ring::open(&t.dir, small(1 << 20)).unwrap().0, &a.relp_url()).start().unwrap();
+    for i in 1..=400 {
+        shipper.append(&payload(i, 40)).unwrap();
+    }
+    eventually("first half acked", || shipper.stats().ring.acked == 400);
+    shipper.switch_endpoint(Endpoint::new(b.relp_url()));
+    for i in 401..=800 {
+        shipper.append(&payload(i, 40)).unwrap();
+    }
+    eventually("second half acked", || shipper.stats().ring.acked == 800);
+    // RELP acks once rsyslog has the message; the file follows shortly.
+    eventually("A wrote 1..=400", || a.seqs() == (1..=400).collect());
+    eventually("B wrote 401..=800", || b.seqs() == (401..=800).collect());
+    assert_exact(&a.records(), 40);
+    assert_exact(&b.records(), 40);
+    assert_identity(&shipper.stats().ring);
+}
+
+#[test]
+fn octet_counted_tcp_delivers_every_record() {
+    require_rsyslog!();
+    let r = Rsyslog::start();
+    let t = TempRing::new();
+    let shipper = builder(Ring::open(&t.dir, small(1 << 20)).unwrap().0, &r.tcp_url()).start().unwrap();
+    for i in 1..=500 {
+        shipper.append(&payload(i, 60)).unwrap();
+    }
+    eventually("acked", || shipper.stats().ring.acked == 500);
+    eventually("written", || r.seqs().len() == 500);
+    assert_exact(&r.records(), 60);
+}
+
+#[test]
+fn relp_rsyslog_killed_and_restarted_mid_stream_loses_nothing() {
+    require_rsyslog!();
+    let tmp = tempfile::tempdir().unwrap();
+    let (tcp, relp) = (free_port(), free_port());
+    let mut r = Rsyslog::start_in(tmp.path(), tcp, relp);
+    let t = TempRing::new();
+    let shipper = builder(Ring::open(&t.dir, small(1 << 20)).unwrap().0, &r.relp_url()).start().unwrap();
+    for i in 1..=300 {
+        shipper.append(&payload(i, 32)).unwrap();
+    }
+    eventually("some written", || !r.seqs().is_empty());
+    r.kill(); // SIGKILL, mid-stream
+    for i in 301..=600 {
+        shipper.append(&payload(i, 32)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let r = Rsyslog::start_in(tmp.path(), tcp, relp);
+    eventually("all acked", || shipper.stats().ring.acked == 600);
+    eventually("all written", || r.seqs() == (1..=600).collect());
+    let records = r.records();
+    assert_exact(&records, 32);
+    eprintln!("rsyslog restart: {} lines for 600 records (duplicates by seq)", records.len());
+}
+
+#[test]
+fn gap_notices_reach_rsyslog() {
+    require_rsyslog!();
+    let r = Rsyslog::start();
+    let t = TempRing::new();
+    let ring = Ring::open(&t.dir, small(4096)).unwrap().0;
+    for i in 1..=100 {
+        ring.append(&payload(i, 100)).unwrap();
+    }
+    let lost = ring.stats().overwritten;
+    let shipper = builder(ring, &r.relp_url()).start().unwrap();
+    eventually("drained", || shipper.stats().ring.pending == 0);
+    eventually("gap written", || !r.gap_lines().is_empty());
+    let gap = &r.gap_lines()[0];
+    assert!(gap.contains(&format!("first=\"1\" last=\"{lost}\" count=\"{lost}\" cause=\"overwritten\"")), "{gap}");
+    eventually("survivors written", || r.seqs() == (lost + 1..=100).collect());
+}
+
+const CHILD_ENV: &str = "RINGSHIP_RELP_CHILD";
+const TOTAL: u64 = 2000;
+
+#[test]
+fn relp_ringship_killed_and_restarted_loses_nothing() {
+    if let Ok(args) = std::env::var(CHILD_ENV) {
+        let (dir, url) = args.split_once(' ').unwrap();
+        let shipper = builder(Ring::open(dir, small(256 << 10)).unwrap().0, url).start().unwrap();
+        let mut next = shipper.stats().ring.last_seq + 1;
+        while next <= TOTAL {
+            assert_eq!(shipper.append(&payload(next, 24)).unwrap(), next);
+            next += 1;
+            if next % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        assert!(shipper.shutdown(Duration::from_secs(20)).unwrap().drained);
+        println!("CHILD DRAINED");
+        return;
+    }
+    require_rsyslog!();
+    let r = Rsyslog::start();
+    let t = TempRing::new();
+    let exe = std::env::current_exe().unwrap();
+    let spawn = || {
+        Command::new(&exe)
+            .args(["--exact", "relp_ringship_killed_and_restarted_loses_nothing", "--nocapture"])
+            .env(CHILD_ENV, format!("{} {}", t.dir.display(), r.relp_url()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut kills = 0;
+    for delay_ms in [100, 60, 60] {
+        let mut c = spawn();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        if c.try_wait().unwrap().is_none() {
+            c.kill().unwrap();
+            kills += 1;
+        }
+        c.wait().unwrap();
+    }
+    let out = spawn().wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("CHILD DRAINED"));
+    eventually("all written", || r.seqs() == (1..=TOTAL).collect());
+    assert_exact(&r.records(), 24);
+    assert!(kills >= 1);
+    eprintln!("{kills} SIGKILLs of ringship; {} lines for {TOTAL} records", r.records().len());
+}
