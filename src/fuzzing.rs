@@ -105,3 +105,20 @@ pub fn drive_machine(input: &[u8]) {
         assert!(m.cursor() >= cursor_before, "the cursor moved back");
     }
 }
+
+/// Parses RELP frames from `buf` one after another, as the client reads
+/// responses, and checks each: it never claims more bytes than there are,
+/// its data is exactly what the length said, and parsing stops cleanly on
+/// a partial or malformed frame.
+#[cfg(feature = "syslog")]
+pub fn parse_relp(mut buf: &[u8]) {
+    while let Ok(Some((_txnr, command, data, used))) = crate::transport::parse_frame(buf) {
+        assert!(used <= buf.len() && used > command.len() + data.len(), "frame claims {used} of {} bytes", buf.len());
+        assert!(!command.contains(' '));
+        if !data.is_empty() {
+            assert_eq!(buf[used - 1], b'\n');
+            assert_eq!(&buf[used - 1 - data.len()..used - 1], &data[..]);
+        }
+        buf = &buf[used..];
+    }
+}
