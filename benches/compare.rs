@@ -1,0 +1,527 @@
+//! The comparison: ringship against the physical limit (raw buffered writes,
+//! raw write + fdatasync) and against peers (queue-file, yaque), measured
+//! side by side in one run, printed as one table of ratios.
+//!
+//! ```text
+//! cargo bench --bench compare                         # about 2 minutes
+//! RINGSHIP_BENCH_RING_MIB=1024 cargo bench --bench compare   # the 1 GiB figures
+//! ```
+//!
+//! Each figure is the best of three runs (wall clock). Ratios, not
+//! absolute numbers, are what the targets in issue 6 are about.
+
+// Not a library: print freely, and wall-clock measuring needs casts.
+// `main` is the table: one row after another, long by nature.
+#![allow(
+    missing_docs,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::too_many_lines
+)]
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use ringship::{
+    Batch, BodyFormat, Endpoint, HttpConfig, HttpTransport, MemoryReceiver, Ring, RingConfig, SendContext, SendError,
+    Shipper, SyncPolicy, Transport,
+};
+
+const RUNS: usize = 3;
+
+struct Row {
+    scenario: String,
+    ours: String,
+    theirs: String,
+    ratio: f64,
+    target: String,
+    met: bool,
+}
+
+fn best<F: FnMut() -> Duration>(mut f: F) -> Duration {
+    (0..RUNS).map(|_| f()).min().expect("runs")
+}
+
+fn frame_len(payload: usize) -> usize {
+    (32 + payload).next_multiple_of(8)
+}
+
+/// The bytes ringship would write for one record (same layout and CRC).
+fn frame(seq: u64, pos: u64, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; 32];
+    f[4..8].copy_from_slice(&((1u32 << 24) | payload.len() as u32).to_le_bytes());
+    f[8..16].copy_from_slice(&seq.to_le_bytes());
+    f[16..24].copy_from_slice(&1u64.to_le_bytes());
+    f[24..32].copy_from_slice(&pos.to_le_bytes());
+    f.extend_from_slice(payload);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&f[4..32]), payload);
+    f[..4].copy_from_slice(&crc.to_le_bytes());
+    f.resize(frame_len(payload.len()), 0);
+    f
+}
+
+fn ring(dir: &std::path::Path, cap: u64, sync: SyncPolicy) -> Ring {
+    let config = RingConfig::default().with_capacity(cap).with_sync(sync).with_max_record_len(4096);
+    Ring::open(dir, config).expect("open ring").0
+}
+
+fn append_threads(n: u64, len: usize, threads: u64, sync: SyncPolicy, cap: u64) -> Duration {
+    best(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = Arc::new(ring(&tmp.path().join("r"), cap, sync));
+        let payload = vec![7u8; len];
+        let start = Instant::now();
+        let hs: Vec<_> = (0..threads)
+            .map(|_| {
+                let (r, p) = (Arc::clone(&r), payload.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..n / threads {
+                        r.append(&p).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        start.elapsed()
+    })
+}
+
+fn append_batches(n: u64, len: usize, batch: usize) -> Duration {
+    best(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = ring(&tmp.path().join("r"), 512 << 20, SyncPolicy::Never);
+        let p = vec![7u8; len];
+        let payloads = vec![&p[..]; batch];
+        let start = Instant::now();
+        for _ in 0..n / batch as u64 {
+            r.append_batch(&payloads).unwrap();
+        }
+        start.elapsed()
+    })
+}
+
+fn raw_buffered(n: u64, len: usize) -> Duration {
+    let frames: Vec<Vec<u8>> = (0..256).map(|i| frame(i, i * frame_len(len) as u64, &vec![7u8; len])).collect();
+    best(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = BufWriter::with_capacity(64 << 10, File::create(tmp.path().join("raw")).unwrap());
+        let start = Instant::now();
+        for i in 0..n {
+            w.write_all(&frames[(i % 256) as usize]).unwrap();
+        }
+        w.flush().unwrap();
+        start.elapsed()
+    })
+}
+
+fn raw_fdatasync(batches: u64, batch: usize, len: usize) -> Duration {
+    let one: Vec<u8> = (0..batch as u64).flat_map(|i| frame(i, 0, &vec![7u8; len])).collect();
+    best(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = OpenOptions::new().create(true).truncate(true).write(true).open(tmp.path().join("raw")).unwrap();
+        let mut f = f;
+        let start = Instant::now();
+        for _ in 0..batches {
+            f.write_all(&one).unwrap();
+            f.sync_data().unwrap();
+        }
+        start.elapsed()
+    })
+}
+
+fn ringship_sync_every(batches: u64, batch: usize, len: usize) -> Duration {
+    best(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = ring(&tmp.path().join("r"), 256 << 20, SyncPolicy::Never);
+        let payloads = vec![vec![7u8; len]; batch];
+        let start = Instant::now();
+        for _ in 0..batches {
+            r.append_batch(&payloads).unwrap();
+            r.sync().unwrap();
+        }
+        start.elapsed()
+    })
+}
+
+fn queue_file(n: u64, len: usize, sync: bool) -> Duration {
+    best(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut q = queue_file::QueueFile::open(tmp.path().join("q")).unwrap();
+        q.set_sync_writes(sync);
+        let p = vec![7u8; len];
+        let start = Instant::now();
+        for _ in 0..n {
+            q.add(&p).unwrap();
+        }
+        start.elapsed()
+    })
+}
+
+fn yaque(n: u64, len: usize) -> Duration {
+    best(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = yaque::Sender::open(tmp.path().join("y")).unwrap();
+        let p = vec![7u8; len];
+        let start = Instant::now();
+        for _ in 0..n {
+            s.try_send(&p).unwrap();
+        }
+        start.elapsed()
+    })
+}
+
+fn read_ack(n: u64) -> Duration {
+    best(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = ring(&tmp.path().join("r"), 256 << 20, SyncPolicy::Never);
+        let p = [7u8; 128];
+        for _ in 0..n / 1000 {
+            r.append_batch(&vec![&p[..]; 1000]).unwrap();
+        }
+        let start = Instant::now();
+        let mut from = 1;
+        loop {
+            let b = r.read(from, 1000, 1 << 20).unwrap();
+            let Some(last) = b.records.last() else { break };
+            r.ack(last.seq).unwrap();
+            from = b.next_seq;
+        }
+        start.elapsed()
+    })
+}
+
+/// (reopen time, sequential read time) of a full ring of `mib` MiB.
+fn recovery(mib: u64) -> (Duration, Duration) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("r");
+    let cap = mib << 20;
+    {
+        let r = ring(&dir, cap, SyncPolicy::Never);
+        let p = [7u8; 128];
+        let batch = vec![&p[..]; 1000];
+        for _ in 0..(cap / 160 / 1000 + 10) {
+            r.append_batch(&batch).unwrap();
+        }
+        r.close().unwrap();
+    }
+    let reopen = best(|| {
+        let start = Instant::now();
+        let r = ring(&dir, cap, SyncPolicy::Never);
+        let t = start.elapsed();
+        r.close().unwrap();
+        t
+    });
+    let read = best(|| {
+        let mut f = File::open(dir.join("ring.data")).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let start = Instant::now();
+        let mut sum = 0u64;
+        loop {
+            let n = f.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            sum = sum.wrapping_add(u64::from(buf[n - 1]));
+        }
+        std::hint::black_box(sum);
+        start.elapsed()
+    });
+    (reopen, read)
+}
+
+/// Records per second shipped end to end through `transport`.
+type Factory = Arc<dyn Fn() -> Box<dyn Transport> + Send + Sync>;
+
+fn ship(n: u64, endpoint: &str, factory: &Factory) -> f64 {
+    let d = best(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = ring(&tmp.path().join("r"), 512 << 20, SyncPolicy::Never);
+        let f = Arc::clone(factory);
+        let shipper = Shipper::builder(r)
+            .endpoint(Endpoint::new(endpoint))
+            .transport(move || f())
+            .max_batch_records(1000)
+            .max_batch_bytes(4 << 20)
+            .linger(Duration::from_millis(1))
+            .start()
+            .unwrap();
+        let p = [7u8; 128];
+        let batch = vec![&p[..]; 1000];
+        let start = Instant::now();
+        for _ in 0..n / 1000 {
+            shipper.append_batch(&batch).unwrap();
+        }
+        while shipper.stats().ring.acked < n {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        start.elapsed()
+    });
+    n as f64 / d.as_secs_f64()
+}
+
+/// A send that hangs until cancelled.
+struct Hang;
+impl Transport for Hang {
+    fn send(&mut self, _: &Endpoint, _: &Batch, ctx: &SendContext) -> Result<(), SendError> {
+        ctx.cancel.wait_timeout(ctx.remaining());
+        Err(SendError::cancelled())
+    }
+}
+
+fn switch_latency(n: usize) -> (Duration, Duration, Duration) {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = ring(&tmp.path().join("r"), 1 << 20, SyncPolicy::Never);
+    let shipper = Shipper::builder(r)
+        .endpoint(Endpoint::new("hang"))
+        .transport(|| Box::new(Hang) as Box<dyn Transport>)
+        .send_timeout(Duration::from_secs(60))
+        .start()
+        .unwrap();
+    shipper.append(b"x").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut lat: Vec<Duration> = (0..n)
+        .map(|i| {
+            let t = Instant::now();
+            shipper.switch_endpoint(Endpoint::new(if i % 2 == 0 { "a" } else { "b" }));
+            t.elapsed()
+        })
+        .collect();
+    lat.sort_unstable();
+    (lat[n / 2], lat[n * 99 / 100], lat[n - 1])
+}
+
+fn rss_child(mib: u64) {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = ring(&tmp.path().join("r"), mib << 20, SyncPolicy::Never);
+    let p = vec![7u8; 1024];
+    let batch = vec![&p[..]; 256];
+    for _ in 0..((mib << 20) / 1056 / 256 + 4) {
+        r.append_batch(&batch).unwrap();
+    }
+    let mut from = 1;
+    loop {
+        let b = r.read(from, 1000, 1 << 20).unwrap();
+        if b.is_empty() {
+            break;
+        }
+        from = b.next_seq;
+    }
+    r.close().unwrap();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let hwm = status.lines().find(|l| l.starts_with("VmHWM")).unwrap_or("VmHWM: 0 kB");
+    println!("{hwm}");
+}
+
+fn http_sink() -> (u16, Arc<AtomicBool>) {
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let port = server.server_addr().to_ip().unwrap().port();
+    let stop = Arc::new(AtomicBool::new(false));
+    std::thread::spawn(move || {
+        for mut req in server.incoming_requests() {
+            let mut sink = Vec::new();
+            let _ = req.as_reader().read_to_end(&mut sink);
+            let _ = req.respond(tiny_http::Response::empty(200));
+        }
+    });
+    (port, stop)
+}
+
+fn mb_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e6
+}
+
+fn main() {
+    if let Ok(mib) = std::env::var("RINGSHIP_BENCH_RSS_CHILD") {
+        rss_child(mib.parse().unwrap());
+        return;
+    }
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return; // `cargo test --benches` and criterion-style probes
+    }
+    let ring_mib: u64 = std::env::var("RINGSHIP_BENCH_RING_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(256);
+    let mut rows = Vec::new();
+    let n = 200_000u64;
+
+    for len in [128usize, 1024] {
+        let bytes = n * frame_len(len) as u64;
+        let ours = append_threads(n, len, 1, SyncPolicy::Never, 512 << 20);
+        let raw = raw_buffered(n, len);
+        rows.push(Row {
+            scenario: format!("append {len} B, 1 producer, Never (vs raw buffered write)"),
+            ours: format!("{:.0} MB/s", mb_s(bytes, ours)),
+            theirs: format!("{:.0} MB/s", mb_s(bytes, raw)),
+            ratio: raw.as_secs_f64() / ours.as_secs_f64(),
+            target: ">= 0.70".into(),
+            met: raw.as_secs_f64() / ours.as_secs_f64() >= 0.7,
+        });
+        let batched = append_batches(n, len, 64);
+        rows.push(Row {
+            scenario: format!("append_batch of 64 x {len} B, Never (vs raw buffered write)"),
+            ours: format!("{:.0} MB/s", mb_s(bytes, batched)),
+            theirs: format!("{:.0} MB/s", mb_s(bytes, raw)),
+            ratio: raw.as_secs_f64() / batched.as_secs_f64(),
+            target: ">= 0.70".into(),
+            met: raw.as_secs_f64() / batched.as_secs_f64() >= 0.7,
+        });
+        let ours4 = append_threads(n, len, 4, SyncPolicy::Never, 512 << 20);
+        rows.push(Row {
+            scenario: format!("append {len} B, 4 producers, Never (vs raw buffered write)"),
+            ours: format!("{:.0} MB/s", mb_s(bytes, ours4)),
+            theirs: format!("{:.0} MB/s", mb_s(bytes, raw)),
+            ratio: raw.as_secs_f64() / ours4.as_secs_f64(),
+            target: ">= 0.70".into(),
+            met: raw.as_secs_f64() / ours4.as_secs_f64() >= 0.7,
+        });
+    }
+
+    let (batches, batch) = (300u64, 64usize);
+    let ours = ringship_sync_every(batches, batch, 128);
+    let raw = raw_fdatasync(batches, batch, 128);
+    rows.push(Row {
+        scenario: format!("{batch} x 128 B then sync (vs raw write + fdatasync)"),
+        ours: format!("{:.0} rec/s", (batches * batch as u64) as f64 / ours.as_secs_f64()),
+        theirs: format!("{:.0} rec/s", (batches * batch as u64) as f64 / raw.as_secs_f64()),
+        ratio: raw.as_secs_f64() / ours.as_secs_f64(),
+        target: ">= 0.70".into(),
+        met: raw.as_secs_f64() / ours.as_secs_f64() >= 0.7,
+    });
+
+    let na = 1_000u64;
+    let one = append_threads(na, 128, 1, SyncPolicy::Always, 64 << 20);
+    let four = append_threads(na * 4, 128, 4, SyncPolicy::Always, 64 << 20);
+    let (r1, r4) = (na as f64 / one.as_secs_f64(), (na * 4) as f64 / four.as_secs_f64());
+    rows.push(Row {
+        scenario: "Always, 4 producers vs 1 (group commit)".into(),
+        ours: format!("{r4:.0} rec/s"),
+        theirs: format!("{r1:.0} rec/s"),
+        ratio: r4 / r1,
+        target: ">= 3.0".into(),
+        met: r4 / r1 >= 3.0,
+    });
+
+    let ours = append_threads(n, 128, 1, SyncPolicy::Never, 512 << 20);
+    let qf = queue_file(n, 128, false);
+    let yq = yaque(n, 128);
+    let faster = qf.min(yq);
+    rows.push(Row {
+        scenario: "append 128 B, no fsync (vs faster of queue-file, yaque)".into(),
+        ours: format!("{:.0} rec/s", n as f64 / ours.as_secs_f64()),
+        theirs: format!(
+            "{:.0} rec/s ({})",
+            n as f64 / faster.as_secs_f64(),
+            if qf <= yq { "queue-file" } else { "yaque" }
+        ),
+        ratio: faster.as_secs_f64() / ours.as_secs_f64(),
+        target: ">= 2.0".into(),
+        met: faster.as_secs_f64() / ours.as_secs_f64() >= 2.0,
+    });
+    let ours = append_threads(na, 128, 1, SyncPolicy::Always, 64 << 20);
+    let qf = queue_file(na, 128, true);
+    rows.push(Row {
+        scenario: "append 128 B, fsync each (vs queue-file sync_writes)".into(),
+        ours: format!("{:.0} rec/s", na as f64 / ours.as_secs_f64()),
+        theirs: format!("{:.0} rec/s", na as f64 / qf.as_secs_f64()),
+        ratio: qf.as_secs_f64() / ours.as_secs_f64(),
+        target: ">= 2.0".into(),
+        met: qf.as_secs_f64() / ours.as_secs_f64() >= 2.0,
+    });
+
+    let d = read_ack(n);
+    rows.push(Row {
+        scenario: "read + ack, batches of 1000 x 128 B".into(),
+        ours: format!("{:.0} rec/s", n as f64 / d.as_secs_f64()),
+        theirs: "-".into(),
+        ratio: f64::NAN,
+        target: "-".into(),
+        met: true,
+    });
+
+    let (reopen, read) = recovery(ring_mib);
+    rows.push(Row {
+        scenario: format!("recovery of a full {ring_mib} MiB ring (vs sequential read)"),
+        ours: format!("{:.0} ms", reopen.as_secs_f64() * 1e3),
+        theirs: format!("{:.0} ms", read.as_secs_f64() * 1e3),
+        ratio: reopen.as_secs_f64() / read.as_secs_f64(),
+        target: "<= 2.0 x".into(),
+        met: reopen.as_secs_f64() / read.as_secs_f64() <= 2.0,
+    });
+
+    let counting = MemoryReceiver::counting();
+    let mem_factory: Factory = Arc::new(move || Box::new(counting.transport()) as Box<dyn Transport>);
+    let mem = ship(1_000_000, "mem", &mem_factory);
+    rows.push(Row {
+        scenario: "end to end, in-memory transport, 1000 x 128 B batches".into(),
+        ours: format!("{mem:.0} rec/s"),
+        theirs: "1000000 rec/s".into(),
+        ratio: mem / 1e6,
+        target: ">= 1.0".into(),
+        met: mem >= 1e6,
+    });
+    let (port, _stop) = http_sink();
+    let url = format!("http://127.0.0.1:{port}/ingest");
+    let http_factory: Factory = Arc::new(|| {
+        Box::new(HttpTransport::new(HttpConfig { format: BodyFormat::LengthPrefixed, ..HttpConfig::default() }))
+            as Box<dyn Transport>
+    });
+    let http = ship(200_000, &url, &http_factory);
+    rows.push(Row {
+        scenario: "end to end, loopback HTTP, 1000 x 128 B batches".into(),
+        ours: format!("{http:.0} rec/s"),
+        theirs: "300000 rec/s".into(),
+        ratio: http / 3e5,
+        target: ">= 1.0".into(),
+        met: http >= 3e5,
+    });
+
+    let (p50, p99, max) = switch_latency(20_000);
+    rows.push(Row {
+        scenario: "switch_endpoint while a send hangs (p50 / p99 / max)".into(),
+        ours: format!(
+            "{:.1} / {:.1} / {:.0} us",
+            p50.as_secs_f64() * 1e6,
+            p99.as_secs_f64() * 1e6,
+            max.as_secs_f64() * 1e6
+        ),
+        theirs: "p99 100 us".into(),
+        ratio: p99.as_secs_f64() * 1e6 / 100.0,
+        target: "<= 1.0".into(),
+        met: p99 < Duration::from_micros(100),
+    });
+
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("RINGSHIP_BENCH_RSS_CHILD", ring_mib.to_string())
+        .output()
+        .unwrap();
+    let hwm_kb: u64 =
+        String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    rows.push(Row {
+        scenario: format!("peak resident memory, full {ring_mib} MiB ring written and read"),
+        ours: format!("{:.1} MiB", hwm_kb as f64 / 1024.0),
+        theirs: "32 MiB".into(),
+        ratio: hwm_kb as f64 / 1024.0 / 32.0,
+        target: "<= 1.0".into(),
+        met: hwm_kb < 32 * 1024,
+    });
+
+    println!();
+    println!("| scenario | ringship | baseline / peer | ratio | target | met |");
+    println!("|---|---|---|---|---|---|");
+    for r in &rows {
+        let ratio = if r.ratio.is_nan() { "-".to_owned() } else { format!("{:.2}", r.ratio) };
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            r.scenario,
+            r.ours,
+            r.theirs,
+            ratio,
+            r.target,
+            if r.met { "yes" } else { "**no**" }
+        );
+    }
+}
