@@ -16,6 +16,17 @@ pub enum LossCause {
 }
 
 impl LossCause {
+    /// The cause as receivers see it in gap notices: `overwritten`,
+    /// `corrupted`, `lost-unsynced` or `mixed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LossCause::Overwritten => "overwritten",
+            LossCause::Corrupted => "corrupted",
+            LossCause::LostUnsynced => "lost-unsynced",
+            LossCause::Mixed => "mixed",
+        }
+    }
+
     pub(crate) fn code(self) -> u8 {
         match self {
             LossCause::Overwritten => 1,

@@ -9,7 +9,7 @@ mod http_receiver;
 
 use std::time::{Duration, Instant};
 
-use common::{TempRing, assert_identity, payload, small};
+use common::{TempRing, assert_identity, eventually, kill_and_restart, payload, small};
 use http_receiver::HttpReceiver;
 use ringship::{BodyFormat, Endpoint, HealthState, HttpConfig, HttpTransport, Ring, Shipper, ShipperBuilder};
 
@@ -28,14 +28,6 @@ fn shipper_builder(t: &TempRing, cap: u64, url: &str, config: HttpConfig) -> Shi
 
 fn exact() -> HttpConfig {
     HttpConfig { format: BodyFormat::LengthPrefixed, ..HttpConfig::default() }
-}
-
-fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn check_exact(rx: &HttpReceiver, seqs: std::ops::RangeInclusive<u64>, len: usize) {
@@ -226,18 +218,8 @@ fn a_ringship_process_killed_and_restarted_loses_nothing() {
             .spawn()
             .unwrap()
     };
-    let mut kills = 0;
-    for delay_ms in [150, 80, 200] {
-        let mut c = spawn();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        if c.try_wait().unwrap().is_none() {
-            c.kill().unwrap();
-            kills += 1;
-        }
-        c.wait().unwrap();
-    }
-    let out = spawn().wait_with_output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("CHILD DRAINED"), "the last run drained");
+    let (kills, last_run) = kill_and_restart(spawn, &[150, 80, 200]);
+    assert!(last_run.contains("CHILD DRAINED"), "the last run drained");
     assert_eq!(rx.seqs(), (1..=TOTAL).collect::<Vec<_>>(), "every record arrived");
     for (seq, p) in &rx.inbox.lock().unwrap().records {
         assert_eq!(&p[..], &payload(*seq, 48)[..]);

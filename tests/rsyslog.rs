@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TempRing, assert_identity, payload, small};
+use common::{TempRing, assert_identity, eventually, kill_and_restart, payload, small};
 use ringship::{Endpoint, Ring, Shipper, ShipperBuilder, SyslogConfig, SyslogTransport};
 
 const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
@@ -154,14 +154,6 @@ fn builder(ring: Ring, url: &str) -> ShipperBuilder {
         .idle_poll(Duration::from_millis(5))
 }
 
-fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn assert_exact(records: &[(u64, String)], len: usize) {
     for (seq, msg) in records {
         assert_eq!(msg.as_bytes(), &payload(*seq, len)[..], "seq {seq} arrived altered");
@@ -281,18 +273,8 @@ fn relp_ringship_killed_and_restarted_loses_nothing() {
             .spawn()
             .unwrap()
     };
-    let mut kills = 0;
-    for delay_ms in [100, 60, 60] {
-        let mut c = spawn();
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        if c.try_wait().unwrap().is_none() {
-            c.kill().unwrap();
-            kills += 1;
-        }
-        c.wait().unwrap();
-    }
-    let out = spawn().wait_with_output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("CHILD DRAINED"));
+    let (kills, last_run) = kill_and_restart(spawn, &[100, 60, 60]);
+    assert!(last_run.contains("CHILD DRAINED"));
     eventually("all written", || r.seqs() == (1..=TOTAL).collect());
     assert_exact(&r.records(), 24);
     assert!(kills >= 1);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TempRing, assert_identity, payload, small};
+use common::{TempRing, assert_identity, eventually, payload, small};
 use ringship::{Endpoint, HealthState, LossCause, Ring, SendErrorKind, Shipper, ShipperBuilder};
 use transports::{Behavior, Script};
 
@@ -26,15 +26,6 @@ fn builder(ring: Ring, script: &Script, address: &str) -> ShipperBuilder {
         .backoff_max(Duration::from_millis(50))
         .send_timeout(Duration::from_millis(200))
         .idle_poll(Duration::from_millis(5))
-}
-
-/// Waits until `f` holds, for at most 20 s.
-fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 fn seqs(script: &Script, address: &str) -> Vec<u64> {

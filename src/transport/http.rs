@@ -22,7 +22,6 @@ use std::time::Duration;
 use base64::Engine as _;
 
 use super::{Batch, Endpoint, SendContext, SendError, SendErrorKind, Transport};
-use crate::stats::LossCause;
 
 /// How records are laid out in the request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -135,15 +134,6 @@ fn json_escape(text: &str, out: &mut Vec<u8>) {
     }
 }
 
-fn cause_name(c: LossCause) -> &'static str {
-    match c {
-        LossCause::Overwritten => "overwritten",
-        LossCause::Corrupted => "corrupted",
-        LossCause::LostUnsynced => "lost-unsynced",
-        _ => "mixed",
-    }
-}
-
 /// The `X-Ringship-Gap` header value for a batch, if it has a gap notice.
 pub(crate) fn gap_header(batch: &Batch) -> Option<String> {
     batch.gap.map(|g| {
@@ -152,7 +142,7 @@ pub(crate) fn gap_header(batch: &Batch) -> Option<String> {
             g.first_seq,
             g.last_seq,
             g.missing(),
-            cause_name(g.cause),
+            g.cause.as_str(),
             g.rejected,
             g.first_ts,
             g.last_ts
@@ -247,6 +237,7 @@ impl Transport for HttpTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::LossCause;
     use crate::transport::{BatchRecord, GapNotice};
 
     fn batch() -> Batch {

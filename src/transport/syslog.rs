@@ -28,7 +28,6 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{Batch, BatchRecord, Endpoint, GapNotice, SendContext, SendError, Transport};
-use crate::stats::LossCause;
 
 /// Private enterprise number used in structured-data IDs (reserved for
 /// documentation examples by RFC 5612).
@@ -85,15 +84,6 @@ fn rfc3339(nanos: u64) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
-fn cause_name(c: LossCause) -> &'static str {
-    match c {
-        LossCause::Overwritten => "overwritten",
-        LossCause::Corrupted => "corrupted",
-        LossCause::LostUnsynced => "lost-unsynced",
-        _ => "mixed",
-    }
-}
-
 /// Formats one record as an RFC 5424 message.
 pub(crate) fn format_record(cfg: &SyslogConfig, r: &BatchRecord) -> Vec<u8> {
     let pri = u32::from(cfg.facility) * 8 + u32::from(cfg.severity);
@@ -121,7 +111,7 @@ pub(crate) fn format_gap(cfg: &SyslogConfig, g: &GapNotice) -> Vec<u8> {
         g.first_seq,
         g.last_seq,
         g.missing(),
-        cause_name(g.cause),
+        g.cause.as_str(),
         g.rejected
     )
     .into_bytes()

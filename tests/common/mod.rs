@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
 
 use ringship::{Ring, RingConfig, RingStats, SyncPolicy};
 
@@ -47,4 +49,32 @@ pub fn payload(i: u64, len: usize) -> Vec<u8> {
     let mut p = format!("record-{i:010}-").into_bytes();
     p.resize(len.max(p.len()), b'a' + (i % 26) as u8);
     p
+}
+
+/// Waits until `f` holds, for at most 20 s.
+#[track_caller]
+pub fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Starts a child with `spawn` once per delay and SIGKILLs it after that
+/// delay if it is still running; then runs it once more to the end.
+/// Returns how many runs were killed and the last run's stdout.
+pub fn kill_and_restart(spawn: impl Fn() -> Child, delays_ms: &[u64]) -> (u32, String) {
+    let mut kills = 0;
+    for &delay in delays_ms {
+        let mut c = spawn();
+        std::thread::sleep(Duration::from_millis(delay));
+        if c.try_wait().unwrap().is_none() {
+            c.kill().unwrap();
+            kills += 1;
+        }
+        c.wait().unwrap();
+    }
+    let out = spawn().wait_with_output().unwrap();
+    (kills, String::from_utf8_lossy(&out.stdout).into_owned())
 }
