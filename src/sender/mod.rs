@@ -153,7 +153,11 @@ impl Shared {
     }
 
     fn health(&self) -> Health {
-        let ring = self.ring.stats();
+        self.health_with(&self.ring.stats())
+    }
+
+    /// Health, given a snapshot of the ring's counters.
+    fn health_with(&self, ring: &crate::RingStats) -> Health {
         let (generation, endpoint) = self.endpoint.current();
         let endpoint = endpoint.address.clone();
         let st = self.status.lock();
@@ -179,11 +183,13 @@ impl Shared {
     }
 
     fn stats(&self) -> SenderStats {
-        let health = self.health();
+        // One ring snapshot serves both the counters and the health.
+        let ring = self.ring.stats();
+        let health = self.health_with(&ring);
         let c = &self.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         SenderStats {
-            ring: self.ring.stats(),
+            ring,
             batches_sent: load(&c.batches_sent),
             records_sent: load(&c.records_sent),
             retries: load(&c.retries),
