@@ -156,11 +156,11 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
     // 2. The live window.
     let lapped = head.saturating_sub(cap) > ck.tail_pos;
     let window_start = head.saturating_sub(cap).max(ck.tail_pos).min(head);
-    let settled_c = ck.settled_seq;
     let Window { mut holes, tail, last: prev, ack_pos, records } =
         walk_window(&mut scan, window_start, head, ck.ack_seq, &classify)?;
     report.records_recovered = records;
 
+    let settled_c = ck.settled_seq;
     // 3. Seqs assigned before the crash that no frame holds any more.
     // A surviving pad after the last surviving record names seqs whose
     // frames are gone (a torn record before the pad).
@@ -178,6 +178,14 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
         holes.extend(classify.holes(next_seq, assigned_before - 1, pos, head.max(pos), first_ts, u64::MAX));
         next_seq = assigned_before;
     }
+    // Seqs the checkpoint settled (acknowledged or counted lost) stay
+    // settled whatever the frames say: when the data file is older than the
+    // checkpoint (restored from a copy, or writes lost under it), the
+    // missing seqs above the newest frame reach down into them.
+    holes.retain_mut(|h| {
+        h.first = h.first.max(settled_c + 1);
+        h.first <= h.last
+    });
     let (tail_seq, tail_pos, tail_ts) = tail.unwrap_or((next_seq, head, 0));
     let tail_seq = holes.first().map_or(tail_seq, |h| h.first.min(tail_seq));
     let tail_pos = holes.first().filter(|h| h.first == tail_seq).map_or(tail_pos, |h| h.pos.min(tail_pos));
