@@ -50,6 +50,16 @@ fn config() -> RingConfig {
 
 /// A closed ring holding `n` records; returns its files' bytes.
 fn pristine(n: u64, ack: u64) -> (Vec<u8>, Vec<u8>) {
+    image(n, ack, true)
+}
+
+/// The files of a ring holding `n` records, synced but never closed, as a
+/// process crash leaves them: recovery reads every frame.
+fn crashed(n: u64, ack: u64) -> (Vec<u8>, Vec<u8>) {
+    image(n, ack, false)
+}
+
+fn image(n: u64, ack: u64, close: bool) -> (Vec<u8>, Vec<u8>) {
     let t = TempRing::new();
     let (ring, _) = Ring::open(&t.dir, config()).unwrap();
     for i in 1..=n {
@@ -58,13 +68,19 @@ fn pristine(n: u64, ack: u64) -> (Vec<u8>, Vec<u8>) {
     if ack > 0 {
         ring.ack(ack).unwrap();
     }
-    ring.close().unwrap();
+    if close {
+        ring.close().unwrap();
+    } else {
+        ring.sync().unwrap();
+    }
     (std::fs::read(t.data_file()).unwrap(), std::fs::read(t.meta_file()).unwrap())
 }
 
 /// Opens a ring from the given file bytes and checks the promises.
-/// Returns the seqs delivered.
-fn check_open(dir: &Path, data: &[u8], meta: &[u8], appended: u64) -> Vec<u64> {
+/// Returns the seqs delivered. After a crash recovery reads every frame, so
+/// it finds all damage at open (`found_at_open`); after a clean close it
+/// reads none, and readers find the damage.
+fn check_open(dir: &Path, data: &[u8], meta: &[u8], appended: u64, found_at_open: bool) -> Vec<u64> {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("ring.data"), data).unwrap();
     std::fs::write(dir.join("ring.meta"), meta).unwrap();
@@ -76,8 +92,13 @@ fn check_open(dir: &Path, data: &[u8], meta: &[u8], appended: u64) -> Vec<u64> {
     for r in &batch.records {
         assert_eq!(&r.payload[..], &payload(r.seq, LEN)[..], "wrong bytes for seq {}", r.seq);
     }
+    let after = ring.stats();
+    assert_identity(&after);
     let delivered_pending = batch.records.iter().filter(|r| r.seq > s.ack_seq).count() as u64;
-    assert_eq!(delivered_pending, s.pending, "every pending record must be readable: {s:?}");
+    assert_eq!(delivered_pending, after.pending, "every pending record must be readable: {after:?}");
+    if found_at_open {
+        assert_eq!(s, after, "recovery must find all damage: {report:?}");
+    }
     // No seq is reused.
     assert_eq!(ring.append(b"after").unwrap(), s.last_seq + 1);
     ring.close().unwrap();
@@ -87,7 +108,7 @@ fn check_open(dir: &Path, data: &[u8], meta: &[u8], appended: u64) -> Vec<u64> {
 #[test]
 fn torn_tail_every_offset() {
     let n = 10;
-    let (data, meta) = pristine(n, 0);
+    let (data, meta) = crashed(n, 0);
     let last_start = DATA_OFFSET + (n - 1) * FRAME;
     let t = TempRing::new();
     for k in 0..FRAME {
@@ -96,7 +117,7 @@ fn torn_tail_every_offset() {
         for b in &mut torn[(last_start + k) as usize..(last_start + FRAME) as usize] {
             *b = 0;
         }
-        let seqs = check_open(&t.tmp.path().join(format!("torn{k}")), &torn, &meta, n);
+        let seqs = check_open(&t.tmp.path().join(format!("torn{k}")), &torn, &meta, n, true);
         let whole = k >= 32 + LEN as u64;
         assert_eq!(seqs.len() as u64, if whole { n } else { n - 1 }, "offset {k}");
         assert_eq!(seqs[..9], (1..=9).collect::<Vec<_>>()[..]);
@@ -105,7 +126,7 @@ fn torn_tail_every_offset() {
 
 #[test]
 fn torn_tail_reports_truncated_bytes_and_counts_the_record() {
-    let (mut data, meta) = pristine(10, 0);
+    let (mut data, meta) = crashed(10, 0);
     let last_start = (DATA_OFFSET + 9 * FRAME) as usize;
     data[last_start + 40] ^= 0xff;
     let t = TempRing::new();
@@ -128,7 +149,7 @@ fn file_truncated_at_every_offset_of_the_last_record() {
     let t = TempRing::new();
     for k in 0..FRAME {
         let cut = &data[..(last_start + k) as usize];
-        let seqs = check_open(&t.tmp.path().join(format!("cut{k}")), cut, &meta, n);
+        let seqs = check_open(&t.tmp.path().join(format!("cut{k}")), cut, &meta, n, true);
         let whole = k >= 32 + LEN as u64;
         assert_eq!(seqs, (1..if whole { n + 1 } else { n }).collect::<Vec<_>>(), "cut at {k}");
     }
@@ -137,33 +158,62 @@ fn file_truncated_at_every_offset_of_the_last_record() {
 #[test]
 fn bit_flips_across_the_data_file() {
     // A lapped ring: 25 records of 136 bytes in 2048 (15 survive), 8 acked.
+    // Recovery after a crash finds every damaged frame; after a clean close
+    // it reads no frames, and the reader finds them.
     let n = 25;
-    let (data, meta) = pristine(n, 8);
-    let t = TempRing::new();
-    let mut delivered_all = 0;
-    for byte in 0..data.len() {
-        // Every byte of the header and frames; one bit per byte past it.
-        let bits: Vec<usize> = if byte < 64 || (byte >= DATA_OFFSET as usize && byte < DATA_OFFSET as usize + 512) {
-            (0..8).collect()
-        } else if byte >= 64 && byte < DATA_OFFSET as usize {
-            if byte % 64 == 0 { vec![byte % 8] } else { vec![] }
-        } else {
-            vec![byte % 8]
-        };
-        for bit in bits {
-            let mut d = data.clone();
-            d[byte] ^= 1 << bit;
-            let dir = t.tmp.path().join(format!("flip{byte}_{bit}"));
-            let seqs = check_open(&dir, &d, &meta, n);
-            if seqs.len() == 15 {
-                delivered_all += 1;
+    for clean in [false, true] {
+        let (data, meta) = image(n, 8, clean);
+        let t = TempRing::new();
+        let mut delivered_all = 0;
+        for byte in 0..data.len() {
+            // Every byte of the header and frames; one bit per byte past it.
+            let bits: Vec<usize> = if byte < 64 || (byte >= DATA_OFFSET as usize && byte < DATA_OFFSET as usize + 512) {
+                (0..8).collect()
+            } else if byte >= 64 && byte < DATA_OFFSET as usize {
+                if byte % 64 == 0 { vec![byte % 8] } else { vec![] }
+            } else {
+                vec![byte % 8]
+            };
+            for bit in bits {
+                let mut d = data.clone();
+                d[byte] ^= 1 << bit;
+                let dir = t.tmp.path().join(format!("flip{byte}_{bit}"));
+                let seqs = check_open(&dir, &d, &meta, n, !clean);
+                if seqs.len() == 15 {
+                    delivered_all += 1;
+                }
+                std::fs::remove_dir_all(&dir).unwrap();
             }
-            std::fs::remove_dir_all(&dir).unwrap();
         }
+        // Most flips land in bytes no reader depends on, or in frames that
+        // are then counted; the check is that none was delivered wrong.
+        assert!(delivered_all > 0);
     }
-    // Most flips land in bytes no reader depends on, or in frames that are
-    // then counted; the check is that none of them was delivered wrong.
-    assert!(delivered_all > 0);
+}
+
+#[test]
+fn clean_reopen_reads_no_frames_and_readers_count_damage() {
+    let n = 25;
+    let (mut data, meta) = pristine(n, 8);
+    // Damage the payload of seq 20, the fifth frame of the second lap.
+    let at = (DATA_OFFSET + 4 * FRAME + 40) as usize;
+    data[at] ^= 0x10;
+    let t = TempRing::new();
+    std::fs::create_dir_all(&t.dir).unwrap();
+    std::fs::write(t.data_file(), &data).unwrap();
+    std::fs::write(t.meta_file(), &meta).unwrap();
+    let (ring, report) = Ring::open(&t.dir, config()).unwrap();
+    assert!(report.clean_shutdown);
+    assert_eq!((report.records_recovered, report.pending, report.damaged_records), (15, 15, 0));
+    assert_eq!(ring.stats().corrupted, 0, "not read yet");
+    let batch = ring.read(1, usize::MAX, usize::MAX).unwrap();
+    let seqs: Vec<u64> = batch.records.iter().map(|r| r.seq).collect();
+    assert!(!seqs.contains(&20) && seqs.len() == 14, "{seqs:?}");
+    let s = ring.stats();
+    assert_identity(&s);
+    assert_eq!((s.corrupted, s.pending), (1, 14));
+    let l = ring.losses();
+    assert!(l.iter().any(|l| (l.first_seq, l.last_seq) == (20, 20)), "{l:?}");
 }
 
 #[test]
@@ -177,7 +227,7 @@ fn bit_flips_across_both_checkpoint_slots() {
                 let mut m = meta.clone();
                 m[slot * 4096 + byte] ^= 1 << bit;
                 let dir = t.tmp.path().join(format!("meta{slot}_{byte}_{bit}"));
-                check_open(&dir, &data, &m, n);
+                check_open(&dir, &data, &m, n, true);
                 std::fs::remove_dir_all(&dir).unwrap();
             }
         }
@@ -195,7 +245,7 @@ fn one_checkpoint_slot_destroyed_entirely() {
             *b = 0xa5;
         }
         let dir = t.tmp.path().join(format!("slot{slot}"));
-        let seqs = check_open(&dir, &data, &m, n);
+        let seqs = check_open(&dir, &data, &m, n, true);
         assert_eq!(seqs.len(), 15, "all 15 surviving records are delivered (slot {slot})");
     }
 }

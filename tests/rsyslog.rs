@@ -73,8 +73,12 @@ impl Rsyslog {
 
     fn start_in(dir: &Path, tcp: u16, relp: u16) -> Rsyslog {
         let d = dir.display();
+        // A direct main queue: imrelp acks a message only after omfile has
+        // written it, so killing rsyslogd cannot drop an acked message from
+        // an in-memory queue (the default), which would look like our loss.
         let conf = format!(
             "global(workDirectory=\"{d}\")\n\
+             main_queue(queue.type=\"Direct\")\n\
              module(load=\"imtcp\")\n\
              module(load=\"imrelp\")\n\
              input(type=\"imtcp\" port=\"{tcp}\" address=\"127.0.0.1\")\n\

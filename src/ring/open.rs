@@ -292,6 +292,7 @@ fn open_storages(
             checkpoint: ck.clone(),
             boot_now: boot_id,
             reserved,
+            data_whole: report_short.is_none(),
         })
         .map_err(|e| Error::io("recover", &data_path, e))?
     };

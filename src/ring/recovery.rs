@@ -38,6 +38,83 @@ pub(crate) struct Input<'a> {
     pub(crate) boot_now: Option<[u8; 16]>,
     /// The durable seq reservation: no seq above it was ever handed out.
     pub(crate) reserved: u64,
+    /// The data file was whole (not cut short) when opened.
+    pub(crate) data_whole: bool,
+}
+
+/// The state a cleanly closed ring left, taken from its checkpoint without
+/// reading the data, if the files prove that nothing happened since.
+///
+/// The proof: the checkpoint is marked clean, a clean close shrinks the
+/// seq reservation to the last seq, and an open fsyncs an unclean
+/// checkpoint before it returns and every append beyond the reservation
+/// fsyncs a larger one first. So a clean checkpoint with no reservation
+/// beyond its last seq means no frame was written after it. The frames at
+/// the oldest record, at the delivery cursor and at the head are checked as
+/// well (a data file restored from an older copy fails them); damage
+/// elsewhere is found, counted and skipped by readers, as it is for damage
+/// that happens while the ring is open.
+fn clean_reopen(scan: &mut Scanner<'_>, input: &Input<'_>) -> io::Result<Option<(State, RecoveryReport)>> {
+    let Some(ck) = input.checkpoint.as_ref() else { return Ok(None) };
+    if !ck.clean
+        || ck.tail_seq == 0
+        || !input.data_whole
+        || !ck.hole_hints.is_empty()
+        || input.reserved >= ck.next_seq
+        || ck.tail_seq > ck.next_seq
+        || ck.settled_seq < ck.tail_seq - 1
+        || ck.head_pos < ck.tail_pos
+        || ck.head_pos - ck.tail_pos > input.cap
+    {
+        return Ok(None);
+    }
+    let record_at = |scan: &mut Scanner<'_>, pos: u64, seq: u64| -> io::Result<bool> {
+        Ok(match scan.frame_at(pos)? {
+            Found::Record(h) => h.seq == seq,
+            _ => false,
+        })
+    };
+    let has_records = ck.tail_seq < ck.next_seq;
+    if has_records && !record_at(scan, ck.tail_pos, ck.tail_seq)? {
+        return Ok(None);
+    }
+    let ack_pos = if ck.ack_seq >= ck.tail_seq && ck.ack_seq + 1 < ck.next_seq {
+        if ck.settled_seq != ck.ack_seq || !record_at(scan, ck.settled_pos, ck.ack_seq + 1)? {
+            return Ok(None);
+        }
+        Some(ck.settled_pos)
+    } else {
+        None
+    };
+    // Nothing names the head's position: no frame was written past it.
+    if ck.head_pos < ck.tail_pos + input.cap && matches!(scan.frame_at(ck.head_pos)?, Found::Record(_) | Found::Pad(_))
+    {
+        return Ok(None);
+    }
+    let mut st = fresh_state(input.cap, input.max_losses);
+    st.next_seq = ck.next_seq;
+    st.head = ck.head_pos;
+    (st.tail_seq, st.tail_pos, st.tail_ts) = (ck.tail_seq, ck.tail_pos, ck.tail_ts);
+    st.ack_seq = ck.ack_seq.min(ck.next_seq - 1);
+    st.ack_pos = ack_pos;
+    st.rejected = ck.rejected;
+    st.acked = ck.acked;
+    st.overwritten = ck.overwritten;
+    st.overwritten_bytes = ck.overwritten_bytes;
+    st.corrupted = ck.corrupted;
+    st.lost_unsynced = ck.lost_unsynced;
+    st.losses = ck.losses.clone();
+    if st.settled() != ck.settled_seq {
+        return Ok(None);
+    }
+    st.debug_check("clean reopen");
+    let report = RecoveryReport {
+        clean_shutdown: true,
+        records_recovered: ck.next_seq - ck.tail_seq,
+        pending: st.stats(0).pending,
+        ..RecoveryReport::default()
+    };
+    Ok(Some((st, report)))
 }
 
 /// Where the newest intact frame ends and the seq that follows it.
@@ -136,14 +213,17 @@ fn walk_window(
 }
 
 pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
-    let Input { data, cap, max_len, max_losses, checkpoint, boot_now, reserved } = input;
+    let mut scan = Scanner::new(input.data, input.cap, input.max_len, SCAN_CHUNK);
+    if let Some(reopened) = clean_reopen(&mut scan, &input)? {
+        return Ok(reopened);
+    }
+    let Input { cap, max_len, max_losses, checkpoint, boot_now, reserved, .. } = input;
     let ck = checkpoint.unwrap_or_else(|| Checkpoint { next_seq: 1, tail_seq: 1, ..Checkpoint::default() });
     // Not `ck.clean`: that flag may come from an older slot when the newest
     // was torn. A clean close shrinks the reservation to its last seq, so a
     // reboot after one costs nothing.
     let power_loss_possible = ck.boot_id.is_none() || boot_now.is_none() || ck.boot_id != boot_now;
     let mut report = RecoveryReport { clean_shutdown: ck.clean, ..RecoveryReport::default() };
-    let mut scan = Scanner::new(data, cap, max_len, SCAN_CHUNK);
 
     // 1. The head.
     let (head, found_next) = find_head(&mut scan, cap)?.unwrap_or((ck.head_pos, ck.next_seq));
