@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::{TempRing, assert_identity, payload};
-use ringship::{Ring, RingConfig, Storage, SyncPolicy};
+use ringship::{LossCause, Ring, RingConfig, Storage, SyncPolicy};
 
 const CAP: u64 = 2048;
 const LEN: usize = 100;
@@ -19,8 +19,9 @@ const FRAME: u64 = 136;
 const DATA_OFFSET: u64 = 4096;
 
 /// Skips fsync: thousands of reopens stay fast, and durability is not what
-/// these tests check.
-struct NoSync(Box<dyn Storage>);
+/// these tests check. Reports the boot id it was given, so a test can open
+/// files "after a reboot" (a power loss).
+struct NoSync(Box<dyn Storage>, u8);
 
 impl Storage for NoSync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
@@ -38,14 +39,21 @@ impl Storage for NoSync {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
     }
+    fn boot_id(&self) -> Option<[u8; 16]> {
+        Some([self.1; 16])
+    }
 }
 
 fn config() -> RingConfig {
+    config_on_boot(1)
+}
+
+fn config_on_boot(boot: u8) -> RingConfig {
     RingConfig::default()
         .with_capacity(CAP)
         .with_max_record_len(256)
         .with_sync(SyncPolicy::Never)
-        .with_storage_wrapper(Arc::new(|_, s| Box::new(NoSync(s))))
+        .with_storage_wrapper(Arc::new(move |_, s| Box::new(NoSync(s, boot))))
 }
 
 /// A closed ring holding `n` records; returns its files' bytes.
@@ -54,7 +62,7 @@ fn pristine(n: u64, ack: u64) -> (Vec<u8>, Vec<u8>) {
 }
 
 /// The files of a ring holding `n` records, synced but never closed, as a
-/// process crash leaves them: recovery reads every frame.
+/// process crash leaves them.
 fn crashed(n: u64, ack: u64) -> (Vec<u8>, Vec<u8>) {
     image(n, ack, false)
 }
@@ -77,9 +85,10 @@ fn image(n: u64, ack: u64, close: bool) -> (Vec<u8>, Vec<u8>) {
 }
 
 /// Opens a ring from the given file bytes and checks the promises.
-/// Returns the seqs delivered. After a crash recovery reads every frame, so
-/// it finds all damage at open (`found_at_open`); after a clean close it
-/// reads none, and readers find the damage.
+/// Returns the seqs delivered. Recovery checks the checksum of frames that
+/// were not yet durable, and of every frame of a data file found cut short:
+/// then it finds all damage at open (`found_at_open`). Damage in durable
+/// frames is found by the reader.
 fn check_open(dir: &Path, data: &[u8], meta: &[u8], appended: u64, found_at_open: bool) -> Vec<u64> {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("ring.data"), data).unwrap();
@@ -106,18 +115,18 @@ fn check_open(dir: &Path, data: &[u8], meta: &[u8], appended: u64, found_at_open
 }
 
 #[test]
-fn torn_tail_every_offset() {
+fn synced_last_frame_zeroed_from_every_offset() {
     let n = 10;
     let (data, meta) = crashed(n, 0);
     let last_start = DATA_OFFSET + (n - 1) * FRAME;
     let t = TempRing::new();
     for k in 0..FRAME {
-        // A torn write: the tail of the last frame never reached the disk.
+        // The tail of the last frame lost after it was synced.
         let mut torn = data.clone();
         for b in &mut torn[(last_start + k) as usize..(last_start + FRAME) as usize] {
             *b = 0;
         }
-        let seqs = check_open(&t.tmp.path().join(format!("torn{k}")), &torn, &meta, n, true);
+        let seqs = check_open(&t.tmp.path().join(format!("torn{k}")), &torn, &meta, n, false);
         let whole = k >= 32 + LEN as u64;
         assert_eq!(seqs.len() as u64, if whole { n } else { n - 1 }, "offset {k}");
         assert_eq!(seqs[..9], (1..=9).collect::<Vec<_>>()[..]);
@@ -125,20 +134,36 @@ fn torn_tail_every_offset() {
 }
 
 #[test]
-fn torn_tail_reports_truncated_bytes_and_counts_the_record() {
-    let (mut data, meta) = crashed(10, 0);
-    let last_start = (DATA_OFFSET + 9 * FRAME) as usize;
-    data[last_start + 40] ^= 0xff;
+fn torn_tail_after_power_loss_reports_truncated_bytes_and_counts_the_record() {
+    // Records 1..=9 synced, record 10 written but not synced, then the power
+    // fails halfway through writing it.
     let t = TempRing::new();
-    std::fs::create_dir_all(&t.dir).unwrap();
-    std::fs::write(t.data_file(), &data).unwrap();
-    std::fs::write(t.meta_file(), &meta).unwrap();
-    let (ring, report) = Ring::open(&t.dir, config()).unwrap();
+    let (ring, _) = Ring::open(&t.dir, config()).unwrap();
+    for i in 1..=9 {
+        ring.append(&payload(i, LEN)).unwrap();
+    }
+    ring.sync().unwrap();
+    ring.append(&payload(10, LEN)).unwrap();
+    let (mut data, meta) = (std::fs::read(t.data_file()).unwrap(), std::fs::read(t.meta_file()).unwrap());
+    drop(ring);
+    let last_start = (DATA_OFFSET + 9 * FRAME) as usize;
+    for b in &mut data[last_start + 80..last_start + FRAME as usize] {
+        *b = 0;
+    }
+    let dir = t.tmp.path().join("rebooted");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ring.data"), &data).unwrap();
+    std::fs::write(dir.join("ring.meta"), &meta).unwrap();
+    let (ring, report) = Ring::open(&dir, config_on_boot(2)).unwrap();
     assert_eq!(report.torn_bytes_truncated, FRAME);
-    assert_eq!(report.damaged_records, 1);
-    assert_eq!(ring.stats().corrupted, 1);
+    let s = ring.stats();
+    assert_identity(&s);
+    assert_eq!((s.pending, s.corrupted), (9, 0), "{s:?}");
+    // Seq 10 and every seq the reservation covered count as lost unsynced.
     let l = ring.losses();
-    assert_eq!((l[0].first_seq, l[0].last_seq), (10, 10));
+    assert_eq!((l[0].first_seq, l[0].cause), (10, LossCause::LostUnsynced), "{l:?}");
+    assert_eq!(report.lost_unsynced_discovered, s.lost_unsynced);
+    assert_eq!(ring.append(b"after").unwrap(), s.last_seq + 1);
 }
 
 #[test]
@@ -157,9 +182,8 @@ fn file_truncated_at_every_offset_of_the_last_record() {
 
 #[test]
 fn bit_flips_across_the_data_file() {
-    // A lapped ring: 25 records of 136 bytes in 2048 (15 survive), 8 acked.
-    // Recovery after a crash finds every damaged frame; after a clean close
-    // it reads no frames, and the reader finds them.
+    // A lapped ring: 25 records of 136 bytes in 2048 (15 survive), 8 acked,
+    // synced: after a crash or a clean close, the reader finds the damage.
     let n = 25;
     for clean in [false, true] {
         let (data, meta) = image(n, 8, clean);
@@ -178,7 +202,7 @@ fn bit_flips_across_the_data_file() {
                 let mut d = data.clone();
                 d[byte] ^= 1 << bit;
                 let dir = t.tmp.path().join(format!("flip{byte}_{bit}"));
-                let seqs = check_open(&dir, &d, &meta, n, !clean);
+                let seqs = check_open(&dir, &d, &meta, n, false);
                 if seqs.len() == 15 {
                     delivered_all += 1;
                 }

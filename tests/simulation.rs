@@ -115,6 +115,13 @@ fn check(ring: &Ring, disk: &SimDisk, model: &mut Model, cap: u64) {
             ),
         }
     }
+    // Damage in frames that recovery judged by their headers (durable at
+    // the checkpoint) is found by this read: from here on the stats count it.
+    let s = ring.stats();
+    assert!(s.identity_holds(), "I2 after reading: {s:?}");
+    if !model.damage_possible {
+        assert_eq!(s.corrupted, 0, "corruption without a fault that causes it: {s:?}");
+    }
     // I3: every record reported durable is present, acked, or counted lost
     // (overwritten; or damaged, when the disk flipped a bit).
     let present: std::collections::HashSet<u64> = batch.records.iter().map(|r| r.seq).collect();

@@ -109,6 +109,14 @@ impl Inner {
             let at = window.holes.partition_point(|h| h.last < seq);
             window.holes.get(at).filter(|h| h.first <= seq).copied()
         };
+        // The part of `first..=last` from its first seq not in a known hole
+        // up to the next known hole: new damage never overlaps known holes.
+        let unknown = |first: u64, last: u64| {
+            let first = hole_at(first).map_or(first, |k| k.last + 1);
+            let at = window.holes.partition_point(|h| h.last < first);
+            let last = window.holes.get(at).map_or(last, |k| last.min(k.first.saturating_sub(1)));
+            (first <= last).then_some((first, last))
+        };
         let chunk = max_bytes.clamp(64 << 10, 4 << 20);
         let mut scan = Scanner::new(&*self.data, self.cap, self.max_len, chunk);
         let mut w = Walk {
@@ -135,9 +143,11 @@ impl Inner {
                 Found::Wrap => w.end_pos = next_lap(at, self.cap),
                 Found::Pad(h) => w.end_pos = at + h.size(),
                 Found::Record(h) if h.seq >= expect => {
-                    if h.seq > expect && hole_at(expect).is_none_or(|k| k.last + 1 < h.seq) {
-                        // Intact framing, missing seqs: damage the walk skipped over.
-                        w.new_holes.push(damage(expect, h.seq - 1, at, h.ts));
+                    if h.seq > expect {
+                        if let Some((first, last)) = unknown(expect, h.seq - 1) {
+                            // Intact framing, missing seqs: damage the walk skipped over.
+                            w.new_holes.push(damage(first, last, at, h.ts));
+                        }
                     }
                     if h.seq >= from_seq {
                         let payload = scan.payload(&h)?;
@@ -160,7 +170,9 @@ impl Inner {
                         _ => (head, window.next_seq),
                     };
                     if next > expect {
-                        w.new_holes.push(damage(expect, next - 1, q, prev_ts));
+                        if let Some((first, last)) = unknown(expect, next - 1) {
+                            w.new_holes.push(damage(first, last, q, prev_ts));
+                        }
                         w.next_seq = next;
                     }
                     w.end_pos = q;

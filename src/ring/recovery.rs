@@ -27,7 +27,7 @@ use super::state::{Hole, State};
 use crate::Storage;
 use crate::stats::{LossCause, LossList, LossRange, RecoveryReport};
 
-const SCAN_CHUNK: usize = 1 << 20;
+const SCAN_CHUNK: usize = 128 << 10;
 
 pub(crate) struct Input<'a> {
     pub(crate) data: &'a dyn Storage,
@@ -117,6 +117,61 @@ fn clean_reopen(scan: &mut Scanner<'_>, input: &Input<'_>) -> io::Result<Option<
     Ok(Some((st, report)))
 }
 
+/// The head after a process crash, found from the checkpoint's head without
+/// reading the whole ring.
+///
+/// In the same boot the page cache kept every write that completed, in
+/// order, and appends write one frame at a time under the state lock: the
+/// frames written since the checkpoint follow its head in a chain, ending
+/// at most in one torn frame. The chain is followed, checksums checked,
+/// to its end. Returns `None` (read the whole ring) if the writer lapped
+/// the checkpoint's head, or if an intact frame follows the chain's end
+/// within one frame's reach (damage in the middle, not the end).
+fn chain_head(scan: &mut Scanner<'_>, ck: &Checkpoint, max_len: usize) -> io::Result<Option<(u64, u64)>> {
+    let cap = scan.cap();
+    let (mut p, mut next_seq) = (ck.head_pos, ck.next_seq);
+    let mut followed = 0u64;
+    loop {
+        match scan.header_at_offset(p % cap)? {
+            (q, Found::Record(_) | Found::Pad(_)) if q > p => return Ok(None),
+            _ => {}
+        }
+        match scan.frame_at(p)? {
+            Found::Wrap => p = next_lap(p, cap),
+            // Frames written since carry seqs from the checkpoint's next seq
+            // on; an older one is a leftover from before a recovery.
+            Found::Record(h) if h.seq >= next_seq => {
+                (p, next_seq, followed) = (p + h.size(), h.seq + 1, followed + 1);
+            }
+            Found::Pad(h) if h.seq >= next_seq => {
+                (p, next_seq, followed) = (p + h.size(), h.seq, followed + 1);
+            }
+            Found::Record(_) | Found::Pad(_) | Found::Invalid => {
+                // A frame followed from the checkpoint's head proves the
+                // writer did not lap it (that would have overwritten the
+                // frame). With none, the oldest record still in place
+                // proves it.
+                if followed == 0 {
+                    let tail_intact = ck.tail_seq < ck.next_seq
+                        && matches!(scan.frame_at(ck.tail_pos)?, Found::Record(h) if h.seq == ck.tail_seq);
+                    if !tail_intact {
+                        return Ok(None);
+                    }
+                }
+                // The next frame starts within one frame of `p`, or at the
+                // start of the next lap (after a pad, or no room for one).
+                let reach = super::frame::frame_size(max_len).min(cap);
+                let lap = next_lap(p, cap);
+                let mut beyond = scan.resync(p, p + reach)?.is_some();
+                if !beyond && lap <= p + reach + HEADER_LEN as u64 {
+                    beyond = scan.resync(lap - super::frame::ALIGN, lap + reach)?.is_some();
+                }
+                return Ok(if beyond { None } else { Some((p, next_seq)) });
+            }
+        }
+    }
+}
+
 /// Where the newest intact frame ends and the seq that follows it.
 fn find_head(scan: &mut Scanner<'_>, cap: u64) -> io::Result<Option<(u64, u64)>> {
     let mut best: Option<(u64, u64)> = None;
@@ -167,20 +222,58 @@ struct Window {
     records: u64,
 }
 
+/// The highest seq whose frame, if present, was written once and fsynced:
+/// the checkpoint's durable seq, but below any hole the checkpoint knows.
+/// A hole's seqs may have frames torn by a power loss, and its positions
+/// were written again after recovery; if those writes are lost in turn, the
+/// torn frames reappear.
+fn trusted_through(ck: &Checkpoint) -> u64 {
+    if ck.hole_hints.len() >= super::meta::MAX_HOLE_HINTS {
+        // The hints may not name every hole.
+        return ck.settled_seq;
+    }
+    let below_holes = ck.hole_hints.iter().map(|&(first, _, _)| first.saturating_sub(1)).min().unwrap_or(u64::MAX);
+    ck.durable_seq.min(below_holes)
+}
+
+/// Whether position `q` holds a well-formed header, ends the lap, or is the
+/// head: the frame before it did not lie about its length.
+fn well_formed_next(scan: &mut Scanner<'_>, q: u64, head: u64) -> io::Result<bool> {
+    Ok(q == head || (q < head && !matches!(scan.header_at(q)?, Found::Invalid)))
+}
+
 /// Walks `start..head` in logical order: intact frames are records, seq
 /// gaps between them holes.
+///
+/// A record is judged by its header alone, without its checksum, when it
+/// was durable at the checkpoint (`seq <= trusted`), follows the previous
+/// record directly (seq one above, starting where it ended) and is followed
+/// by a well-formed header or the head. Such a frame cannot be torn (it was
+/// fsynced), and damage to its payload is found by the reader, which
+/// verifies every frame it returns. Anything else has its checksum checked.
 fn walk_window(
     scan: &mut Scanner<'_>,
-    start: u64,
-    head: u64,
+    (start, head): (u64, u64),
     ack_seq: u64,
+    trusted: u64,
     classify: &Classifier<'_>,
 ) -> io::Result<Window> {
     let cap = scan.cap();
     let mut w = Window { holes: Vec::new(), tail: None, last: None, ack_pos: None, records: 0 };
     let mut p = start;
     while p < head {
-        match scan.frame_at(p)? {
+        let found = match scan.header_at(p)? {
+            Found::Record(h)
+                if h.seq <= trusted
+                    && w.last.is_some_and(|(ps, pend, _)| h.seq == ps + 1 && pend == p)
+                    && well_formed_next(scan, p + h.size(), head)? =>
+            {
+                Found::Record(h)
+            }
+            Found::Record(h) | Found::Pad(h) => scan.verify(h)?,
+            other => other,
+        };
+        match found {
             Found::Wrap => p = next_lap(p, cap),
             Found::Pad(h) => p += h.size(),
             Found::Invalid => match scan.resync(p, head)? {
@@ -217,7 +310,8 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
     if let Some(reopened) = clean_reopen(&mut scan, &input)? {
         return Ok(reopened);
     }
-    let Input { cap, max_len, max_losses, checkpoint, boot_now, reserved, .. } = input;
+    let Input { cap, max_len, max_losses, checkpoint, boot_now, reserved, data_whole, .. } = input;
+    let have_checkpoint = checkpoint.is_some();
     let ck = checkpoint.unwrap_or_else(|| Checkpoint { next_seq: 1, tail_seq: 1, ..Checkpoint::default() });
     // Not `ck.clean`: that flag may come from an older slot when the newest
     // was torn. A clean close shrinks the reservation to its last seq, so a
@@ -226,7 +320,12 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
     let mut report = RecoveryReport { clean_shutdown: ck.clean, ..RecoveryReport::default() };
 
     // 1. The head.
-    let (head, found_next) = find_head(&mut scan, cap)?.unwrap_or((ck.head_pos, ck.next_seq));
+    let chained = if power_loss_possible || !have_checkpoint { None } else { chain_head(&mut scan, &ck, max_len)? };
+    let newest = match chained {
+        Some(newest) => Some(newest),
+        None => find_head(&mut scan, cap)?,
+    };
+    let (head, found_next) = newest.unwrap_or((ck.head_pos, ck.next_seq));
     // Under SyncPolicy::Always every returned append was durable: nothing
     // below the newest surviving record can have been lost unsynced.
     let durable_seq = if ck.sync_always { ck.durable_seq.max(found_next.saturating_sub(1)) } else { ck.durable_seq };
@@ -234,10 +333,12 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
     report.torn_bytes_truncated = torn_bytes_at(&mut scan, head, max_len)?;
 
     // 2. The live window.
+    // A data file found cut short is checked frame by frame.
+    let trusted = if data_whole { trusted_through(&ck) } else { ck.settled_seq };
     let lapped = head.saturating_sub(cap) > ck.tail_pos;
     let window_start = head.saturating_sub(cap).max(ck.tail_pos).min(head);
     let Window { mut holes, tail, last: prev, ack_pos, records } =
-        walk_window(&mut scan, window_start, head, ck.ack_seq, &classify)?;
+        walk_window(&mut scan, (window_start, head), ck.ack_seq, trusted, &classify)?;
     report.records_recovered = records;
 
     let settled_c = ck.settled_seq;

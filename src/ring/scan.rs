@@ -62,6 +62,16 @@ impl<'a> Scanner<'a> {
 
     /// The frame stored for logical position `pos`, checksum verified.
     pub(crate) fn frame_at(&mut self, pos: u64) -> io::Result<Found> {
+        match self.header_at(pos)? {
+            Found::Record(h) | Found::Pad(h) => self.verify(h),
+            other => Ok(other),
+        }
+    }
+
+    /// The frame stored for logical position `pos`, judged by its header
+    /// alone: it names `pos`, has a known kind and a length that fits the
+    /// lap. The checksum is not checked; [`verify`](Self::verify) does that.
+    pub(crate) fn header_at(&mut self, pos: u64) -> io::Result<Found> {
         let (cap, max_len) = (self.cap, self.max_len);
         let off = pos % cap;
         let room = cap - off;
@@ -74,6 +84,13 @@ impl<'a> Scanner<'a> {
         if h.size() > room || (h.is_pad && h.size() != room) {
             return Ok(Found::Invalid);
         }
+        Ok(if h.is_pad { Found::Pad(h) } else { Found::Record(h) })
+    }
+
+    /// Checks the checksum of a frame whose header
+    /// [`header_at`](Self::header_at) accepted.
+    pub(crate) fn verify(&mut self, h: Header) -> io::Result<Found> {
+        let off = h.pos % self.cap;
         let total = if h.is_pad { HEADER_LEN } else { HEADER_LEN + h.len };
         let b = self.bytes(off, total)?;
         if !crc_ok(b, &h, &b[HEADER_LEN..]) {
@@ -105,6 +122,15 @@ impl<'a> Scanner<'a> {
 
     /// The intact frame at physical offset `off` of any lap, if any.
     pub(crate) fn frame_at_offset(&mut self, off: u64) -> io::Result<(u64, Found)> {
+        match self.header_at_offset(off)? {
+            (pos, Found::Record(h) | Found::Pad(h)) => Ok((pos, self.verify(h)?)),
+            other => Ok(other),
+        }
+    }
+
+    /// The frame at physical offset `off` of any lap, judged by its header
+    /// alone (see [`header_at`](Self::header_at)).
+    pub(crate) fn header_at_offset(&mut self, off: u64) -> io::Result<(u64, Found)> {
         if self.cap - off < HEADER_LEN as u64 {
             return Ok((off, Found::Wrap));
         }
@@ -113,6 +139,6 @@ impl<'a> Scanner<'a> {
         if pos % self.cap != off {
             return Ok((off, Found::Invalid));
         }
-        Ok((pos, self.frame_at(pos)?))
+        Ok((pos, self.header_at(pos)?))
     }
 }
