@@ -334,3 +334,32 @@ fn data_file_older_than_the_checkpoint() {
     assert_identity(&s);
     assert_eq!((s.appended, s.overwritten, s.corrupted, s.pending), (41, 25, 15, 1), "{s:?}");
 }
+
+#[test]
+fn damage_after_the_checkpoint_head_does_not_hide_later_records() {
+    // Records 1..=10 synced and checkpointed; 11..=16 written after, then
+    // the process dies. Frames 11 and 12 are destroyed (a bad block):
+    // recovery must still find 13..=20 and never reuse their seqs.
+    let t = TempRing::new();
+    let (ring, _) = Ring::open(&t.dir, config()).unwrap();
+    for i in 1..=10 {
+        ring.append(&payload(i, LEN)).unwrap();
+    }
+    ring.sync().unwrap();
+    for i in 11..=16 {
+        ring.append(&payload(i, LEN)).unwrap();
+    }
+    let (mut data, meta) = (std::fs::read(t.data_file()).unwrap(), std::fs::read(t.meta_file()).unwrap());
+    drop(ring);
+    let start = (DATA_OFFSET + 10 * FRAME) as usize;
+    for b in &mut data[start..start + 3 * FRAME as usize] {
+        *b = 0xee;
+    }
+    let dir = t.tmp.path().join("crashed");
+    let seqs = check_open(&dir, &data, &meta, 16, true);
+    // Seq 1 made room for seq 16.
+    assert_eq!(seqs, [2, 3, 4, 5, 6, 7, 8, 9, 10, 14, 15, 16]);
+    let (ring, _) = Ring::open(&dir, config()).unwrap();
+    let s = ring.stats();
+    assert_eq!((s.corrupted, s.lost_unsynced), (3, 0), "{s:?}");
+}

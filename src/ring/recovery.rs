@@ -27,7 +27,7 @@ use super::state::{Hole, State};
 use crate::Storage;
 use crate::stats::{LossCause, LossList, LossRange, RecoveryReport};
 
-const SCAN_CHUNK: usize = 128 << 10;
+const SCAN_CHUNK: usize = 512 << 10;
 
 pub(crate) struct Input<'a> {
     pub(crate) data: &'a dyn Storage,
@@ -121,55 +121,63 @@ fn clean_reopen(scan: &mut Scanner<'_>, input: &Input<'_>) -> io::Result<Option<
 /// reading the whole ring.
 ///
 /// In the same boot the page cache kept every write that completed, in
-/// order, and appends write one frame at a time under the state lock: the
-/// frames written since the checkpoint follow its head in a chain, ending
-/// at most in one torn frame. The chain is followed, checksums checked,
-/// to its end. Returns `None` (read the whole ring) if the writer lapped
-/// the checkpoint's head, or if an intact frame follows the chain's end
-/// within one frame's reach (damage in the middle, not the end).
-fn chain_head(scan: &mut Scanner<'_>, ck: &Checkpoint, max_len: usize) -> io::Result<Option<(u64, u64)>> {
+/// order: the frames written since the checkpoint follow its head in a
+/// chain. The chain is followed, checksums checked, to the first position
+/// `p` without an intact frame naming it. That is the head if the first
+/// intact frame after `p` is a leftover of an earlier lap: the writer
+/// writes positions in order and would have overwritten it had it gone
+/// past `p`. Returns `None` (read the whole ring) if that frame is instead
+/// a newer one (damage in the middle of the chain), or one of a later lap
+/// (the writer lapped the checkpoint's head).
+fn chain_head(scan: &mut Scanner<'_>, ck: &Checkpoint) -> io::Result<Option<(u64, u64)>> {
     let cap = scan.cap();
     let (mut p, mut next_seq) = (ck.head_pos, ck.next_seq);
-    let mut followed = 0u64;
     loop {
-        match scan.header_at_offset(p % cap)? {
-            (q, Found::Record(_) | Found::Pad(_)) if q > p => return Ok(None),
-            _ => {}
-        }
         match scan.frame_at(p)? {
             Found::Wrap => p = next_lap(p, cap),
             // Frames written since carry seqs from the checkpoint's next seq
             // on; an older one is a leftover from before a recovery.
             Found::Record(h) if h.seq >= next_seq => {
-                (p, next_seq, followed) = (p + h.size(), h.seq + 1, followed + 1);
+                (p, next_seq) = (p + h.size(), h.seq + 1);
             }
             Found::Pad(h) if h.seq >= next_seq => {
-                (p, next_seq, followed) = (p + h.size(), h.seq, followed + 1);
+                (p, next_seq) = (p + h.size(), h.seq);
             }
             Found::Record(_) | Found::Pad(_) | Found::Invalid => {
-                // A frame followed from the checkpoint's head proves the
-                // writer did not lap it (that would have overwritten the
-                // frame). With none, the oldest record still in place
-                // proves it.
-                if followed == 0 {
-                    let tail_intact = ck.tail_seq < ck.next_seq
-                        && matches!(scan.frame_at(ck.tail_pos)?, Found::Record(h) if h.seq == ck.tail_seq);
-                    if !tail_intact {
-                        return Ok(None);
-                    }
-                }
-                // The next frame starts within one frame of `p`, or at the
-                // start of the next lap (after a pad, or no room for one).
-                let reach = super::frame::frame_size(max_len).min(cap);
-                let lap = next_lap(p, cap);
-                let mut beyond = scan.resync(p, p + reach)?.is_some();
-                if !beyond && lap <= p + reach + HEADER_LEN as u64 {
-                    beyond = scan.resync(lap - super::frame::ALIGN, lap + reach)?.is_some();
-                }
-                return Ok(if beyond { None } else { Some((p, next_seq)) });
+                return Ok(match first_intact_after(scan, p)? {
+                    Some(pos_and_at) if pos_and_at.0 >= pos_and_at.1 => None,
+                    _ => Some((p, next_seq)),
+                });
             }
         }
     }
+}
+
+/// The first intact frame of any lap after position `p`, within one lap:
+/// `(its position, the position of this lap it sits at)`.
+fn first_intact_after(scan: &mut Scanner<'_>, p: u64) -> io::Result<Option<(u64, u64)>> {
+    let cap = scan.cap();
+    let mut q = p + super::frame::ALIGN;
+    while q < p + cap {
+        let off = q % cap;
+        if cap - off < HEADER_LEN as u64 {
+            q = next_lap(q, cap);
+            continue;
+        }
+        // A header's first eight bytes are never zero: skip zeroed space
+        // (a ring's never-written part) a block at a time.
+        let block = scan.bytes(off, (cap - off).min(4096) as usize)?;
+        let zeros = block.chunks_exact(8).take_while(|w| w.iter().all(|&b| b == 0)).count() as u64 * 8;
+        if zeros > 0 {
+            q += zeros;
+            continue;
+        }
+        match scan.frame_at_offset(off)? {
+            (pos, Found::Record(_) | Found::Pad(_)) => return Ok(Some((pos, q))),
+            _ => q += super::frame::ALIGN,
+        }
+    }
+    Ok(None)
 }
 
 /// Where the newest intact frame ends and the seq that follows it.
@@ -238,8 +246,14 @@ fn trusted_through(ck: &Checkpoint) -> u64 {
 
 /// Whether position `q` holds a well-formed header, ends the lap, or is the
 /// head: the frame before it did not lie about its length.
-fn well_formed_next(scan: &mut Scanner<'_>, q: u64, head: u64) -> io::Result<bool> {
-    Ok(q == head || (q < head && !matches!(scan.header_at(q)?, Found::Invalid)))
+/// The header at `q` is kept in `peeked` for the next step of the walk.
+fn well_formed_next(scan: &mut Scanner<'_>, q: u64, head: u64, peeked: &mut Option<(u64, Found)>) -> io::Result<bool> {
+    if q >= head {
+        return Ok(q == head);
+    }
+    let found = scan.header_at(q)?;
+    *peeked = Some((q, found));
+    Ok(!matches!(found, Found::Invalid))
 }
 
 /// Walks `start..head` in logical order: intact frames are records, seq
@@ -261,12 +275,17 @@ fn walk_window(
     let cap = scan.cap();
     let mut w = Window { holes: Vec::new(), tail: None, last: None, ack_pos: None, records: 0 };
     let mut p = start;
+    let mut peeked = None;
     while p < head {
-        let found = match scan.header_at(p)? {
+        let header = match peeked.take() {
+            Some((q, found)) if q == p => found,
+            _ => scan.header_at(p)?,
+        };
+        let found = match header {
             Found::Record(h)
                 if h.seq <= trusted
                     && w.last.is_some_and(|(ps, pend, _)| h.seq == ps + 1 && pend == p)
-                    && well_formed_next(scan, p + h.size(), head)? =>
+                    && well_formed_next(scan, p + h.size(), head, &mut peeked)? =>
             {
                 Found::Record(h)
             }
@@ -320,7 +339,7 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
     let mut report = RecoveryReport { clean_shutdown: ck.clean, ..RecoveryReport::default() };
 
     // 1. The head.
-    let chained = if power_loss_possible || !have_checkpoint { None } else { chain_head(&mut scan, &ck, max_len)? };
+    let chained = if power_loss_possible || !have_checkpoint { None } else { chain_head(&mut scan, &ck)? };
     let newest = match chained {
         Some(newest) => Some(newest),
         None => find_head(&mut scan, cap)?,
