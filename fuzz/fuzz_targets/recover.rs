@@ -56,6 +56,20 @@ fuzz_target!(|data: &[u8]| {
     let batch = ring.read(1, 1000, 1 << 20).unwrap();
     assert!(batch.records.windows(2).all(|w| w[0].seq < w[1].seq), "records out of order");
     assert!(batch.records.len() as u64 <= s.pending + s.acked);
+    // After the read every pending record was delivered or found damaged,
+    // and no delivered record is also counted lost.
+    let after = ring.stats();
+    assert!(after.identity_holds(), "{after:?}");
+    let delivered_pending = batch.records.iter().filter(|r| r.seq > after.ack_seq).count() as u64;
+    assert_eq!(delivered_pending, after.pending, "{after:?}");
+    let losses = ring.losses();
+    for r in &batch.records {
+        assert!(
+            !losses.iter().any(|l| l.first_seq <= r.seq && r.seq <= l.last_seq),
+            "seq {} delivered and counted lost: {losses:?}",
+            r.seq
+        );
+    }
     if let Ok(seq) = ring.append(b"after recovery") {
         assert!(seq > s.last_seq, "seq {seq} reused (last was {})", s.last_seq);
         assert!(ring.stats().identity_holds());

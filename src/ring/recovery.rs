@@ -246,14 +246,26 @@ fn trusted_through(ck: &Checkpoint) -> u64 {
 
 /// Whether position `q` holds a well-formed header, ends the lap, or is the
 /// head: the frame before it did not lie about its length.
-/// The header at `q` is kept in `peeked` for the next step of the walk.
-fn well_formed_next(scan: &mut Scanner<'_>, q: u64, head: u64, peeked: &mut Option<(u64, Found)>) -> io::Result<bool> {
+/// Whether the frame after a record of `seq` ending at `q` continues the
+/// chain: the head, the end of the lap, or a header naming `q` with the
+/// next seq. Then the record did not lie about its length. The header at
+/// `q` is kept in `peeked` for the next step of the walk.
+fn chained_next(
+    scan: &mut Scanner<'_>,
+    (seq, q): (u64, u64),
+    head: u64,
+    peeked: &mut Option<(u64, Found)>,
+) -> io::Result<bool> {
     if q >= head {
         return Ok(q == head);
     }
     let found = scan.header_at(q)?;
     *peeked = Some((q, found));
-    Ok(!matches!(found, Found::Invalid))
+    Ok(match found {
+        Found::Wrap => true,
+        Found::Record(h) | Found::Pad(h) => h.seq == seq + 1,
+        Found::Invalid => false,
+    })
 }
 
 /// Walks `start..head` in logical order: intact frames are records, seq
@@ -262,7 +274,7 @@ fn well_formed_next(scan: &mut Scanner<'_>, q: u64, head: u64, peeked: &mut Opti
 /// A record is judged by its header alone, without its checksum, when it
 /// was durable at the checkpoint (`seq <= trusted`), follows the previous
 /// record directly (seq one above, starting where it ended) and is followed
-/// by a well-formed header or the head. Such a frame cannot be torn (it was
+/// by the next seq's header (or the head, or the lap's end). Such a frame cannot be torn (it was
 /// fsynced), and damage to its payload is found by the reader, which
 /// verifies every frame it returns. Anything else has its checksum checked.
 fn walk_window(
@@ -285,7 +297,7 @@ fn walk_window(
             Found::Record(h)
                 if h.seq <= trusted
                     && w.last.is_some_and(|(ps, pend, _)| h.seq == ps + 1 && pend == p)
-                    && well_formed_next(scan, p + h.size(), head, &mut peeked)? =>
+                    && chained_next(scan, (h.seq, p + h.size()), head, &mut peeked)? =>
             {
                 Found::Record(h)
             }
