@@ -247,8 +247,8 @@ fn trusted_through(ck: &Checkpoint) -> u64 {
 /// Whether position `q` holds a well-formed header, ends the lap, or is the
 /// head: the frame before it did not lie about its length.
 /// Whether the frame after a record of `seq` ending at `q` continues the
-/// chain: the head, the end of the lap, or a header naming `q` with the
-/// next seq. Then the record did not lie about its length. The header at
+/// chain: the head, or a header naming `q` (or, at the end of the lap, the
+/// next lap's start) with the next seq. Then the record did not lie about its length. The header at
 /// `q` is kept in `peeked` for the next step of the walk.
 fn chained_next(
     scan: &mut Scanner<'_>,
@@ -262,7 +262,11 @@ fn chained_next(
     let found = scan.header_at(q)?;
     *peeked = Some((q, found));
     Ok(match found {
-        Found::Wrap => true,
+        Found::Wrap => {
+            let lap = next_lap(q, scan.cap());
+            lap == head
+                || (lap < head && matches!(scan.header_at(lap)?, Found::Record(h) | Found::Pad(h) if h.seq == seq + 1))
+        }
         Found::Record(h) | Found::Pad(h) => h.seq == seq + 1,
         Found::Invalid => false,
     })
