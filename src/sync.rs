@@ -26,16 +26,20 @@ use std::time::Duration;
 mod imp {
     pub(crate) use parking_lot::{Condvar, Mutex, MutexGuard};
     pub(crate) use std::sync::atomic;
+    pub(crate) use std::thread::yield_now;
 }
 
 #[cfg(loom)]
 mod imp {
     pub(crate) use loom::sync::atomic;
     pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard};
+    pub(crate) use loom::thread::yield_now;
 }
 
 /// Atomics: std's, or loom's under `cfg(loom)`.
 pub(crate) use imp::atomic;
+/// Lets other threads run: std's, or loom's under `cfg(loom)`.
+pub(crate) use imp::yield_now;
 
 /// `ring.meta_io`: serialises checkpoint writes so generations are ordered.
 pub(crate) const LEVEL_META_IO: u8 = 10;

@@ -41,11 +41,25 @@ pub(crate) struct MetaIo {
     pub(crate) last_slot: u64,
 }
 
+/// How many times a group-commit leader yields, at most, for the threads
+/// the last fsync released to append before it starts the next fsync.
+/// Measured on 2 vCPUs with 4 producers under `SyncPolicy::Always`: 16
+/// yields doubled records per fsync; hundreds, or sleeping, cost more in
+/// latency than they gained (an fsync there takes about 80 us).
+const GROUP_COMMIT_YIELDS: u32 = if cfg!(loom) { 1 } else { 16 };
+/// And for this long at most, however the scheduler treats yields.
+const GROUP_COMMIT_WAIT: Duration = Duration::from_micros(100);
+
 /// The group-commit coordinator's state (`ring.sync`).
 #[derive(Default)]
 struct SyncState {
     durable: u64,
     in_progress: bool,
+    /// Threads waiting for the fsync in progress.
+    waiting: u64,
+    /// Threads the last fsync released: they are likely to append again
+    /// at once, and the next fsync waits a moment for them.
+    released: u64,
 }
 
 pub(crate) struct Inner {
@@ -612,18 +626,35 @@ impl Inner {
                 return Err(Error::Poisoned { path });
             }
             if g.in_progress {
+                g.waiting += 1;
                 self.synced.wait(&mut g);
+                g.waiting -= 1;
                 continue;
             }
             g.in_progress = true;
-            let target = self.written_seq.load(Ordering::Acquire);
+            let released = g.released;
             drop(g);
+            // Threads the last fsync released usually append again right
+            // away: give them a moment (no lock held) so this fsync covers
+            // their records too, rather than leaving them for the next.
+            let before = self.written_seq.load(Ordering::Acquire);
+            let started = Instant::now();
+            let mut spins = 0;
+            while released > 0 && spins < GROUP_COMMIT_YIELDS && started.elapsed() < GROUP_COMMIT_WAIT {
+                if self.written_seq.load(Ordering::Acquire) >= before + released {
+                    break;
+                }
+                crate::sync::yield_now();
+                spins += 1;
+            }
+            let target = self.written_seq.load(Ordering::Acquire);
             let result = self.data.sync_data();
             g = self.sync.lock();
             g.in_progress = false;
             match result {
                 Ok(()) => {
                     g.durable = g.durable.max(target);
+                    g.released = g.waiting;
                     self.durable_seq.fetch_max(target, Ordering::AcqRel);
                     self.synced.notify_all();
                 }

@@ -335,7 +335,11 @@ fn open_storages(
         room: Condvar::new(),
         reserved: Condvar::new(),
         reserve_block,
-        sync: Mutex::new(LEVEL_SYNC, "ring.sync", SyncState { durable: written, in_progress: false }),
+        sync: Mutex::new(
+            LEVEL_SYNC,
+            "ring.sync",
+            SyncState { durable: written, in_progress: false, waiting: 0, released: 0 },
+        ),
         synced: Condvar::new(),
         written_seq: AtomicU64::new(written),
         durable_seq: AtomicU64::new(written),
