@@ -149,7 +149,9 @@ impl Inner {
                             w.new_holes.push(damage(first, last, at, h.ts));
                         }
                     }
-                    if h.seq >= from_seq {
+                    // A seq already counted lost is never delivered too,
+                    // whatever frame claims it.
+                    if h.seq >= from_seq && hole_at(h.seq).is_none() {
                         let payload = scan.payload(&h)?;
                         let from = w.out.len();
                         w.out.extend_from_slice(payload);
