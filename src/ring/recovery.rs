@@ -281,11 +281,15 @@ fn chained_next(
 /// by the next seq's header (or the head, or the lap's end). Such a frame cannot be torn (it was
 /// fsynced), and damage to its payload is found by the reader, which
 /// verifies every frame it returns. Anything else has its checksum checked.
+///
+/// With `skip`, the walk jumps from the first record the checkpoint
+/// describes straight to the checkpoint's head (see [`Skip`]).
 fn walk_window(
     scan: &mut Scanner<'_>,
     (start, head): (u64, u64),
     ack_seq: u64,
     trusted: u64,
+    mut skip: Option<Skip>,
     classify: &Classifier<'_>,
 ) -> io::Result<Window> {
     let cap = scan.cap();
@@ -334,10 +338,57 @@ fn walk_window(
                 w.records += 1;
                 w.last = Some((h.seq, p + size, h.ts));
                 p += size;
+                if let Some(s) = skip.take_if(|s| h.seq >= s.first_seq && h.seq < s.last_seq && p <= s.through) {
+                    w.records += s.last_seq - h.seq;
+                    if let Some((seq, pos)) = s.ack.filter(|&(seq, _)| seq > h.seq) {
+                        debug_assert_eq!(seq, ack_seq + 1);
+                        w.ack_pos = Some(pos);
+                    }
+                    // The newest record's timestamp is not in the checkpoint:
+                    // this one's bounds it from below.
+                    w.last = Some((s.last_seq, s.through, h.ts));
+                    p = s.through;
+                }
             }
         }
     }
     Ok(w)
+}
+
+/// After a process crash, the records from the oldest surviving one to the
+/// checkpoint's head are the ones the checkpoint describes, all in the page
+/// cache: with no hole known, they are counted without being read. Damage to
+/// them is found by readers, as for records judged by their headers.
+#[derive(Clone, Copy)]
+struct Skip {
+    /// The checkpoint's oldest record.
+    first_seq: u64,
+    /// The checkpoint's newest record.
+    last_seq: u64,
+    /// The checkpoint's head.
+    through: u64,
+    /// The record after the delivery cursor, checked in place.
+    ack: Option<(u64, u64)>,
+}
+
+/// The [`Skip`] for a process crash, if the checkpoint allows one: no hole
+/// known, a data file of full length, and the record after the delivery
+/// cursor where the checkpoint says it is.
+fn skip_for(scan: &mut Scanner<'_>, ck: &Checkpoint) -> io::Result<Option<Skip>> {
+    if !ck.hole_hints.is_empty() || ck.tail_seq == 0 || ck.next_seq <= ck.tail_seq + 1 {
+        return Ok(None);
+    }
+    let ack = if ck.ack_seq >= ck.tail_seq && ck.ack_seq + 1 < ck.next_seq {
+        let in_place = ck.settled_seq == ck.ack_seq
+            && matches!(scan.frame_at(ck.settled_pos)?, Found::Record(h) if h.seq == ck.ack_seq + 1);
+        if !in_place {
+            return Ok(None);
+        }
+        Some((ck.ack_seq + 1, ck.settled_pos))
+    } else {
+        None
+    };
+    Ok(Some(Skip { first_seq: ck.tail_seq, last_seq: ck.next_seq - 1, through: ck.head_pos, ack }))
 }
 
 pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
@@ -372,8 +423,9 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
     let trusted = if data_whole { trusted_through(&ck) } else { ck.settled_seq };
     let lapped = head.saturating_sub(cap) > ck.tail_pos;
     let window_start = head.saturating_sub(cap).max(ck.tail_pos).min(head);
+    let skip = if chained.is_some() && data_whole { skip_for(&mut scan, &ck)? } else { None };
     let Window { mut holes, tail, last: prev, ack_pos, records } =
-        walk_window(&mut scan, (window_start, head), ck.ack_seq, trusted, &classify)?;
+        walk_window(&mut scan, (window_start, head), ck.ack_seq, trusted, skip, &classify)?;
     report.records_recovered = records;
 
     let settled_c = ck.settled_seq;
