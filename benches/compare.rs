@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use ringship::{
     Batch, BodyFormat, Endpoint, HttpConfig, HttpTransport, MemoryReceiver, Ring, RingConfig, SendContext, SendError,
-    Shipper, SyncPolicy, Transport,
+    Shipper, Storage, SyncPolicy, Transport,
 };
 
 const RUNS: usize = 3;
@@ -67,6 +67,31 @@ fn frame(seq: u64, pos: u64, payload: &[u8]) -> Vec<u8> {
 fn ring(dir: &std::path::Path, cap: u64, sync: SyncPolicy) -> Ring {
     let config = RingConfig::default().with_capacity(cap).with_sync(sync).with_max_record_len(4096);
     Ring::open(dir, config).expect("open ring").0
+}
+
+/// A file that reports another boot id: the machine rebooted since the
+/// ring was written, so recovery must assume a power loss.
+struct Rebooted(Box<dyn Storage>);
+
+impl Storage for Rebooted {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.0.write_at(buf, offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn boot_id(&self) -> Option<[u8; 16]> {
+        Some([0xab; 16])
+    }
 }
 
 fn append_threads(n: u64, len: usize, threads: u64, sync: SyncPolicy, cap: u64) -> Duration {
@@ -196,9 +221,10 @@ fn read_ack(n: u64) -> Duration {
     })
 }
 
-/// Reopen times of a full ring of `mib` MiB after a clean close and after a
-/// crash, and the time of a sequential read of its data file.
-fn recovery(mib: u64) -> (Duration, Duration, Duration) {
+/// Reopen times of a full ring of `mib` MiB after a clean close, after a
+/// process crash and after a power loss, and the time of a sequential read
+/// of its data file.
+fn recovery(mib: u64) -> (Duration, Duration, Duration, Duration) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("r");
     let cap = mib << 20;
@@ -231,6 +257,20 @@ fn recovery(mib: u64) -> (Duration, Duration, Duration) {
         r.close().unwrap();
         t
     });
+    let power_loss = best(|| {
+        std::fs::write(dir.join("ring.meta"), &crash_meta).unwrap();
+        let config = RingConfig::default()
+            .with_capacity(cap)
+            .with_sync(SyncPolicy::Never)
+            .with_max_record_len(4096)
+            .with_storage_wrapper(Arc::new(|_, s| Box::new(Rebooted(s))));
+        let start = Instant::now();
+        let (r, _) = Ring::open(&dir, config).unwrap();
+        let t = start.elapsed();
+        assert_eq!(r.stats().corrupted, 0, "a clean power-loss image");
+        r.close().unwrap();
+        t
+    });
     let read = best(|| {
         let mut f = File::open(dir.join("ring.data")).unwrap();
         let mut buf = vec![0u8; 1 << 20];
@@ -246,7 +286,7 @@ fn recovery(mib: u64) -> (Duration, Duration, Duration) {
         std::hint::black_box(sum);
         start.elapsed()
     });
-    (reopen, crashed, read)
+    (reopen, crashed, power_loss, read)
 }
 
 /// Records per second shipped end to end through `transport`.
@@ -456,8 +496,8 @@ fn main() {
         met: true,
     });
 
-    let (reopen, crashed, read) = recovery(ring_mib);
-    for (how, took) in [("clean close", reopen), ("crash", crashed)] {
+    let (reopen, crashed, power_loss, read) = recovery(ring_mib);
+    for (how, took) in [("clean close", reopen), ("process crash", crashed), ("power loss", power_loss)] {
         rows.push(Row {
             scenario: format!("reopen of a full {ring_mib} MiB ring after a {how} (vs sequential read)"),
             ours: format!("{:.1} ms", took.as_secs_f64() * 1e3),
