@@ -1,5 +1,11 @@
 //! Recovery: rebuilding the ring's state from its frames and checkpoint.
 //!
+//! After a clean close nothing is read ([`clean_reopen`]). After a process
+//! crash the head is found by following the frames written since the
+//! checkpoint ([`chain_head`]) and the records the checkpoint describes are
+//! counted without being read ([`Skip`]). Otherwise, and when either cannot
+//! prove its case:
+//!
 //! 1. Find the head: one pass over the data area, physical offset by
 //!    offset, for the intact frame that ends furthest along. Positions only
 //!    grow, so that frame is the newest one, whatever the checkpoint says.
@@ -11,9 +17,9 @@
 //! 3. Seqs the checkpoint says were assigned but no frame holds any more are
 //!    a hole at the head, so no seq is ever reused.
 //!
-//! Nothing here trusts the checkpoint's counters for what can be derived
-//! from the frames; the checkpoint supplies only the settled part (acks and
-//! losses already counted).
+//! Outside those proven cases nothing here trusts the checkpoint for what
+//! can be derived from the frames; the checkpoint supplies only the settled
+//! part (acks and losses already counted).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -244,12 +250,11 @@ fn trusted_through(ck: &Checkpoint) -> u64 {
     ck.durable_seq.min(below_holes)
 }
 
-/// Whether position `q` holds a well-formed header, ends the lap, or is the
-/// head: the frame before it did not lie about its length.
 /// Whether the frame after a record of `seq` ending at `q` continues the
 /// chain: the head, or a header naming `q` (or, at the end of the lap, the
-/// next lap's start) with the next seq. Then the record did not lie about its length. The header at
-/// `q` is kept in `peeked` for the next step of the walk.
+/// next lap's start) with the next seq. Then the record did not lie about
+/// its length. The header at `q` is kept in `peeked` for the next step of
+/// the walk.
 fn chained_next(
     scan: &mut Scanner<'_>,
     (seq, q): (u64, u64),
@@ -278,9 +283,10 @@ fn chained_next(
 /// A record is judged by its header alone, without its checksum, when it
 /// was durable at the checkpoint (`seq <= trusted`), follows the previous
 /// record directly (seq one above, starting where it ended) and is followed
-/// by the next seq's header (or the head, or the lap's end). Such a frame cannot be torn (it was
-/// fsynced), and damage to its payload is found by the reader, which
-/// verifies every frame it returns. Anything else has its checksum checked.
+/// by the next seq's header or the head ([`chained_next`]). Such a frame
+/// cannot be torn (it was fsynced), and damage to its payload is found by
+/// the reader, which verifies every frame it returns. Anything else has its
+/// checksum checked.
 ///
 /// With `skip`, the walk jumps from the first record the checkpoint
 /// describes straight to the checkpoint's head (see [`Skip`]).
