@@ -7,9 +7,9 @@
 //! unacknowledged one, with its sequence range, time span and size.
 //!
 //! - **Bounded**: the data file is preallocated and never grows.
-//! - **Crash-safe**: every frame is checksummed (CRC32C); recovery truncates
-//!   a torn tail, skips and counts damage, and never refuses to open over a
-//!   bad record.
+//! - **Crash-safe**: every frame is checksummed (CRC32C) and checked when
+//!   read; recovery truncates a torn tail, damage is skipped and counted,
+//!   and a ring never refuses to open over a bad record.
 //! - **Exact**: `appended = acked + pending + overwritten + rejected +
 //!   corrupted + lost_unsynced` holds at every moment and after any crash,
 //!   and every counter survives restarts.

@@ -173,7 +173,9 @@ pub struct RecoveryReport {
     pub pending: u64,
     /// Bytes of a torn (partially written) frame at the head, dropped.
     pub torn_bytes_truncated: u64,
-    /// Records found damaged and skipped.
+    /// Records recovery found damaged and skipped. Recovery does not read
+    /// every frame (after a clean close it reads none): damage it did not
+    /// read is found, counted as corrupted and skipped by the reader.
     pub damaged_records: u64,
     /// Records discovered as overwritten from sequence gaps since the last checkpoint.
     pub overwritten_discovered: u64,
