@@ -167,6 +167,24 @@ impl Checkpoint {
         b
     }
 
+    /// Whether the fields agree with each other as every checkpoint a ring
+    /// writes does: every seq up to the settled one is acked or counted
+    /// lost, the settled seq is the cursor or the one below the oldest
+    /// record, and the positions and hole hints fit the seqs.
+    pub(crate) fn consistent(&self) -> bool {
+        let settled_counts = [self.acked, self.overwritten, self.corrupted, self.lost_unsynced]
+            .into_iter()
+            .try_fold(0u64, u64::checked_add);
+        self.next_seq >= 1
+            && (1..=self.next_seq).contains(&self.tail_seq)
+            && self.ack_seq < self.next_seq
+            && self.settled_seq == self.ack_seq.max(self.tail_seq - 1)
+            && settled_counts == Some(self.settled_seq)
+            && self.tail_pos <= self.head_pos
+            && self.head_pos - self.tail_pos <= self.capacity
+            && self.hole_hints.iter().all(|&(first, last, _)| self.settled_seq < first && first <= last && last < self.next_seq)
+    }
+
     pub(crate) fn decode(b: &[u8]) -> Result<Self, HeaderError> {
         if b.len() < FIXED_LEN + 4 || &b[0..8] != META_MAGIC {
             return Err(HeaderError::BadMagic);
@@ -209,7 +227,7 @@ impl Checkpoint {
             let cause = LossCause::from_code(b[at + 16]).ok_or(HeaderError::Checksum)?;
             hole_hints.push((u64_at(b, at), u64_at(b, at + 8), cause));
         }
-        Ok(Checkpoint {
+        let c = Checkpoint {
             ring_id: v(0),
             generation: v(1),
             capacity: v(2),
@@ -233,7 +251,13 @@ impl Checkpoint {
             boot_id: (flags & 2 != 0).then(|| b[164..180].try_into().expect("16 bytes")),
             losses,
             hole_hints,
-        })
+        };
+        // A checksum proves the bytes are as written, not that they were
+        // written by a ring: an inconsistent slot is treated as damaged.
+        if !c.consistent() {
+            return Err(HeaderError::Checksum);
+        }
+        Ok(c)
     }
 }
 
@@ -307,6 +331,20 @@ pub(crate) fn pick_checkpoint(slots: [&[u8]; 2]) -> Slots {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_checksummed_but_inconsistent_slot_is_damaged() {
+        let mut c = sample();
+        c.settled_seq = 0;
+        assert!(Checkpoint::decode(&c.encode()).is_err());
+        let mut c = sample();
+        c.overwritten += 1;
+        assert!(Checkpoint::decode(&c.encode()).is_err());
+        let mut c = sample();
+        c.hole_hints = vec![(5, 6, LossCause::Corrupted)];
+        assert!(Checkpoint::decode(&c.encode()).is_err());
+        assert!(Checkpoint::decode(&sample().encode()).is_ok());
+    }
+
     fn sample() -> Checkpoint {
         let mut losses = LossList::default();
         losses.add(
@@ -321,11 +359,20 @@ mod tests {
             },
             8,
         );
+        // Seqs 1 and 2 acked, 3..=9 overwritten, 10..=299 in the ring.
         Checkpoint {
             ring_id: 42,
             generation: 5,
             capacity: 1 << 20,
-            next_seq: 100,
+            next_seq: 300,
+            head_pos: 40_000,
+            tail_seq: 10,
+            tail_pos: 1_000,
+            settled_seq: 9,
+            settled_pos: 1_000,
+            ack_seq: 2,
+            acked: 2,
+            overwritten: 7,
             boot_id: Some([7; 16]),
             clean: true,
             losses,

@@ -739,6 +739,7 @@ impl Inner {
         ck.clean = clean;
         ck.sync_always = self.config.sync == SyncPolicy::Always;
         ck.boot_id = self.boot_id;
+        debug_assert!(ck.consistent(), "writing an inconsistent checkpoint: {ck:?}");
         let slot = 1 - m.durable_slot;
         self.meta.write_at(&ck.encode(), slot * SLOT_LEN as u64).map_err(|e| Error::io("write", &self.meta_path, e))?;
         m.writes += 1;
