@@ -182,7 +182,10 @@ impl Checkpoint {
             && settled_counts == Some(self.settled_seq)
             && self.tail_pos <= self.head_pos
             && self.head_pos - self.tail_pos <= self.capacity
-            && self.hole_hints.iter().all(|&(first, last, _)| self.settled_seq < first && first <= last && last < self.next_seq)
+            && self
+                .hole_hints
+                .iter()
+                .all(|&(first, last, _)| self.settled_seq < first && first <= last && last < self.next_seq)
     }
 
     pub(crate) fn decode(b: &[u8]) -> Result<Self, HeaderError> {
