@@ -230,7 +230,7 @@ impl Checkpoint {
             let cause = LossCause::from_code(b[at + 16]).ok_or(HeaderError::Checksum)?;
             hole_hints.push((u64_at(b, at), u64_at(b, at + 8), cause));
         }
-        let c = Checkpoint {
+        let ck = Checkpoint {
             ring_id: v(0),
             generation: v(1),
             capacity: v(2),
@@ -257,10 +257,10 @@ impl Checkpoint {
         };
         // A checksum proves the bytes are as written, not that they were
         // written by a ring: an inconsistent slot is treated as damaged.
-        if !c.consistent() {
+        if !ck.consistent() {
             return Err(HeaderError::Checksum);
         }
-        Ok(c)
+        Ok(ck)
     }
 }
 
