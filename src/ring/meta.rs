@@ -170,7 +170,8 @@ impl Checkpoint {
     /// Whether the fields agree with each other as every checkpoint a ring
     /// writes does: every seq up to the settled one is acked or counted
     /// lost, the settled seq is the cursor or the one below the oldest
-    /// record, and the positions and hole hints fit the seqs.
+    /// record, loss ranges lie within the settled seqs, and the positions
+    /// and hole hints fit the seqs.
     pub(crate) fn consistent(&self) -> bool {
         let settled_counts = [self.acked, self.overwritten, self.corrupted, self.lost_unsynced]
             .into_iter()
@@ -180,6 +181,11 @@ impl Checkpoint {
             && self.ack_seq < self.next_seq
             && self.settled_seq == self.ack_seq.max(self.tail_seq - 1)
             && settled_counts == Some(self.settled_seq)
+            && self.losses.ranges.iter().all(|r| {
+                r.first_seq <= r.last_seq
+                    && r.last_seq <= self.settled_seq
+                    && (1..=r.last_seq - r.first_seq + 1).contains(&r.count)
+            })
             && self.tail_pos <= self.head_pos
             && self.head_pos - self.tail_pos <= self.capacity
             && self
@@ -344,6 +350,9 @@ mod tests {
         assert!(Checkpoint::decode(&c.encode()).is_err());
         let mut c = sample();
         c.hole_hints = vec![(5, 6, LossCause::Corrupted)];
+        assert!(Checkpoint::decode(&c.encode()).is_err());
+        let mut c = sample();
+        c.losses.ranges[0].last_seq = 1 << 33;
         assert!(Checkpoint::decode(&c.encode()).is_err());
         assert!(Checkpoint::decode(&sample().encode()).is_ok());
     }
