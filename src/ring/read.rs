@@ -142,7 +142,8 @@ impl Inner {
             match scan.frame_at(at)? {
                 Found::Wrap => w.end_pos = next_lap(at, self.cap),
                 Found::Pad(h) => w.end_pos = at + h.size(),
-                Found::Record(h) if h.seq >= expect => {
+                // A seq never handed out is no record of this ring.
+                Found::Record(h) if h.seq >= expect && h.seq < window.next_seq => {
                     if h.seq > expect {
                         if let Some((first, last)) = unknown(expect, h.seq - 1) {
                             // Intact framing, missing seqs: damage the walk skipped over.
@@ -168,7 +169,7 @@ impl Inner {
                         continue;
                     }
                     let (q, next) = match scan.resync(at, head)? {
-                        Some((q, Found::Record(h) | Found::Pad(h))) => (q, h.seq.max(expect)),
+                        Some((q, Found::Record(h) | Found::Pad(h))) => (q, h.seq.min(window.next_seq).max(expect)),
                         _ => (head, window.next_seq),
                     };
                     if next > expect {
