@@ -399,171 +399,191 @@ fn main() {
         return; // `cargo test --benches` and criterion-style probes
     }
     let ring_mib: u64 = std::env::var("RINGSHIP_BENCH_RING_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(256);
+    // RINGSHIP_BENCH_ONLY=recovery,peers runs only the named groups (append,
+    // sync, peers, read, recovery, ship, switch, rss).
+    let only = std::env::var("RINGSHIP_BENCH_ONLY").unwrap_or_default();
+    let want = |group: &str| only.is_empty() || only.split(',').any(|g| g.trim() == group);
     let mut rows = Vec::new();
     let n = 200_000u64;
 
-    for len in [128usize, 1024] {
-        let bytes = n * frame_len(len) as u64;
-        let ours = append_threads(n, len, 1, SyncPolicy::Never, 512 << 20);
-        let raw = raw_buffered(n, len);
+    if want("append") {
+        for len in [128usize, 1024] {
+            let bytes = n * frame_len(len) as u64;
+            let ours = append_threads(n, len, 1, SyncPolicy::Never, 512 << 20);
+            let raw = raw_buffered(n, len);
+            rows.push(Row {
+                scenario: format!("append {len} B, 1 producer, Never (vs raw buffered write)"),
+                ours: format!("{:.0} MB/s", mb_s(bytes, ours)),
+                theirs: format!("{:.0} MB/s", mb_s(bytes, raw)),
+                ratio: raw.as_secs_f64() / ours.as_secs_f64(),
+                target: ">= 0.70".into(),
+                met: raw.as_secs_f64() / ours.as_secs_f64() >= 0.7,
+            });
+            let batched = append_batches(n, len, 64);
+            rows.push(Row {
+                scenario: format!("append_batch of 64 x {len} B, Never (vs raw buffered write)"),
+                ours: format!("{:.0} MB/s", mb_s(bytes, batched)),
+                theirs: format!("{:.0} MB/s", mb_s(bytes, raw)),
+                ratio: raw.as_secs_f64() / batched.as_secs_f64(),
+                target: ">= 0.70".into(),
+                met: raw.as_secs_f64() / batched.as_secs_f64() >= 0.7,
+            });
+            let ours4 = append_threads(n, len, 4, SyncPolicy::Never, 512 << 20);
+            rows.push(Row {
+                scenario: format!("append {len} B, 4 producers, Never (vs raw buffered write)"),
+                ours: format!("{:.0} MB/s", mb_s(bytes, ours4)),
+                theirs: format!("{:.0} MB/s", mb_s(bytes, raw)),
+                ratio: raw.as_secs_f64() / ours4.as_secs_f64(),
+                target: ">= 0.70".into(),
+                met: raw.as_secs_f64() / ours4.as_secs_f64() >= 0.7,
+            });
+        }
+    }
+
+    if want("sync") {
+        let (batches, batch) = (300u64, 64usize);
+        let ours = ringship_sync_every(batches, batch, 128);
+        let raw = raw_fdatasync(batches, batch, 128);
         rows.push(Row {
-            scenario: format!("append {len} B, 1 producer, Never (vs raw buffered write)"),
-            ours: format!("{:.0} MB/s", mb_s(bytes, ours)),
-            theirs: format!("{:.0} MB/s", mb_s(bytes, raw)),
+            scenario: format!("{batch} x 128 B then sync (vs raw write + fdatasync)"),
+            ours: format!("{:.0} rec/s", (batches * batch as u64) as f64 / ours.as_secs_f64()),
+            theirs: format!("{:.0} rec/s", (batches * batch as u64) as f64 / raw.as_secs_f64()),
             ratio: raw.as_secs_f64() / ours.as_secs_f64(),
             target: ">= 0.70".into(),
             met: raw.as_secs_f64() / ours.as_secs_f64() >= 0.7,
         });
-        let batched = append_batches(n, len, 64);
+    }
+
+    if want("peers") {
+        let na = 1_000u64;
+        let one = append_threads(na, 128, 1, SyncPolicy::Always, 64 << 20);
+        let four = append_threads(na * 4, 128, 4, SyncPolicy::Always, 64 << 20);
+        let (r1, r4) = (na as f64 / one.as_secs_f64(), (na * 4) as f64 / four.as_secs_f64());
         rows.push(Row {
-            scenario: format!("append_batch of 64 x {len} B, Never (vs raw buffered write)"),
-            ours: format!("{:.0} MB/s", mb_s(bytes, batched)),
-            theirs: format!("{:.0} MB/s", mb_s(bytes, raw)),
-            ratio: raw.as_secs_f64() / batched.as_secs_f64(),
-            target: ">= 0.70".into(),
-            met: raw.as_secs_f64() / batched.as_secs_f64() >= 0.7,
+            scenario: "Always, 4 producers vs 1 (group commit)".into(),
+            ours: format!("{r4:.0} rec/s"),
+            theirs: format!("{r1:.0} rec/s"),
+            ratio: r4 / r1,
+            target: ">= 3.0".into(),
+            met: r4 / r1 >= 3.0,
         });
-        let ours4 = append_threads(n, len, 4, SyncPolicy::Never, 512 << 20);
+
+        let ours = append_threads(n, 128, 1, SyncPolicy::Never, 512 << 20);
+        let qf = queue_file(n, 128, false);
+        let yq = yaque(n, 128);
+        let faster = qf.min(yq);
         rows.push(Row {
-            scenario: format!("append {len} B, 4 producers, Never (vs raw buffered write)"),
-            ours: format!("{:.0} MB/s", mb_s(bytes, ours4)),
-            theirs: format!("{:.0} MB/s", mb_s(bytes, raw)),
-            ratio: raw.as_secs_f64() / ours4.as_secs_f64(),
-            target: ">= 0.70".into(),
-            met: raw.as_secs_f64() / ours4.as_secs_f64() >= 0.7,
+            scenario: "append 128 B, no fsync (vs faster of queue-file, yaque)".into(),
+            ours: format!("{:.0} rec/s", n as f64 / ours.as_secs_f64()),
+            theirs: format!(
+                "{:.0} rec/s ({})",
+                n as f64 / faster.as_secs_f64(),
+                if qf <= yq { "queue-file" } else { "yaque" }
+            ),
+            ratio: faster.as_secs_f64() / ours.as_secs_f64(),
+            target: ">= 2.0".into(),
+            met: faster.as_secs_f64() / ours.as_secs_f64() >= 2.0,
+        });
+        let ours = append_threads(na, 128, 1, SyncPolicy::Always, 64 << 20);
+        let qf = queue_file(na, 128, true);
+        rows.push(Row {
+            scenario: "append 128 B, fsync each (vs queue-file sync_writes)".into(),
+            ours: format!("{:.0} rec/s", na as f64 / ours.as_secs_f64()),
+            theirs: format!("{:.0} rec/s", na as f64 / qf.as_secs_f64()),
+            ratio: qf.as_secs_f64() / ours.as_secs_f64(),
+            target: ">= 2.0".into(),
+            met: qf.as_secs_f64() / ours.as_secs_f64() >= 2.0,
         });
     }
 
-    let (batches, batch) = (300u64, 64usize);
-    let ours = ringship_sync_every(batches, batch, 128);
-    let raw = raw_fdatasync(batches, batch, 128);
-    rows.push(Row {
-        scenario: format!("{batch} x 128 B then sync (vs raw write + fdatasync)"),
-        ours: format!("{:.0} rec/s", (batches * batch as u64) as f64 / ours.as_secs_f64()),
-        theirs: format!("{:.0} rec/s", (batches * batch as u64) as f64 / raw.as_secs_f64()),
-        ratio: raw.as_secs_f64() / ours.as_secs_f64(),
-        target: ">= 0.70".into(),
-        met: raw.as_secs_f64() / ours.as_secs_f64() >= 0.7,
-    });
-
-    let na = 1_000u64;
-    let one = append_threads(na, 128, 1, SyncPolicy::Always, 64 << 20);
-    let four = append_threads(na * 4, 128, 4, SyncPolicy::Always, 64 << 20);
-    let (r1, r4) = (na as f64 / one.as_secs_f64(), (na * 4) as f64 / four.as_secs_f64());
-    rows.push(Row {
-        scenario: "Always, 4 producers vs 1 (group commit)".into(),
-        ours: format!("{r4:.0} rec/s"),
-        theirs: format!("{r1:.0} rec/s"),
-        ratio: r4 / r1,
-        target: ">= 3.0".into(),
-        met: r4 / r1 >= 3.0,
-    });
-
-    let ours = append_threads(n, 128, 1, SyncPolicy::Never, 512 << 20);
-    let qf = queue_file(n, 128, false);
-    let yq = yaque(n, 128);
-    let faster = qf.min(yq);
-    rows.push(Row {
-        scenario: "append 128 B, no fsync (vs faster of queue-file, yaque)".into(),
-        ours: format!("{:.0} rec/s", n as f64 / ours.as_secs_f64()),
-        theirs: format!(
-            "{:.0} rec/s ({})",
-            n as f64 / faster.as_secs_f64(),
-            if qf <= yq { "queue-file" } else { "yaque" }
-        ),
-        ratio: faster.as_secs_f64() / ours.as_secs_f64(),
-        target: ">= 2.0".into(),
-        met: faster.as_secs_f64() / ours.as_secs_f64() >= 2.0,
-    });
-    let ours = append_threads(na, 128, 1, SyncPolicy::Always, 64 << 20);
-    let qf = queue_file(na, 128, true);
-    rows.push(Row {
-        scenario: "append 128 B, fsync each (vs queue-file sync_writes)".into(),
-        ours: format!("{:.0} rec/s", na as f64 / ours.as_secs_f64()),
-        theirs: format!("{:.0} rec/s", na as f64 / qf.as_secs_f64()),
-        ratio: qf.as_secs_f64() / ours.as_secs_f64(),
-        target: ">= 2.0".into(),
-        met: qf.as_secs_f64() / ours.as_secs_f64() >= 2.0,
-    });
-
-    let d = read_ack(n);
-    rows.push(Row {
-        scenario: "read + ack, batches of 1000 x 128 B".into(),
-        ours: format!("{:.0} rec/s", n as f64 / d.as_secs_f64()),
-        theirs: "-".into(),
-        ratio: f64::NAN,
-        target: "-".into(),
-        met: true,
-    });
-
-    let (reopen, crashed, power_loss, read) = recovery(ring_mib);
-    for (how, took) in [("clean close", reopen), ("process crash", crashed), ("power loss", power_loss)] {
+    if want("read") {
+        let d = read_ack(n);
         rows.push(Row {
-            scenario: format!("reopen of a full {ring_mib} MiB ring after a {how} (vs sequential read)"),
-            ours: format!("{:.1} ms", took.as_secs_f64() * 1e3),
-            theirs: format!("{:.0} ms", read.as_secs_f64() * 1e3),
-            ratio: took.as_secs_f64() / read.as_secs_f64(),
-            target: "<= 2.0 x".into(),
-            met: took.as_secs_f64() / read.as_secs_f64() <= 2.0,
+            scenario: "read + ack, batches of 1000 x 128 B".into(),
+            ours: format!("{:.0} rec/s", n as f64 / d.as_secs_f64()),
+            theirs: "-".into(),
+            ratio: f64::NAN,
+            target: "-".into(),
+            met: true,
         });
     }
 
-    let counting = MemoryReceiver::counting();
-    let mem_factory: Factory = Arc::new(move || Box::new(counting.transport()) as Box<dyn Transport>);
-    let mem = ship(1_000_000, "mem", &mem_factory);
-    rows.push(Row {
-        scenario: "end to end, in-memory transport, 1000 x 128 B batches".into(),
-        ours: format!("{mem:.0} rec/s"),
-        theirs: "1000000 rec/s".into(),
-        ratio: mem / 1e6,
-        target: ">= 1.0".into(),
-        met: mem >= 1e6,
-    });
-    let (port, _stop) = http_sink();
-    let url = format!("http://127.0.0.1:{port}/ingest");
-    let http_factory: Factory = Arc::new(|| {
-        Box::new(HttpTransport::new(HttpConfig { format: BodyFormat::LengthPrefixed, ..HttpConfig::default() }))
-            as Box<dyn Transport>
-    });
-    let http = ship(200_000, &url, &http_factory);
-    rows.push(Row {
-        scenario: "end to end, loopback HTTP, 1000 x 128 B batches".into(),
-        ours: format!("{http:.0} rec/s"),
-        theirs: "300000 rec/s".into(),
-        ratio: http / 3e5,
-        target: ">= 1.0".into(),
-        met: http >= 3e5,
-    });
+    if want("recovery") {
+        let (reopen, crashed, power_loss, read) = recovery(ring_mib);
+        for (how, took) in [("clean close", reopen), ("process crash", crashed), ("power loss", power_loss)] {
+            rows.push(Row {
+                scenario: format!("reopen of a full {ring_mib} MiB ring after a {how} (vs sequential read)"),
+                ours: format!("{:.1} ms", took.as_secs_f64() * 1e3),
+                theirs: format!("{:.0} ms", read.as_secs_f64() * 1e3),
+                ratio: took.as_secs_f64() / read.as_secs_f64(),
+                target: "<= 2.0 x".into(),
+                met: took.as_secs_f64() / read.as_secs_f64() <= 2.0,
+            });
+        }
+    }
 
-    let (p50, p99, max) = switch_latency(20_000);
-    rows.push(Row {
-        scenario: "switch_endpoint while a send hangs (p50 / p99 / max)".into(),
-        ours: format!(
-            "{:.1} / {:.1} / {:.0} us",
-            p50.as_secs_f64() * 1e6,
-            p99.as_secs_f64() * 1e6,
-            max.as_secs_f64() * 1e6
-        ),
-        theirs: "p99 100 us".into(),
-        ratio: p99.as_secs_f64() * 1e6 / 100.0,
-        target: "<= 1.0".into(),
-        met: p99 < Duration::from_micros(100),
-    });
+    if want("ship") {
+        let counting = MemoryReceiver::counting();
+        let mem_factory: Factory = Arc::new(move || Box::new(counting.transport()) as Box<dyn Transport>);
+        let mem = ship(1_000_000, "mem", &mem_factory);
+        rows.push(Row {
+            scenario: "end to end, in-memory transport, 1000 x 128 B batches".into(),
+            ours: format!("{mem:.0} rec/s"),
+            theirs: "1000000 rec/s".into(),
+            ratio: mem / 1e6,
+            target: ">= 1.0".into(),
+            met: mem >= 1e6,
+        });
+        let (port, _stop) = http_sink();
+        let url = format!("http://127.0.0.1:{port}/ingest");
+        let http_factory: Factory = Arc::new(|| {
+            Box::new(HttpTransport::new(HttpConfig { format: BodyFormat::LengthPrefixed, ..HttpConfig::default() }))
+                as Box<dyn Transport>
+        });
+        let http = ship(200_000, &url, &http_factory);
+        rows.push(Row {
+            scenario: "end to end, loopback HTTP, 1000 x 128 B batches".into(),
+            ours: format!("{http:.0} rec/s"),
+            theirs: "300000 rec/s".into(),
+            ratio: http / 3e5,
+            target: ">= 1.0".into(),
+            met: http >= 3e5,
+        });
+    }
 
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .env("RINGSHIP_BENCH_RSS_CHILD", ring_mib.to_string())
-        .output()
-        .unwrap();
-    let hwm_kb: u64 =
-        String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    rows.push(Row {
-        scenario: format!("peak resident memory, full {ring_mib} MiB ring written and read"),
-        ours: format!("{:.1} MiB", hwm_kb as f64 / 1024.0),
-        theirs: "32 MiB".into(),
-        ratio: hwm_kb as f64 / 1024.0 / 32.0,
-        target: "<= 1.0".into(),
-        met: hwm_kb < 32 * 1024,
-    });
+    if want("switch") {
+        let (p50, p99, max) = switch_latency(20_000);
+        rows.push(Row {
+            scenario: "switch_endpoint while a send hangs (p50 / p99 / max)".into(),
+            ours: format!(
+                "{:.1} / {:.1} / {:.0} us",
+                p50.as_secs_f64() * 1e6,
+                p99.as_secs_f64() * 1e6,
+                max.as_secs_f64() * 1e6
+            ),
+            theirs: "p99 100 us".into(),
+            ratio: p99.as_secs_f64() * 1e6 / 100.0,
+            target: "<= 1.0".into(),
+            met: p99 < Duration::from_micros(100),
+        });
+    }
+
+    if want("rss") {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .env("RINGSHIP_BENCH_RSS_CHILD", ring_mib.to_string())
+            .output()
+            .unwrap();
+        let hwm_kb: u64 =
+            String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        rows.push(Row {
+            scenario: format!("peak resident memory, full {ring_mib} MiB ring written and read"),
+            ours: format!("{:.1} MiB", hwm_kb as f64 / 1024.0),
+            theirs: "32 MiB".into(),
+            ratio: hwm_kb as f64 / 1024.0 / 32.0,
+            target: "<= 1.0".into(),
+            met: hwm_kb < 32 * 1024,
+        });
+    }
 
     println!();
     println!("| scenario | ringship | baseline / peer | ratio | target | met |");

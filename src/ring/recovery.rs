@@ -9,6 +9,10 @@
 //! 1. Find the head: one pass over the data area, physical offset by
 //!    offset, for the intact frame that ends furthest along. Positions only
 //!    grow, so that frame is the newest one, whatever the checkpoint says.
+//!    When every record the checkpoint describes was durable (the usual
+//!    case after a power loss), only frames from its head on can be the
+//!    head: older frames are judged by their headers ([`find_head`]) and
+//!    the checkpoint's records are counted as after a process crash.
 //! 2. Walk the live window, from the checkpoint's tail (or from one
 //!    capacity behind the head, if the writer lapped it since), to the
 //!    head. Intact frames are the records; sequence gaps between them are
@@ -170,10 +174,7 @@ fn first_intact_after(scan: &mut Scanner<'_>, p: u64) -> io::Result<Option<(u64,
             q = next_lap(q, cap);
             continue;
         }
-        // A header's first eight bytes are never zero: skip zeroed space
-        // (a ring's never-written part) a block at a time.
-        let block = scan.bytes(off, (cap - off).min(4096) as usize)?;
-        let zeros = block.chunks_exact(8).take_while(|w| w.iter().all(|&b| b == 0)).count() as u64 * 8;
+        let zeros = scan.zeros_at(off)?;
         if zeros > 0 {
             q += zeros;
             continue;
@@ -187,27 +188,65 @@ fn first_intact_after(scan: &mut Scanner<'_>, p: u64) -> io::Result<Option<(u64,
 }
 
 /// Where the newest intact frame ends and the seq that follows it.
-fn find_head(scan: &mut Scanner<'_>, cap: u64) -> io::Result<Option<(u64, u64)>> {
+///
+/// Every frame's checksum is checked, except with `since`: the head of a
+/// checkpoint all of whose records were durable. Frames written after it
+/// name positions from `since` on, and only those, checksum checked, can be
+/// the head; it is `since` itself if none survived. An older frame is then
+/// judged by its header when the next header continues it ([`chains`]), so
+/// a length damaged in an older frame cannot hop over newer frames.
+fn find_head(scan: &mut Scanner<'_>, cap: u64, since: Option<u64>) -> io::Result<Option<(u64, u64)>> {
     let mut best: Option<(u64, u64)> = None;
     let mut off = 0;
+    // The header at an offset, decoded ahead by `chains`.
+    let mut ahead: Option<(u64, (u64, Found))> = None;
     while off < cap {
-        let (pos, found) = scan.frame_at_offset(off)?;
+        if let Some(since) = since {
+            off = scan.skip_chained(off, since)?;
+        }
+        let header = match ahead.take() {
+            Some((at, header)) if at == off => header,
+            _ => scan.header_at_offset(off)?,
+        };
+        let (pos, found) = match (since, header) {
+            (None, (pos, Found::Record(h) | Found::Pad(h))) => (pos, scan.verify(h)?),
+            (Some(since), (pos, Found::Record(h))) if pos < since && chains(scan, &h, &mut ahead)? => {
+                (pos, Found::Record(h))
+            }
+            (_, (pos, Found::Record(h) | Found::Pad(h))) => (pos, scan.verify(h)?),
+            (_, other) => other,
+        };
         let (h, next_seq): (Header, u64) = match found {
             Found::Wrap => break,
             Found::Invalid => {
-                off += super::frame::ALIGN;
+                off += scan.zeros_at(off)?.max(super::frame::ALIGN);
                 continue;
             }
             Found::Record(h) => (h, h.seq + 1),
             Found::Pad(h) => (h, h.seq),
         };
         let end = pos + h.size();
-        if best.is_none_or(|(e, _)| end > e) {
+        if since.is_none_or(|since| pos >= since) && best.is_none_or(|(e, _)| end > e) {
             best = Some((end, next_seq));
         }
         off += h.size();
     }
     Ok(best)
+}
+
+/// Whether the header after record `h` continues it in the same lap: it
+/// names the position where `h` ends and carries the next seq. Then `h`'s
+/// length is right, whatever its payload's state. The next header is left
+/// in `ahead`.
+fn chains(scan: &mut Scanner<'_>, h: &Header, ahead: &mut Option<(u64, (u64, Found))>) -> io::Result<bool> {
+    let next = h.pos + h.size();
+    let off = next % scan.cap();
+    if off == 0 {
+        return Ok(false);
+    }
+    let header = scan.header_at_offset(off)?;
+    *ahead = Some((off, header));
+    Ok(matches!(header, (pos, Found::Record(n) | Found::Pad(n)) if pos == next && n.seq == h.seq + 1))
 }
 
 /// Size of a torn frame at `head`: a header that names its position but
@@ -361,10 +400,11 @@ fn walk_window(
     Ok(w)
 }
 
-/// After a process crash, the records from the oldest surviving one to the
-/// checkpoint's head are the ones the checkpoint describes, all in the page
-/// cache: with no hole known, they are counted without being read. Damage to
-/// them is found by readers, as for records judged by their headers.
+/// The records from the oldest surviving one to the checkpoint's head are
+/// the ones the checkpoint describes. After a process crash they are all in
+/// the page cache; after a power loss too when every one was durable. With
+/// no hole known they are counted without being read. Damage to them is
+/// found by readers, as for records judged by their headers.
 #[derive(Clone, Copy)]
 struct Skip {
     /// The checkpoint's oldest record.
@@ -377,7 +417,7 @@ struct Skip {
     ack: Option<(u64, u64)>,
 }
 
-/// The [`Skip`] for a process crash, if the checkpoint allows one: no hole
+/// The [`Skip`], if the checkpoint allows one: no hole
 /// known, a data file of full length, and the record after the delivery
 /// cursor where the checkpoint says it is.
 fn skip_for(scan: &mut Scanner<'_>, ck: &Checkpoint) -> io::Result<Option<Skip>> {
@@ -413,9 +453,13 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
 
     // 1. The head.
     let chained = if power_loss_possible || !have_checkpoint { None } else { chain_head(&mut scan, &ck)? };
+    // A checkpoint whose every record was durable, with no hole known,
+    // bounds the head from below even after a power loss.
+    let durable_ck = have_checkpoint && data_whole && ck.hole_hints.is_empty() && ck.durable_seq + 1 >= ck.next_seq;
     let newest = match chained {
         Some(newest) => Some(newest),
-        None => find_head(&mut scan, cap)?,
+        None if durable_ck => Some(find_head(&mut scan, cap, Some(ck.head_pos))?.unwrap_or((ck.head_pos, ck.next_seq))),
+        None => find_head(&mut scan, cap, None)?,
     };
     let (head, found_next) = newest.unwrap_or((ck.head_pos, ck.next_seq));
     // Under SyncPolicy::Always every returned append was durable: nothing
@@ -429,7 +473,7 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
     let trusted = if data_whole { trusted_through(&ck) } else { ck.settled_seq };
     let lapped = head.saturating_sub(cap) > ck.tail_pos;
     let window_start = head.saturating_sub(cap).max(ck.tail_pos).min(head);
-    let skip = if chained.is_some() && data_whole { skip_for(&mut scan, &ck)? } else { None };
+    let skip = if (chained.is_some() || durable_ck) && data_whole { skip_for(&mut scan, &ck)? } else { None };
     let Window { mut holes, tail, last: prev, ack_pos, records } =
         walk_window(&mut scan, (window_start, head), ck.ack_seq, trusted, skip, &classify)?;
     report.records_recovered = records;
