@@ -209,7 +209,6 @@ fn find_head(scan: &mut Scanner<'_>, cap: u64, since: Option<u64>) -> io::Result
             _ => scan.header_at_offset(off)?,
         };
         let (pos, found) = match (since, header) {
-            (None, (pos, Found::Record(h) | Found::Pad(h))) => (pos, scan.verify(h)?),
             (Some(since), (pos, Found::Record(h))) if pos < since && chains(scan, &h, &mut ahead)? => {
                 (pos, Found::Record(h))
             }
