@@ -23,6 +23,11 @@ pub(crate) const ALIGN: u64 = 8;
 /// Largest payload the length field can describe.
 pub(crate) const MAX_PAYLOAD: usize = (1 << 24) - 1;
 
+/// Seqs and positions stay below this (a ring writing 2^62 bytes would take
+/// centuries): a header naming more is damage, and arithmetic on the ones
+/// accepted cannot overflow.
+pub(crate) const MAX_POSITION: u64 = 1 << 62;
+
 const KIND_RECORD: u8 = 1;
 const KIND_PAD: u8 = 2;
 
@@ -63,7 +68,7 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 /// lap. `max_len` bounds a record's payload length.
 pub(crate) fn decode_header(buf: &[u8], pos: u64, max_len: usize) -> Option<Header> {
     let buf = buf.get(..HEADER_LEN)?;
-    if u64_at(buf, 24) != pos {
+    if u64_at(buf, 24) != pos || pos >= MAX_POSITION || u64_at(buf, 8) >= MAX_POSITION {
         return None;
     }
     let len_kind = u32_at(buf, 4);
