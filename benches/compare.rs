@@ -65,7 +65,13 @@ fn frame(seq: u64, pos: u64, payload: &[u8]) -> Vec<u8> {
 }
 
 fn ring(dir: &std::path::Path, cap: u64, sync: SyncPolicy) -> Ring {
-    let config = RingConfig::default().with_capacity(cap).with_sync(sync).with_max_record_len(4096);
+    ring_with(dir, cap, sync, false)
+}
+
+/// A ring with `RingConfig::with_mapped_writes(mapped)`.
+fn ring_with(dir: &std::path::Path, cap: u64, sync: SyncPolicy, mapped: bool) -> Ring {
+    let config =
+        RingConfig::default().with_capacity(cap).with_sync(sync).with_max_record_len(4096).with_mapped_writes(mapped);
     Ring::open(dir, config).expect("open ring").0
 }
 
@@ -94,10 +100,10 @@ impl Storage for Rebooted {
     }
 }
 
-fn append_threads(n: u64, len: usize, threads: u64, sync: SyncPolicy, cap: u64) -> Duration {
+fn append_threads(n: u64, len: usize, threads: u64, sync: SyncPolicy, cap: u64, mapped: bool) -> Duration {
     best(|| {
         let tmp = tempfile::tempdir().unwrap();
-        let r = Arc::new(ring(&tmp.path().join("r"), cap, sync));
+        let r = Arc::new(ring_with(&tmp.path().join("r"), cap, sync, mapped));
         let payload = vec![7u8; len];
         let start = Instant::now();
         let hs: Vec<_> = (0..threads)
@@ -117,10 +123,10 @@ fn append_threads(n: u64, len: usize, threads: u64, sync: SyncPolicy, cap: u64) 
     })
 }
 
-fn append_batches(n: u64, len: usize, batch: usize) -> Duration {
+fn append_batches(n: u64, len: usize, batch: usize, mapped: bool) -> Duration {
     best(|| {
         let tmp = tempfile::tempdir().unwrap();
-        let r = ring(&tmp.path().join("r"), 512 << 20, SyncPolicy::Never);
+        let r = ring_with(&tmp.path().join("r"), 512 << 20, SyncPolicy::Never, mapped);
         let p = vec![7u8; len];
         let payloads = vec![&p[..]; batch];
         let start = Instant::now();
@@ -409,34 +415,27 @@ fn main() {
     if want("append") {
         for len in [128usize, 1024] {
             let bytes = n * frame_len(len) as u64;
-            let ours = append_threads(n, len, 1, SyncPolicy::Never, 512 << 20);
             let raw = raw_buffered(n, len);
-            rows.push(Row {
-                scenario: format!("append {len} B, 1 producer, Never (vs raw buffered write)"),
+            let vs_raw = |scenario: String, ours: Duration| Row {
+                scenario,
                 ours: format!("{:.0} MB/s", mb_s(bytes, ours)),
                 theirs: format!("{:.0} MB/s", mb_s(bytes, raw)),
                 ratio: raw.as_secs_f64() / ours.as_secs_f64(),
                 target: ">= 0.70".into(),
                 met: raw.as_secs_f64() / ours.as_secs_f64() >= 0.7,
-            });
-            let batched = append_batches(n, len, 64);
-            rows.push(Row {
-                scenario: format!("append_batch of 64 x {len} B, Never (vs raw buffered write)"),
-                ours: format!("{:.0} MB/s", mb_s(bytes, batched)),
-                theirs: format!("{:.0} MB/s", mb_s(bytes, raw)),
-                ratio: raw.as_secs_f64() / batched.as_secs_f64(),
-                target: ">= 0.70".into(),
-                met: raw.as_secs_f64() / batched.as_secs_f64() >= 0.7,
-            });
-            let ours4 = append_threads(n, len, 4, SyncPolicy::Never, 512 << 20);
-            rows.push(Row {
-                scenario: format!("append {len} B, 4 producers, Never (vs raw buffered write)"),
-                ours: format!("{:.0} MB/s", mb_s(bytes, ours4)),
-                theirs: format!("{:.0} MB/s", mb_s(bytes, raw)),
-                ratio: raw.as_secs_f64() / ours4.as_secs_f64(),
-                target: ">= 0.70".into(),
-                met: raw.as_secs_f64() / ours4.as_secs_f64() >= 0.7,
-            });
+            };
+            for mapped in [false, true] {
+                let how = if mapped { "mapped writes" } else { "pwrite" };
+                let one = append_threads(n, len, 1, SyncPolicy::Never, 512 << 20, mapped);
+                rows.push(vs_raw(format!("append {len} B, 1 producer, Never, {how} (vs raw buffered write)"), one));
+                let batched = append_batches(n, len, 64, mapped);
+                rows.push(vs_raw(
+                    format!("append_batch of 64 x {len} B, Never, {how} (vs raw buffered write)"),
+                    batched,
+                ));
+                let four = append_threads(n, len, 4, SyncPolicy::Never, 512 << 20, mapped);
+                rows.push(vs_raw(format!("append {len} B, 4 producers, Never, {how} (vs raw buffered write)"), four));
+            }
         }
     }
 
@@ -456,8 +455,8 @@ fn main() {
 
     if want("peers") {
         let na = 1_000u64;
-        let one = append_threads(na, 128, 1, SyncPolicy::Always, 64 << 20);
-        let four = append_threads(na * 4, 128, 4, SyncPolicy::Always, 64 << 20);
+        let one = append_threads(na, 128, 1, SyncPolicy::Always, 64 << 20, false);
+        let four = append_threads(na * 4, 128, 4, SyncPolicy::Always, 64 << 20, false);
         let (r1, r4) = (na as f64 / one.as_secs_f64(), (na * 4) as f64 / four.as_secs_f64());
         rows.push(Row {
             scenario: "Always, 4 producers vs 1 (group commit)".into(),
@@ -468,23 +467,26 @@ fn main() {
             met: r4 / r1 >= 3.0,
         });
 
-        let ours = append_threads(n, 128, 1, SyncPolicy::Never, 512 << 20);
         let qf = queue_file(n, 128, false);
         let yq = yaque(n, 128);
         let faster = qf.min(yq);
-        rows.push(Row {
-            scenario: "append 128 B, no fsync (vs faster of queue-file, yaque)".into(),
-            ours: format!("{:.0} rec/s", n as f64 / ours.as_secs_f64()),
-            theirs: format!(
-                "{:.0} rec/s ({})",
-                n as f64 / faster.as_secs_f64(),
-                if qf <= yq { "queue-file" } else { "yaque" }
-            ),
-            ratio: faster.as_secs_f64() / ours.as_secs_f64(),
-            target: ">= 2.0".into(),
-            met: faster.as_secs_f64() / ours.as_secs_f64() >= 2.0,
-        });
-        let ours = append_threads(na, 128, 1, SyncPolicy::Always, 64 << 20);
+        for mapped in [false, true] {
+            let ours = append_threads(n, 128, 1, SyncPolicy::Never, 512 << 20, mapped);
+            let how = if mapped { "mapped writes" } else { "pwrite" };
+            rows.push(Row {
+                scenario: format!("append 128 B, no fsync, {how} (vs faster of queue-file, yaque)"),
+                ours: format!("{:.0} rec/s", n as f64 / ours.as_secs_f64()),
+                theirs: format!(
+                    "{:.0} rec/s ({})",
+                    n as f64 / faster.as_secs_f64(),
+                    if qf <= yq { "queue-file" } else { "yaque" }
+                ),
+                ratio: faster.as_secs_f64() / ours.as_secs_f64(),
+                target: ">= 2.0".into(),
+                met: faster.as_secs_f64() / ours.as_secs_f64() >= 2.0,
+            });
+        }
+        let ours = append_threads(na, 128, 1, SyncPolicy::Always, 64 << 20, false);
         let qf = queue_file(na, 128, true);
         rows.push(Row {
             scenario: "append 128 B, fsync each (vs queue-file sync_writes)".into(),

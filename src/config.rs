@@ -55,6 +55,7 @@ pub struct RingConfig {
     pub(crate) max_loss_ranges: usize,
     pub(crate) seq_reservation: u64,
     pub(crate) storage_wrapper: Option<StorageWrapper>,
+    pub(crate) mapped_writes: bool,
 }
 
 /// Most loss ranges a checkpoint can hold.
@@ -73,6 +74,7 @@ impl Default for RingConfig {
             max_loss_ranges: 32,
             seq_reservation: 65_536,
             storage_wrapper: None,
+            mapped_writes: false,
         }
     }
 }
@@ -88,6 +90,7 @@ impl fmt::Debug for RingConfig {
             .field("max_loss_ranges", &self.max_loss_ranges)
             .field("seq_reservation", &self.seq_reservation)
             .field("storage_wrapper", &self.storage_wrapper.is_some())
+            .field("mapped_writes", &self.mapped_writes)
             .finish()
     }
 }
@@ -156,6 +159,27 @@ impl RingConfig {
     #[must_use]
     pub fn with_seq_reservation(mut self, seqs: u64) -> Self {
         self.seq_reservation = seqs;
+        self
+    }
+
+    /// Writes records into a shared memory map of the data file instead of
+    /// handing each append to the kernel with a `pwrite` (off by default).
+    ///
+    /// An append then costs a copy into the page cache rather than a system
+    /// call: a single small append is several times faster (BENCHMARKS.md).
+    /// Durability is unchanged: what an append wrote survives `kill -9` (the
+    /// page cache keeps it either way), and `sync` and `SyncPolicy::Always`
+    /// fsync it as before. The price, as with LMDB's `MDB_WRITEMAP`: an I/O
+    /// error while the kernel brings a page of the data file back into
+    /// memory for a write (a bad sector under a page it had evicted)
+    /// arrives as `SIGBUS`, which kills the process, instead of as an error
+    /// from `append`; so does another process cutting the data file short
+    /// while the ring is open (it would have to ignore the ring's lock).
+    /// Write errors proper still surface from the fsync of `sync` or
+    /// `SyncPolicy::Always`. Reads are unaffected (they use `pread`).
+    #[must_use]
+    pub fn with_mapped_writes(mut self, on: bool) -> Self {
+        self.mapped_writes = on;
         self
     }
 

@@ -47,7 +47,7 @@
 //! The on-disk format is specified in `docs/FORMAT.md`, the lock hierarchy
 //! in `docs/LOCKS.md`, the sender's state machine in `docs/SENDER.md`.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 /// The README's code blocks, compiled as doctests so they cannot rot.

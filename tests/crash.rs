@@ -19,14 +19,16 @@ use std::time::{Duration, Instant};
 use common::{TempRing, assert_identity};
 use ringship::{LossCause, Ring, RingConfig, SyncPolicy};
 
-const KILLS: u32 = 200;
 const CHILD_ENV: &str = "RINGSHIP_CRASH_CHILD";
+/// Set for a child of the test with mapped writes.
+const MAPPED_ENV: &str = "RINGSHIP_CRASH_MAPPED";
 
-fn config() -> RingConfig {
+fn config(mapped: bool) -> RingConfig {
     RingConfig::default()
         .with_capacity(64 << 10)
         .with_max_record_len(512)
         .with_sync(SyncPolicy::Interval(Duration::from_millis(3)))
+        .with_mapped_writes(mapped)
 }
 
 /// The payload for a seq, so the parent can check bytes without a log.
@@ -38,8 +40,8 @@ fn payload_for(seq: u64) -> Vec<u8> {
 }
 
 /// The child: works until killed, reporting what it was told.
-fn child(dir: &Path) -> ! {
-    let (ring, _) = Ring::open(dir, config()).expect("child open");
+fn child(dir: &Path, mapped: bool) -> ! {
+    let (ring, _) = Ring::open(dir, config(mapped)).expect("child open");
     let out = std::io::stdout();
     let mut next = ring.stats().last_seq + 1;
     writeln!(out.lock(), "READY").unwrap();
@@ -77,8 +79,8 @@ struct Reported {
     acked: u64,
 }
 
-fn check_after_kill(dir: &Path, rep: &Reported, kill: u32) {
-    let (ring, report) = Ring::open(dir, config()).unwrap_or_else(|e| panic!("kill {kill}: reopen failed: {e}"));
+fn check_after_kill(dir: &Path, rep: &Reported, kill: u32, mapped: bool) {
+    let (ring, report) = Ring::open(dir, config(mapped)).unwrap_or_else(|e| panic!("kill {kill}: reopen failed: {e}"));
     let s = ring.stats();
     assert_identity(&s);
     assert!(s.last_seq >= rep.appended, "kill {kill}: I1 seq went back: {s:?} {rep:?}");
@@ -110,18 +112,32 @@ fn check_after_kill(dir: &Path, rep: &Reported, kill: u32) {
 
 #[test]
 fn sigkill_at_random_moments() {
+    kill_repeatedly("sigkill_at_random_moments", 200, false);
+}
+
+/// The same with `RingConfig::with_mapped_writes`: records copied into the
+/// shared map survive `kill -9` as `pwrite`'s do.
+#[test]
+fn sigkill_at_random_moments_with_mapped_writes() {
+    kill_repeatedly("sigkill_at_random_moments_with_mapped_writes", 100, true);
+}
+
+/// Starts a child working on one ring `kills` times, SIGKILLs it at a
+/// random moment and checks the ring after each kill.
+fn kill_repeatedly(test: &str, kills: u32, mapped: bool) {
     if let Ok(dir) = std::env::var(CHILD_ENV) {
-        child(Path::new(&dir));
+        child(Path::new(&dir), std::env::var_os(MAPPED_ENV).is_some_and(|v| v == "1"));
     }
     let t = TempRing::new();
     let exe = std::env::current_exe().unwrap();
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let start = Instant::now();
     let mut reported = Reported::default();
-    for kill in 0..KILLS {
+    for kill in 0..kills {
         let mut child = Command::new(&exe)
-            .args(["--exact", "sigkill_at_random_moments", "--nocapture", "--test-threads", "1"])
+            .args(["--exact", test, "--nocapture", "--test-threads", "1"])
             .env(CHILD_ENV, &t.dir)
+            .env(MAPPED_ENV, if mapped { "1" } else { "" })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -171,10 +187,11 @@ fn sigkill_at_random_moments() {
         reader.join().unwrap();
         assert!(!status.success(), "kill {kill}: the child ended on its own");
         reported = std::mem::take(&mut *shared.lock().unwrap());
-        check_after_kill(&t.dir, &reported, kill);
+        check_after_kill(&t.dir, &reported, kill, mapped);
     }
     eprintln!(
-        "crash test: {KILLS} SIGKILLs in {:.1?}; last seq reported appended {}, durable {}, acked {}",
+        "crash test{}: {kills} SIGKILLs in {:.1?}; last seq reported appended {}, durable {}, acked {}",
+        if mapped { " (mapped writes)" } else { "" },
         start.elapsed(),
         reported.appended,
         reported.durable,

@@ -116,9 +116,13 @@ fn check(ring: &Ring, model: &Model) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn run(cap: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
+fn run(cap: u64, ops: Vec<Op>, mapped: bool) -> Result<(), TestCaseError> {
     let t = TempRing::new();
-    let config = RingConfig::default().with_capacity(cap).with_max_record_len(400).with_sync(SyncPolicy::Never);
+    let config = RingConfig::default()
+        .with_capacity(cap)
+        .with_max_record_len(400)
+        .with_sync(SyncPolicy::Never)
+        .with_mapped_writes(mapped);
     let mut ring = Some(Ring::open(&t.dir, config.clone()).unwrap().0);
     let mut model = Model { cap, next_seq: 1, ..Model::default() };
     let mut n = 0u64;
@@ -192,6 +196,12 @@ proptest! {
 
     #[test]
     fn ring_matches_model(cap in (256u64..1024).prop_map(|c| c * 8), ops in proptest::collection::vec(op(), 1..MAX_OPS)) {
-        run(cap, ops)?;
+        run(cap, ops, false)?;
+    }
+
+    /// The same with `RingConfig::with_mapped_writes`.
+    #[test]
+    fn ring_matches_model_with_mapped_writes(cap in (256u64..1024).prop_map(|c| c * 8), ops in proptest::collection::vec(op(), 1..MAX_OPS)) {
+        run(cap, ops, true)?;
     }
 }

@@ -17,7 +17,7 @@ use super::meta::{
     SLOT_LEN, pick_checkpoint,
 };
 use super::recovery::{Input, fresh_state, recover};
-use super::storage::FileStorage;
+use super::storage::{FileStorage, MappedFile};
 use super::{Inner, MetaIo, SyncState};
 use crate::stats::RecoveryReport;
 use crate::sync::atomic::{AtomicBool, AtomicU64};
@@ -219,7 +219,12 @@ pub(super) fn open(dir: &Path, config: RingConfig) -> Result<(Inner, RecoveryRep
         other => other,
     }
     .map_err(|e| Error::io("open", &meta_path, e))?;
-    let data = wrap(&config, &data_path, Box::new(FileStorage { file: data_file }));
+    let data: Box<dyn Storage> = if config.mapped_writes {
+        Box::new(MappedFile::new(data_file).map_err(|e| Error::io("map", &data_path, e))?)
+    } else {
+        Box::new(FileStorage { file: data_file })
+    };
+    let data = wrap(&config, &data_path, data);
     let meta = wrap(&config, &meta_path, Box::new(FileStorage { file: meta_file }));
 
     let paths = Paths { dir: dir.to_path_buf(), data: data_path, meta: meta_path };

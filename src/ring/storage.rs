@@ -97,10 +97,109 @@ impl Storage for FileStorage {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        match rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), 0, len) {
+        Self::allocate(&self.file, len)
+    }
+}
+
+impl FileStorage {
+    /// Sets `file`'s length to `len`, reserving the space.
+    fn allocate(file: &File, len: u64) -> io::Result<()> {
+        match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
             // File systems without fallocate: a sized file is the best we can do.
-            Err(rustix::io::Errno::OPNOTSUPP) => self.file.set_len(len),
+            Err(rustix::io::Errno::OPNOTSUPP) => file.set_len(len),
             other => other.map_err(io::Error::from),
         }
+    }
+}
+
+/// [`Storage`] on a real file whose writes are copies into a shared memory
+/// map of it (see
+/// [`RingConfig::with_mapped_writes`](crate::RingConfig::with_mapped_writes)).
+///
+/// The map covers the file as it was when mapped; a write beyond it (after
+/// [`set_len`](Storage::set_len) extended the file) goes through `pwrite`.
+/// Reads always go through `pread`, and [`sync_data`](Storage::sync_data)
+/// is `fdatasync`, which writes back pages dirtied through the map as well.
+pub(crate) struct MappedFile {
+    file: File,
+    map: memmap2::MmapRaw,
+}
+
+impl MappedFile {
+    /// Maps `file` whole, shared.
+    pub(crate) fn new(file: File) -> io::Result<Self> {
+        let len = usize::try_from(file.metadata()?.len()).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
+        let map = memmap2::MmapOptions::new().len(len).map_raw(&file)?;
+        Ok(MappedFile { file, map })
+    }
+}
+
+impl Storage for MappedFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    #[expect(
+        unsafe_code,
+        reason = "the copy into the map: the one unsafe block of the crate, measured in BENCHMARKS.md"
+    )]
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        if start.checked_add(buf.len()).is_none_or(|end| end > self.map.len()) {
+            return self.file.write_all_at(buf, offset);
+        }
+        // SAFETY: `start + buf.len()` is within the map (checked above),
+        // and `buf` cannot overlap it (no reference into the map is ever
+        // made). The map's memory is only ever written through this copy,
+        // never read or referenced from Rust, so no Rust reference can
+        // observe it changing. The ring never writes overlapping ranges
+        // concurrently (data writes happen under `ring.state`), so copies
+        // do not race each other. Other processes or the kernel changing
+        // the file underneath is outside Rust's memory model and harmless
+        // to a raw copy; a file cut shorter than the map by another process
+        // (which ignores the ring's lock) would raise SIGBUS, as documented
+        // on `with_mapped_writes`.
+        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), self.map.as_mut_ptr().add(start), buf.len()) };
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        FileStorage::allocate(&self.file, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapped_file_writes_reach_the_file_and_past_the_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        FileStorage::allocate(&file, 8192).unwrap();
+        let m = MappedFile::new(file).unwrap();
+        m.write_at(b"mapped", 4090).unwrap();
+        // Past the map (the file grew after it was mapped): pwrite.
+        m.set_len(16384).unwrap();
+        m.write_at(b"grown", 8190).unwrap();
+        m.write_at(b"far", 16000).unwrap();
+        m.sync_data().unwrap();
+        let mut buf = [0u8; 6];
+        m.read_at(&mut buf, 4090).unwrap();
+        assert_eq!(&buf, b"mapped");
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(on_disk.len(), 16384);
+        assert_eq!(&on_disk[4090..4096], b"mapped");
+        assert_eq!(&on_disk[8190..8195], b"grown");
+        assert_eq!(&on_disk[16000..16003], b"far");
     }
 }
