@@ -327,6 +327,9 @@ fn spawn_flusher(inner: Weak<Inner>, every: Duration) -> (Arc<Signal>, JoinHandl
     (stop, handle)
 }
 
+/// Bytes read ahead of the tail at a time when evicting.
+const TAIL_AHEAD: u64 = 64 << 10;
+
 impl Inner {
     fn poisoned_error(st: &State) -> Result<()> {
         if st.closed {
@@ -458,6 +461,30 @@ impl Inner {
         }
     }
 
+    /// The header bytes at `pos` (the tail, with room for a header before
+    /// the end of the lap), through a read-ahead buffer: evicting record by
+    /// record then costs one read per `TAIL_AHEAD` bytes, not one per record.
+    fn tail_header(&self, st: &mut State, pos: u64) -> std::io::Result<[u8; HEADER_LEN]> {
+        let (start, buf) = &mut st.tail_ahead;
+        let cached = pos >= *start && pos + HEADER_LEN as u64 <= *start + buf.len() as u64;
+        if !cached {
+            // Only bytes below the head: those beyond are an older lap's and
+            // will change (see `State::tail_ahead`).
+            let len = TAIL_AHEAD.min(st.head - pos).min(self.cap - pos % self.cap).max(HEADER_LEN as u64);
+            buf.resize(len as usize, 0);
+            self.data.read_at(buf, DATA_OFFSET + pos % self.cap)?;
+            *start = if st.head - pos >= HEADER_LEN as u64 { pos } else { u64::MAX };
+            if *start == u64::MAX {
+                // Too close to the head to keep: used once.
+                let raw = buf[..HEADER_LEN].try_into().expect("header");
+                buf.clear();
+                return Ok(raw);
+            }
+        }
+        let at = (pos - *start) as usize;
+        Ok(buf[at..at + HEADER_LEN].try_into().expect("header"))
+    }
+
     /// Evicts the oldest frames until a write ending at `new_head` fits.
     fn make_room(&self, st: &mut State, new_head: u64) -> Result<Room> {
         while new_head - st.tail_pos > self.cap {
@@ -480,10 +507,7 @@ impl Inner {
                 st.tail_pos = next_lap(pos, self.cap);
                 continue;
             }
-            let mut raw = [0u8; HEADER_LEN];
-            self.data
-                .read_at(&mut raw, DATA_OFFSET + pos % self.cap)
-                .map_err(|e| Error::io("read", &self.data_path, e))?;
+            let raw = self.tail_header(st, pos).map_err(|e| Error::io("read", &self.data_path, e))?;
             match frame::decode_header(&raw, pos, self.max_len) {
                 Some(h) if h.is_pad && h.size() == room => st.tail_pos = next_lap(pos, self.cap),
                 Some(h) if !h.is_pad && h.seq == st.tail_seq && pos + h.size() <= st.head => {

@@ -668,5 +668,6 @@ pub(crate) fn fresh_state(cap: u64, max_losses: usize) -> State {
         seq_reserved: 0,
         extending: false,
         reserve_writes: 0,
+        tail_ahead: (0, Vec::new()),
     }
 }

@@ -88,6 +88,11 @@ pub(crate) struct State {
     pub(crate) extending: bool,
     /// Reservation records written so far (picks the copy to write next).
     pub(crate) reserve_writes: u64,
+    /// Bytes of the data area read ahead of the tail for eviction: the
+    /// logical position of the first, and the bytes. Only positions below
+    /// the head when read, so never stale: a position's bytes change only
+    /// when the position one lap later is written, after it was evicted.
+    pub(crate) tail_ahead: (u64, Vec<u8>),
 }
 
 impl State {
