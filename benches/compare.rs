@@ -137,6 +137,26 @@ fn append_batches(n: u64, len: usize, batch: usize, mapped: bool) -> Duration {
     })
 }
 
+/// `n` single appends into a full 64 MiB ring: every append evicts the
+/// oldest record (`OverwriteOldest`), the ring's steady state.
+fn append_full(n: u64, len: usize, mapped: bool) -> Duration {
+    best(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let cap = 64 << 20;
+        let r = ring_with(&tmp.path().join("r"), cap, SyncPolicy::Never, mapped);
+        let p = vec![7u8; len];
+        let batch = vec![&p[..]; 64];
+        for _ in 0..=(cap / frame_len(len) as u64 / 64) {
+            r.append_batch(&batch).unwrap();
+        }
+        let start = Instant::now();
+        for _ in 0..n {
+            r.append(&p).unwrap();
+        }
+        start.elapsed()
+    })
+}
+
 fn raw_buffered(n: u64, len: usize) -> Duration {
     let frames: Vec<Vec<u8>> = (0..256).map(|i| frame(i, i * frame_len(len) as u64, &vec![7u8; len])).collect();
     best(|| {
@@ -453,6 +473,11 @@ fn main() {
                 ));
                 let four = append_threads(n, len, 4, SyncPolicy::Never, 512 << 20, mapped);
                 rows.push(vs_raw(format!("append {len} B, 4 producers, Never, {how} (vs raw buffered write)"), four));
+                let full = append_full(n, len, mapped);
+                rows.push(vs_raw(
+                    format!("append {len} B into a full ring (each evicts), Never, {how} (vs raw buffered write)"),
+                    full,
+                ));
             }
         }
     }

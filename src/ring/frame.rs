@@ -106,7 +106,8 @@ pub(crate) fn encode_record(out: &mut Vec<u8>, seq: u64, ts: u64, pos: u64, payl
     debug_assert!(payload.len() <= MAX_PAYLOAD);
     let start = put_header(out, KIND_RECORD, payload.len(), seq, ts, pos);
     out.extend_from_slice(payload);
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start + 4..start + HEADER_LEN]), payload);
+    // The CRC covers header bytes 4..32 and the payload, contiguous here.
+    let crc = crc32c::crc32c(&out[start + 4..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
     let padded = start + frame_size(payload.len()) as usize;
     out.resize(padded, 0);

@@ -327,6 +327,9 @@ fn spawn_flusher(inner: Weak<Inner>, every: Duration) -> (Arc<Signal>, JoinHandl
     (stop, handle)
 }
 
+/// A write buffer grown beyond this by a large batch is not kept.
+const WRITE_BUF_KEEP: usize = 256 << 10;
+
 /// Bytes read ahead of the tail at a time when evicting.
 const TAIL_AHEAD: u64 = 64 << 10;
 
@@ -350,12 +353,14 @@ impl Inner {
     fn append_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(u64, u64)> {
         let n = payloads.len() as u64;
         let mut st = loop {
-            self.ensure_reserved(n, 0)?;
             let st = self.state.lock();
-            // Another appender may have used the reservation up meanwhile.
             if st.next_seq + n - 1 <= st.seq_reserved || st.poisoned.is_some() || st.closed {
                 break st;
             }
+            drop(st);
+            // Another appender may use the new reservation up before this
+            // one takes the lock again: check again.
+            self.ensure_reserved(n, 0)?;
         };
         Self::poisoned_error(&st)?;
         if let Some(p) = payloads.iter().find(|p| p.as_ref().len() > self.max_len) {
@@ -372,11 +377,41 @@ impl Inner {
             _ => None,
         };
         let ts = now_nanos();
-        let mut buf = Vec::with_capacity(frames as usize + HEADER_LEN);
+        // The frames are laid out in a buffer the state keeps between
+        // appends (a batch holds the state lock from here to its write).
+        let mut buf = std::mem::take(&mut st.write_buf);
+        let result = self.place(&mut st, payloads, &mut buf, frames, ts, deadline);
+        if buf.capacity() <= WRITE_BUF_KEEP {
+            st.write_buf = buf;
+        }
+        drop(st);
+        let (first, last, checkpoint_due) = result?;
+        if checkpoint_due {
+            self.write_checkpoint(false)?;
+        }
+        Ok((first, last))
+    }
+
+    /// Lays out and writes a batch at the head, making room first; see
+    /// [`append_batch`](Self::append_batch). Returns the first and last seq
+    /// and whether a checkpoint is due.
+    fn place<P: AsRef<[u8]>>(
+        &self,
+        st: &mut crate::sync::MutexGuard<'_, State>,
+        payloads: &[P],
+        buf: &mut Vec<u8>,
+        frames: u64,
+        ts: u64,
+        deadline: Option<(Instant, Duration)>,
+    ) -> Result<(u64, u64, bool)> {
+        let n = payloads.len() as u64;
+        buf.reserve(frames as usize + HEADER_LEN);
         loop {
             // Lay the frames out from the current head.
             buf.clear();
-            let mut segments: Vec<(u64, usize)> = Vec::with_capacity(2);
+            // A batch is smaller than the ring: it wraps at most once.
+            let mut segments = [(0u64, 0usize); 2];
+            let mut nseg = 0;
             let mut pos = st.head;
             let mut seg_start = (pos, 0usize);
             let first_seq = st.next_seq;
@@ -386,49 +421,52 @@ impl Inner {
                 let room = self.cap - pos % self.cap;
                 if size > room {
                     if room >= HEADER_LEN as u64 {
-                        encode_pad(&mut buf, first_seq + i as u64, pos, (room - HEADER_LEN as u64) as usize);
+                        encode_pad(buf, first_seq + i as u64, pos, (room - HEADER_LEN as u64) as usize);
                     }
                     pos = next_lap(pos, self.cap);
                 }
                 // A segment never crosses the end of the data area.
                 if pos % self.cap == 0 && pos != seg_start.0 {
                     if buf.len() > seg_start.1 {
-                        segments.push(seg_start);
+                        segments[nseg] = seg_start;
+                        nseg += 1;
                     }
                     seg_start = (pos, buf.len());
                 }
-                encode_record(&mut buf, first_seq + i as u64, ts, pos, p);
+                encode_record(buf, first_seq + i as u64, ts, pos, p);
                 pos += size;
             }
-            segments.push(seg_start);
+            segments[nseg] = seg_start;
+            nseg += 1;
+            let segments = &segments[..nseg];
             let new_head = pos;
-            let room = self.make_room(&mut st, new_head);
+            let room = self.make_room(st, new_head);
             st.debug_check("make_room");
             match room? {
                 Room::Ready => {}
                 Room::MustNotEvict => match deadline {
-                    None => return Err(Self::reject(&mut st, n, Error::Full { needed: frames })),
+                    None => return Err(Self::reject(st, n, Error::Full { needed: frames })),
                     Some((at, total)) => {
                         let now = Instant::now();
-                        if now >= at || self.room.wait_for(&mut st, at - now) && Instant::now() >= at {
-                            return Err(Self::reject(&mut st, n, Error::BlockTimeout(total)));
+                        if now >= at || self.room.wait_for(st, at - now) && Instant::now() >= at {
+                            return Err(Self::reject(st, n, Error::BlockTimeout(total)));
                         }
-                        Self::poisoned_error(&st)?;
+                        Self::poisoned_error(st)?;
                         continue;
                     }
                 },
             }
             // Write each segment; segment i ends where segment i + 1 starts.
-            let spans: Vec<(u64, usize, usize)> = segments
-                .iter()
-                .enumerate()
-                .map(|(i, &(seg_pos, from))| (seg_pos % self.cap, from, segments.get(i + 1).map_or(buf.len(), |s| s.1)))
-                .collect();
+            let mut spans = [(0u64, 0usize, 0usize); 2];
+            for (i, &(seg_pos, from)) in segments.iter().enumerate() {
+                spans[i] = (seg_pos % self.cap, from, segments.get(i + 1).map_or(buf.len(), |s| s.1));
+            }
+            let spans = &spans[..segments.len()];
             for (i, &(off, from, to)) in spans.iter().enumerate() {
                 debug_assert!(off + (to - from) as u64 <= self.cap);
                 if let Err(e) = self.data.write_at(&buf[from..to], DATA_OFFSET + off) {
                     let err = Error::io("write", &self.data_path, e);
-                    return Err(self.undo_failed_write(&mut st, n, &spans[..=i], err));
+                    return Err(self.undo_failed_write(st, n, &spans[..=i], err));
                 }
             }
             st.head = new_head;
@@ -436,11 +474,7 @@ impl Inner {
             let last = st.next_seq - 1;
             self.written_seq.store(last, Ordering::Release);
             let due = st.unsaved_losses && st.last_checkpoint.elapsed() >= self.config.checkpoint_interval;
-            drop(st);
-            if due {
-                self.write_checkpoint(false)?;
-            }
-            return Ok((first_seq, last));
+            return Ok((first_seq, last, due));
         }
     }
 

@@ -669,5 +669,6 @@ pub(crate) fn fresh_state(cap: u64, max_losses: usize) -> State {
         extending: false,
         reserve_writes: 0,
         tail_ahead: (0, Vec::new()),
+        write_buf: Vec::new(),
     }
 }

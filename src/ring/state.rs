@@ -93,6 +93,8 @@ pub(crate) struct State {
     /// the head when read, so never stale: a position's bytes change only
     /// when the position one lap later is written, after it was evicted.
     pub(crate) tail_ahead: (u64, Vec<u8>),
+    /// The buffer appends lay their frames out in, kept between appends.
+    pub(crate) write_buf: Vec<u8>,
 }
 
 impl State {

@@ -134,32 +134,60 @@ impl MappedFile {
     }
 }
 
+/// Copies `src` into `map` at `start` in ascending address order, one
+/// volatile store at a time (8-byte words where aligned), so that a process
+/// killed in the middle leaves exactly a prefix written: frames before the
+/// one being copied whole, later ones untouched, as a `pwrite` cut short
+/// leaves them. A `memcpy` may store in any order, and a kill could then
+/// leave a later frame of a batch whole behind a torn one: a hole that
+/// recovery would count as damage.
+///
+/// The caller checked that `start + src.len()` is within the map.
+#[expect(unsafe_code, reason = "stores into the shared map: the crate's one unsafe block, measured in BENCHMARKS.md")]
+fn copy_forward(src: &[u8], map: &memmap2::MmapRaw, start: usize) {
+    debug_assert!(start + src.len() <= map.len());
+    // SAFETY: every store is to `map.as_mut_ptr() + start + i` with
+    // `start + i < start + src.len() <= map.len()`, inside the mapping, and
+    // word stores are to 8-byte-aligned addresses (checked before each).
+    // No Rust reference into the map is ever made: its memory is only
+    // written, through these raw stores, never read or borrowed, so nothing
+    // in Rust observes it change. The ring never writes overlapping ranges
+    // concurrently (data writes happen under `ring.state`), so stores do not
+    // race one another. Another process changing the file underneath is
+    // outside Rust's memory model and harmless to raw stores; one cutting
+    // the file shorter than the map (ignoring the ring's lock) raises
+    // SIGBUS, as documented on `RingConfig::with_mapped_writes`.
+    unsafe {
+        let dst = map.as_mut_ptr().add(start);
+        let mut i = 0;
+        while i < src.len() && (dst.add(i) as usize) % 8 != 0 {
+            std::ptr::write_volatile(dst.add(i), src[i]);
+            i += 1;
+        }
+        while i + 8 <= src.len() {
+            let word = u64::from_ne_bytes(src[i..i + 8].try_into().expect("8 bytes"));
+            #[expect(clippy::cast_ptr_alignment, reason = "aligned: the loop above stops at an 8-byte boundary")]
+            std::ptr::write_volatile(dst.add(i).cast::<u64>(), word);
+            i += 8;
+        }
+        while i < src.len() {
+            std::ptr::write_volatile(dst.add(i), src[i]);
+            i += 1;
+        }
+    }
+}
+
 impl Storage for MappedFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
     }
 
-    #[expect(
-        unsafe_code,
-        reason = "the copy into the map: the one unsafe block of the crate, measured in BENCHMARKS.md"
-    )]
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         if start.checked_add(buf.len()).is_none_or(|end| end > self.map.len()) {
             return self.file.write_all_at(buf, offset);
         }
-        // SAFETY: `start + buf.len()` is within the map (checked above),
-        // and `buf` cannot overlap it (no reference into the map is ever
-        // made). The map's memory is only ever written through this copy,
-        // never read or referenced from Rust, so no Rust reference can
-        // observe it changing. The ring never writes overlapping ranges
-        // concurrently (data writes happen under `ring.state`), so copies
-        // do not race each other. Other processes or the kernel changing
-        // the file underneath is outside Rust's memory model and harmless
-        // to a raw copy; a file cut shorter than the map by another process
-        // (which ignores the ring's lock) would raise SIGBUS, as documented
-        // on `with_mapped_writes`.
-        unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), self.map.as_mut_ptr().add(start), buf.len()) };
+        copy_forward(buf, &self.map, start);
         Ok(())
     }
 
