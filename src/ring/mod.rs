@@ -473,7 +473,10 @@ impl Inner {
             st.next_seq += n;
             let last = st.next_seq - 1;
             self.written_seq.store(last, Ordering::Release);
-            let due = st.unsaved_losses && st.last_checkpoint.elapsed() >= self.config.checkpoint_interval;
+            // By the batch's timestamp, not another clock read; a wall clock
+            // that jumped either way makes a checkpoint due.
+            let interval = u64::try_from(self.config.checkpoint_interval.as_nanos()).unwrap_or(u64::MAX);
+            let due = st.unsaved_losses && ts.abs_diff(st.last_checkpoint) >= interval;
             return Ok((first_seq, last, due));
         }
     }
@@ -786,7 +789,7 @@ impl Inner {
         let mut m = self.meta_io.lock();
         let mut ck = {
             let mut st = self.state.lock();
-            st.last_checkpoint = Instant::now();
+            st.last_checkpoint = now_nanos();
             st.unsaved_losses = false;
             st.checkpoint()
         };

@@ -27,7 +27,6 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::time::Instant;
 
 use super::frame::HEADER_LEN;
 use super::frame::{Header, decode_header};
@@ -663,7 +662,7 @@ pub(crate) fn fresh_state(cap: u64, max_losses: usize) -> State {
         hints: BTreeMap::new(),
         poisoned: None,
         closed: false,
-        last_checkpoint: Instant::now(),
+        last_checkpoint: crate::ring::now_nanos(),
         unsaved_losses: false,
         seq_reserved: 0,
         extending: false,

@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use super::meta::Checkpoint;
 use crate::stats::{LossCause, LossList, LossRange, RingStats};
@@ -79,7 +78,8 @@ pub(crate) struct State {
     pub(crate) hints: BTreeMap<u64, u64>,
     pub(crate) poisoned: Option<PathBuf>,
     pub(crate) closed: bool,
-    pub(crate) last_checkpoint: Instant,
+    /// Wall-clock time of the last checkpoint, in nanoseconds.
+    pub(crate) last_checkpoint: u64,
     pub(crate) unsaved_losses: bool,
     /// No seq above this may be handed out until a larger reservation is
     /// durable.
