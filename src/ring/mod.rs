@@ -284,12 +284,13 @@ impl Ring {
             stop.close();
             let _ = handle.join();
         }
-        let result = if self.inner.state.lock().closed { Ok(()) } else { self.inner.sync_all(true).map(|_| ()) };
-        {
-            let mut st = self.inner.state.lock();
-            st.closed = true;
-        }
+        // Refuse appends first, so the final fsync covers every record the
+        // clean checkpoint will describe: appends hold the state lock from
+        // this check to their write, so each either wrote before this (and
+        // the fsync below covers it) or fails with `Error::Closed`.
+        let was_closed = std::mem::replace(&mut self.inner.state.lock().closed, true);
         self.inner.room.notify_all();
+        let result = if was_closed { Ok(()) } else { self.inner.sync_all(true).map(|_| ()) };
         self.inner.lock_file.lock().take();
         result
     }
@@ -741,7 +742,12 @@ impl Inner {
     fn sync_all(&self, clean: bool) -> Result<u64> {
         {
             let st = self.state.lock();
-            Self::poisoned_error(&st)?;
+            // Closing (`clean`) marks the ring closed first.
+            match &st.poisoned {
+                Some(path) if clean => return Err(Error::Poisoned { path: path.clone() }),
+                _ if clean => {}
+                _ => Self::poisoned_error(&st)?,
+            }
         }
         let target = self.written_seq.load(Ordering::Acquire);
         self.wait_durable(target)?;
