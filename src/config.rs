@@ -176,7 +176,11 @@ impl RingConfig {
     /// from `append`; so does another process cutting the data file short
     /// while the ring is open (it would have to ignore the ring's lock).
     /// Write errors proper still surface from the fsync of `sync` or
-    /// `SyncPolicy::Always`. Reads are unaffected (they use `pread`).
+    /// `SyncPolicy::Always`. Reads are unaffected (they use `pread`). Pages
+    /// written through the map count in the process's resident set until
+    /// the writer moves 4 MiB further on, when they are unmapped (they stay
+    /// in the page cache): resident memory stays bounded, not proportional
+    /// to the ring.
     #[must_use]
     pub fn with_mapped_writes(mut self, on: bool) -> Self {
         self.mapped_writes = on;

@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A fixed-size file the ring reads and writes at offsets.
 ///
@@ -123,14 +124,43 @@ impl FileStorage {
 pub(crate) struct MappedFile {
     file: File,
     map: memmap2::MmapRaw,
+    /// The `RELEASE_CHUNK` of the map written last. When writes move on to
+    /// another, this one's pages are unmapped from the process (they stay in
+    /// the page cache), so the process's resident set holds the chunk being
+    /// written rather than every page of the ring it ever wrote.
+    writing_chunk: AtomicUsize,
 }
+
+/// Granularity of releasing written pages of the map.
+const RELEASE_CHUNK: usize = 4 << 20;
 
 impl MappedFile {
     /// Maps `file` whole, shared.
     pub(crate) fn new(file: File) -> io::Result<Self> {
         let len = usize::try_from(file.metadata()?.len()).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
         let map = memmap2::MmapOptions::new().len(len).map_raw(&file)?;
-        Ok(MappedFile { file, map })
+        Ok(MappedFile { file, map, writing_chunk: AtomicUsize::new(usize::MAX) })
+    }
+
+    /// Unmaps chunk `chunk`'s pages from the process (`MADV_DONTNEED`),
+    /// best effort. For a shared file mapping nothing is lost: written
+    /// bytes are in the page cache, and a later store maps the page again.
+    #[expect(unsafe_code, reason = "madvise(MADV_DONTNEED) on the shared map; see BENCHMARKS.md (resident memory)")]
+    fn release(&self, chunk: usize) {
+        let off = chunk.saturating_mul(RELEASE_CHUNK);
+        if off >= self.map.len() {
+            return;
+        }
+        let len = RELEASE_CHUNK.min(self.map.len() - off);
+        // SAFETY: the range is within the map. `MADV_DONTNEED` discards
+        // data only for private mappings; this one is shared and backed by
+        // the file, so the pages' contents stay in the page cache (dirty
+        // ones still dirty) and later accesses see them. No Rust reference
+        // into the map exists (it is only written through raw stores in
+        // `copy_forward`), so no reference can observe the unmapping; a
+        // concurrent store to the range lands either before the pages are
+        // unmapped (and is kept) or faults the page back in.
+        let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, off, len) };
     }
 }
 
@@ -143,7 +173,7 @@ impl MappedFile {
 /// recovery would count as damage.
 ///
 /// The caller checked that `start + src.len()` is within the map.
-#[expect(unsafe_code, reason = "stores into the shared map: the crate's one unsafe block, measured in BENCHMARKS.md")]
+#[expect(unsafe_code, reason = "stores into the shared map, measured in BENCHMARKS.md")]
 fn copy_forward(src: &[u8], map: &memmap2::MmapRaw, start: usize) {
     debug_assert!(start + src.len() <= map.len());
     // SAFETY: every store is to `map.as_mut_ptr() + start + i` with
@@ -188,6 +218,11 @@ impl Storage for MappedFile {
             return self.file.write_all_at(buf, offset);
         }
         copy_forward(buf, &self.map, start);
+        let chunk = start / RELEASE_CHUNK;
+        let previous = self.writing_chunk.swap(chunk, Ordering::Relaxed);
+        if previous != chunk && previous != usize::MAX {
+            self.release(previous);
+        }
         Ok(())
     }
 
@@ -229,5 +264,29 @@ mod tests {
         assert_eq!(&on_disk[4090..4096], b"mapped");
         assert_eq!(&on_disk[8190..8195], b"grown");
         assert_eq!(&on_disk[16000..16003], b"far");
+    }
+
+    #[test]
+    fn released_chunks_keep_their_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        FileStorage::allocate(&file, 3 * RELEASE_CHUNK as u64).unwrap();
+        let m = MappedFile::new(file).unwrap();
+        let at = |chunk: usize, k: usize| (chunk * RELEASE_CHUNK + k * 4096) as u64;
+        // Chunk 0, then 1 (chunk 0 released), then 2, then 0 again (a lap).
+        for (round, chunk) in [0, 1, 2, 0].into_iter().enumerate() {
+            for k in 0..8 {
+                m.write_at(&[round as u8 + 1; 100], at(chunk, k)).unwrap();
+            }
+        }
+        let expect = [4u8, 2, 3];
+        for (chunk, &byte) in expect.iter().enumerate() {
+            for k in 0..8 {
+                let mut buf = [0u8; 100];
+                m.read_at(&mut buf, at(chunk, k)).unwrap();
+                assert_eq!(buf, [byte; 100], "chunk {chunk} page {k}");
+            }
+        }
     }
 }
