@@ -28,6 +28,11 @@ pub(crate) const MAX_PAYLOAD: usize = (1 << 24) - 1;
 /// accepted cannot overflow.
 pub(crate) const MAX_POSITION: u64 = 1 << 62;
 
+/// The 8-byte word a failed write's bytes are overwritten with when it is
+/// undone (docs/FORMAT.md, "Undone writes"). Never a valid header start: its
+/// kind byte is neither a record's nor a pad's.
+pub(crate) const UNDONE: [u8; 8] = *b"rsUNDONE";
+
 const KIND_RECORD: u8 = 1;
 const KIND_PAD: u8 = 2;
 

@@ -488,8 +488,13 @@ impl Inner {
     /// unknown: the ring is poisoned and recovery at the next open decides
     /// (records that made it are kept; delivery is at-least-once).
     fn undo_failed_write(&self, st: &mut State, n: u64, spans: &[(u64, usize, usize)], err: Error) -> Error {
+        // Filled with a marker rather than zeros: the fill may cover frames
+        // the batch was to replace (evicted, but newer than the last
+        // checkpoint), and crash recovery must not mistake the gap for
+        // space the writer never reached (see `recovery::chain_head`).
+        let fill = |len: usize| frame::UNDONE.iter().copied().cycle().take(len).collect::<Vec<u8>>();
         let undone =
-            spans.iter().all(|&(off, from, to)| self.data.write_at(&vec![0; to - from], DATA_OFFSET + off).is_ok());
+            spans.iter().all(|&(off, from, to)| self.data.write_at(&fill(to - from), DATA_OFFSET + off).is_ok());
         if undone {
             Self::reject(st, n, err)
         } else {

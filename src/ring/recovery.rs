@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::io;
 
 use super::frame::HEADER_LEN;
-use super::frame::{Header, decode_header};
+use super::frame::{Header, UNDONE, decode_header};
 use super::meta::Checkpoint;
 use super::scan::{Found, Scanner, next_lap};
 use super::state::{Hole, State};
@@ -137,7 +137,10 @@ fn clean_reopen(scan: &mut Scanner<'_>, input: &Input<'_>) -> io::Result<Option<
 /// writes positions in order and would have overwritten it had it gone
 /// past `p`. Returns `None` (read the whole ring) if that frame is instead
 /// a newer one (damage in the middle of the chain), or one of a later lap
-/// (the writer lapped the checkpoint's head).
+/// (the writer lapped the checkpoint's head), or if the bytes of an undone
+/// write come first: the undo may have wiped frames the writer wrote past
+/// `p`, leaving an older lap's leftover (say in the unwritten body of a pad
+/// it wiped) to look like the end.
 fn chain_head(scan: &mut Scanner<'_>, ck: &Checkpoint) -> io::Result<Option<(u64, u64)>> {
     let cap = scan.cap();
     let (mut p, mut next_seq) = (ck.head_pos, ck.next_seq);
@@ -154,18 +157,35 @@ fn chain_head(scan: &mut Scanner<'_>, ck: &Checkpoint) -> io::Result<Option<(u64
             }
             Found::Record(_) | Found::Pad(_) | Found::Invalid => {
                 return Ok(match first_intact_after(scan, p)? {
-                    Some(pos_and_at) if pos_and_at.0 >= pos_and_at.1 => None,
-                    _ => Some((p, next_seq)),
+                    After::Frame(pos, at) if pos >= at => None,
+                    After::Frame(..) | After::Nothing => Some((p, next_seq)),
+                    After::Undone => None,
                 });
             }
         }
     }
 }
 
-/// The first intact frame of any lap after position `p`, within one lap:
-/// `(its position, the position of this lap it sits at)`.
-fn first_intact_after(scan: &mut Scanner<'_>, p: u64) -> io::Result<Option<(u64, u64)>> {
+/// What lies after the position where a chain of frames stops.
+enum After {
+    /// The first intact frame of any lap: its position, and the position of
+    /// this lap it sits at.
+    Frame(u64, u64),
+    /// No intact frame within a lap.
+    Nothing,
+    /// Bytes of an undone write ([`UNDONE`]) at or before the first intact
+    /// frame: a failed write was wiped there, possibly over frames written
+    /// after the checkpoint and then evicted, so what follows proves
+    /// nothing about where the writer stopped.
+    Undone,
+}
+
+/// What follows position `p` (where a chain stopped), within one lap.
+fn first_intact_after(scan: &mut Scanner<'_>, p: u64) -> io::Result<After> {
     let cap = scan.cap();
+    if scan.bytes(p % cap, HEADER_LEN)?.chunks_exact(8).any(|w| w == UNDONE) {
+        return Ok(After::Undone);
+    }
     let mut q = p + super::frame::ALIGN;
     while q < p + cap {
         let off = q % cap;
@@ -178,12 +198,15 @@ fn first_intact_after(scan: &mut Scanner<'_>, p: u64) -> io::Result<Option<(u64,
             q += zeros;
             continue;
         }
+        if scan.bytes(off, 8)? == UNDONE {
+            return Ok(After::Undone);
+        }
         match scan.frame_at_offset(off)? {
-            (pos, Found::Record(_) | Found::Pad(_)) => return Ok(Some((pos, q))),
+            (pos, Found::Record(_) | Found::Pad(_)) => return Ok(After::Frame(pos, q)),
             _ => q += super::frame::ALIGN,
         }
     }
-    Ok(None)
+    Ok(After::Nothing)
 }
 
 /// Where the newest intact frame ends and the seq that follows it.
