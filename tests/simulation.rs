@@ -290,7 +290,13 @@ fn run_seed(seed: u64) -> FaultCounts {
 /// checkpoint; its undo wiped them and the pad header of the checkpoint's
 /// head, and crash recovery took a leftover in that pad's old body for the
 /// end of the chain: seqs reused.
-const REGRESSION_SEEDS: &[u64] = &[30712];
+/// 82019: the writer lapped the checkpoint's head, which held a pad; a frame
+/// straddling it hid the pad, and an older frame in the pad's unwritten body
+/// passed for the end of the chain after a process crash: seqs reused.
+/// 167155: after a power loss lost the writes over an older frame's header,
+/// a newer frame survived inside its payload; a head search judging older
+/// frames by their headers hopped over it: positions reused.
+const REGRESSION_SEEDS: &[u64] = &[30712, 82019, 167155];
 
 #[test]
 fn simulated_crashes_and_faults() {

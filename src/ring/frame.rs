@@ -89,10 +89,15 @@ pub(crate) fn decode_header(buf: &[u8], pos: u64, max_len: usize) -> Option<Head
 
 /// Whether `header` (the raw 32 bytes) and `payload` match the stored CRC.
 pub(crate) fn crc_ok(raw_header: &[u8], header: &Header, payload: &[u8]) -> bool {
-    let mut crc = crc32c::crc32c(&raw_header[4..HEADER_LEN]);
-    if !header.is_pad {
-        crc = crc32c::crc32c_append(crc, payload);
-    }
+    let whole = HEADER_LEN + payload.len();
+    // One call when the payload follows the header in the same buffer.
+    let crc = if header.is_pad {
+        crc32c::crc32c(&raw_header[4..HEADER_LEN])
+    } else if raw_header.len() >= whole && std::ptr::eq(raw_header[HEADER_LEN..].as_ptr(), payload.as_ptr()) {
+        crc32c::crc32c(&raw_header[4..whole])
+    } else {
+        crc32c::crc32c_append(crc32c::crc32c(&raw_header[4..HEADER_LEN]), payload)
+    };
     crc == header.crc
 }
 

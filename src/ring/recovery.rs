@@ -11,8 +11,10 @@
 //!    grow, so that frame is the newest one, whatever the checkpoint says.
 //!    When every record the checkpoint describes was durable (the usual
 //!    case after a power loss), only frames from its head on can be the
-//!    head: older frames are judged by their headers ([`find_head`]) and
-//!    the checkpoint's records are counted as after a process crash.
+//!    head: a scan of every 8-byte word picks the few offsets whose word
+//!    names a position in that range, and only those are checksummed
+//!    ([`find_head_since`]); the checkpoint's records are counted as after
+//!    a process crash.
 //! 2. Walk the live window, from the checkpoint's tail (or from one
 //!    capacity behind the head, if the writer lapped it since), to the
 //!    head. Intact frames are the records; sequence gaps between them are
@@ -181,11 +183,17 @@ enum After {
 }
 
 /// What follows position `p` (where a chain stopped), within one lap.
+///
+/// An older lap's frame in the rest of `p`'s lap proves nothing: a pad the
+/// writer put at `p` (and that was later overwritten or wiped) would leave
+/// that space unwritten. The scan goes on from the next lap's start, which
+/// a writer that went past `p` always wrote.
 fn first_intact_after(scan: &mut Scanner<'_>, p: u64) -> io::Result<After> {
     let cap = scan.cap();
     if scan.bytes(p % cap, HEADER_LEN)?.chunks_exact(8).any(|w| w == UNDONE) {
         return Ok(After::Undone);
     }
+    let pad_could_cover = if p % cap == 0 { p } else { next_lap(p, cap) };
     let mut q = p + super::frame::ALIGN;
     while q < p + cap {
         let off = q % cap;
@@ -202,6 +210,7 @@ fn first_intact_after(scan: &mut Scanner<'_>, p: u64) -> io::Result<After> {
             return Ok(After::Undone);
         }
         match scan.frame_at_offset(off)? {
+            (pos, Found::Record(_) | Found::Pad(_)) if pos < q && q < pad_could_cover => q = pad_could_cover,
             (pos, Found::Record(_) | Found::Pad(_)) => return Ok(After::Frame(pos, q)),
             _ => q += super::frame::ALIGN,
         }
@@ -209,34 +218,13 @@ fn first_intact_after(scan: &mut Scanner<'_>, p: u64) -> io::Result<After> {
     Ok(After::Nothing)
 }
 
-/// Where the newest intact frame ends and the seq that follows it.
-///
-/// Every frame's checksum is checked, except with `since`: the head of a
-/// checkpoint all of whose records were durable. Frames written after it
-/// name positions from `since` on, and only those, checksum checked, can be
-/// the head; it is `since` itself if none survived. An older frame is then
-/// judged by its header when the next header continues it ([`chains`]), so
-/// a length damaged in an older frame cannot hop over newer frames.
-fn find_head(scan: &mut Scanner<'_>, cap: u64, since: Option<u64>) -> io::Result<Option<(u64, u64)>> {
+/// Where the newest intact frame ends and the seq that follows it: one pass
+/// over the data area, offset by offset, checking every frame's CRC.
+fn find_head(scan: &mut Scanner<'_>, cap: u64) -> io::Result<Option<(u64, u64)>> {
     let mut best: Option<(u64, u64)> = None;
     let mut off = 0;
-    // The header at an offset, decoded ahead by `chains`.
-    let mut ahead: Option<(u64, (u64, Found))> = None;
     while off < cap {
-        if let Some(since) = since {
-            off = scan.skip_chained(off, since)?;
-        }
-        let header = match ahead.take() {
-            Some((at, header)) if at == off => header,
-            _ => scan.header_at_offset(off)?,
-        };
-        let (pos, found) = match (since, header) {
-            (Some(since), (pos, Found::Record(h))) if pos < since && chains(scan, &h, &mut ahead)? => {
-                (pos, Found::Record(h))
-            }
-            (_, (pos, Found::Record(h) | Found::Pad(h))) => (pos, scan.verify(h)?),
-            (_, other) => other,
-        };
+        let (pos, found) = scan.frame_at_offset(off)?;
         let (h, next_seq): (Header, u64) = match found {
             Found::Wrap => break,
             Found::Invalid => {
@@ -247,7 +235,7 @@ fn find_head(scan: &mut Scanner<'_>, cap: u64, since: Option<u64>) -> io::Result
             Found::Pad(h) => (h, h.seq),
         };
         let end = pos + h.size();
-        if since.is_none_or(|since| pos >= since) && best.is_none_or(|(e, _)| end > e) {
+        if best.is_none_or(|(e, _)| end > e) {
             best = Some((end, next_seq));
         }
         off += h.size();
@@ -255,19 +243,60 @@ fn find_head(scan: &mut Scanner<'_>, cap: u64, since: Option<u64>) -> io::Result
     Ok(best)
 }
 
-/// Whether the header after record `h` continues it in the same lap: it
-/// names the position where `h` ends and carries the next seq. Then `h`'s
-/// length is right, whatever its payload's state. The next header is left
-/// in `ahead`.
-fn chains(scan: &mut Scanner<'_>, h: &Header, ahead: &mut Option<(u64, (u64, Found))>) -> io::Result<bool> {
-    let next = h.pos + h.size();
-    let off = next % scan.cap();
-    if off == 0 {
-        return Ok(false);
+/// [`find_head`] when every record of the checkpoint was durable: only a
+/// frame naming a position from `since` (its head) to `since + span` can
+/// be the head, and the head is `since` itself if none survived.
+///
+/// Such a frame may sit anywhere, even inside an older frame's payload (a
+/// power loss can keep it and lose the writes that would have overwritten
+/// the older frame's header), so every 8-byte-aligned offset is a
+/// candidate. A header stores its position in bytes 24..32: a word there
+/// in the range, naming its own offset, marks a candidate, and only
+/// candidates are decoded and checksummed. Other words cost a subtraction
+/// and a comparison.
+fn find_head_since(
+    data: &dyn Storage,
+    scan: &mut Scanner<'_>,
+    since: u64,
+    span: u64,
+) -> io::Result<Option<(u64, u64)>> {
+    let cap = scan.cap();
+    let mut best: Option<(u64, u64)> = None;
+    let mut buf = vec![0u8; SCAN_CHUNK];
+    let mut start = 0u64;
+    while start < cap {
+        let len = (SCAN_CHUNK as u64).min(cap - start) as usize;
+        data.read_at(&mut buf[..len], super::meta::DATA_OFFSET + start)?;
+        let in_range = |w: &[u8]| u64::from_le_bytes(w.try_into().expect("8 bytes")).wrapping_sub(since) <= span;
+        for (b, block) in buf[..len].chunks(64).enumerate() {
+            // Almost no word is in range: test a block of eight at once.
+            if !block.chunks_exact(8).fold(false, |any, w| any | in_range(w)) {
+                continue;
+            }
+            for (k, w) in block.chunks_exact(8).enumerate() {
+                if !in_range(w) {
+                    continue;
+                }
+                let word = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+                // The word would be bytes 24..32 of a header at `off`.
+                let Some(off) = (start + (b * 8 + k) as u64 * 8).checked_sub(24) else { continue };
+                if word % cap != off {
+                    continue;
+                }
+                let (h, next_seq) = match scan.frame_at(word)? {
+                    Found::Record(h) => (h, h.seq + 1),
+                    Found::Pad(h) => (h, h.seq),
+                    Found::Wrap | Found::Invalid => continue,
+                };
+                let end = word + h.size();
+                if best.is_none_or(|(e, _)| end > e) {
+                    best = Some((end, next_seq));
+                }
+            }
+        }
+        start += len as u64;
     }
-    let header = scan.header_at_offset(off)?;
-    *ahead = Some((off, header));
-    Ok(matches!(header, (pos, Found::Record(n) | Found::Pad(n)) if pos == next && n.seq == h.seq + 1))
+    Ok(best)
 }
 
 /// Size of a torn frame at `head`: a header that names its position but
@@ -479,8 +508,16 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
     let durable_ck = have_checkpoint && data_whole && ck.hole_hints.is_empty() && ck.durable_seq + 1 >= ck.next_seq;
     let newest = match chained {
         Some(newest) => Some(newest),
-        None if durable_ck => Some(find_head(&mut scan, cap, Some(ck.head_pos))?.unwrap_or((ck.head_pos, ck.next_seq))),
-        None => find_head(&mut scan, cap, None)?,
+        None if durable_ck => {
+            // Every frame written since carries a seq from the checkpoint's
+            // next one up to the reservation; a frame is at most
+            // `frame_size(max_len)` bytes, plus at most one pad per lap.
+            let seqs = reserved.max(ck.next_seq).saturating_sub(ck.next_seq).saturating_add(1);
+            let span = seqs.saturating_mul(2 * super::frame::frame_size(max_len)).saturating_add(2 * cap);
+            let newest = find_head_since(input.data, &mut scan, ck.head_pos, span)?;
+            Some(newest.unwrap_or((ck.head_pos, ck.next_seq)))
+        }
+        None => find_head(&mut scan, cap)?,
     };
     let (head, found_next) = newest.unwrap_or((ck.head_pos, ck.next_seq));
     // Under SyncPolicy::Always every returned append was durable: nothing

@@ -90,39 +90,6 @@ impl<'a> Scanner<'a> {
         Ok(judge_header(self.bytes(off, HEADER_LEN)?, pos, room, max_len))
     }
 
-    /// From physical offset `off`, skips the records of positions below
-    /// `since` that the next header in the same lap continues (it names the
-    /// position where the record ends and carries the next seq), as far as
-    /// the buffered chunk goes. Returns the offset of the first frame not
-    /// skipped. The fast path of recovery's head search after a power loss:
-    /// the judgement is the same as decoding each header in turn with
-    /// [`header_at_offset`](Self::header_at_offset), without the calls.
-    pub(crate) fn skip_chained(&mut self, off: u64, since: u64) -> io::Result<u64> {
-        if self.cap - off < HEADER_LEN as u64 {
-            return Ok(off);
-        }
-        self.bytes(off, HEADER_LEN)?;
-        let (cap, max_len, base) = (self.cap, self.max_len, self.buf_off);
-        let mut at = (off - base) as usize;
-        // The buffer never reaches past the end of the lap.
-        while let Some(b) = self.buf.get(at..at + HEADER_LEN) {
-            let pos = u64::from_le_bytes(b[24..32].try_into().expect("8 bytes"));
-            let Some(h) = decode_header(b, pos, max_len).filter(|h| !h.is_pad && pos < since) else {
-                break;
-            };
-            let next_at = at + h.size() as usize;
-            let (Some(n), true) = (self.buf.get(next_at..next_at + HEADER_LEN), pos % cap == base + at as u64) else {
-                break;
-            };
-            let next = base + next_at as u64;
-            match judge_header(n, pos + h.size(), cap - next, max_len) {
-                Found::Record(n) | Found::Pad(n) if n.seq == h.seq + 1 => at = next_at,
-                _ => break,
-            }
-        }
-        Ok(base + at as u64)
-    }
-
     /// Checks the checksum of a frame whose header
     /// [`header_at`](Self::header_at) accepted.
     pub(crate) fn verify(&mut self, h: Header) -> io::Result<Found> {
