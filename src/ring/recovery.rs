@@ -244,8 +244,9 @@ fn find_head(scan: &mut Scanner<'_>, cap: u64) -> io::Result<Option<(u64, u64)>>
 }
 
 /// [`find_head`] when every record of the checkpoint was durable: only a
-/// frame naming a position from `since` (its head) to `since + span` can
-/// be the head, and the head is `since` itself if none survived.
+/// frame naming a position from `since` (its head) to `since + reach` can
+/// be the head (no further than `reach` beyond it), and the head is `since`
+/// itself if none survived.
 ///
 /// Such a frame may sit anywhere, even inside an older frame's payload (a
 /// power loss can keep it and lose the writes that would have overwritten
@@ -258,7 +259,7 @@ fn find_head_since(
     data: &dyn Storage,
     scan: &mut Scanner<'_>,
     since: u64,
-    span: u64,
+    reach: u64,
 ) -> io::Result<Option<(u64, u64)>> {
     let cap = scan.cap();
     let mut best: Option<(u64, u64)> = None;
@@ -267,7 +268,7 @@ fn find_head_since(
     while start < cap {
         let len = (SCAN_CHUNK as u64).min(cap - start) as usize;
         data.read_at(&mut buf[..len], super::meta::DATA_OFFSET + start)?;
-        let in_range = |w: &[u8]| u64::from_le_bytes(w.try_into().expect("8 bytes")).wrapping_sub(since) <= span;
+        let in_range = |w: &[u8]| u64::from_le_bytes(w.try_into().expect("8 bytes")).wrapping_sub(since) <= reach;
         for (b, block) in buf[..len].chunks(64).enumerate() {
             // Almost no word is in range: test a block of eight at once.
             if !block.chunks_exact(8).fold(false, |any, w| any | in_range(w)) {
@@ -513,8 +514,8 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
             // next one up to the reservation; a frame is at most
             // `frame_size(max_len)` bytes, plus at most one pad per lap.
             let seqs = reserved.max(ck.next_seq).saturating_sub(ck.next_seq).saturating_add(1);
-            let span = seqs.saturating_mul(2 * super::frame::frame_size(max_len)).saturating_add(2 * cap);
-            let newest = find_head_since(input.data, &mut scan, ck.head_pos, span)?;
+            let reach = seqs.saturating_mul(2 * super::frame::frame_size(max_len)).saturating_add(2 * cap);
+            let newest = find_head_since(input.data, &mut scan, ck.head_pos, reach)?;
             Some(newest.unwrap_or((ck.head_pos, ck.next_seq)))
         }
         None => find_head(&mut scan, cap)?,
