@@ -296,7 +296,7 @@ fn run_seed(seed: u64) -> FaultCounts {
 /// 167155: after a power loss lost the writes over an older frame's header,
 /// a newer frame survived inside its payload; a head search judging older
 /// frames by their headers hopped over it: positions reused.
-const REGRESSION_SEEDS: &[u64] = &[30712, 82019, 167155];
+const REGRESSION_SEEDS: &[u64] = &[30_712, 82_019, 167_155];
 
 #[test]
 fn simulated_crashes_and_faults() {

@@ -245,8 +245,7 @@ fn find_head(scan: &mut Scanner<'_>, cap: u64) -> io::Result<Option<(u64, u64)>>
 
 /// [`find_head`] when every record of the checkpoint was durable: only a
 /// frame naming a position from `since` (its head) to `since + reach` can
-/// be the head (no further than `reach` beyond it), and the head is `since`
-/// itself if none survived.
+/// be the head, and the head is `since` itself if none survived.
 ///
 /// Such a frame may sit anywhere, even inside an older frame's payload (a
 /// power loss can keep it and lose the writes that would have overwritten
