@@ -122,12 +122,18 @@ fn sigkill_at_random_moments_with_mapped_writes() {
     kill_repeatedly("sigkill_at_random_moments_with_mapped_writes", 100, true);
 }
 
+/// The two tests take turns. Run side by side, one test's fork could
+/// briefly hold a duplicate of the other's lock-file descriptor (between
+/// fork and exec), and the other's next child found its ring `Locked`.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 /// Starts a child working on one ring `kills` times, SIGKILLs it at a
 /// random moment and checks the ring after each kill.
 fn kill_repeatedly(test: &str, kills: u32, mapped: bool) {
     if let Ok(dir) = std::env::var(CHILD_ENV) {
         child(Path::new(&dir), std::env::var_os(MAPPED_ENV).is_some_and(|v| v == "1"));
     }
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let t = TempRing::new();
     let exe = std::env::current_exe().unwrap();
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
