@@ -186,34 +186,24 @@ fn raw_fdatasync(batches: u64, batch: usize, len: usize) -> Duration {
     })
 }
 
-fn ringship_sync_every(batches: u64, batch: usize, len: usize) -> Duration {
+/// `batches` batches of `batch` records appended under `sync`, with a
+/// `sync()` after each (`sync_each`) or once at the end, so the run ends with
+/// everything durable, as the raw baseline's does.
+fn ringship_batches(batches: u64, batch: usize, len: usize, sync: SyncPolicy, sync_each: bool) -> Duration {
     best(|| {
         let tmp = tempfile::tempdir().unwrap();
-        let r = ring(&tmp.path().join("r"), 256 << 20, SyncPolicy::Never);
+        let r = ring(&tmp.path().join("r"), 256 << 20, sync);
         let payloads = vec![vec![7u8; len]; batch];
         let start = Instant::now();
         for _ in 0..batches {
             r.append_batch(&payloads).unwrap();
+            if sync_each {
+                r.sync().unwrap();
+            }
+        }
+        if !sync_each {
             r.sync().unwrap();
         }
-        start.elapsed()
-    })
-}
-
-/// Batches appended under `SyncPolicy::Interval(10 ms)` (the flusher fsyncs
-/// several times during the run; the default is 200 ms), then
-/// one `sync`, so the run ends with everything durable, as the raw
-/// baseline's does.
-fn ringship_interval(batches: u64, batch: usize, len: usize) -> Duration {
-    best(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let r = ring(&tmp.path().join("r"), 256 << 20, SyncPolicy::Interval(Duration::from_millis(10)));
-        let payloads = vec![vec![7u8; len]; batch];
-        let start = Instant::now();
-        for _ in 0..batches {
-            r.append_batch(&payloads).unwrap();
-        }
-        r.sync().unwrap();
         start.elapsed()
     })
 }
@@ -484,7 +474,9 @@ fn main() {
 
     if want("sync") {
         let (batches, batch) = (3000u64, 64usize);
-        let ours = ringship_interval(batches, batch, 128);
+        // The flusher fsyncs several times during the run (the default
+        // interval is 200 ms).
+        let ours = ringship_batches(batches, batch, 128, SyncPolicy::Interval(Duration::from_millis(10)), false);
         let raw = raw_fdatasync(batches, batch, 128);
         let records = (batches * batch as u64) as f64;
         rows.push(Row {
@@ -496,7 +488,7 @@ fn main() {
             met: raw.as_secs_f64() / ours.as_secs_f64() >= 0.7,
         });
         let batches = 300;
-        let ours = ringship_sync_every(batches, batch, 128);
+        let ours = ringship_batches(batches, batch, 128, SyncPolicy::Never, true);
         let raw = raw_fdatasync(batches, batch, 128);
         rows.push(Row {
             scenario: format!("{batch} x 128 B then sync, each batch durable (vs raw write + fdatasync)"),
