@@ -296,7 +296,10 @@ fn run_seed(seed: u64) -> FaultCounts {
 /// 167155: after a power loss lost the writes over an older frame's header,
 /// a newer frame survived inside its payload; a head search judging older
 /// frames by their headers hopped over it: positions reused.
-const REGRESSION_SEEDS: &[u64] = &[30_712, 82_019, 167_155];
+/// 357701: the fsync of a new ring's data header failed (the page marked
+/// clean, never written); a later open found it in the page cache and kept
+/// going, and after a power loss the ring had no header: refused to open.
+const REGRESSION_SEEDS: &[u64] = &[30_712, 82_019, 167_155, 357_701];
 
 #[test]
 fn simulated_crashes_and_faults() {

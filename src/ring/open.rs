@@ -143,7 +143,11 @@ fn read_layout(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_pa
     data.read_at(&mut header, 0).map_err(|e| Error::io("read", data_path, e))?;
     let mut short_len = None;
     let (ring_id, cap, rewrite_header) = match DataHeader::decode(&header) {
-        Ok(h) => (h.ring_id, h.capacity, false),
+        // Without a checkpoint the header may never have been made durable
+        // (a creation whose fsync failed: the kernel marked the page clean
+        // without writing it); writing it again lets this open's fsync
+        // persist it.
+        Ok(h) => (h.ring_id, h.capacity, ck.is_none()),
         Err(HeaderError::Version(found)) => {
             return Err(Error::UnsupportedVersion { path: data_path.to_path_buf(), found, supported: FORMAT_VERSION });
         }
