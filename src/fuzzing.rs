@@ -16,7 +16,7 @@ pub fn decode_frame(buf: &[u8], pos: u64, max_len: usize) -> Option<(u64, u64, V
         return None;
     }
     let payload = buf.get(frame::HEADER_LEN..frame::HEADER_LEN + h.len)?;
-    if !frame::crc_ok(buf, &h, payload) {
+    if !frame::crc_ok(buf, &h) {
         return None;
     }
     // Independent re-check: the CRC over bytes 4..32 and the payload.

@@ -516,8 +516,8 @@ impl Inner {
             let len = TAIL_AHEAD.min(st.head - pos).min(self.cap - pos % self.cap).max(HEADER_LEN as u64);
             buf.resize(len as usize, 0);
             self.data.read_at(buf, DATA_OFFSET + pos % self.cap)?;
-            *start = if st.head - pos >= HEADER_LEN as u64 { pos } else { u64::MAX };
-            if *start == u64::MAX {
+            *start = pos;
+            if st.head - pos < HEADER_LEN as u64 {
                 // Too close to the head to keep: used once.
                 let raw = buf[..HEADER_LEN].try_into().expect("header");
                 buf.clear();

@@ -267,25 +267,25 @@ fn find_head_since(
     while start < cap {
         let len = (SCAN_CHUNK as u64).min(cap - start) as usize;
         data.read_at(&mut buf[..len], super::meta::DATA_OFFSET + start)?;
-        let in_range = |w: &[u8]| u64::from_le_bytes(w.try_into().expect("8 bytes")).wrapping_sub(since) <= reach;
+        let word = |w: &[u8]| u64::from_le_bytes(w.try_into().expect("8 bytes"));
+        let in_range = |w: u64| w.wrapping_sub(since) <= reach;
         for (b, block) in buf[..len].chunks(64).enumerate() {
             // Almost no word is in range: test a block of eight at once,
             // without branches (the compiler vectorises this).
             if let Ok(block) = <&[u8; 64]>::try_from(block) {
                 let mut any = false;
                 for k in 0..8 {
-                    let w = u64::from_le_bytes(block[k * 8..k * 8 + 8].try_into().expect("8 bytes"));
-                    any |= w.wrapping_sub(since) <= reach;
+                    any |= in_range(word(&block[k * 8..k * 8 + 8]));
                 }
                 if !any {
                     continue;
                 }
             }
             for (k, w) in block.chunks_exact(8).enumerate() {
-                if !in_range(w) {
+                let word = word(w);
+                if !in_range(word) {
                     continue;
                 }
-                let word = u64::from_le_bytes(w.try_into().expect("8 bytes"));
                 // The word would be bytes 24..32 of a header at `off`.
                 let Some(off) = (start + (b * 8 + k) as u64 * 8).checked_sub(24) else { continue };
                 if word % cap != off {

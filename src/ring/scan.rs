@@ -96,7 +96,7 @@ impl<'a> Scanner<'a> {
         let off = h.pos % self.cap;
         let total = if h.is_pad { HEADER_LEN } else { HEADER_LEN + h.len };
         let b = self.bytes(off, total)?;
-        if !crc_ok(b, &h, &b[HEADER_LEN..]) {
+        if !crc_ok(b, &h) {
             return Ok(Found::Invalid);
         }
         Ok(if h.is_pad { Found::Pad(h) } else { Found::Record(h) })

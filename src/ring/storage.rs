@@ -98,16 +98,9 @@ impl Storage for FileStorage {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        Self::allocate(&self.file, len)
-    }
-}
-
-impl FileStorage {
-    /// Sets `file`'s length to `len`, reserving the space.
-    fn allocate(file: &File, len: u64) -> io::Result<()> {
-        match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
+        match rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), 0, len) {
             // File systems without fallocate: a sized file is the best we can do.
-            Err(rustix::io::Errno::OPNOTSUPP) => file.set_len(len),
+            Err(rustix::io::Errno::OPNOTSUPP) => self.file.set_len(len),
             other => other.map_err(io::Error::from),
         }
     }
@@ -119,10 +112,11 @@ impl FileStorage {
 ///
 /// The map covers the file as it was when mapped; a write beyond it (after
 /// [`set_len`](Storage::set_len) extended the file) goes through `pwrite`.
-/// Reads always go through `pread`, and [`sync_data`](Storage::sync_data)
-/// is `fdatasync`, which writes back pages dirtied through the map as well.
+/// Everything else is the plain file's: reads use `pread`, and
+/// [`sync_data`](Storage::sync_data) is `fdatasync`, which writes back pages
+/// dirtied through the map as well.
 pub(crate) struct MappedFile {
-    file: File,
+    file: FileStorage,
     map: memmap2::MmapRaw,
     /// The `RELEASE_CHUNK` of the map written last. When writes move on to
     /// another, this one's pages are unmapped from the process (they stay in
@@ -139,7 +133,7 @@ impl MappedFile {
     pub(crate) fn new(file: File) -> io::Result<Self> {
         let len = usize::try_from(file.metadata()?.len()).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
         let map = memmap2::MmapOptions::new().len(len).map_raw(&file)?;
-        Ok(MappedFile { file, map, writing_chunk: AtomicUsize::new(usize::MAX) })
+        Ok(MappedFile { file: FileStorage { file }, map, writing_chunk: AtomicUsize::new(usize::MAX) })
     }
 
     /// Unmaps chunk `chunk`'s pages from the process (`MADV_DONTNEED`),
@@ -209,13 +203,13 @@ fn copy_forward(src: &[u8], map: &memmap2::MmapRaw, start: usize) {
 
 impl Storage for MappedFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+        self.file.read_at(buf, offset)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         if start.checked_add(buf.len()).is_none_or(|end| end > self.map.len()) {
-            return self.file.write_all_at(buf, offset);
+            return self.file.write_at(buf, offset);
         }
         copy_forward(buf, &self.map, start);
         let chunk = start / RELEASE_CHUNK;
@@ -231,11 +225,11 @@ impl Storage for MappedFile {
     }
 
     fn len(&self) -> io::Result<u64> {
-        Ok(self.file.metadata()?.len())
+        self.file.len()
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        FileStorage::allocate(&self.file, len)
+        self.file.set_len(len)
     }
 }
 
@@ -248,7 +242,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
-        FileStorage::allocate(&file, 8192).unwrap();
+        FileStorage { file: file.try_clone().unwrap() }.set_len(8192).unwrap();
         let m = MappedFile::new(file).unwrap();
         m.write_at(b"mapped", 4090).unwrap();
         // Past the map (the file grew after it was mapped): pwrite.
@@ -271,7 +265,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
-        FileStorage::allocate(&file, 3 * RELEASE_CHUNK as u64).unwrap();
+        FileStorage { file: file.try_clone().unwrap() }.set_len(3 * RELEASE_CHUNK as u64).unwrap();
         let m = MappedFile::new(file).unwrap();
         let at = |chunk: usize, k: usize| (chunk * RELEASE_CHUNK + k * 4096) as u64;
         // Chunk 0, then 1 (chunk 0 released), then 2, then 0 again (a lap).
