@@ -13,7 +13,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use self::frame::{HEADER_LEN, encode_pad, encode_record, frame_size};
 use self::meta::{DATA_OFFSET, SLOT_LEN};
