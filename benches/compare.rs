@@ -313,9 +313,10 @@ fn read_ack(n: u64) -> Duration {
 }
 
 /// Reopen times of a full ring of `mib` MiB after a clean close, after a
-/// process crash and after a power loss, and the time of a sequential read
-/// of its data file.
-fn recovery(mib: u64) -> (Duration, Duration, Duration, Duration) {
+/// process crash, after a power loss right after a `sync()`, and after a
+/// power loss with appends and an ack since the last fsync; and the time
+/// of a sequential read of its data file.
+fn recovery(mib: u64) -> (Duration, Duration, Duration, Duration, Duration) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("r");
     let cap = mib << 20;
@@ -362,6 +363,34 @@ fn recovery(mib: u64) -> (Duration, Duration, Duration, Duration) {
         r.close().unwrap();
         t
     });
+    // Shipping went on after the last fsync: 10,000 more records, and an
+    // ack that wrote a checkpoint describing them (not durable).
+    let later_meta = {
+        let r = ring(&dir, cap, SyncPolicy::Never);
+        let p = [7u8; 128];
+        for _ in 0..10 {
+            r.append_batch(&vec![&p[..]; 1000]).unwrap();
+        }
+        let s = r.stats();
+        r.ack(s.last_seq - 5000).unwrap();
+        let meta = std::fs::read(dir.join("ring.meta")).unwrap();
+        r.close().unwrap();
+        meta
+    };
+    let power_loss_later = best(|| {
+        std::fs::write(dir.join("ring.meta"), &later_meta).unwrap();
+        let config = RingConfig::default()
+            .with_capacity(cap)
+            .with_sync(SyncPolicy::Never)
+            .with_max_record_len(4096)
+            .with_storage_wrapper(Arc::new(|_, s| Box::new(Rebooted(s))));
+        let start = Instant::now();
+        let (r, _) = Ring::open(&dir, config).unwrap();
+        let t = start.elapsed();
+        assert_eq!(r.stats().corrupted, 0, "a clean power-loss image");
+        r.close().unwrap();
+        t
+    });
     let read = best(|| {
         let mut f = File::open(dir.join("ring.data")).unwrap();
         let mut buf = vec![0u8; 1 << 20];
@@ -377,7 +406,7 @@ fn recovery(mib: u64) -> (Duration, Duration, Duration, Duration) {
         std::hint::black_box(sum);
         start.elapsed()
     });
-    (reopen, crashed, power_loss, read)
+    (reopen, crashed, power_loss, power_loss_later, read)
 }
 
 /// Records per second shipped end to end through `transport`.
@@ -644,8 +673,13 @@ fn main() {
     }
 
     if want("recovery") {
-        let (reopen, crashed, power_loss, read) = recovery(ring_mib);
-        for (how, took) in [("clean close", reopen), ("process crash", crashed), ("power loss", power_loss)] {
+        let (reopen, crashed, power_loss, later, read) = recovery(ring_mib);
+        for (how, took) in [
+            ("clean close", reopen),
+            ("process crash", crashed),
+            ("power loss", power_loss),
+            ("power loss, 10,000 appends and an ack after the last fsync", later),
+        ] {
             rows.push(Row {
                 scenario: format!("reopen of a full {ring_mib} MiB ring after a {how} (vs sequential read)"),
                 ours: format!("{:.1} ms", took.as_secs_f64() * 1e3),

@@ -196,7 +196,7 @@ fn an_unknown_format_version_is_refused() {
     data[32..36].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(t.data_file(), data).unwrap();
     let err = Ring::open(&t.dir, small(64 << 10)).unwrap_err();
-    assert!(matches!(err, Error::UnsupportedVersion { found: 99, supported: 2, .. }), "{err}");
+    assert!(matches!(err, Error::UnsupportedVersion { found: 99, supported: 3, .. }), "{err}");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use crate::stats::{LossCause, LossList, LossRange};
 
 /// Version of the on-disk format this build reads and writes.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+pub(crate) const FORMAT_VERSION: u32 = 3;
 /// Magic of the data file header.
 pub(crate) const DATA_MAGIC: &[u8; 8] = b"RSHPDATA";
 /// Magic of a checkpoint slot.
@@ -25,7 +25,7 @@ const RESERVATION_LEN: usize = 40;
 const DATA_HEADER_LEN: usize = 36;
 const LOSS_LEN: usize = 56;
 const HINT_LEN: usize = 24;
-const FIXED_LEN: usize = 188;
+const FIXED_LEN: usize = 196;
 /// Most unsettled holes a checkpoint remembers the cause of.
 pub(crate) const MAX_HOLE_HINTS: usize = 16;
 
@@ -88,6 +88,9 @@ pub(crate) struct Checkpoint {
     pub(crate) settled_pos: u64,
     pub(crate) ack_seq: u64,
     pub(crate) durable_seq: u64,
+    /// Where the frame of `durable_seq` ends: every frame below this
+    /// position was fsynced (the head when the last data fsync began).
+    pub(crate) durable_pos: u64,
     pub(crate) rejected: u64,
     pub(crate) acked: u64,
     pub(crate) overwritten: u64,
@@ -138,6 +141,7 @@ impl Checkpoint {
             self.overwritten_bytes,
             self.corrupted,
             self.lost_unsynced,
+            self.durable_pos,
         ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
@@ -188,6 +192,8 @@ impl Checkpoint {
             })
             && self.tail_pos <= self.head_pos
             && self.head_pos - self.tail_pos <= self.capacity
+            && self.durable_seq < self.next_seq
+            && self.durable_pos <= self.head_pos
             && self
                 .hole_hints
                 .iter()
@@ -210,9 +216,9 @@ impl Checkpoint {
             return Err(HeaderError::Version(version));
         }
         let v = |i: usize| u64_at(b, 16 + 8 * i);
-        let flags = u32_at(b, 160);
-        let n = u32_at(b, 180) as usize;
-        let h = u32_at(b, 184) as usize;
+        let flags = u32_at(b, 168);
+        let n = u32_at(b, 188) as usize;
+        let h = u32_at(b, 192) as usize;
         if FIXED_LEN + n * LOSS_LEN + h * HINT_LEN != len {
             return Err(HeaderError::Checksum);
         }
@@ -255,9 +261,10 @@ impl Checkpoint {
             overwritten_bytes: v(15),
             corrupted: v(16),
             lost_unsynced: v(17),
+            durable_pos: v(18),
             clean: flags & 1 != 0,
             sync_always: flags & 4 != 0,
-            boot_id: (flags & 2 != 0).then(|| b[164..180].try_into().expect("16 bytes")),
+            boot_id: (flags & 2 != 0).then(|| b[172..188].try_into().expect("16 bytes")),
             losses,
             hole_hints,
         };

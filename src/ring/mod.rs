@@ -54,6 +54,8 @@ const GROUP_COMMIT_WAIT: Duration = Duration::from_micros(100);
 #[derive(Default)]
 struct SyncState {
     durable: u64,
+    /// Where the frame of `durable` ends.
+    durable_pos: u64,
     in_progress: bool,
     /// Threads waiting for the fsync in progress.
     waiting: u64,
@@ -718,13 +720,20 @@ impl Inner {
                 crate::sync::yield_now();
                 spins += 1;
             }
-            let target = self.written_seq.load(Ordering::Acquire);
+            // The seq and the position it ends at, together: checkpoints
+            // record both (`Checkpoint::durable_pos`).
+            let (target, target_pos) = {
+                let st = self.state.lock();
+                (st.next_seq - 1, st.head)
+            };
             let result = self.data.sync_data();
             g = self.sync.lock();
             g.in_progress = false;
             match result {
                 Ok(()) => {
-                    g.durable = g.durable.max(target);
+                    if target > g.durable {
+                        (g.durable, g.durable_pos) = (target, target_pos);
+                    }
                     g.released = g.waiting;
                     self.durable_seq.fetch_max(target, Ordering::AcqRel);
                     self.synced.notify_all();
@@ -806,12 +815,15 @@ impl Inner {
             let mut st = self.state.lock();
             st.last_checkpoint = now_nanos();
             st.unsaved_losses = false;
-            st.checkpoint()
+            let mut ck = st.checkpoint();
+            // Read under the state lock: never ahead of the state's seqs.
+            let sync = self.sync.lock();
+            (ck.durable_seq, ck.durable_pos) = (sync.durable, sync.durable_pos);
+            ck
         };
         m.generation += 1;
         ck.generation = m.generation;
         ck.ring_id = self.ring_id;
-        ck.durable_seq = self.durable_seq.load(Ordering::Acquire);
         ck.clean = clean;
         ck.sync_always = self.config.sync == SyncPolicy::Always;
         ck.boot_id = self.boot_id;

@@ -318,6 +318,7 @@ fn open_storages(
     state.seq_reserved = state.next_seq - 1;
     state.reserve_writes = reserve_counter;
     let written = state.next_seq - 1;
+    let head = state.head;
     let reserve_block = config.seq_reservation;
     let inner = Inner {
         dir,
@@ -347,7 +348,7 @@ fn open_storages(
         sync: Mutex::new(
             LEVEL_SYNC,
             "ring.sync",
-            SyncState { durable: written, in_progress: false, waiting: 0, released: 0 },
+            SyncState { durable: written, durable_pos: head, in_progress: false, waiting: 0, released: 0 },
         ),
         synced: Condvar::new(),
         written_seq: AtomicU64::new(written),

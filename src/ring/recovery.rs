@@ -475,14 +475,20 @@ struct Skip {
     ack: Option<(u64, u64)>,
 }
 
-/// The [`Skip`], if the checkpoint allows one: no hole
-/// known, a data file of full length, and the record after the delivery
-/// cursor where the checkpoint says it is.
-fn skip_for(scan: &mut Scanner<'_>, ck: &Checkpoint) -> io::Result<Option<Skip>> {
-    if !ck.hole_hints.is_empty() || ck.tail_seq == 0 || ck.next_seq <= ck.tail_seq + 1 {
+/// The [`Skip`] through `last_seq`, ending at `through`, if the checkpoint
+/// allows one: no hole known, and the record after the delivery cursor
+/// where the checkpoint says it is (when the skip would pass it).
+fn skip_for(scan: &mut Scanner<'_>, ck: &Checkpoint, last_seq: u64, through: u64) -> io::Result<Option<Skip>> {
+    if !ck.hole_hints.is_empty() || ck.tail_seq == 0 || last_seq <= ck.tail_seq {
         return Ok(None);
     }
-    let ack = if ck.ack_seq >= ck.tail_seq && ck.ack_seq + 1 < ck.next_seq {
+    // Seqs counted lost among the records (settled by an ack past them, as
+    // after the seqs a power loss skipped) hold no frame: the jump would
+    // count them as records.
+    if ck.losses.ranges.iter().any(|r| r.last_seq >= ck.tail_seq && r.first_seq <= last_seq) {
+        return Ok(None);
+    }
+    let ack = if ck.ack_seq >= ck.tail_seq && ck.ack_seq < last_seq {
         let in_place = ck.settled_seq == ck.ack_seq
             && matches!(scan.frame_at(ck.settled_pos)?, Found::Record(h) if h.seq == ck.ack_seq + 1);
         if !in_place {
@@ -492,7 +498,7 @@ fn skip_for(scan: &mut Scanner<'_>, ck: &Checkpoint) -> io::Result<Option<Skip>>
     } else {
         None
     };
-    Ok(Some(Skip { first_seq: ck.tail_seq, last_seq: ck.next_seq - 1, through: ck.head_pos, ack }))
+    Ok(Some(Skip { first_seq: ck.tail_seq, last_seq, through, ack }))
 }
 
 pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
@@ -511,19 +517,20 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
 
     // 1. The head.
     let chained = if power_loss_possible || !have_checkpoint { None } else { chain_head(&mut scan, &ck)? };
-    // A checkpoint whose every record was durable, with no hole known,
-    // bounds the head from below even after a power loss.
-    let durable_ck = have_checkpoint && data_whole && ck.hole_hints.is_empty() && ck.durable_seq + 1 >= ck.next_seq;
+    // With no hole known, the last data fsync the checkpoint records bounds
+    // the head from below even after a power loss: every frame below its
+    // position was durable, and every later write lies above it.
+    let from_durable = have_checkpoint && data_whole && ck.hole_hints.is_empty();
     let newest = match chained {
         Some(newest) => Some(newest),
-        None if durable_ck => {
-            // Every frame written since carries a seq from the checkpoint's
-            // next one up to the reservation; a frame is at most
+        None if from_durable => {
+            // Every frame written since carries a seq from the one after
+            // the durable seq up to the reservation; a frame is at most
             // `frame_size(max_len)` bytes, plus at most one pad per lap.
-            let seqs = reserved.max(ck.next_seq).saturating_sub(ck.next_seq).saturating_add(1);
+            let seqs = reserved.max(ck.next_seq).saturating_sub(ck.durable_seq + 1).saturating_add(1);
             let reach = seqs.saturating_mul(2 * super::frame::frame_size(max_len)).saturating_add(2 * cap);
-            let newest = find_head_since(input.data, &mut scan, ck.head_pos, reach)?;
-            Some(newest.unwrap_or((ck.head_pos, ck.next_seq)))
+            let newest = find_head_since(input.data, &mut scan, ck.durable_pos, reach)?;
+            Some(newest.unwrap_or((ck.durable_pos, ck.durable_seq + 1)))
         }
         None => find_head(&mut scan, cap)?,
     };
@@ -539,7 +546,13 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
     let trusted = if data_whole { trusted_through(&ck) } else { ck.settled_seq };
     let lapped = head.saturating_sub(cap) > ck.tail_pos;
     let window_start = head.saturating_sub(cap).max(ck.tail_pos).min(head);
-    let skip = if (chained.is_some() || durable_ck) && data_whole { skip_for(&mut scan, &ck)? } else { None };
+    // The records the checkpoint describes are all in the page cache after
+    // a process crash; after a power loss those up to the durable seq are.
+    let skip = match (chained, data_whole) {
+        (Some(_), true) => skip_for(&mut scan, &ck, ck.next_seq - 1, ck.head_pos)?,
+        (None, true) if from_durable => skip_for(&mut scan, &ck, ck.durable_seq, ck.durable_pos)?,
+        _ => None,
+    };
     let Window { mut holes, tail, last: prev, ack_pos, records } =
         walk_window(&mut scan, (window_start, head), ck.ack_seq, trusted, skip, &classify)?;
     report.records_recovered = records;
