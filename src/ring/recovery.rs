@@ -441,8 +441,12 @@ fn walk_window(
                 w.records += 1;
                 w.last = Some((h.seq, p + size, h.ts));
                 p += size;
-                if let Some(s) = skip.take_if(|s| h.seq >= s.first_seq && h.seq < s.last_seq && p <= s.through) {
-                    w.records += s.last_seq - h.seq;
+                let passed = skip
+                    .as_ref()
+                    .filter(|s| h.seq >= s.first_seq && h.seq < s.last_seq && p <= s.through)
+                    .and_then(|s| s.passed(h.seq));
+                if let Some((s, passed)) = passed.and_then(|n| skip.take().map(|s| (s, n))) {
+                    w.records += passed;
                     if let Some((seq, pos)) = s.ack.filter(|&(seq, _)| seq > h.seq) {
                         debug_assert_eq!(seq, ack_seq + 1);
                         w.ack_pos = Some(pos);
@@ -460,19 +464,42 @@ fn walk_window(
 
 /// The records from the oldest surviving one to the checkpoint's head are
 /// the ones the checkpoint describes. After a process crash they are all in
-/// the page cache; after a power loss too when every one was durable. With
-/// no hole known they are counted without being read. Damage to them is
-/// found by readers, as for records judged by their headers.
-#[derive(Clone, Copy)]
+/// the page cache; after a power loss those up to the durable position were
+/// on the disk. With no hole known they are counted without being read.
+/// Damage to them is found by readers, as for records judged by their
+/// headers.
 struct Skip {
     /// The checkpoint's oldest record.
     first_seq: u64,
-    /// The checkpoint's newest record.
+    /// The last seq jumped over.
     last_seq: u64,
-    /// The checkpoint's head.
+    /// Where its frame ends.
     through: u64,
     /// The record after the delivery cursor, checked in place.
     ack: Option<(u64, u64)>,
+    /// Loss ranges (first seq, last seq, count) reaching above the oldest
+    /// record: seqs settled as lost by an ack past them (as after the seqs
+    /// a power loss skipped) hold no frame, and are not counted as records.
+    lost: Vec<(u64, u64, u64)>,
+}
+
+impl Skip {
+    /// The records a jump from the record `seq` would pass over, if the
+    /// loss ranges allow counting them: each lies wholly inside the jump or
+    /// wholly outside it.
+    fn passed(&self, seq: u64) -> Option<u64> {
+        let mut lost = 0;
+        for &(first, last, count) in &self.lost {
+            if last <= seq || first > self.last_seq {
+                continue;
+            }
+            if first <= seq || last > self.last_seq {
+                return None;
+            }
+            lost += count;
+        }
+        (self.last_seq - seq).checked_sub(lost)
+    }
 }
 
 /// The [`Skip`] through `last_seq`, ending at `through`, if the checkpoint
@@ -480,12 +507,6 @@ struct Skip {
 /// where the checkpoint says it is (when the skip would pass it).
 fn skip_for(scan: &mut Scanner<'_>, ck: &Checkpoint, last_seq: u64, through: u64) -> io::Result<Option<Skip>> {
     if !ck.hole_hints.is_empty() || ck.tail_seq == 0 || last_seq <= ck.tail_seq {
-        return Ok(None);
-    }
-    // Seqs counted lost among the records (settled by an ack past them, as
-    // after the seqs a power loss skipped) hold no frame: the jump would
-    // count them as records.
-    if ck.losses.ranges.iter().any(|r| r.last_seq >= ck.tail_seq && r.first_seq <= last_seq) {
         return Ok(None);
     }
     let ack = if ck.ack_seq >= ck.tail_seq && ck.ack_seq < last_seq {
@@ -498,7 +519,14 @@ fn skip_for(scan: &mut Scanner<'_>, ck: &Checkpoint, last_seq: u64, through: u64
     } else {
         None
     };
-    Ok(Some(Skip { first_seq: ck.tail_seq, last_seq, through, ack }))
+    let lost = ck
+        .losses
+        .ranges
+        .iter()
+        .filter(|r| r.last_seq >= ck.tail_seq)
+        .map(|r| (r.first_seq, r.last_seq, r.count))
+        .collect();
+    Ok(Some(Skip { first_seq: ck.tail_seq, last_seq, through, ack, lost }))
 }
 
 pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
