@@ -270,6 +270,19 @@ impl Storage for SimStorage {
         Ok(())
     }
 
+    fn drop_cache(&self) {
+        // What the page cache would show once its clean pages are gone:
+        // the stable bytes, with the writes not yet synced on top.
+        let mut st = self.disk.state.lock();
+        let f = st.files.get_mut(&self.name).expect("file");
+        let mut cache = f.stable.clone();
+        cache.resize(f.cache.len(), 0);
+        for (offset, data) in &f.unsynced {
+            put(&mut cache, *offset, data);
+        }
+        f.cache = cache;
+    }
+
     fn len(&self) -> io::Result<u64> {
         Ok(self.disk.len(&self.name))
     }
@@ -326,6 +339,35 @@ mod tests {
         disk.set_faults(Faults::NONE);
         assert!(f.sync_data().is_ok(), "the next fsync succeeds, whatever the first dropped");
         assert_eq!(disk.counts().fsync_failures, 1);
+    }
+
+    #[test]
+    fn dropping_the_cache_after_a_failed_fsync_shows_the_disk() {
+        let disk = SimDisk::new(7, Faults::NONE);
+        let f = disk.file("a");
+        f.write_at(&[1; 64], 0).unwrap();
+        f.sync_data().unwrap();
+        disk.set_faults(Faults { fsync_failure: 1.0, ..Faults::NONE });
+        // Many writes, so that some reach the disk and some do not.
+        for i in 0..64u8 {
+            f.write_at(&[i + 2], u64::from(i)).unwrap();
+        }
+        assert!(f.sync_data().is_err());
+        disk.set_faults(Faults::NONE);
+        f.write_at(&[200], 63).unwrap();
+        let mut before = [0u8; 64];
+        f.read_at(&mut before, 0).unwrap();
+        assert_eq!(before[..63], (2..65).collect::<Vec<u8>>()[..], "the page cache shows every write");
+        f.drop_cache();
+        let mut after = [0u8; 64];
+        f.read_at(&mut after, 0).unwrap();
+        assert_eq!(after[63], 200, "a write not yet synced stays");
+        assert!(after[..63].contains(&1), "some failed writes never reached the disk: {after:?}");
+        assert!(after[..63].iter().enumerate().all(|(i, &b)| b == 1 || b == i as u8 + 2), "{after:?}");
+        disk.power_loss();
+        let mut lost = [0u8; 64];
+        f.read_at(&mut lost, 0).unwrap();
+        assert_eq!(lost[..63], after[..63], "what the dropped cache showed is what a power loss leaves");
     }
 
     #[test]

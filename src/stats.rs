@@ -9,7 +9,8 @@ pub enum LossCause {
     Overwritten,
     /// Damaged on disk (checksum mismatch, broken framing).
     Corrupted,
-    /// Never reported durable and gone after a power loss.
+    /// Never reported durable and gone after a power loss (or a failed
+    /// fsync, which may drop writes too).
     LostUnsynced,
     /// Two ranges of different causes merged to keep the list bounded.
     Mixed,
@@ -133,7 +134,8 @@ pub struct RingStats {
     pub rejected: u64,
     /// Records found damaged and never delivered.
     pub corrupted: u64,
-    /// Records lost to a power loss before they were reported durable.
+    /// Records lost to a power loss (or a failed fsync) before they were
+    /// reported durable.
     pub lost_unsynced: u64,
     /// The last seq assigned (0 before the first record).
     pub last_seq: u64,
@@ -179,7 +181,8 @@ pub struct RecoveryReport {
     pub damaged_records: u64,
     /// Records discovered as overwritten from sequence gaps since the last checkpoint.
     pub overwritten_discovered: u64,
-    /// Records discovered lost to a power loss before they were synced.
+    /// Records discovered lost to a power loss (or a failed fsync) before
+    /// they were synced.
     pub lost_unsynced_discovered: u64,
     /// Checkpoint slots that failed their checksum (0, 1 or 2).
     pub damaged_checkpoint_slots: u8,

@@ -97,8 +97,10 @@ fn check(ring: &Ring, disk: &SimDisk, model: &mut Model, cap: u64) {
         model.max_returned,
         s.last_seq
     );
-    if model.power_losses == 0 {
-        assert_eq!(s.lost_unsynced, 0, "lost_unsynced without a power loss");
+    // A failed fsync may drop writes too (Linux marks the pages clean): the
+    // ring then assumes, as after a power loss, that unsynced ones are gone.
+    if model.power_losses == 0 && disk.counts().fsync_failures == 0 {
+        assert_eq!(s.lost_unsynced, 0, "lost_unsynced without a power loss or a failed fsync");
     }
     if !model.damage_possible {
         assert_eq!(s.corrupted, 0, "corruption without a fault that causes it: {s:?}");
@@ -299,7 +301,12 @@ fn run_seed(seed: u64) -> FaultCounts {
 /// 357701: the fsync of a new ring's data header failed (the page marked
 /// clean, never written); a later open found it in the page cache and kept
 /// going, and after a power loss the ring had no header: refused to open.
-const REGRESSION_SEEDS: &[u64] = &[30_712, 82_019, 167_155, 357_701];
+/// 422999: a batch failed (ENOSPC) after writing its first part, which was
+/// undone; the next open's fsync failed, keeping the part on the disk but
+/// the undo in the page cache. The retry trusted the cache and reused the
+/// batch's seqs at the same place; a power loss lost the new writes, and
+/// the failed batch's frames came back under those seqs (wrong bytes).
+const REGRESSION_SEEDS: &[u64] = &[30_712, 82_019, 167_155, 357_701, 422_999];
 
 #[test]
 fn simulated_crashes_and_faults() {

@@ -92,6 +92,8 @@ pub(crate) struct Inner {
     durable_seq: AtomicU64,
     /// Set with `State::poisoned`, readable without the state lock.
     poisoned: AtomicBool,
+    /// A data fsync failed: see [`Inner::distrust_cache`].
+    cache_distrusted: AtomicBool,
     lock_file: parking_lot::Mutex<Option<File>>,
 }
 
@@ -727,6 +729,11 @@ impl Inner {
                 (st.next_seq - 1, st.head)
             };
             let result = self.data.sync_data();
+            if result.is_err() {
+                // Before any waiter wakes: none may retry the fsync.
+                self.poison(&self.data_path);
+                self.distrust_cache();
+            }
             g = self.sync.lock();
             g.in_progress = false;
             match result {
@@ -740,11 +747,25 @@ impl Inner {
                 }
                 Err(e) => {
                     self.synced.notify_all();
-                    drop(g);
-                    self.poison(&self.data_path);
                     return Err(Error::io("fsync", &self.data_path, e));
                 }
             }
+        }
+    }
+
+    /// After a failed fsync of the data file: Linux marks the pages it
+    /// failed to write clean, so the page cache may show bytes the disk
+    /// does not hold, and would go on showing them until it evicts them.
+    /// From here on checkpoints carry no boot id, so the next open assumes
+    /// writes were lost, as after a power loss, and never reuses a seq; then
+    /// the data file's cached pages are dropped, so that open reads what
+    /// the disk holds. (In that order, and only if the checkpoint could be
+    /// written: otherwise the next open trusts the cache as after a crash
+    /// of the process, and must find it as it was.)
+    fn distrust_cache(&self) {
+        self.cache_distrusted.store(true, Ordering::Release);
+        if self.write_checkpoint(false).is_ok() {
+            self.data.drop_cache();
         }
     }
 
@@ -826,7 +847,7 @@ impl Inner {
         ck.ring_id = self.ring_id;
         ck.clean = clean;
         ck.sync_always = self.config.sync == SyncPolicy::Always;
-        ck.boot_id = self.boot_id;
+        ck.boot_id = if self.cache_distrusted.load(Ordering::Acquire) { None } else { self.boot_id };
         debug_assert!(ck.consistent(), "writing an inconsistent checkpoint: {ck:?}");
         let slot = 1 - m.durable_slot;
         self.meta.write_at(&ck.encode(), slot * SLOT_LEN as u64).map_err(|e| Error::io("write", &self.meta_path, e))?;

@@ -309,7 +309,10 @@ fn open_storages(
     report.damaged_checkpoint_slots = damaged_slots;
     report.capacity_mismatch = cap != config.capacity & !7;
     report.data_file_extended_from = report_short;
-    data.sync_data().map_err(|e| Error::io("fsync", &data_path, e))?;
+    if let Err(e) = data.sync_data() {
+        distrust_cache(&*data, &*meta, ck.as_ref().map(|ck| (checkpoint_slot, ck)));
+        return Err(Error::io("fsync", &data_path, e));
+    }
     let mut state = state;
     // Recovery moved next_seq past every seq that may have been handed out.
     // The reservation read back may not be durable (its fsync may have
@@ -354,9 +357,29 @@ fn open_storages(
         written_seq: AtomicU64::new(written),
         durable_seq: AtomicU64::new(written),
         poisoned: AtomicBool::new(false),
+        cache_distrusted: AtomicBool::new(false),
         lock_file: parking_lot::Mutex::new(lock_file),
     };
     inner.write_checkpoint(false)?;
     inner.sync_meta()?;
     Ok((inner, report))
+}
+
+/// After a failed fsync of the data file during an open: the page cache
+/// may hold bytes the disk does not, and the cache's view is what recovery
+/// read. The next open must read the disk, and must assume writes were
+/// lost, as after a power loss: the checkpoint is written again without a
+/// boot id (to the other slot, in the page cache, which a crash of this
+/// process keeps), then, if that worked, the data file's cached pages are
+/// dropped.
+fn distrust_cache(data: &dyn Storage, meta: &dyn Storage, checkpoint: Option<(u64, &Checkpoint)>) {
+    if let Some((slot, ck)) = checkpoint {
+        let marked = Checkpoint { boot_id: None, generation: ck.generation + 1, ..ck.clone() };
+        if meta.write_at(&marked.encode(), (1 - slot) * SLOT_LEN as u64).is_err() {
+            // Without the mark the next open trusts the page cache as after
+            // a crash of the process: it must find it as it was.
+            return;
+        }
+    }
+    data.drop_cache();
 }

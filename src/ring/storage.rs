@@ -52,6 +52,16 @@ pub trait Storage: Send + Sync {
     /// Any I/O error, for example `ENOSPC`.
     fn set_len(&self, len: u64) -> io::Result<()>;
 
+    /// Forgets cached bytes, so that later reads return what the device
+    /// holds. Called after a failed [`sync_data`]: Linux then marks the
+    /// failed pages clean though the disk may not hold them, and reads
+    /// would go on returning bytes that a power loss, or the kernel
+    /// reclaiming the pages, can take back. Best effort; writes not yet
+    /// synced stay. The default does nothing.
+    ///
+    /// [`sync_data`]: Storage::sync_data
+    fn drop_cache(&self) {}
+
     /// An identifier of the current boot of the machine, so recovery can
     /// tell a process crash (page cache intact) from a power loss. `None`
     /// when unknown; recovery then assumes a power loss may have happened.
@@ -95,6 +105,11 @@ impl Storage for FileStorage {
 
     fn len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
+    }
+
+    fn drop_cache(&self) {
+        // Clean pages are dropped; dirty ones are written back and stay.
+        let _ = rustix::fs::fadvise(&self.file, 0, None, rustix::fs::Advice::DontNeed);
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
@@ -224,6 +239,12 @@ impl Storage for MappedFile {
         self.file.sync_data()
     }
 
+    fn drop_cache(&self) {
+        // Pages still mapped by this process stay; the ring is poisoned
+        // after a failed fsync, and the next open maps the file afresh.
+        self.file.drop_cache();
+    }
+
     fn len(&self) -> io::Result<u64> {
         self.file.len()
     }
@@ -282,5 +303,29 @@ mod tests {
                 assert_eq!(buf, [byte; 100], "chunk {chunk} page {k}");
             }
         }
+    }
+
+    #[test]
+    fn dropping_the_cache_keeps_synced_and_unsynced_bytes() {
+        // Clean pages are read back from the disk; dirty ones stay cached.
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        let f = FileStorage { file };
+        f.set_len(1 << 20).unwrap();
+        f.write_at(&[7; 4096], 0).unwrap();
+        f.sync_data().unwrap();
+        f.write_at(&[9; 4096], 8192).unwrap();
+        f.drop_cache();
+        let mut buf = [0u8; 4096];
+        f.read_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, [7; 4096]);
+        f.read_at(&mut buf, 8192).unwrap();
+        assert_eq!(buf, [9; 4096]);
     }
 }
