@@ -312,6 +312,26 @@ fn read_ack(n: u64) -> Duration {
     })
 }
 
+/// Time to open the ring in `dir` with `meta` as its meta file, on a
+/// storage that reports another boot id (recovery must assume a power
+/// loss); best of three.
+fn reopen_after_power_loss(dir: &std::path::Path, cap: u64, meta: &[u8]) -> Duration {
+    best(|| {
+        std::fs::write(dir.join("ring.meta"), meta).unwrap();
+        let config = RingConfig::default()
+            .with_capacity(cap)
+            .with_sync(SyncPolicy::Never)
+            .with_max_record_len(4096)
+            .with_storage_wrapper(Arc::new(|_, s| Box::new(Rebooted(s))));
+        let start = Instant::now();
+        let (r, _) = Ring::open(dir, config).unwrap();
+        let t = start.elapsed();
+        assert_eq!(r.stats().corrupted, 0, "a clean power-loss image");
+        r.close().unwrap();
+        t
+    })
+}
+
 /// Reopen times of a full ring of `mib` MiB after a clean close, after a
 /// process crash, after a power loss right after a `sync()`, and after a
 /// power loss with appends and an ack since the last fsync; and the time
@@ -349,20 +369,7 @@ fn recovery(mib: u64) -> (Duration, Duration, Duration, Duration, Duration) {
         r.close().unwrap();
         t
     });
-    let power_loss = best(|| {
-        std::fs::write(dir.join("ring.meta"), &crash_meta).unwrap();
-        let config = RingConfig::default()
-            .with_capacity(cap)
-            .with_sync(SyncPolicy::Never)
-            .with_max_record_len(4096)
-            .with_storage_wrapper(Arc::new(|_, s| Box::new(Rebooted(s))));
-        let start = Instant::now();
-        let (r, _) = Ring::open(&dir, config).unwrap();
-        let t = start.elapsed();
-        assert_eq!(r.stats().corrupted, 0, "a clean power-loss image");
-        r.close().unwrap();
-        t
-    });
+    let power_loss = reopen_after_power_loss(&dir, cap, &crash_meta);
     // Shipping went on after the last fsync: 10,000 more records, and an
     // ack that wrote a checkpoint describing them (not durable).
     let later_meta = {
@@ -377,20 +384,7 @@ fn recovery(mib: u64) -> (Duration, Duration, Duration, Duration, Duration) {
         r.close().unwrap();
         meta
     };
-    let power_loss_later = best(|| {
-        std::fs::write(dir.join("ring.meta"), &later_meta).unwrap();
-        let config = RingConfig::default()
-            .with_capacity(cap)
-            .with_sync(SyncPolicy::Never)
-            .with_max_record_len(4096)
-            .with_storage_wrapper(Arc::new(|_, s| Box::new(Rebooted(s))));
-        let start = Instant::now();
-        let (r, _) = Ring::open(&dir, config).unwrap();
-        let t = start.elapsed();
-        assert_eq!(r.stats().corrupted, 0, "a clean power-loss image");
-        r.close().unwrap();
-        t
-    });
+    let power_loss_later = reopen_after_power_loss(&dir, cap, &later_meta);
     let read = best(|| {
         let mut f = File::open(dir.join("ring.data")).unwrap();
         let mut buf = vec![0u8; 1 << 20];

@@ -373,45 +373,70 @@ fn power_loss_head_search_is_not_fooled_by_a_damaged_durable_header() {
     // checksums, are hit bit by bit. The newer records must always be found
     // and their seqs never reused.
     for last in [11u64, 13] {
-        let t = TempRing::new();
-        let (ring, _) = Ring::open(&t.dir, config()).unwrap();
-        for i in 1..=10 {
-            ring.append(&payload(i, LEN)).unwrap();
-        }
-        ring.sync().unwrap();
-        for i in 11..=last {
-            ring.append(&payload(i, LEN)).unwrap();
-        }
+        let (t, ring) = synced_ten_then_up_to(last);
         let (data, meta) = (std::fs::read(t.data_file()).unwrap(), std::fs::read(t.meta_file()).unwrap());
         drop(ring);
         let newer: Vec<u64> = (11..=last).collect();
-        for record in [9u64, 10] {
-            let start = (DATA_OFFSET + (record - 1) * FRAME) as usize;
-            for bit in 0..32 * 8 {
-                let mut hit = data.clone();
-                hit[start + bit / 8] ^= 1 << (bit % 8);
-                let dir = t.tmp.path().join(format!("r{record}b{bit}"));
-                std::fs::create_dir_all(&dir).unwrap();
-                std::fs::write(dir.join("ring.data"), &hit).unwrap();
-                std::fs::write(dir.join("ring.meta"), &meta).unwrap();
-                let (ring, report) = Ring::open(&dir, config_on_boot(2)).unwrap();
-                let what = format!("last {last}, record {record}, bit {bit}");
-                assert_identity(&ring.stats());
-                let batch = ring.read(1, usize::MAX, usize::MAX).unwrap();
-                let seqs: Vec<u64> = batch.records.iter().map(|r| r.seq).collect();
-                for r in &batch.records {
-                    assert_eq!(&r.payload[..], &payload(r.seq, LEN)[..], "{what}: wrong bytes for seq {}", r.seq);
-                }
-                assert!(seqs.ends_with(&newer), "{what}: {seqs:?} {report:?}");
-                let damaged = (1..=last).filter(|q| !seqs.contains(q)).count() as u64;
-                assert!(damaged <= 1 && (damaged == 0 || !seqs.contains(&record)), "{what}: {seqs:?}");
-                let after = ring.stats();
-                assert_identity(&after);
-                assert_eq!(after.corrupted, damaged, "{what}: {after:?}");
-                assert!(ring.append(b"after").unwrap() > last);
-            }
+        each_header_bit_flipped(&t, (&data, &meta), &[9, 10], |ring, report, record, what| {
+            let what = format!("last {last}, {what}");
+            assert_identity(&ring.stats());
+            let seqs = read_exact(&ring, 1, &what);
+            assert!(seqs.ends_with(&newer), "{what}: {seqs:?} {report:?}");
+            let damaged = (1..=last).filter(|q| !seqs.contains(q)).count() as u64;
+            assert!(damaged <= 1 && (damaged == 0 || !seqs.contains(&record)), "{what}: {seqs:?}");
+            let after = ring.stats();
+            assert_identity(&after);
+            assert_eq!(after.corrupted, damaged, "{what}: {after:?}");
+            assert!(ring.append(b"after").unwrap() > last);
+        });
+    }
+}
+
+/// A ring with records 1..=10 synced, then 11..=`last` appended.
+fn synced_ten_then_up_to(last: u64) -> (TempRing, Ring) {
+    let t = TempRing::new();
+    let (ring, _) = Ring::open(&t.dir, config()).unwrap();
+    for i in 1..=10 {
+        ring.append(&payload(i, LEN)).unwrap();
+    }
+    ring.sync().unwrap();
+    for i in 11..=last {
+        ring.append(&payload(i, LEN)).unwrap();
+    }
+    (t, ring)
+}
+
+/// For each bit of the headers of `records` (of `LEN` bytes, in the first
+/// lap): the files with that bit flipped, opened after a reboot.
+fn each_header_bit_flipped(
+    t: &TempRing,
+    (data, meta): (&[u8], &[u8]),
+    records: &[u64],
+    mut check: impl FnMut(Ring, ringship::RecoveryReport, u64, String),
+) {
+    let base = tempfile::tempdir_in(t.tmp.path()).unwrap();
+    for &record in records {
+        let start = (DATA_OFFSET + (record - 1) * FRAME) as usize;
+        for bit in 0..32 * 8 {
+            let mut hit = data.to_vec();
+            hit[start + bit / 8] ^= 1 << (bit % 8);
+            let dir = base.path().join(format!("r{record}b{bit}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("ring.data"), &hit).unwrap();
+            std::fs::write(dir.join("ring.meta"), meta).unwrap();
+            let (ring, report) = Ring::open(&dir, config_on_boot(2)).unwrap();
+            check(ring, report, record, format!("record {record}, bit {bit}"));
         }
     }
+}
+
+/// Reads every record from `from` on, checks its bytes, returns the seqs.
+fn read_exact(ring: &Ring, from: u64, what: &str) -> Vec<u64> {
+    let batch = ring.read(from, usize::MAX, usize::MAX).unwrap();
+    for r in &batch.records {
+        assert_eq!(&r.payload[..], &payload(r.seq, LEN)[..], "{what}: wrong bytes for seq {}", r.seq);
+    }
+    batch.records.iter().map(|r| r.seq).collect()
 }
 
 #[test]
@@ -425,48 +450,26 @@ fn power_loss_recovery_from_the_durable_position_of_a_later_checkpoint() {
     // at most the record hit goes missing, no wrong byte is delivered, and
     // no seq is reused.
     for last in [11u64, 13] {
-        let t = TempRing::new();
-        let (ring, _) = Ring::open(&t.dir, config()).unwrap();
-        for i in 1..=10 {
-            ring.append(&payload(i, LEN)).unwrap();
-        }
-        ring.sync().unwrap();
-        for i in 11..=last {
-            ring.append(&payload(i, LEN)).unwrap();
-        }
+        let (t, ring) = synced_ten_then_up_to(last);
         ring.ack(4).unwrap();
         let (data, meta) = (std::fs::read(t.data_file()).unwrap(), std::fs::read(t.meta_file()).unwrap());
         drop(ring);
-        for record in [9u64, 10, 11] {
-            let start = (DATA_OFFSET + (record - 1) * FRAME) as usize;
-            for bit in 0..32 * 8 {
-                let mut hit = data.clone();
-                hit[start + bit / 8] ^= 1 << (bit % 8);
-                let dir = t.tmp.path().join(format!("l{last}r{record}b{bit}"));
-                std::fs::create_dir_all(&dir).unwrap();
-                std::fs::write(dir.join("ring.data"), &hit).unwrap();
-                std::fs::write(dir.join("ring.meta"), &meta).unwrap();
-                let (ring, report) = Ring::open(&dir, config_on_boot(2)).unwrap();
-                let what = format!("last {last}, record {record}, bit {bit}");
-                let s = ring.stats();
-                assert_identity(&s);
-                assert_eq!(s.ack_seq, 4, "{what}: {s:?}");
-                let batch = ring.read(5, usize::MAX, usize::MAX).unwrap();
-                let seqs: Vec<u64> = batch.records.iter().map(|r| r.seq).collect();
-                for r in &batch.records {
-                    assert_eq!(&r.payload[..], &payload(r.seq, LEN)[..], "{what}: wrong bytes for seq {}", r.seq);
-                }
-                let missing: Vec<u64> = (5..=last).filter(|q| !seqs.contains(q)).collect();
-                assert!(missing.is_empty() || missing == [record], "{what}: {seqs:?} {report:?}");
-                let after = ring.stats();
-                assert_identity(&after);
-                if record <= 10 {
-                    // Durable: a missing one is damage.
-                    assert_eq!(after.corrupted, missing.len() as u64, "{what}: {after:?}");
-                }
-                assert!(ring.append(b"after").unwrap() > last, "{what}");
+        each_header_bit_flipped(&t, (&data, &meta), &[9, 10, 11], |ring, report, record, what| {
+            let what = format!("last {last}, {what}");
+            let s = ring.stats();
+            assert_identity(&s);
+            assert_eq!(s.ack_seq, 4, "{what}: {s:?}");
+            let seqs = read_exact(&ring, 5, &what);
+            let missing: Vec<u64> = (5..=last).filter(|q| !seqs.contains(q)).collect();
+            assert!(missing.is_empty() || missing == [record], "{what}: {seqs:?} {report:?}");
+            let after = ring.stats();
+            assert_identity(&after);
+            if record <= 10 {
+                // Durable: a missing one is damage.
+                assert_eq!(after.corrupted, missing.len() as u64, "{what}: {after:?}");
             }
-        }
+            assert!(ring.append(b"after").unwrap() > last, "{what}");
+        });
     }
 }
 
