@@ -314,7 +314,9 @@ fn simulated_crashes_and_faults() {
         vec![s.parse().expect("RINGSHIP_SIM_SEED is a number")]
     } else {
         let n = std::env::var("RINGSHIP_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SEEDS);
-        (0..n).chain(REGRESSION_SEEDS.iter().copied().filter(|&s| s >= n)).collect()
+        // RINGSHIP_SIM_FIRST=k runs seeds k..k+n, for long runs in parts.
+        let first: u64 = std::env::var("RINGSHIP_SIM_FIRST").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+        (first..first + n).chain(REGRESSION_SEEDS.iter().copied().filter(|&s| s < first || s >= first + n)).collect()
     };
     let mut total = FaultCounts::default();
     for &seed in &seeds {
