@@ -386,11 +386,12 @@ fn chained_next(
 /// checksum checked.
 ///
 /// With `skip`, the walk jumps from the first record the checkpoint
-/// describes straight to the checkpoint's head (see [`Skip`]).
+/// describes straight to the checkpoint's head (see [`Skip`]). A frame with
+/// a seq below `oldest`, the checkpoint's oldest record, is a leftover.
 fn walk_window(
     scan: &mut Scanner<'_>,
     (start, head): (u64, u64),
-    ack_seq: u64,
+    (oldest, ack_seq): (u64, u64),
     trusted: u64,
     mut skip: Option<Skip>,
     classify: &Classifier<'_>,
@@ -422,6 +423,13 @@ fn walk_window(
                 Some((q, _)) => p = q,
                 None => p = head,
             },
+            Found::Record(h) if h.seq < oldest => {
+                // Older than the checkpoint's oldest record yet inside its
+                // window: a leftover of writes that a power loss undid (the
+                // head moved back, and the space around it was written
+                // again). Intact, so nothing newer overlaps it; not a record.
+                p += h.size();
+            }
             Found::Record(h) => {
                 let size = h.size();
                 match w.last {
@@ -582,7 +590,7 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
         _ => None,
     };
     let Window { mut holes, tail, last: prev, ack_pos, records } =
-        walk_window(&mut scan, (window_start, head), ck.ack_seq, trusted, skip, &classify)?;
+        walk_window(&mut scan, (window_start, head), (ck.tail_seq, ck.ack_seq), trusted, skip, &classify)?;
     report.records_recovered = records;
 
     let settled_c = ck.settled_seq;
