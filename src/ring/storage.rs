@@ -174,7 +174,8 @@ impl MappedFile {
 }
 
 /// Copies `src` into `map` at `start` in ascending address order, one
-/// volatile store at a time (8-byte words where aligned), so that a process
+/// volatile store at a time (16-byte stores where aligned on x86-64, 8-byte
+/// words elsewhere where aligned, bytes at the ends), so that a process
 /// killed in the middle leaves exactly a prefix written: frames before the
 /// one being copied whole, later ones untouched, as a `pwrite` cut short
 /// leaves them. A `memcpy` may store in any order, and a kill could then
@@ -186,8 +187,12 @@ impl MappedFile {
 fn copy_forward(src: &[u8], map: &memmap2::MmapRaw, start: usize) {
     debug_assert!(start + src.len() <= map.len());
     // SAFETY: every store is to `map.as_mut_ptr() + start + i` with
-    // `start + i < start + src.len() <= map.len()`, inside the mapping, and
-    // word stores are to 8-byte-aligned addresses (checked before each).
+    // `start + i < start + src.len() <= map.len()`, inside the mapping
+    // (each loop stores only while its whole store fits in `src`), and
+    // word and vector stores are to addresses aligned to their size
+    // (8- and 16-byte alignment checked before each loop). The vector loads
+    // read `src[i..i + 16]`, in bounds by the same check, unaligned, as
+    // `_mm_loadu_si128` allows; SSE2 is part of every x86-64 target.
     // No Rust reference into the map is ever made: its memory is only
     // written, through these raw stores, never read or borrowed, so nothing
     // in Rust observes it change. The ring never writes overlapping ranges
@@ -202,6 +207,26 @@ fn copy_forward(src: &[u8], map: &memmap2::MmapRaw, start: usize) {
         while i < src.len() && (dst.add(i) as usize) % 8 != 0 {
             std::ptr::write_volatile(dst.add(i), src[i]);
             i += 1;
+        }
+        // 16-byte stores halve the store count: 1 KiB appends 7 % faster
+        // (BENCHMARKS.md). A vector store is one instruction, so a kill
+        // still leaves a prefix.
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{__m128i, _mm_loadu_si128};
+            if i + 8 <= src.len() && (dst.add(i) as usize) % 16 != 0 {
+                let word = u64::from_ne_bytes(src[i..i + 8].try_into().expect("8 bytes"));
+                #[expect(clippy::cast_ptr_alignment, reason = "aligned: the loop above stops at an 8-byte boundary")]
+                std::ptr::write_volatile(dst.add(i).cast::<u64>(), word);
+                i += 8;
+            }
+            while i + 16 <= src.len() {
+                #[expect(clippy::cast_ptr_alignment, reason = "`_mm_loadu_si128` loads unaligned")]
+                let v = _mm_loadu_si128(src.as_ptr().add(i).cast::<__m128i>());
+                #[expect(clippy::cast_ptr_alignment, reason = "aligned: 16-byte boundary reached just above")]
+                std::ptr::write_volatile(dst.add(i).cast::<__m128i>(), v);
+                i += 16;
+            }
         }
         while i + 8 <= src.len() {
             let word = u64::from_ne_bytes(src[i..i + 8].try_into().expect("8 bytes"));
@@ -282,6 +307,30 @@ mod tests {
         assert_eq!(&on_disk[4090..4096], b"mapped");
         assert_eq!(&on_disk[8190..8195], b"grown");
         assert_eq!(&on_disk[16000..16003], b"far");
+    }
+
+    #[test]
+    fn mapped_copies_of_every_length_at_every_alignment_are_exact() {
+        // `copy_forward` switches between byte, word and vector stores by
+        // alignment and length: each copy must land exactly, touching
+        // nothing around it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        FileStorage { file: file.try_clone().unwrap() }.set_len(8192).unwrap();
+        let m = MappedFile::new(file).unwrap();
+        let src: Vec<u8> = (0..100u8).map(|b| b.wrapping_mul(37).wrapping_add(1)).collect();
+        for start in 4000..4032u64 {
+            for len in 0..=src.len() {
+                m.write_at(&[0xee; 160], 3980).unwrap();
+                m.write_at(&src[..len], start).unwrap();
+                let mut got = [0u8; 160];
+                m.read_at(&mut got, 3980).unwrap();
+                let at = (start - 3980) as usize;
+                assert_eq!(&got[at..at + len], &src[..len], "start {start} len {len}");
+                assert!(got[..at].iter().chain(&got[at + len..]).all(|&b| b == 0xee), "start {start} len {len}");
+            }
+        }
     }
 
     #[test]
