@@ -7,8 +7,9 @@
 //! RINGSHIP_BENCH_RING_MIB=1024 cargo bench --bench compare   # the 1 GiB figures
 //! ```
 //!
-//! Each figure is the best of three runs (wall clock). Ratios, not
-//! absolute numbers, are what the targets in issue 6 are about.
+//! Each figure is the best of three runs (wall clock), and a figure and its
+//! baseline or peer take turns run by run. Ratios, not absolute numbers,
+//! are what the targets in issue 6 are about.
 
 // Not a library: print freely, and wall-clock measuring needs casts.
 // `main` is the table: one row after another, long by nature.
@@ -47,6 +48,20 @@ struct Row {
 
 fn best<F: FnMut() -> Duration>(mut f: F) -> Duration {
     (0..RUNS).map(|_| f()).min().expect("runs")
+}
+
+/// The best of `RUNS` runs of each of `fs`, taken in turns (one run of
+/// each, then again), so that a figure and the baseline it is divided by
+/// see the same moments of a noisy machine: measured one after the other,
+/// a slow spell of a few seconds moved ratios by a third.
+fn side_by_side<const K: usize>(mut fs: [&mut dyn FnMut() -> Duration; K]) -> [Duration; K] {
+    let mut out = [Duration::MAX; K];
+    for _ in 0..RUNS {
+        for (f, best) in fs.iter_mut().zip(&mut out) {
+            *best = (*best).min(f());
+        }
+    }
+    out
 }
 
 fn frame_len(payload: usize) -> usize {
@@ -103,75 +118,71 @@ impl Storage for Rebooted {
     }
 }
 
+/// One run of `n` appends of `len` bytes from `threads` threads.
 fn append_threads(n: u64, len: usize, threads: u64, sync: SyncPolicy, cap: u64, mapped: bool) -> Duration {
-    best(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let r = Arc::new(ring_with(&tmp.path().join("r"), cap, sync, mapped));
-        let payload = vec![7u8; len];
-        let start = Instant::now();
-        let hs: Vec<_> = (0..threads)
-            .map(|_| {
-                let (r, p) = (Arc::clone(&r), payload.clone());
-                std::thread::spawn(move || {
-                    for _ in 0..n / threads {
-                        r.append(&p).unwrap();
-                    }
-                })
+    let tmp = tempfile::tempdir().unwrap();
+    let r = Arc::new(ring_with(&tmp.path().join("r"), cap, sync, mapped));
+    let payload = vec![7u8; len];
+    let start = Instant::now();
+    let hs: Vec<_> = (0..threads)
+        .map(|_| {
+            let (r, p) = (Arc::clone(&r), payload.clone());
+            std::thread::spawn(move || {
+                for _ in 0..n / threads {
+                    r.append(&p).unwrap();
+                }
             })
-            .collect();
-        for h in hs {
-            h.join().unwrap();
-        }
-        start.elapsed()
-    })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    start.elapsed()
 }
 
+/// One run of `n` appends of `len` bytes in batches of `batch`.
 fn append_batches(n: u64, len: usize, batch: usize, mapped: bool) -> Duration {
-    best(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let r = ring_with(&tmp.path().join("r"), 512 << 20, SyncPolicy::Never, mapped);
-        let p = vec![7u8; len];
-        let payloads = vec![&p[..]; batch];
-        let start = Instant::now();
-        for _ in 0..n / batch as u64 {
-            r.append_batch(&payloads).unwrap();
-        }
-        start.elapsed()
-    })
+    let tmp = tempfile::tempdir().unwrap();
+    let r = ring_with(&tmp.path().join("r"), 512 << 20, SyncPolicy::Never, mapped);
+    let p = vec![7u8; len];
+    let payloads = vec![&p[..]; batch];
+    let start = Instant::now();
+    for _ in 0..n / batch as u64 {
+        r.append_batch(&payloads).unwrap();
+    }
+    start.elapsed()
 }
 
-/// `n` single appends into a full 64 MiB ring: every append evicts the
-/// oldest record (`OverwriteOldest`), the ring's steady state.
+/// One run of `n` single appends into a full 64 MiB ring: every append
+/// evicts the oldest record (`OverwriteOldest`), the ring's steady state.
 fn append_full(n: u64, len: usize, mapped: bool) -> Duration {
-    best(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let cap = 64 << 20;
-        let r = ring_with(&tmp.path().join("r"), cap, SyncPolicy::Never, mapped);
-        let p = vec![7u8; len];
-        let batch = vec![&p[..]; 64];
-        for _ in 0..=(cap / frame_len(len) as u64 / 64) {
-            r.append_batch(&batch).unwrap();
-        }
-        let start = Instant::now();
-        for _ in 0..n {
-            r.append(&p).unwrap();
-        }
-        start.elapsed()
-    })
+    let tmp = tempfile::tempdir().unwrap();
+    let cap = 64 << 20;
+    let r = ring_with(&tmp.path().join("r"), cap, SyncPolicy::Never, mapped);
+    let p = vec![7u8; len];
+    let batch = vec![&p[..]; 64];
+    for _ in 0..=(cap / frame_len(len) as u64 / 64) {
+        r.append_batch(&batch).unwrap();
+    }
+    let start = Instant::now();
+    for _ in 0..n {
+        r.append(&p).unwrap();
+    }
+    start.elapsed()
 }
 
+/// One run of the raw buffered-write baseline: `n` framed records through a
+/// 64 KiB `BufWriter`.
 fn raw_buffered(n: u64, len: usize) -> Duration {
     let frames: Vec<Vec<u8>> = (0..256).map(|i| frame(i, i * frame_len(len) as u64, &vec![7u8; len])).collect();
-    best(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut w = BufWriter::with_capacity(64 << 10, File::create(tmp.path().join("raw")).unwrap());
-        let start = Instant::now();
-        for i in 0..n {
-            w.write_all(&frames[(i % 256) as usize]).unwrap();
-        }
-        w.flush().unwrap();
-        start.elapsed()
-    })
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = BufWriter::with_capacity(64 << 10, File::create(tmp.path().join("raw")).unwrap());
+    let start = Instant::now();
+    for i in 0..n {
+        w.write_all(&frames[(i % 256) as usize]).unwrap();
+    }
+    w.flush().unwrap();
+    start.elapsed()
 }
 
 /// A file with `len` bytes reserved (`fallocate`), as the ring's data file
@@ -183,13 +194,13 @@ fn preallocated(path: &std::path::Path, len: u64) -> File {
     f
 }
 
-/// `batches` writes of `batch` framed records, each followed by an
-/// fdatasync: the faster of appending to a new file and writing into a
+/// One run of `batches` writes of `batch` framed records, each followed by
+/// an fdatasync: the faster of appending to a new file and writing into a
 /// preallocated one (which is faster depends on the batch size: ext4 must
 /// convert preallocated extents on their first write).
 fn raw_fdatasync(batches: u64, batch: usize, len: usize) -> Duration {
     let one: Vec<u8> = (0..batch as u64).flat_map(|i| frame(i, 0, &vec![7u8; len])).collect();
-    let appending = best(|| {
+    let appending = {
         let tmp = tempfile::tempdir().unwrap();
         let mut f = OpenOptions::new().create(true).truncate(true).write(true).open(tmp.path().join("raw")).unwrap();
         let start = Instant::now();
@@ -198,8 +209,8 @@ fn raw_fdatasync(batches: u64, batch: usize, len: usize) -> Duration {
             f.sync_data().unwrap();
         }
         start.elapsed()
-    });
-    let into_preallocated = best(|| {
+    };
+    let into_preallocated = {
         let tmp = tempfile::tempdir().unwrap();
         let f = preallocated(&tmp.path().join("raw"), 256 << 20);
         let start = Instant::now();
@@ -208,88 +219,82 @@ fn raw_fdatasync(batches: u64, batch: usize, len: usize) -> Duration {
             f.sync_data().unwrap();
         }
         start.elapsed()
-    });
+    };
     appending.min(into_preallocated)
 }
 
-/// One `pwrite` per framed record from `threads` threads into a
+/// One run of one `pwrite` per framed record from `threads` threads into a
 /// preallocated file: the least an append can cost when each record must
 /// be in the kernel before `append` returns (the ring's promise that a
 /// process crash loses nothing).
 fn raw_pwrite(n: u64, len: usize, threads: u64) -> Duration {
     let frames: Arc<Vec<Vec<u8>>> =
         Arc::new((0..256).map(|i| frame(i, i * frame_len(len) as u64, &vec![7u8; len])).collect());
-    best(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let f = Arc::new(preallocated(&tmp.path().join("raw"), 512 << 20));
-        let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let start = Instant::now();
-        let hs: Vec<_> = (0..threads)
-            .map(|_| {
-                let (f, next, frames) = (Arc::clone(&f), Arc::clone(&next), Arc::clone(&frames));
-                std::thread::spawn(move || {
-                    for i in 0..n / threads {
-                        let frame = &frames[(i % 256) as usize];
-                        let at = next.fetch_add(frame.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                        f.write_all_at(frame, at).unwrap();
-                    }
-                })
+    let tmp = tempfile::tempdir().unwrap();
+    let f = Arc::new(preallocated(&tmp.path().join("raw"), 512 << 20));
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let start = Instant::now();
+    let hs: Vec<_> = (0..threads)
+        .map(|_| {
+            let (f, next, frames) = (Arc::clone(&f), Arc::clone(&next), Arc::clone(&frames));
+            std::thread::spawn(move || {
+                for i in 0..n / threads {
+                    let frame = &frames[(i % 256) as usize];
+                    let at = next.fetch_add(frame.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    f.write_all_at(frame, at).unwrap();
+                }
             })
-            .collect();
-        for h in hs {
-            h.join().unwrap();
-        }
-        start.elapsed()
-    })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    start.elapsed()
 }
 
-/// `batches` batches of `batch` records appended under `sync`, with a
+/// One run of `batches` batches of `batch` records appended under `sync`, with a
 /// `sync()` after each (`sync_each`) or once at the end, so the run ends with
 /// everything durable, as the raw baseline's does.
 fn ringship_batches(batches: u64, batch: usize, len: usize, sync: SyncPolicy, sync_each: bool) -> Duration {
-    best(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let r = ring(&tmp.path().join("r"), 256 << 20, sync);
-        let payloads = vec![vec![7u8; len]; batch];
-        let start = Instant::now();
-        for _ in 0..batches {
-            r.append_batch(&payloads).unwrap();
-            if sync_each {
-                r.sync().unwrap();
-            }
-        }
-        if !sync_each {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = ring(&tmp.path().join("r"), 256 << 20, sync);
+    let payloads = vec![vec![7u8; len]; batch];
+    let start = Instant::now();
+    for _ in 0..batches {
+        r.append_batch(&payloads).unwrap();
+        if sync_each {
             r.sync().unwrap();
         }
-        start.elapsed()
-    })
+    }
+    if !sync_each {
+        r.sync().unwrap();
+    }
+    start.elapsed()
 }
 
+/// One run of `n` records added to a queue-file queue.
 fn queue_file(n: u64, len: usize, sync: bool) -> Duration {
-    best(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut q = queue_file::QueueFile::open(tmp.path().join("q")).unwrap();
-        q.set_sync_writes(sync);
-        let p = vec![7u8; len];
-        let start = Instant::now();
-        for _ in 0..n {
-            q.add(&p).unwrap();
-        }
-        start.elapsed()
-    })
+    let tmp = tempfile::tempdir().unwrap();
+    let mut q = queue_file::QueueFile::open(tmp.path().join("q")).unwrap();
+    q.set_sync_writes(sync);
+    let p = vec![7u8; len];
+    let start = Instant::now();
+    for _ in 0..n {
+        q.add(&p).unwrap();
+    }
+    start.elapsed()
 }
 
+/// One run of `n` records sent into a yaque queue.
 fn yaque(n: u64, len: usize) -> Duration {
-    best(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut s = yaque::Sender::open(tmp.path().join("y")).unwrap();
-        let p = vec![7u8; len];
-        let start = Instant::now();
-        for _ in 0..n {
-            s.try_send(&p).unwrap();
-        }
-        start.elapsed()
-    })
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = yaque::Sender::open(tmp.path().join("y")).unwrap();
+    let p = vec![7u8; len];
+    let start = Instant::now();
+    for _ in 0..n {
+        s.try_send(&p).unwrap();
+    }
+    start.elapsed()
 }
 
 fn read_ack(n: u64) -> Duration {
@@ -523,36 +528,37 @@ fn main() {
     if want("append") {
         for len in [128usize, 1024] {
             let bytes = n * frame_len(len) as u64;
-            let raw = raw_buffered(n, len);
-            let vs_raw = |scenario: String, ours: Duration| Row {
-                scenario,
-                ours: format!("{:.0} MB/s", mb_s(bytes, ours)),
-                theirs: format!("{:.0} MB/s", mb_s(bytes, raw)),
-                ratio: raw.as_secs_f64() / ours.as_secs_f64(),
-                target: ">= 0.70".into(),
-                met: Some(raw.as_secs_f64() / ours.as_secs_f64() >= 0.7),
+            let mut raw = || raw_buffered(n, len);
+            let mut vs_raw = |scenario: String, ours: &mut dyn FnMut() -> Duration| {
+                let [ours, raw] = side_by_side([ours, &mut raw]);
+                let ratio = raw.as_secs_f64() / ours.as_secs_f64();
+                rows.push(Row {
+                    scenario,
+                    ours: format!("{:.0} MB/s", mb_s(bytes, ours)),
+                    theirs: format!("{:.0} MB/s", mb_s(bytes, raw)),
+                    ratio,
+                    target: ">= 0.70".into(),
+                    met: Some(ratio >= 0.7),
+                });
+                ours
             };
+            let mut limits = Vec::new();
             for mapped in [false, true] {
                 let how = if mapped { "mapped writes" } else { "pwrite" };
-                let one = append_threads(n, len, 1, SyncPolicy::Never, 512 << 20, mapped);
-                rows.push(vs_raw(format!("append {len} B, 1 producer, Never, {how} (vs raw buffered write)"), one));
-                let batched = append_batches(n, len, 64, mapped);
-                rows.push(vs_raw(
-                    format!("append_batch of 64 x {len} B, Never, {how} (vs raw buffered write)"),
-                    batched,
-                ));
-                let four = append_threads(n, len, 4, SyncPolicy::Never, 512 << 20, mapped);
-                rows.push(vs_raw(format!("append {len} B, 4 producers, Never, {how} (vs raw buffered write)"), four));
-                if !mapped {
-                    // The limit of the default path: a process crash must
-                    // lose nothing, so each record reaches the kernel before
-                    // `append` returns.
-                    for (threads, ours) in [(1, one), (4, four)] {
-                        let limit = raw_pwrite(n, len, threads);
-                        rows.push(Row {
+                for threads in [1, 4] {
+                    let mut ours = || append_threads(n, len, threads, SyncPolicy::Never, 512 << 20, mapped);
+                    let producers = if threads > 1 { "producers" } else { "producer" };
+                    let scenario =
+                        format!("append {len} B, {threads} {producers}, Never, {how} (vs raw buffered write)");
+                    vs_raw(scenario, &mut ours);
+                    if !mapped {
+                        // The limit of the default path: a process crash
+                        // must lose nothing, so each record reaches the
+                        // kernel before `append` returns.
+                        let [ours, limit] = side_by_side([&mut ours, &mut || raw_pwrite(n, len, threads)]);
+                        limits.push(Row {
                             scenario: format!(
-                                "append {len} B, {threads} producer{}, Never, pwrite (vs raw pwrite per record)",
-                                if threads > 1 { "s" } else { "" }
+                                "append {len} B, {threads} {producers}, Never, pwrite (vs raw pwrite per record)"
                             ),
                             ours: format!("{:.0} MB/s", mb_s(bytes, ours)),
                             theirs: format!("{:.0} MB/s", mb_s(bytes, limit)),
@@ -562,12 +568,13 @@ fn main() {
                         });
                     }
                 }
-                let full = append_full(n, len, mapped);
-                rows.push(vs_raw(
-                    format!("append {len} B into a full ring (each evicts), Never, {how} (vs raw buffered write)"),
-                    full,
-                ));
+                let scenario = format!("append_batch of 64 x {len} B, Never, {how} (vs raw buffered write)");
+                vs_raw(scenario, &mut || append_batches(n, len, 64, mapped));
+                let scenario =
+                    format!("append {len} B into a full ring (each evicts), Never, {how} (vs raw buffered write)");
+                vs_raw(scenario, &mut || append_full(n, len, mapped));
             }
+            rows.append(&mut limits);
         }
     }
 
@@ -575,8 +582,10 @@ fn main() {
         let (batches, batch) = (3000u64, 64usize);
         // The flusher fsyncs several times during the run (the default
         // interval is 200 ms).
-        let ours = ringship_batches(batches, batch, 128, SyncPolicy::Interval(Duration::from_millis(10)), false);
-        let raw = raw_fdatasync(batches, batch, 128);
+        let [ours, raw] = side_by_side([
+            &mut || ringship_batches(batches, batch, 128, SyncPolicy::Interval(Duration::from_millis(10)), false),
+            &mut || raw_fdatasync(batches, batch, 128),
+        ]);
         let records = (batches * batch as u64) as f64;
         rows.push(Row {
             scenario: format!("{batch} x 128 B batches, Interval 10 ms (vs raw write + fdatasync per batch)"),
@@ -587,8 +596,10 @@ fn main() {
             met: Some(raw.as_secs_f64() / ours.as_secs_f64() >= 0.7),
         });
         let batches = 300;
-        let ours = ringship_batches(batches, batch, 128, SyncPolicy::Never, true);
-        let raw = raw_fdatasync(batches, batch, 128);
+        let [ours, raw] =
+            side_by_side([&mut || ringship_batches(batches, batch, 128, SyncPolicy::Never, true), &mut || {
+                raw_fdatasync(batches, batch, 128)
+            }]);
         rows.push(Row {
             scenario: format!("{batch} x 128 B then sync, each batch durable (vs raw write + fdatasync)"),
             ours: format!("{:.0} rec/s", (batches * batch as u64) as f64 / ours.as_secs_f64()),
@@ -601,8 +612,10 @@ fn main() {
 
     if want("peers") {
         let na = 1_000u64;
-        let one = append_threads(na, 128, 1, SyncPolicy::Always, 64 << 20, false);
-        let four = append_threads(na * 4, 128, 4, SyncPolicy::Always, 64 << 20, false);
+        let [one, four] =
+            side_by_side([&mut || append_threads(na, 128, 1, SyncPolicy::Always, 64 << 20, false), &mut || {
+                append_threads(na * 4, 128, 4, SyncPolicy::Always, 64 << 20, false)
+            }]);
         let (r1, r4) = (na as f64 / one.as_secs_f64(), (na * 4) as f64 / four.as_secs_f64());
         rows.push(Row {
             scenario: "Always, 4 producers vs 1 (group commit)".into(),
@@ -613,11 +626,13 @@ fn main() {
             met: Some(r4 / r1 >= 3.0),
         });
 
-        let qf = queue_file(n, 128, false);
-        let yq = yaque(n, 128);
-        let faster = qf.min(yq);
         for mapped in [false, true] {
-            let ours = append_threads(n, 128, 1, SyncPolicy::Never, 512 << 20, mapped);
+            let [ours, qf, yq] = side_by_side([
+                &mut || append_threads(n, 128, 1, SyncPolicy::Never, 512 << 20, mapped),
+                &mut || queue_file(n, 128, false),
+                &mut || yaque(n, 128),
+            ]);
+            let faster = qf.min(yq);
             let how = if mapped { "mapped writes" } else { "pwrite" };
             rows.push(Row {
                 scenario: format!("append 128 B, no fsync, {how} (vs faster of queue-file, yaque)"),
@@ -632,9 +647,12 @@ fn main() {
                 met: Some(faster.as_secs_f64() / ours.as_secs_f64() >= 2.0),
             });
         }
-        let ours = append_threads(na, 128, 1, SyncPolicy::Always, 64 << 20, false);
         // The limit: one write and one fdatasync per durable record.
-        let limit = raw_fdatasync(na, 1, 128);
+        let [ours, limit, qf] = side_by_side([
+            &mut || append_threads(na, 128, 1, SyncPolicy::Always, 64 << 20, false),
+            &mut || raw_fdatasync(na, 1, 128),
+            &mut || queue_file(na, 128, true),
+        ]);
         rows.push(Row {
             scenario: "append 128 B, Always, 1 producer (vs raw write + fdatasync per record)".into(),
             ours: format!("{:.0} rec/s", na as f64 / ours.as_secs_f64()),
@@ -643,7 +661,6 @@ fn main() {
             target: "(limit)".into(),
             met: None,
         });
-        let qf = queue_file(na, 128, true);
         rows.push(Row {
             scenario: "append 128 B, fsync each (vs queue-file sync_writes)".into(),
             ours: format!("{:.0} rec/s", na as f64 / ours.as_secs_f64()),
