@@ -169,14 +169,22 @@ impl RingConfig {
     /// call: a single small append is several times faster (BENCHMARKS.md).
     /// Durability is unchanged: what an append wrote survives `kill -9` (the
     /// page cache keeps it either way), and `sync` and `SyncPolicy::Always`
-    /// fsync it as before. The price, as with LMDB's `MDB_WRITEMAP`: an I/O
-    /// error while the kernel brings a page of the data file back into
-    /// memory for a write (a bad sector under a page it had evicted)
-    /// arrives as `SIGBUS`, which kills the process, instead of as an error
-    /// from `append`; so does another process cutting the data file short
-    /// while the ring is open (it would have to ignore the ring's lock).
-    /// Write errors proper still surface from the fsync of `sync` or
-    /// `SyncPolicy::Always`. Reads are unaffected (they use `pread`). Pages
+    /// fsync it as before.
+    ///
+    /// The price, as with LMDB's `MDB_WRITEMAP`: a store into a page the
+    /// kernel has evicted makes it read the page back, and if that read
+    /// fails (a bad sector) the process gets `SIGBUS`. To keep that from
+    /// happening, the ring has the kernel bring pages in before it stores
+    /// into them (`MADV_POPULATE_WRITE`, Linux 5.14 and later, up to 256 KiB
+    /// ahead), which reports such a failure as an error: the append fails
+    /// with [`Error::Io`](crate::Error::Io) and the ring is poisoned until
+    /// reopened. A populated range is trusted for 10 ms, so `SIGBUS` remains
+    /// possible only if within those 10 ms the kernel writes back and
+    /// evicts such a page and then fails to read it, or if another process,
+    /// ignoring the ring's lock, cuts the data file short; and on older
+    /// kernels, where stores fault pages in themselves. Write errors proper
+    /// still surface from the fsync of `sync` or `SyncPolicy::Always`.
+    /// Reads are unaffected (they use `pread`). Pages
     /// written through the map count in the process's resident set until
     /// the writer moves 4 MiB further on, when they are unmapped (they stay
     /// in the page cache): resident memory stays bounded, not proportional

@@ -603,3 +603,26 @@ fn after_a_failed_fsync_the_next_open_reads_the_disk_and_reuses_no_seq() {
         }
     }
 }
+
+#[test]
+fn with_mapped_writes_a_data_file_cut_short_under_the_ring_fails_the_append_not_the_process() {
+    // Another process ignoring the ring's lock cuts the data file short. A
+    // store into the map past the file's end would raise SIGBUS and kill
+    // this test; the append must fail with an error naming the file, and
+    // the ring refuse further appends until reopened.
+    let t = TempRing::new();
+    let cap = 256 << 10;
+    let ring = common::open(&t.dir, common::small(cap).with_mapped_writes(true));
+    for i in 1..=10 {
+        ring.append(&payload(i, LEN)).unwrap();
+    }
+    std::fs::OpenOptions::new().write(true).open(t.data_file()).unwrap().set_len(DATA_OFFSET + 8192).unwrap();
+    // Past the time a populated range is trusted (10 ms).
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let failed = (11..cap / FRAME).find_map(|i| ring.append(&payload(i, LEN)).err());
+    match failed {
+        Some(ringship::Error::Io { op: "write", path, .. }) => assert_eq!(path, t.data_file()),
+        other => panic!("expected a write error, got {other:?}"),
+    }
+    assert!(matches!(ring.append(b"more"), Err(ringship::Error::Poisoned { .. })));
+}

@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// A fixed-size file the ring reads and writes at offsets.
 ///
@@ -138,17 +138,97 @@ pub(crate) struct MappedFile {
     /// the page cache), so the process's resident set holds the chunk being
     /// written rather than every page of the ring it ever wrote.
     writing_chunk: AtomicUsize,
+    /// The part of the map populated for writing last (`MADV_POPULATE_WRITE`),
+    /// from `populated_from` to `populated_to`, and when (a coarse monotonic
+    /// clock, in ms). Only one thread writes at a time (the ring writes under
+    /// `ring.state`); the atomics are for `&self`.
+    populated_from: AtomicUsize,
+    populated_to: AtomicUsize,
+    populated_at: AtomicU64,
+    /// `MADV_POPULATE_WRITE` is unknown to this kernel (before Linux 5.14):
+    /// stores fault pages in themselves, as they did before it.
+    populate_unsupported: AtomicBool,
 }
 
 /// Granularity of releasing written pages of the map.
 const RELEASE_CHUNK: usize = 4 << 20;
+
+/// Bytes of the map populated at a time ahead of the writer.
+const POPULATE_AHEAD: usize = 256 << 10;
+
+/// A populated range older than this is populated again before a store
+/// into it: the kernel may have written back and evicted its pages since.
+const POPULATED_FOR_MS: u64 = 10;
+
+/// Page granularity for populating (a multiple of the real page size is
+/// fine: `madvise` wants a page-aligned start).
+const PAGE: usize = 4096;
+
+fn coarse_ms() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    let (secs, nanos) = (u64::try_from(t.tv_sec).unwrap_or(0), u64::try_from(t.tv_nsec).unwrap_or(0));
+    secs.saturating_mul(1000).saturating_add(nanos / 1_000_000)
+}
 
 impl MappedFile {
     /// Maps `file` whole, shared.
     pub(crate) fn new(file: File) -> io::Result<Self> {
         let len = usize::try_from(file.metadata()?.len()).map_err(|_| io::Error::from(io::ErrorKind::FileTooLarge))?;
         let map = memmap2::MmapOptions::new().len(len).map_raw(&file)?;
-        Ok(MappedFile { file: FileStorage { file }, map, writing_chunk: AtomicUsize::new(usize::MAX) })
+        Ok(MappedFile {
+            file: FileStorage { file },
+            map,
+            writing_chunk: AtomicUsize::new(usize::MAX),
+            populated_from: AtomicUsize::new(0),
+            populated_to: AtomicUsize::new(0),
+            populated_at: AtomicU64::new(0),
+            populate_unsupported: AtomicBool::new(false),
+        })
+    }
+
+    /// Makes sure the pages under `start..end` of the map are in memory and
+    /// mapped writable before stores go there, populating up to
+    /// `POPULATE_AHEAD` bytes at a time. A store that faults a page in and
+    /// fails to read it (a bad sector under a page the kernel had evicted,
+    /// or a file cut short) raises `SIGBUS`; `MADV_POPULATE_WRITE` does the
+    /// same work and returns that failure as an error instead, so `append`
+    /// fails rather than the process.
+    fn populate(&self, start: usize, end: usize) -> io::Result<()> {
+        if self.populate_unsupported.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let now = coarse_ms();
+        let (from, to) = (self.populated_from.load(Ordering::Relaxed), self.populated_to.load(Ordering::Relaxed));
+        if from <= start
+            && end <= to
+            && now.saturating_sub(self.populated_at.load(Ordering::Relaxed)) < POPULATED_FOR_MS
+        {
+            return Ok(());
+        }
+        let from = start - start % PAGE;
+        let mut to = end.saturating_add(POPULATE_AHEAD).min(self.map.len());
+        let mut result = self.map.advise_range(memmap2::Advice::PopulateWrite, from, to - from);
+        if result.is_err() {
+            // Perhaps only a page ahead failed: what this write needs?
+            to = end;
+            result = self.map.advise_range(memmap2::Advice::PopulateWrite, from, to - from);
+        }
+        match result {
+            Ok(()) => {
+                self.populated_from.store(from, Ordering::Relaxed);
+                self.populated_to.store(to, Ordering::Relaxed);
+                self.populated_at.store(now, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                self.populate_unsupported.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.populated_to.store(0, Ordering::Relaxed);
+                Err(e)
+            }
+        }
     }
 
     /// Unmaps chunk `chunk`'s pages from the process (`MADV_DONTNEED`),
@@ -170,6 +250,8 @@ impl MappedFile {
         // concurrent store to the range lands either before the pages are
         // unmapped (and is kept) or faults the page back in.
         let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, off, len) };
+        // The populated range may have lost pages: populate again.
+        self.populated_to.store(0, Ordering::Relaxed);
     }
 }
 
@@ -199,8 +281,9 @@ fn copy_forward(src: &[u8], map: &memmap2::MmapRaw, start: usize) {
     // concurrently (data writes happen under `ring.state`), so stores do not
     // race one another. Another process changing the file underneath is
     // outside Rust's memory model and harmless to raw stores; one cutting
-    // the file shorter than the map (ignoring the ring's lock) raises
-    // SIGBUS, as documented on `RingConfig::with_mapped_writes`.
+    // the file shorter than the map (ignoring the ring's lock) between
+    // `populate` and these stores raises SIGBUS, as documented on
+    // `RingConfig::with_mapped_writes`.
     unsafe {
         let dst = map.as_mut_ptr().add(start);
         let mut i = 0;
@@ -251,6 +334,7 @@ impl Storage for MappedFile {
         if start.checked_add(buf.len()).is_none_or(|end| end > self.map.len()) {
             return self.file.write_at(buf, offset);
         }
+        self.populate(start, start + buf.len())?;
         copy_forward(buf, &self.map, start);
         let chunk = start / RELEASE_CHUNK;
         let previous = self.writing_chunk.swap(chunk, Ordering::Relaxed);
@@ -331,6 +415,31 @@ mod tests {
                 assert!(got[..at].iter().chain(&got[at + len..]).all(|&b| b == 0xee), "start {start} len {len}");
             }
         }
+    }
+
+    #[test]
+    fn a_page_the_kernel_cannot_bring_in_fails_the_write_instead_of_raising_sigbus() {
+        // The file is cut short under the map, as another process ignoring
+        // the ring's lock could do: a store past the end of the file would
+        // raise SIGBUS and kill this test. The write must fail instead, and
+        // writes to pages that still exist must go on working.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        FileStorage { file: file.try_clone().unwrap() }.set_len(1 << 20).unwrap();
+        let m = MappedFile::new(file).unwrap();
+        m.write_at(&[1; 100], 0).unwrap();
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(8192).unwrap();
+        // Inside the range the first write populated, once that is old
+        // enough to be populated again.
+        std::thread::sleep(std::time::Duration::from_millis(POPULATED_FOR_MS + 20));
+        assert!(m.write_at(&[2; 100], 20_000).is_err());
+        // Past it.
+        assert!(m.write_at(&[2; 100], 600_000).is_err());
+        m.write_at(&[3; 100], 4096).unwrap();
+        let mut buf = [0u8; 100];
+        m.read_at(&mut buf, 4096).unwrap();
+        assert_eq!(buf, [3; 100]);
     }
 
     #[test]
