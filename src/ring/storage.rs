@@ -160,10 +160,6 @@ const POPULATE_AHEAD: usize = 256 << 10;
 /// into it: the kernel may have written back and evicted its pages since.
 const POPULATED_FOR_MS: u64 = 10;
 
-/// Page granularity for populating (a multiple of the real page size is
-/// fine: `madvise` wants a page-aligned start).
-const PAGE: usize = 4096;
-
 fn coarse_ms() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
     let (secs, nanos) = (u64::try_from(t.tv_sec).unwrap_or(0), u64::try_from(t.tv_nsec).unwrap_or(0));
@@ -205,7 +201,9 @@ impl MappedFile {
         {
             return Ok(());
         }
-        let from = start - start % PAGE;
+        // `madvise` wants a start aligned to the page size (the map itself
+        // starts on a page).
+        let from = start - start % rustix::param::page_size();
         let mut to = end.saturating_add(POPULATE_AHEAD).min(self.map.len());
         let mut result = self.map.advise_range(memmap2::Advice::PopulateWrite, from, to - from);
         if result.is_err() {
