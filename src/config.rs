@@ -175,7 +175,7 @@ impl RingConfig {
     /// kernel has evicted makes it read the page back, and if that read
     /// fails (a bad sector) the process gets `SIGBUS`. To keep that from
     /// happening, the ring has the kernel bring pages in before it stores
-    /// into them (`MADV_POPULATE_WRITE`, Linux 5.14 and later, up to 256 KiB
+    /// into them (`MADV_POPULATE_WRITE`, Linux 5.14 and later, up to 64 KiB
     /// ahead), which reports such a failure as an error: the append fails
     /// with [`Error::Io`](crate::Error::Io) and the ring is poisoned until
     /// reopened. A populated range is trusted for 10 ms, so `SIGBUS` remains

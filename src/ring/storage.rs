@@ -154,7 +154,7 @@ pub(crate) struct MappedFile {
 const RELEASE_CHUNK: usize = 4 << 20;
 
 /// Bytes of the map populated at a time ahead of the writer.
-const POPULATE_AHEAD: usize = 256 << 10;
+const POPULATE_AHEAD: usize = 64 << 10;
 
 /// A populated range older than this is populated again before a store
 /// into it: the kernel may have written back and evicted its pages since.
