@@ -156,6 +156,12 @@ impl RingConfig {
     /// `sync` renew it ahead of time). After a power loss the seqs between
     /// the last record on disk and the reservation are counted as
     /// `lost_unsynced`: at most this many more than were really lost.
+    ///
+    /// Only the [`SyncPolicy::Interval`] flusher and
+    /// [`Ring::sync`](crate::Ring::sync) renew it ahead of time; otherwise
+    /// (under [`SyncPolicy::Never`], say) one append in this many waits for
+    /// that fsync: 0.6 to 0.9 ms on the benchmark machine, the worst single
+    /// append into a full ring (BENCHMARKS.md).
     #[must_use]
     pub fn with_seq_reservation(mut self, seqs: u64) -> Self {
         self.seq_reservation = seqs;
@@ -189,6 +195,13 @@ impl RingConfig {
     /// the writer moves 4 MiB further on, when they are unmapped (they stay
     /// in the page cache): resident memory stays bounded, not proportional
     /// to the ring.
+    ///
+    /// Latency: on a ring's first lap, a store into a page never touched
+    /// makes the kernel bring in its whole readahead window at once (the
+    /// disk's `read_ahead_kb`, 128 KiB by default), and the append that
+    /// does it waits: up to 17 ms per 8 MiB window on the benchmark machine
+    /// (BENCHMARKS.md, "Tail latency of single appends"). Once the ring has
+    /// lapped, its pages are in the page cache and appends do not stall so.
     #[must_use]
     pub fn with_mapped_writes(mut self, on: bool) -> Self {
         self.mapped_writes = on;

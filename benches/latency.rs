@@ -1,0 +1,124 @@
+//! How long single appends take one by one, not on average: what a host
+//! thread calling `append` waits for at worst. Each path appends 400,000
+//! records, timing every call, into a fresh 256 MiB ring (the first lap,
+//! where each page of the data file is touched for the first time) and
+//! into a full 64 MiB ring (the steady state: each append evicts the oldest
+//! record), next to the physical limit: one raw `pwrite` of a frame per
+//! record into a fresh file.
+//!
+//! ```text
+//! cargo bench --bench latency    # about 15 s
+//! ```
+//!
+//! For every path: mean, p50, p99, p99.9, p99.99, the worst, how many took
+//! over 1 ms, and where the five worst fell: which append (the seq
+//! reservation is renewed every 65,536 seqs) and how many MiB of frames
+//! that run had written by then (the mapped path releases its pages 4 MiB
+//! at a time, and the kernel reads ahead a window at a time). BENCHMARKS.md
+//! explains what it shows on the project's machine.
+
+// Not a library: print freely, and nanosecond arithmetic needs casts.
+#![allow(missing_docs, clippy::cast_precision_loss, clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use ringship::{Ring, RingConfig, SyncPolicy};
+
+const APPENDS: usize = 400_000;
+const RING: u64 = 256 << 20;
+/// The full ring's capacity: 400,000 appends of 128 bytes lap it once.
+const FULL_RING: u64 = 64 << 20;
+/// A frame's header (docs/FORMAT.md); 128 and 1024 byte payloads need no
+/// padding. The raw limit writes frames of the same size as the ring.
+const FRAME_OVERHEAD: usize = 32;
+
+/// Times `APPENDS` calls of `append(i)`.
+fn time_each(mut append: impl FnMut(usize)) -> Vec<Duration> {
+    (0..APPENDS)
+        .map(|i| {
+            let t = Instant::now();
+            append(i);
+            t.elapsed()
+        })
+        .collect()
+}
+
+/// Appends into a fresh ring (`full: false`: the first lap, where every
+/// page of the data file is touched for the first time) or into a full one
+/// (`full: true`: the steady state, every append evicting the oldest record).
+fn ring_path(payload: usize, mapped: bool, full: bool) -> Vec<Duration> {
+    let tmp = tempfile::tempdir().unwrap();
+    let capacity = if full { FULL_RING } else { RING };
+    let config = RingConfig::default().with_capacity(capacity).with_sync(SyncPolicy::Never).with_mapped_writes(mapped);
+    let (ring, _) = Ring::open(tmp.path().join("ring"), config).unwrap();
+    let record = vec![b'x'; payload];
+    if full {
+        let batch = vec![&record[..]; 64];
+        for _ in 0..=capacity / (payload + FRAME_OVERHEAD) as u64 / 64 {
+            ring.append_batch(&batch).unwrap();
+        }
+    }
+    let times = time_each(|_| {
+        ring.append(&record).unwrap();
+    });
+    ring.close().unwrap();
+    times
+}
+
+/// The limit: one `pwrite` of a frame-sized buffer per record, one after
+/// another into a fresh (sparse) file, as the default path writes.
+fn raw_pwrite(payload: usize) -> Vec<Duration> {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = std::fs::File::create(tmp.path().join("raw")).unwrap();
+    file.set_len(RING).unwrap();
+    let frame = vec![b'y'; payload + FRAME_OVERHEAD];
+    time_each(|i| file.write_all_at(&frame, (i * frame.len()) as u64 % (RING - frame.len() as u64)).unwrap())
+}
+
+/// Prints one row of the table and the five worst appends.
+fn report(name: &str, payload: usize, times: &[Duration]) {
+    let frame = payload + FRAME_OVERHEAD;
+    let mut sorted = times.to_vec();
+    sorted.sort_unstable();
+    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q) as usize];
+    let us = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e6);
+    let mean = times.iter().sum::<Duration>() / times.len() as u32;
+    let over_ms = times.iter().filter(|t| **t > Duration::from_millis(1)).count();
+    let mut worst: Vec<(Duration, usize)> = times.iter().copied().zip(0..).collect();
+    worst.sort_unstable_by_key(|w| std::cmp::Reverse(w.0));
+    let worst: Vec<String> = worst
+        .iter()
+        .take(5)
+        .map(|(t, i)| {
+            format!("{} us at append {} ({:.2} MiB in)", us(*t), i + 1, (i * frame) as f64 / f64::from(1 << 20))
+        })
+        .collect();
+    println!(
+        "{name:<40} {:>6} ns {:>6} ns {:>7} {:>7} {:>7} {:>8} {over_ms:>5}",
+        mean.as_nanos(),
+        at(0.5).as_nanos(),
+        us(at(0.99)),
+        us(at(0.999)),
+        us(at(0.9999)),
+        us(sorted[sorted.len() - 1])
+    );
+    println!("    worst: {}", worst.join(", "));
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    println!(
+        "{:<40} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8} {:>5}",
+        "append path (Never)", "mean", "p50", "p99 us", "p99.9", "p99.99", "max us", ">1ms"
+    );
+    for payload in [128, 1024] {
+        for (path, mapped) in [("pwrite (default)", false), ("mapped writes", true)] {
+            report(&format!("{payload} B, {path}, fresh ring"), payload, &ring_path(payload, mapped, false));
+            report(&format!("{payload} B, {path}, full ring"), payload, &ring_path(payload, mapped, true));
+        }
+        report(&format!("{payload} B, raw pwrite per record (limit)"), payload, &raw_pwrite(payload));
+    }
+}
