@@ -152,16 +152,15 @@ impl RingConfig {
     ///
     /// So that a seq is never reused, even after a power loss, the ring
     /// writes and fsyncs a small reservation record before handing out seqs
-    /// beyond the last one: once per this many appends (the flusher and
-    /// `sync` renew it ahead of time). After a power loss the seqs between
-    /// the last record on disk and the reservation are counted as
-    /// `lost_unsynced`: at most this many more than were really lost.
-    ///
-    /// Only the [`SyncPolicy::Interval`] flusher and
-    /// [`Ring::sync`](crate::Ring::sync) renew it ahead of time; otherwise
-    /// (under [`SyncPolicy::Never`], say) one append in this many waits for
-    /// that fsync: 0.6 to 0.9 ms on the benchmark machine, the worst single
-    /// append into a full ring (BENCHMARKS.md).
+    /// beyond the last one: once per this many appends. Once half of it is
+    /// used, the ring's background thread renews it (as do the
+    /// [`SyncPolicy::Interval`] flusher and [`Ring::sync`](crate::Ring::sync)),
+    /// so appends do not wait for that fsync; only the first append after
+    /// `open`, and appends that use up half a reservation while the renewal's
+    /// fsync runs, write one themselves or wait for it. After a power loss
+    /// the seqs between the last record on disk and the reservation are
+    /// counted as `lost_unsynced`: at most this many more than were really
+    /// lost.
     #[must_use]
     pub fn with_seq_reservation(mut self, seqs: u64) -> Self {
         self.seq_reservation = seqs;

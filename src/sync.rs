@@ -26,20 +26,30 @@ use std::time::Duration;
 mod imp {
     pub(crate) use parking_lot::{Condvar, Mutex, MutexGuard};
     pub(crate) use std::sync::atomic;
-    pub(crate) use std::thread::yield_now;
+    pub(crate) use std::thread::{JoinHandle, yield_now};
+
+    pub(crate) fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+        std::thread::Builder::new().name(name.into()).spawn(f).expect("spawn a ringship thread")
+    }
 }
 
 #[cfg(loom)]
 mod imp {
     pub(crate) use loom::sync::atomic;
     pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard};
-    pub(crate) use loom::thread::yield_now;
+    pub(crate) use loom::thread::{JoinHandle, yield_now};
+
+    pub(crate) fn spawn(_name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+        loom::thread::spawn(f)
+    }
 }
 
 /// Atomics: std's, or loom's under `cfg(loom)`.
 pub(crate) use imp::atomic;
 /// Lets other threads run: std's, or loom's under `cfg(loom)`.
 pub(crate) use imp::yield_now;
+/// Starts a named thread: std's, or loom's under `cfg(loom)`.
+pub(crate) use imp::{JoinHandle, spawn};
 
 /// `ring.meta_io`: serialises checkpoint writes so generations are ordered.
 pub(crate) const LEVEL_META_IO: u8 = 10;
@@ -242,6 +252,30 @@ impl Signal {
         {
             self.state.lock().1 = true;
             self.cv.notify_all();
+        }
+    }
+
+    /// Waits for a notification, however long it takes.
+    pub(crate) fn wait(&self) -> Woken {
+        #[cfg(not(loom))]
+        {
+            match self.rx.recv() {
+                Ok(()) => Woken::Notified,
+                Err(crossbeam_channel::RecvError) => Woken::Closed,
+            }
+        }
+        #[cfg(loom)]
+        {
+            let mut g = self.state.lock();
+            while !g.0 && !g.1 {
+                self.cv.wait(&mut g);
+            }
+            if g.1 {
+                Woken::Closed
+            } else {
+                g.0 = false;
+                Woken::Notified
+            }
         }
     }
 

@@ -12,7 +12,6 @@ pub(crate) mod storage;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use self::frame::{HEADER_LEN, encode_pad, encode_record, frame_size};
@@ -21,7 +20,7 @@ use self::scan::next_lap;
 use self::state::{Hole, State};
 use crate::stats::{LossCause, LossRange, RecoveryReport, RingStats};
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use crate::sync::{Condvar, Mutex, Signal, Woken};
+use crate::sync::{Condvar, JoinHandle, Mutex, Signal, Woken};
 use crate::{Error, FullPolicy, Result, RingConfig, Storage, SyncPolicy};
 
 pub use read::{ReadBatch, Record};
@@ -85,6 +84,9 @@ pub(crate) struct Inner {
     reserved: Condvar,
     /// Seqs one reservation covers.
     reserve_block: u64,
+    /// Wakes the ring's background thread: to renew the seq reservation
+    /// ahead of time (any policy), and closed to stop it.
+    background: Arc<Signal>,
     /// Level 30: group commit; released before every fsync.
     sync: Mutex<SyncState>,
     synced: Condvar,
@@ -114,7 +116,9 @@ pub(crate) struct Inner {
 /// a clean shutdown.
 pub struct Ring {
     inner: Arc<Inner>,
-    flusher: parking_lot::Mutex<Option<(Arc<Signal>, JoinHandle<()>)>>,
+    /// The background thread: renews the seq reservation ahead of the
+    /// appenders and, under `SyncPolicy::Interval`, flushes.
+    background: parking_lot::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Ring {
@@ -170,11 +174,12 @@ impl Ring {
 
     fn start(inner: Inner, report: RecoveryReport) -> (Ring, RecoveryReport) {
         let inner = Arc::new(inner);
-        let flusher = match inner.config.sync {
-            SyncPolicy::Interval(every) => Some(spawn_flusher(Arc::downgrade(&inner), every)),
+        let every = match inner.config.sync {
+            SyncPolicy::Interval(every) => Some(every),
             _ => None,
         };
-        (Ring { inner, flusher: parking_lot::Mutex::new(flusher) }, report)
+        let background = spawn_background(Arc::downgrade(&inner), Arc::clone(&inner.background), every);
+        (Ring { inner, background: parking_lot::Mutex::new(Some(background)) }, report)
     }
 
     /// The ring's directory.
@@ -281,15 +286,18 @@ impl Ring {
         self.inner.state.lock().losses()
     }
 
-    /// Syncs, records a clean shutdown, stops the flusher and releases the
-    /// directory. Later calls on this handle fail with [`Error::Closed`].
+    /// Syncs, records a clean shutdown, stops the background thread and
+    /// releases the directory. Later calls on this handle fail with
+    /// [`Error::Closed`].
     ///
     /// # Errors
     /// The sync or checkpoint error, if any; the directory is released
     /// either way.
     pub fn close(&self) -> Result<()> {
-        if let Some((stop, handle)) = self.flusher.lock().take() {
-            stop.close();
+        // Stop the background thread first: a renewal it is writing ends
+        // before the final reservation below, which must be the last.
+        self.inner.background.close();
+        if let Some(handle) = self.background.lock().take() {
             let _ = handle.join();
         }
         // Refuse appends first, so the final fsync covers every record the
@@ -306,34 +314,44 @@ impl Ring {
 
 impl Drop for Ring {
     fn drop(&mut self) {
-        // Only signal: the flusher holds a weak reference and exits on its own.
-        if let Some((stop, _handle)) = self.flusher.get_mut().take() {
-            stop.close();
-        }
+        // Only signal: the thread holds a weak reference and exits on its own.
+        self.inner.background.close();
     }
 }
 
-fn spawn_flusher(inner: Weak<Inner>, every: Duration) -> (Arc<Signal>, JoinHandle<()>) {
-    let stop = Arc::new(Signal::new());
-    let rx = Arc::clone(&stop);
-    let handle = std::thread::Builder::new()
-        .name("ringship-flush".into())
-        .spawn(move || {
-            loop {
-                if rx.wait_timeout(every) != Woken::TimedOut {
-                    return;
-                }
-                let Some(inner) = inner.upgrade() else { return };
-                let written = inner.written_seq.load(Ordering::Acquire);
-                let dirty = written > inner.durable_seq.load(Ordering::Acquire) || inner.state.lock().unsaved_losses;
-                if dirty && inner.sync_all(false).is_err() {
-                    // Poisoned: appends now fail and say why; nothing more to do here.
-                    return;
-                }
+/// Starts the ring's background thread. Woken by an append, it renews the
+/// seq reservation ahead of time, so that appends rarely write and fsync
+/// one themselves (I6); every `every` (`SyncPolicy::Interval`) it flushes,
+/// on time however often it is woken. It holds only a weak reference, and
+/// ends when `wake` is closed.
+fn spawn_background(inner: Weak<Inner>, wake: Arc<Signal>, every: Option<Duration>) -> JoinHandle<()> {
+    let run = move || {
+        let mut next_flush = every.map(|every| Instant::now() + every);
+        loop {
+            let woken = match next_flush {
+                Some(at) => wake.wait_timeout(at.saturating_duration_since(Instant::now())),
+                None => wake.wait(),
+            };
+            let Some(inner) = inner.upgrade() else { return };
+            match woken {
+                Woken::Closed => return,
+                Woken::Notified => inner.renew_ahead(),
+                Woken::TimedOut => {}
             }
-        })
-        .expect("spawn ringship flusher thread");
-    (stop, handle)
+            let (Some(at), Some(every)) = (next_flush, every) else { continue };
+            if Instant::now() < at {
+                continue;
+            }
+            next_flush = Some(Instant::now() + every);
+            let written = inner.written_seq.load(Ordering::Acquire);
+            let dirty = written > inner.durable_seq.load(Ordering::Acquire) || inner.state.lock().unsaved_losses;
+            if dirty && inner.sync_all(false).is_err() {
+                // Poisoned: appends now fail and say why; nothing more to do here.
+                return;
+            }
+        }
+    };
+    crate::sync::spawn("ringship-background", run)
 }
 
 /// A write buffer grown beyond this by a large batch is not kept.
@@ -393,7 +411,14 @@ impl Inner {
         if buf.capacity() <= WRITE_BUF_KEEP {
             st.write_buf = buf;
         }
+        // Half the reservation used: have the background thread renew it,
+        // so no append has to wait for that fsync (I6).
+        let renew = !st.renew_asked && !st.extending && st.next_seq + self.reserve_block / 2 > st.seq_reserved;
+        st.renew_asked |= renew;
         drop(st);
+        if renew {
+            self.background.notify();
+        }
         let (first, last, checkpoint_due) = result?;
         if checkpoint_due {
             self.write_checkpoint(false)?;
@@ -641,6 +666,16 @@ impl Inner {
         Ok(matches!(found, scan::Found::Record(_)))
     }
 
+    /// The background thread's renewal: the reservation covers at least
+    /// half a block beyond the last seq. An error leaves `renew_asked` set,
+    /// so appends do not ask again; the append that runs past the
+    /// reservation renews it itself and reports the error.
+    fn renew_ahead(&self) {
+        if self.ensure_reserved(1, self.reserve_block / 2).is_ok() {
+            self.state.lock().renew_asked = false;
+        }
+    }
+
     /// Makes sure seqs up to `next_seq + n - 1` (and `ahead` more) are
     /// covered by a durable reservation, writing and fsyncing a larger one
     /// if not. One thread extends at a time; others wait for it, which
@@ -665,6 +700,7 @@ impl Inner {
             st.extending = false;
             if result.is_ok() {
                 st.seq_reserved = st.seq_reserved.max(target);
+                st.renew_asked = false;
             }
             self.reserved.notify_all();
             result?;
@@ -795,6 +831,11 @@ impl Inner {
             // durably, so a reboot after a clean close skips no seqs.
             let (target, counter) = {
                 let mut st = self.state.lock();
+                // An append may be writing a larger reservation: the final
+                // one must be written after it, or it could land last.
+                while st.extending {
+                    self.reserved.wait(&mut st);
+                }
                 st.reserve_writes += 1;
                 st.seq_reserved = st.next_seq - 1;
                 (st.seq_reserved, st.reserve_writes)

@@ -21,7 +21,7 @@ use super::storage::{FileStorage, MappedFile};
 use super::{Inner, MetaIo, SyncState};
 use crate::stats::RecoveryReport;
 use crate::sync::atomic::{AtomicBool, AtomicU64};
-use crate::sync::{Condvar, LEVEL_META_IO, LEVEL_RING_STATE, LEVEL_SYNC, Mutex};
+use crate::sync::{Condvar, LEVEL_META_IO, LEVEL_RING_STATE, LEVEL_SYNC, Mutex, Signal};
 use crate::{Error, Result, RingConfig, Storage};
 
 const LOCK_FILE: &str = "ring.lock";
@@ -348,6 +348,7 @@ fn open_storages(
         room: Condvar::new(),
         reserved: Condvar::new(),
         reserve_block,
+        background: std::sync::Arc::new(Signal::new()),
         sync: Mutex::new(
             LEVEL_SYNC,
             "ring.sync",

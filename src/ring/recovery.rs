@@ -783,6 +783,7 @@ pub(crate) fn fresh_state(cap: u64, max_losses: usize) -> State {
         unsaved_losses: false,
         seq_reserved: 0,
         extending: false,
+        renew_asked: false,
         reserve_writes: 0,
         tail_ahead: (0, Vec::new()),
         write_buf: Vec::new(),

@@ -53,6 +53,10 @@ impl Hole {
 }
 
 #[derive(Debug)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent flags of the ring's state, each set and read on its own"
+)]
 pub(crate) struct State {
     pub(crate) cap: u64,
     pub(crate) next_seq: u64,
@@ -86,6 +90,9 @@ pub(crate) struct State {
     pub(crate) seq_reserved: u64,
     /// A thread is writing a larger reservation.
     pub(crate) extending: bool,
+    /// An append asked the background thread to renew the reservation
+    /// ahead of time, and no renewal has succeeded since.
+    pub(crate) renew_asked: bool,
     /// Reservation records written so far (picks the copy to write next).
     pub(crate) reserve_writes: u64,
     /// Bytes of the data area read ahead of the tail for eviction: the
