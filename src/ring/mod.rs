@@ -332,11 +332,14 @@ fn spawn_background(inner: Weak<Inner>, wake: Arc<Signal>, every: Option<Duratio
                 Some(at) => wake.wait_timeout(at.saturating_duration_since(Instant::now())),
                 None => wake.wait(),
             };
+            // Closed: return without taking a strong reference, so that the
+            // ring's files (and its directory lock) go when the ring does.
+            if woken == Woken::Closed {
+                return;
+            }
             let Some(inner) = inner.upgrade() else { return };
-            match woken {
-                Woken::Closed => return,
-                Woken::Notified => inner.renew_ahead(),
-                Woken::TimedOut => {}
+            if woken == Woken::Notified {
+                inner.renew_ahead();
             }
             let (Some(at), Some(every)) = (next_flush, every) else { continue };
             if Instant::now() < at {
