@@ -1,0 +1,113 @@
+//! The seq reservation's background renewal against appenders, `sync`,
+//! `close` and crashes, on the fault-injecting disk.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ringship::sim::{Faults, SimDisk};
+use ringship::{Error, Ring, RingConfig, SyncPolicy};
+
+/// xorshift64: reproducible choices.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Four appenders under a random policy with a seq reservation of 2 to 64
+/// seqs (so the background thread renews it all the time, and appenders
+/// run past it too), `sync` calls, then `close` or a crash (drop) at a
+/// random moment, a power loss that drops every unsynced write, and a
+/// reopen. No seq is handed out twice or reused after the reopen, the
+/// identity holds, and after a clean close nothing is counted lost and the
+/// last seq is the last one handed out. Thread timing varies from run to
+/// run; without `close` waiting for a reservation in flight this failed
+/// within the first 30 iterations in each of three runs (seqs counted lost
+/// after a clean close). `RINGSHIP_STRESS_ITERATIONS` runs more.
+#[test]
+fn appenders_renewals_syncs_and_close_or_crash_then_power_loss() {
+    let iterations = std::env::var("RINGSHIP_STRESS_ITERATIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    let mut random = Rng(0x9e37_79b9_7f4a_7c15);
+    for iter in 1..=iterations {
+        let disk = SimDisk::new(iter, Faults { lose_unsynced: 1.0, ..Faults::NONE });
+        let policy = match random.below(3) {
+            0 => SyncPolicy::Never,
+            1 => SyncPolicy::Always,
+            _ => SyncPolicy::Interval(Duration::from_millis(1 + random.below(3))),
+        };
+        let block = [2u64, 4, 16, 64][random.below(4) as usize];
+        let config = RingConfig::default()
+            .with_capacity(1 << 20)
+            .with_max_record_len(64)
+            .with_sync(policy)
+            .with_seq_reservation(block);
+        let ring = Arc::new(Ring::open_on(disk.file("ring.data"), disk.file("ring.meta"), config.clone()).unwrap().0);
+        let handed_out = Arc::new(Mutex::new(Vec::new()));
+        let per = 50 + random.below(400);
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (appender, handed_out) = (Arc::clone(&ring), Arc::clone(&handed_out));
+                let mut sizes = Rng(iter * 31 + t + 1);
+                std::thread::spawn(move || {
+                    for _ in 0..per {
+                        let batch = vec![[7u8; 16]; 1 + sizes.below(8) as usize];
+                        match appender.append_batch(&batch) {
+                            Ok((first, last)) => handed_out.lock().unwrap().extend(first..=last),
+                            Err(Error::Closed) => return,
+                            Err(e) => panic!("append: {e}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        let wait = random.below(3000);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_micros(wait) {
+            if random.below(4) == 0 {
+                let _ = ring.sync();
+            }
+        }
+        let do_close = random.below(2) == 0;
+        let deadline = Instant::now();
+        if do_close {
+            ring.close().unwrap();
+        }
+        for h in threads {
+            h.join().unwrap();
+        }
+        assert!(deadline.elapsed() < Duration::from_secs(30), "iteration {iter}: close and the appenders took 30 s");
+        let mut seqs = handed_out.lock().unwrap().clone();
+        seqs.sort_unstable();
+        let count = seqs.len();
+        seqs.dedup();
+        assert_eq!(count, seqs.len(), "iteration {iter}: a seq handed out twice");
+        let max = seqs.last().copied().unwrap_or(0);
+        let durable_before = ring.stats().durable_seq;
+        drop(ring);
+        disk.power_loss();
+        let reopened = Ring::open_on(disk.file("ring.data"), disk.file("ring.meta"), config).unwrap().0;
+        let s = reopened.stats();
+        assert!(s.identity_holds(), "iteration {iter}: {s:?}");
+        if do_close {
+            assert_eq!(
+                (s.lost_unsynced, s.last_seq),
+                (0, max),
+                "iteration {iter} (closed, {policy:?}, block {block}): {s:?}"
+            );
+        } else {
+            // Under `Always` every append that returned was durable (I3).
+            let durable = if policy == SyncPolicy::Always { max } else { max.min(durable_before) };
+            assert!(s.last_seq >= durable, "iteration {iter} (crashed, {policy:?}): {s:?}");
+        }
+        let next = reopened.append(b"after").unwrap();
+        assert!(next > max, "iteration {iter}: seq {next} reused (max handed out {max})");
+        reopened.close().unwrap();
+    }
+}
