@@ -4,22 +4,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::Rng;
 use ringship::sim::{Faults, SimDisk};
 use ringship::{Error, Ring, RingConfig, SyncPolicy};
-
-/// xorshift64: reproducible choices.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// Four appenders under a random policy with a seq reservation of 2 to 64
 /// seqs (so the background thread renews it all the time, and appenders

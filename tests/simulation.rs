@@ -16,25 +16,12 @@ mod common;
 
 use std::collections::HashMap;
 
+use common::Rng;
 use ringship::sim::{FaultCounts, Faults, SimDisk};
 use ringship::{Error, LossCause, Ring, RingConfig, RingStats, SyncPolicy};
 
 const DEFAULT_SEEDS: u64 = 400;
 const DATA_OFFSET: u64 = 4096;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// What the test saw the ring promise.
 #[derive(Default)]

@@ -7,6 +7,21 @@ use std::time::{Duration, Instant};
 
 use ringship::{Ring, RingConfig, RingStats, SyncPolicy};
 
+/// xorshift64: reproducible choices from a seed (never 0).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
 /// A fresh directory for a ring, removed when dropped.
 pub struct TempRing {
     pub tmp: tempfile::TempDir,
