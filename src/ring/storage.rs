@@ -368,12 +368,19 @@ impl Storage for MappedFile {
 mod tests {
     use super::*;
 
-    #[test]
-    fn mapped_file_writes_reach_the_file_and_past_the_map() {
+    /// A file of `len` bytes in a fresh directory (kept alive by the first
+    /// element), its path, and an open handle for reading and writing.
+    fn sized_file(len: u64) -> (tempfile::TempDir, std::path::PathBuf, File) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
-        FileStorage { file: file.try_clone().unwrap() }.set_len(8192).unwrap();
+        FileStorage { file: file.try_clone().unwrap() }.set_len(len).unwrap();
+        (dir, path, file)
+    }
+
+    #[test]
+    fn mapped_file_writes_reach_the_file_and_past_the_map() {
+        let (_dir, path, file) = sized_file(8192);
         let m = MappedFile::new(file).unwrap();
         m.write_at(b"mapped", 4090).unwrap();
         // Past the map (the file grew after it was mapped): pwrite.
@@ -396,10 +403,7 @@ mod tests {
         // `copy_forward` switches between byte, word and vector stores by
         // alignment and length: each copy must land exactly, touching
         // nothing around it.
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
-        FileStorage { file: file.try_clone().unwrap() }.set_len(8192).unwrap();
+        let (_dir, _, file) = sized_file(8192);
         let m = MappedFile::new(file).unwrap();
         let src: Vec<u8> = (0..100u8).map(|b| b.wrapping_mul(37).wrapping_add(1)).collect();
         for start in 4000..4032u64 {
@@ -421,10 +425,7 @@ mod tests {
         // the ring's lock could do: a store past the end of the file would
         // raise SIGBUS and kill this test. The write must fail instead, and
         // writes to pages that still exist must go on working.
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
-        FileStorage { file: file.try_clone().unwrap() }.set_len(1 << 20).unwrap();
+        let (_dir, path, file) = sized_file(1 << 20);
         let m = MappedFile::new(file).unwrap();
         m.write_at(&[1; 100], 0).unwrap();
         std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(8192).unwrap();
@@ -442,10 +443,7 @@ mod tests {
 
     #[test]
     fn released_chunks_keep_their_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
-        FileStorage { file: file.try_clone().unwrap() }.set_len(3 * RELEASE_CHUNK as u64).unwrap();
+        let (_dir, _, file) = sized_file(3 * RELEASE_CHUNK as u64);
         let m = MappedFile::new(file).unwrap();
         let at = |chunk: usize, k: usize| (chunk * RELEASE_CHUNK + k * 4096) as u64;
         // Chunk 0, then 1 (chunk 0 released), then 2, then 0 again (a lap).
@@ -468,11 +466,7 @@ mod tests {
     fn dropping_the_cache_keeps_synced_and_unsynced_bytes() {
         // Clean pages are read back from the disk; dirty ones stay cached.
         for mapped in [false, true] {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("f");
-            let file =
-                std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).unwrap();
-            FileStorage { file: file.try_clone().unwrap() }.set_len(2 * RELEASE_CHUNK as u64).unwrap();
+            let (_dir, _, file) = sized_file(2 * RELEASE_CHUNK as u64);
             let f: Box<dyn Storage> =
                 if mapped { Box::new(MappedFile::new(file).unwrap()) } else { Box::new(FileStorage { file }) };
             f.write_at(&[7; 4096], 0).unwrap();
