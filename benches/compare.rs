@@ -113,6 +113,9 @@ impl Storage for Rebooted {
     fn set_len(&self, len: u64) -> std::io::Result<()> {
         self.0.set_len(len)
     }
+    fn prefetch(&self, offset: u64, len: u64) {
+        self.0.prefetch(offset, len);
+    }
     fn boot_id(&self) -> Option<[u8; 16]> {
         Some([0xab; 16])
     }

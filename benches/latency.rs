@@ -44,20 +44,42 @@ fn time_each(mut append: impl FnMut(usize)) -> Vec<Duration> {
         .collect()
 }
 
-/// Appends into a fresh ring (`full: false`: the first lap, where every
-/// page of the data file is touched for the first time) or into a full one
-/// (`full: true`: the steady state, every append evicting the oldest record).
-fn ring_path(payload: usize, mapped: bool, full: bool) -> Vec<Duration> {
+/// Which ring the appends go into.
+#[derive(Clone, Copy, PartialEq)]
+enum Lap {
+    /// A fresh ring: the first lap, where every page of the data file is
+    /// touched for the first time.
+    Fresh,
+    /// A full ring: the steady state, every append evicting the oldest
+    /// record.
+    Full,
+    /// A full ring closed, its data file's pages dropped from the page
+    /// cache, and opened again: as after a reboot, the bytes ahead of the
+    /// head are on the disk only.
+    Rebooted,
+}
+
+/// Appends into a ring in the state `lap` names.
+fn ring_path(payload: usize, mapped: bool, lap: Lap) -> Vec<Duration> {
     let tmp = tempfile::tempdir().unwrap();
-    let capacity = if full { FULL_RING } else { RING };
+    let dir = tmp.path().join("ring");
+    let capacity = if lap == Lap::Fresh { RING } else { FULL_RING };
     let config = RingConfig::default().with_capacity(capacity).with_sync(SyncPolicy::Never).with_mapped_writes(mapped);
-    let (ring, _) = Ring::open(tmp.path().join("ring"), config).unwrap();
+    let (mut ring, _) = Ring::open(&dir, config.clone()).unwrap();
     let record = vec![b'x'; payload];
-    if full {
+    if lap != Lap::Fresh {
         let batch = vec![&record[..]; 64];
         for _ in 0..=capacity / (payload + FRAME_OVERHEAD) as u64 / 64 {
             ring.append_batch(&batch).unwrap();
         }
+    }
+    if lap == Lap::Rebooted {
+        // `close` wrote every page back, so the kernel can drop them all.
+        ring.close().unwrap();
+        drop(ring);
+        let data = std::fs::File::open(dir.join("ring.data")).unwrap();
+        rustix::fs::fadvise(&data, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        ring = Ring::open(&dir, config).unwrap().0;
     }
     let times = time_each(|_| {
         ring.append(&record).unwrap();
@@ -116,8 +138,10 @@ fn main() {
     );
     for payload in [128, 1024] {
         for (path, mapped) in [("pwrite (default)", false), ("mapped writes", true)] {
-            report(&format!("{payload} B, {path}, fresh ring"), payload, &ring_path(payload, mapped, false));
-            report(&format!("{payload} B, {path}, full ring"), payload, &ring_path(payload, mapped, true));
+            report(&format!("{payload} B, {path}, fresh ring"), payload, &ring_path(payload, mapped, Lap::Fresh));
+            report(&format!("{payload} B, {path}, full ring"), payload, &ring_path(payload, mapped, Lap::Full));
+            let rebooted = ring_path(payload, mapped, Lap::Rebooted);
+            report(&format!("{payload} B, {path}, full, rebooted"), payload, &rebooted);
         }
         report(&format!("{payload} B, raw pwrite per record (limit)"), payload, &raw_pwrite(payload));
     }

@@ -512,3 +512,87 @@ fn interval_flushes_on_time_while_appends_keep_renewing_the_reservation() {
         last = ring.append(b"x").unwrap();
     }
 }
+
+/// Records the data file's prefetches.
+struct Prefetches {
+    inner: Box<dyn ringship::Storage>,
+    calls: Arc<parking_lot::Mutex<Vec<(u64, u64)>>>,
+}
+
+impl ringship::Storage for Prefetches {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn prefetch(&self, offset: u64, len: u64) {
+        self.calls.lock().push((offset, len));
+        self.inner.prefetch(offset, len);
+    }
+}
+
+/// Waits up to 10 s for `calls` to hold `want`.
+fn wait_for_prefetch(calls: &parking_lot::Mutex<Vec<(u64, u64)>>, want: &[(u64, u64)]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !calls.lock().ends_with(want) {
+        assert!(std::time::Instant::now() < deadline, "prefetches {:?}, want them to end with {want:?}", calls.lock());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The ring prefetches the data file a quarter of its capacity (at most
+/// 1 MiB) ahead of the head: `open` from the head it opened at, then the
+/// background thread each time the head crosses a multiple of 256 KiB, in
+/// two parts when the bytes ahead wrap around the end of the data area.
+/// Offsets are the file's: the data area starts after a 4096-byte header
+/// (docs/FORMAT.md).
+#[test]
+fn the_ring_prefetches_ahead_of_the_head_and_around_the_end() {
+    const AREA: u64 = 4096;
+    let t = TempRing::new();
+    let calls = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let c = Arc::clone(&calls);
+    // 2 MiB of 1 KiB frames (992 bytes of payload, a 32-byte header): no
+    // pads, and the head lands on every multiple of 256 KiB.
+    let config = small(2 << 20).with_storage_wrapper(Arc::new(move |path, inner| {
+        if path.ends_with("ring.data") {
+            Box::new(Prefetches { inner, calls: Arc::clone(&c) })
+        } else {
+            inner
+        }
+    }));
+    let ring = open(&t.dir, config.clone());
+    assert_eq!(*calls.lock(), [(AREA, 512 << 10)], "open prefetches from the head");
+    let record = payload(1, 992);
+    for _ in 0..255 {
+        ring.append(&record).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(calls.lock().len(), 1, "no step crossed yet: {:?}", calls.lock());
+    ring.append(&record).unwrap(); // the head reaches 256 KiB
+    wait_for_prefetch(&calls, &[(AREA + (256 << 10), 512 << 10)]);
+    // Up to 1792 KiB: the bytes ahead run 256 KiB to the end, then from the
+    // start of the data area.
+    for _ in 256..1792 {
+        ring.append(&record).unwrap();
+    }
+    wait_for_prefetch(&calls, &[(AREA + (1792 << 10), 256 << 10), (AREA, 256 << 10)]);
+    ring.close().unwrap();
+    drop(ring);
+
+    // A reopened ring prefetches from the head it reopened at.
+    calls.lock().clear();
+    let ring = open(&t.dir, config);
+    assert_eq!(*calls.lock(), [(AREA + (1792 << 10), 256 << 10), (AREA, 256 << 10)]);
+    ring.close().unwrap();
+}

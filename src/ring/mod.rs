@@ -85,8 +85,12 @@ pub(crate) struct Inner {
     /// Seqs one reservation covers.
     reserve_block: u64,
     /// Wakes the ring's background thread: to renew the seq reservation
-    /// ahead of time (any policy), and closed to stop it.
+    /// ahead of time (any policy), to prefetch the data file ahead of the
+    /// head, and closed to stop it.
     background: Arc<Signal>,
+    /// The head an append asked the background thread to prefetch from
+    /// (`NO_PREFETCH`: none asked since it last did; at open, the head).
+    prefetch_from: AtomicU64,
     /// Level 30: group commit; released before every fsync.
     sync: Mutex<SyncState>,
     synced: Condvar,
@@ -339,6 +343,7 @@ fn spawn_background(inner: Weak<Inner>, wake: Arc<Signal>, every: Option<Duratio
             }
             let Some(inner) = inner.upgrade() else { return };
             if woken == Woken::Notified {
+                inner.prefetch_ahead();
                 inner.renew_ahead();
             }
             let (Some(at), Some(every)) = (next_flush, every) else { continue };
@@ -362,6 +367,17 @@ const WRITE_BUF_KEEP: usize = 256 << 10;
 
 /// Bytes read ahead of the tail at a time when evicting.
 const TAIL_AHEAD: u64 = 64 << 10;
+
+/// The background thread prefetches the data file this far ahead of the
+/// head (at most a quarter of the ring)...
+const PREFETCH_AHEAD: u64 = 1 << 20;
+
+/// ... each time the head crosses a multiple of this (and `open` from the
+/// head it opened at).
+pub(crate) const PREFETCH_STEP: u64 = 256 << 10;
+
+/// `Inner::prefetch_from` when no prefetch is asked for.
+const NO_PREFETCH: u64 = u64::MAX;
 
 impl Inner {
     fn poisoned_error(st: &State) -> Result<()> {
@@ -418,8 +434,16 @@ impl Inner {
         // so no append has to wait for that fsync (I6).
         let renew = !st.renew_asked && !st.extending && st.next_seq + self.reserve_block / 2 > st.seq_reserved;
         st.renew_asked |= renew;
+        // The head crossed into another prefetch step: have the background
+        // thread bring in the bytes ahead, so that no append waits for the
+        // disk or for the kernel to prepare pages.
+        let prefetch = st.head / PREFETCH_STEP != st.prefetch_step;
+        if prefetch {
+            st.prefetch_step = st.head / PREFETCH_STEP;
+            self.prefetch_from.store(st.head, Ordering::Relaxed);
+        }
         drop(st);
-        if renew {
+        if renew || prefetch {
             self.background.notify();
         }
         let (first, last, checkpoint_due) = result?;
@@ -669,11 +693,32 @@ impl Inner {
         Ok(matches!(found, scan::Found::Record(_)))
     }
 
+    /// The background thread's prefetch (and `open`'s): `PREFETCH_AHEAD`
+    /// bytes, at most a quarter of the ring, from the head an append asked
+    /// for, if one did, in two parts where they wrap around the end of the
+    /// data area. No lock is held.
+    pub(crate) fn prefetch_ahead(&self) {
+        let from = self.prefetch_from.swap(NO_PREFETCH, Ordering::Relaxed);
+        if from == NO_PREFETCH {
+            return;
+        }
+        let len = PREFETCH_AHEAD.min(self.cap / 4);
+        let off = from % self.cap;
+        let first = len.min(self.cap - off);
+        self.data.prefetch(DATA_OFFSET + off, first);
+        if first < len {
+            self.data.prefetch(DATA_OFFSET, len - first);
+        }
+    }
+
     /// The background thread's renewal: the reservation covers at least
     /// half a block beyond the last seq. An error leaves `renew_asked` set,
     /// so appends do not ask again; the append that runs past the
     /// reservation renews it itself and reports the error.
     fn renew_ahead(&self) {
+        if !self.state.lock().renew_asked {
+            return;
+        }
         if self.ensure_reserved(1, self.reserve_block / 2).is_ok() {
             self.state.lock().renew_asked = false;
         }

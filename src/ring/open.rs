@@ -17,7 +17,7 @@ use super::meta::{
     SLOT_LEN, pick_checkpoint,
 };
 use super::recovery::{Input, fresh_state, recover};
-use super::storage::{FileStorage, MappedFile};
+use super::storage::{self, FileStorage, MappedFile};
 use super::{Inner, MetaIo, SyncState};
 use crate::stats::RecoveryReport;
 use crate::sync::atomic::{AtomicBool, AtomicU64};
@@ -226,6 +226,7 @@ pub(super) fn open(dir: &Path, config: RingConfig) -> Result<(Inner, RecoveryRep
     let data: Box<dyn Storage> = if config.mapped_writes {
         Box::new(MappedFile::new(data_file).map_err(|e| Error::io("map", &data_path, e))?)
     } else {
+        storage::no_read_ahead(&data_file);
         Box::new(FileStorage { file: data_file })
     };
     let data = wrap(&config, &data_path, data);
@@ -320,6 +321,9 @@ fn open_storages(
     // first append writes and fsyncs a fresh one.
     state.seq_reserved = state.next_seq - 1;
     state.reserve_writes = reserve_counter;
+    // Open prefetches from the head itself (below); appends ask again
+    // from the next prefetch step on.
+    state.prefetch_step = state.head / super::PREFETCH_STEP;
     let written = state.next_seq - 1;
     let head = state.head;
     let reserve_block = config.seq_reservation;
@@ -349,6 +353,7 @@ fn open_storages(
         reserved: Condvar::new(),
         reserve_block,
         background: std::sync::Arc::new(Signal::new()),
+        prefetch_from: AtomicU64::new(head),
         sync: Mutex::new(
             LEVEL_SYNC,
             "ring.sync",
@@ -363,6 +368,7 @@ fn open_storages(
     };
     inner.write_checkpoint(false)?;
     inner.sync_meta()?;
+    inner.prefetch_ahead();
     Ok((inner, report))
 }
 

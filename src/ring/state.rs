@@ -93,6 +93,9 @@ pub(crate) struct State {
     /// An append asked the background thread to renew the reservation
     /// ahead of time, and no renewal has succeeded since.
     pub(crate) renew_asked: bool,
+    /// The prefetch step (`head / PREFETCH_STEP`) of the last prefetch
+    /// asked for (at open: the head's).
+    pub(crate) prefetch_step: u64,
     /// Reservation records written so far (picks the copy to write next).
     pub(crate) reserve_writes: u64,
     /// Bytes of the data area read ahead of the tail for eviction: the
