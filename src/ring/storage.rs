@@ -363,20 +363,12 @@ impl Storage for MappedFile {
     }
 
     fn prefetch(&self, offset: u64, len: u64) {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        if start >= self.map.len() {
-            return self.file.prefetch(offset, len);
-        }
-        let from = start - start % rustix::param::page_size();
-        let to = start.saturating_add(usize::try_from(len).unwrap_or(usize::MAX)).min(self.map.len());
-        // First the pages of just this range are read in (small ones, see
-        // `no_read_ahead`); faulting them in directly would have the kernel
-        // read a window around each fault, 8 MiB on the project's machine.
-        self.file.prefetch(from as u64, (to - from) as u64);
-        // Then they are mapped writable, as `populate` does, and the
-        // writer's own `populate` finds them there. A failure is the
-        // writer's to meet and report.
-        let _ = self.map.advise_range(memmap2::Advice::PopulateWrite, from, to - from);
+        // Into the page cache only, not into the map: the writer's own
+        // `populate` maps the pages (now without reading or zeroing them),
+        // and unmaps them chunk by chunk behind it. Pages mapped here could
+        // fall behind the writer (the head moves on while this runs) and
+        // stay mapped until the next lap, growing the resident set.
+        self.file.prefetch(offset, len);
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
