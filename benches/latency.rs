@@ -1,13 +1,14 @@
 //! How long single appends take one by one, not on average: what a host
 //! thread calling `append` waits for at worst. Each path appends 400,000
 //! records, timing every call, into a fresh 256 MiB ring (the first lap,
-//! where each page of the data file is touched for the first time) and
-//! into a full 64 MiB ring (the steady state: each append evicts the oldest
-//! record), next to the physical limit: one raw `pwrite` of a frame per
-//! record into a fresh file.
+//! where each page of the data file is touched for the first time), into a
+//! full 64 MiB ring (the steady state: each append evicts the oldest
+//! record), and into a full ring reopened after its pages were dropped
+//! from the page cache (as after a reboot), next to the physical limit:
+//! one raw `pwrite` of a frame per record into a fresh file.
 //!
 //! ```text
-//! cargo bench --bench latency    # about 15 s
+//! cargo bench --bench latency    # about 25 s
 //! ```
 //!
 //! For every path: mean, p50, p99, p99.9, p99.99, the worst, how many took

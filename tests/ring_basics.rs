@@ -554,45 +554,53 @@ fn wait_for_prefetch(calls: &parking_lot::Mutex<Vec<(u64, u64)>>, want: &[(u64, 
 /// 1 MiB) ahead of the head: `open` from the head it opened at, then the
 /// background thread each time the head crosses a multiple of 256 KiB, in
 /// two parts when the bytes ahead wrap around the end of the data area.
-/// Offsets are the file's: the data area starts after a 4096-byte header
+/// With mapped writes from the first append on; with `pwrite` only bytes
+/// a lap was written to (the first lap has nothing to read). Offsets are
+/// the file's: the data area starts after a 4096-byte header
 /// (docs/FORMAT.md).
 #[test]
 fn the_ring_prefetches_ahead_of_the_head_and_around_the_end() {
     const AREA: u64 = 4096;
-    let t = TempRing::new();
-    let calls = Arc::new(parking_lot::Mutex::new(Vec::new()));
-    let c = Arc::clone(&calls);
-    // 2 MiB of 1 KiB frames (992 bytes of payload, a 32-byte header): no
-    // pads, and the head lands on every multiple of 256 KiB.
-    let config = small(2 << 20).with_storage_wrapper(Arc::new(move |path, inner| {
-        if path.ends_with("ring.data") {
-            Box::new(Prefetches { inner, calls: Arc::clone(&c) })
-        } else {
-            inner
+    for mapped in [true, false] {
+        let t = TempRing::new();
+        let calls = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let c = Arc::clone(&calls);
+        // 2 MiB of 1 KiB frames (992 bytes of payload, a 32-byte header):
+        // no pads, and the head lands on every multiple of 256 KiB.
+        let config = small(2 << 20).with_mapped_writes(mapped).with_storage_wrapper(Arc::new(move |path, inner| {
+            if path.ends_with("ring.data") { Box::new(Prefetches { inner, calls: Arc::clone(&c) }) } else { inner }
+        }));
+        let first_lap = |calls: &[(u64, u64)]| if mapped { calls.to_vec() } else { Vec::new() };
+        let ring = open(&t.dir, config.clone());
+        assert_eq!(*calls.lock(), first_lap(&[(AREA, 512 << 10)]), "open prefetches from the head");
+        let record = payload(1, 992);
+        for _ in 0..256 {
+            ring.append(&record).unwrap();
         }
-    }));
-    let ring = open(&t.dir, config.clone());
-    assert_eq!(*calls.lock(), [(AREA, 512 << 10)], "open prefetches from the head");
-    let record = payload(1, 992);
-    for _ in 0..255 {
-        ring.append(&record).unwrap();
-    }
-    std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(calls.lock().len(), 1, "no step crossed yet: {:?}", calls.lock());
-    ring.append(&record).unwrap(); // the head reaches 256 KiB
-    wait_for_prefetch(&calls, &[(AREA + (256 << 10), 512 << 10)]);
-    // Up to 1792 KiB: the bytes ahead run 256 KiB to the end, then from the
-    // start of the data area.
-    for _ in 256..1792 {
-        ring.append(&record).unwrap();
-    }
-    wait_for_prefetch(&calls, &[(AREA + (1792 << 10), 256 << 10), (AREA, 256 << 10)]);
-    ring.close().unwrap();
-    drop(ring);
+        // The head reached 256 KiB.
+        if mapped {
+            wait_for_prefetch(&calls, &[(AREA + (256 << 10), 512 << 10)]);
+        }
+        // Up to 1792 KiB: the bytes ahead run 256 KiB to the end of the
+        // first lap, then from the start of the data area (written).
+        for _ in 256..1792 {
+            ring.append(&record).unwrap();
+        }
+        let mut want = first_lap(&[(AREA + (1792 << 10), 256 << 10)]);
+        want.push((AREA, 256 << 10));
+        wait_for_prefetch(&calls, &want);
+        ring.close().unwrap();
+        drop(ring);
 
-    // A reopened ring prefetches from the head it reopened at.
-    calls.lock().clear();
-    let ring = open(&t.dir, config);
-    assert_eq!(*calls.lock(), [(AREA + (1792 << 10), 256 << 10), (AREA, 256 << 10)]);
-    ring.close().unwrap();
+        // A reopened ring prefetches from the head it reopened at.
+        calls.lock().clear();
+        let ring = open(&t.dir, config);
+        assert_eq!(*calls.lock(), want);
+        // On the second lap everything ahead was written: both paths.
+        for _ in 1792..2304 {
+            ring.append(&record).unwrap();
+        }
+        wait_for_prefetch(&calls, &[(AREA + (256 << 10), 512 << 10)]);
+        ring.close().unwrap();
+    }
 }
