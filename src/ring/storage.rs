@@ -66,10 +66,11 @@ pub trait Storage: Send + Sync {
     /// Brings `offset..offset + len` into memory ahead of writes there, so
     /// that the [`write_at`] that gets there does not wait for the kernel
     /// to read those bytes from the device or to prepare their pages. The
-    /// ring calls it from its background thread, with no lock held, a
-    /// little ahead of where it writes next. Best effort: it changes no
-    /// bytes, and a failure is left for the write that needs them to
-    /// report. The default does nothing; a wrapper should forward it.
+    /// ring calls it from `open` and from its background thread, with no
+    /// lock held, a little ahead of where it writes next. Best effort: it
+    /// changes no bytes, and a failure is left for the write that needs
+    /// them to report. The default does nothing; a wrapper should forward
+    /// it.
     ///
     /// [`write_at`]: Storage::write_at
     fn prefetch(&self, offset: u64, len: u64) {
