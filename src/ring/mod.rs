@@ -809,8 +809,13 @@ impl Inner {
             // their records too, rather than leaving them for the next.
             let before = self.written_seq.load(Ordering::Acquire);
             let started = Instant::now();
+            // Loom explores each execution again and again, and must see
+            // the same choices each time: a wall clock there would make
+            // the model depend on how loaded the machine is (loom then
+            // fails with "unexpected exploration state").
+            let in_time = || cfg!(loom) || started.elapsed() < GROUP_COMMIT_WAIT;
             let mut spins = 0;
-            while released > 0 && spins < GROUP_COMMIT_YIELDS && started.elapsed() < GROUP_COMMIT_WAIT {
+            while released > 0 && spins < GROUP_COMMIT_YIELDS && in_time() {
                 if self.written_seq.load(Ordering::Acquire) >= before + released {
                     break;
                 }
