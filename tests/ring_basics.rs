@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
-use common::{TempRing, assert_identity, open, payload, small};
+use common::{TempRing, assert_identity, eventually, open, payload, small};
 use ringship::{Error, FullPolicy, LossCause, Ring, SyncPolicy};
 
 #[test]
@@ -541,13 +541,10 @@ impl ringship::Storage for Prefetches {
     }
 }
 
-/// Waits up to 10 s for `calls` to hold `want`.
+/// Waits for the last prefetches in `calls` to be `want`.
+#[track_caller]
 fn wait_for_prefetch(calls: &parking_lot::Mutex<Vec<(u64, u64)>>, want: &[(u64, u64)]) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !calls.lock().ends_with(want) {
-        assert!(std::time::Instant::now() < deadline, "prefetches {:?}, want them to end with {want:?}", calls.lock());
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    eventually(&format!("prefetches ending with {want:?}"), || calls.lock().ends_with(want));
 }
 
 /// The ring prefetches the data file a quarter of its capacity (at most
