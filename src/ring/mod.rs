@@ -432,7 +432,7 @@ impl Inner {
         }
         // Half the reservation used: have the background thread renew it,
         // so no append has to wait for that fsync (I6).
-        let renew = !st.renew_asked && !st.extending && st.next_seq + self.reserve_block / 2 > st.seq_reserved;
+        let renew = !st.renew_asked && !st.extending && st.next_seq + self.renew_margin() > st.seq_reserved;
         st.renew_asked |= renew;
         // The head crossed into another prefetch step: have the background
         // thread bring in the bytes ahead, so that no append waits for the
@@ -722,6 +722,13 @@ impl Inner {
         }
     }
 
+    /// Seqs the reservation is kept ahead of the last one: half a block.
+    /// Appends ask for a renewal when fewer are left; renewals (the
+    /// background thread's, the flusher's and `sync`'s) restore it.
+    fn renew_margin(&self) -> u64 {
+        self.reserve_block / 2
+    }
+
     /// The background thread's renewal: the reservation covers at least
     /// half a block beyond the last seq. An error leaves `renew_asked` set,
     /// so appends do not ask again; the append that runs past the
@@ -730,7 +737,7 @@ impl Inner {
         if !self.state.lock().renew_asked {
             return;
         }
-        if self.ensure_reserved(1, self.reserve_block / 2).is_ok() {
+        if self.ensure_reserved(1, self.renew_margin()).is_ok() {
             self.state.lock().renew_asked = false;
         }
     }
@@ -907,7 +914,7 @@ impl Inner {
             self.write_reservation(target, counter)?;
         } else {
             // Renew the reservation ahead of time, so appenders rarely wait.
-            self.ensure_reserved(1, self.reserve_block / 2)?;
+            self.ensure_reserved(1, self.renew_margin())?;
         }
         self.write_checkpoint(clean)?;
         self.sync_meta()?;
