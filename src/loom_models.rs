@@ -11,6 +11,7 @@
 //! with.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use loom::thread;
 
@@ -145,8 +146,16 @@ fn loom_models_group_commit() {
 fn loom_models_append_against_ack_and_overwrite() {
     let explored = model(|| {
         let disk = SimDisk::new(2, Faults::NONE);
-        // Frames of 32-byte payloads are 64 bytes: 4 fit in 256.
-        let config = RingConfig::default().with_capacity(256).with_max_record_len(32).with_sync(SyncPolicy::Never);
+        // Frames of 32-byte payloads are 64 bytes: 4 fit in 256. An
+        // eviction of unacked records writes a checkpoint when one is due by
+        // the wall clock; a zero interval makes it due every time, so the
+        // model takes the same path however long an execution runs (loom
+        // replays each one and requires the same choices).
+        let config = RingConfig::default()
+            .with_capacity(256)
+            .with_max_record_len(32)
+            .with_sync(SyncPolicy::Never)
+            .with_checkpoint_interval(Duration::ZERO);
         let ring = Arc::new(ring_on(&disk, config));
         for _ in 0..4 {
             ring.append(&[7; 32]).unwrap();
