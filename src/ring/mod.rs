@@ -343,8 +343,12 @@ fn spawn_background(inner: Weak<Inner>, wake: Arc<Signal>, every: Option<Duratio
             }
             let Some(inner) = inner.upgrade() else { return };
             if woken == Woken::Notified {
-                inner.prefetch_ahead();
+                // The renewal first: one that comes late has an append
+                // fsync a reservation itself, while a prefetch that comes
+                // late leaves an append a few page faults, or with mapped
+                // writes a wait for pages the prefetch is reading.
                 inner.renew_ahead();
+                inner.prefetch_ahead();
             }
             let (Some(at), Some(every)) = (next_flush, every) else { continue };
             if Instant::now() < at {

@@ -172,7 +172,9 @@ pub(crate) struct MappedFile {
     /// The `RELEASE_CHUNK` of the map written last. When writes move on to
     /// another, this one's pages are unmapped from the process (they stay in
     /// the page cache), so the process's resident set holds the chunk being
-    /// written rather than every page of the ring it ever wrote.
+    /// written rather than every page of the ring it ever wrote. `prefetch`
+    /// (on the ring's background thread) reads it to unmap what it mapped
+    /// in chunks the writer has left meanwhile.
     writing_chunk: AtomicUsize,
     /// The part of the map populated for writing last (`MADV_POPULATE_WRITE`),
     /// from `populated_from` to `populated_to`, and when (a coarse monotonic
@@ -364,12 +366,39 @@ impl Storage for MappedFile {
     }
 
     fn prefetch(&self, offset: u64, len: u64) {
-        // Into the page cache only, not into the map: the writer's own
-        // `populate` maps the pages (now without reading or zeroing them),
-        // and unmaps them chunk by chunk behind it. Pages mapped here could
-        // fall behind the writer (the head moves on while this runs) and
-        // stay mapped until the next lap, growing the resident set.
-        self.file.prefetch(offset, len);
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        if start >= self.map.len() || len == 0 {
+            return self.file.prefetch(offset, len);
+        }
+        let from = start - start % rustix::param::page_size();
+        let to = start.saturating_add(usize::try_from(len).unwrap_or(usize::MAX)).min(self.map.len());
+        // First the pages of just this range are read in (small ones);
+        // faulting them in directly would have the kernel read a window
+        // around each fault, 8 MiB on the project's machine.
+        self.file.prefetch(from as u64, (to - from) as u64);
+        // Then they are mapped writable, as `populate` does, so the writer's
+        // stores and its own `populate` find them there and take no faults.
+        // A failure is the writer's to meet and report.
+        let _ = self.map.advise_range(memmap2::Advice::PopulateWrite, from, to - from);
+        // The writer may have moved on since the range was asked for (it
+        // starts at the head then), out of chunks it has unmapped behind it:
+        // pages mapped here in those would stay mapped until the next lap
+        // and grow the resident set. Unmap them again.
+        let writing = self.writing_chunk.load(Ordering::Relaxed);
+        let chunks = self.map.len().div_ceil(RELEASE_CHUNK);
+        let first = from / RELEASE_CHUNK;
+        // Chunks from the range's first, in the order the writer goes.
+        let ahead = |chunk: usize| (chunk + chunks - first) % chunks;
+        // A writer in the chunk just before the range has not reached it
+        // (its last write ended in the range's first chunk).
+        if writing == usize::MAX || ahead(writing) == chunks - 1 {
+            return;
+        }
+        for chunk in first..=(to - 1) / RELEASE_CHUNK {
+            if ahead(chunk) < ahead(writing) {
+                self.release(chunk);
+            }
+        }
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
@@ -533,6 +562,54 @@ mod tests {
                 assert_eq!(buf, [byte; 100], "chunk {chunk} page {k}");
             }
         }
+    }
+
+    /// Resident KiB of `m`'s map in this process (`/proc/self/smaps`).
+    fn mapped_kib(m: &MappedFile) -> u64 {
+        let header = format!("{:x}-", m.map.as_ptr() as usize);
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let rss = smaps.lines().skip_while(|l| !l.starts_with(&header)).find_map(|l| l.strip_prefix("Rss:"));
+        rss.expect("the map in smaps").trim().trim_end_matches("kB").trim().parse().unwrap()
+    }
+
+    #[test]
+    fn prefetch_maps_pages_ahead_of_the_writer_and_unmaps_those_it_left_behind() {
+        let chunk = RELEASE_CHUNK as u64;
+        let (_dir, _, file) = sized_file(4 * chunk);
+        let m = MappedFile::new(file).unwrap();
+        let mib = 1 << 20;
+        // Before any write: mapped, kept.
+        m.prefetch(4096, mib);
+        assert!(mapped_kib(&m) >= 1024, "{} KiB", mapped_kib(&m));
+        // Ahead of a writer in chunk 1 (clear of the 64 KiB its write
+        // populated): mapped, kept.
+        m.write_at(&[1; 100], chunk).unwrap();
+        let before = mapped_kib(&m);
+        m.prefetch(chunk + mib / 4, mib);
+        assert!(mapped_kib(&m) >= before + 1000, "{before} -> {} KiB", mapped_kib(&m));
+        // Asked for at a head the writer has left since: it moved on to
+        // chunk 2 and unmapped chunk 1. What the prefetch maps there is
+        // unmapped again.
+        m.write_at(&[2; 100], 2 * chunk).unwrap();
+        let before = mapped_kib(&m);
+        m.prefetch(chunk + 2 * mib, mib);
+        assert!(mapped_kib(&m) < before + 256, "{before} -> {} KiB", mapped_kib(&m));
+        // Across the end of chunk 2 into chunk 3, the writer in 2: both kept.
+        let before = mapped_kib(&m);
+        m.prefetch(3 * chunk - mib / 2, mib);
+        assert!(mapped_kib(&m) >= before + 1000, "{before} -> {} KiB", mapped_kib(&m));
+        // The writer's last write ended just short of the range (in the
+        // chunk before it): the range is ahead, kept.
+        m.write_at(&[3; 100], 4 * chunk - 4096).unwrap();
+        let before = mapped_kib(&m);
+        m.prefetch(3 * mib, mib);
+        assert!(mapped_kib(&m) >= before + 1000, "{before} -> {} KiB", mapped_kib(&m));
+        // Around the end of the map: the writer went on to chunk 1, past
+        // chunk 0, which the range is in.
+        m.write_at(&[4; 100], chunk).unwrap();
+        let before = mapped_kib(&m);
+        m.prefetch(mib, mib);
+        assert!(mapped_kib(&m) < before + 256, "{before} -> {} KiB", mapped_kib(&m));
     }
 
     #[test]
