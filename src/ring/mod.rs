@@ -91,6 +91,13 @@ pub(crate) struct Inner {
     /// The head an append asked the background thread to prefetch from
     /// (`NO_PREFETCH`: none asked since it last did; at open, the head).
     prefetch_from: AtomicU64,
+    /// An append asked the background thread to renew the seq reservation
+    /// ahead of time, and no renewal has succeeded since. Appends read and
+    /// set it under `ring.state`; the background thread reads it without
+    /// the lock, so that a wake-up for a prefetch alone does not contend
+    /// with appends for that lock. A renewal clearing it while an append
+    /// reads it loses nothing: the append's seq was covered by then.
+    renew_asked: AtomicBool,
     /// Level 30: group commit; released before every fsync.
     sync: Mutex<SyncState>,
     synced: Condvar,
@@ -436,8 +443,12 @@ impl Inner {
         }
         // Half the reservation used: have the background thread renew it,
         // so no append has to wait for that fsync (I6).
-        let renew = !st.renew_asked && !st.extending && st.next_seq + self.renew_margin() > st.seq_reserved;
-        st.renew_asked |= renew;
+        let renew = !self.renew_asked.load(Ordering::Relaxed)
+            && !st.extending
+            && st.next_seq + self.renew_margin() > st.seq_reserved;
+        if renew {
+            self.renew_asked.store(true, Ordering::Relaxed);
+        }
         // The head crossed into another prefetch step: have the background
         // thread bring in the bytes ahead, so that no append waits for the
         // disk or for the kernel to prepare pages.
@@ -738,11 +749,11 @@ impl Inner {
     /// so appends do not ask again; the append that runs past the
     /// reservation renews it itself and reports the error.
     fn renew_ahead(&self) {
-        if !self.state.lock().renew_asked {
+        if !self.renew_asked.load(Ordering::Relaxed) {
             return;
         }
         if self.ensure_reserved(1, self.renew_margin()).is_ok() {
-            self.state.lock().renew_asked = false;
+            self.renew_asked.store(false, Ordering::Relaxed);
         }
     }
 
@@ -770,7 +781,7 @@ impl Inner {
             st.extending = false;
             if result.is_ok() {
                 st.seq_reserved = st.seq_reserved.max(target);
-                st.renew_asked = false;
+                self.renew_asked.store(false, Ordering::Relaxed);
             }
             self.reserved.notify_all();
             result?;

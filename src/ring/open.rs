@@ -354,6 +354,7 @@ fn open_storages(
         reserve_block,
         background: std::sync::Arc::new(Signal::new()),
         prefetch_from: AtomicU64::new(head),
+        renew_asked: AtomicBool::new(false),
         sync: Mutex::new(
             LEVEL_SYNC,
             "ring.sync",

@@ -783,7 +783,6 @@ pub(crate) fn fresh_state(cap: u64, max_losses: usize) -> State {
         unsaved_losses: false,
         seq_reserved: 0,
         extending: false,
-        renew_asked: false,
         prefetch_step: 0,
         reserve_writes: 0,
         tail_ahead: (0, Vec::new()),

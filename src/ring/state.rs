@@ -53,10 +53,6 @@ impl Hole {
 }
 
 #[derive(Debug)]
-#[expect(
-    clippy::struct_excessive_bools,
-    reason = "independent flags of the ring's state, each set and read on its own"
-)]
 pub(crate) struct State {
     pub(crate) cap: u64,
     pub(crate) next_seq: u64,
@@ -90,9 +86,6 @@ pub(crate) struct State {
     pub(crate) seq_reserved: u64,
     /// A thread is writing a larger reservation.
     pub(crate) extending: bool,
-    /// An append asked the background thread to renew the reservation
-    /// ahead of time, and no renewal has succeeded since.
-    pub(crate) renew_asked: bool,
     /// The prefetch step (`head / PREFETCH_STEP`) of the last prefetch
     /// asked for (at open: the head's).
     pub(crate) prefetch_step: u64,
