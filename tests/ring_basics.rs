@@ -514,13 +514,26 @@ fn interval_flushes_on_time_while_appends_keep_renewing_the_reservation() {
 }
 
 /// Records the data file's prefetches.
+/// Reads logged by [`Prefetches`]: offset, length, and how many prefetches
+/// had been asked for then.
+type ReadLog = Arc<parking_lot::Mutex<Vec<(u64, u64, usize)>>>;
+
 struct Prefetches {
     inner: Box<dyn ringship::Storage>,
     calls: Arc<parking_lot::Mutex<Vec<(u64, u64)>>>,
+    /// If set: each read's offset and length, and how many prefetches
+    /// `calls` held then.
+    reads: Option<ReadLog>,
+    /// The boot id to report; `None`: the machine's.
+    boot: Option<[u8; 16]>,
 }
 
 impl ringship::Storage for Prefetches {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        if let Some(reads) = &self.reads {
+            let calls = self.calls.lock();
+            reads.lock().push((offset, buf.len() as u64, calls.len()));
+        }
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
@@ -538,6 +551,9 @@ impl ringship::Storage for Prefetches {
     fn prefetch(&self, offset: u64, len: u64) {
         self.calls.lock().push((offset, len));
         self.inner.prefetch(offset, len);
+    }
+    fn boot_id(&self) -> Option<[u8; 16]> {
+        self.boot.or_else(|| self.inner.boot_id())
     }
 }
 
@@ -565,7 +581,11 @@ fn the_ring_prefetches_ahead_of_the_head_and_around_the_end() {
         // 2 MiB of 1 KiB frames (992 bytes of payload, a 32-byte header):
         // no pads, and the head lands on every multiple of 256 KiB.
         let config = small(2 << 20).with_mapped_writes(mapped).with_storage_wrapper(Arc::new(move |path, inner| {
-            if path.ends_with("ring.data") { Box::new(Prefetches { inner, calls: Arc::clone(&c) }) } else { inner }
+            if path.ends_with("ring.data") {
+                Box::new(Prefetches { inner, calls: Arc::clone(&c), reads: None, boot: None })
+            } else {
+                inner
+            }
         }));
         let first_lap = |calls: &[(u64, u64)]| if mapped { calls.to_vec() } else { Vec::new() };
         let ring = open(&t.dir, config.clone());
@@ -599,5 +619,89 @@ fn the_ring_prefetches_ahead_of_the_head_and_around_the_end() {
         }
         wait_for_prefetch(&calls, &[(AREA + (256 << 10), 512 << 10)]);
         ring.close().unwrap();
+    }
+}
+
+/// Checks that every read of the data area in `reads` was of bytes some
+/// earlier prefetch in `calls` asked for; returns the bytes read.
+#[track_caller]
+fn assert_reads_were_asked_for(calls: &[(u64, u64)], reads: &[(u64, u64, usize)], what: &str) -> u64 {
+    const AREA: u64 = 4096;
+    let mut read = 0;
+    for &(offset, len, asked) in reads.iter().filter(|r| r.0 >= AREA) {
+        let mut earlier: Vec<(u64, u64)> = calls[..asked].iter().map(|&(o, l)| (o, o + l)).collect();
+        earlier.sort_unstable();
+        // Where the asked-for bytes that cover `offset` on end.
+        let covered = earlier.iter().fold(offset, |end, &(from, to)| if from <= end { end.max(to) } else { end });
+        assert!(covered >= offset + len, "{what}: read of {len} bytes at {offset} not asked for before");
+        read += len;
+    }
+    read
+}
+
+/// Recovery after a power loss reads the whole data area, and reads after
+/// a restart start at the oldest record: after a reboot those bytes are on
+/// the disk only, and the default path's data file has the kernel's
+/// read-ahead off. So every read of the data area they make must have been
+/// asked for (`Storage::prefetch`) before it is made: on both write paths,
+/// with the checkpoint as the crash left it (recovery looks for the head
+/// past the last data fsync it records) and with the meta file lost
+/// (recovery walks every frame).
+#[test]
+fn recovery_and_reads_ask_for_the_bytes_ahead_of_their_reads() {
+    let cap = 24 << 20;
+    for (mapped, meta_lost) in [(false, false), (true, false), (false, true)] {
+        let t = TempRing::new();
+        let record = payload(1, 992);
+        let batch = vec![&record[..]; 1024];
+        let meta = {
+            let ring = open(&t.dir, small(cap).with_mapped_writes(mapped));
+            // 30 MiB of 1 KiB frames: the ring is full and has wrapped.
+            for _ in 0..30 {
+                ring.append_batch(&batch).unwrap();
+            }
+            ring.sync().unwrap();
+            let meta = std::fs::read(t.meta_file()).unwrap();
+            ring.close().unwrap();
+            meta
+        };
+        // The files as a crash after the sync left them, opened after a
+        // reboot (another boot id): recovery scans the data area.
+        if meta_lost {
+            std::fs::remove_file(t.meta_file()).unwrap();
+        } else {
+            std::fs::write(t.meta_file(), meta).unwrap();
+        }
+        let calls = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let reads = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let (calls_log, reads_log) = (Arc::clone(&calls), Arc::clone(&reads));
+        let config = small(cap).with_mapped_writes(mapped).with_storage_wrapper(Arc::new(move |path, inner| {
+            if path.ends_with("ring.data") {
+                let (calls, reads) = (Arc::clone(&calls_log), Some(Arc::clone(&reads_log)));
+                Box::new(Prefetches { inner, calls, reads, boot: Some([0xab; 16]) })
+            } else {
+                inner
+            }
+        }));
+        let (ring, report) = Ring::open(&t.dir, config).unwrap();
+        assert!(!report.clean_shutdown && report.records_recovered >= 24 << 10, "{report:?}");
+        let scanned = assert_reads_were_asked_for(&calls.lock(), &reads.lock(), "recovery");
+        assert!(scanned >= cap, "recovery read {scanned} bytes, not the whole data area ({mapped}, {meta_lost})");
+        // Reads from the oldest record to the newest, in batches.
+        let s = ring.stats();
+        reads.lock().clear();
+        calls.lock().clear();
+        let (mut from, mut delivered) = (1, 0);
+        loop {
+            let batch = ring.read(from, 1000, 1 << 20).unwrap();
+            if batch.records.is_empty() {
+                break;
+            }
+            delivered += batch.records.len() as u64;
+            from = batch.next_seq;
+        }
+        assert_eq!(delivered, s.pending);
+        let read = assert_reads_were_asked_for(&calls.lock(), &reads.lock(), "reads");
+        assert!(read >= s.pending * 1024, "reads read {read} bytes for {} records", s.pending);
     }
 }

@@ -98,6 +98,10 @@ pub(crate) struct Inner {
     /// with appends for that lock. A renewal clearing it while an append
     /// reads it loses nothing: the append's seq was covered by then.
     renew_asked: AtomicBool,
+    /// Where readers' asking for the bytes ahead of them stopped (a
+    /// data-area offset; `scan::ReadAhead`). Concurrent readers may ask
+    /// for a range twice or skip one: it is a hint only.
+    read_ahead: AtomicU64,
     /// Level 30: group commit; released before every fsync.
     sync: Mutex<SyncState>,
     synced: Condvar,

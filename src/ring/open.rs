@@ -355,6 +355,7 @@ fn open_storages(
         background: std::sync::Arc::new(Signal::new()),
         prefetch_from: AtomicU64::new(head),
         renew_asked: AtomicBool::new(false),
+        read_ahead: AtomicU64::new(0),
         sync: Mutex::new(
             LEVEL_SYNC,
             "ring.sync",

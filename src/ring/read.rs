@@ -3,9 +3,10 @@
 use bytes::{Bytes, BytesMut};
 
 use super::Inner;
-use super::scan::{Found, Scanner, next_lap};
+use super::scan::{Found, ReadAhead, Scanner, next_lap};
 use super::state::Hole;
 use crate::stats::LossCause;
+use crate::sync::atomic::Ordering;
 use crate::{Error, Result};
 
 /// One record read from the ring.
@@ -119,6 +120,9 @@ impl Inner {
         };
         let chunk = max_bytes.clamp(64 << 10, 4 << 20);
         let mut scan = Scanner::new(&*self.data, self.cap, self.max_len, chunk);
+        // Reads after a restart may be of bytes on the disk only: ask for
+        // those ahead, going on where the last read's asking stopped.
+        scan.read_ahead(ReadAhead::from(self.read_ahead.load(Ordering::Relaxed)));
         let mut w = Walk {
             out: BytesMut::new(),
             found: Vec::new(),
@@ -181,6 +185,9 @@ impl Inner {
                     w.end_pos = q;
                 }
             }
+        }
+        if let Some(ahead) = scan.take_read_ahead() {
+            self.read_ahead.store(ahead.to(), Ordering::Relaxed);
         }
         Ok(w)
     }

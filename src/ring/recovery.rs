@@ -33,7 +33,7 @@ use std::io;
 use super::frame::HEADER_LEN;
 use super::frame::{Header, UNDONE, decode_header};
 use super::meta::Checkpoint;
-use super::scan::{Found, Scanner, next_lap};
+use super::scan::{Found, ReadAhead, Scanner, next_lap};
 use super::state::{Hole, State};
 use crate::Storage;
 use crate::stats::{LossCause, LossList, LossRange, RecoveryReport};
@@ -263,9 +263,11 @@ fn find_head_since(
     let cap = scan.cap();
     let mut best: Option<(u64, u64)> = None;
     let mut buf = vec![0u8; SCAN_CHUNK];
+    let mut ahead = ReadAhead::default();
     let mut start = 0u64;
     while start < cap {
         let len = (SCAN_CHUNK as u64).min(cap - start) as usize;
+        ahead.reading(data, start, cap);
         data.read_at(&mut buf[..len], super::meta::DATA_OFFSET + start)?;
         let word = |w: &[u8]| u64::from_le_bytes(w.try_into().expect("8 bytes"));
         let in_range = |w: u64| w.wrapping_sub(since) <= reach;
@@ -305,6 +307,25 @@ fn find_head_since(
         start += len as u64;
     }
     Ok(best)
+}
+
+/// The head and the seq after it, found past the position of the last data
+/// fsync `ck` records ([`find_head_since`]); that position if no frame
+/// past it survived.
+fn head_since_durable(
+    data: &dyn Storage,
+    scan: &mut Scanner<'_>,
+    ck: &Checkpoint,
+    reserved: u64,
+    max_len: usize,
+) -> io::Result<(u64, u64)> {
+    // Every frame written since carries a seq from the one after the
+    // durable seq up to the reservation; a frame is at most
+    // `frame_size(max_len)` bytes, plus at most one pad per lap.
+    let seqs = reserved.max(ck.next_seq).saturating_sub(ck.durable_seq + 1).saturating_add(1);
+    let reach = seqs.saturating_mul(2 * super::frame::frame_size(max_len)).saturating_add(2 * scan.cap());
+    let newest = find_head_since(data, scan, ck.durable_pos, reach)?;
+    Ok(newest.unwrap_or((ck.durable_pos, ck.durable_seq + 1)))
 }
 
 /// Size of a torn frame at `head`: a header that names its position but
@@ -542,6 +563,8 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
     if let Some(reopened) = clean_reopen(&mut scan, &input)? {
         return Ok(reopened);
     }
+    // From here it may read the whole ring, with nothing cached (a reboot).
+    scan.read_ahead(ReadAhead::default());
     let Input { cap, max_len, max_losses, checkpoint, boot_now, reserved, data_whole, .. } = input;
     let have_checkpoint = checkpoint.is_some();
     let ck = checkpoint.unwrap_or_else(|| Checkpoint { next_seq: 1, tail_seq: 1, ..Checkpoint::default() });
@@ -559,15 +582,7 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
     let from_durable = have_checkpoint && data_whole && ck.hole_hints.is_empty();
     let newest = match chained {
         Some(newest) => Some(newest),
-        None if from_durable => {
-            // Every frame written since carries a seq from the one after
-            // the durable seq up to the reservation; a frame is at most
-            // `frame_size(max_len)` bytes, plus at most one pad per lap.
-            let seqs = reserved.max(ck.next_seq).saturating_sub(ck.durable_seq + 1).saturating_add(1);
-            let reach = seqs.saturating_mul(2 * super::frame::frame_size(max_len)).saturating_add(2 * cap);
-            let newest = find_head_since(input.data, &mut scan, ck.durable_pos, reach)?;
-            Some(newest.unwrap_or((ck.durable_pos, ck.durable_seq + 1)))
-        }
+        None if from_durable => Some(head_since_durable(input.data, &mut scan, &ck, reserved, max_len)?),
         None => find_head(&mut scan, cap)?,
     };
     let (head, found_next) = newest.unwrap_or((ck.head_pos, ck.next_seq));

@@ -24,6 +24,47 @@ pub(crate) fn next_lap(pos: u64, cap: u64) -> u64 {
     (pos / cap + 1) * cap
 }
 
+/// Asks the storage ([`Storage::prefetch`]) for the bytes ahead of a
+/// reader that goes forward through the data area, `STEP` at a time, up to
+/// `AHEAD` ahead. The default path's data file has the kernel's read-ahead
+/// off (`storage::no_read_ahead`), so without this each read of a scan over
+/// bytes that are not cached (recovery after a power loss, which is after
+/// a reboot) would wait for the device in turn.
+#[derive(Debug, Default)]
+pub(crate) struct ReadAhead {
+    /// Data-area offset up to which bytes were asked for.
+    to: u64,
+}
+
+impl ReadAhead {
+    const STEP: u64 = 1 << 20;
+    const AHEAD: u64 = 8 << 20;
+
+    /// Goes on from where an earlier one (see [`to`](Self::to)) stopped.
+    pub(crate) fn from(to: u64) -> Self {
+        ReadAhead { to }
+    }
+
+    /// Data-area offset up to which bytes were asked for.
+    pub(crate) fn to(&self) -> u64 {
+        self.to
+    }
+
+    /// The reader reads on from data-area offset `from`.
+    pub(crate) fn reading(&mut self, data: &dyn Storage, from: u64, cap: u64) {
+        if from > self.to || from + Self::AHEAD + Self::STEP < self.to {
+            // Started, or jumped: ask from here.
+            self.to = from;
+        }
+        let end = (from + Self::AHEAD).min(cap);
+        while self.to < end {
+            let len = Self::STEP.min(cap - self.to);
+            data.prefetch(DATA_OFFSET + self.to, len);
+            self.to += len;
+        }
+    }
+}
+
 /// Reads frames through a buffer of `chunk` bytes, so a walk over the ring
 /// costs one large read per chunk rather than one per frame. Memory is the
 /// chunk (or one record, if larger), whatever the ring's size.
@@ -34,11 +75,24 @@ pub(crate) struct Scanner<'a> {
     chunk: usize,
     buf: Vec<u8>,
     buf_off: u64,
+    /// Set for scans that read much of the ring ([`prefetching`](Self::prefetching)).
+    ahead: Option<ReadAhead>,
 }
 
 impl<'a> Scanner<'a> {
     pub(crate) fn new(data: &'a dyn Storage, cap: u64, max_len: usize, chunk: usize) -> Self {
-        Scanner { data, cap, max_len, chunk, buf: Vec::new(), buf_off: 0 }
+        Scanner { data, cap, max_len, chunk, buf: Vec::new(), buf_off: 0, ahead: None }
+    }
+
+    /// From now on, has every read ask for the bytes after it.
+    pub(crate) fn read_ahead(&mut self, ahead: ReadAhead) {
+        self.ahead = Some(ahead);
+    }
+
+    /// The [`ReadAhead`] given to [`read_ahead`](Self::read_ahead), as the
+    /// reads since have left it.
+    pub(crate) fn take_read_ahead(&mut self) -> Option<ReadAhead> {
+        self.ahead.take()
     }
 
     /// Size of the data area.
@@ -52,6 +106,9 @@ impl<'a> Scanner<'a> {
         debug_assert!(end <= self.cap);
         if off < self.buf_off || end > self.buf_off + self.buf.len() as u64 {
             let want = (self.chunk.max(len) as u64).min(self.cap - off) as usize;
+            if let Some(ahead) = &mut self.ahead {
+                ahead.reading(self.data, off, self.cap);
+            }
             self.buf.resize(want, 0);
             self.data.read_at(&mut self.buf, DATA_OFFSET + off)?;
             self.buf_off = off;

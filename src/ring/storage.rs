@@ -116,6 +116,15 @@ pub(crate) fn no_read_ahead(file: &File) {
     let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Random);
 }
 
+/// Whether the byte of `file` at `offset` is in the page cache: a one-byte
+/// read that fails rather than wait for the device (`RWF_NOWAIT`). Past
+/// the end, or where the kernel cannot tell, it is not.
+fn cached(file: &File, offset: u64) -> bool {
+    let mut byte = [0u8; 1];
+    let bufs = &mut [io::IoSliceMut::new(&mut byte)];
+    matches!(rustix::io::preadv2(file, bufs, offset, rustix::io::ReadWriteFlags::NOWAIT), Ok(1))
+}
+
 /// [`Storage`] on a real file.
 pub(crate) struct FileStorage {
     pub(crate) file: File,
@@ -144,8 +153,15 @@ impl Storage for FileStorage {
     }
 
     fn prefetch(&self, offset: u64, len: u64) {
+        let Some(nonzero) = NonZeroU64::new(len) else { return };
+        // Asking for cached bytes costs the kernel a look-up per page (a
+        // recovery scan of a cached 1 GiB ring took 20 to 30 ms longer):
+        // a range whose first and last bytes are cached is taken to be.
+        if cached(&self.file, offset) && cached(&self.file, offset + len - 1) {
+            return;
+        }
         // Starts reading whatever is not cached and returns.
-        let _ = rustix::fs::fadvise(&self.file, offset, NonZeroU64::new(len), rustix::fs::Advice::WillNeed);
+        let _ = rustix::fs::fadvise(&self.file, offset, Some(nonzero), rustix::fs::Advice::WillNeed);
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
