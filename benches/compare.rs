@@ -116,6 +116,9 @@ impl Storage for Rebooted {
     fn prefetch(&self, offset: u64, len: u64) {
         self.0.prefetch(offset, len);
     }
+    fn prefetch_for_write(&self, offset: u64, len: u64) {
+        self.0.prefetch_for_write(offset, len);
+    }
     fn boot_id(&self) -> Option<[u8; 16]> {
         Some([0xab; 16])
     }

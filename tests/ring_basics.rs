@@ -552,6 +552,10 @@ impl ringship::Storage for Prefetches {
         self.calls.lock().push((offset, len));
         self.inner.prefetch(offset, len);
     }
+    fn prefetch_for_write(&self, offset: u64, len: u64) {
+        self.calls.lock().push((offset, len));
+        self.inner.prefetch_for_write(offset, len);
+    }
     fn boot_id(&self) -> Option<[u8; 16]> {
         self.boot.or_else(|| self.inner.boot_id())
     }

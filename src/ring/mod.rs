@@ -735,9 +735,9 @@ impl Inner {
         }
         let (off, len) = (from % self.cap, end - from);
         let first = len.min(self.cap - off);
-        self.data.prefetch(DATA_OFFSET + off, first);
+        self.data.prefetch_for_write(DATA_OFFSET + off, first);
         if first < len {
-            self.data.prefetch(DATA_OFFSET, len - first);
+            self.data.prefetch_for_write(DATA_OFFSET, len - first);
         }
     }
 

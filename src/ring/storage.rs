@@ -63,18 +63,32 @@ pub trait Storage: Send + Sync {
     /// [`sync_data`]: Storage::sync_data
     fn drop_cache(&self) {}
 
-    /// Brings `offset..offset + len` into memory ahead of writes there, so
-    /// that the [`write_at`] that gets there does not wait for the kernel
-    /// to read those bytes from the device or to prepare their pages. The
-    /// ring calls it from `open` and from its background thread, with no
-    /// lock held, a little ahead of where it writes next. Best effort: it
-    /// changes no bytes, and a failure is left for the write that needs
-    /// them to report. The default does nothing; a wrapper should forward
-    /// it.
+    /// Brings `offset..offset + len` into memory ahead of reads or writes
+    /// there, so that the [`read_at`] or [`write_at`] that gets there does
+    /// not wait for the kernel to read those bytes from the device. The
+    /// ring calls it with no lock held: recovery and readers ahead of
+    /// where they read (the default path has the kernel's own read-ahead
+    /// off), and, through [`prefetch_for_write`], `open` and the ring's
+    /// background thread a little ahead of where it writes next. Best
+    /// effort: it changes no bytes, and a failure is left for the read or
+    /// write that needs them to report. The default does nothing; a
+    /// wrapper should forward it.
     ///
+    /// [`read_at`]: Storage::read_at
     /// [`write_at`]: Storage::write_at
+    /// [`prefetch_for_write`]: Storage::prefetch_for_write
     fn prefetch(&self, offset: u64, len: u64) {
         let _ = (offset, len);
+    }
+
+    /// [`prefetch`] for bytes about to be written: a storage may also
+    /// prepare them for writing (the ring's mapped writes map those pages
+    /// writable, so that stores take no page faults). The default calls
+    /// [`prefetch`]; a wrapper should forward both.
+    ///
+    /// [`prefetch`]: Storage::prefetch
+    fn prefetch_for_write(&self, offset: u64, len: u64) {
+        self.prefetch(offset, len);
     }
 
     /// An identifier of the current boot of the machine, so recovery can
@@ -382,6 +396,13 @@ impl Storage for MappedFile {
     }
 
     fn prefetch(&self, offset: u64, len: u64) {
+        // Into the page cache only: mapping pages writable ahead of reads
+        // would grow the resident set, and a write fault marks a shared
+        // page dirty, so the kernel would write back bytes nobody changed.
+        self.file.prefetch(offset, len);
+    }
+
+    fn prefetch_for_write(&self, offset: u64, len: u64) {
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         if start >= self.map.len() || len == 0 {
             return self.file.prefetch(offset, len);
@@ -502,6 +523,7 @@ mod tests {
         for storage in [&plain as &dyn Storage, &mapped] {
             for (offset, n) in [(0, len), (100, 5000), (len - 1, 1 << 20), (len, 4096), (len + 8192, 1), (3, 0)] {
                 storage.prefetch(offset, n);
+                storage.prefetch_for_write(offset, n);
             }
             let mut back = vec![0; len as usize];
             storage.read_at(&mut back, 0).unwrap();
@@ -509,7 +531,7 @@ mod tests {
             assert_eq!(storage.len().unwrap(), len, "prefetch changed the length");
         }
         // A write after a prefetch lands as any other.
-        mapped.prefetch(4096, 8192);
+        mapped.prefetch_for_write(4096, 8192);
         mapped.write_at(b"after", 5000).unwrap();
         let mut back = [0; 5];
         plain.read_at(&mut back, 5000).unwrap();
@@ -589,42 +611,45 @@ mod tests {
     }
 
     #[test]
-    fn prefetch_maps_pages_ahead_of_the_writer_and_unmaps_those_it_left_behind() {
+    fn prefetch_for_write_maps_pages_ahead_of_the_writer_and_unmaps_those_it_left_behind() {
         let chunk = RELEASE_CHUNK as u64;
         let (_dir, _, file) = sized_file(4 * chunk);
         let m = MappedFile::new(file).unwrap();
         let mib = 1 << 20;
-        // Before any write: mapped, kept.
+        // For reading: into the page cache, not into the map.
         m.prefetch(4096, mib);
+        assert_eq!(mapped_kib(&m), 0);
+        // For writing, before any write: mapped, kept.
+        m.prefetch_for_write(4096, mib);
         assert!(mapped_kib(&m) >= 1024, "{} KiB", mapped_kib(&m));
         // Ahead of a writer in chunk 1 (clear of the 64 KiB its write
         // populated): mapped, kept.
         m.write_at(&[1; 100], chunk).unwrap();
         let before = mapped_kib(&m);
-        m.prefetch(chunk + mib / 4, mib);
+        m.prefetch_for_write(chunk + mib / 4, mib);
         assert!(mapped_kib(&m) >= before + 1000, "{before} -> {} KiB", mapped_kib(&m));
         // Asked for at a head the writer has left since: it moved on to
         // chunk 2 and unmapped chunk 1. What the prefetch maps there is
         // unmapped again.
         m.write_at(&[2; 100], 2 * chunk).unwrap();
         let before = mapped_kib(&m);
-        m.prefetch(chunk + 2 * mib, mib);
+        m.prefetch_for_write(chunk + 2 * mib, mib);
         assert!(mapped_kib(&m) < before + 256, "{before} -> {} KiB", mapped_kib(&m));
         // Across the end of chunk 2 into chunk 3, the writer in 2: both kept.
         let before = mapped_kib(&m);
-        m.prefetch(3 * chunk - mib / 2, mib);
+        m.prefetch_for_write(3 * chunk - mib / 2, mib);
         assert!(mapped_kib(&m) >= before + 1000, "{before} -> {} KiB", mapped_kib(&m));
         // The writer's last write ended just short of the range (in the
         // chunk before it): the range is ahead, kept.
         m.write_at(&[3; 100], 4 * chunk - 4096).unwrap();
         let before = mapped_kib(&m);
-        m.prefetch(3 * mib, mib);
+        m.prefetch_for_write(3 * mib, mib);
         assert!(mapped_kib(&m) >= before + 1000, "{before} -> {} KiB", mapped_kib(&m));
         // Around the end of the map: the writer went on to chunk 1, past
         // chunk 0, which the range is in.
         m.write_at(&[4; 100], chunk).unwrap();
         let before = mapped_kib(&m);
-        m.prefetch(mib, mib);
+        m.prefetch_for_write(mib, mib);
         assert!(mapped_kib(&m) < before + 256, "{before} -> {} KiB", mapped_kib(&m));
     }
 
