@@ -75,7 +75,8 @@ pub(crate) struct Scanner<'a> {
     chunk: usize,
     buf: Vec<u8>,
     buf_off: u64,
-    /// Set for scans that read much of the ring ([`prefetching`](Self::prefetching)).
+    /// Set for scans that may read much of the ring
+    /// ([`read_ahead`](Self::read_ahead)).
     ahead: Option<ReadAhead>,
 }
 
