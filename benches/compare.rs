@@ -325,29 +325,71 @@ fn read_ack(n: u64) -> Duration {
 
 /// Time to open the ring in `dir` with `meta` as its meta file, on a
 /// storage that reports another boot id (recovery must assume a power
-/// loss); best of three.
-fn reopen_after_power_loss(dir: &std::path::Path, cap: u64, meta: &[u8]) -> Duration {
-    best(|| {
-        std::fs::write(dir.join("ring.meta"), meta).unwrap();
-        let config = RingConfig::default()
-            .with_capacity(cap)
-            .with_sync(SyncPolicy::Never)
-            .with_max_record_len(4096)
-            .with_storage_wrapper(Arc::new(|_, s| Box::new(Rebooted(s))));
-        let start = Instant::now();
-        let (r, _) = Ring::open(dir, config).unwrap();
-        let t = start.elapsed();
-        assert_eq!(r.stats().corrupted, 0, "a clean power-loss image");
-        r.close().unwrap();
-        t
-    })
+/// loss); with `uncached`, the data file's pages are dropped from the page
+/// cache first, as after a real reboot.
+fn reopen_after_power_loss(dir: &std::path::Path, cap: u64, meta: &[u8], uncached: bool) -> Duration {
+    std::fs::write(dir.join("ring.meta"), meta).unwrap();
+    if uncached {
+        uncache(&dir.join("ring.data"));
+    }
+    let config = RingConfig::default()
+        .with_capacity(cap)
+        .with_sync(SyncPolicy::Never)
+        .with_max_record_len(4096)
+        .with_storage_wrapper(Arc::new(|_, s| Box::new(Rebooted(s))));
+    let start = Instant::now();
+    let (r, _) = Ring::open(dir, config).unwrap();
+    let t = start.elapsed();
+    assert_eq!(r.stats().corrupted, 0, "a clean power-loss image");
+    r.close().unwrap();
+    t
+}
+
+/// Writes back and then drops the cached pages of `path`
+/// (`POSIX_FADV_DONTNEED`): its next reads come from the disk.
+fn uncache(path: &std::path::Path) {
+    let f = File::open(path).unwrap();
+    f.sync_all().unwrap();
+    rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+}
+
+/// Time of a sequential read of `path` in 1 MiB reads.
+fn read_through(path: &std::path::Path) -> Duration {
+    let mut f = File::open(path).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let start = Instant::now();
+    let mut sum = 0u64;
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        sum = sum.wrapping_add(u64::from(buf[n - 1]));
+    }
+    std::hint::black_box(sum);
+    start.elapsed()
+}
+
+/// Reopen times of a full ring (see `recovery`), and the sequential reads
+/// they are held against.
+struct Recovery {
+    clean: Duration,
+    crashed: Duration,
+    power_loss: Duration,
+    power_loss_later: Duration,
+    read: Duration,
+    /// After a power loss with nothing cached, and a read with nothing
+    /// cached, taking turns.
+    power_loss_uncached: Duration,
+    read_uncached: Duration,
 }
 
 /// Reopen times of a full ring of `mib` MiB after a clean close, after a
-/// process crash, after a power loss right after a `sync()`, and after a
-/// power loss with appends and an ack since the last fsync; and the time
-/// of a sequential read of its data file.
-fn recovery(mib: u64) -> (Duration, Duration, Duration, Duration, Duration) {
+/// process crash, after a power loss right after a `sync()` (with the data
+/// file cached and not), and after a power loss with appends and an ack
+/// since the last fsync; and the time of a sequential read of its data
+/// file.
+fn recovery(mib: u64) -> Recovery {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("r");
     let cap = mib << 20;
@@ -380,7 +422,7 @@ fn recovery(mib: u64) -> (Duration, Duration, Duration, Duration, Duration) {
         r.close().unwrap();
         t
     });
-    let power_loss = reopen_after_power_loss(&dir, cap, &crash_meta);
+    let power_loss = best(|| reopen_after_power_loss(&dir, cap, &crash_meta, false));
     // Shipping went on after the last fsync: 10,000 more records, and an
     // ack that wrote a checkpoint describing them (not durable).
     let later_meta = {
@@ -395,23 +437,15 @@ fn recovery(mib: u64) -> (Duration, Duration, Duration, Duration, Duration) {
         r.close().unwrap();
         meta
     };
-    let power_loss_later = reopen_after_power_loss(&dir, cap, &later_meta);
-    let read = best(|| {
-        let mut f = File::open(dir.join("ring.data")).unwrap();
-        let mut buf = vec![0u8; 1 << 20];
-        let start = Instant::now();
-        let mut sum = 0u64;
-        loop {
-            let n = f.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            sum = sum.wrapping_add(u64::from(buf[n - 1]));
-        }
-        std::hint::black_box(sum);
-        start.elapsed()
-    });
-    (reopen, crashed, power_loss, power_loss_later, read)
+    let power_loss_later = best(|| reopen_after_power_loss(&dir, cap, &later_meta, false));
+    let data = dir.join("ring.data");
+    let read = best(|| read_through(&data));
+    let [power_loss_uncached, read_uncached] =
+        side_by_side([&mut || reopen_after_power_loss(&dir, cap, &crash_meta, true), &mut || {
+            uncache(&data);
+            read_through(&data)
+        }]);
+    Recovery { clean: reopen, crashed, power_loss, power_loss_later, read, power_loss_uncached, read_uncached }
 }
 
 /// Records per second shipped end to end through `transport`.
@@ -690,15 +724,17 @@ fn main() {
     }
 
     if want("recovery") {
-        let (reopen, crashed, power_loss, later, read) = recovery(ring_mib);
-        for (how, took) in [
-            ("clean close", reopen),
-            ("process crash", crashed),
-            ("power loss", power_loss),
-            ("power loss, 10,000 appends and an ack after the last fsync", later),
+        let r = recovery(ring_mib);
+        let (cached, uncached) = ("sequential read", "sequential read, nothing cached");
+        for (how, took, read, vs) in [
+            ("clean close", r.clean, r.read, cached),
+            ("process crash", r.crashed, r.read, cached),
+            ("power loss", r.power_loss, r.read, cached),
+            ("power loss, 10,000 appends and an ack after the last fsync", r.power_loss_later, r.read, cached),
+            ("power loss, nothing cached", r.power_loss_uncached, r.read_uncached, uncached),
         ] {
             rows.push(Row {
-                scenario: format!("reopen of a full {ring_mib} MiB ring after a {how} (vs sequential read)"),
+                scenario: format!("reopen of a full {ring_mib} MiB ring after a {how} (vs {vs})"),
                 ours: format!("{:.1} ms", took.as_secs_f64() * 1e3),
                 theirs: format!("{:.0} ms", read.as_secs_f64() * 1e3),
                 ratio: took.as_secs_f64() / read.as_secs_f64(),
