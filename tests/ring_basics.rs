@@ -513,11 +513,11 @@ fn interval_flushes_on_time_while_appends_keep_renewing_the_reservation() {
     }
 }
 
-/// Records the data file's prefetches.
 /// Reads logged by [`Prefetches`]: offset, length, and how many prefetches
 /// had been asked for then.
 type ReadLog = Arc<parking_lot::Mutex<Vec<(u64, u64, usize)>>>;
 
+/// Records the data file's prefetches (and, if asked, its reads).
 struct Prefetches {
     inner: Box<dyn ringship::Storage>,
     calls: Arc<parking_lot::Mutex<Vec<(u64, u64)>>>,
