@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::ring::frame::{HEADER_LEN, MAX_PAYLOAD, frame_size};
+use crate::ring::frame::{MAX_PAYLOAD, frame_size};
 use crate::{Error, Result, Storage};
 
 /// When appended records reach stable storage.
@@ -106,7 +106,10 @@ impl RingConfig {
     }
 
     /// Largest payload `append` accepts (at most 16 MiB - 1). Unset, it is
-    /// 256 KiB or a quarter of the capacity, whichever is smaller.
+    /// 256 KiB or a quarter of the capacity, whichever is smaller. The
+    /// capacity must hold two frames of it (a frame is the payload plus 32
+    /// bytes, rounded up to 8): a record that wraps may leave almost one
+    /// frame unused at the end of the data area.
     #[must_use]
     pub fn with_max_record_len(mut self, bytes: usize) -> Self {
         self.max_record_len = Some(bytes);
@@ -246,7 +249,9 @@ impl RingConfig {
     }
 }
 
-/// Smallest capacity that holds one largest record and the pad before it.
+/// Smallest capacity that holds one largest record wherever the head is:
+/// wrapping at the end of the data area may leave fewer bytes than its
+/// frame unused before it.
 pub(crate) fn min_capacity(max_record_len: usize) -> u64 {
-    frame_size(max_record_len) + HEADER_LEN as u64
+    2 * frame_size(max_record_len)
 }

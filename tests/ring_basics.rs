@@ -141,6 +141,63 @@ fn block_waits_for_acks_then_times_out() {
     assert_identity(&s);
 }
 
+/// Ring bytes a record of `len` payload bytes takes (docs/FORMAT.md).
+fn frame_len(len: usize) -> u64 {
+    (32 + len as u64).next_multiple_of(8)
+}
+
+#[test]
+fn a_batch_that_wraps_never_overwrites_its_own_records() {
+    // A batch that does not fit before the end of the data area is padded
+    // there and goes on at the start: the unused bytes before the wrap
+    // (fewer than its largest frame) count against the ring too, or its
+    // last records would land on its first.
+    let t = TempRing::new();
+    let cap = 4096;
+    let ring = open(&t.dir, small(cap).with_max_record_len(1200));
+    let mut rejected = 0;
+    let mut expected = std::collections::BTreeMap::new();
+    // Heads all around the ring, batches around the limit.
+    for round in 0..40u64 {
+        let filler = 100 + (round as usize * 37) % 900;
+        let seq = ring.append(&payload(round, filler)).unwrap();
+        expected.insert(seq, payload(round, filler));
+        for lens in [[800, 1024, 1024, 1024], [200, 1200, 1200, 1200], [1200, 1200, 1200, 100], [500, 500, 1200, 1000]]
+        {
+            let batch: Vec<Vec<u8>> =
+                lens.iter().enumerate().map(|(k, &len)| payload(round * 10 + k as u64, len)).collect();
+            let frames: u64 = lens.iter().map(|&len| frame_len(len)).sum();
+            let largest = lens.iter().map(|&len| frame_len(len)).max().unwrap();
+            match ring.append_batch(&batch) {
+                Ok((first, last)) => {
+                    assert!(frames + largest <= cap, "accepted a batch of {frames} bytes with a {largest}-byte frame");
+                    let got = ring.read(first, 10, 1 << 20).unwrap();
+                    let seqs: Vec<u64> = got.records.iter().map(|r| r.seq).collect();
+                    assert_eq!(seqs, (first..=last).collect::<Vec<_>>(), "round {round}, batch {lens:?}");
+                    for (r, p) in got.records.iter().zip(&batch) {
+                        assert_eq!(&r.payload[..], &p[..], "round {round}, seq {}", r.seq);
+                        expected.insert(r.seq, p.clone());
+                    }
+                }
+                Err(Error::Full { .. }) => {
+                    assert!(frames + largest > cap, "refused a batch of {frames} bytes with a {largest}-byte frame");
+                    rejected += 4;
+                }
+                Err(e) => panic!("round {round}, batch {lens:?}: {e}"),
+            }
+        }
+    }
+    let s = ring.stats();
+    assert_eq!((s.rejected, s.corrupted), (rejected, 0));
+    assert_identity(&s);
+    // Whatever is still in the ring reads back as it was written.
+    let all = ring.read(1, 10_000, 1 << 20).unwrap();
+    assert!(!all.records.is_empty());
+    for r in &all.records {
+        assert_eq!(&r.payload[..], &expected[&r.seq][..], "seq {}", r.seq);
+    }
+}
+
 #[test]
 fn too_large_record_is_refused_and_counted() {
     let t = TempRing::new();

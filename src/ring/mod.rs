@@ -220,7 +220,10 @@ impl Ring {
     /// seq. All or nothing: on error no record of the batch was written.
     ///
     /// # Errors
-    /// As [`Ring::append`]; a batch larger than the ring is [`Error::Full`].
+    /// As [`Ring::append`]. A batch whose frames (each record's payload
+    /// plus 32 bytes, rounded up to 8) and its largest frame once more
+    /// exceed the capacity is [`Error::Full`] wherever the head is: wrapping
+    /// at the end of the data area may leave up to that many bytes unused.
     pub fn append_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(u64, u64)> {
         let inner = &*self.inner;
         let n = payloads.len() as u64;
@@ -429,9 +432,12 @@ impl Inner {
             return Err(Self::reject(&mut st, n, err));
         }
         let frames: u64 = payloads.iter().map(|p| frame_size(p.as_ref().len())).sum();
-        // A batch must fit with a pad before it.
-        if frames + HEADER_LEN as u64 > self.cap {
-            return Err(Self::reject(&mut st, n, Error::Full { needed: frames }));
+        // A batch that wraps leaves the bytes before the end of the data
+        // area unused, fewer than the frame that did not fit there: it must
+        // fit with them, or its last frames would land on its first.
+        let largest = payloads.iter().map(|p| frame_size(p.as_ref().len())).max().unwrap_or(0);
+        if frames + largest > self.cap {
+            return Err(Self::reject(&mut st, n, Error::Full { needed: frames + largest }));
         }
         let deadline = match self.config.full {
             FullPolicy::Block(t) => Some((Instant::now() + t, t)),
@@ -520,6 +526,7 @@ impl Inner {
             nseg += 1;
             let segments = &segments[..nseg];
             let new_head = pos;
+            debug_assert!(new_head - st.head <= self.cap, "a batch spans more than the ring");
             let room = self.make_room(st, new_head);
             st.debug_check("make_room");
             match room? {
