@@ -141,6 +141,123 @@ fn block_waits_for_acks_then_times_out() {
     assert_identity(&s);
 }
 
+/// Durations too long to add to an instant mean "no end": blocking for
+/// `Duration::MAX` waits for acknowledgements as long as it takes, and an
+/// `Interval` of `Duration::MAX` never flushes. Both used to panic (an
+/// `Instant` overflow), in every append and in the background thread.
+#[test]
+fn durations_too_long_to_end_wait_without_end() {
+    let t = TempRing::new();
+    let config = small(4096).with_full(FullPolicy::Block(Duration::MAX)).with_sync(SyncPolicy::Interval(Duration::MAX));
+    let ring = Arc::new(open(&t.dir, config));
+    for i in 1..=3 {
+        assert_eq!(ring.append(&payload(i, 1000)).unwrap(), i);
+    }
+    let r = Arc::clone(&ring);
+    let blocked = std::thread::spawn(move || r.append(&payload(4, 1000)));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!blocked.is_finished(), "a full ring let an append through");
+    ring.ack(1).unwrap();
+    assert_eq!(blocked.join().unwrap().unwrap(), 4);
+    assert_eq!(ring.stats().durable_seq, 0, "an Interval of Duration::MAX flushed");
+    assert_eq!(ring.sync().unwrap(), 4);
+}
+
+/// `ring.meta`'s storage whose writes fail while `fail` is set.
+struct FailingMetaWrites {
+    inner: Box<dyn ringship::Storage>,
+    fail: Arc<AtomicBool>,
+    failed: Arc<AtomicU64>,
+}
+
+impl ringship::Storage for FailingMetaWrites {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        if self.fail.load(SeqCst) {
+            self.failed.fetch_add(1, SeqCst);
+            return Err(std::io::Error::other("injected write error"));
+        }
+        self.inner.write_at(buf, offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+}
+
+/// A checkpoint the `Interval` flusher fails to write poisons nothing, and
+/// the flusher goes on: before, it ended at the first error, and from
+/// then on no record became durable without a `sync` call.
+#[test]
+fn the_interval_flusher_outlives_a_failed_checkpoint_write() {
+    let t = TempRing::new();
+    let (fail, failed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let (f, n) = (Arc::clone(&fail), Arc::clone(&failed));
+    let config = small(64 << 10).with_sync(SyncPolicy::Interval(Duration::from_millis(5))).with_storage_wrapper(
+        Arc::new(move |path, inner| {
+            if path.ends_with("ring.meta") {
+                Box::new(FailingMetaWrites { inner, fail: Arc::clone(&f), failed: Arc::clone(&n) })
+            } else {
+                inner
+            }
+        }),
+    );
+    let ring = open(&t.dir, config);
+    assert_eq!(ring.append(b"one").unwrap(), 1);
+    eventually("the first flush", || ring.stats().durable_seq == 1);
+    fail.store(true, SeqCst);
+    assert_eq!(ring.append(b"two").unwrap(), 2);
+    eventually("a failed checkpoint write", || failed.load(SeqCst) > 0);
+    fail.store(false, SeqCst);
+    assert_eq!(ring.append(b"three").unwrap(), 3);
+    eventually("a flush after the failed one", || ring.stats().durable_seq == 3);
+    ring.close().unwrap();
+}
+
+/// An append whose records were written succeeds even if the checkpoint
+/// that fell due after it cannot be written: failing it would have the
+/// caller append the records again under new seqs while the first copies
+/// are read and shipped. The checkpoint's losses are written later.
+#[test]
+fn an_append_that_wrote_succeeds_when_its_checkpoint_fails() {
+    let t = TempRing::new();
+    let (fail, failed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let (f, n) = (Arc::clone(&fail), Arc::clone(&failed));
+    let config =
+        small(4096).with_checkpoint_interval(Duration::ZERO).with_storage_wrapper(Arc::new(move |path, inner| {
+            if path.ends_with("ring.meta") {
+                Box::new(FailingMetaWrites { inner, fail: Arc::clone(&f), failed: Arc::clone(&n) })
+            } else {
+                inner
+            }
+        }));
+    let ring = open(&t.dir, config.clone());
+    for i in 1..=3 {
+        assert_eq!(ring.append(&payload(i, 1000)).unwrap(), i);
+    }
+    // The fourth record evicts the first: a loss, so a checkpoint is due.
+    fail.store(true, SeqCst);
+    assert_eq!(ring.append(&payload(4, 1000)).unwrap(), 4);
+    assert!(failed.load(SeqCst) > 0, "no checkpoint was attempted");
+    let got = ring.read(4, 10, 1 << 20).unwrap();
+    assert_eq!(got.records.len(), 1);
+    assert_eq!(&got.records[0].payload[..], &payload(4, 1000)[..]);
+    fail.store(false, SeqCst);
+    ring.close().unwrap();
+    drop(ring);
+    let ring = open(&t.dir, config);
+    let s = ring.stats();
+    assert_eq!((s.last_seq, s.overwritten), (4, 1), "{s:?}");
+    assert_eq!(ring.losses()[0].first_seq, 1);
+}
+
 /// Ring bytes a record of `len` payload bytes takes (docs/FORMAT.md).
 fn frame_len(len: usize) -> u64 {
     (32 + len as u64).next_multiple_of(8)
@@ -505,6 +622,55 @@ fn appends_do_not_wait_for_a_hung_reservation_fsync() {
     let s = ring.stats();
     assert_eq!((s.last_seq, s.lost_unsynced), (90, 0), "{s:?}");
     assert_eq!(ring.append(b"next").unwrap(), 91);
+}
+
+/// I1 under `FullPolicy::Block`: an append that waited for room checks the
+/// seq reservation again when it wakes, since appenders that ran while it
+/// waited may have used it up. Before, it went on and handed out seqs no
+/// durable reservation covered, which a power loss would have let the
+/// reopened ring hand out again.
+#[test]
+fn appends_that_waited_for_room_check_the_seq_reservation_again() {
+    let t = TempRing::new();
+    let gate = Arc::new(Gate::default());
+    let g = Arc::clone(&gate);
+    let config = small(4096)
+        .with_seq_reservation(4)
+        .with_full(FullPolicy::Block(Duration::from_secs(60)))
+        .with_storage_wrapper(Arc::new(move |path, inner| {
+            if path.ends_with("ring.meta") { Box::new(GatedMeta::wrap(inner, &g)) } else { inner }
+        }));
+    let ring = Arc::new(open(&t.dir, config));
+    // The first append reserves seqs up to 5 itself. Then every fsync of
+    // ring.meta hangs: the third append asks the background thread to
+    // renew the reservation, and it waits at the gate.
+    assert_eq!(ring.append(&payload(1, 1000)).unwrap(), 1);
+    gate.set_shut(true);
+    for i in 2..=3 {
+        assert_eq!(ring.append(&payload(i, 1000)).unwrap(), i);
+    }
+    gate.wait_for_a_waiter();
+    // The ring (three 1,032-byte frames of 4,096) is full of unacknowledged
+    // records: a batch of two (seqs 4 and 5) and a single record wait for
+    // room. Together they need seq 6, beyond the reservation.
+    let r = Arc::clone(&ring);
+    let two = std::thread::spawn(move || r.append_batch(&[payload(4, 1000), payload(5, 1000)]));
+    let r = Arc::clone(&ring);
+    let one = std::thread::spawn(move || r.append(&payload(6, 1000)));
+    std::thread::sleep(Duration::from_millis(100));
+    ring.ack(3).unwrap();
+    eventually("an append that waited for room", || ring.stats().last_seq >= 4);
+    std::thread::sleep(Duration::from_millis(200));
+    let last = ring.stats().last_seq;
+    gate.set_shut(false);
+    let (two, one) = (two.join().unwrap(), one.join().unwrap());
+    assert!(last <= 5, "seq {last} handed out while the reservation covering it could not be written");
+    let mut seqs = vec![one.unwrap()];
+    let (first, second) = two.unwrap();
+    seqs.extend([first, second]);
+    seqs.sort_unstable();
+    assert_eq!(seqs, [4, 5, 6]);
+    assert_eq!(first + 1, second);
 }
 
 /// `close` against an append writing a larger seq reservation: the final

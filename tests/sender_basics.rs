@@ -327,6 +327,13 @@ fn builder_rejects_bad_settings() {
             "backoff order",
             builder(ring(&TempRing::new(), 1 << 20), &script, "a").backoff_initial(Duration::from_secs(100)),
         ),
+        // Used to panic adding it to an instant.
+        ("endless send timeout", builder(ring(&TempRing::new(), 1 << 20), &script, "a").send_timeout(Duration::MAX)),
+        ("endless linger", builder(ring(&TempRing::new(), 1 << 20), &script, "a").linger(Duration::MAX)),
+        (
+            "endless abandon",
+            builder(ring(&TempRing::new(), 1 << 20), &script, "a").abandon_after(Duration::from_secs(400 * 86_400)),
+        ),
     ] {
         let err = b.start().unwrap_err();
         assert!(matches!(err, ringship::Error::Config(_)), "{what}: {err}");

@@ -344,7 +344,8 @@ impl Drop for Ring {
 /// ends when `wake` is closed.
 fn spawn_background(inner: Weak<Inner>, wake: Arc<Signal>, every: Option<Duration>) -> JoinHandle<()> {
     let run = move || {
-        let mut next_flush = every.map(|every| Instant::now() + every);
+        // None for an interval too long to name its end: never.
+        let mut next_flush = every.and_then(|every| Instant::now().checked_add(every));
         loop {
             let woken = match next_flush {
                 Some(at) => wake.wait_timeout(at.saturating_duration_since(Instant::now())),
@@ -368,11 +369,13 @@ fn spawn_background(inner: Weak<Inner>, wake: Arc<Signal>, every: Option<Duratio
             if Instant::now() < at {
                 continue;
             }
-            next_flush = Some(Instant::now() + every);
+            next_flush = Instant::now().checked_add(every);
             let written = inner.written_seq.load(Ordering::Acquire);
             let dirty = written > inner.durable_seq.load(Ordering::Acquire) || inner.state.lock().unsaved_losses;
-            if dirty && inner.sync_all(false).is_err() {
-                // Poisoned: appends now fail and say why; nothing more to do here.
+            if dirty && inner.sync_all(false).is_err() && inner.poisoned.load(Ordering::Acquire) {
+                // Appends now fail and say why; nothing more to do here.
+                // Other errors (a failed write of a checkpoint, which
+                // poisons nothing) are tried again at the next flush.
                 return;
             }
         }
@@ -415,6 +418,27 @@ impl Inner {
     }
 
     fn append_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(u64, u64)> {
+        // Waiting for room ends at this instant (none: the timeout is too
+        // far ahead to name one).
+        let deadline = match self.config.full {
+            FullPolicy::Block(t) => Some((Instant::now().checked_add(t), t)),
+            _ => None,
+        };
+        loop {
+            if let Some(placed) = self.try_append_batch(payloads, deadline)? {
+                return Ok(placed);
+            }
+        }
+    }
+
+    /// One attempt of [`append_batch`](Self::append_batch): `None` if it
+    /// waited for room and the seq reservation it had checked was used up
+    /// meanwhile (by appenders that ran while it waited).
+    fn try_append_batch<P: AsRef<[u8]>>(
+        &self,
+        payloads: &[P],
+        deadline: Option<(Option<Instant>, Duration)>,
+    ) -> Result<Option<(u64, u64)>> {
         let n = payloads.len() as u64;
         let mut st = loop {
             let st = self.state.lock();
@@ -439,10 +463,6 @@ impl Inner {
         if frames + largest > self.cap {
             return Err(Self::reject(&mut st, n, Error::Full { needed: frames + largest }));
         }
-        let deadline = match self.config.full {
-            FullPolicy::Block(t) => Some((Instant::now() + t, t)),
-            _ => None,
-        };
         let ts = now_nanos();
         // The frames are laid out in a buffer the state keeps between
         // appends (a batch holds the state lock from here to its write).
@@ -471,16 +491,24 @@ impl Inner {
         if renew || prefetch {
             self.background.notify();
         }
-        let (first, last, checkpoint_due) = result?;
+        let Some((first, last, checkpoint_due)) = result? else {
+            return Ok(None);
+        };
         if checkpoint_due {
-            self.write_checkpoint(false)?;
+            // The batch is written and will be read and shipped: failing
+            // the append now would have the caller append it again under
+            // new seqs. The losses stay unsaved, so the next checkpoint
+            // (the next append's, or sync's or close's, which report an
+            // error) writes them.
+            let _ = self.write_checkpoint(false);
         }
-        Ok((first, last))
+        Ok(Some((first, last)))
     }
 
     /// Lays out and writes a batch at the head, making room first; see
     /// [`append_batch`](Self::append_batch). Returns the first and last seq
-    /// and whether a checkpoint is due.
+    /// and whether a checkpoint is due, or `None` if it waited for room
+    /// and the seq reservation no longer covers the batch.
     fn place<P: AsRef<[u8]>>(
         &self,
         st: &mut crate::sync::MutexGuard<'_, State>,
@@ -488,8 +516,8 @@ impl Inner {
         buf: &mut Vec<u8>,
         frames: u64,
         ts: u64,
-        deadline: Option<(Instant, Duration)>,
-    ) -> Result<(u64, u64, bool)> {
+        deadline: Option<(Option<Instant>, Duration)>,
+    ) -> Result<Option<(u64, u64, bool)>> {
         let n = payloads.len() as u64;
         buf.reserve(frames as usize + HEADER_LEN);
         loop {
@@ -534,11 +562,22 @@ impl Inner {
                 Room::MustNotEvict => match deadline {
                     None => return Err(Self::reject(st, n, Error::Full { needed: frames })),
                     Some((at, total)) => {
-                        let now = Instant::now();
-                        if now >= at || self.room.wait_for(st, at - now) && Instant::now() >= at {
+                        let timed_out = if let Some(at) = at {
+                            let now = Instant::now();
+                            now >= at || self.room.wait_for(st, at - now) && Instant::now() >= at
+                        } else {
+                            self.room.wait(st);
+                            false
+                        };
+                        if timed_out {
                             return Err(Self::reject(st, n, Error::BlockTimeout(total)));
                         }
                         Self::poisoned_error(st)?;
+                        // Appenders that ran while this one waited may have
+                        // used up the seq reservation it checked.
+                        if st.next_seq + n - 1 > st.seq_reserved {
+                            return Ok(None);
+                        }
                         continue;
                     }
                 },
@@ -564,7 +603,7 @@ impl Inner {
             // that jumped either way makes a checkpoint due.
             let interval = u64::try_from(self.config.checkpoint_interval.as_nanos()).unwrap_or(u64::MAX);
             let due = st.unsaved_losses && ts.abs_diff(st.last_checkpoint) >= interval;
-            return Ok((first_seq, last, due));
+            return Ok(Some((first_seq, last, due)));
         }
     }
 
@@ -988,7 +1027,11 @@ impl Inner {
         ck.boot_id = if self.cache_distrusted.load(Ordering::Acquire) { None } else { self.boot_id };
         debug_assert!(ck.consistent(), "writing an inconsistent checkpoint: {ck:?}");
         let slot = 1 - m.durable_slot;
-        self.meta.write_at(&ck.encode(), slot * SLOT_LEN as u64).map_err(|e| Error::io("write", &self.meta_path, e))?;
+        if let Err(e) = self.meta.write_at(&ck.encode(), slot * SLOT_LEN as u64) {
+            // The losses it carried are still to be written.
+            self.state.lock().unsaved_losses = true;
+            return Err(Error::io("write", &self.meta_path, e));
+        }
         m.writes += 1;
         m.last_slot = slot;
         Ok(())

@@ -24,6 +24,9 @@ use crate::sync::{LEVEL_SENDER_STATUS, Mutex, Signal, Woken};
 use crate::transport::{Batch, CancelToken, Endpoint, TransportFactory};
 use crate::{Error, Result, Ring};
 
+/// Longest duration a shipper setting may name (a year).
+const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
 /// Called with the health snapshot when a stall is detected.
 pub type StallCallback = Box<dyn Fn(&Health) + Send + Sync>;
 /// Called with the loss ranges the ring has newly recorded (a range that
@@ -616,7 +619,8 @@ impl ShipperBuilder {
     ///
     /// # Errors
     /// [`Error::Config`] for a missing endpoint or transport, or a value
-    /// out of range.
+    /// out of range (a duration of zero where one is needed, or of more
+    /// than 365 days).
     pub fn start(self) -> Result<Shipper> {
         let mut cfg = self.cfg;
         let endpoint = self.endpoint.ok_or_else(|| Error::Config("the shipper needs an endpoint".into()))?;
@@ -634,6 +638,23 @@ impl ShipperBuilder {
         }
         if m.backoff_initial.is_zero() || m.backoff_initial > m.backoff_max {
             return Err(Error::Config("backoff_initial must be above zero and at most backoff_max".into()));
+        }
+        // Deadlines are instants: a duration must be short enough to add to
+        // one (`Duration::MAX` is a natural way to write "never", and
+        // would panic there).
+        let durations = [
+            ("linger", Some(m.linger)),
+            ("send_timeout", Some(cfg.send_timeout)),
+            ("abandon_after", self.abandon_after),
+            ("backoff_max", Some(m.backoff_max)),
+            ("stall_after", Some(cfg.stall_after)),
+            ("supervise_every", self.supervise_every),
+            ("idle_poll", Some(m.idle_poll)),
+        ];
+        for (name, d) in durations {
+            if d.is_some_and(|d| d > MAX_DURATION) {
+                return Err(Error::Config(format!("{name} must be at most {} days", MAX_DURATION.as_secs() / 86_400)));
+            }
         }
         cfg.abandon_after = self.abandon_after.unwrap_or(cfg.send_timeout * 2);
         if cfg.abandon_after <= cfg.send_timeout {
