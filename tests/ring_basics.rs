@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use common::{TempRing, assert_identity, eventually, open, payload, small};
-use ringship::{Error, FullPolicy, LossCause, Ring, SyncPolicy};
+use ringship::{Error, FullPolicy, LossCause, Ring, RingConfig, SyncPolicy};
 
 #[test]
 fn append_read_ack_round_trip() {
@@ -256,6 +256,36 @@ fn an_append_that_wrote_succeeds_when_its_checkpoint_fails() {
     let s = ring.stats();
     assert_eq!((s.last_seq, s.overwritten), (4, 1), "{s:?}");
     assert_eq!(ring.losses()[0].first_seq, 1);
+}
+
+/// `max_record_len` bounds new appends only: records written when it was
+/// larger (here by a larger configured capacity, whose quarter it
+/// defaults to; the ring keeps the capacity on disk) stay records. Before,
+/// reads and recovery took them for damage and counted them corrupted.
+#[test]
+fn records_longer_than_a_lowered_max_record_len_are_still_read() {
+    for crash in [false, true] {
+        let t = TempRing::new();
+        let big = payload(1, 100 << 10);
+        {
+            let ring = open(&t.dir, RingConfig::default().with_capacity(1 << 20).with_sync(SyncPolicy::Never));
+            assert_eq!(ring.append(&big).unwrap(), 1);
+            assert_eq!(ring.append(b"small").unwrap(), 2);
+            if !crash {
+                ring.close().unwrap();
+            }
+        }
+        let lowered = RingConfig::default().with_capacity(256 << 10).with_sync(SyncPolicy::Never);
+        assert_eq!(lowered.max_record_len(), 64 << 10);
+        let (ring, report) = Ring::open(&t.dir, lowered).unwrap();
+        assert_eq!(report.clean_shutdown, !crash);
+        let got = ring.read(1, 10, 1 << 20).unwrap();
+        assert_eq!(got.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2], "crash: {crash}");
+        assert_eq!(&got.records[0].payload[..], &big[..]);
+        let s = ring.stats();
+        assert_eq!((s.corrupted, s.pending), (0, 2), "crash: {crash}: {s:?}");
+        assert!(matches!(ring.append(&big), Err(Error::RecordTooLarge { .. })));
+    }
 }
 
 /// Ring bytes a record of `len` payload bytes takes (docs/FORMAT.md).

@@ -23,6 +23,13 @@ pub(crate) const ALIGN: u64 = 8;
 /// Largest payload the length field can describe.
 pub(crate) const MAX_PAYLOAD: usize = (1 << 24) - 1;
 
+/// Longest payload a frame in a ring of `cap` bytes can hold: what reads
+/// and recovery accept, whatever `max_record_len` is now (it bounds new
+/// appends only, and may have been larger when the ring was written).
+pub(crate) fn max_stored_len(cap: u64) -> usize {
+    MAX_PAYLOAD.min(usize::try_from(cap.saturating_sub(HEADER_LEN as u64)).unwrap_or(usize::MAX))
+}
+
 /// Seqs and positions stay below this (a ring writing 2^62 bytes would take
 /// centuries): a header naming more is damage, and arithmetic on the ones
 /// accepted cannot overflow.

@@ -70,7 +70,10 @@ pub(crate) struct Inner {
     data: Box<dyn Storage>,
     meta: Box<dyn Storage>,
     cap: u64,
+    /// Longest payload an append accepts (the configuration's).
     max_len: usize,
+    /// Longest payload a stored frame may have ([`frame::max_stored_len`]).
+    stored_len: usize,
     config: RingConfig,
     ring_id: u64,
     boot_id: Option<[u8; 16]>,
@@ -676,7 +679,7 @@ impl Inner {
                 continue;
             }
             let raw = self.tail_header(st, pos).map_err(|e| Error::io("read", &self.data_path, e))?;
-            match frame::decode_header(&raw, pos, self.max_len) {
+            match frame::decode_header(&raw, pos, self.stored_len) {
                 Some(h) if h.is_pad && h.size() == room => st.tail_pos = next_lap(pos, self.cap),
                 Some(h) if !h.is_pad && h.seq == st.tail_seq && pos + h.size() <= st.head => {
                     if h.seq > st.ack_seq {
@@ -720,7 +723,7 @@ impl Inner {
                 _ => {
                     // Damage at the tail that no reader has met yet.
                     let resume = {
-                        let mut scan = scan::Scanner::new(&*self.data, self.cap, self.max_len, 64 << 10);
+                        let mut scan = scan::Scanner::new(&*self.data, self.cap, self.stored_len, 64 << 10);
                         scan.resync(pos, st.head).map_err(|e| Error::io("read", &self.data_path, e))?
                     };
                     let (resume_pos, next) = match resume {
@@ -753,7 +756,7 @@ impl Inner {
     /// Whether the frame at `pos` passes its checksum (eviction trusts a
     /// header's seq beyond the expected one only then).
     fn frame_intact(&self, pos: u64) -> Result<bool> {
-        let mut scan = scan::Scanner::new(&*self.data, self.cap, self.max_len, 0);
+        let mut scan = scan::Scanner::new(&*self.data, self.cap, self.stored_len, 0);
         let found = scan.frame_at(pos).map_err(|e| Error::io("read", &self.data_path, e))?;
         Ok(matches!(found, scan::Found::Record(_)))
     }

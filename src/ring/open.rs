@@ -297,7 +297,7 @@ fn open_storages(
         recover(Input {
             data: &*data,
             cap,
-            max_len: config.max_record_len(),
+            max_len: super::frame::max_stored_len(cap),
             max_losses: config.max_loss_ranges,
             checkpoint: ck.clone(),
             boot_now: boot_id,
@@ -335,6 +335,7 @@ fn open_storages(
         meta,
         cap,
         max_len: config.max_record_len(),
+        stored_len: super::frame::max_stored_len(cap),
         config,
         ring_id,
         boot_id,

@@ -119,7 +119,7 @@ impl Inner {
             (first <= last).then_some((first, last))
         };
         let chunk = max_bytes.clamp(64 << 10, 4 << 20);
-        let mut scan = Scanner::new(&*self.data, self.cap, self.max_len, chunk);
+        let mut scan = Scanner::new(&*self.data, self.cap, self.stored_len, chunk);
         // Reads after a restart may be of bytes on the disk only: ask for
         // those ahead, going on where the last read's asking stopped.
         scan.read_ahead(ReadAhead::from(self.read_ahead.load(Ordering::Relaxed)));
