@@ -3,6 +3,7 @@
 //! Byte layouts are in docs/FORMAT.md; this module is their only reader and
 //! writer.
 
+use super::frame::MAX_POSITION;
 use crate::stats::{LossCause, LossList, LossRange};
 
 /// Version of the on-disk format this build reads and writes.
@@ -180,7 +181,11 @@ impl Checkpoint {
         let settled_counts = [self.acked, self.overwritten, self.corrupted, self.lost_unsynced]
             .into_iter()
             .try_fold(0u64, u64::checked_add);
+        // Seqs and positions are bounded (every other one is at most
+        // these), so arithmetic on them cannot overflow.
         self.next_seq >= 1
+            && self.next_seq < MAX_POSITION
+            && self.head_pos < MAX_POSITION
             && (1..=self.next_seq).contains(&self.tail_seq)
             && self.ack_seq < self.next_seq
             && self.settled_seq == self.ack_seq.max(self.tail_seq - 1)
@@ -306,11 +311,10 @@ impl Reservation {
         if b.len() < RESERVATION_LEN || &b[..8] != RESERVATION_MAGIC || crc32c::crc32c(&b[..36]) != u32_at(b, 36) {
             return None;
         }
-        (u32_at(b, 8) == FORMAT_VERSION).then(|| Reservation {
-            ring_id: u64_at(b, 12),
-            counter: u64_at(b, 20),
-            seq_reserved: u64_at(b, 28),
-        })
+        let r = Reservation { ring_id: u64_at(b, 12), counter: u64_at(b, 20), seq_reserved: u64_at(b, 28) };
+        // As with a checkpoint, a checksum proves the bytes are as written,
+        // not that a ring wrote them: no ring reserves that many seqs.
+        (u32_at(b, 8) == FORMAT_VERSION && r.seq_reserved < MAX_POSITION).then_some(r)
     }
 }
 
@@ -361,7 +365,25 @@ mod tests {
         let mut c = sample();
         c.losses.ranges[0].last_seq = 1 << 33;
         assert!(Checkpoint::decode(&c.encode()).is_err());
+        // Seqs or positions no ring reaches (arithmetic on them overflows).
+        let mut c = sample();
+        c.next_seq = u64::MAX;
+        assert!(Checkpoint::decode(&c.encode()).is_err());
+        let mut c = sample();
+        c.head_pos = MAX_POSITION;
+        c.durable_pos = MAX_POSITION;
+        c.tail_pos = MAX_POSITION - 1000;
+        c.settled_pos = c.tail_pos;
+        assert!(Checkpoint::decode(&c.encode()).is_err());
         assert!(Checkpoint::decode(&sample().encode()).is_ok());
+    }
+
+    #[test]
+    fn a_checksummed_reservation_of_impossible_seqs_is_damaged() {
+        let r = |seq_reserved| Reservation { ring_id: 1, counter: 2, seq_reserved };
+        assert_eq!(Reservation::decode(&r(1000).encode()), Some(r(1000)));
+        assert_eq!(Reservation::decode(&r(MAX_POSITION).encode()), None);
+        assert_eq!(Reservation::decode(&r(u64::MAX).encode()), None);
     }
 
     fn sample() -> Checkpoint {
