@@ -206,6 +206,31 @@ fn loom_models_close_against_append() {
     assert!(explored > 1, "loom explored no interleaving");
 }
 
+/// `close` against `ack`: close's clean checkpoint stays the last one. An
+/// ack that passed its closed check before close wrote its own checkpoint
+/// after close's, so the reopened ring found a newer checkpoint that was
+/// not clean (and, on real files, wrote it after releasing the directory
+/// lock). The ack either fails with `Closed` or is in the clean checkpoint.
+#[test]
+fn loom_models_close_against_ack() {
+    let explored = model(|| {
+        let disk = SimDisk::new(4, Faults::NONE);
+        let config = || RingConfig::default().with_capacity(4096).with_max_record_len(32).with_sync(SyncPolicy::Never);
+        let ring = Arc::new(ring_on(&disk, config()));
+        ring.append(&[7; 32]).unwrap();
+        let r = Arc::clone(&ring);
+        let acker = thread::spawn(move || r.ack(1));
+        ring.close().unwrap();
+        let acked = acker.join().unwrap();
+        assert!(matches!(acked, Ok(()) | Err(crate::Error::Closed)), "{acked:?}");
+        drop(ring);
+        let (reopened, report) = Ring::open_on(disk.file("ring.data"), disk.file("ring.meta"), config()).unwrap();
+        assert!(report.clean_shutdown, "a checkpoint was written after close's clean one");
+        assert_eq!(reopened.stats().acked, u64::from(acked.is_ok()));
+    });
+    assert!(explored > 1, "loom explored no interleaving");
+}
+
 /// The background renewal of the seq reservation against appends and
 /// `close`: an append asks the background thread to renew once half the
 /// reservation is used, appends beyond it renew it themselves or wait for

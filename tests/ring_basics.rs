@@ -288,6 +288,66 @@ fn records_longer_than_a_lowered_max_record_len_are_still_read() {
     }
 }
 
+/// `ring.meta`'s storage that logs its checkpoint slot writes (by slot)
+/// and fsyncs.
+struct LoggedMeta {
+    inner: Box<dyn ringship::Storage>,
+    log: Arc<parking_lot::Mutex<Vec<&'static str>>>,
+}
+
+impl ringship::Storage for LoggedMeta {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        match offset {
+            0 => self.log.lock().push("slot 0"),
+            4096 => self.log.lock().push("slot 1"),
+            _ => {}
+        }
+        self.inner.write_at(buf, offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.log.lock().push("fsync");
+        self.inner.sync_data()
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+}
+
+/// After a crash of the process, the newest checkpoint slot may hold an
+/// ack's checkpoint that no fsync covered, and the other slot the last
+/// durable one. The open must fsync before it overwrites that slot, or a
+/// power loss during its write could leave neither.
+#[test]
+fn an_open_after_a_crash_makes_the_newest_checkpoint_durable_before_writing() {
+    let t = TempRing::new();
+    {
+        let ring = open(&t.dir, small(64 << 10));
+        ring.append(b"one").unwrap();
+        ring.append(b"two").unwrap();
+        ring.sync().unwrap();
+        // A checkpoint in the page cache only, in the other slot.
+        ring.ack(1).unwrap();
+        // Dropped without close: as after kill -9.
+    }
+    let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let l = Arc::clone(&log);
+    let config = small(64 << 10).with_storage_wrapper(Arc::new(move |path, inner| {
+        if path.ends_with("ring.meta") { Box::new(LoggedMeta { inner, log: Arc::clone(&l) }) } else { inner }
+    }));
+    let (ring, report) = Ring::open(&t.dir, config).unwrap();
+    assert!(!report.clean_shutdown);
+    assert_eq!(ring.stats().acked, 1);
+    let log = log.lock().clone();
+    let first_slot_write = log.iter().position(|e| e.starts_with("slot")).expect("open wrote a checkpoint");
+    assert!(log[..first_slot_write].contains(&"fsync"), "a slot was written before any fsync: {log:?}");
+}
+
 /// Ring bytes a record of `len` payload bytes takes (docs/FORMAT.md).
 fn frame_len(len: usize) -> u64 {
     (32 + len as u64).next_multiple_of(8)

@@ -38,6 +38,10 @@ pub(crate) struct MetaIo {
     pub(crate) writes: u64,
     /// The slot of the last write.
     pub(crate) last_slot: u64,
+    /// `close` wrote its clean checkpoint: it must stay the last (a late
+    /// ack's or append's would mark the ring unclean, or land in the
+    /// files of the next owner once the directory lock is released).
+    pub(crate) finished: bool,
 }
 
 /// How many times a group-commit leader yields, at most, for the threads
@@ -327,7 +331,12 @@ impl Ring {
         // the fsync below covers it) or fails with `Error::Closed`.
         let was_closed = std::mem::replace(&mut self.inner.state.lock().closed, true);
         self.inner.room.notify_all();
-        let result = if was_closed { Ok(()) } else { self.inner.sync_all(true).map(|_| ()) };
+        if was_closed {
+            // Another close is (or was) writing the last checkpoint; it
+            // releases the directory lock when done.
+            return Ok(());
+        }
+        let result = self.inner.sync_all(true).map(|_| ());
         self.inner.lock_file.lock().take();
         result
     }
@@ -1012,6 +1021,9 @@ impl Inner {
     /// does not hold the last synced checkpoint.
     fn write_checkpoint(&self, clean: bool) -> Result<()> {
         let mut m = self.meta_io.lock();
+        if m.finished {
+            return Ok(());
+        }
         let mut ck = {
             let mut st = self.state.lock();
             st.last_checkpoint = now_nanos();
@@ -1037,6 +1049,7 @@ impl Inner {
         }
         m.writes += 1;
         m.last_slot = slot;
+        m.finished = clean;
         Ok(())
     }
 }

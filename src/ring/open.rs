@@ -347,6 +347,7 @@ fn open_storages(
                 durable_slot: checkpoint_slot,
                 writes: 0,
                 last_slot: 0,
+                finished: false,
             },
         ),
         state: Mutex::new(LEVEL_RING_STATE, "ring.state", state),
@@ -369,6 +370,13 @@ fn open_storages(
         cache_distrusted: AtomicBool::new(false),
         lock_file: parking_lot::Mutex::new(lock_file),
     };
+    if !created && !report.clean_shutdown {
+        // After a crash the newest checkpoint may never have been fsynced
+        // (acks write theirs without one), and the slot the next one goes
+        // to may hold the last durable checkpoint: make the newest durable
+        // before overwriting that (docs/FORMAT.md, checkpoint slots).
+        inner.sync_meta()?;
+    }
     inner.write_checkpoint(false)?;
     inner.sync_meta()?;
     inner.prefetch_ahead();
