@@ -163,25 +163,50 @@ fn durations_too_long_to_end_wait_without_end() {
     assert_eq!(ring.sync().unwrap(), 4);
 }
 
-/// `ring.meta`'s storage whose writes fail while `fail` is set.
-struct FailingMetaWrites {
-    inner: Box<dyn ringship::Storage>,
-    fail: Arc<AtomicBool>,
-    failed: Arc<AtomicU64>,
+/// What a [`ProbedMeta`] saw, and whether its writes fail.
+#[derive(Default)]
+struct MetaProbe {
+    /// Writes fail while set (and are counted in `failed`).
+    fail: AtomicBool,
+    failed: AtomicU64,
+    /// Checkpoint slot writes ("slot 0", "slot 1") and fsyncs, in order.
+    log: parking_lot::Mutex<Vec<&'static str>>,
 }
 
-impl ringship::Storage for FailingMetaWrites {
+impl MetaProbe {
+    /// `config` with `ring.meta` wrapped in a [`ProbedMeta`] reporting here.
+    fn install(self: &Arc<Self>, config: RingConfig) -> RingConfig {
+        let probe = Arc::clone(self);
+        config.with_storage_wrapper(Arc::new(move |path, inner| {
+            if path.ends_with("ring.meta") { Box::new(ProbedMeta { inner, probe: Arc::clone(&probe) }) } else { inner }
+        }))
+    }
+}
+
+/// `ring.meta`'s storage, watched by a [`MetaProbe`].
+struct ProbedMeta {
+    inner: Box<dyn ringship::Storage>,
+    probe: Arc<MetaProbe>,
+}
+
+impl ringship::Storage for ProbedMeta {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        if self.fail.load(SeqCst) {
-            self.failed.fetch_add(1, SeqCst);
+        if self.probe.fail.load(SeqCst) {
+            self.probe.failed.fetch_add(1, SeqCst);
             return Err(std::io::Error::other("injected write error"));
+        }
+        match offset {
+            0 => self.probe.log.lock().push("slot 0"),
+            4096 => self.probe.log.lock().push("slot 1"),
+            _ => {}
         }
         self.inner.write_at(buf, offset)
     }
     fn sync_data(&self) -> std::io::Result<()> {
+        self.probe.log.lock().push("fsync");
         self.inner.sync_data()
     }
     fn len(&self) -> std::io::Result<u64> {
@@ -198,24 +223,14 @@ impl ringship::Storage for FailingMetaWrites {
 #[test]
 fn the_interval_flusher_outlives_a_failed_checkpoint_write() {
     let t = TempRing::new();
-    let (fail, failed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let (f, n) = (Arc::clone(&fail), Arc::clone(&failed));
-    let config = small(64 << 10).with_sync(SyncPolicy::Interval(Duration::from_millis(5))).with_storage_wrapper(
-        Arc::new(move |path, inner| {
-            if path.ends_with("ring.meta") {
-                Box::new(FailingMetaWrites { inner, fail: Arc::clone(&f), failed: Arc::clone(&n) })
-            } else {
-                inner
-            }
-        }),
-    );
-    let ring = open(&t.dir, config);
+    let probe = Arc::new(MetaProbe::default());
+    let ring = open(&t.dir, probe.install(small(64 << 10).with_sync(SyncPolicy::Interval(Duration::from_millis(5)))));
     assert_eq!(ring.append(b"one").unwrap(), 1);
     eventually("the first flush", || ring.stats().durable_seq == 1);
-    fail.store(true, SeqCst);
+    probe.fail.store(true, SeqCst);
     assert_eq!(ring.append(b"two").unwrap(), 2);
-    eventually("a failed checkpoint write", || failed.load(SeqCst) > 0);
-    fail.store(false, SeqCst);
+    eventually("a failed checkpoint write", || probe.failed.load(SeqCst) > 0);
+    probe.fail.store(false, SeqCst);
     assert_eq!(ring.append(b"three").unwrap(), 3);
     eventually("a flush after the failed one", || ring.stats().durable_seq == 3);
     ring.close().unwrap();
@@ -228,28 +243,20 @@ fn the_interval_flusher_outlives_a_failed_checkpoint_write() {
 #[test]
 fn an_append_that_wrote_succeeds_when_its_checkpoint_fails() {
     let t = TempRing::new();
-    let (fail, failed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let (f, n) = (Arc::clone(&fail), Arc::clone(&failed));
-    let config =
-        small(4096).with_checkpoint_interval(Duration::ZERO).with_storage_wrapper(Arc::new(move |path, inner| {
-            if path.ends_with("ring.meta") {
-                Box::new(FailingMetaWrites { inner, fail: Arc::clone(&f), failed: Arc::clone(&n) })
-            } else {
-                inner
-            }
-        }));
+    let probe = Arc::new(MetaProbe::default());
+    let config = probe.install(small(4096).with_checkpoint_interval(Duration::ZERO));
     let ring = open(&t.dir, config.clone());
     for i in 1..=3 {
         assert_eq!(ring.append(&payload(i, 1000)).unwrap(), i);
     }
     // The fourth record evicts the first: a loss, so a checkpoint is due.
-    fail.store(true, SeqCst);
+    probe.fail.store(true, SeqCst);
     assert_eq!(ring.append(&payload(4, 1000)).unwrap(), 4);
-    assert!(failed.load(SeqCst) > 0, "no checkpoint was attempted");
+    assert!(probe.failed.load(SeqCst) > 0, "no checkpoint was attempted");
     let got = ring.read(4, 10, 1 << 20).unwrap();
     assert_eq!(got.records.len(), 1);
     assert_eq!(&got.records[0].payload[..], &payload(4, 1000)[..]);
-    fail.store(false, SeqCst);
+    probe.fail.store(false, SeqCst);
     ring.close().unwrap();
     drop(ring);
     let ring = open(&t.dir, config);
@@ -288,37 +295,6 @@ fn records_longer_than_a_lowered_max_record_len_are_still_read() {
     }
 }
 
-/// `ring.meta`'s storage that logs its checkpoint slot writes (by slot)
-/// and fsyncs.
-struct LoggedMeta {
-    inner: Box<dyn ringship::Storage>,
-    log: Arc<parking_lot::Mutex<Vec<&'static str>>>,
-}
-
-impl ringship::Storage for LoggedMeta {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        match offset {
-            0 => self.log.lock().push("slot 0"),
-            4096 => self.log.lock().push("slot 1"),
-            _ => {}
-        }
-        self.inner.write_at(buf, offset)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.log.lock().push("fsync");
-        self.inner.sync_data()
-    }
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
-    }
-}
-
 /// After a crash of the process, the newest checkpoint slot may hold an
 /// ack's checkpoint that no fsync covered, and the other slot the last
 /// durable one. The open must fsync before it overwrites that slot, or a
@@ -335,15 +311,11 @@ fn an_open_after_a_crash_makes_the_newest_checkpoint_durable_before_writing() {
         ring.ack(1).unwrap();
         // Dropped without close: as after kill -9.
     }
-    let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
-    let l = Arc::clone(&log);
-    let config = small(64 << 10).with_storage_wrapper(Arc::new(move |path, inner| {
-        if path.ends_with("ring.meta") { Box::new(LoggedMeta { inner, log: Arc::clone(&l) }) } else { inner }
-    }));
-    let (ring, report) = Ring::open(&t.dir, config).unwrap();
+    let probe = Arc::new(MetaProbe::default());
+    let (ring, report) = Ring::open(&t.dir, probe.install(small(64 << 10))).unwrap();
     assert!(!report.clean_shutdown);
     assert_eq!(ring.stats().acked, 1);
-    let log = log.lock().clone();
+    let log = probe.log.lock().clone();
     let first_slot_write = log.iter().position(|e| e.starts_with("slot")).expect("open wrote a checkpoint");
     assert!(log[..first_slot_write].contains(&"fsync"), "a slot was written before any fsync: {log:?}");
 }
