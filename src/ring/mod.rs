@@ -467,11 +467,13 @@ impl Inner {
             let err = Error::RecordTooLarge { len: p.as_ref().len(), max: self.max_len };
             return Err(Self::reject(&mut st, n, err));
         }
-        let frames: u64 = payloads.iter().map(|p| frame_size(p.as_ref().len())).sum();
+        let (frames, largest) = payloads
+            .iter()
+            .map(|p| frame_size(p.as_ref().len()))
+            .fold((0, 0), |(sum, largest), size| (sum + size, size.max(largest)));
         // A batch that wraps leaves the bytes before the end of the data
         // area unused, fewer than the frame that did not fit there: it must
         // fit with them, or its last frames would land on its first.
-        let largest = payloads.iter().map(|p| frame_size(p.as_ref().len())).max().unwrap_or(0);
         if frames + largest > self.cap {
             return Err(Self::reject(&mut st, n, Error::Full { needed: frames + largest }));
         }
