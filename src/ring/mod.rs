@@ -1026,15 +1026,15 @@ impl Inner {
         if m.finished {
             return Ok(());
         }
-        let mut ck = {
+        let (mut ck, had_unsaved_losses) = {
             let mut st = self.state.lock();
             st.last_checkpoint = now_nanos();
-            st.unsaved_losses = false;
+            let had_unsaved_losses = std::mem::replace(&mut st.unsaved_losses, false);
             let mut ck = st.checkpoint();
             // Read under the state lock: never ahead of the state's seqs.
             let sync = self.sync.lock();
             (ck.durable_seq, ck.durable_pos) = (sync.durable, sync.durable_pos);
-            ck
+            (ck, had_unsaved_losses)
         };
         m.generation += 1;
         ck.generation = m.generation;
@@ -1045,8 +1045,8 @@ impl Inner {
         debug_assert!(ck.consistent(), "writing an inconsistent checkpoint: {ck:?}");
         let slot = 1 - m.durable_slot;
         if let Err(e) = self.meta.write_at(&ck.encode(), slot * SLOT_LEN as u64) {
-            // The losses it carried are still to be written.
-            self.state.lock().unsaved_losses = true;
+            // The losses it carried, if any, are still to be written.
+            self.state.lock().unsaved_losses |= had_unsaved_losses;
             return Err(Error::io("write", &self.meta_path, e));
         }
         m.writes += 1;
