@@ -629,32 +629,30 @@ impl ShipperBuilder {
         if m.max_batch_records == 0 || m.max_batch_bytes == 0 {
             return Err(Error::Config("max_batch_records and max_batch_bytes must be at least 1".into()));
         }
-        for (name, d) in
-            [("send_timeout", cfg.send_timeout), ("stall_after", cfg.stall_after), ("idle_poll", m.idle_poll)]
-        {
-            if d.is_zero() {
+        // Each duration set (unset: a default derived below), whether zero
+        // is allowed. None may be too long to add to an instant, as
+        // deadlines are (`Duration::MAX` is a natural way to write "never",
+        // and would panic there).
+        let durations = [
+            ("linger", Some(m.linger), true),
+            ("send_timeout", Some(cfg.send_timeout), false),
+            ("abandon_after", self.abandon_after, true),
+            ("backoff_max", Some(m.backoff_max), true),
+            ("stall_after", Some(cfg.stall_after), false),
+            ("supervise_every", self.supervise_every, true),
+            ("idle_poll", Some(m.idle_poll), false),
+        ];
+        for (name, d, zero_allowed) in durations {
+            let Some(d) = d else { continue };
+            if d.is_zero() && !zero_allowed {
                 return Err(Error::Config(format!("{name} must be longer than zero")));
+            }
+            if d > MAX_DURATION {
+                return Err(Error::Config(format!("{name} must be at most {} days", MAX_DURATION.as_secs() / 86_400)));
             }
         }
         if m.backoff_initial.is_zero() || m.backoff_initial > m.backoff_max {
             return Err(Error::Config("backoff_initial must be above zero and at most backoff_max".into()));
-        }
-        // Deadlines are instants: a duration must be short enough to add to
-        // one (`Duration::MAX` is a natural way to write "never", and
-        // would panic there).
-        let durations = [
-            ("linger", Some(m.linger)),
-            ("send_timeout", Some(cfg.send_timeout)),
-            ("abandon_after", self.abandon_after),
-            ("backoff_max", Some(m.backoff_max)),
-            ("stall_after", Some(cfg.stall_after)),
-            ("supervise_every", self.supervise_every),
-            ("idle_poll", Some(m.idle_poll)),
-        ];
-        for (name, d) in durations {
-            if d.is_some_and(|d| d > MAX_DURATION) {
-                return Err(Error::Config(format!("{name} must be at most {} days", MAX_DURATION.as_secs() / 86_400)));
-            }
         }
         cfg.abandon_after = self.abandon_after.unwrap_or(cfg.send_timeout * 2);
         if cfg.abandon_after <= cfg.send_timeout {
