@@ -244,6 +244,53 @@ fn stall_is_detected_and_a_stuck_worker_replaced() {
 }
 
 #[test]
+fn an_abandoned_send_that_succeeds_late_is_neither_a_gap_nor_reported_twice() {
+    let t = TempRing::new();
+    let script = Script::new();
+    script.set("slow", Behavior::HangThenDeliver);
+    let shipper = builder(ring(&t, 4096), &script, "slow")
+        .send_timeout(Duration::from_millis(50))
+        .abandon_after(Duration::from_millis(100))
+        .start()
+        .unwrap();
+    // A rejection before the first record rides in the first batch's notice.
+    assert!(shipper.append(&vec![0; 5000]).is_err());
+    for i in 1..=5 {
+        shipper.append(&payload(i, 100)).unwrap();
+    }
+    eventually("the first send hangs", || script.sends.load(Ordering::SeqCst) == 1);
+    // Every later send fails until the end: the replacement worker keeps
+    // re-reading from its cursor, seq 1.
+    script.set("slow", Behavior::Fail(SendErrorKind::Retryable));
+    eventually("worker replaced", || shipper.stats().worker_restarts >= 1);
+    script.release.store(true, Ordering::SeqCst);
+    eventually("the abandoned send's late ack", || shipper.stats().ring.acked == 5);
+    let first_batch = script.receiver.received("slow");
+    assert_eq!(first_batch.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(first_batch.gaps.iter().map(|g| g.rejected).sum::<u64>(), 1);
+    // Wrap the ring: the delivered 1..=5 go without loss, older unsent
+    // records are overwritten.
+    for i in 6..=100 {
+        shipper.append(&payload(i, 100)).unwrap();
+    }
+    let lost = shipper.stats().ring.overwritten;
+    assert!(lost > 0);
+    std::thread::sleep(Duration::from_millis(60));
+    script.set("slow", Behavior::Deliver);
+    eventually("all shipped", || shipper.stats().ring.pending == 0);
+    let got = script.receiver.received("slow");
+    let gaps: Vec<_> = got.gaps.iter().filter(|g| g.missing() > 0).collect();
+    assert_eq!(gaps.iter().map(|g| g.missing()).sum::<u64>(), lost, "{gaps:?}");
+    assert_eq!(got.gaps.iter().map(|g| g.rejected).sum::<u64>(), 1, "{:?}", got.gaps);
+    // Every seq is either delivered or in a gap notice, never both.
+    let delivered = seqs(&script, "slow");
+    let mut all: Vec<u64> = gaps.iter().flat_map(|g| g.first_seq..=g.last_seq).collect();
+    all.extend(&delivered);
+    all.sort_unstable();
+    assert_eq!(all, (1..=100).collect::<Vec<_>>(), "delivered {delivered:?}, gaps {gaps:?}");
+}
+
+#[test]
 fn shutdown_drains_then_closes() {
     let t = TempRing::new();
     let script = Script::new();

@@ -132,13 +132,19 @@ impl Shared {
     }
 
     fn note_accepted(&self, batch: &Batch) {
+        self.note_gap_delivered(batch);
+        let mut st = self.status.lock();
+        st.failing = false;
+        st.last_error = None;
+    }
+
+    /// Counts the gap notice `batch` delivered, and the rejections it
+    /// reported so no later notice repeats them.
+    fn note_gap_delivered(&self, batch: &Batch) {
         if let Some(g) = batch.gap {
             self.counters.gap_notices.fetch_add(1, Ordering::Relaxed);
             self.rejected_reported.fetch_add(g.rejected, Ordering::AcqRel);
         }
-        let mut st = self.status.lock();
-        st.failing = false;
-        st.last_error = None;
     }
 
     fn note_ack(&self) {

@@ -33,23 +33,30 @@ pub(super) fn run(shared: &Arc<Shared>, epoch: u64, mut transport: Box<dyn Trans
             return;
         };
         match action {
-            Action::Read { from_seq } => match ring.read(from_seq, cfg.max_batch_records, cfg.max_batch_bytes) {
-                Ok(rb) => {
-                    held = build_batch(shared, rb, from_seq);
-                    let info = held.as_ref().map(|b| BatchInfo {
-                        first_seq: b.first_seq(),
-                        last_seq: b.last_seq(),
-                        records: b.records.len(),
-                        bytes: b.payload_bytes(),
-                    });
-                    m.on_batch(shared.now(), info);
+            Action::Read { from_seq } => {
+                // Seqs acked since the cursor was set (the late success of
+                // an abandoned worker's send) were delivered: read past
+                // them, and never report them as a gap.
+                let stats = ring.stats();
+                let from = from_seq.max(stats.ack_seq + 1);
+                match ring.read(from, cfg.max_batch_records, cfg.max_batch_bytes) {
+                    Ok(rb) => {
+                        held = build_batch(shared, rb, from, stats.rejected);
+                        let info = held.as_ref().map(|b| BatchInfo {
+                            first_seq: b.first_seq(),
+                            last_seq: b.last_seq(),
+                            records: b.records.len(),
+                            bytes: b.payload_bytes(),
+                        });
+                        m.on_batch(shared.now(), info);
+                    }
+                    Err(Error::Closed) => return,
+                    Err(e) => {
+                        shared.note_error(&e.to_string());
+                        m.on_read_failed(shared.now());
+                    }
                 }
-                Err(Error::Closed) => return,
-                Err(e) => {
-                    shared.note_error(&e.to_string());
-                    m.on_read_failed(shared.now());
-                }
-            },
+            }
             Action::Send => {
                 let batch = held.as_ref().expect("a send follows a non-empty read");
                 let (generation, endpoint, cancel) = shared.begin_send(epoch);
@@ -57,8 +64,11 @@ pub(super) fn run(shared: &Arc<Shared>, epoch: u64, mut transport: Box<dyn Trans
                 let result = transport.send(&endpoint, batch, &ctx);
                 shared.end_send(epoch);
                 if shared.epoch.load(Ordering::Acquire) != epoch {
-                    // Abandoned while stuck: what the endpoint accepted still counts.
+                    // Abandoned while stuck: what the endpoint accepted
+                    // still counts, its rejections included. They are noted
+                    // before the ack, so a read that sees the ack sees them.
                     if result.is_ok() {
+                        shared.note_gap_delivered(batch);
                         let _ = ring.ack(batch.last_seq());
                     }
                     return;
@@ -96,16 +106,17 @@ pub(super) fn run(shared: &Arc<Shared>, epoch: u64, mut transport: Box<dyn Trans
     }
 }
 
-/// Turns a ring read into a batch, with a gap notice when seqs between the
-/// cursor and the first record are missing or records were rejected.
-fn build_batch(shared: &Shared, rb: ReadBatch, cursor: u64) -> Option<Batch> {
+/// Turns a ring read from `cursor` into a batch, with a gap notice when
+/// seqs between the cursor and the first record are missing or records were
+/// rejected (`rejected` is the ring's count when the read began).
+fn build_batch(shared: &Shared, rb: ReadBatch, cursor: u64, rejected: u64) -> Option<Batch> {
     let first = rb.records.first()?.seq;
     let records: Vec<BatchRecord> = rb
         .records
         .into_iter()
         .map(|r| BatchRecord { seq: r.seq, timestamp: r.timestamp, payload: r.payload })
         .collect();
-    let rejected = shared.ring.stats().rejected.saturating_sub(shared.rejected_reported.load(Ordering::Acquire));
+    let rejected = rejected.saturating_sub(shared.rejected_reported.load(Ordering::Acquire));
     let mut gap = None;
     if first > cursor || rejected > 0 {
         let mut notice =

@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use ringship::{Batch, Endpoint, MemoryReceiver, SendContext, SendError, SendErrorKind, Transport};
+use ringship::{Batch, CancelToken, Endpoint, MemoryReceiver, SendContext, SendError, SendErrorKind, Transport};
 
 /// How an endpoint behaves.
 #[derive(Debug, Clone)]
@@ -18,6 +18,9 @@ pub enum Behavior {
     HangHonouringCancel,
     /// Hang, ignoring cancellation and deadline, until `release` is set.
     HangIgnoringCancel,
+    /// Hang like `HangIgnoringCancel`, then deliver once `release` is set:
+    /// an endpoint that accepts a batch long after its send was given up.
+    HangThenDeliver,
     /// Fail with this kind `n` times, then deliver.
     FailThenDeliver(SendErrorKind, u64),
     /// Always fail with this kind.
@@ -81,6 +84,15 @@ impl Transport for ScriptedTransport {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Err(SendError::retryable("released"))
+            }
+            Behavior::HangThenDeliver => {
+                while !s.release.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                // Past its deadline and cancelled by now, yet accepted.
+                let late =
+                    SendContext { deadline: Instant::now() + Duration::from_secs(1), cancel: CancelToken::new() };
+                s.receiver.transport().send(endpoint, batch, &late)
             }
             Behavior::FailThenDeliver(kind, _) => {
                 let mut left = s.failures_left.lock();
