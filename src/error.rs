@@ -12,7 +12,11 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum Error {
     /// Another process (or another `Ring` in this process) holds the ring
-    /// directory open (invariant I9).
+    /// directory open (invariant I9). The lock is an `flock` on the
+    /// directory's lock file: a child process forked while the ring was
+    /// open holds it too, from its fork until it execs or exits, so a
+    /// reopen right after `close` in a process that spawns children can
+    /// meet this error for that moment.
     #[error("ring directory {dir} is already open in another process or ring handle")]
     Locked {
         /// The directory that is locked.

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::{TempRing, assert_identity, open, payload, small};
-use ringship::{Error, Ring, Storage};
+use ringship::{Error, FullPolicy, Ring, RingConfig, Storage};
 
 const CHILD_ENV: &str = "RINGSHIP_BAD_INPUT_CHILD";
 
@@ -98,18 +98,28 @@ fn disk_too_full_to_create_the_ring() {
     );
 }
 
-/// Fails the next `fail` writes with ENOSPC.
+/// Fails the next `fail` writes with ENOSPC, and the next `fail_reads`
+/// reads with EIO.
 struct FullDisk {
     inner: Box<dyn Storage>,
     fail: Arc<AtomicU64>,
+    fail_reads: Arc<AtomicU64>,
+}
+
+/// Takes one from `n` if it is not zero: whether to fail this call.
+fn take_one(n: &AtomicU64) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
 }
 
 impl Storage for FullDisk {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if take_one(&self.fail_reads) {
+            return Err(io::Error::from_raw_os_error(5));
+        }
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if self.fail.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+        if take_one(&self.fail) {
             return Err(io::Error::from_raw_os_error(28));
         }
         self.inner.write_at(buf, offset)
@@ -130,7 +140,7 @@ fn ring_with_full_disk(t: &TempRing) -> (Ring, Arc<AtomicU64>) {
     let f = Arc::clone(&fail);
     let config = small(64 << 10).with_storage_wrapper(Arc::new(move |path: &Path, inner| {
         let fail = if path.ends_with("ring.data") { Arc::clone(&f) } else { Arc::new(AtomicU64::new(0)) };
-        Box::new(FullDisk { inner, fail })
+        Box::new(FullDisk { inner, fail, fail_reads: Arc::default() })
     }));
     let (ring, _) = Ring::open(&t.dir, config).unwrap();
     for i in 1..=5 {
@@ -139,8 +149,24 @@ fn ring_with_full_disk(t: &TempRing) -> (Ring, Arc<AtomicU64>) {
     (ring, fail)
 }
 
+/// Opens the ring a test closed. The tests that run the binary again in a
+/// mount namespace spawn children, and a child holds a copy of every file
+/// descriptor, the directory lock's included, from its fork to its exec:
+/// a reopen at that moment finds the ring locked for that long.
+fn reopen(dir: &Path, config: &RingConfig) -> Ring {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Ring::open(dir, config.clone()) {
+            Err(Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            r => return r.unwrap().0,
+        }
+    }
+}
+
 fn check_reopened(t: &TempRing, appended: u64, rejected: u64) {
-    let (ring, _) = Ring::open(&t.dir, small(64 << 10)).unwrap();
+    let ring = reopen(&t.dir, &small(64 << 10));
     let s = ring.stats();
     assert_identity(&s);
     assert_eq!((s.appended, s.rejected), (appended, rejected), "{s:?}");
@@ -184,4 +210,78 @@ fn enospc_that_persists_poisons_the_ring_until_reopened() {
     drop(ring);
     // Recovery decides: here nothing of the failed append reached the disk.
     check_reopened(&t, 5, 0);
+}
+
+/// `config` with `ring.meta` failing the next `meta_writes` writes with
+/// ENOSPC and `ring.data` the next `data_reads` reads with EIO.
+fn faulty(config: RingConfig, meta_writes: &Arc<AtomicU64>, data_reads: &Arc<AtomicU64>) -> RingConfig {
+    let (mw, dr) = (Arc::clone(meta_writes), Arc::clone(data_reads));
+    config.with_storage_wrapper(Arc::new(move |path: &Path, inner| {
+        let (fail, fail_reads) = if path.ends_with("ring.data") {
+            (Arc::default(), Arc::clone(&dr))
+        } else {
+            (Arc::clone(&mw), Arc::default())
+        };
+        Box::new(FullDisk { inner, fail, fail_reads })
+    }))
+}
+
+/// An I/O error that refuses an append before any of it is written counts
+/// the record as rejected, as a full ring does, so that the count (and a
+/// receiver's next gap notice) includes it.
+#[test]
+fn appends_refused_by_io_errors_before_writing_are_counted_rejected() {
+    let t = TempRing::new();
+    let (meta_writes, data_reads) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (ring, _) = Ring::open(&t.dir, faulty(small(4096), &meta_writes, &data_reads)).unwrap();
+    // The first append writes a seq reservation, and cannot.
+    meta_writes.store(1, Ordering::SeqCst);
+    let err = ring.append(&payload(1, 1000)).unwrap_err();
+    assert_eq!(err.io_error().and_then(io::Error::raw_os_error), Some(28), "{err}");
+    let s = ring.stats();
+    assert_eq!((s.appended, s.rejected, s.last_seq), (1, 1, 0), "{s:?}");
+    assert_identity(&s);
+    // Three records fill the ring; the fourth must evict the first, and
+    // reading the first one's header fails.
+    for i in 1..=3 {
+        assert_eq!(ring.append(&payload(i, 1000)).unwrap(), i);
+    }
+    data_reads.store(1, Ordering::SeqCst);
+    let err = ring.append(&payload(4, 1000)).unwrap_err();
+    assert_eq!(err.io_error().and_then(io::Error::raw_os_error), Some(5), "{err}");
+    let s = ring.stats();
+    assert_eq!((s.appended, s.rejected, s.last_seq, s.pending), (5, 2, 3, 3), "{s:?}");
+    assert_identity(&s);
+    // Neither error stopped the ring, and the counts survive a reopen.
+    assert_eq!(ring.append(&payload(4, 1000)).unwrap(), 4);
+    ring.close().unwrap();
+    let ring = reopen(&t.dir, &small(4096));
+    let s = ring.stats();
+    assert_eq!((s.appended, s.rejected, s.overwritten), (6, 2, 1), "{s:?}");
+    assert_identity(&s);
+}
+
+/// A read of the tail that failed left nothing behind for the next
+/// eviction to take as the tail's bytes. It once did: the next append then
+/// decoded a zeroed buffer as damage and dropped a good record as
+/// corrupted, even under `RejectNew`.
+#[test]
+fn a_failed_tail_read_never_drops_a_good_record() {
+    let t = TempRing::new();
+    let data_reads = Arc::new(AtomicU64::new(0));
+    let config = faulty(small(4096).with_full(FullPolicy::RejectNew), &Arc::default(), &data_reads);
+    let (ring, _) = Ring::open(&t.dir, config).unwrap();
+    for i in 1..=3 {
+        assert_eq!(ring.append(&payload(i, 1000)).unwrap(), i);
+    }
+    data_reads.store(1, Ordering::SeqCst);
+    let err = ring.append(&payload(4, 1000)).unwrap_err();
+    assert_eq!(err.io_error().and_then(io::Error::raw_os_error), Some(5), "{err}");
+    let err = ring.append(&payload(4, 1000)).unwrap_err();
+    assert!(matches!(err, Error::Full { .. }), "{err}");
+    let s = ring.stats();
+    assert_eq!((s.corrupted, s.rejected, s.pending), (0, 2, 3), "{s:?}");
+    assert_identity(&s);
+    let got = ring.read(1, 10, 1 << 20).unwrap();
+    assert_eq!(got.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
 }

@@ -218,7 +218,10 @@ impl Ring {
     /// # Errors
     /// [`Error::RecordTooLarge`], [`Error::Full`], [`Error::BlockTimeout`]
     /// (each counted as rejected), [`Error::Poisoned`] after a failed fsync,
-    /// [`Error::Closed`], or [`Error::Io`].
+    /// [`Error::Closed`], or [`Error::Io`]. An `Io` error that leaves the
+    /// ring unpoisoned refused the record before any of it reached the disk,
+    /// and counts it as rejected too; one that poisons the ring leaves
+    /// counting it to the next open's recovery.
     pub fn append(&self, payload: &[u8]) -> Result<u64> {
         self.append_batch(&[payload]).map(|(first, _)| first)
     }
@@ -429,6 +432,13 @@ impl Inner {
         err
     }
 
+    /// An append refused by `err` before any of it was written: counted as
+    /// rejected, unless `err` poisoned the ring (a poisoned ring counts no
+    /// refusal; the next open's recovery counts what it finds).
+    fn refuse_unwritten(st: &mut State, n: u64, err: Error) -> Error {
+        if st.poisoned.is_some() || st.closed { err } else { Self::reject(st, n, err) }
+    }
+
     fn append_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(u64, u64)> {
         // Waiting for room ends at this instant (none: the timeout is too
         // far ahead to name one).
@@ -460,7 +470,9 @@ impl Inner {
             drop(st);
             // Another appender may use the new reservation up before this
             // one takes the lock again: check again.
-            self.ensure_reserved(n, 0)?;
+            if let Err(e) = self.ensure_reserved(n, 0) {
+                return Err(Self::refuse_unwritten(&mut self.state.lock(), n, e));
+            }
         };
         Self::poisoned_error(&st)?;
         if let Some(p) = payloads.iter().find(|p| p.as_ref().len() > self.max_len) {
@@ -571,7 +583,7 @@ impl Inner {
             debug_assert!(new_head - st.head <= self.cap, "a batch spans more than the ring");
             let room = self.make_room(st, new_head);
             st.debug_check("make_room");
-            match room? {
+            match room.map_err(|e| Self::refuse_unwritten(st, n, e))? {
                 Room::Ready => {}
                 Room::MustNotEvict => match deadline {
                     None => return Err(Self::reject(st, n, Error::Full { needed: frames })),
@@ -654,7 +666,12 @@ impl Inner {
             // will change (see `State::tail_ahead`).
             let len = TAIL_AHEAD.min(st.head - pos).min(self.cap - pos % self.cap).max(HEADER_LEN as u64);
             buf.resize(len as usize, 0);
-            self.data.read_at(buf, DATA_OFFSET + pos % self.cap)?;
+            if let Err(e) = self.data.read_at(buf, DATA_OFFSET + pos % self.cap) {
+                // Nothing cached: the next call must not take what a failed
+                // read left in the buffer for the bytes at `start`.
+                buf.clear();
+                return Err(e);
+            }
             *start = pos;
             if st.head - pos < HEADER_LEN as u64 {
                 // Too close to the head to keep: used once.
