@@ -111,7 +111,11 @@ impl<'a> Scanner<'a> {
                 ahead.reading(self.data, off, self.cap);
             }
             self.buf.resize(want, 0);
-            self.data.read_at(&mut self.buf, DATA_OFFSET + off)?;
+            if let Err(e) = self.data.read_at(&mut self.buf, DATA_OFFSET + off) {
+                // Nothing cached: the bytes left would pass for `buf_off`'s.
+                self.buf.clear();
+                return Err(e);
+            }
             self.buf_off = off;
         }
         let at = (off - self.buf_off) as usize;
