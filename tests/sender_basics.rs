@@ -160,6 +160,34 @@ fn gap_notice_tells_the_receiver_what_was_overwritten() {
     assert_eq!(shipper.stats().gap_notices, 1);
 }
 
+/// Records lost between two records of one read (here a damaged one) are
+/// announced as a gap of their own: the batch ends before them, and the
+/// next one starts with the notice.
+#[test]
+fn a_gap_between_records_of_one_read_gets_its_own_notice() {
+    let t = TempRing::new();
+    let r = ring(&t, 1 << 20);
+    for i in 1..=10 {
+        r.append(&payload(i, 100)).unwrap();
+    }
+    r.close().unwrap();
+    drop(r);
+    // Flip a payload byte of seq 5: frames of 100-byte records take 136
+    // bytes, and the data area starts at 4096.
+    let mut data = std::fs::read(t.data_file()).unwrap();
+    data[4096 + 4 * 136 + 40] ^= 0x10;
+    std::fs::write(t.data_file(), &data).unwrap();
+    let script = Script::new();
+    let shipper = builder(ring(&t, 1 << 20), &script, "a").start().unwrap();
+    eventually("all shipped", || shipper.stats().ring.pending == 0);
+    let got = script.receiver.received("a");
+    let gaps: Vec<_> = got.gaps.iter().map(|g| (g.first_seq, g.last_seq, g.cause)).collect();
+    assert_eq!(gaps, vec![(5, 5, LossCause::Corrupted)]);
+    assert_eq!(seqs(&script, "a"), vec![1, 2, 3, 4, 6, 7, 8, 9, 10]);
+    let s = shipper.stats();
+    assert_eq!((s.ring.corrupted, s.gap_notices), (1, 1));
+}
+
 #[test]
 fn rejected_records_are_reported_in_a_gap_notice() {
     let t = TempRing::new();

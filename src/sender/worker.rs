@@ -109,12 +109,19 @@ pub(super) fn run(shared: &Arc<Shared>, epoch: u64, mut transport: Box<dyn Trans
 /// Turns a ring read from `cursor` into a batch, with a gap notice when
 /// seqs between the cursor and the first record are missing or records were
 /// rejected (`rejected` is the ring's count when the read began).
+///
+/// The batch ends before the first seq missing after its first record: the
+/// records after such a gap are read again, in the next batch, which opens
+/// with the notice for it. Each notice thus covers every seq missing before
+/// its batch, and no seq goes missing inside a batch.
 fn build_batch(shared: &Shared, rb: ReadBatch, cursor: u64, rejected: u64) -> Option<Batch> {
     let first = rb.records.first()?.seq;
     let records: Vec<BatchRecord> = rb
         .records
         .into_iter()
-        .map(|r| BatchRecord { seq: r.seq, timestamp: r.timestamp, payload: r.payload })
+        .zip(first..)
+        .take_while(|(r, expected)| r.seq == *expected)
+        .map(|(r, _)| BatchRecord { seq: r.seq, timestamp: r.timestamp, payload: r.payload })
         .collect();
     let rejected = rejected.saturating_sub(shared.rejected_reported.load(Ordering::Acquire));
     let mut gap = None;

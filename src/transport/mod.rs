@@ -104,8 +104,8 @@ impl GapNotice {
 /// records before them were lost.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
-    /// The records, seqs increasing (not necessarily consecutive: missing
-    /// seqs between them are in the ring's loss ranges).
+    /// The records, in consecutive seqs: the sender ends a batch before a
+    /// missing seq, and the next batch's gap notice names it.
     pub records: Vec<BatchRecord>,
     /// Records lost just before this batch, if any.
     pub gap: Option<GapNotice>,
