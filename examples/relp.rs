@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .transport(SyslogTransport::factory(SyslogConfig {
             app_name: "relp-example".into(),
             ..SyslogConfig::default()
-        }))
+        })?)
         .send_timeout(Duration::from_secs(2))
         .start()?;
     for i in 0..1000 {

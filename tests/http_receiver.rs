@@ -120,6 +120,24 @@ fn client_errors_are_permanent_and_keep_the_records() {
     eventually("delivered after the 400s", || shipper.stats().ring.acked == 1);
 }
 
+/// A redirect fails the send. Followed, a 302 would turn the POST into a
+/// GET without the batch, and the 200 the GET got would ack it: lost.
+#[test]
+fn redirects_are_not_followed_and_keep_the_records() {
+    let t = TempRing::new();
+    let rx = HttpReceiver::start();
+    rx.inbox.lock().unwrap().script.extend([(302, None), (301, None)]);
+    let shipper =
+        shipper_builder(&t, 1 << 20, &rx.url(), exact()).backoff_max(Duration::from_millis(200)).start().unwrap();
+    shipper.append(&payload(1, 10)).unwrap();
+    eventually("a permanent failure", || shipper.stats().permanent_failures >= 1);
+    let h = shipper.health();
+    assert!(h.last_error.unwrap().contains("redirect"), "the redirect shows in health");
+    eventually("delivered after the redirects", || shipper.stats().ring.acked == 1);
+    assert_eq!(rx.seqs(), vec![1], "acked only once the receiver had it");
+    assert_eq!(rx.inbox.lock().unwrap().requests, 3, "no GET followed a redirect");
+}
+
 #[test]
 fn headers_carry_the_seq_range_the_gap_and_custom_values_and_gzip_works() {
     let t = TempRing::new();

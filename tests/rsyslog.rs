@@ -149,7 +149,7 @@ impl Drop for Rsyslog {
 fn builder(ring: Ring, url: &str) -> ShipperBuilder {
     Shipper::builder(ring)
         .endpoint(Endpoint::new(url))
-        .transport(SyslogTransport::factory(SyslogConfig::default()))
+        .transport(SyslogTransport::factory(SyslogConfig::default()).expect("valid defaults"))
         .max_batch_records(100)
         .linger(Duration::from_millis(2))
         .backoff_initial(Duration::from_millis(20))

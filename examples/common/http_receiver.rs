@@ -19,7 +19,7 @@ pub struct Inbox {
     pub last_headers: Vec<(String, String)>,
     /// Requests answered, whatever the status.
     pub requests: u64,
-    /// Statuses to answer with next (then 200).
+    /// Statuses to answer with next (then 200); a 3xx redirects to `/moved`.
     pub script: VecDeque<(u16, Option<u64>)>,
 }
 
@@ -94,6 +94,9 @@ impl HttpReceiver {
                 }
                 drop(inbox);
                 let mut resp = tiny_http::Response::empty(status);
+                if (300..400).contains(&status) {
+                    resp = resp.with_header(tiny_http::Header::from_bytes("Location", "/moved").unwrap());
+                }
                 if let Some(secs) = retry_after {
                     resp = resp.with_header(tiny_http::Header::from_bytes("Retry-After", secs.to_string()).unwrap());
                 }

@@ -8,20 +8,20 @@
 //! |---|---|
 //! | `X-Ringship-First-Seq`, `X-Ringship-Last-Seq` | the batch's seq range |
 //! | `X-Ringship-Count` | records in the body |
-//! | `X-Ringship-Gap` | `first-last; count=N; cause=overwritten; rejected=R` when records before the batch were lost |
+//! | `X-Ringship-Gap` | `first-last; count=N; cause=overwritten; rejected=R; first-ts=T; last-ts=T` when records before the batch were lost |
 //!
 //! 2xx acknowledges the batch. 408, 429, 5xx and connection errors are
 //! retried (honouring `Retry-After` in seconds); any other status is
 //! non-retryable: the records stay in the ring and the error shows in
-//! health and stats.
+//! health and stats. Redirects are not followed (a redirected POST becomes
+//! a GET without the batch): a 3xx is non-retryable too.
 
 use std::io::Write as _;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use base64::Engine as _;
 
-use super::{Batch, Endpoint, SendContext, SendError, SendErrorKind, Transport};
+use super::{Batch, Endpoint, SendContext, SendError, Transport, run_cancellable};
 
 /// How records are laid out in the request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -72,6 +72,10 @@ impl HttpTransport {
         let tls = ureq::tls::TlsConfig::builder().disable_verification(!config.verify_tls).build();
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // Following a 301, 302 or 303 turns the POST into a GET without
+            // the body, and a 2xx from the redirect's target would then ack
+            // a batch nobody received. A 3xx fails the send instead.
+            .max_redirects(0)
             .tls_config(tls)
             .user_agent(concat!("ringship/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -161,6 +165,10 @@ fn classify(status: u16, retry_after: Option<&str>) -> Result<(), SendError> {
             }
             Err(e)
         }
+        300..=399 => Err(SendError::permanent(format!(
+            "HTTP {status}: the endpoint redirects, and redirects are not followed (the POST would lose its \
+             body); set the endpoint to the URL it redirects to"
+        ))),
         _ => Err(SendError::permanent(format!("HTTP {status}: the endpoint refused the batch"))),
     }
 }
@@ -199,38 +207,18 @@ impl Transport for HttpTransport {
         let req = req.config().timeout_global(Some(ctx.remaining().max(Duration::from_millis(1)))).build();
         // The request runs on a helper thread so that a cancellation is
         // honoured at once; the helper ends by the deadline at the latest.
-        let (tx, rx) = mpsc::sync_channel(1);
-        std::thread::Builder::new()
-            .name("ringship-http".into())
-            .spawn(move || {
-                let outcome = match req.send(&body[..]) {
-                    Ok(resp) => {
-                        let retry_after =
-                            resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
-                        classify(resp.status().as_u16(), retry_after.as_deref())
-                    }
-                    Err(ureq::Error::Timeout(_)) => Err(SendError::timed_out()),
-                    Err(e) => Err(SendError::retryable(e.to_string())),
-                };
-                let _ = tx.send(outcome);
-            })
-            .map_err(|e| SendError::retryable(format!("spawning the request thread: {e}")))?;
-        loop {
-            if ctx.cancel.is_cancelled() {
-                return Err(SendError::cancelled());
+        run_cancellable("ringship-http", ctx, move || match req.send(&body[..]) {
+            Ok(resp) => {
+                let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                classify(resp.status().as_u16(), retry_after.as_deref())
             }
-            match rx.recv_timeout(Duration::from_millis(5).min(ctx.remaining().max(Duration::from_millis(1)))) {
-                Ok(outcome) => return outcome,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(SendError::new(SendErrorKind::Retryable, "the request thread died"));
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if ctx.remaining().is_zero() {
-                        return Err(SendError::timed_out());
-                    }
-                }
+            Err(ureq::Error::Timeout(_)) => Err(SendError::timed_out()),
+            // The endpoint's URL or headers: sending again cannot help.
+            Err(e @ (ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::InvalidProxyUrl)) => {
+                Err(SendError::permanent(format!("the endpoint's URL or headers are invalid: {e}")))
             }
-        }
+            Err(e) => Err(SendError::retryable(e.to_string())),
+        })
     }
 }
 
@@ -238,6 +226,7 @@ impl Transport for HttpTransport {
 mod tests {
     use super::*;
     use crate::stats::LossCause;
+    use crate::transport::SendErrorKind;
     use crate::transport::{BatchRecord, GapNotice};
 
     fn batch() -> Batch {
@@ -291,5 +280,10 @@ mod tests {
         assert_eq!(classify(408, None).unwrap_err().kind, SendErrorKind::Retryable);
         assert_eq!(classify(400, None).unwrap_err().kind, SendErrorKind::Permanent);
         assert_eq!(classify(404, None).unwrap_err().kind, SendErrorKind::Permanent);
+        for redirect in [301, 302, 303, 307, 308] {
+            let e = classify(redirect, None).unwrap_err();
+            assert_eq!(e.kind, SendErrorKind::Permanent);
+            assert!(e.message.contains("redirect"), "{e}");
+        }
     }
 }

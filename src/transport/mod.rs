@@ -83,9 +83,10 @@ pub struct GapNotice {
     pub first_seq: u64,
     /// Last missing seq.
     pub last_seq: u64,
-    /// Timestamp bound of the first missing record, if known.
+    /// Timestamp (or lower bound) of the first missing record; 0 if
+    /// unknown.
     pub first_ts: u64,
-    /// Timestamp bound of the last missing record, if known.
+    /// Timestamp (or upper bound) of the last missing record; 0 if unknown.
     pub last_ts: u64,
     /// Why they are missing (`Mixed` when several causes).
     pub cause: LossCause,
@@ -175,9 +176,14 @@ impl CancelToken {
     /// Sleeps up to `timeout`, waking early if the token fires. Returns
     /// whether it fired.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        // A timeout too long to end at an instant waits for the token alone.
+        let deadline = Instant::now().checked_add(timeout);
         let mut g = self.0.lock.lock();
         while !self.is_cancelled() {
+            let Some(deadline) = deadline else {
+                self.0.cv.wait(&mut g);
+                continue;
+            };
             let now = Instant::now();
             if now >= deadline {
                 break;
@@ -185,6 +191,47 @@ impl CancelToken {
             self.0.cv.wait_for(&mut g, deadline - now);
         }
         self.is_cancelled()
+    }
+}
+
+/// Runs `work` on a helper thread named `name` and waits for its result,
+/// returning `Cancelled` soon after `ctx`'s token fires and `TimedOut` at
+/// its deadline, whether or not `work` has returned: for blocking calls
+/// that take no cancellation of their own (a DNS lookup, a connect, a
+/// request). A helper left behind runs on until `work` returns, and its
+/// result is dropped, so `work` must bound itself (by the deadline).
+#[cfg(any(feature = "http", feature = "syslog"))]
+pub(crate) fn run_cancellable<T: Send + 'static>(
+    name: &str,
+    ctx: &SendContext,
+    work: impl FnOnce() -> Result<T, SendError> + Send + 'static,
+) -> Result<T, SendError> {
+    use std::sync::mpsc;
+    if ctx.cancel.is_cancelled() {
+        return Err(SendError::cancelled());
+    }
+    let (tx, rx) = mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = tx.send(work());
+        })
+        .map_err(|e| SendError::retryable(format!("spawning the {name} thread: {e}")))?;
+    loop {
+        if ctx.cancel.is_cancelled() {
+            return Err(SendError::cancelled());
+        }
+        match rx.recv_timeout(Duration::from_millis(5).min(ctx.remaining().max(Duration::from_millis(1)))) {
+            Ok(outcome) => return outcome,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(SendError::retryable(format!("the {name} thread died")));
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if ctx.remaining().is_zero() {
+                    return Err(SendError::timed_out());
+                }
+            }
+        }
     }
 }
 
@@ -304,6 +351,38 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         t.cancel();
         assert!(h.join().unwrap());
+    }
+
+    #[test]
+    fn a_wait_too_long_to_end_at_an_instant_waits_for_the_token() {
+        let t = CancelToken::new();
+        let t2 = t.clone();
+        let h = std::thread::spawn(move || t2.wait_timeout(Duration::MAX));
+        std::thread::sleep(Duration::from_millis(20));
+        t.cancel();
+        assert!(h.join().unwrap());
+    }
+
+    /// Work that ignores both the token and the deadline (it would succeed
+    /// three seconds on) is left behind: the caller gets the cancellation,
+    /// or the timeout, not the late success.
+    #[cfg(any(feature = "http", feature = "syslog"))]
+    #[test]
+    fn run_cancellable_returns_on_cancel_and_at_the_deadline() {
+        let slow = || {
+            std::thread::sleep(Duration::from_secs(3));
+            Ok(())
+        };
+        let ctx = SendContext { deadline: Instant::now() + Duration::from_secs(60), cancel: CancelToken::new() };
+        let cancel = ctx.cancel.clone();
+        let canceller = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            cancel.cancel();
+        });
+        assert_eq!(run_cancellable("test", &ctx, slow).unwrap_err().kind, SendErrorKind::Cancelled);
+        canceller.join().unwrap();
+        let ctx = SendContext { deadline: Instant::now() + Duration::from_millis(20), cancel: CancelToken::new() };
+        assert_eq!(run_cancellable("test", &ctx, slow).unwrap_err().kind, SendErrorKind::TimedOut);
     }
 
     #[test]

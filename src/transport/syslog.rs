@@ -24,10 +24,10 @@
 //! data starts with a status code (`200 OK`).
 
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{Batch, BatchRecord, Endpoint, GapNotice, SendContext, SendError, Transport};
+use super::{Batch, BatchRecord, Endpoint, GapNotice, SendContext, SendError, Transport, run_cancellable};
 
 /// Private enterprise number used in structured-data IDs (reserved for
 /// documentation examples by RFC 5612).
@@ -58,6 +58,37 @@ impl Default for SyslogConfig {
             .filter(|h| !h.is_empty() && h.is_ascii() && !h.contains(' '))
             .unwrap_or_else(|| "-".to_owned());
         SyslogConfig { hostname, app_name: "ringship".to_owned(), facility: 1, severity: 6 }
+    }
+}
+
+impl SyslogConfig {
+    /// Checks the fields against RFC 5424: HOSTNAME of 1 to 255 and
+    /// APP-NAME of 1 to 48 printable US-ASCII characters, no spaces (`-`
+    /// for none); facility at most 23 and severity at most 7. A field
+    /// outside these would shift the message's fields, and a receiver
+    /// would no longer find a record's seq.
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) naming the field.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        let field = |name: &str, value: &str, max: usize| {
+            if value.is_empty() || value.len() > max || !value.bytes().all(|b| (33..=126).contains(&b)) {
+                return Err(crate::Error::Config(format!(
+                    "syslog {name} {value:?} must be 1 to {max} printable US-ASCII characters without spaces \
+                     (\"-\" for none)"
+                )));
+            }
+            Ok(())
+        };
+        field("hostname", &self.hostname, 255)?;
+        field("app_name", &self.app_name, 48)?;
+        if self.facility > 23 || self.severity > 7 {
+            return Err(crate::Error::Config(format!(
+                "syslog facility {} must be at most 23 and severity {} at most 7",
+                self.facility, self.severity
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -154,17 +185,31 @@ fn retryable(what: &str, e: &io::Error) -> SendError {
 
 impl SyslogTransport {
     /// A transport with the given settings.
-    pub fn new(config: SyslogConfig) -> Self {
-        SyslogTransport { config, conn: None }
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) if a setting breaks RFC 5424
+    /// (see [`SyslogConfig::validate`]).
+    pub fn new(config: SyslogConfig) -> Result<Self, crate::Error> {
+        config.validate()?;
+        Ok(SyslogTransport { config, conn: None })
     }
 
     /// A factory for [`ShipperBuilder::transport`](crate::ShipperBuilder::transport).
-    pub fn factory(config: SyslogConfig) -> impl Fn() -> Box<dyn Transport> + Send + Sync + 'static {
-        move || Box::new(SyslogTransport::new(config.clone())) as Box<dyn Transport>
+    ///
+    /// # Errors
+    /// As [`SyslogTransport::new`].
+    pub fn factory(
+        config: SyslogConfig,
+    ) -> Result<impl Fn() -> Box<dyn Transport> + Send + Sync + 'static, crate::Error> {
+        config.validate()?;
+        Ok(move || Box::new(SyslogTransport { config: config.clone(), conn: None }) as Box<dyn Transport>)
     }
 
     fn connect(&mut self, endpoint: &Endpoint, ctx: &SendContext) -> Result<&mut Connection, SendError> {
-        if self.conn.as_ref().is_some_and(|c| c.address != endpoint.address) {
+        // A receiver that closed the connection since the last batch (a
+        // restart) leaves it writable: over plain TCP, the next batch would
+        // be written into it, reported sent, and lost.
+        if self.conn.as_ref().is_some_and(|c| c.address != endpoint.address || c.closed_by_peer()) {
             self.conn = None;
         }
         if self.conn.is_none() {
@@ -178,13 +223,25 @@ impl SyslogTransport {
                     endpoint.address
                 )));
             };
-            let addr = hostport
-                .to_socket_addrs()
-                .map_err(|e| SendError::retryable(format!("resolving {hostport}: {e}")))?
-                .next()
-                .ok_or_else(|| SendError::retryable(format!("{hostport} resolves to nothing")))?;
-            let timeout = ctx.remaining().max(Duration::from_millis(1));
-            let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| retryable("connecting", &e))?;
+            // A lookup has no timeout and a connect no cancellation: both
+            // run on a helper thread.
+            let (hostport, deadline) = (hostport.to_owned(), ctx.deadline);
+            let stream = run_cancellable("ringship-connect", ctx, move || {
+                let addrs: Vec<SocketAddr> = hostport
+                    .to_socket_addrs()
+                    .map_err(|e| {
+                        let what = format!("resolving {hostport}: {e}");
+                        // Not `host:port`: resolving again cannot help.
+                        if e.kind() == io::ErrorKind::InvalidInput {
+                            SendError::permanent(what)
+                        } else {
+                            SendError::retryable(what)
+                        }
+                    })?
+                    .collect();
+                connect_any(&addrs, deadline)
+                    .map_err(|e| SendError { message: format!("{hostport}: {}", e.message), ..e })
+            })?;
             let _ = stream.set_nodelay(true);
             let mut conn =
                 Connection { address: endpoint.address.clone(), kind, stream, next_txnr: 1, inbox: Vec::new() };
@@ -201,7 +258,37 @@ impl SyslogTransport {
     }
 }
 
+/// Connects to the first of `addrs` that answers, in order (a host name
+/// may resolve to an IPv6 address nobody listens on, then an IPv4 one).
+/// Each address gets an equal share of the time left before `deadline`.
+fn connect_any(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStream, SendError> {
+    let mut last = SendError::retryable("resolves to no address");
+    for (i, addr) in addrs.iter().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(SendError::timed_out());
+        }
+        let share = left / u32::try_from(addrs.len() - i).unwrap_or(u32::MAX);
+        match TcpStream::connect_timeout(addr, share.max(Duration::from_millis(1))) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = retryable(&format!("connecting to {addr}"), &e),
+        }
+    }
+    Err(last)
+}
+
 impl Connection {
+    /// Whether the receiver closed or reset the connection, or sent
+    /// something unasked (a RELP `serverclose`), since it was last used:
+    /// then it must not carry another batch.
+    fn closed_by_peer(&self) -> bool {
+        if self.stream.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let idle = matches!(self.stream.peek(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        self.stream.set_nonblocking(false).is_err() || !idle
+    }
+
     fn deadline_io(&self, ctx: &SendContext) -> Result<(), SendError> {
         if ctx.cancel.is_cancelled() {
             return Err(SendError::cancelled());
@@ -321,7 +408,13 @@ pub(crate) fn parse_frame(buf: &[u8]) -> Result<Option<Frame>, SendError> {
     }
     let header = sp1 + 1 + sp2 + 1 + end;
     if len == 0 {
-        return Ok(Some((txnr, command, Vec::new(), header + 1)));
+        // No data: LF ends the frame (a space before it is tolerated).
+        let lf = header + usize::from(rest[end] == b' ');
+        return match buf.get(lf) {
+            None => Ok(None),
+            Some(b'\n') => Ok(Some((txnr, command, Vec::new(), lf + 1))),
+            Some(_) => Err(bad()),
+        };
     }
     // SP DATA LF
     let need = header + 1 + len + 1;
@@ -413,5 +506,101 @@ mod tests {
         }
         assert!(parse_frame(b"x rsp 6 200 OK\n").is_err());
         assert!(parse_frame(b"1 rsp 3 200 OK\n").is_err());
+        // No data, with or without a space before the LF: all of it used.
+        let f = b"3 rsp 0 \n4 rsp 0\n";
+        let (txnr, _, data, used) = parse_frame(f).unwrap().unwrap();
+        assert_eq!((txnr, data.len(), used), (3, 0, 9));
+        assert_eq!(parse_frame(&f[used..]).unwrap().unwrap().0, 4);
+        assert!(parse_frame(b"3 rsp 0 ").unwrap().is_none());
+        assert!(parse_frame(b"3 rsp 0 x").is_err());
+    }
+
+    #[test]
+    fn settings_that_break_rfc5424_are_refused() {
+        let ok = SyslogConfig { hostname: "h".into(), ..SyslogConfig::default() };
+        assert!(SyslogTransport::new(ok.clone()).is_ok());
+        assert!(SyslogTransport::new(SyslogConfig { hostname: "-".into(), ..ok.clone() }).is_ok());
+        for (bad, field) in [
+            (SyslogConfig { app_name: "my app".into(), ..ok.clone() }, "app_name"),
+            (SyslogConfig { app_name: "a".repeat(49), ..ok.clone() }, "app_name"),
+            (SyslogConfig { hostname: String::new(), ..ok.clone() }, "hostname"),
+            (SyslogConfig { hostname: "höst".into(), ..ok.clone() }, "hostname"),
+            (SyslogConfig { facility: 24, ..ok.clone() }, "facility"),
+            (SyslogConfig { severity: 8, ..ok.clone() }, "severity"),
+        ] {
+            let err = SyslogTransport::factory(bad).err().expect("refused");
+            assert!(matches!(&err, crate::Error::Config(m) if m.contains(field)), "{err}");
+        }
+    }
+
+    fn one_record_batch(seq: u64) -> Batch {
+        let r = BatchRecord { seq, timestamp: 0, payload: bytes::Bytes::from_static(b"hello") };
+        Batch { records: vec![r], gap: None }
+    }
+
+    fn ctx() -> SendContext {
+        SendContext { deadline: Instant::now() + Duration::from_secs(5), cancel: crate::CancelToken::new() }
+    }
+
+    /// Reads one octet-counted message from `s`.
+    fn read_message(s: &mut TcpStream) -> String {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut len = Vec::new();
+        let mut b = [0u8; 1];
+        while s.read_exact(&mut b).is_ok() && b[0] != b' ' {
+            len.push(b[0]);
+        }
+        let mut m = vec![0u8; String::from_utf8(len).unwrap().parse().unwrap()];
+        s.read_exact(&mut m).unwrap();
+        String::from_utf8(m).unwrap()
+    }
+
+    /// A receiver that restarts while the connection is idle: the next
+    /// batch goes over a new connection, not into the closed one (where
+    /// it was written, reported sent, and lost).
+    #[test]
+    fn a_connection_the_receiver_closed_is_not_reused() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = Endpoint::new(format!("tcp://{}", listener.local_addr().unwrap()));
+        let mut t = SyslogTransport::new(SyslogConfig { hostname: "h".into(), ..SyslogConfig::default() }).unwrap();
+        t.send(&endpoint, &one_record_batch(1), &ctx()).unwrap();
+        let (mut first, _) = listener.accept().unwrap();
+        assert!(read_message(&mut first).contains("seq=\"1\""));
+        drop(first);
+        // Let the close reach the sender's socket.
+        std::thread::sleep(Duration::from_millis(50));
+        t.send(&endpoint, &one_record_batch(2), &ctx()).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut second = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("batch 2 went into the closed connection: no new one ({e})"),
+            }
+        };
+        second.set_nonblocking(false).unwrap();
+        assert!(read_message(&mut second).contains("seq=\"2\""));
+    }
+
+    /// A host name's first address may have no listener (`localhost` as
+    /// `::1` for a receiver on 127.0.0.1): the next ones are tried.
+    #[test]
+    fn every_resolved_address_is_tried_in_turn() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let s = connect_any(&[closed, open.local_addr().unwrap()], deadline).unwrap();
+        assert_eq!(s.peer_addr().unwrap(), open.local_addr().unwrap());
+        let err = connect_any(&[closed], deadline).unwrap_err();
+        assert_eq!(err.kind, crate::transport::SendErrorKind::Retryable);
+        assert!(err.message.contains(&closed.to_string()), "{err}");
+    }
+
+    #[test]
+    fn an_endpoint_that_is_not_host_and_port_is_a_permanent_failure() {
+        let mut t = SyslogTransport::new(SyslogConfig { hostname: "h".into(), ..SyslogConfig::default() }).unwrap();
+        let err = t.send(&Endpoint::new("tcp://127.0.0.1"), &one_record_batch(1), &ctx()).unwrap_err();
+        assert_eq!(err.kind, crate::transport::SendErrorKind::Permanent, "{err}");
     }
 }
