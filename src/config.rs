@@ -61,6 +61,15 @@ pub struct RingConfig {
 /// Most loss ranges a checkpoint can hold.
 pub const MAX_LOSS_RANGES: usize = 48;
 
+/// Largest capacity a ring may have: 256 TiB, beyond any file system's
+/// largest file; a larger value is a mistake, and on disk, damage.
+pub const MAX_CAPACITY: u64 = 1 << 48;
+
+/// Largest seq reservation: 2^32 seqs. A power loss may count this many
+/// seqs lost that were never handed out, and seqs must stay far below
+/// 2^62 (see docs/FORMAT.md).
+pub const MAX_SEQ_RESERVATION: u64 = 1 << 32;
+
 impl Default for RingConfig {
     /// 64 MiB ring, records up to 256 KiB (or a quarter of a smaller
     /// capacity), `Interval(200 ms)`, `OverwriteOldest`.
@@ -218,6 +227,12 @@ impl RingConfig {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
+        if !(8..=MAX_CAPACITY).contains(&self.capacity) {
+            return Err(Error::Config(format!(
+                "capacity must be between 8 bytes and {MAX_CAPACITY} bytes (256 TiB), got {}",
+                self.capacity
+            )));
+        }
         let max_record_len = self.max_record_len();
         if max_record_len == 0 || max_record_len > MAX_PAYLOAD {
             return Err(Error::Config(format!(
@@ -236,8 +251,11 @@ impl RingConfig {
                 return Err(Error::Config("SyncPolicy::Interval needs a non-zero interval".into()));
             }
         }
-        if self.seq_reservation == 0 {
-            return Err(Error::Config("seq_reservation must be at least 1".into()));
+        if !(1..=MAX_SEQ_RESERVATION).contains(&self.seq_reservation) {
+            return Err(Error::Config(format!(
+                "seq_reservation must be between 1 and {MAX_SEQ_RESERVATION}, got {}",
+                self.seq_reservation
+            )));
         }
         if !(1..=MAX_LOSS_RANGES).contains(&self.max_loss_ranges) {
             return Err(Error::Config(format!(

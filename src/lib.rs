@@ -69,7 +69,9 @@ mod stats;
 mod sync;
 mod transport;
 
-pub use config::{FullPolicy, MAX_LOSS_RANGES, RingConfig, StorageWrapper, SyncPolicy};
+pub use config::{
+    FullPolicy, MAX_CAPACITY, MAX_LOSS_RANGES, MAX_SEQ_RESERVATION, RingConfig, StorageWrapper, SyncPolicy,
+};
 pub use error::{Error, Result};
 pub use ring::storage::Storage;
 pub use ring::{ReadBatch, Record, Ring};

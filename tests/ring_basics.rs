@@ -397,6 +397,30 @@ fn capacity_too_small_for_one_record_is_a_config_error() {
     assert!(!t.dir.join("ring.data").exists());
 }
 
+/// Settings whose arithmetic would overflow are refused with a message
+/// naming the setting. A seq reservation of `u64::MAX` once made the first
+/// append overflow (a panic, then every append and `close` waiting
+/// forever); a capacity near `u64::MAX` overflowed the file's size.
+#[test]
+fn settings_too_large_or_small_to_compute_with_are_config_errors() {
+    for (config, setting) in [
+        (small(1 << 20).with_seq_reservation(u64::MAX), "seq_reservation"),
+        (small(1 << 20).with_seq_reservation(ringship::MAX_SEQ_RESERVATION + 1), "seq_reservation"),
+        (small(1 << 20).with_seq_reservation(0), "seq_reservation"),
+        (RingConfig::default().with_capacity(u64::MAX - 7), "capacity"),
+        (RingConfig::default().with_capacity(ringship::MAX_CAPACITY + 8), "capacity"),
+        (RingConfig::default().with_capacity(4), "capacity"),
+    ] {
+        let t = TempRing::new();
+        let err = Ring::open(&t.dir, config).unwrap_err();
+        assert!(matches!(&err, Error::Config(m) if m.starts_with(setting)), "{setting}: {err}");
+        assert!(!t.dir.join("ring.data").exists());
+    }
+    let t = TempRing::new();
+    let ring = open(&t.dir, small(1 << 20).with_seq_reservation(ringship::MAX_SEQ_RESERVATION));
+    assert_eq!(ring.append(b"one").unwrap(), 1);
+}
+
 #[test]
 fn second_open_of_a_directory_fails_at_once_naming_it() {
     let t = TempRing::new();

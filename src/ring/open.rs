@@ -157,7 +157,7 @@ fn read_layout(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_pa
             _ => return Err(not_a_ring(data_path, "no ringship data header")),
         },
     };
-    if cap == 0 || cap % 8 != 0 || cap < crate::config::min_capacity(1) {
+    if cap == 0 || cap % 8 != 0 || cap < crate::config::min_capacity(1) || cap > crate::config::MAX_CAPACITY {
         return Err(not_a_ring(data_path, format!("the header names an impossible capacity of {cap} bytes")));
     }
     if data_len < DATA_OFFSET + cap {
