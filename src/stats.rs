@@ -73,6 +73,14 @@ pub struct LossRange {
     pub cause: LossCause,
 }
 
+/// The earlier of two timestamp bounds, where 0 is no bound (unknown).
+pub(crate) fn min_known_ts(a: u64, b: u64) -> u64 {
+    match (a, b) {
+        (0, t) | (t, 0) => t,
+        (a, b) => a.min(b),
+    }
+}
+
 /// A bounded list of loss ranges, merged as they arrive.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct LossList {
@@ -98,7 +106,7 @@ impl LossList {
             let b = self.ranges.remove(1);
             let a = &mut self.ranges[0];
             a.last_seq = a.last_seq.max(b.last_seq);
-            a.first_ts = a.first_ts.min(b.first_ts);
+            a.first_ts = min_known_ts(a.first_ts, b.first_ts);
             a.last_ts = a.last_ts.max(b.last_ts);
             a.count += b.count;
             a.bytes += b.bytes;

@@ -626,3 +626,34 @@ fn with_mapped_writes_a_data_file_cut_short_under_the_ring_fails_the_append_not_
     }
     assert!(matches!(ring.append(b"more"), Err(ringship::Error::Poisoned { .. })));
 }
+
+/// Damage a read meets where it starts (a position an earlier read left)
+/// is bounded in time by the newest evicted record and the first intact
+/// record after it, not by 0 (which a receiver's gap notice showed as 1970).
+#[test]
+fn damage_where_a_read_starts_gets_timestamp_bounds() {
+    use std::os::unix::fs::FileExt;
+    let t = TempRing::new();
+    let ring = common::open(&t.dir, common::small(4096));
+    // 1,032-byte frames: 4 and 5 wrap and evict 1 and 2.
+    for i in 1..=5 {
+        ring.append(&payload(i, 1000)).unwrap();
+    }
+    assert_eq!(ring.read(3, 1, 1 << 20).unwrap().records[0].seq, 3);
+    // Seq 4's frame, first in the data area, goes bad after that read.
+    let file = std::fs::OpenOptions::new().write(true).open(t.data_file()).unwrap();
+    file.write_at(&[0xff], DATA_OFFSET + 40).unwrap();
+    let got = ring.read(4, 10, 1 << 20).unwrap();
+    assert_eq!(got.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![5]);
+    let losses = ring.losses();
+    let evicted = losses.iter().find(|l| l.cause == LossCause::Overwritten).expect("1 and 2 overwritten");
+    let s = ring.stats();
+    assert_eq!((s.corrupted, s.pending), (1, 2), "{s:?}");
+    ring.ack(5).unwrap();
+    let losses = ring.losses();
+    let damaged = losses.iter().find(|l| l.cause == LossCause::Corrupted).expect("4 corrupted");
+    assert_eq!((damaged.first_seq, damaged.last_seq), (4, 4));
+    assert!(evicted.last_ts > 0);
+    assert_eq!((damaged.first_ts, damaged.last_ts), (evicted.last_ts, got.records[0].timestamp), "{losses:?}");
+    assert_identity(&ring.stats());
+}

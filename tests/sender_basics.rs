@@ -183,6 +183,9 @@ fn a_gap_between_records_of_one_read_gets_its_own_notice() {
     let got = script.receiver.received("a");
     let gaps: Vec<_> = got.gaps.iter().map(|g| (g.first_seq, g.last_seq, g.cause)).collect();
     assert_eq!(gaps, vec![(5, 5, LossCause::Corrupted)]);
+    // Its time is bounded by its neighbours'.
+    let ts = |seq| got.records.iter().find(|r| r.seq == seq).unwrap().timestamp;
+    assert_eq!((got.gaps[0].first_ts, got.gaps[0].last_ts), (ts(4), ts(6)));
     assert_eq!(seqs(&script, "a"), vec![1, 2, 3, 4, 6, 7, 8, 9, 10]);
     let s = shipper.stats();
     assert_eq!((s.ring.corrupted, s.gap_notices), (1, 1));

@@ -59,6 +59,9 @@ struct Span {
     head: u64,
     next_seq: u64,
     holes: Vec<Hole>,
+    /// A lower bound of the timestamps of the records from the start on:
+    /// the newest evicted record's.
+    start_ts: u64,
 }
 
 impl Inner {
@@ -70,7 +73,14 @@ impl Inner {
                     return Err(Error::Closed);
                 }
                 let (start_seq, start_pos) = st.start_for(from_seq);
-                Span { start_seq, start_pos, head: st.head, next_seq: st.next_seq, holes: st.holes.clone() }
+                Span {
+                    start_seq,
+                    start_pos,
+                    head: st.head,
+                    next_seq: st.next_seq,
+                    holes: st.holes.clone(),
+                    start_ts: st.tail_ts,
+                }
             };
             let mut walk = self
                 .walk(&window, from_seq, max_records, max_bytes)
@@ -130,7 +140,9 @@ impl Inner {
             end_pos: window.start_pos,
             next_seq: window.start_seq,
         };
-        let mut prev_ts = 0;
+        // Bounds for the timestamps of damaged records: the last intact
+        // record's before them, the first intact one's after them.
+        let mut prev_ts = window.start_ts;
         let head = window.head;
         while w.end_pos < head && w.found.len() < max_records && (w.found.is_empty() || w.out.len() < max_bytes) {
             let (at, expect) = (w.end_pos, w.next_seq);
@@ -172,13 +184,14 @@ impl Inner {
                         w.next_seq = k.last + 1;
                         continue;
                     }
-                    let (q, next) = match scan.resync(at, head)? {
-                        Some((q, Found::Record(h) | Found::Pad(h))) => (q, h.seq.min(window.next_seq).max(expect)),
-                        _ => (head, window.next_seq),
+                    let (q, next, next_ts) = match scan.resync(at, head)? {
+                        Some((q, Found::Record(h))) => (q, h.seq.min(window.next_seq).max(expect), h.ts),
+                        Some((q, Found::Pad(h))) => (q, h.seq.min(window.next_seq).max(expect), prev_ts),
+                        _ => (head, window.next_seq, prev_ts),
                     };
                     if next > expect {
                         if let Some((first, last)) = unknown(expect, next - 1) {
-                            w.new_holes.push(damage(first, last, q, prev_ts));
+                            w.new_holes.push(damage(first, last, q, next_ts.max(prev_ts)));
                         }
                         w.next_seq = next;
                     }

@@ -7,7 +7,7 @@ use super::Shared;
 use super::machine::{Action, BatchInfo, Machine, Outcome};
 use crate::Error;
 use crate::ring::ReadBatch;
-use crate::stats::LossCause;
+use crate::stats::{LossCause, min_known_ts};
 use crate::sync::Woken;
 use crate::sync::atomic::Ordering;
 use crate::transport::{Batch, BatchRecord, GapNotice, SendContext, Transport};
@@ -133,7 +133,7 @@ fn build_batch(shared: &Shared, rb: ReadBatch, cursor: u64, rejected: u64) -> Op
             notice.last_seq = first - 1;
             let overlapping: Vec<_> =
                 shared.ring.losses().into_iter().filter(|l| l.last_seq >= cursor && l.first_seq < first).collect();
-            notice.first_ts = overlapping.iter().map(|l| l.first_ts).min().unwrap_or(0);
+            notice.first_ts = overlapping.iter().map(|l| l.first_ts).fold(0, min_known_ts);
             notice.last_ts = overlapping.iter().map(|l| l.last_ts).max().unwrap_or(0);
             if let Some(c) = overlapping.first().map(|l| l.cause) {
                 notice.cause = if overlapping.iter().all(|l| l.cause == c) { c } else { LossCause::Mixed };
