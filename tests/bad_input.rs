@@ -135,14 +135,33 @@ impl Storage for FullDisk {
     }
 }
 
+/// How many of the next calls fail, per file and kind: writes with
+/// ENOSPC, reads with EIO.
+#[derive(Default)]
+struct Faults {
+    data_writes: Arc<AtomicU64>,
+    data_reads: Arc<AtomicU64>,
+    meta_writes: Arc<AtomicU64>,
+}
+
+/// `config` with `ring.data` and `ring.meta` failing as `faults` says.
+fn faulty(config: RingConfig, faults: &Faults) -> RingConfig {
+    let (dw, dr, mw) =
+        (Arc::clone(&faults.data_writes), Arc::clone(&faults.data_reads), Arc::clone(&faults.meta_writes));
+    config.with_storage_wrapper(Arc::new(move |path: &Path, inner| {
+        let (fail, fail_reads) = if path.ends_with("ring.data") {
+            (Arc::clone(&dw), Arc::clone(&dr))
+        } else {
+            (Arc::clone(&mw), Arc::default())
+        };
+        Box::new(FullDisk { inner, fail, fail_reads })
+    }))
+}
+
 fn ring_with_full_disk(t: &TempRing) -> (Ring, Arc<AtomicU64>) {
     let fail = Arc::new(AtomicU64::new(0));
-    let f = Arc::clone(&fail);
-    let config = small(64 << 10).with_storage_wrapper(Arc::new(move |path: &Path, inner| {
-        let fail = if path.ends_with("ring.data") { Arc::clone(&f) } else { Arc::new(AtomicU64::new(0)) };
-        Box::new(FullDisk { inner, fail, fail_reads: Arc::default() })
-    }));
-    let (ring, _) = Ring::open(&t.dir, config).unwrap();
+    let faults = Faults { data_writes: Arc::clone(&fail), ..Faults::default() };
+    let (ring, _) = Ring::open(&t.dir, faulty(small(64 << 10), &faults)).unwrap();
     for i in 1..=5 {
         ring.append(&payload(i, 50)).unwrap();
     }
@@ -212,28 +231,15 @@ fn enospc_that_persists_poisons_the_ring_until_reopened() {
     check_reopened(&t, 5, 0);
 }
 
-/// `config` with `ring.meta` failing the next `meta_writes` writes with
-/// ENOSPC and `ring.data` the next `data_reads` reads with EIO.
-fn faulty(config: RingConfig, meta_writes: &Arc<AtomicU64>, data_reads: &Arc<AtomicU64>) -> RingConfig {
-    let (mw, dr) = (Arc::clone(meta_writes), Arc::clone(data_reads));
-    config.with_storage_wrapper(Arc::new(move |path: &Path, inner| {
-        let (fail, fail_reads) = if path.ends_with("ring.data") {
-            (Arc::default(), Arc::clone(&dr))
-        } else {
-            (Arc::clone(&mw), Arc::default())
-        };
-        Box::new(FullDisk { inner, fail, fail_reads })
-    }))
-}
-
 /// An I/O error that refuses an append before any of it is written counts
 /// the record as rejected, as a full ring does, so that the count (and a
 /// receiver's next gap notice) includes it.
 #[test]
 fn appends_refused_by_io_errors_before_writing_are_counted_rejected() {
     let t = TempRing::new();
-    let (meta_writes, data_reads) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let (ring, _) = Ring::open(&t.dir, faulty(small(4096), &meta_writes, &data_reads)).unwrap();
+    let faults = Faults::default();
+    let (meta_writes, data_reads) = (&faults.meta_writes, &faults.data_reads);
+    let (ring, _) = Ring::open(&t.dir, faulty(small(4096), &faults)).unwrap();
     // The first append writes a seq reservation, and cannot.
     meta_writes.store(1, Ordering::SeqCst);
     let err = ring.append(&payload(1, 1000)).unwrap_err();
@@ -268,8 +274,9 @@ fn appends_refused_by_io_errors_before_writing_are_counted_rejected() {
 #[test]
 fn a_failed_tail_read_never_drops_a_good_record() {
     let t = TempRing::new();
-    let data_reads = Arc::new(AtomicU64::new(0));
-    let config = faulty(small(4096).with_full(FullPolicy::RejectNew), &Arc::default(), &data_reads);
+    let faults = Faults::default();
+    let data_reads = &faults.data_reads;
+    let config = faulty(small(4096).with_full(FullPolicy::RejectNew), &faults);
     let (ring, _) = Ring::open(&t.dir, config).unwrap();
     for i in 1..=3 {
         assert_eq!(ring.append(&payload(i, 1000)).unwrap(), i);

@@ -51,6 +51,13 @@ impl Script {
         self.behaviors.lock().insert(address.to_owned(), b);
     }
 
+    /// Sleeps until `release` is set, ignoring any cancellation.
+    fn wait_for_release(&self) {
+        while !self.release.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// A factory for `Shipper::builder(..).transport(..)`.
     pub fn factory(&self) -> impl Fn() -> Box<dyn Transport> + Send + Sync + 'static {
         let s = self.clone();
@@ -80,15 +87,11 @@ impl Transport for ScriptedTransport {
                 }
             }
             Behavior::HangIgnoringCancel => {
-                while !s.release.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+                s.wait_for_release();
                 Err(SendError::retryable("released"))
             }
             Behavior::HangThenDeliver => {
-                while !s.release.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+                s.wait_for_release();
                 // Past its deadline and cancelled by now, yet accepted.
                 let late =
                     SendContext { deadline: Instant::now() + Duration::from_secs(1), cancel: CancelToken::new() };
