@@ -657,3 +657,44 @@ fn damage_where_a_read_starts_gets_timestamp_bounds() {
     assert_eq!((damaged.first_ts, damaged.last_ts), (evicted.last_ts, got.records[0].timestamp), "{losses:?}");
     assert_identity(&ring.stats());
 }
+
+/// Damage found around a hole already known: seqs 8..=10 are found bad
+/// first, then 5..=12 go bad. Every one of the eight is counted, and the
+/// bytes of the ranges add up to the eight frames, whether a read or the
+/// writer's eviction finds the larger damage.
+#[test]
+fn damage_that_grows_around_a_known_hole_is_counted_whole() {
+    use std::os::unix::fs::FileExt;
+    for found_by_read in [true, false] {
+        let t = TempRing::new();
+        let ring = common::open(&t.dir, common::small(8192));
+        for i in 1..=20 {
+            ring.append(&payload(i, LEN)).unwrap();
+        }
+        let file = std::fs::OpenOptions::new().write(true).open(t.data_file()).unwrap();
+        // Flips the low byte of the frame's own position: the header is bad.
+        let spoil = |seq: u64| file.write_all_at(&[0xff], DATA_OFFSET + (seq - 1) * FRAME + 24).unwrap();
+        (8..=10).for_each(spoil);
+        let got = ring.read(1, usize::MAX, usize::MAX).unwrap();
+        assert_eq!(got.records.len(), 17);
+        assert_eq!(ring.stats().corrupted, 3);
+        (5..=7).chain(11..=12).for_each(spoil);
+        if found_by_read {
+            let got = ring.read(1, usize::MAX, usize::MAX).unwrap();
+            let seqs: Vec<u64> = got.records.iter().map(|r| r.seq).collect();
+            assert_eq!(seqs, (1..=4).chain(13..=20).collect::<Vec<_>>());
+        } else {
+            // 60 more frames: the writer evicts everything written before.
+            for i in 21..=80 {
+                ring.append(&payload(i, LEN)).unwrap();
+            }
+        }
+        let s = ring.stats();
+        assert_identity(&s);
+        assert_eq!(s.corrupted, 8, "found by a read: {found_by_read}, {s:?}");
+        let damaged: Vec<_> = ring.losses().into_iter().filter(|l| l.cause == LossCause::Corrupted).collect();
+        let seqs: Vec<u64> = damaged.iter().flat_map(|l| l.first_seq..=l.last_seq).collect();
+        assert_eq!(seqs, (5..=12).collect::<Vec<_>>(), "{damaged:?}");
+        assert_eq!(damaged.iter().map(|l| l.bytes).sum::<u64>(), 8 * FRAME, "{damaged:?}");
+    }
+}

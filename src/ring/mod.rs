@@ -744,7 +744,7 @@ impl Inner {
                         last_ts: h.ts,
                         cause: LossCause::Corrupted,
                     };
-                    if !st.add_hole(hole) {
+                    if st.add_hole(hole).is_empty() {
                         st.tail_seq = h.seq;
                     }
                 }
@@ -767,7 +767,7 @@ impl Inner {
                         last_ts: st.tail_ts,
                         cause: LossCause::Corrupted,
                     };
-                    if next <= st.tail_seq || !st.add_hole(hole) {
+                    if next <= st.tail_seq || st.add_hole(hole).is_empty() {
                         // Nothing to count: skip the unreadable bytes.
                         st.tail_pos = resume_pos;
                         if next > st.tail_seq {

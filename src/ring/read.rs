@@ -120,14 +120,6 @@ impl Inner {
             let at = window.holes.partition_point(|h| h.last < seq);
             window.holes.get(at).filter(|h| h.first <= seq).copied()
         };
-        // The part of `first..=last` from its first seq not in a known hole
-        // up to the next known hole: new damage never overlaps known holes.
-        let unknown = |first: u64, last: u64| {
-            let first = hole_at(first).map_or(first, |k| k.last + 1);
-            let at = window.holes.partition_point(|h| h.last < first);
-            let last = window.holes.get(at).map_or(last, |k| last.min(k.first.saturating_sub(1)));
-            (first <= last).then_some((first, last))
-        };
         let chunk = max_bytes.clamp(64 << 10, 4 << 20);
         let mut scan = Scanner::new(&*self.data, self.cap, self.stored_len, chunk);
         // Reads after a restart may be of bytes on the disk only: ask for
@@ -161,10 +153,10 @@ impl Inner {
                 // A seq never handed out is no record of this ring.
                 Found::Record(h) if h.seq >= expect && h.seq < window.next_seq => {
                     if h.seq > expect {
-                        if let Some((first, last)) = unknown(expect, h.seq - 1) {
-                            // Intact framing, missing seqs: damage the walk skipped over.
-                            w.new_holes.push(damage(first, last, at, h.ts));
-                        }
+                        // Intact framing, missing seqs: damage the walk
+                        // skipped over (`State::add_hole` keeps the parts no
+                        // known hole covers).
+                        w.new_holes.push(damage(expect, h.seq - 1, at, h.ts));
                     }
                     // A seq already counted lost is never delivered too,
                     // whatever frame claims it.
@@ -190,9 +182,7 @@ impl Inner {
                         _ => (head, window.next_seq, prev_ts),
                     };
                     if next > expect {
-                        if let Some((first, last)) = unknown(expect, next - 1) {
-                            w.new_holes.push(damage(first, last, q, next_ts.max(prev_ts)));
-                        }
+                        w.new_holes.push(damage(expect, next - 1, q, next_ts.max(prev_ts)));
                         w.next_seq = next;
                     }
                     w.end_pos = q;

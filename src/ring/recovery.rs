@@ -671,8 +671,7 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
         }
     }
     for h in holes {
-        if st.add_hole(h) {
-            let added = st.hole_at(h.last).expect("just added");
+        for added in st.add_hole(h) {
             match added.cause {
                 LossCause::LostUnsynced => report.lost_unsynced_discovered += added.count(),
                 _ => report.damaged_records += added.count(),

@@ -136,19 +136,39 @@ impl State {
         }
     }
 
-    /// Adds a hole found above the settled point, unless it overlaps a
-    /// known one. Returns whether it was added.
-    pub(crate) fn add_hole(&mut self, mut h: Hole) -> bool {
+    /// Adds the parts of a hole found above the settled point that no known
+    /// hole covers, and returns them. Damage can grow while the ring is
+    /// open (a disk going bad), so a hole found later may reach around
+    /// known ones: each uncovered part gets the bytes between its known
+    /// neighbours, so no seq is left uncounted and no byte counted twice.
+    pub(crate) fn add_hole(&mut self, mut h: Hole) -> Vec<Hole> {
         h.first = h.first.max(self.settled() + 1);
+        let mut added = Vec::new();
         if h.first > h.last {
-            return false;
+            return added;
         }
-        let at = self.holes.partition_point(|x| x.last < h.first);
-        if self.holes.get(at).is_some_and(|x| x.first <= h.last) {
-            return false;
+        let clamp = |p: u64, lo: u64| p.clamp(lo, h.resume_pos.max(lo));
+        let (mut seq, mut pos) = (h.first, h.pos);
+        let mut at = self.holes.partition_point(|x| x.last < h.first);
+        while seq <= h.last {
+            let known = self.holes.get(at).filter(|k| k.first <= h.last).copied();
+            let (last, resume) = match known {
+                Some(k) if k.first <= seq => {
+                    seq = k.last + 1;
+                    pos = clamp(k.resume_pos, pos);
+                    at += 1;
+                    continue;
+                }
+                Some(k) => (k.first - 1, clamp(k.pos, pos)),
+                None => (h.last, clamp(h.resume_pos, pos)),
+            };
+            let part = Hole { first: seq, last, pos, resume_pos: resume, ..h };
+            self.holes.insert(at, part);
+            added.push(part);
+            at += 1;
+            (seq, pos) = (last + 1, resume);
         }
-        self.holes.insert(at, h);
-        true
+        added
     }
 
     /// The hole containing `seq`, if any.
@@ -280,6 +300,56 @@ impl State {
                 .map(|h| (h.first, h.last, h.cause))
                 .collect(),
             ..Checkpoint::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Holes of seqs `first..=last` lying at positions `100 * seq`.
+    fn hole(first: u64, last: u64) -> Hole {
+        Hole {
+            first,
+            last,
+            pos: 100 * first,
+            resume_pos: 100 * (last + 1),
+            first_ts: 0,
+            last_ts: 0,
+            cause: LossCause::Corrupted,
+        }
+    }
+
+    #[test]
+    fn overlapping_holes_add_exactly_the_uncovered_seqs_and_bytes() {
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for _ in 0..2000 {
+            let mut st = crate::ring::recovery::fresh_state(1 << 20, 16);
+            st.next_seq = 61;
+            let mut want = std::collections::BTreeSet::new();
+            for _ in 0..1 + next(6) {
+                let first = 1 + next(60);
+                let last = (first + next(12)).min(60);
+                let added = st.add_hole(hole(first, last));
+                let new: Vec<u64> = (first..=last).filter(|s| !want.contains(s)).collect();
+                let got: Vec<u64> = added.iter().flat_map(|h| h.first..=h.last).collect();
+                assert_eq!(got, new, "adding {first}..={last} to {:?}", st.holes);
+                want.extend(new);
+                st.debug_check("test");
+                // On consistent positions each part keeps its own bytes.
+                for h in &st.holes {
+                    assert_eq!((h.pos, h.resume_pos), (100 * h.first, 100 * (h.last + 1)), "{:?}", st.holes);
+                }
+            }
+            let held: Vec<u64> = st.holes.iter().flat_map(|h| h.first..=h.last).collect();
+            assert_eq!(held, want.into_iter().collect::<Vec<_>>());
         }
     }
 }
