@@ -698,3 +698,35 @@ fn damage_that_grows_around_a_known_hole_is_counted_whole() {
         assert_eq!(damaged.iter().map(|l| l.bytes).sum::<u64>(), 8 * FRAME, "{damaged:?}");
     }
 }
+
+/// Acks that end where no read ended (a consumer acking record by record)
+/// still leave a checkpoint naming the next record's frame, so a clean
+/// reopen reads no frames: damage further on is met by the first read,
+/// not by the open.
+#[test]
+fn acks_between_read_boundaries_keep_the_clean_reopen_fast() {
+    use std::os::unix::fs::FileExt;
+    let t = TempRing::new();
+    let ring = common::open(&t.dir, common::small(8192));
+    for i in 1..=40 {
+        ring.append(&payload(i, LEN)).unwrap();
+    }
+    let got = ring.read(1, usize::MAX, usize::MAX).unwrap();
+    for r in &got.records[..25] {
+        ring.ack(r.seq).unwrap();
+    }
+    ring.close().unwrap();
+    drop(ring);
+    // Seq 30's header goes bad while the ring is closed.
+    let file = std::fs::OpenOptions::new().write(true).open(t.data_file()).unwrap();
+    file.write_all_at(&[0xff], DATA_OFFSET + 29 * FRAME + 24).unwrap();
+    let (ring, report) = Ring::open(&t.dir, common::small(8192)).unwrap();
+    assert!(report.clean_shutdown);
+    assert_eq!((report.pending, report.damaged_records), (15, 0), "the open read the ring: {report:?}");
+    let got = ring.read(26, usize::MAX, usize::MAX).unwrap();
+    let seqs: Vec<u64> = got.records.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (26..=40).filter(|&s| s != 30).collect::<Vec<_>>());
+    let s = ring.stats();
+    assert_eq!((s.acked, s.corrupted, s.pending), (25, 1, 14));
+    assert_identity(&s);
+}

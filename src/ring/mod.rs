@@ -268,7 +268,7 @@ impl Ring {
     /// or [`Error::Io`] if the checkpoint could not be written.
     pub fn ack(&self, seq: u64) -> Result<()> {
         let inner = &*self.inner;
-        {
+        let unplaced = {
             let mut st = inner.state.lock();
             if st.closed {
                 return Err(Error::Closed);
@@ -287,8 +287,22 @@ impl Ring {
             st.ack_pos = st.hints.get(&(seq + 1)).copied();
             st.settle();
             st.debug_check("ack");
-        }
+            st.ack_pos.is_none() && seq >= st.tail_seq && seq + 1 < st.next_seq && st.hole_at(seq + 1).is_none()
+        };
         inner.room.notify_all();
+        if unplaced {
+            // No read ended at `seq`: find the next record's frame, so the
+            // checkpoint can name it and a reopen need not read the ring
+            // to find it. An I/O error here is left for the next read to
+            // report: the ack itself is done.
+            if let Ok(Some(pos)) = inner.locate(seq + 1) {
+                let mut st = inner.state.lock();
+                if st.ack_seq == seq && st.ack_pos.is_none() && pos >= st.tail_pos {
+                    st.ack_pos = Some(pos);
+                    st.note_hint(seq + 1, pos);
+                }
+            }
+        }
         inner.write_checkpoint(false)
     }
 

@@ -9,6 +9,9 @@ use crate::stats::LossCause;
 use crate::sync::atomic::Ordering;
 use crate::{Error, Result};
 
+/// How far [`Inner::locate`] hops from the nearest known position.
+const LOCATE_BYTES: u64 = 1 << 20;
+
 /// One record read from the ring.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -111,6 +114,33 @@ impl Inner {
                 .collect();
             return Ok(ReadBatch { records, next_seq: walk.next_seq.max(from_seq) });
         }
+    }
+
+    /// The position of the intact frame of `seq`, hopping from header to
+    /// header (no lock held) from the nearest position the state knows, at
+    /// most `LOCATE_BYTES` ahead of it. The caller checks, under the state
+    /// lock, that the frame was not evicted meanwhile. `None` if the walk
+    /// meets damage, passes `seq`, or goes too far.
+    pub(super) fn locate(&self, seq: u64) -> std::io::Result<Option<u64>> {
+        let (mut at, head) = {
+            let st = self.state.lock();
+            (st.start_for(seq).1, st.head)
+        };
+        let limit = head.min(at + LOCATE_BYTES);
+        // Small reads: an ack per record hops one frame from the last.
+        let mut scan = Scanner::new(&*self.data, self.cap, self.stored_len, 4096);
+        while at < limit {
+            match scan.header_at(at)? {
+                Found::Wrap => at = next_lap(at, self.cap),
+                Found::Pad(h) => at += h.size(),
+                Found::Record(h) if h.seq < seq => at += h.size(),
+                Found::Record(h) if h.seq == seq => {
+                    return Ok(matches!(scan.verify(h)?, Found::Record(_)).then_some(at));
+                }
+                Found::Record(_) | Found::Invalid => break,
+            }
+        }
+        Ok(None)
     }
 
     /// Walks frames from `span.start_pos` without any lock, collecting
