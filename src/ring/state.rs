@@ -334,7 +334,7 @@ mod tests {
             let mut st = crate::ring::recovery::fresh_state(1 << 20, 16);
             st.next_seq = 61;
             let mut want = std::collections::BTreeSet::new();
-            for _ in 0..1 + next(6) {
+            for _ in 0..=next(6) {
                 let first = 1 + next(60);
                 let last = (first + next(12)).min(60);
                 let added = st.add_hole(hole(first, last));
