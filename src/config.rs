@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::ring::frame::{MAX_PAYLOAD, frame_size};
+use crate::ring::frame::{ALIGN, HEADER_LEN, MAX_PAYLOAD, frame_size};
 use crate::{Error, Result, Storage};
 
 /// When appended records reach stable storage.
@@ -118,16 +118,31 @@ impl RingConfig {
     /// 256 KiB or a quarter of the capacity, whichever is smaller. The
     /// capacity must hold two frames of it (a frame is the payload plus 32
     /// bytes, rounded up to 8): a record that wraps may leave almost one
-    /// frame unused at the end of the data area.
+    /// frame unused at the end of the data area. A ring opened with another
+    /// capacity than it was created with keeps its own, and the limit is
+    /// lowered to what its capacity holds.
     #[must_use]
     pub fn with_max_record_len(mut self, bytes: usize) -> Self {
         self.max_record_len = Some(bytes);
         self
     }
 
-    /// The largest payload `append` accepts with this configuration.
+    /// The largest payload `append` accepts with this configuration (in a
+    /// new ring, or one created with the same capacity).
     pub fn max_record_len(&self) -> usize {
         self.max_record_len.unwrap_or_else(|| (256 << 10).min(usize::try_from(self.capacity / 4).unwrap_or(usize::MAX)))
+    }
+
+    /// The largest payload `append` accepts in a ring of `cap` bytes: an
+    /// existing ring keeps its capacity on disk whatever is configured, and
+    /// a record two of whose frames it could not hold is too large for it,
+    /// not a reason to call the ring full. For a configuration that passed
+    /// `validate`, in a ring of the configured capacity, this is
+    /// [`max_record_len`](Self::max_record_len).
+    pub(crate) fn max_record_len_in(&self, cap: u64) -> usize {
+        // The largest payload of which two frames fit (`min_capacity`).
+        let two_frames = ((cap / 2) & !(ALIGN - 1)).saturating_sub(HEADER_LEN as u64);
+        self.max_record_len().min(usize::try_from(two_frames).unwrap_or(usize::MAX))
     }
 
     /// The sync policy.
@@ -146,7 +161,8 @@ impl RingConfig {
 
     /// How often at most evictions of unacknowledged records write a
     /// checkpoint (without fsync), bounding what a crash leaves for
-    /// recovery to rediscover from sequence gaps.
+    /// recovery to rediscover from sequence gaps. Zero writes one after
+    /// every such append (a `pwrite` of the checkpoint each time).
     #[must_use]
     pub fn with_checkpoint_interval(mut self, interval: Duration) -> Self {
         self.checkpoint_interval = interval;

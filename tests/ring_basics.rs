@@ -388,6 +388,36 @@ fn too_large_record_is_refused_and_counted() {
     assert_eq!(ring.append(b"ok").unwrap(), 1);
 }
 
+/// An existing ring keeps its capacity on disk whatever is configured: a
+/// record two of whose frames that capacity cannot hold is too large, with
+/// the limit the ring can keep, never `Full` (which says acks would help).
+#[test]
+fn a_ring_reopened_with_a_larger_capacity_limits_records_by_its_own() {
+    let t = TempRing::new();
+    open(&t.dir, small(64 << 10)).close().unwrap();
+    for (round, (max_record_len, limit)) in
+        [(Some(100 << 10), (32 << 10) - 32), (None, (32 << 10) - 32)].into_iter().enumerate()
+    {
+        let mut config = RingConfig::default().with_capacity(1 << 20).with_sync(SyncPolicy::Never);
+        if let Some(len) = max_record_len {
+            config = config.with_max_record_len(len);
+        }
+        let (ring, report) = Ring::open(&t.dir, config).unwrap();
+        assert!(report.capacity_mismatch);
+        let err = ring.append(&vec![7; 40 << 10]).unwrap_err();
+        assert!(
+            matches!(err, Error::RecordTooLarge { len, max } if len == 40 << 10 && max == limit),
+            "configured {max_record_len:?}: {err}"
+        );
+        assert!(matches!(ring.append(&vec![7; limit + 1]), Err(Error::RecordTooLarge { .. })));
+        ring.append(&vec![7; limit]).unwrap();
+        let s = ring.stats();
+        assert_eq!((s.rejected, s.capacity), (2 * round as u64 + 2, 64 << 10));
+        assert_identity(&s);
+        ring.close().unwrap();
+    }
+}
+
 #[test]
 fn capacity_too_small_for_one_record_is_a_config_error() {
     let t = TempRing::new();
@@ -1017,4 +1047,63 @@ fn recovery_and_reads_ask_for_the_bytes_ahead_of_their_reads() {
         let read = assert_reads_were_asked_for(&calls.lock(), &reads.lock(), "reads");
         assert!(read >= s.pending * 1024, "reads read {read} bytes for {} records", s.pending);
     }
+}
+
+/// `ring.data`'s storage, counting the bytes read from it.
+struct CountedReads {
+    inner: Box<dyn ringship::Storage>,
+    read: Arc<AtomicU64>,
+}
+
+impl ringship::Storage for CountedReads {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.read.fetch_add(buf.len() as u64, SeqCst);
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+}
+
+/// After a reopen a read from the delivery cursor starts at the frame the
+/// checkpoint names, and a read from the head reads nothing: neither walks
+/// the acknowledged records still in the ring.
+#[test]
+fn reads_after_a_reopen_start_at_the_cursor_not_the_oldest_record() {
+    let t = TempRing::new();
+    let ring = open(&t.dir, small(1 << 20));
+    for i in 1..=5000 {
+        ring.append(&payload(i, 100)).unwrap();
+    }
+    assert_eq!(ring.read(1, 4000, usize::MAX).unwrap().next_seq, 4001);
+    ring.ack(4000).unwrap();
+    ring.close().unwrap();
+    drop(ring);
+    let read = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&read);
+    let config = small(1 << 20).with_storage_wrapper(Arc::new(move |path, inner| {
+        if path.ends_with("ring.data") { Box::new(CountedReads { inner, read: Arc::clone(&counter) }) } else { inner }
+    }));
+    let ring = open(&t.dir, config);
+    read.store(0, SeqCst);
+    // Records 1..=4000 take 544,000 bytes before the cursor; a read asks
+    // for 64 KiB at a time.
+    let got = ring.read(4001, 10, 1000).unwrap();
+    assert_eq!(got.records.iter().map(|r| r.seq).collect::<Vec<_>>(), (4001..=4010).collect::<Vec<_>>());
+    assert!(read.load(SeqCst) <= 64 << 10, "read {} bytes to reach the cursor", read.load(SeqCst));
+    let ring_again = || {
+        read.store(0, SeqCst);
+        ring.read(5001, 10, 1000).unwrap()
+    };
+    assert!(ring_again().is_empty());
+    assert_eq!(read.load(SeqCst), 0, "a read from the head read the ring");
 }

@@ -334,7 +334,7 @@ fn open_storages(
         data,
         meta,
         cap,
-        max_len: config.max_record_len(),
+        max_len: config.max_record_len_in(cap),
         stored_len: super::frame::max_stored_len(cap),
         config,
         ring_id,

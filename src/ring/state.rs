@@ -212,15 +212,31 @@ impl State {
         }
     }
 
-    /// Best known starting point at or before `seq`: `(seq, pos)`.
+    /// Best known starting point at or before `seq`: `(seq, pos)`. Beside
+    /// the hints readers leave, the state always knows two frames: the
+    /// delivery cursor's (when known) and the head, where `next_seq` will
+    /// go. After a reopen, with no hints yet, those keep the first read
+    /// from walking every record still in the ring.
     pub(crate) fn start_for(&self, seq: u64) -> (u64, u64) {
         if seq <= self.tail_seq {
             return (self.tail_seq, self.tail_pos);
         }
-        match self.hints.range(..=seq).next_back() {
-            Some((&s, &p)) if s >= self.tail_seq && p >= self.tail_pos => (s, p),
-            _ => (self.tail_seq, self.tail_pos),
+        if seq >= self.next_seq {
+            return (self.next_seq, self.head);
         }
+        let mut best = (self.tail_seq, self.tail_pos);
+        if let Some((&s, &p)) = self.hints.range(..=seq).next_back() {
+            if s >= self.tail_seq && p >= self.tail_pos {
+                best = (s, p);
+            }
+        }
+        if let Some(p) = self.ack_pos {
+            let s = self.ack_seq + 1;
+            if s > best.0 && s <= seq && self.ack_seq >= self.tail_seq && p >= self.tail_pos {
+                best = (s, p);
+            }
+        }
+        best
     }
 
     /// Checks the state's own invariants (debug builds): holes sorted,
