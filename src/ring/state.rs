@@ -115,18 +115,14 @@ impl State {
     /// settled counters and the loss list.
     pub(crate) fn settle(&mut self) {
         let s = self.settled();
-        while let Some(h) = self.holes.first_mut() {
-            if h.first > s {
-                break;
-            }
-            let mut part = *h;
-            if h.last > s {
-                part.last = s;
-                part.resume_pos = part.pos;
-                h.first = s + 1;
-            } else {
-                self.holes.remove(0);
-            }
+        // Holes wholly settled leave the list in one go.
+        let whole = self.holes.partition_point(|h| h.last <= s);
+        let mut parts: Vec<Hole> = self.holes.drain(..whole).collect();
+        if let Some(h) = self.holes.first_mut().filter(|h| h.first <= s) {
+            parts.push(Hole { last: s, resume_pos: h.pos, ..*h });
+            h.first = s + 1;
+        }
+        for part in parts {
             match part.cause {
                 LossCause::LostUnsynced => self.lost_unsynced += part.count(),
                 _ => self.corrupted += part.count(),
@@ -194,9 +190,10 @@ impl State {
         if from > to {
             return 0;
         }
-        let missing: u64 = self
-            .holes
+        let at = self.holes.partition_point(|h| h.last < from);
+        let missing: u64 = self.holes[at..]
             .iter()
+            .take_while(|h| h.first <= to)
             .map(|h| {
                 let (lo, hi) = (h.first.max(from), h.last.min(to));
                 if lo <= hi { hi - lo + 1 } else { 0 }
