@@ -114,7 +114,9 @@ fn client_errors_are_permanent_and_keep_the_records() {
     eventually("a permanent failure", || shipper.stats().permanent_failures >= 1);
     let h = shipper.health();
     assert_eq!(h.state, HealthState::Degraded);
-    assert!(h.last_error.unwrap().contains("HTTP 400"), "the status shows in health");
+    let error = h.last_error.unwrap();
+    assert!(error.contains("HTTP 400"), "the status shows in health: {error}");
+    assert!(error.contains("scripted refusal: HTTP 400"), "the receiver's answer shows in health: {error}");
     assert_eq!(shipper.stats().ring.pending, 1, "never silently dropped");
     // Fixed on the receiving side: the record goes through.
     eventually("delivered after the 400s", || shipper.stats().ring.acked == 1);
@@ -244,4 +246,68 @@ fn a_ringship_process_killed_and_restarted_loses_nothing() {
     }
     eprintln!("{kills} SIGKILLs; {} records received for {TOTAL} appended (duplicates by seq)", rx.received());
     assert!(kills >= 1);
+}
+
+/// A receiver that answers every request with a body (as most do: a JSON
+/// status) on a connection it keeps open: the transport reads the answer
+/// to its end and sends the next batch on the same connection, instead of
+/// opening one per batch.
+#[test]
+fn answers_with_a_body_keep_the_connection_for_the_next_batch() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/ingest", listener.local_addr().unwrap());
+    let (connections, requests) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (c, r) = (Arc::clone(&connections), Arc::clone(&requests));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            c.fetch_add(1, SeqCst);
+            let r = Arc::clone(&r);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut out = stream;
+                loop {
+                    let mut len = 0;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    reader.read_exact(&mut body).unwrap();
+                    r.fetch_add(1, SeqCst);
+                    let answer = "{\"status\":\"ok\",\"detail\":\"every record stored\"}";
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        answer.len()
+                    );
+                    if out.write_all(head.as_bytes()).and_then(|()| out.write_all(answer.as_bytes())).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let t = TempRing::new();
+    let shipper = shipper_builder(&t, 1 << 20, &url, exact()).max_batch_records(10).start().unwrap();
+    for i in 1..=100 {
+        shipper.append(&payload(i, 32)).unwrap();
+        if i % 10 == 0 {
+            let acked = i;
+            eventually("batch acked", || shipper.stats().ring.acked == acked);
+        }
+    }
+    assert_eq!(requests.load(SeqCst), 10);
+    assert_eq!(connections.load(SeqCst), 1, "one connection per batch");
 }

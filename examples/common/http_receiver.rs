@@ -93,7 +93,9 @@ impl HttpReceiver {
                     }
                 }
                 drop(inbox);
-                let mut resp = tiny_http::Response::empty(status);
+                // A refusal says why, as real receivers do.
+                let answer = if status >= 400 { format!("scripted refusal: HTTP {status}") } else { String::new() };
+                let mut resp = tiny_http::Response::from_string(answer).with_status_code(status);
                 if (300..400).contains(&status) {
                     resp = resp.with_header(tiny_http::Header::from_bytes("Location", "/moved").unwrap());
                 }

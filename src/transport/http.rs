@@ -154,6 +154,11 @@ pub(crate) fn gap_header(batch: &Batch) -> Option<String> {
     })
 }
 
+/// Largest answer body read; a longer one closes the connection.
+const MAX_ANSWER: u64 = 64 << 10;
+/// Characters of a refusal's answer kept in the error message.
+const MAX_REASON: usize = 200;
+
 /// What a finished request says about the batch.
 fn classify(status: u16, retry_after: Option<&str>) -> Result<(), SendError> {
     match status {
@@ -208,9 +213,21 @@ impl Transport for HttpTransport {
         // The request runs on a helper thread so that a cancellation is
         // honoured at once; the helper ends by the deadline at the latest.
         run_cancellable("ringship-http", ctx, move || match req.send(&body[..]) {
-            Ok(resp) => {
+            Ok(mut resp) => {
                 let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
-                classify(resp.status().as_u16(), retry_after.as_deref())
+                // Read the answer to its end (up to `MAX_ANSWER`): only then
+                // is the connection kept for the next batch. A refusal's
+                // answer usually says why: it goes into the error.
+                let answer = resp.body_mut().with_config().limit(MAX_ANSWER).read_to_vec().unwrap_or_default();
+                classify(resp.status().as_u16(), retry_after.as_deref()).map_err(|mut e| {
+                    let why = String::from_utf8_lossy(&answer);
+                    let why = why.trim();
+                    if !why.is_empty() {
+                        let cut = why.char_indices().nth(MAX_REASON).map_or(why.len(), |(i, _)| i);
+                        e.message = format!("{}: {}", e.message, &why[..cut]);
+                    }
+                    e
+                })
             }
             Err(ureq::Error::Timeout(_)) => Err(SendError::timed_out()),
             // The endpoint's URL or headers: sending again cannot help.
