@@ -17,7 +17,7 @@
 //! a GET without the batch): a 3xx is non-retryable too.
 
 use std::io::Write as _;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 
@@ -159,14 +159,24 @@ const MAX_ANSWER: u64 = 64 << 10;
 /// Characters of a refusal's answer kept in the error message.
 const MAX_REASON: usize = 200;
 
+/// A `Retry-After` value: seconds, or an HTTP date (RFC 9110, 10.2.3),
+/// which asks for the time until then (none if it has passed).
+fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    match value.parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(_) => httpdate::parse_http_date(value).ok().map(|at| at.duration_since(now).unwrap_or_default()),
+    }
+}
+
 /// What a finished request says about the batch.
 fn classify(status: u16, retry_after: Option<&str>) -> Result<(), SendError> {
     match status {
         200..=299 => Ok(()),
         408 | 429 | 500..=599 => {
             let mut e = SendError::retryable(format!("HTTP {status}"));
-            if let Some(secs) = retry_after.and_then(|v| v.trim().parse::<u64>().ok()) {
-                e = e.with_retry_after(Duration::from_secs(secs));
+            if let Some(wait) = retry_after.and_then(|v| parse_retry_after(v, SystemTime::now())) {
+                e = e.with_retry_after(wait);
             }
             Err(e)
         }
@@ -290,9 +300,24 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_747); // Sun, 06 Nov 1994 08:49:07 GMT
+        let wait = |v: &str| parse_retry_after(v, now);
+        assert_eq!(wait(" 120 "), Some(Duration::from_secs(120)));
+        // The three date formats RFC 9110 asks recipients to accept.
+        assert_eq!(wait("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::from_secs(30)));
+        assert_eq!(wait("Sunday, 06-Nov-94 08:49:37 GMT"), Some(Duration::from_secs(30)));
+        assert_eq!(wait("Sun Nov  6 08:49:37 1994"), Some(Duration::from_secs(30)));
+        assert_eq!(wait("Sun, 06 Nov 1994 08:00:00 GMT"), Some(Duration::ZERO), "a date passed: retry now");
+        assert_eq!(wait("-5"), None);
+        assert_eq!(wait("tomorrow"), None);
+    }
+
+    #[test]
     fn statuses_map_to_retry_decisions() {
         assert!(classify(204, None).is_ok());
         assert_eq!(classify(503, Some("7")).unwrap_err().retry_after, Some(Duration::from_secs(7)));
+        assert_eq!(classify(503, Some("soon")).unwrap_err().retry_after, None);
         assert_eq!(classify(429, None).unwrap_err().kind, SendErrorKind::Retryable);
         assert_eq!(classify(408, None).unwrap_err().kind, SendErrorKind::Retryable);
         assert_eq!(classify(400, None).unwrap_err().kind, SendErrorKind::Permanent);
