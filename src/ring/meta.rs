@@ -224,7 +224,9 @@ impl Checkpoint {
         let flags = u32_at(b, 168);
         let n = u32_at(b, 188) as usize;
         let h = u32_at(b, 192) as usize;
-        if FIXED_LEN + n * LOSS_LEN + h * HINT_LEN != len {
+        // More than a checkpoint ever holds: a forged or foreign slot, and
+        // encoding it again would overrun the slot.
+        if n > crate::config::MAX_LOSS_RANGES || h > MAX_HOLE_HINTS || FIXED_LEN + n * LOSS_LEN + h * HINT_LEN != len {
             return Err(HeaderError::Checksum);
         }
         let mut losses = LossList::default();
@@ -350,6 +352,21 @@ pub(crate) fn pick_checkpoint(slots: [&[u8]; 2]) -> Slots {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// More loss ranges or hole hints than a checkpoint ever holds: a slot
+    /// the ring did not write (and would overrun if it wrote it back).
+    #[test]
+    fn a_slot_holding_more_ranges_or_hints_than_allowed_is_damaged() {
+        let with = |ranges: usize, hints: u64| {
+            let mut c = sample();
+            c.losses.ranges = vec![c.losses.ranges[0]; ranges];
+            c.hole_hints = (0..hints).map(|i| (200 + i, 200 + i, LossCause::Corrupted)).collect();
+            Checkpoint::decode(&c.encode())
+        };
+        assert!(with(crate::config::MAX_LOSS_RANGES, MAX_HOLE_HINTS as u64).is_ok());
+        assert!(with(crate::config::MAX_LOSS_RANGES + 1, 1).is_err());
+        assert!(with(1, MAX_HOLE_HINTS as u64 + 1).is_err());
+    }
 
     #[test]
     fn a_checksummed_but_inconsistent_slot_is_damaged() {
