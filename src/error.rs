@@ -48,8 +48,20 @@ pub enum Error {
     RecordTooLarge {
         /// Size of the rejected payload.
         len: usize,
-        /// The configured maximum.
+        /// The maximum: the configured one, or less in a ring whose
+        /// capacity on disk is smaller than the configured one.
         max: usize,
+    },
+    /// The batch cannot fit in the ring even when it is empty: its frames
+    /// and its largest frame once more (the most a wrap at the end of the
+    /// data area can leave unused) exceed the capacity. Nothing was
+    /// written; the records were counted as rejected. Split the batch.
+    #[error("batch needs {needed} bytes of ring, more than the ring's capacity of {capacity} bytes can hold")]
+    BatchTooLarge {
+        /// Ring bytes the batch needs: its frames plus its largest frame.
+        needed: u64,
+        /// The ring's capacity in bytes.
+        capacity: u64,
     },
     /// The ring is full of unacknowledged records and the full policy is
     /// [`FullPolicy::RejectNew`](crate::FullPolicy::RejectNew); the record was

@@ -358,7 +358,8 @@ fn a_batch_that_wraps_never_overwrites_its_own_records() {
                         expected.insert(r.seq, p.clone());
                     }
                 }
-                Err(Error::Full { .. }) => {
+                Err(Error::BatchTooLarge { needed, capacity }) => {
+                    assert_eq!((needed, capacity), (frames + largest, cap));
                     assert!(frames + largest > cap, "refused a batch of {frames} bytes with a {largest}-byte frame");
                     rejected += 4;
                 }
@@ -475,6 +476,27 @@ fn a_directory_that_is_not_a_ring_is_refused() {
     std::fs::write(t.dir.join("ring.data"), vec![7u8; 8192]).unwrap();
     let err = Ring::open(&t.dir, small(64 << 10)).unwrap_err();
     assert!(matches!(err, Error::NotARing { .. }), "{err}");
+}
+
+/// A creation interrupted (a crash, a full disk) before its renames leaves
+/// its temporary files: the next open starts the creation again, at once.
+/// Before, it failed on the files being there, and only the open after
+/// that (the failure removed them) created the ring.
+#[test]
+fn an_interrupted_creation_is_started_again() {
+    for leftovers in [&["ring.data.tmp", "ring.meta.tmp"][..], &["ring.data.tmp"], &["ring.meta.tmp"]] {
+        let t = TempRing::new();
+        std::fs::create_dir_all(&t.dir).unwrap();
+        for name in leftovers {
+            std::fs::write(t.dir.join(name), vec![7u8; 3000]).unwrap();
+        }
+        let (ring, report) = Ring::open(&t.dir, small(64 << 10)).expect("the creation starts again");
+        assert!(report.created);
+        assert_eq!(ring.append(b"first").unwrap(), 1);
+        let names: Vec<String> =
+            std::fs::read_dir(&t.dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert!(!names.iter().any(|n| n == "ring.data.tmp" || n == "ring.meta.tmp"), "{names:?}");
+    }
 }
 
 #[test]
@@ -1106,4 +1128,31 @@ fn reads_after_a_reopen_start_at_the_cursor_not_the_oldest_record() {
     };
     assert!(ring_again().is_empty());
     assert_eq!(read.load(SeqCst), 0, "a read from the head read the ring");
+}
+
+/// A batch refused for its sizes reserves no seqs: after a power loss the
+/// ring counts no more seqs lost than one reservation block. Before, the
+/// refused batch first extended the reservation by its own length, and a
+/// power loss counted all of those seqs lost too (they were also counted
+/// rejected: `appended` counted them twice).
+#[test]
+fn a_batch_refused_for_its_size_reserves_no_seqs() {
+    use ringship::sim::{Faults, SimDisk};
+    let disk = SimDisk::new(11, Faults { lose_unsynced: 1.0, ..Faults::NONE });
+    let config = || small(64 << 10).with_sync(SyncPolicy::Always).with_seq_reservation(4);
+    let (ring, _) = Ring::open_on(disk.file("ring.data"), disk.file("ring.meta"), config()).unwrap();
+    assert_eq!(ring.append(b"one").unwrap(), 1);
+    let mut batch = vec![vec![1u8; 10]; 1000];
+    batch[999] = vec![1; 1025];
+    assert!(matches!(ring.append_batch(&batch), Err(Error::RecordTooLarge { .. })));
+    let huge = vec![vec![1u8; 1000]; 100];
+    assert!(matches!(ring.append_batch(&huge), Err(Error::BatchTooLarge { .. })));
+    assert_eq!(ring.stats().rejected, 1100);
+    drop(ring);
+    disk.power_loss();
+    let (ring, _) = Ring::open_on(disk.file("ring.data"), disk.file("ring.meta"), config()).unwrap();
+    let s = ring.stats();
+    assert_identity(&s);
+    assert!(s.lost_unsynced <= 4, "seqs of refused batches counted lost: {s:?}");
+    assert!(ring.append(b"two").unwrap() <= 6);
 }

@@ -368,6 +368,60 @@ fn shutdown_with_a_hung_send_returns_by_its_deadline() {
     script.release.store(true, Ordering::SeqCst);
 }
 
+/// `ring.data` whose fsyncs fail once `fail` is set.
+struct FailingSync {
+    inner: Box<dyn ringship::Storage>,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ringship::Storage for FailingSync {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(5));
+        }
+        self.inner.sync_data()
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+}
+
+/// A shutdown whose final fsync fails still closes the ring and releases
+/// its directory, even while an abandoned send (ignoring its cancellation)
+/// keeps a reference to the ring: the host can reopen it at once, as the
+/// docs advise after a failed fsync. Before, the error returned before the
+/// close, and the directory stayed locked for as long as the send hung.
+#[test]
+fn a_shutdown_whose_fsync_fails_still_releases_the_ring() {
+    let t = TempRing::new();
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&fail);
+    let config = small(1 << 20).with_storage_wrapper(Arc::new(move |path, inner| {
+        if path.ends_with("ring.data") { Box::new(FailingSync { inner, fail: Arc::clone(&flag) }) } else { inner }
+    }));
+    let script = Script::new();
+    script.set("hang", Behavior::HangIgnoringCancel);
+    let shipper = builder(Ring::open(&t.dir, config).unwrap().0, &script, "hang").start().unwrap();
+    shipper.append(b"x").unwrap();
+    eventually("the send hangs", || script.sends.load(Ordering::SeqCst) == 1);
+    fail.store(true, Ordering::SeqCst);
+    let err = shipper.shutdown(Duration::from_millis(50)).unwrap_err();
+    assert!(err.to_string().contains("fsync"), "{err}");
+    let reopened = Ring::open(&t.dir, small(1 << 20));
+    script.release.store(true, Ordering::SeqCst);
+    let (ring, _) = reopened.expect("the directory was released");
+    assert_eq!(ring.stats().pending, 1);
+}
+
 #[test]
 fn append_after_shutdown_began_is_refused() {
     let t = TempRing::new();

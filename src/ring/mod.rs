@@ -232,8 +232,9 @@ impl Ring {
     /// # Errors
     /// As [`Ring::append`]. A batch whose frames (each record's payload
     /// plus 32 bytes, rounded up to 8) and its largest frame once more
-    /// exceed the capacity is [`Error::Full`] wherever the head is: wrapping
-    /// at the end of the data area may leave up to that many bytes unused.
+    /// exceed the capacity is [`Error::BatchTooLarge`] wherever the head
+    /// is: wrapping at the end of the data area may leave up to that many
+    /// bytes unused.
     pub fn append_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(u64, u64)> {
         let inner = &*self.inner;
         let n = payloads.len() as u64;
@@ -310,8 +311,9 @@ impl Ring {
     /// returns the durable seq.
     ///
     /// # Errors
-    /// [`Error::Poisoned`] if this or an earlier fsync failed, or
-    /// [`Error::Io`].
+    /// [`Error::Io`] if this fsync (or the checkpoint's write) fails, which
+    /// poisons the ring; [`Error::Poisoned`] if an earlier fsync failed;
+    /// [`Error::Closed`].
     pub fn sync(&self) -> Result<u64> {
         self.inner.sync_all(false)
     }
@@ -329,8 +331,9 @@ impl Ring {
     }
 
     /// Syncs, records a clean shutdown, stops the background thread and
-    /// releases the directory. Later calls on this handle fail with
-    /// [`Error::Closed`].
+    /// releases the directory. Later appends, reads, acks and syncs on this
+    /// handle fail with [`Error::Closed`]; `stats`, `losses` and another
+    /// `close` still answer.
     ///
     /// # Errors
     /// The sync or checkpoint error, if any; the directory is released
@@ -339,7 +342,9 @@ impl Ring {
         // Stop the background thread first: a renewal it is writing ends
         // before the final reservation below, which must be the last.
         self.inner.background.close();
-        if let Some(handle) = self.background.lock().take() {
+        // Joined with no lock held (LOCKS.md).
+        let handle = self.background.lock().take();
+        if let Some(handle) = handle {
             let _ = handle.join();
         }
         // Refuse appends first, so the final fsync covers every record the
@@ -476,9 +481,26 @@ impl Inner {
         deadline: Option<(Option<Instant>, Duration)>,
     ) -> Result<Option<(u64, u64)>> {
         let n = payloads.len() as u64;
+        // Sizes first: a batch refused for them must not reserve seqs (a
+        // power loss would count the reserved ones lost as well).
+        let (frames, largest) = payloads
+            .iter()
+            .map(|p| frame_size(p.as_ref().len()))
+            .fold((0, 0), |(sum, largest), size| (sum + size, size.max(largest)));
+        let refusal = if let Some(p) = payloads.iter().find(|p| p.as_ref().len() > self.max_len) {
+            Some(Error::RecordTooLarge { len: p.as_ref().len(), max: self.max_len })
+        } else if frames + largest > self.cap {
+            // A batch that wraps leaves the bytes before the end of the
+            // data area unused, fewer than the frame that did not fit
+            // there: it must fit with them, or its last frames would land
+            // on its first.
+            Some(Error::BatchTooLarge { needed: frames + largest, capacity: self.cap })
+        } else {
+            None
+        };
         let mut st = loop {
             let st = self.state.lock();
-            if st.next_seq + n - 1 <= st.seq_reserved || st.poisoned.is_some() || st.closed {
+            if refusal.is_some() || st.next_seq + n - 1 <= st.seq_reserved || st.poisoned.is_some() || st.closed {
                 break st;
             }
             drop(st);
@@ -489,19 +511,8 @@ impl Inner {
             }
         };
         Self::poisoned_error(&st)?;
-        if let Some(p) = payloads.iter().find(|p| p.as_ref().len() > self.max_len) {
-            let err = Error::RecordTooLarge { len: p.as_ref().len(), max: self.max_len };
+        if let Some(err) = refusal {
             return Err(Self::reject(&mut st, n, err));
-        }
-        let (frames, largest) = payloads
-            .iter()
-            .map(|p| frame_size(p.as_ref().len()))
-            .fold((0, 0), |(sum, largest), size| (sum + size, size.max(largest)));
-        // A batch that wraps leaves the bytes before the end of the data
-        // area unused, fewer than the frame that did not fit there: it must
-        // fit with them, or its last frames would land on its first.
-        if frames + largest > self.cap {
-            return Err(Self::reject(&mut st, n, Error::Full { needed: frames + largest }));
         }
         let ts = now_nanos();
         // The frames are laid out in a buffer the state keeps between

@@ -53,6 +53,14 @@ fn init_storage(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_p
 fn create(dir: &Path, data_path: &Path, meta_path: &Path, cap: u64) -> Result<()> {
     let data_tmp = dir.join("ring.data.tmp");
     let meta_tmp = dir.join("ring.meta.tmp");
+    // Left by a creation that was interrupted (the directory is locked:
+    // no other creation is under way): start again.
+    for tmp in [&data_tmp, &meta_tmp] {
+        match fs::remove_file(tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io("remove", tmp, e)),
+            _ => {}
+        }
+    }
     let result = (|| -> Result<()> {
         let data = open_rw(&data_tmp, true).map_err(|e| Error::io("create", &data_tmp, e))?;
         let meta = open_rw(&meta_tmp, true).map_err(|e| Error::io("create", &meta_tmp, e))?;

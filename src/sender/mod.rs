@@ -407,7 +407,8 @@ impl Shipper {
     /// the next start.
     ///
     /// # Errors
-    /// The ring's sync or close error.
+    /// The ring's sync or checkpoint error; the ring is closed and its
+    /// directory released either way.
     pub fn shutdown(mut self, deadline: Duration) -> Result<ShutdownReport> {
         let start = Instant::now();
         let shared = Arc::clone(&self.shared);
@@ -432,7 +433,8 @@ impl Shipper {
         }
         shared.status.lock().stopped = true;
         let stats = shared.stats();
-        shared.ring.sync()?;
+        // `close` syncs, and releases the directory even when that fails:
+        // a separate `sync` first would return before the release.
         shared.ring.close()?;
         Ok(ShutdownReport {
             drained: stats.ring.pending == 0,

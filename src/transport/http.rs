@@ -11,7 +11,7 @@
 //! | `X-Ringship-Gap` | `first-last; count=N; cause=overwritten; rejected=R; first-ts=T; last-ts=T` when records before the batch were lost |
 //!
 //! 2xx acknowledges the batch. 408, 429, 5xx and connection errors are
-//! retried (honouring `Retry-After` in seconds); any other status is
+//! retried (honouring `Retry-After`, in seconds or as a date); any other status is
 //! non-retryable: the records stay in the ring and the error shows in
 //! health and stats. Redirects are not followed (a redirected POST becomes
 //! a GET without the batch): a 3xx is non-retryable too.
