@@ -78,18 +78,31 @@ pub fn eventually(what: &str, f: impl Fn() -> bool) {
 
 /// Starts a child with `spawn` once per delay and SIGKILLs it after that
 /// delay if it is still running; then runs it once more to the end.
-/// Returns how many runs were killed and the last run's stdout.
+/// Returns how many runs were killed and the last run's stdout. A run that
+/// ended on its own must have succeeded: a child's failed check (a panic,
+/// exit code 101) fails the test.
 pub fn kill_and_restart(spawn: impl Fn() -> Child, delays_ms: &[u64]) -> (u32, String) {
+    use std::os::unix::process::ExitStatusExt;
     let mut kills = 0;
-    for &delay in delays_ms {
+    for (run, &delay) in delays_ms.iter().enumerate() {
         let mut c = spawn();
         std::thread::sleep(Duration::from_millis(delay));
-        if c.try_wait().unwrap().is_none() {
+        let status = if let Some(status) = c.try_wait().unwrap() {
+            status
+        } else {
             c.kill().unwrap();
             kills += 1;
-        }
-        c.wait().unwrap();
+            c.wait().unwrap()
+        };
+        // SIGKILL, or done just before it.
+        assert!(status.success() || status.signal() == Some(9), "run {run} of the child ended with {status}");
     }
     let out = spawn().wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the last run of the child ended with {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     (kills, String::from_utf8_lossy(&out.stdout).into_owned())
 }
