@@ -95,8 +95,8 @@ impl LossList {
             if last.cause == r.cause && last.last_seq + 1 == r.first_seq {
                 last.last_seq = r.last_seq;
                 last.last_ts = last.last_ts.max(r.last_ts);
-                last.count += r.count;
-                last.bytes += r.bytes;
+                last.count = last.count.saturating_add(r.count);
+                last.bytes = last.bytes.saturating_add(r.bytes);
                 return;
             }
         }
@@ -108,8 +108,8 @@ impl LossList {
             a.last_seq = a.last_seq.max(b.last_seq);
             a.first_ts = min_known_ts(a.first_ts, b.first_ts);
             a.last_ts = a.last_ts.max(b.last_ts);
-            a.count += b.count;
-            a.bytes += b.bytes;
+            a.count = a.count.saturating_add(b.count);
+            a.bytes = a.bytes.saturating_add(b.bytes);
             if a.cause != b.cause {
                 a.cause = LossCause::Mixed;
             }
@@ -241,5 +241,19 @@ mod tests {
         assert_eq!(l.ranges.iter().map(|x| x.count).sum::<u64>(), 20);
         assert_eq!(l.ranges[0].first_seq, 0);
         assert_eq!(l.ranges[2].last_seq, 91);
+    }
+
+    /// Byte totals saturate instead of overflowing (a panic in a debug
+    /// build): checkpoints bound each range's bytes below 2^62, and merges
+    /// add them up.
+    #[test]
+    fn merged_byte_totals_saturate() {
+        let mut l = LossList::default();
+        for i in 0..6 {
+            l.add(LossRange { bytes: (1 << 62) - 1, ..r(i * 10, i * 10 + 1, LossCause::Overwritten) }, 1);
+            l.add(LossRange { bytes: (1 << 62) - 1, ..r(i * 10 + 2, i * 10 + 3, LossCause::Overwritten) }, 1);
+        }
+        assert_eq!(l.ranges.len(), 1);
+        assert_eq!((l.ranges[0].bytes, l.ranges[0].count), (u64::MAX, 24));
     }
 }

@@ -186,6 +186,8 @@ impl Checkpoint {
         self.next_seq >= 1
             && self.next_seq < MAX_POSITION
             && self.head_pos < MAX_POSITION
+            && self.rejected < MAX_POSITION
+            && self.overwritten_bytes < MAX_POSITION
             && (1..=self.next_seq).contains(&self.tail_seq)
             && self.ack_seq < self.next_seq
             && self.settled_seq == self.ack_seq.max(self.tail_seq - 1)
@@ -194,6 +196,7 @@ impl Checkpoint {
                 r.first_seq <= r.last_seq
                     && r.last_seq <= self.settled_seq
                     && (1..=r.last_seq - r.first_seq + 1).contains(&r.count)
+                    && r.bytes < MAX_POSITION
             })
             && self.tail_pos <= self.head_pos
             && self.head_pos - self.tail_pos <= self.capacity
@@ -392,6 +395,21 @@ mod tests {
         c.tail_pos = MAX_POSITION - 1000;
         c.settled_pos = c.tail_pos;
         assert!(Checkpoint::decode(&c.encode()).is_err());
+        // Counters no ring reaches: adding to them overflows (a panic in a
+        // debug build at the next rejection or eviction).
+        let mut c = sample();
+        c.rejected = u64::MAX;
+        assert!(Checkpoint::decode(&c.encode()).is_err());
+        let mut c = sample();
+        c.overwritten_bytes = u64::MAX - 10;
+        assert!(Checkpoint::decode(&c.encode()).is_err());
+        let mut c = sample();
+        c.losses.ranges[0].bytes = u64::MAX;
+        assert!(Checkpoint::decode(&c.encode()).is_err());
+        let mut c = sample();
+        (c.rejected, c.overwritten_bytes, c.losses.ranges[0].bytes) =
+            (MAX_POSITION - 1, MAX_POSITION - 1, MAX_POSITION - 1);
+        assert!(Checkpoint::decode(&c.encode()).is_ok());
         assert!(Checkpoint::decode(&sample().encode()).is_ok());
     }
 

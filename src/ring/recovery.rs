@@ -517,7 +517,7 @@ impl Skip {
     /// loss ranges allow counting them: each lies wholly inside the jump or
     /// wholly outside it.
     fn passed(&self, seq: u64) -> Option<u64> {
-        let mut lost = 0;
+        let mut lost = 0u64;
         for &(first, last, count) in &self.lost {
             if last <= seq || first > self.last_seq {
                 continue;
@@ -525,7 +525,9 @@ impl Skip {
             if first <= seq || last > self.last_seq {
                 return None;
             }
-            lost += count;
+            // Checked: a hostile checkpoint (valid CRC) may hold
+            // overlapping ranges whose counts add up past u64.
+            lost = lost.checked_add(count)?;
         }
         (self.last_seq - seq).checked_sub(lost)
     }
@@ -801,5 +803,22 @@ pub(crate) fn fresh_state(cap: u64, max_losses: usize) -> State {
         reserve_writes: 0,
         tail_ahead: (0, Vec::new()),
         write_buf: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Overlapping loss ranges (a hostile checkpoint with a valid CRC; the
+    /// ring never writes them) whose counts add up past `u64::MAX` refuse
+    /// the jump instead of overflowing.
+    #[test]
+    fn a_skip_over_ranges_whose_counts_overflow_is_refused() {
+        let huge = (1 << 62) - 1;
+        let skip = Skip { first_seq: 1, last_seq: 1 << 62, through: 0, ack: None, lost: vec![(2, 100, huge); 5] };
+        assert_eq!(skip.passed(1), None);
+        let skip = Skip { lost: vec![(2, 100, 99)], ..skip };
+        assert_eq!(skip.passed(1), Some((1 << 62) - 1 - 99));
     }
 }
