@@ -214,12 +214,30 @@ fn rejected_records_are_reported_in_a_gap_notice() {
 
 #[test]
 fn on_loss_fires_with_the_overwritten_ranges() {
+    on_loss_reports_every_overwritten_record(0);
+}
+
+/// Records already in the ring when the shipper starts (a restart while
+/// the endpoint is down) are reported when they are overwritten. Before,
+/// the callback ignored every seq up to the last one at start: silent for
+/// those, then the range they merged into was cut to its newer seqs.
+#[test]
+fn on_loss_reports_records_that_were_in_the_ring_at_start() {
+    on_loss_reports_every_overwritten_record(20);
+}
+
+fn on_loss_reports_every_overwritten_record(in_ring_at_start: u64) {
     let t = TempRing::new();
     let script = Script::new();
     script.set("down", Behavior::Fail(SendErrorKind::Retryable));
     let reported = Arc::new(AtomicU64::new(0));
     let r2 = Arc::clone(&reported);
-    let shipper = builder(ring(&t, 4096), &script, "down")
+    let ring = ring(&t, 4096);
+    for i in 1..=in_ring_at_start {
+        ring.append(&payload(i, 100)).unwrap();
+    }
+    assert_eq!(ring.stats().overwritten, 0);
+    let shipper = builder(ring, &script, "down")
         .on_loss(move |ranges| {
             assert!(ranges.iter().all(|l| l.cause == LossCause::Overwritten));
             r2.fetch_add(ranges.iter().map(|l| l.count).sum(), Ordering::SeqCst);
@@ -228,10 +246,10 @@ fn on_loss_fires_with_the_overwritten_ranges() {
         .start()
         .unwrap();
     for i in 1..=100 {
-        shipper.append(&payload(i, 100)).unwrap();
+        shipper.append(&payload(in_ring_at_start + i, 100)).unwrap();
     }
     let lost = shipper.stats().ring.overwritten;
-    assert!(lost > 0);
+    assert!(lost > in_ring_at_start);
     let deadline = Instant::now() + Duration::from_secs(20);
     while reported.load(Ordering::SeqCst) != lost {
         assert!(

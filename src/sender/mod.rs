@@ -250,12 +250,15 @@ fn call_back(what: &str, f: impl FnOnce()) {
     }
 }
 
-/// `ring` is the ring's stats when the shipper started: losses and stalls
-/// are judged from that moment, whenever this thread gets to run.
-fn supervise(shared: &Arc<Shared>, stop: &Signal, ring: &crate::RingStats) {
+/// `ring` is the ring's stats when the shipper started, and `known_loss`
+/// the last seq of the loss ranges it already held: losses and stalls are
+/// judged from that moment, whenever this thread gets to run. Records that
+/// were in the ring then are reported when they are overwritten, like any
+/// other.
+fn supervise(shared: &Arc<Shared>, stop: &Signal, ring: &crate::RingStats, known_loss: u64) {
     let cfg = shared.cfg;
     let mut watch = Watch::new(shared.now(), cfg.stall_after, cfg.abandon_after, ring.ack_seq, ring.overwritten);
-    let mut reported_loss = ring.last_seq;
+    let mut reported_loss = known_loss;
     loop {
         if stop.wait_timeout(cfg.supervise_every) != Woken::TimedOut {
             return;
@@ -686,6 +689,9 @@ impl ShipperBuilder {
             on_loss: self.on_loss,
             worker: parking_lot::Mutex::new(None),
         });
+        // Losses first: one that lands between the two calls is reported
+        // (it is above `known_loss`), rather than skipped.
+        let known_loss = shared.ring.losses().iter().map(|l| l.last_seq).max().unwrap_or(0);
         let initial = shared.ring.stats();
         shared.rejected_reported.store(initial.rejected, Ordering::Release);
         spawn_worker(&shared, 1);
@@ -694,7 +700,7 @@ impl ShipperBuilder {
         let s = Arc::clone(&shared);
         let supervisor = std::thread::Builder::new()
             .name("ringship-supervisor".into())
-            .spawn(move || supervise(&s, &stop_rx, &initial))
+            .spawn(move || supervise(&s, &stop_rx, &initial, known_loss))
             .expect("spawn ringship supervisor thread");
         Ok(Shipper { shared, supervisor: Some((stop, supervisor)) })
     }
