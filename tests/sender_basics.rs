@@ -339,6 +339,37 @@ fn an_abandoned_send_that_succeeds_late_is_neither_a_gap_nor_reported_twice() {
     assert_eq!(all, (1..=100).collect::<Vec<_>>(), "delivered {delivered:?}, gaps {gaps:?}");
 }
 
+/// The abandoned send's late success comes after its replacement already
+/// delivered the same rejections to the new endpoint: they are not
+/// counted as reported twice, so the next rejection still reaches the
+/// receiver. Before, the late success added its count again, and the next
+/// rejection's notice was swallowed.
+#[test]
+fn rejections_delivered_twice_are_reported_once_and_later_ones_still_are() {
+    let t = TempRing::new();
+    let script = Script::new();
+    script.set("slow", Behavior::HangThenDeliver);
+    let shipper = builder(ring(&t, 1 << 20), &script, "slow")
+        .send_timeout(Duration::from_millis(50))
+        .abandon_after(Duration::from_millis(100))
+        .start()
+        .unwrap();
+    assert!(shipper.append(&vec![0; 1 << 20]).is_err());
+    for i in 1..=5 {
+        shipper.append(&payload(i, 100)).unwrap();
+    }
+    eventually("the first send hangs", || script.sends.load(Ordering::SeqCst) == 1);
+    shipper.switch_endpoint(Endpoint::new("ok"));
+    eventually("the replacement delivered", || shipper.stats().ring.acked == 5);
+    script.release.store(true, Ordering::SeqCst);
+    eventually("the late success", || script.receiver.received("slow").records.len() == 5);
+    assert!(shipper.append(&vec![0; 1 << 20]).is_err());
+    shipper.append(&payload(6, 100)).unwrap();
+    eventually("seq 6 delivered", || shipper.stats().ring.acked == 6);
+    let got = script.receiver.received("ok");
+    assert_eq!(got.gaps.iter().map(|g| g.rejected).collect::<Vec<_>>(), vec![1, 1], "{:?}", got.gaps);
+}
+
 #[test]
 fn shutdown_drains_then_closes() {
     let t = TempRing::new();

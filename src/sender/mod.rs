@@ -131,19 +131,22 @@ impl Shared {
         st.last_error = Some(message.to_owned());
     }
 
-    fn note_accepted(&self, batch: &Batch) {
-        self.note_gap_delivered(batch);
+    fn note_accepted(&self, batch: &Batch, rejected: u64) {
+        self.note_gap_delivered(batch, rejected);
         let mut st = self.status.lock();
         st.failing = false;
         st.last_error = None;
     }
 
-    /// Counts the gap notice `batch` delivered, and the rejections it
-    /// reported so no later notice repeats them.
-    fn note_gap_delivered(&self, batch: &Batch) {
-        if let Some(g) = batch.gap {
+    /// Counts the gap notice `batch` delivered, and notes that the ring's
+    /// rejections up to `rejected` (its count when the batch was read) were
+    /// reported, so no later notice repeats them. A maximum, not a sum: the
+    /// same rejections can be delivered twice (an abandoned send's late
+    /// success after its replacement's), and must not count twice.
+    fn note_gap_delivered(&self, batch: &Batch, rejected: u64) {
+        if batch.gap.is_some() {
             self.counters.gap_notices.fetch_add(1, Ordering::Relaxed);
-            self.rejected_reported.fetch_add(g.rejected, Ordering::AcqRel);
+            self.rejected_reported.fetch_max(rejected, Ordering::AcqRel);
         }
     }
 

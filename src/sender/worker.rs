@@ -17,7 +17,10 @@ pub(super) fn run(shared: &Arc<Shared>, epoch: u64, mut transport: Box<dyn Trans
     let ring = &shared.ring;
     let cfg = shared.cfg.machine;
     let mut m = Machine::new(cfg, ring.stats().ack_seq + 1, shared.generation(), shared.cfg.seed ^ epoch);
+    // The batch read, and the ring's rejected count its notice reports up
+    // to.
     let mut held: Option<Batch> = None;
+    let mut held_rejected = 0;
     let mut counted = m.counters;
     let mut draining = false;
     loop {
@@ -42,6 +45,7 @@ pub(super) fn run(shared: &Arc<Shared>, epoch: u64, mut transport: Box<dyn Trans
                 match ring.read(from, cfg.max_batch_records, cfg.max_batch_bytes) {
                     Ok(rb) => {
                         held = build_batch(shared, rb, from, stats.rejected);
+                        held_rejected = stats.rejected;
                         let info = held.as_ref().map(|b| BatchInfo {
                             first_seq: b.first_seq(),
                             last_seq: b.last_seq(),
@@ -68,14 +72,14 @@ pub(super) fn run(shared: &Arc<Shared>, epoch: u64, mut transport: Box<dyn Trans
                     // still counts, its rejections included. They are noted
                     // before the ack, so a read that sees the ack sees them.
                     if result.is_ok() {
-                        shared.note_gap_delivered(batch);
+                        shared.note_gap_delivered(batch, held_rejected);
                         let _ = ring.ack(batch.last_seq());
                     }
                     return;
                 }
                 let outcome = match &result {
                     Ok(()) => {
-                        shared.note_accepted(batch);
+                        shared.note_accepted(batch, held_rejected);
                         Outcome::Accepted
                     }
                     Err(e) => {
