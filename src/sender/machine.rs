@@ -280,11 +280,12 @@ impl Machine {
     }
 
     /// Shutdown: stop lingering, send what is held, stop once the ring
-    /// reads empty.
+    /// reads empty. An idle machine reads once more: records appended
+    /// since its last read (before intake stopped) are sent too.
     pub(crate) fn on_shutdown(&mut self) {
         self.draining = true;
         match self.state {
-            State::Idle { .. } => self.state = State::Stopped,
+            State::Idle { .. } => self.state = State::NeedRead,
             State::Lingering { .. } => self.state = State::ReadyToSend,
             _ => {}
         }
@@ -494,12 +495,23 @@ mod tests {
         assert_eq!(m.poll_action(0), Some(Action::Stop));
     }
 
+    /// An idle machine reads once more before it stops: a record appended
+    /// after its last (empty) read, before intake stopped, is shipped.
+    /// Before, it stopped at once and the shutdown waited out its whole
+    /// deadline with that record pending.
     #[test]
-    fn shutdown_of_an_idle_machine_stops_it() {
+    fn shutdown_of_an_idle_machine_reads_once_more_then_stops() {
         let mut m = Machine::new(cfg(), 1, 1, 1);
         m.poll_action(0);
         m.on_batch(0, None);
         m.on_shutdown();
+        assert_eq!(m.poll_action(0), Some(Action::Read { from_seq: 1 }));
+        m.on_batch(0, Some(batch(1, 1)));
+        assert_eq!(m.poll_action(0), Some(Action::Send));
+        m.on_send_result(0, 1, Outcome::Accepted);
+        assert_eq!(m.poll_action(0), Some(Action::Ack { seq: 1 }));
+        assert_eq!(m.poll_action(0), Some(Action::Read { from_seq: 2 }));
+        m.on_batch(0, None);
         assert_eq!(m.poll_action(0), Some(Action::Stop));
     }
 

@@ -89,7 +89,8 @@ pub(crate) struct Shared {
     base: Instant,
     on_stall: Option<StallCallback>,
     on_loss: Option<LossCallback>,
-    worker: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    /// The current worker: the epoch it was started for, and its thread.
+    worker: parking_lot::Mutex<Option<(u64, JoinHandle<()>)>>,
 }
 
 impl Shared {
@@ -243,7 +244,7 @@ fn spawn_worker(shared: &Arc<Shared>, epoch: u64) {
         .spawn(move || worker::run(&s, epoch, transport))
         .expect("spawn ringship worker thread");
     // The previous handle, if any, is dropped: an abandoned worker is detached.
-    *shared.worker.lock() = Some(handle);
+    *shared.worker.lock() = Some((epoch, handle));
 }
 
 /// Runs a user callback; a panic in it is caught so the supervisor lives on.
@@ -421,14 +422,24 @@ impl Shipper {
         let acked_before = shared.ring.stats().acked;
         shared.closing.store(true, Ordering::Release);
         shared.wake();
-        while shared.ring.stats().pending > 0 && start.elapsed() < deadline {
+        // Until drained, or the worker has stopped (an empty read while
+        // draining, or a closed ring) with no replacement under way (its
+        // epoch still the current one): nothing more will ship then.
+        let worker_running = || {
+            shared
+                .worker
+                .lock()
+                .as_ref()
+                .is_none_or(|(epoch, h)| !h.is_finished() || *epoch != shared.epoch.load(Ordering::Acquire))
+        };
+        while shared.ring.stats().pending > 0 && start.elapsed() < deadline && worker_running() {
             std::thread::sleep(Duration::from_millis(2).min(deadline.saturating_sub(start.elapsed())));
         }
         self.stop_threads();
         // Give the worker a moment to leave; a transport stuck past its
         // deadline is left behind, detached.
         let worker = shared.worker.lock().take();
-        if let Some(handle) = worker {
+        if let Some((_, handle)) = worker {
             let grace = Instant::now() + Duration::from_millis(200);
             while !handle.is_finished() && Instant::now() < grace {
                 std::thread::sleep(Duration::from_millis(1));
