@@ -231,6 +231,33 @@ fn loom_models_close_against_ack() {
     assert!(explored > 1, "loom explored no interleaving");
 }
 
+/// `close` whose final fsync fails against an `ack`: close releases the
+/// directory either way, so nothing may write a checkpoint after it
+/// returns (the next owner's files). Before, only a clean checkpoint
+/// stopped later writes: an ack that passed its closed check before a
+/// failed close wrote its checkpoint after the release.
+#[test]
+fn loom_models_failed_close_against_ack() {
+    let explored = model(|| {
+        let disk = SimDisk::new(4, Faults::NONE);
+        let config = RingConfig::default().with_capacity(4096).with_max_record_len(32).with_sync(SyncPolicy::Never);
+        let ring = Arc::new(ring_on(&disk, config));
+        ring.append(&[7; 32]).unwrap();
+        disk.set_faults(Faults { fsync_failure: 1.0, ..Faults::NONE });
+        let r = Arc::clone(&ring);
+        let acker = thread::spawn(move || r.ack(1));
+        assert!(ring.close().is_err(), "the final fsync fails");
+        let meta = disk.file("ring.meta");
+        let len = disk.len("ring.meta") as usize;
+        let (mut at_close, mut after) = (vec![0; len], vec![0; len]);
+        meta.read_at(&mut at_close, 0).unwrap();
+        let _ = acker.join().unwrap();
+        meta.read_at(&mut after, 0).unwrap();
+        assert!(at_close == after, "a checkpoint was written after close released the directory");
+    });
+    assert!(explored > 1, "loom explored no interleaving");
+}
+
 /// The background renewal of the seq reservation against appends and
 /// `close`: an append asks the background thread to renew once half the
 /// reservation is used, appends beyond it renew it themselves or wait for

@@ -38,9 +38,10 @@ pub(crate) struct MetaIo {
     pub(crate) writes: u64,
     /// The slot of the last write.
     pub(crate) last_slot: u64,
-    /// `close` wrote its clean checkpoint: it must stay the last (a late
-    /// ack's or append's would mark the ring unclean, or land in the
-    /// files of the next owner once the directory lock is released).
+    /// `close` wrote its clean checkpoint, or failed and released the
+    /// directory: nothing more is written to a slot (a late ack's or
+    /// append's would mark the ring unclean, or land in the files of the
+    /// next owner once the directory lock is released).
     pub(crate) finished: bool,
 }
 
@@ -359,6 +360,11 @@ impl Ring {
             return Ok(());
         }
         let result = self.inner.sync_all(true).map(|_| ());
+        // Nothing more goes to a slot, even when the clean checkpoint was
+        // not written (a failed fsync): once the lock is released, the
+        // files may be the next owner's. An ack or eviction writing one
+        // holds `meta_io`, so it has finished when this takes it.
+        self.inner.meta_io.lock().finished = true;
         self.inner.lock_file.lock().take();
         result
     }

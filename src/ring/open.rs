@@ -378,11 +378,12 @@ fn open_storages(
         cache_distrusted: AtomicBool::new(false),
         lock_file: parking_lot::Mutex::new(lock_file),
     };
-    if !created && !report.clean_shutdown {
-        // After a crash the newest checkpoint may never have been fsynced
-        // (acks write theirs without one), and the slot the next one goes
-        // to may hold the last durable checkpoint: make the newest durable
-        // before overwriting that (docs/FORMAT.md, checkpoint slots).
+    if !created {
+        // The newest checkpoint may never have been fsynced (acks write
+        // theirs without one; a crash can come between close's clean
+        // checkpoint and its fsync), and the slot the next one goes to may
+        // hold the last durable checkpoint: make the newest durable before
+        // overwriting that (docs/FORMAT.md, checkpoint slots).
         inner.sync_meta()?;
     }
     inner.write_checkpoint(false)?;
