@@ -114,7 +114,12 @@ impl Shared {
     /// the token a switch will fire.
     fn begin_send(&self, epoch: u64) -> (u64, Arc<Endpoint>, CancelToken) {
         let sent = self.endpoint.begin_send(epoch);
-        self.status.lock().send_started = Some((epoch, Instant::now()));
+        let mut st = self.status.lock();
+        // A replaced worker's late call never hides its replacement's send
+        // from the supervisor.
+        if st.send_started.is_none_or(|(e, _)| e <= epoch) {
+            st.send_started = Some((epoch, Instant::now()));
+        }
         sent
     }
 

@@ -59,10 +59,18 @@ impl Switchboard {
     /// endpoint and registering the token happen under one lock, so a
     /// switch either precedes the send (which then uses the new endpoint)
     /// or cancels it.
+    ///
+    /// A worker already replaced (a send by a newer epoch is registered)
+    /// gets a cancelled token and registers nothing: its late call must not
+    /// hide the newer worker's send from switches and the supervisor.
     pub(crate) fn begin_send(&self, epoch: u64) -> (u64, Arc<Endpoint>, CancelToken) {
         let token = CancelToken::new();
         let mut slot = self.slot.lock();
-        slot.inflight = Some((slot.generation, epoch, token.clone()));
+        if slot.inflight.as_ref().is_some_and(|(_, e, _)| *e > epoch) {
+            token.cancel();
+        } else {
+            slot.inflight = Some((slot.generation, epoch, token.clone()));
+        }
         (slot.generation, Arc::clone(&slot.endpoint), token)
     }
 
@@ -79,5 +87,25 @@ impl Switchboard {
         if let Some((_, _, token)) = self.slot.lock().inflight.take() {
             token.cancel();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replaced worker's late `begin_send` (epoch 1) after its
+    /// replacement's (epoch 2): the newer send stays the one a switch
+    /// cancels, and the stale worker's `end_send` does not unregister it.
+    /// Before, the stale call overwrote it, and its `end_send` cleared it.
+    #[test]
+    fn a_stale_workers_send_never_hides_a_newer_one() {
+        let board = Switchboard::new(Endpoint::new("a"));
+        let (_, _, newer) = board.begin_send(2);
+        let (_, _, stale) = board.begin_send(1);
+        assert!(stale.is_cancelled(), "a replaced worker's send is cancelled at once");
+        board.end_send(1);
+        board.switch(Endpoint::new("b"));
+        assert!(newer.is_cancelled(), "the switch cancels the newer worker's send");
     }
 }
