@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
-use common::{TempRing, assert_identity, eventually, open, payload, small};
+use common::{Hooks, TempRing, assert_identity, eventually, hook_file, open, payload, small};
 use ringship::{Error, FullPolicy, LossCause, Ring, RingConfig, SyncPolicy};
 
 #[test]
@@ -163,7 +163,7 @@ fn durations_too_long_to_end_wait_without_end() {
     assert_eq!(ring.sync().unwrap(), 4);
 }
 
-/// What a [`ProbedMeta`] saw, and whether its writes fail.
+/// What `ring.meta` saw, and whether its writes fail.
 #[derive(Default)]
 struct MetaProbe {
     /// Writes fail while set (and are counted in `failed`).
@@ -174,46 +174,29 @@ struct MetaProbe {
 }
 
 impl MetaProbe {
-    /// `config` with `ring.meta` wrapped in a [`ProbedMeta`] reporting here.
+    /// `config` with `ring.meta` watched by this probe.
     fn install(self: &Arc<Self>, config: RingConfig) -> RingConfig {
         let probe = Arc::clone(self);
-        config.with_storage_wrapper(Arc::new(move |path, inner| {
-            if path.ends_with("ring.meta") { Box::new(ProbedMeta { inner, probe: Arc::clone(&probe) }) } else { inner }
-        }))
+        hook_file(config, "ring.meta", move || Arc::clone(&probe))
     }
 }
 
-/// `ring.meta`'s storage, watched by a [`MetaProbe`].
-struct ProbedMeta {
-    inner: Box<dyn ringship::Storage>,
-    probe: Arc<MetaProbe>,
-}
-
-impl ringship::Storage for ProbedMeta {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        if self.probe.fail.load(SeqCst) {
-            self.probe.failed.fetch_add(1, SeqCst);
+impl Hooks for Arc<MetaProbe> {
+    fn before_write(&self, _buf: &[u8], offset: u64) -> std::io::Result<()> {
+        if self.fail.load(SeqCst) {
+            self.failed.fetch_add(1, SeqCst);
             return Err(std::io::Error::other("injected write error"));
         }
         match offset {
-            0 => self.probe.log.lock().push("slot 0"),
-            4096 => self.probe.log.lock().push("slot 1"),
+            0 => self.log.lock().push("slot 0"),
+            4096 => self.log.lock().push("slot 1"),
             _ => {}
         }
-        self.inner.write_at(buf, offset)
+        Ok(())
     }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.probe.log.lock().push("fsync");
-        self.inner.sync_data()
-    }
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
+    fn before_sync(&self) -> std::io::Result<()> {
+        self.log.lock().push("fsync");
+        Ok(())
     }
 }
 
@@ -1083,28 +1066,13 @@ fn recovery_and_reads_ask_for_the_bytes_ahead_of_their_reads() {
     }
 }
 
-/// `ring.data`'s storage, counting the bytes read from it.
-struct CountedReads {
-    inner: Box<dyn ringship::Storage>,
-    read: Arc<AtomicU64>,
-}
+/// Counts the bytes read from `ring.data`.
+struct CountedReads(Arc<AtomicU64>);
 
-impl ringship::Storage for CountedReads {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.read.fetch_add(buf.len() as u64, SeqCst);
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.inner.write_at(buf, offset)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.inner.sync_data()
-    }
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
+impl Hooks for CountedReads {
+    fn before_read(&self, len: usize, _offset: u64) -> std::io::Result<()> {
+        self.0.fetch_add(len as u64, SeqCst);
+        Ok(())
     }
 }
 
@@ -1124,9 +1092,7 @@ fn reads_after_a_reopen_start_at_the_cursor_not_the_oldest_record() {
     drop(ring);
     let read = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&read);
-    let config = small(1 << 20).with_storage_wrapper(Arc::new(move |path, inner| {
-        if path.ends_with("ring.data") { Box::new(CountedReads { inner, read: Arc::clone(&counter) }) } else { inner }
-    }));
+    let config = hook_file(small(1 << 20), "ring.data", move || CountedReads(Arc::clone(&counter)));
     let ring = open(&t.dir, config);
     read.store(0, SeqCst);
     // Records 1..=4000 take 544,000 bytes before the cursor; a read asks

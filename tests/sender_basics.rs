@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TempRing, assert_identity, eventually, payload, small};
+use common::{Hooks, TempRing, assert_identity, eventually, hook_file, payload, small};
 use ringship::{Endpoint, HealthState, LossCause, Ring, SendErrorKind, Shipper, ShipperBuilder};
 use transports::{Behavior, Script};
 
@@ -417,30 +417,15 @@ fn shutdown_with_a_hung_send_returns_by_its_deadline() {
     script.release.store(true, Ordering::SeqCst);
 }
 
-/// `ring.data` whose fsyncs fail once `fail` is set.
-struct FailingSync {
-    inner: Box<dyn ringship::Storage>,
-    fail: Arc<std::sync::atomic::AtomicBool>,
-}
+/// Fails `ring.data`'s fsyncs once set.
+struct FailingSync(Arc<std::sync::atomic::AtomicBool>);
 
-impl ringship::Storage for FailingSync {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        self.inner.write_at(buf, offset)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        if self.fail.load(Ordering::SeqCst) {
+impl Hooks for FailingSync {
+    fn before_sync(&self) -> std::io::Result<()> {
+        if self.0.load(Ordering::SeqCst) {
             return Err(std::io::Error::from_raw_os_error(5));
         }
-        self.inner.sync_data()
-    }
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
+        Ok(())
     }
 }
 
@@ -454,9 +439,7 @@ fn a_shutdown_whose_fsync_fails_still_releases_the_ring() {
     let t = TempRing::new();
     let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = Arc::clone(&fail);
-    let config = small(1 << 20).with_storage_wrapper(Arc::new(move |path, inner| {
-        if path.ends_with("ring.data") { Box::new(FailingSync { inner, fail: Arc::clone(&flag) }) } else { inner }
-    }));
+    let config = hook_file(small(1 << 20), "ring.data", move || FailingSync(Arc::clone(&flag)));
     let script = Script::new();
     script.set("hang", Behavior::HangIgnoringCancel);
     let shipper = builder(Ring::open(&t.dir, config).unwrap().0, &script, "hang").start().unwrap();

@@ -106,3 +106,57 @@ pub fn kill_and_restart(spawn: impl Fn() -> Child, delays_ms: &[u64]) -> (u32, S
     );
     (kills, String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// What a [`Hooked`] storage does before forwarding each call: an error
+/// returned here is the call's result, and the call is not forwarded.
+pub trait Hooks: Send + Sync + 'static {
+    fn before_read(&self, _len: usize, _offset: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn before_write(&self, _buf: &[u8], _offset: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn before_sync(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A storage that runs `hooks` before forwarding to `inner`: the one
+/// wrapper tests need to watch or fail reads, writes and fsyncs.
+pub struct Hooked<H: Hooks> {
+    pub inner: Box<dyn ringship::Storage>,
+    pub hooks: H,
+}
+
+impl<H: Hooks> ringship::Storage for Hooked<H> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.hooks.before_read(buf.len(), offset)?;
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.hooks.before_write(buf, offset)?;
+        self.inner.write_at(buf, offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.hooks.before_sync()?;
+        self.inner.sync_data()
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+}
+
+/// `config` with the file whose path ends with `name` wrapped in a
+/// [`Hooked`] storage, each time with hooks from `hooks`.
+pub fn hook_file<H: Hooks>(
+    config: RingConfig,
+    name: &'static str,
+    hooks: impl Fn() -> H + Send + Sync + 'static,
+) -> RingConfig {
+    config.with_storage_wrapper(std::sync::Arc::new(move |path, inner| {
+        if path.ends_with(name) { Box::new(Hooked { inner, hooks: hooks() }) } else { inner }
+    }))
+}
