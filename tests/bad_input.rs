@@ -99,12 +99,16 @@ fn disk_too_full_to_create_the_ring() {
 }
 
 /// Fails the next `fail` writes with ENOSPC, and the next `fail_reads`
-/// reads with EIO.
+/// reads with ENOMEM (not EIO: the ring reads a range that failed with EIO
+/// again, block by block; `tests/bad_sector.rs`).
 struct FullDisk {
     inner: Box<dyn Storage>,
     fail: Arc<AtomicU64>,
     fail_reads: Arc<AtomicU64>,
 }
+
+/// The error the fault wrapper's failed reads return.
+const ENOMEM: i32 = 12;
 
 /// Takes one from `n` if it is not zero: whether to fail this call.
 fn take_one(n: &AtomicU64) -> bool {
@@ -114,7 +118,7 @@ fn take_one(n: &AtomicU64) -> bool {
 impl Storage for FullDisk {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         if take_one(&self.fail_reads) {
-            return Err(io::Error::from_raw_os_error(5));
+            return Err(io::Error::from_raw_os_error(ENOMEM));
         }
         self.inner.read_at(buf, offset)
     }
@@ -136,7 +140,7 @@ impl Storage for FullDisk {
 }
 
 /// How many of the next calls fail, per file and kind: writes with
-/// ENOSPC, reads with EIO.
+/// ENOSPC, reads with ENOMEM.
 #[derive(Default)]
 struct Faults {
     data_writes: Arc<AtomicU64>,
@@ -254,7 +258,7 @@ fn appends_refused_by_io_errors_before_writing_are_counted_rejected() {
     }
     data_reads.store(1, Ordering::SeqCst);
     let err = ring.append(&payload(4, 1000)).unwrap_err();
-    assert_eq!(err.io_error().and_then(io::Error::raw_os_error), Some(5), "{err}");
+    assert_eq!(err.io_error().and_then(io::Error::raw_os_error), Some(ENOMEM), "{err}");
     let s = ring.stats();
     assert_eq!((s.appended, s.rejected, s.last_seq, s.pending), (5, 2, 3, 3), "{s:?}");
     assert_identity(&s);
@@ -283,7 +287,7 @@ fn a_failed_tail_read_never_drops_a_good_record() {
     }
     data_reads.store(1, Ordering::SeqCst);
     let err = ring.append(&payload(4, 1000)).unwrap_err();
-    assert_eq!(err.io_error().and_then(io::Error::raw_os_error), Some(5), "{err}");
+    assert_eq!(err.io_error().and_then(io::Error::raw_os_error), Some(ENOMEM), "{err}");
     let err = ring.append(&payload(4, 1000)).unwrap_err();
     assert!(matches!(err, Error::Full { .. }), "{err}");
     let s = ring.stats();

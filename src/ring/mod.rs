@@ -697,7 +697,7 @@ impl Inner {
             // will change (see `State::tail_ahead`).
             let len = TAIL_AHEAD.min(st.head - pos).min(self.cap - pos % self.cap).max(HEADER_LEN as u64);
             buf.resize(len as usize, 0);
-            if let Err(e) = self.data.read_at(buf, DATA_OFFSET + pos % self.cap) {
+            if let Err(e) = storage::read_or_fill(&*self.data, buf, DATA_OFFSET + pos % self.cap) {
                 // Nothing cached: the next call must not take what a failed
                 // read left in the buffer for the bytes at `start`.
                 buf.clear();

@@ -130,7 +130,7 @@ fn read_layout(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_pa
     let mut slots = vec![0u8; META_LEN as usize];
     let meta_len = meta.len().map_err(|e| Error::io("stat", meta_path, e))?;
     let readable = (meta_len as usize).min(slots.len());
-    meta.read_at(&mut slots[..readable], 0).map_err(|e| Error::io("read", meta_path, e))?;
+    storage::read_or_fill(meta, &mut slots[..readable], 0).map_err(|e| Error::io("read", meta_path, e))?;
     if meta_len < META_LEN {
         meta.set_len(META_LEN).map_err(|e| Error::io("preallocate", meta_path, e))?;
     }
@@ -148,7 +148,7 @@ fn read_layout(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_pa
 
     let data_len = data.len().map_err(|e| Error::io("stat", data_path, e))?;
     let mut header = vec![0u8; (DATA_OFFSET as usize).min(data_len as usize)];
-    data.read_at(&mut header, 0).map_err(|e| Error::io("read", data_path, e))?;
+    storage::read_or_fill(data, &mut header, 0).map_err(|e| Error::io("read", data_path, e))?;
     let mut short_len = None;
     let (ring_id, cap, rewrite_header) = match DataHeader::decode(&header) {
         // Without a checkpoint the header may never have been made durable
@@ -274,7 +274,7 @@ pub(super) fn open_on(
 fn is_blank(storage: &dyn Storage, path: &Path, len: u64) -> Result<bool> {
     let have = storage.len().map_err(|e| Error::io("stat", path, e))?.min(len);
     let mut buf = vec![0u8; have as usize];
-    storage.read_at(&mut buf, 0).map_err(|e| Error::io("read", path, e))?;
+    storage::read_or_fill(storage, &mut buf, 0).map_err(|e| Error::io("read", path, e))?;
     Ok(buf.iter().all(|&b| b == 0))
 }
 

@@ -268,7 +268,7 @@ fn find_head_since(
     while start < cap {
         let len = (SCAN_CHUNK as u64).min(cap - start) as usize;
         ahead.reading(data, start, cap);
-        data.read_at(&mut buf[..len], super::meta::DATA_OFFSET + start)?;
+        super::storage::read_or_fill(data, &mut buf[..len], super::meta::DATA_OFFSET + start)?;
         let word = |w: &[u8]| u64::from_le_bytes(w.try_into().expect("8 bytes"));
         let in_range = |w: u64| w.wrapping_sub(since) <= reach;
         for (b, block) in buf[..len].chunks(64).enumerate() {

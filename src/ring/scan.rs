@@ -111,7 +111,7 @@ impl<'a> Scanner<'a> {
                 ahead.reading(self.data, off, self.cap);
             }
             self.buf.resize(want, 0);
-            if let Err(e) = self.data.read_at(&mut self.buf, DATA_OFFSET + off) {
+            if let Err(e) = super::storage::read_or_fill(self.data, &mut self.buf, DATA_OFFSET + off) {
                 // Nothing cached: the bytes left would pass for `buf_off`'s.
                 self.buf.clear();
                 return Err(e);

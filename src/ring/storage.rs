@@ -19,7 +19,12 @@ pub trait Storage: Send + Sync {
     /// Fills `buf` from `offset`; reading past the end is an error.
     ///
     /// # Errors
-    /// Any I/O error, or `UnexpectedEof` past the end.
+    /// Any I/O error, or `UnexpectedEof` past the end. `EIO` (raw OS error
+    /// 5) means "some of these bytes cannot be read": the ring reads the
+    /// range again 4 KiB block by block, and takes each block that fails
+    /// with `EIO` again as damage (docs/FORMAT.md, "Unreadable blocks").
+    /// Any other error fails the open, eviction or read that needed the
+    /// bytes.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
 
     /// Writes all of `buf` at `offset`. After a crash of the process the
@@ -97,6 +102,50 @@ pub trait Storage: Send + Sync {
     fn boot_id(&self) -> Option<[u8; 16]> {
         current_boot_id()
     }
+}
+
+/// What a block that cannot be read is taken to hold: bytes no decoder
+/// accepts (a frame's kind byte of 0xFF is neither a record's nor a pad's;
+/// a checkpoint's or reservation's magic and CRC fail), so it is skipped
+/// and counted as damage like any other.
+pub(crate) const UNREADABLE: u8 = 0xFF;
+
+/// Reads `buf` from `offset` as [`Storage::read_at`] does, except that an
+/// `EIO` (a bad sector, say) does not fail the read: the range is read
+/// again 4 KiB block by block, and each block that fails with `EIO` once
+/// more is filled with [`UNREADABLE`]. A ring whose disk has a bad sector
+/// thus opens, appends and ships around it, counting the records there as
+/// corrupted, instead of failing every open, eviction or read that
+/// reaches it (a crash loop that only deleting the ring would end).
+///
+/// Returns how many bytes were filled.
+///
+/// # Errors
+/// Any error other than `EIO`, from the whole read or from a block.
+pub(crate) fn read_or_fill(storage: &dyn Storage, buf: &mut [u8], offset: u64) -> io::Result<u64> {
+    const BLOCK: u64 = 4096;
+    let eio = |e: &io::Error| e.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error());
+    match storage.read_at(buf, offset) {
+        Err(e) if eio(&e) => {}
+        other => return other.map(|()| 0),
+    }
+    let mut filled = 0;
+    let mut at = 0;
+    while at < buf.len() {
+        let pos = offset + at as u64;
+        let len = ((BLOCK - pos % BLOCK) as usize).min(buf.len() - at);
+        let block = &mut buf[at..at + len];
+        match storage.read_at(block, pos) {
+            Ok(()) => {}
+            Err(e) if eio(&e) => {
+                block.fill(UNREADABLE);
+                filled += len as u64;
+            }
+            Err(e) => return Err(e),
+        }
+        at += len;
+    }
+    Ok(filled)
 }
 
 /// Reads the kernel's boot id (`/proc/sys/kernel/random/boot_id`).
