@@ -188,11 +188,36 @@ fn classify(status: u16, retry_after: Option<&str>) -> Result<(), SendError> {
     }
 }
 
+/// Headers the transport sets itself: an endpoint header of the same name
+/// (compared without case) would be sent as a second value, and the
+/// receiver could take either.
+const OWN_HEADERS: [&str; 8] = [
+    "content-type",
+    "content-encoding",
+    "content-length",
+    "transfer-encoding",
+    "x-ringship-first-seq",
+    "x-ringship-last-seq",
+    "x-ringship-count",
+    "x-ringship-gap",
+];
+
+/// A permanent failure if `endpoint` sets one of [`OWN_HEADERS`].
+fn check_headers(endpoint: &Endpoint) -> Result<(), SendError> {
+    match endpoint.headers.iter().find(|(k, _)| OWN_HEADERS.iter().any(|own| k.eq_ignore_ascii_case(own))) {
+        Some((k, _)) => Err(SendError::permanent(format!(
+            "the endpoint sets header {k}, which the HTTP transport sets itself; remove it from the endpoint"
+        ))),
+        None => Ok(()),
+    }
+}
+
 impl Transport for HttpTransport {
     fn send(&mut self, endpoint: &Endpoint, batch: &Batch, ctx: &SendContext) -> Result<(), SendError> {
         if ctx.cancel.is_cancelled() {
             return Err(SendError::cancelled());
         }
+        check_headers(endpoint)?;
         let mut body = encode_body(batch, self.config.format);
         if self.config.gzip {
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -289,6 +314,18 @@ mod tests {
         assert_eq!(&body[16..20], &15u32.to_le_bytes());
         assert_eq!(&body[20..35], b"a \"quoted\"\nline");
         assert_eq!(body.len(), 2 * 20 + 15 + 2);
+    }
+
+    /// An endpoint header named like one the transport sets was sent
+    /// twice; it is now a permanent failure that names it.
+    #[test]
+    fn endpoint_headers_that_the_transport_sets_itself_are_refused() {
+        assert!(check_headers(&Endpoint::new("http://x").with_header("Authorization", "Bearer t")).is_ok());
+        for name in ["X-Ringship-Gap", "content-type", "Content-Length"] {
+            let err = check_headers(&Endpoint::new("http://x").with_header(name, "1")).unwrap_err();
+            assert_eq!(err.kind, SendErrorKind::Permanent);
+            assert!(err.message.contains(name), "{err:?}");
+        }
     }
 
     #[test]

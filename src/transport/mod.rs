@@ -46,7 +46,10 @@ impl Endpoint {
         Endpoint { address: address.into(), headers: Vec::new() }
     }
 
-    /// Adds a header.
+    /// Adds a header. The HTTP transport refuses (a non-retryable
+    /// failure) an endpoint whose headers name one it sets itself:
+    /// `Content-Type`, `Content-Encoding`, `Content-Length`,
+    /// `Transfer-Encoding` or an `X-Ringship-` header of its protocol.
     #[must_use]
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
