@@ -268,7 +268,8 @@ fn find_head_since(
     while start < cap {
         let len = (SCAN_CHUNK as u64).min(cap - start) as usize;
         ahead.reading(data, start, cap);
-        super::storage::read_or_fill(data, &mut buf[..len], super::meta::DATA_OFFSET + start)?;
+        let filled = super::storage::read_or_fill(data, &mut buf[..len], super::meta::DATA_OFFSET + start)?;
+        scan.note_unreadable(filled);
         let word = |w: &[u8]| u64::from_le_bytes(w.try_into().expect("8 bytes"));
         let in_range = |w: u64| w.wrapping_sub(since) <= reach;
         for (b, block) in buf[..len].chunks(64).enumerate() {
@@ -340,6 +341,18 @@ fn torn_bytes_at(scan: &mut Scanner<'_>, head: u64, max_len: usize) -> io::Resul
         return Ok(0);
     };
     Ok(if scan.frame_at(head)? == Found::Invalid { h.size().min(cap - off) } else { 0 })
+}
+
+/// Whether frames newer than `head` may lie in bytes that could not be
+/// read. The next frame, if any was written, starts at `head` (at the next
+/// lap's start when no header fits before the end of the data area): its
+/// header is unreadable, or a header there names `head` and its frame
+/// reaches unreadable bytes.
+fn unreadable_at_head(scan: &mut Scanner<'_>, head: u64, max_len: usize) -> io::Result<bool> {
+    let cap = scan.cap();
+    let (off, pos) = if head % cap + HEADER_LEN as u64 > cap { (0, next_lap(head, cap)) } else { (head % cap, head) };
+    let header = decode_header(scan.bytes(off, HEADER_LEN)?, pos, max_len);
+    Ok(scan.unreadable_within(off, HEADER_LEN as u64) || header.is_some_and(|h| scan.unreadable_within(off, h.size())))
 }
 
 /// What the walk over the live window found.
@@ -621,8 +634,13 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
     }
     let mut next_seq = found_next.max(prev.map_or(0, |(s, _, _)| s + 1));
     // After a power loss, any seq up to the reservation may have been handed
-    // out to a record that never reached the disk: none is used again.
-    let assigned_before = if power_loss_possible { ck.next_seq.max(reserved + 1) } else { ck.next_seq };
+    // out to a record that never reached the disk: none is used again. So
+    // too when bytes right after the head could not be read: newer frames
+    // start there if any were written (positions are written in order),
+    // and those bytes may have held them.
+    let head_unreadable = unreadable_at_head(&mut scan, head, max_len)?;
+    let assigned_before =
+        if power_loss_possible || head_unreadable { ck.next_seq.max(reserved + 1) } else { ck.next_seq };
     if assigned_before > next_seq {
         let (first_ts, pos) = prev.map_or((ck.tail_ts, head), |(_, e, t)| (t, e));
         holes.extend(classify.holes(next_seq, assigned_before - 1, pos, head.max(pos), first_ts, u64::MAX));
@@ -756,7 +774,7 @@ fn settle_discovered(st: &mut State, report: &mut RecoveryReport, range: LossRan
     match range.cause {
         LossCause::Overwritten => {
             st.overwritten += count;
-            st.overwritten_bytes += range.bytes;
+            st.overwritten_bytes = crate::stats::bounded_add(st.overwritten_bytes, range.bytes);
             report.overwritten_discovered += count;
         }
         LossCause::LostUnsynced => {

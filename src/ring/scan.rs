@@ -1,6 +1,7 @@
 //! Sequential, buffered reading of frames by logical position.
 
 use std::io;
+use std::ops::Range;
 
 use super::frame::{ALIGN, HEADER_LEN, Header, crc_ok, decode_header};
 use super::meta::DATA_OFFSET;
@@ -78,11 +79,55 @@ pub(crate) struct Scanner<'a> {
     /// Set for scans that may read much of the ring
     /// ([`read_ahead`](Self::read_ahead)).
     ahead: Option<ReadAhead>,
+    /// Ranges of the data area (offsets from its start) that could not be
+    /// read and were taken as [`UNREADABLE`](super::storage::UNREADABLE)
+    /// (bad blocks); at most [`MAX_UNREADABLE`] of them are kept.
+    unreadable: Vec<Range<u64>>,
+    /// More ranges than that were found: any range may be unreadable.
+    unreadable_overflow: bool,
 }
+
+/// Unreadable ranges a [`Scanner`] keeps track of.
+const MAX_UNREADABLE: usize = 64;
 
 impl<'a> Scanner<'a> {
     pub(crate) fn new(data: &'a dyn Storage, cap: u64, max_len: usize, chunk: usize) -> Self {
-        Scanner { data, cap, max_len, chunk, buf: Vec::new(), buf_off: 0, ahead: None }
+        Scanner {
+            data,
+            cap,
+            max_len,
+            chunk,
+            buf: Vec::new(),
+            buf_off: 0,
+            ahead: None,
+            unreadable: Vec::new(),
+            unreadable_overflow: false,
+        }
+    }
+
+    /// Notes file ranges [`read_or_fill`](super::storage::read_or_fill)
+    /// could not read.
+    pub(crate) fn note_unreadable(&mut self, filled: Vec<Range<u64>>) {
+        for r in filled {
+            let r = r.start - DATA_OFFSET..r.end - DATA_OFFSET;
+            if self.unreadable.contains(&r) {
+                continue;
+            }
+            if self.unreadable.len() == MAX_UNREADABLE {
+                self.unreadable_overflow = true;
+            } else {
+                self.unreadable.push(r);
+            }
+        }
+    }
+
+    /// Whether any byte of the data area's `off..off + len` (wrapping at
+    /// its end) was found unreadable.
+    pub(crate) fn unreadable_within(&self, off: u64, len: u64) -> bool {
+        let first = off..(off + len).min(self.cap);
+        let wrapped = 0..(off + len).saturating_sub(self.cap);
+        let overlaps = |a: &Range<u64>, b: &Range<u64>| a.start < b.end && b.start < a.end;
+        self.unreadable_overflow || self.unreadable.iter().any(|r| overlaps(r, &first) || overlaps(r, &wrapped))
     }
 
     /// From now on, has every read ask for the bytes after it.
@@ -111,10 +156,13 @@ impl<'a> Scanner<'a> {
                 ahead.reading(self.data, off, self.cap);
             }
             self.buf.resize(want, 0);
-            if let Err(e) = super::storage::read_or_fill(self.data, &mut self.buf, DATA_OFFSET + off) {
-                // Nothing cached: the bytes left would pass for `buf_off`'s.
-                self.buf.clear();
-                return Err(e);
+            match super::storage::read_or_fill(self.data, &mut self.buf, DATA_OFFSET + off) {
+                Ok(filled) => self.note_unreadable(filled),
+                Err(e) => {
+                    // Nothing cached: the bytes left would pass for `buf_off`'s.
+                    self.buf.clear();
+                    return Err(e);
+                }
             }
             self.buf_off = off;
         }

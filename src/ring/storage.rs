@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io;
 use std::num::NonZeroU64;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -118,18 +119,18 @@ pub(crate) const UNREADABLE: u8 = 0xFF;
 /// corrupted, instead of failing every open, eviction or read that
 /// reaches it (a crash loop that only deleting the ring would end).
 ///
-/// Returns how many bytes were filled.
+/// Returns the file ranges filled (none, and no allocation, normally).
 ///
 /// # Errors
 /// Any error other than `EIO`, from the whole read or from a block.
-pub(crate) fn read_or_fill(storage: &dyn Storage, buf: &mut [u8], offset: u64) -> io::Result<u64> {
+pub(crate) fn read_or_fill(storage: &dyn Storage, buf: &mut [u8], offset: u64) -> io::Result<Vec<Range<u64>>> {
     const BLOCK: u64 = 4096;
     let eio = |e: &io::Error| e.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error());
     match storage.read_at(buf, offset) {
         Err(e) if eio(&e) => {}
-        other => return other.map(|()| 0),
+        other => return other.map(|()| Vec::new()),
     }
-    let mut filled = 0;
+    let mut filled: Vec<Range<u64>> = Vec::new();
     let mut at = 0;
     while at < buf.len() {
         let pos = offset + at as u64;
@@ -139,7 +140,10 @@ pub(crate) fn read_or_fill(storage: &dyn Storage, buf: &mut [u8], offset: u64) -
             Ok(()) => {}
             Err(e) if eio(&e) => {
                 block.fill(UNREADABLE);
-                filled += len as u64;
+                match filled.last_mut() {
+                    Some(last) if last.end == pos => last.end = pos + len as u64,
+                    _ => filled.push(pos..pos + len as u64),
+                }
             }
             Err(e) => return Err(e),
         }
