@@ -81,6 +81,14 @@ pub(crate) fn min_known_ts(a: u64, b: u64) -> u64 {
     }
 }
 
+/// Adds to a byte or record counter that checkpoints store, stopping one
+/// below 2^62 (the bound a checkpoint's counters are held to when read
+/// back): a hostile checkpoint near the bound can neither overflow the
+/// addition nor make the next checkpoint one that no open would accept.
+pub(crate) fn bounded_add(a: u64, b: u64) -> u64 {
+    a.saturating_add(b).min((1 << 62) - 1)
+}
+
 /// A bounded list of loss ranges, merged as they arrive.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct LossList {
@@ -96,7 +104,7 @@ impl LossList {
                 last.last_seq = r.last_seq;
                 last.last_ts = last.last_ts.max(r.last_ts);
                 last.count = last.count.saturating_add(r.count);
-                last.bytes = last.bytes.saturating_add(r.bytes);
+                last.bytes = bounded_add(last.bytes, r.bytes);
                 return;
             }
         }
@@ -109,7 +117,7 @@ impl LossList {
             a.first_ts = min_known_ts(a.first_ts, b.first_ts);
             a.last_ts = a.last_ts.max(b.last_ts);
             a.count = a.count.saturating_add(b.count);
-            a.bytes = a.bytes.saturating_add(b.bytes);
+            a.bytes = bounded_add(a.bytes, b.bytes);
             if a.cause != b.cause {
                 a.cause = LossCause::Mixed;
             }
@@ -243,9 +251,10 @@ mod tests {
         assert_eq!(l.ranges[2].last_seq, 91);
     }
 
-    /// Byte totals saturate instead of overflowing (a panic in a debug
-    /// build): checkpoints bound each range's bytes below 2^62, and merges
-    /// add them up.
+    /// Byte totals stop below 2^62 instead of overflowing (a panic in a
+    /// debug build) or passing the bound checkpoints are read back with:
+    /// checkpoints bound each range's bytes below 2^62, and merges add
+    /// them up.
     #[test]
     fn merged_byte_totals_saturate() {
         let mut l = LossList::default();
@@ -254,6 +263,6 @@ mod tests {
             l.add(LossRange { bytes: (1 << 62) - 1, ..r(i * 10 + 2, i * 10 + 3, LossCause::Overwritten) }, 1);
         }
         assert_eq!(l.ranges.len(), 1);
-        assert_eq!((l.ranges[0].bytes, l.ranges[0].count), (u64::MAX, 24));
+        assert_eq!((l.ranges[0].bytes, l.ranges[0].count), ((1 << 62) - 1, 24));
     }
 }

@@ -175,8 +175,8 @@ impl Checkpoint {
     /// Whether the fields agree with each other as every checkpoint a ring
     /// writes does: every seq up to the settled one is acked or counted
     /// lost, the settled seq is the cursor or the one below the oldest
-    /// record, loss ranges lie within the settled seqs, and the positions
-    /// and hole hints fit the seqs.
+    /// record, loss ranges are in order, apart, and within the settled
+    /// seqs, and the positions and hole hints fit the seqs.
     pub(crate) fn consistent(&self) -> bool {
         let settled_counts = [self.acked, self.overwritten, self.corrupted, self.lost_unsynced]
             .into_iter()
@@ -192,6 +192,7 @@ impl Checkpoint {
             && self.ack_seq < self.next_seq
             && self.settled_seq == self.ack_seq.max(self.tail_seq - 1)
             && settled_counts == Some(self.settled_seq)
+            && self.losses.ranges.windows(2).all(|w| w[0].last_seq < w[1].first_seq)
             && self.losses.ranges.iter().all(|r| {
                 r.first_seq <= r.last_seq
                     && r.last_seq <= self.settled_seq
@@ -362,7 +363,11 @@ mod tests {
     fn a_slot_holding_more_ranges_or_hints_than_allowed_is_damaged() {
         let with = |ranges: usize, hints: u64| {
             let mut c = sample();
-            c.losses.ranges = vec![c.losses.ranges[0]; ranges];
+            // Seqs 10..=99 overwritten too: room for 49 ranges apart.
+            (c.tail_seq, c.settled_seq, c.overwritten) = (100, 99, 97);
+            c.losses.ranges = (0..ranges as u64)
+                .map(|i| LossRange { first_seq: 3 + 2 * i, last_seq: 3 + 2 * i, count: 1, ..c.losses.ranges[0] })
+                .collect();
             c.hole_hints = (0..hints).map(|i| (200 + i, 200 + i, LossCause::Corrupted)).collect();
             Checkpoint::decode(&c.encode())
         };
@@ -395,6 +400,14 @@ mod tests {
         c.tail_pos = MAX_POSITION - 1000;
         c.settled_pos = c.tail_pos;
         assert!(Checkpoint::decode(&c.encode()).is_err());
+        // Loss ranges that overlap (merging them would count seqs twice).
+        let mut c = sample();
+        let r = c.losses.ranges[0];
+        c.losses.ranges = vec![LossRange { last_seq: 5, count: 3, ..r }, LossRange { first_seq: 5, count: 5, ..r }];
+        assert!(Checkpoint::decode(&c.encode()).is_err());
+        c.losses.ranges[1].first_seq = 6;
+        c.losses.ranges[1].count = 4;
+        assert!(Checkpoint::decode(&c.encode()).is_ok());
         // Counters no ring reaches: adding to them overflows (a panic in a
         // debug build at the next rejection or eviction).
         let mut c = sample();

@@ -305,7 +305,7 @@ impl Ring {
                 }
             }
         }
-        inner.write_checkpoint(false)
+        inner.write_checkpoint(false).map(|_| ())
     }
 
     /// Makes every record appended so far durable, writes a checkpoint, and
@@ -452,7 +452,7 @@ impl Inner {
     }
 
     fn reject(st: &mut State, n: u64, err: Error) -> Error {
-        st.rejected += n;
+        st.rejected = crate::stats::bounded_add(st.rejected, n);
         st.unsaved_losses = true;
         err
     }
@@ -746,7 +746,7 @@ impl Inner {
                             return Ok(Room::MustNotEvict);
                         }
                         st.overwritten += 1;
-                        st.overwritten_bytes += h.size();
+                        st.overwritten_bytes = crate::stats::bounded_add(st.overwritten_bytes, h.size());
                         let range = LossRange {
                             first_seq: h.seq,
                             last_seq: h.seq,
@@ -998,7 +998,8 @@ impl Inner {
     /// of the process, and must find it as it was.)
     fn distrust_cache(&self) {
         self.cache_distrusted.store(true, Ordering::Release);
-        if self.write_checkpoint(false).is_ok() {
+        // `Ok(false)`: `close` ran meanwhile, and wrote no mark.
+        if matches!(self.write_checkpoint(false), Ok(true)) {
             self.data.drop_cache();
         }
     }
@@ -1068,11 +1069,12 @@ impl Inner {
     }
 
     /// Writes a checkpoint of the current state (no fsync) to the slot that
-    /// does not hold the last synced checkpoint.
-    fn write_checkpoint(&self, clean: bool) -> Result<()> {
+    /// does not hold the last synced checkpoint. `Ok(false)`: nothing was
+    /// written, as nothing may be once `close` has run.
+    fn write_checkpoint(&self, clean: bool) -> Result<bool> {
         let mut m = self.meta_io.lock();
         if m.finished {
-            return Ok(());
+            return Ok(false);
         }
         let (mut ck, had_unsaved_losses) = {
             let mut st = self.state.lock();
@@ -1100,6 +1102,6 @@ impl Inner {
         m.writes += 1;
         m.last_slot = slot;
         m.finished = clean;
-        Ok(())
+        Ok(true)
     }
 }

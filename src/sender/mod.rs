@@ -113,6 +113,14 @@ impl Shared {
     /// Registers a send by worker `epoch`: returns the endpoint to use and
     /// the token a switch will fire.
     fn begin_send(&self, epoch: u64) -> (u64, Arc<Endpoint>, CancelToken) {
+        if self.epoch.load(Ordering::Acquire) != epoch {
+            // Replaced already: register nothing (the supervisor would take
+            // a hang here for the current worker's), and send nothing.
+            let (generation, endpoint) = self.endpoint.current();
+            let cancelled = CancelToken::new();
+            cancelled.cancel();
+            return (generation, endpoint, cancelled);
+        }
         let sent = self.endpoint.begin_send(epoch);
         let mut st = self.status.lock();
         // A replaced worker's late call never hides its replacement's send
