@@ -132,7 +132,7 @@ impl LossList {
 ///
 /// `appended = acked + pending + overwritten + rejected + corrupted + lost_unsynced`
 ///
-/// All counters survive restarts.
+/// All record counters survive restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct RingStats {
@@ -163,6 +163,12 @@ pub struct RingStats {
     pub used_bytes: u64,
     /// Size of the ring's data area in bytes.
     pub capacity: u64,
+    /// Bytes of the ring's files that reads could not get since this open
+    /// (`EIO` twice: a bad sector; counted each time they are read), taken
+    /// as damage: the records there are counted in `corrupted`. Not part
+    /// of the identity, and, unlike the counters above, not kept across
+    /// restarts. Anything but 0 means a failing disk.
+    pub unreadable_bytes: u64,
 }
 
 impl RingStats {
@@ -200,6 +206,9 @@ pub struct RecoveryReport {
     /// Records discovered lost to a power loss (or a failed fsync) before
     /// they were synced.
     pub lost_unsynced_discovered: u64,
+    /// Bytes of the ring's files that recovery could not read (a bad
+    /// sector), taken as damage.
+    pub unreadable_bytes: u64,
     /// Checkpoint slots that failed their checksum (0, 1 or 2).
     pub damaged_checkpoint_slots: u8,
     /// The capacity on disk differs from the one configured; the one on

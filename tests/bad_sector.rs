@@ -98,6 +98,8 @@ fn a_ring_with_a_bad_block_opens_after_a_crash_and_counts_the_records_there() {
     assert!((28..=32).contains(&s.corrupted), "{s:?}");
     assert_eq!(seqs.len() as u64 + s.corrupted, RECORDS, "{s:?}");
     assert_eq!(s.pending, seqs.len() as u64);
+    // The failing disk shows, apart from the damage it caused.
+    assert!(s.unreadable_bytes >= 4096, "{s:?}");
     let damaged: Vec<_> = ring.losses().into_iter().filter(|l| l.cause == LossCause::Corrupted).collect();
     assert_eq!(damaged.iter().map(|l| l.count).sum::<u64>(), s.corrupted, "{damaged:?}");
     // The ring goes on.
@@ -123,7 +125,8 @@ fn a_bad_block_at_the_head_never_lets_a_seq_be_used_again() {
     // Records 1..=100 end at data position 13,600: the data area's fourth
     // block (file offsets 16384..20480) holds the newest ones.
     *disk.bad.lock() = Some(16384..20480);
-    let (ring, _) = Ring::open(&t.dir, on(&disk, "ring.data", config())).expect("the ring opens");
+    let (ring, report) = Ring::open(&t.dir, on(&disk, "ring.data", config())).expect("the ring opens");
+    assert!(report.unreadable_bytes >= 4096, "{report:?}");
     let next = ring.append(b"after").unwrap();
     assert!(next > RECORDS, "seq {next} handed out again");
     let s = ring.stats();
@@ -153,7 +156,7 @@ fn appends_evict_past_a_bad_block_at_the_tail() {
     assert!(disk.eio.load(SeqCst) > 0, "the bad block was never read");
     let s = ring.stats();
     assert_identity(&s);
-    assert!(s.corrupted > 0, "{s:?}");
+    assert!(s.corrupted > 0 && s.unreadable_bytes > 0, "{s:?}");
     *disk.bad.lock() = None;
     assert_eq!(read_all(&ring).len() as u64, s.pending);
 }
@@ -174,7 +177,7 @@ fn a_read_that_fails_once_is_read_again() {
     assert_eq!(disk.eio.load(SeqCst), 1);
     let s = ring.stats();
     assert_identity(&s);
-    assert_eq!((s.corrupted, s.overwritten, s.pending), (0, 1, 3), "{s:?}");
+    assert_eq!((s.corrupted, s.overwritten, s.pending, s.unreadable_bytes), (0, 1, 3, 0), "{s:?}");
 }
 
 /// A bad block over one checkpoint slot of `ring.meta`: the ring opens
@@ -193,7 +196,8 @@ fn a_bad_block_over_a_checkpoint_slot_is_a_damaged_slot() {
     }
     for slot in [0..4096, 4096..8192] {
         *disk.bad.lock() = Some(slot.clone());
-        let (ring, _) = Ring::open(&t.dir, on(&disk, "ring.meta", small(64 << 10))).expect("the ring opens");
+        let (ring, report) = Ring::open(&t.dir, on(&disk, "ring.meta", small(64 << 10))).expect("the ring opens");
+        assert_eq!((report.unreadable_bytes, report.damaged_checkpoint_slots), (4096, 1), "{report:?}");
         let s = ring.stats();
         assert_identity(&s);
         // The other slot may be older than the ack: acked records are then

@@ -119,6 +119,9 @@ pub(crate) struct Inner {
     poisoned: AtomicBool,
     /// A data fsync failed: see [`Inner::distrust_cache`].
     cache_distrusted: AtomicBool,
+    /// Bytes reads could not get from the files since open (counted each
+    /// time): see [`RingStats::unreadable_bytes`].
+    unreadable_bytes: AtomicU64,
     lock_file: parking_lot::Mutex<Option<File>>,
 }
 
@@ -322,7 +325,9 @@ impl Ring {
     /// A snapshot of every counter.
     pub fn stats(&self) -> RingStats {
         let durable = self.inner.durable_seq.load(Ordering::Acquire);
-        self.inner.state.lock().stats(durable)
+        let mut stats = self.inner.state.lock().stats(durable);
+        stats.unreadable_bytes = self.inner.unreadable_bytes.load(Ordering::Relaxed);
+        stats
     }
 
     /// The lost ranges, oldest first: a bounded list (ranges merge when it
@@ -697,11 +702,19 @@ impl Inner {
             // will change (see `State::tail_ahead`).
             let len = TAIL_AHEAD.min(st.head - pos).min(self.cap - pos % self.cap).max(HEADER_LEN as u64);
             buf.resize(len as usize, 0);
-            if let Err(e) = storage::read_or_fill(&*self.data, buf, DATA_OFFSET + pos % self.cap) {
-                // Nothing cached: the next call must not take what a failed
-                // read left in the buffer for the bytes at `start`.
-                buf.clear();
-                return Err(e);
+            match storage::read_or_fill(&*self.data, buf, DATA_OFFSET + pos % self.cap) {
+                Ok(filled) => {
+                    let bytes = filled.iter().map(|r| r.end - r.start).sum::<u64>();
+                    if bytes > 0 {
+                        self.unreadable_bytes.fetch_add(bytes, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => {
+                    // Nothing cached: the next call must not take what a
+                    // failed read left in the buffer for the bytes at `start`.
+                    buf.clear();
+                    return Err(e);
+                }
             }
             *start = pos;
             if st.head - pos < HEADER_LEN as u64 {
@@ -782,7 +795,8 @@ impl Inner {
                 _ => {
                     // Damage at the tail that no reader has met yet.
                     let resume = {
-                        let mut scan = scan::Scanner::new(&*self.data, self.cap, self.stored_len, 64 << 10);
+                        let mut scan = scan::Scanner::new(&*self.data, self.cap, self.stored_len, 64 << 10)
+                            .counting(&self.unreadable_bytes);
                         scan.resync(pos, st.head).map_err(|e| Error::io("read", &self.data_path, e))?
                     };
                     let (resume_pos, next) = match resume {
@@ -815,7 +829,7 @@ impl Inner {
     /// Whether the frame at `pos` passes its checksum (eviction trusts a
     /// header's seq beyond the expected one only then).
     fn frame_intact(&self, pos: u64) -> Result<bool> {
-        let mut scan = scan::Scanner::new(&*self.data, self.cap, self.stored_len, 0);
+        let mut scan = scan::Scanner::new(&*self.data, self.cap, self.stored_len, 0).counting(&self.unreadable_bytes);
         let found = scan.frame_at(pos).map_err(|e| Error::io("read", &self.data_path, e))?;
         Ok(matches!(found, scan::Found::Record(_)))
     }

@@ -122,6 +122,8 @@ struct Layout {
     /// The newest valid seq reservation (0: none).
     reserved: u64,
     reserve_counter: u64,
+    /// Bytes of the meta file and the data header that could not be read.
+    unreadable: u64,
 }
 
 /// Reads the checkpoint slots and the data header, repairing a damaged
@@ -130,7 +132,8 @@ fn read_layout(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_pa
     let mut slots = vec![0u8; META_LEN as usize];
     let meta_len = meta.len().map_err(|e| Error::io("stat", meta_path, e))?;
     let readable = (meta_len as usize).min(slots.len());
-    storage::read_or_fill(meta, &mut slots[..readable], 0).map_err(|e| Error::io("read", meta_path, e))?;
+    let filled = storage::read_or_fill(meta, &mut slots[..readable], 0).map_err(|e| Error::io("read", meta_path, e))?;
+    let mut unreadable: u64 = filled.iter().map(|r| r.end - r.start).sum();
     if meta_len < META_LEN {
         meta.set_len(META_LEN).map_err(|e| Error::io("preallocate", meta_path, e))?;
     }
@@ -148,7 +151,8 @@ fn read_layout(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_pa
 
     let data_len = data.len().map_err(|e| Error::io("stat", data_path, e))?;
     let mut header = vec![0u8; (DATA_OFFSET as usize).min(data_len as usize)];
-    storage::read_or_fill(data, &mut header, 0).map_err(|e| Error::io("read", data_path, e))?;
+    let filled = storage::read_or_fill(data, &mut header, 0).map_err(|e| Error::io("read", data_path, e))?;
+    unreadable += filled.iter().map(|r| r.end - r.start).sum::<u64>();
     let mut short_len = None;
     let (ring_id, cap, rewrite_header) = match DataHeader::decode(&header) {
         // Without a checkpoint the header may never have been made durable
@@ -189,6 +193,7 @@ fn read_layout(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_pa
         short_len,
         reserved: mine.clone().map(|r| r.seq_reserved).max().unwrap_or(0),
         reserve_counter: mine.map(|r| r.counter).max().unwrap_or(0),
+        unreadable,
     })
 }
 
@@ -296,6 +301,7 @@ fn open_storages(
         short_len: report_short,
         reserved,
         reserve_counter,
+        unreadable,
     } = read_layout(&*data, &data_path, &*meta, &meta_path)?;
     let boot_id = data.boot_id();
 
@@ -318,6 +324,7 @@ fn open_storages(
     report.damaged_checkpoint_slots = damaged_slots;
     report.capacity_mismatch = cap != config.capacity & !7;
     report.data_file_extended_from = report_short;
+    report.unreadable_bytes += unreadable;
     if let Err(e) = data.sync_data() {
         distrust_cache(&*data, &*meta, ck.as_ref().map(|ck| (checkpoint_slot, ck)));
         return Err(Error::io("fsync", &data_path, e));
@@ -366,6 +373,7 @@ fn open_storages(
         prefetch_from: AtomicU64::new(head),
         renew_asked: AtomicBool::new(false),
         read_ahead: AtomicU64::new(0),
+        unreadable_bytes: AtomicU64::new(report.unreadable_bytes),
         sync: Mutex::new(
             LEVEL_SYNC,
             "ring.sync",

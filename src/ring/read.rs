@@ -128,7 +128,7 @@ impl Inner {
         };
         let limit = head.min(at + LOCATE_BYTES);
         // Small reads: an ack per record hops one frame from the last.
-        let mut scan = Scanner::new(&*self.data, self.cap, self.stored_len, 4096);
+        let mut scan = Scanner::new(&*self.data, self.cap, self.stored_len, 4096).counting(&self.unreadable_bytes);
         while at < limit {
             match scan.header_at(at)? {
                 Found::Wrap => at = next_lap(at, self.cap),
@@ -151,7 +151,7 @@ impl Inner {
             window.holes.get(at).filter(|h| h.first <= seq).copied()
         };
         let chunk = max_bytes.clamp(64 << 10, 4 << 20);
-        let mut scan = Scanner::new(&*self.data, self.cap, self.stored_len, chunk);
+        let mut scan = Scanner::new(&*self.data, self.cap, self.stored_len, chunk).counting(&self.unreadable_bytes);
         // Reads after a restart may be of bytes on the disk only: ask for
         // those ahead, going on where the last read's asking stopped.
         scan.read_ahead(ReadAhead::from(self.read_ahead.load(Ordering::Relaxed)));

@@ -702,6 +702,7 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
     st.settle();
     st.debug_check("recovery");
     report.pending = st.stats(0).pending;
+    report.unreadable_bytes = scan.unreadable_bytes;
     Ok((st, report))
 }
 

@@ -3,6 +3,8 @@
 use std::io;
 use std::ops::Range;
 
+use crate::sync::atomic::{AtomicU64, Ordering};
+
 use super::frame::{ALIGN, HEADER_LEN, Header, crc_ok, decode_header};
 use super::meta::DATA_OFFSET;
 use crate::Storage;
@@ -85,6 +87,10 @@ pub(crate) struct Scanner<'a> {
     unreadable: Vec<Range<u64>>,
     /// More ranges than that were found: any range may be unreadable.
     unreadable_overflow: bool,
+    /// Bytes that could not be read, counted each time.
+    pub(crate) unreadable_bytes: u64,
+    /// Where those bytes are counted as well.
+    sink: Option<&'a AtomicU64>,
 }
 
 /// Unreadable ranges a [`Scanner`] keeps track of.
@@ -102,13 +108,25 @@ impl<'a> Scanner<'a> {
             ahead: None,
             unreadable: Vec::new(),
             unreadable_overflow: false,
+            unreadable_bytes: 0,
+            sink: None,
         }
+    }
+
+    /// Counts unreadable bytes in `sink` too.
+    pub(crate) fn counting(mut self, sink: &'a AtomicU64) -> Self {
+        self.sink = Some(sink);
+        self
     }
 
     /// Notes file ranges [`read_or_fill`](super::storage::read_or_fill)
     /// could not read.
     pub(crate) fn note_unreadable(&mut self, filled: Vec<Range<u64>>) {
         for r in filled {
+            self.unreadable_bytes += r.end - r.start;
+            if let Some(sink) = self.sink {
+                sink.fetch_add(r.end - r.start, Ordering::Relaxed);
+            }
             let r = r.start - DATA_OFFSET..r.end - DATA_OFFSET;
             if self.unreadable.contains(&r) {
                 continue;

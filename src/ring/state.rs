@@ -274,6 +274,8 @@ impl State {
             ack_seq: self.ack_seq,
             used_bytes: self.head - self.tail_pos,
             capacity: self.cap,
+            // Kept by the ring, outside the state: `Ring::stats` fills it.
+            unreadable_bytes: 0,
         }
     }
 

@@ -104,6 +104,12 @@ impl SenderStats {
         metric("records_rejected_total", "counter", "Records refused at append.", r.rejected);
         metric("records_corrupted_total", "counter", "Records found damaged on disk.", r.corrupted);
         metric("records_lost_unsynced_total", "counter", "Records lost to power loss before sync.", r.lost_unsynced);
+        metric(
+            "unreadable_bytes_total",
+            "counter",
+            "Bytes of the ring's files that could not be read since open (a failing disk).",
+            r.unreadable_bytes,
+        );
         metric("last_seq", "gauge", "Last sequence number assigned.", r.last_seq);
         metric("durable_seq", "gauge", "Every record up to this seq is on stable storage.", r.durable_seq);
         metric("ack_seq", "gauge", "Delivery cursor.", r.ack_seq);
