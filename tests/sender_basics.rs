@@ -214,7 +214,7 @@ fn rejected_records_are_reported_in_a_gap_notice() {
 
 #[test]
 fn on_loss_fires_with_the_overwritten_ranges() {
-    on_loss_reports_every_overwritten_record(0);
+    on_loss_reports_every_overwritten_record(0, None);
 }
 
 /// Records already in the ring when the shipper starts (a restart while
@@ -223,24 +223,48 @@ fn on_loss_fires_with_the_overwritten_ranges() {
 /// those, then the range they merged into was cut to its newer seqs.
 #[test]
 fn on_loss_reports_records_that_were_in_the_ring_at_start() {
-    on_loss_reports_every_overwritten_record(20);
+    on_loss_reports_every_overwritten_record(20, None);
 }
 
-fn on_loss_reports_every_overwritten_record(in_ring_at_start: u64) {
+/// The same with a damaged record among them, found before the start: the
+/// damage is not taken as the end of what was reported (the overwrites of
+/// the records below it were missed so, in a first version of the fix).
+#[test]
+fn on_loss_reports_overwrites_below_damage_found_before_the_start() {
+    on_loss_reports_every_overwritten_record(20, Some(10));
+}
+
+/// Appends `in_ring_at_start` records (with one byte of the record
+/// `damaged` flipped, and the damage found by a read), starts a shipper
+/// whose endpoint is down, and overwrites them: `on_loss` must report
+/// every overwritten record once.
+fn on_loss_reports_every_overwritten_record(in_ring_at_start: u64, damaged: Option<u64>) {
     let t = TempRing::new();
     let script = Script::new();
     script.set("down", Behavior::Fail(SendErrorKind::Retryable));
     let reported = Arc::new(AtomicU64::new(0));
     let r2 = Arc::clone(&reported);
-    let ring = ring(&t, 4096);
+    let mut ring = ring(&t, 4096);
     for i in 1..=in_ring_at_start {
         ring.append(&payload(i, 100)).unwrap();
+    }
+    if let Some(seq) = damaged {
+        ring.close().unwrap();
+        drop(ring);
+        // Frames of 100-byte records take 136 bytes; the data area starts
+        // at 4096.
+        let mut data = std::fs::read(t.data_file()).unwrap();
+        data[4096 + (seq as usize - 1) * 136 + 40] ^= 0x10;
+        std::fs::write(t.data_file(), &data).unwrap();
+        ring = Ring::open(&t.dir, small(4096)).unwrap().0;
+        assert_eq!(ring.read(1, 100, usize::MAX).unwrap().records.len() as u64, in_ring_at_start - 1);
+        assert_eq!(ring.stats().corrupted, 1);
     }
     assert_eq!(ring.stats().overwritten, 0);
     let shipper = builder(ring, &script, "down")
         .on_loss(move |ranges| {
-            assert!(ranges.iter().all(|l| l.cause == LossCause::Overwritten));
-            r2.fetch_add(ranges.iter().map(|l| l.count).sum(), Ordering::SeqCst);
+            let overwritten = ranges.iter().filter(|l| l.cause == LossCause::Overwritten);
+            r2.fetch_add(overwritten.map(|l| l.count).sum(), Ordering::SeqCst);
         })
         .supervise_every(Duration::from_millis(5))
         .start()

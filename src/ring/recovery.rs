@@ -352,6 +352,10 @@ fn unreadable_at_head(scan: &mut Scanner<'_>, head: u64, max_len: usize) -> io::
     let cap = scan.cap();
     let (off, pos) = if head % cap + HEADER_LEN as u64 > cap { (0, next_lap(head, cap)) } else { (head % cap, head) };
     let header = decode_header(scan.bytes(off, HEADER_LEN)?, pos, max_len);
+    if header.is_some() {
+        // Read the whole frame, so that its unreadable bytes are known.
+        scan.frame_at(pos)?;
+    }
     Ok(scan.unreadable_within(off, HEADER_LEN as u64) || header.is_some_and(|h| scan.unreadable_within(off, h.size())))
 }
 

@@ -268,10 +268,10 @@ fn call_back(what: &str, f: impl FnOnce()) {
 }
 
 /// `ring` is the ring's stats when the shipper started, and `known_loss`
-/// the last seq of the loss ranges it already held: losses and stalls are
-/// judged from that moment, whenever this thread gets to run. Records that
-/// were in the ring then are reported when they are overwritten, like any
-/// other.
+/// its delivery cursor then (losses up to it were counted before): losses
+/// and stalls are judged from that moment, whenever this thread gets to
+/// run. Records that were in the ring then are reported when they are
+/// overwritten, like any other.
 fn supervise(shared: &Arc<Shared>, stop: &Signal, ring: &crate::RingStats, known_loss: u64) {
     let cfg = shared.cfg;
     let mut watch = Watch::new(shared.now(), cfg.stall_after, cfg.abandon_after, ring.ack_seq, ring.overwritten);
@@ -716,10 +716,12 @@ impl ShipperBuilder {
             on_loss: self.on_loss,
             worker: parking_lot::Mutex::new(None),
         });
-        // Losses first: one that lands between the two calls is reported
-        // (it is above `known_loss`), rather than skipped.
-        let known_loss = shared.ring.losses().iter().map(|l| l.last_seq).max().unwrap_or(0);
         let initial = shared.ring.stats();
+        // Every seq up to the delivery cursor was acked or counted lost
+        // before the start; every record lost from now on lies above it.
+        // (Not the newest loss range's end: a damaged span already found
+        // among the pending records would hide overwrites below it.)
+        let known_loss = initial.ack_seq;
         shared.rejected_reported.store(initial.rejected, Ordering::Release);
         spawn_worker(&shared, 1);
         let stop = Arc::new(Signal::new());
