@@ -730,3 +730,69 @@ fn acks_between_read_boundaries_keep_the_clean_reopen_fast() {
     assert_eq!((s.acked, s.corrupted, s.pending), (25, 1, 14));
     assert_identity(&s);
 }
+
+/// Eviction through a damaged span (2.5 MiB) longer than one search step
+/// (1 MiB) that no reader has met: the search for the next frame holds the
+/// ring's state lock, so it goes a step per round, moving the tail past
+/// what it searched, and the span's records are counted corrupted, exactly
+/// once, once a frame past it is found. Before, one search scanned the
+/// whole span under the lock. With a crash after 2,000 evictions, the
+/// records lost are the same; recovery counts those of the span it finds
+/// between the checkpoint's tail and the oldest surviving record as
+/// overwritten (DESIGN.md, loss reporting), as it did before the step.
+#[test]
+fn eviction_through_damage_longer_than_a_search_step() {
+    /// Records the ring holds before the damage, 30,000 frames in 4 MiB.
+    const FILLED: u64 = 30_000;
+    /// The damage: from the 1,001st frame, 2.5 MiB.
+    const FROM: u64 = 1000 * FRAME;
+    const SPAN: u64 = 5 << 19;
+    let damaged = (FROM / FRAME + 1..=FILLED).filter(|k| (k - 1) * FRAME < FROM + SPAN).count() as u64;
+    let mut lost_without_crash = None;
+    for crash_inside in [false, true] {
+        let t = TempRing::new();
+        let config = || common::small(4 << 20);
+        let ring = common::open(&t.dir, config());
+        for i in 1..=FILLED {
+            ring.append(&payload(i, LEN)).unwrap();
+        }
+        ring.close().unwrap();
+        drop(ring);
+        let mut data = std::fs::read(t.data_file()).unwrap();
+        let at = (DATA_OFFSET + FROM) as usize;
+        data[at..at + SPAN as usize].fill(0xAB);
+        std::fs::write(t.data_file(), &data).unwrap();
+        let mut ring = common::open(&t.dir, config());
+        let mut next = FILLED + 1;
+        if crash_inside {
+            // 2,000 evictions: the tail has reached the span.
+            for _ in 0..2000 {
+                assert_eq!(ring.append(&payload(next, LEN)).unwrap(), next);
+                next += 1;
+            }
+            drop(ring);
+            ring = common::open(&t.dir, config());
+        }
+        // Enough to evict past the span.
+        while next <= FILLED + 25_000 {
+            assert_eq!(ring.append(&payload(next, LEN)).unwrap(), next);
+            next += 1;
+        }
+        let s = ring.stats();
+        assert_identity(&s);
+        assert_eq!(s.lost_unsynced, 0, "{s:?}");
+        let lost = s.corrupted + s.overwritten;
+        if crash_inside {
+            assert!(s.corrupted <= damaged, "{s:?}");
+            assert_eq!(Some(lost), lost_without_crash, "{s:?}");
+        } else {
+            assert_eq!(s.corrupted, damaged, "{s:?}");
+            let corrupted: Vec<_> = ring.losses().into_iter().filter(|l| l.cause == LossCause::Corrupted).collect();
+            assert_eq!(
+                corrupted.iter().map(|l| (l.first_seq, l.last_seq)).collect::<Vec<_>>(),
+                vec![(1001, 1000 + damaged)]
+            );
+            lost_without_crash = Some(lost);
+        }
+    }
+}

@@ -45,6 +45,10 @@ pub(crate) struct MetaIo {
     pub(crate) finished: bool,
 }
 
+/// How far eviction searches damage for the next frame in one step, with
+/// `ring.state` held (LOCKS.md): a step scans these bytes 8 at a time.
+const RESYNC_STEP: u64 = 1 << 20;
+
 /// How many times a group-commit leader yields, at most, for the threads
 /// the last fsync released to append before it starts the next fsync.
 /// Measured on 2 vCPUs with 4 producers under `SyncPolicy::Always`: 16
@@ -793,14 +797,25 @@ impl Inner {
                     }
                 }
                 _ => {
-                    // Damage at the tail that no reader has met yet.
+                    // Damage at the tail that no reader has met yet. The
+                    // search for the next frame holds `ring.state`: it looks
+                    // at most `RESYNC_STEP` bytes ahead per step.
+                    let limit = st.head.min(pos + RESYNC_STEP);
                     let resume = {
                         let mut scan = scan::Scanner::new(&*self.data, self.cap, self.stored_len, 64 << 10)
                             .counting(&self.unreadable_bytes);
-                        scan.resync(pos, st.head).map_err(|e| Error::io("read", &self.data_path, e))?
+                        scan.resync(pos, limit).map_err(|e| Error::io("read", &self.data_path, e))?
                     };
                     let (resume_pos, next) = match resume {
                         Some((q, scan::Found::Record(h) | scan::Found::Pad(h))) => (q, h.seq),
+                        None if limit < st.head => {
+                            // No frame starts before `limit`: the damage goes
+                            // on. Move past what was searched; the seqs it
+                            // held are counted once a frame past it is found
+                            // (the branch above), or when the head is reached.
+                            st.tail_pos = limit;
+                            continue;
+                        }
                         _ => (st.head, st.next_seq),
                     };
                     let hole = Hole {
