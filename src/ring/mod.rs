@@ -708,7 +708,7 @@ impl Inner {
             buf.resize(len as usize, 0);
             match storage::read_or_fill(&*self.data, buf, DATA_OFFSET + pos % self.cap) {
                 Ok(filled) => {
-                    let bytes = filled.iter().map(|r| r.end - r.start).sum::<u64>();
+                    let bytes = storage::filled_bytes(&filled);
                     if bytes > 0 {
                         self.unreadable_bytes.fetch_add(bytes, Ordering::Relaxed);
                     }

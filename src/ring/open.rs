@@ -133,7 +133,7 @@ fn read_layout(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_pa
     let meta_len = meta.len().map_err(|e| Error::io("stat", meta_path, e))?;
     let readable = (meta_len as usize).min(slots.len());
     let filled = storage::read_or_fill(meta, &mut slots[..readable], 0).map_err(|e| Error::io("read", meta_path, e))?;
-    let mut unreadable: u64 = filled.iter().map(|r| r.end - r.start).sum();
+    let mut unreadable = storage::filled_bytes(&filled);
     if meta_len < META_LEN {
         meta.set_len(META_LEN).map_err(|e| Error::io("preallocate", meta_path, e))?;
     }
@@ -152,7 +152,7 @@ fn read_layout(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_pa
     let data_len = data.len().map_err(|e| Error::io("stat", data_path, e))?;
     let mut header = vec![0u8; (DATA_OFFSET as usize).min(data_len as usize)];
     let filled = storage::read_or_fill(data, &mut header, 0).map_err(|e| Error::io("read", data_path, e))?;
-    unreadable += filled.iter().map(|r| r.end - r.start).sum::<u64>();
+    unreadable += storage::filled_bytes(&filled);
     let mut short_len = None;
     let (ring_id, cap, rewrite_header) = match DataHeader::decode(&header) {
         // Without a checkpoint the header may never have been made durable

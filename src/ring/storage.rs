@@ -152,6 +152,11 @@ pub(crate) fn read_or_fill(storage: &dyn Storage, buf: &mut [u8], offset: u64) -
     Ok(filled)
 }
 
+/// Bytes in the ranges [`read_or_fill`] returns.
+pub(crate) fn filled_bytes(filled: &[Range<u64>]) -> u64 {
+    filled.iter().map(|r| r.end - r.start).sum()
+}
+
 /// Reads the kernel's boot id (`/proc/sys/kernel/random/boot_id`).
 pub(crate) fn current_boot_id() -> Option<[u8; 16]> {
     let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
