@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::SeqCst;
 
+use common::Hooked;
 use common::{Hooks, TempRing, assert_identity, hook_file, open, payload, small};
+use ringship::sim::{Faults, SimDisk};
 use ringship::{FullPolicy, LossCause, Ring, RingConfig};
 
 /// Records appended in each scenario.
@@ -205,5 +207,41 @@ fn a_bad_block_over_a_checkpoint_slot_is_a_damaged_slot() {
         assert!(s.acked <= 10, "slot {slot:?}: {s:?}");
         assert_eq!((s.acked + s.pending, s.corrupted, s.overwritten), (RECORDS, 0, 0), "slot {slot:?}: {s:?}");
         ring.close().unwrap();
+    }
+}
+
+/// A bad block over either seq reservation record of `ring.meta`, then a
+/// power loss that takes the newest records: the other record still says
+/// which seqs were handed out, and none is used again (I1). Both records
+/// used to share one 4 KiB block (format version 3), and with that block
+/// unreadable the ring resumed right after the last durable record,
+/// handing out seqs a receiver may already hold.
+#[test]
+fn a_bad_block_over_either_reservation_record_still_keeps_seqs_from_reuse() {
+    for bad in [8192..12288, 12288..16384] {
+        let disk = SimDisk::new(7, Faults { lose_unsynced: 1.0, ..Faults::NONE });
+        let config = || small(64 << 10).with_seq_reservation(1000);
+        {
+            let (ring, _) = Ring::open_on(disk.file("ring.data"), disk.file("ring.meta"), config()).unwrap();
+            for i in 1..=RECORDS {
+                assert_eq!(ring.append(&payload(i, LEN)).unwrap(), i);
+                if i == RECORDS / 2 {
+                    ring.sync().unwrap();
+                }
+            }
+        }
+        disk.power_loss();
+        let bad_meta = Disk::default();
+        *bad_meta.bad.lock() = Some(bad.clone());
+        let meta = Box::new(Hooked { inner: disk.file("ring.meta"), hooks: bad_meta.clone() });
+        let (ring, report) = Ring::open_on(disk.file("ring.data"), meta, config()).expect("the ring opens");
+        assert!(bad_meta.eio.load(SeqCst) > 0, "the bad block was never read");
+        assert_eq!(report.unreadable_bytes, 4096, "{bad:?}: {report:?}");
+        let next = ring.append(b"after").unwrap();
+        assert!(next > RECORDS, "{bad:?}: seq {next} handed out again");
+        let s = ring.stats();
+        assert_identity(&s);
+        assert_eq!(s.pending, RECORDS / 2 + 1, "{bad:?}: {s:?}");
+        assert_eq!(s.lost_unsynced, next - 1 - RECORDS / 2, "{bad:?}: {s:?}");
     }
 }

@@ -505,7 +505,39 @@ fn an_unknown_format_version_is_refused() {
     data[32..36].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(t.data_file(), data).unwrap();
     let err = Ring::open(&t.dir, small(64 << 10)).unwrap_err();
-    assert!(matches!(err, Error::UnsupportedVersion { found: 99, supported: 3, .. }), "{err}");
+    assert!(matches!(err, Error::UnsupportedVersion { found: 99, supported: 4, .. }), "{err}");
+}
+
+/// A ring of format version 3 (whose `ring.meta` was 9,216 bytes, with
+/// both seq reservations in one block) is refused, and neither file is
+/// touched: an open used to extend `ring.meta` before it read the
+/// versions.
+#[test]
+fn a_version_3_ring_is_refused_untouched() {
+    let t = TempRing::new();
+    let ring = open(&t.dir, small(64 << 10));
+    ring.append(b"one").unwrap();
+    ring.close().unwrap();
+    let set_version = |b: &mut [u8], crc_at: usize| {
+        b[8..12].copy_from_slice(&3u32.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..crc_at]);
+        b[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
+    };
+    let mut data = std::fs::read(t.data_file()).unwrap();
+    set_version(&mut data, 32);
+    let mut meta = std::fs::read(t.meta_file()).unwrap();
+    meta.truncate(9216);
+    for slot in [0, 4096] {
+        let len = u32::from_le_bytes(meta[slot + 12..slot + 16].try_into().unwrap()) as usize;
+        set_version(&mut meta[slot..slot + 4096], len);
+    }
+    std::fs::write(t.data_file(), &data).unwrap();
+    std::fs::write(t.meta_file(), &meta).unwrap();
+    let err = Ring::open(&t.dir, small(64 << 10)).unwrap_err();
+    assert!(matches!(err, Error::UnsupportedVersion { found: 3, supported: 4, .. }), "{err}");
+    let after = std::fs::read(t.meta_file()).unwrap();
+    assert!(after == meta, "ring.meta touched: {} bytes, was {}", after.len(), meta.len());
+    assert!(std::fs::read(t.data_file()).unwrap() == data, "ring.data touched");
 }
 
 #[test]

@@ -191,25 +191,68 @@ fn a_gap_between_records_of_one_read_gets_its_own_notice() {
     assert_eq!((s.ring.corrupted, s.gap_notices), (1, 1));
 }
 
+/// Rejections are reported in-band, in the gap notice of the next batch,
+/// each once, including those no shipper had reported when the process
+/// stopped. Before, a shipper took every rejection counted at its start as
+/// reported: a restart between a rejection and the next batch kept it from
+/// the receiver for good.
 #[test]
-fn rejected_records_are_reported_in_a_gap_notice() {
+fn rejected_records_are_reported_in_a_gap_notice_once_across_restarts() {
     let t = TempRing::new();
-    let r = ring(&t, 64 << 10);
-    assert!(r.append(&vec![0; 5000]).is_err());
     let script = Script::new();
+    let rejected = |script: &Script| script.receiver.received("a").gaps.iter().map(|g| g.rejected).collect::<Vec<_>>();
+    let r = ring(&t, 64 << 10);
+    // Before any shipper: reported by the first one.
+    assert!(r.append(&vec![0; 5000]).is_err());
     let shipper = builder(r, &script, "a").start().unwrap();
     shipper.append(b"after").unwrap();
     eventually("acked", || shipper.stats().ring.acked == 1);
-    let g = script.receiver.received("a").gaps;
-    // Rejections before the shipper started were already in the ring's
-    // counters; only new ones are reported in-band.
-    assert!(g.is_empty(), "{g:?}");
+    assert_eq!(rejected(&script), vec![1]);
     assert!(shipper.append(&vec![0; 5000]).is_err());
     shipper.append(b"after 2").unwrap();
     eventually("acked 2", || shipper.stats().ring.acked == 2);
+    assert_eq!(rejected(&script), vec![1, 1]);
+    assert_eq!(shipper.stats().ring.rejected_reported, 2);
+    // Two more, then a restart before any batch carries them.
+    assert!(shipper.append(&vec![0; 5000]).is_err());
+    assert!(shipper.append(&vec![0; 5000]).is_err());
+    shipper.shutdown(Duration::from_secs(5)).unwrap();
+    let r = ring(&t, 64 << 10);
+    assert_eq!((r.stats().rejected, r.stats().rejected_reported), (4, 2));
+    let shipper = builder(r, &script, "a").start().unwrap();
+    shipper.append(b"after the restart").unwrap();
+    eventually("acked 3", || shipper.stats().ring.acked == 3);
+    assert_eq!(rejected(&script), vec![1, 1, 2]);
     let g = script.receiver.received("a").gaps;
-    assert_eq!(g.len(), 1);
-    assert_eq!((g[0].rejected, g[0].missing()), (1, 0));
+    assert_eq!(g.last().unwrap().missing(), 0, "{g:?}");
+    assert_eq!(shipper.stats().ring.rejected_reported, 4);
+    shipper.shutdown(Duration::from_secs(5)).unwrap();
+    // Nothing is reported twice after another restart.
+    let shipper = builder(ring(&t, 64 << 10), &script, "a").start().unwrap();
+    shipper.append(b"again").unwrap();
+    eventually("acked 4", || shipper.stats().ring.acked == 4);
+    assert_eq!(rejected(&script), vec![1, 1, 2]);
+}
+
+/// A reader of its own notes the rejections it reported; the ring refuses
+/// a count it never reached and keeps the highest one noted.
+#[test]
+fn rejections_noted_as_reported_are_bounded_and_kept() {
+    let t = TempRing::new();
+    let r = ring(&t, 64 << 10);
+    for _ in 0..3 {
+        assert!(r.append(&vec![0; 5000]).is_err());
+    }
+    let err = r.note_rejections_reported(4).unwrap_err();
+    assert!(matches!(err, ringship::Error::ReportedBeyondRejected { count: 4, rejected: 3 }), "{err}");
+    r.note_rejections_reported(2).unwrap();
+    r.note_rejections_reported(1).unwrap();
+    assert_eq!(r.stats().rejected_reported, 2);
+    // Kept by the checkpoint the note wrote, through a crash.
+    drop(r);
+    let r = ring(&t, 64 << 10);
+    assert_eq!((r.stats().rejected, r.stats().rejected_reported), (3, 2));
+    assert_identity(&r.stats());
 }
 
 #[test]

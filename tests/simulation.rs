@@ -148,7 +148,7 @@ fn check(ring: &Ring, disk: &SimDisk, model: &mut Model, cap: u64) {
     );
     // I5: the files never grow.
     assert_eq!(disk.len("ring.data"), DATA_OFFSET + cap, "I5: data file size");
-    assert_eq!(disk.len("ring.meta"), 9216, "I5: meta file size");
+    assert_eq!(disk.len("ring.meta"), 16384, "I5: meta file size");
 }
 
 /// Appends a random batch; returns a crash to simulate if it failed.

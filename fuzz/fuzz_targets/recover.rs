@@ -39,8 +39,9 @@ impl Storage for Small {
 }
 
 fuzz_target!(|data: &[u8]| {
-    // First 9216 bytes (or fewer) are the meta file, the rest the data file.
-    let split = data.len().min(9216);
+    // First 16384 bytes (or fewer) are the meta file, the rest the data
+    // file.
+    let split = data.len().min(16384);
     let (meta, rest) = data.split_at(split);
     let disk = SimDisk::new(1, Faults::NONE);
     let m = disk.file("ring.meta");

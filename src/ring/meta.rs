@@ -7,7 +7,7 @@ use super::frame::MAX_POSITION;
 use crate::stats::{LossCause, LossList, LossRange};
 
 /// Version of the on-disk format this build reads and writes.
-pub(crate) const FORMAT_VERSION: u32 = 3;
+pub(crate) const FORMAT_VERSION: u32 = 4;
 /// Magic of the data file header.
 pub(crate) const DATA_MAGIC: &[u8; 8] = b"RSHPDATA";
 /// Magic of a checkpoint slot.
@@ -18,15 +18,16 @@ pub(crate) const DATA_OFFSET: u64 = 4096;
 pub(crate) const SLOT_LEN: usize = 4096;
 /// Magic of a seq reservation record.
 pub(crate) const RESERVATION_MAGIC: &[u8; 8] = b"RSHPRSRV";
-/// Offsets of the two reservation records (one sector each).
-pub(crate) const RESERVATION_OFFSETS: [u64; 2] = [2 * SLOT_LEN as u64, 2 * SLOT_LEN as u64 + 512];
-/// Length of the meta file.
-pub(crate) const META_LEN: u64 = 2 * SLOT_LEN as u64 + 1024;
+/// Offsets of the two reservation records: each opens a 4 KiB block of its
+/// own, so one unreadable block (a bad sector) leaves the other.
+pub(crate) const RESERVATION_OFFSETS: [u64; 2] = [2 * SLOT_LEN as u64, 3 * SLOT_LEN as u64];
+/// Length of the meta file: two checkpoint slots, two reservation blocks.
+pub(crate) const META_LEN: u64 = 4 * SLOT_LEN as u64;
 const RESERVATION_LEN: usize = 40;
 const DATA_HEADER_LEN: usize = 36;
 const LOSS_LEN: usize = 56;
 const HINT_LEN: usize = 24;
-const FIXED_LEN: usize = 196;
+const FIXED_LEN: usize = 204;
 /// Most unsettled holes a checkpoint remembers the cause of.
 pub(crate) const MAX_HOLE_HINTS: usize = 16;
 
@@ -93,6 +94,8 @@ pub(crate) struct Checkpoint {
     /// position was fsynced (the head when the last data fsync began).
     pub(crate) durable_pos: u64,
     pub(crate) rejected: u64,
+    /// Of `rejected`, how many a receiver was told of (at most `rejected`).
+    pub(crate) rejected_reported: u64,
     pub(crate) acked: u64,
     pub(crate) overwritten: u64,
     pub(crate) overwritten_bytes: u64,
@@ -143,6 +146,7 @@ impl Checkpoint {
             self.corrupted,
             self.lost_unsynced,
             self.durable_pos,
+            self.rejected_reported,
         ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
@@ -187,6 +191,7 @@ impl Checkpoint {
             && self.next_seq < MAX_POSITION
             && self.head_pos < MAX_POSITION
             && self.rejected < MAX_POSITION
+            && self.rejected_reported <= self.rejected
             && self.overwritten_bytes < MAX_POSITION
             && (1..=self.next_seq).contains(&self.tail_seq)
             && self.ack_seq < self.next_seq
@@ -225,9 +230,9 @@ impl Checkpoint {
             return Err(HeaderError::Version(version));
         }
         let v = |i: usize| u64_at(b, 16 + 8 * i);
-        let flags = u32_at(b, 168);
-        let n = u32_at(b, 188) as usize;
-        let h = u32_at(b, 192) as usize;
+        let flags = u32_at(b, 176);
+        let n = u32_at(b, 196) as usize;
+        let h = u32_at(b, 200) as usize;
         // More than a checkpoint ever holds: a forged or foreign slot, and
         // encoding it again would overrun the slot.
         if n > crate::config::MAX_LOSS_RANGES || h > MAX_HOLE_HINTS || FIXED_LEN + n * LOSS_LEN + h * HINT_LEN != len {
@@ -273,9 +278,10 @@ impl Checkpoint {
             corrupted: v(16),
             lost_unsynced: v(17),
             durable_pos: v(18),
+            rejected_reported: v(19),
             clean: flags & 1 != 0,
             sync_always: flags & 4 != 0,
-            boot_id: (flags & 2 != 0).then(|| b[172..188].try_into().expect("16 bytes")),
+            boot_id: (flags & 2 != 0).then(|| b[180..196].try_into().expect("16 bytes")),
             losses,
             hole_hints,
         };
@@ -413,6 +419,12 @@ mod tests {
         let mut c = sample();
         c.rejected = u64::MAX;
         assert!(Checkpoint::decode(&c.encode()).is_err());
+        // More rejections reported than there were.
+        let mut c = sample();
+        c.rejected_reported = c.rejected + 1;
+        assert!(Checkpoint::decode(&c.encode()).is_err());
+        c.rejected_reported = c.rejected;
+        assert!(Checkpoint::decode(&c.encode()).is_ok());
         let mut c = sample();
         c.overwritten_bytes = u64::MAX - 10;
         assert!(Checkpoint::decode(&c.encode()).is_err());
@@ -462,6 +474,8 @@ mod tests {
             ack_seq: 2,
             acked: 2,
             overwritten: 7,
+            rejected: 5,
+            rejected_reported: 3,
             boot_id: Some([7; 16]),
             clean: true,
             losses,
@@ -484,6 +498,19 @@ mod tests {
     fn checkpoint_round_trips() {
         let c = sample();
         assert_eq!(Checkpoint::decode(&c.encode()).unwrap(), c);
+    }
+
+    /// Each reservation record opens a block of its own: no 4 KiB block
+    /// (the unit a bad sector takes with it) holds both, or a checkpoint
+    /// slot.
+    #[test]
+    fn reservation_records_share_no_block() {
+        let block = |at: u64| at / 4096;
+        let [a, b] = RESERVATION_OFFSETS;
+        assert_ne!(block(a), block(b));
+        for at in RESERVATION_OFFSETS {
+            assert!(at >= 2 * SLOT_LEN as u64 && at + 512 <= META_LEN);
+        }
     }
 
     #[test]

@@ -315,6 +315,36 @@ impl Ring {
         inner.write_checkpoint(false).map(|_| ())
     }
 
+    /// Notes that a receiver has been told of the ring's first `count`
+    /// rejections (the `rejected` count of [`stats`](Ring::stats) when the
+    /// notice was built), and writes a checkpoint, as `ack` does, so the
+    /// note survives a restart: [`RingStats::rejected_reported`] then
+    /// tells a reader which rejections are still to be reported. The
+    /// shipper calls this for every gap notice it delivers; a reader of
+    /// its own does the same. A count at or below the one noted does
+    /// nothing.
+    ///
+    /// # Errors
+    /// [`Error::ReportedBeyondRejected`] for a count above `rejected`,
+    /// [`Error::Closed`], or [`Error::Io`] if the checkpoint could not be
+    /// written (the note is kept, and the next checkpoint writes it).
+    pub fn note_rejections_reported(&self, count: u64) -> Result<()> {
+        {
+            let mut st = self.inner.state.lock();
+            if st.closed {
+                return Err(Error::Closed);
+            }
+            if count > st.rejected {
+                return Err(Error::ReportedBeyondRejected { count, rejected: st.rejected });
+            }
+            if count <= st.rejected_reported {
+                return Ok(());
+            }
+            st.rejected_reported = count;
+        }
+        self.inner.write_checkpoint(false).map(|_| ())
+    }
+
     /// Makes every record appended so far durable, writes a checkpoint, and
     /// returns the durable seq.
     ///

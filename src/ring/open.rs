@@ -134,9 +134,6 @@ fn read_layout(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_pa
     let readable = (meta_len as usize).min(slots.len());
     let filled = storage::read_or_fill(meta, &mut slots[..readable], 0).map_err(|e| Error::io("read", meta_path, e))?;
     let mut unreadable = storage::filled_bytes(&filled);
-    if meta_len < META_LEN {
-        meta.set_len(META_LEN).map_err(|e| Error::io("preallocate", meta_path, e))?;
-    }
     let picked = pick_checkpoint([&slots[..SLOT_LEN], &slots[SLOT_LEN..2 * SLOT_LEN]]);
     let (damaged_slots, version) = (picked.damaged, picked.version);
     let (ck_slot, ck) = match picked.best {
@@ -178,6 +175,10 @@ fn read_layout(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_pa
         // counts the records they held.
         data.set_len(DATA_OFFSET + cap).map_err(|e| Error::io("preallocate", data_path, e))?;
         short_len = Some(data_len);
+    }
+    // Extended only now: a file of another version is refused untouched.
+    if meta_len < META_LEN {
+        meta.set_len(META_LEN).map_err(|e| Error::io("preallocate", meta_path, e))?;
     }
     if rewrite_header {
         data.write_at(&DataHeader { ring_id, capacity: cap }.encode(), 0)

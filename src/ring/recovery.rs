@@ -109,6 +109,7 @@ fn clean_reopen(scan: &mut Scanner<'_>, input: &Input<'_>) -> io::Result<Option<
     st.ack_seq = ck.ack_seq.min(ck.next_seq - 1);
     st.ack_pos = ack_pos;
     st.rejected = ck.rejected;
+    st.rejected_reported = ck.rejected_reported;
     st.acked = ck.acked;
     st.overwritten = ck.overwritten;
     st.overwritten_bytes = ck.overwritten_bytes;
@@ -669,6 +670,7 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
     st.ack_seq = ck.ack_seq.min(next_seq - 1);
     st.ack_pos = ack_pos;
     st.rejected = ck.rejected;
+    st.rejected_reported = ck.rejected_reported;
     st.acked = ck.acked;
     st.overwritten = ck.overwritten;
     st.overwritten_bytes = ck.overwritten_bytes;
@@ -807,6 +809,7 @@ pub(crate) fn fresh_state(cap: u64, max_losses: usize) -> State {
         ack_seq: 0,
         ack_pos: None,
         rejected: 0,
+        rejected_reported: 0,
         acked: 0,
         overwritten: 0,
         overwritten_bytes: 0,

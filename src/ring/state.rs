@@ -64,6 +64,8 @@ pub(crate) struct State {
     /// Position of the frame of `ack_seq + 1`, when known.
     pub(crate) ack_pos: Option<u64>,
     pub(crate) rejected: u64,
+    /// Of `rejected`, how many a receiver was told of.
+    pub(crate) rejected_reported: u64,
     pub(crate) acked: u64,
     pub(crate) overwritten: u64,
     pub(crate) overwritten_bytes: u64,
@@ -267,6 +269,7 @@ impl State {
             overwritten: self.overwritten,
             overwritten_bytes: self.overwritten_bytes,
             rejected: self.rejected,
+            rejected_reported: self.rejected_reported,
             corrupted: self.corrupted + hc,
             lost_unsynced: self.lost_unsynced + hu,
             last_seq,
@@ -300,6 +303,7 @@ impl State {
             settled_pos: self.settled_pos(),
             ack_seq: self.ack_seq,
             rejected: self.rejected,
+            rejected_reported: self.rejected_reported,
             acked: self.acked,
             overwritten: self.overwritten,
             overwritten_bytes: self.overwritten_bytes,

@@ -84,7 +84,6 @@ pub(crate) struct Shared {
     closing: AtomicBool,
     /// Stop now.
     stop: AtomicBool,
-    rejected_reported: AtomicU64,
     counters: AtomicCounters,
     base: Instant,
     on_stall: Option<StallCallback>,
@@ -152,15 +151,19 @@ impl Shared {
         st.last_error = None;
     }
 
-    /// Counts the gap notice `batch` delivered, and notes that the ring's
-    /// rejections up to `rejected` (its count when the batch was read) were
-    /// reported, so no later notice repeats them. A maximum, not a sum: the
-    /// same rejections can be delivered twice (an abandoned send's late
-    /// success after its replacement's), and must not count twice.
+    /// Counts the gap notice `batch` delivered, and notes in the ring that
+    /// its rejections up to `rejected` (its count when the batch was read)
+    /// were reported, so no later notice repeats them, after a restart
+    /// too. A maximum, not a sum: the same rejections can be delivered
+    /// twice (an abandoned send's late success after its replacement's),
+    /// and must not count twice.
     fn note_gap_delivered(&self, batch: &Batch, rejected: u64) {
         if batch.gap.is_some() {
             self.counters.gap_notices.fetch_add(1, Ordering::Relaxed);
-            self.rejected_reported.fetch_max(rejected, Ordering::AcqRel);
+            // `rejected` came from the ring's own count, so only a closed
+            // ring or a failed checkpoint write refuses it; the ring keeps
+            // the note for its next checkpoint in the second case.
+            let _ = self.ring.note_rejections_reported(rejected);
         }
     }
 
@@ -709,7 +712,6 @@ impl ShipperBuilder {
             epoch: AtomicU64::new(1),
             closing: AtomicBool::new(false),
             stop: AtomicBool::new(false),
-            rejected_reported: AtomicU64::new(0),
             counters: AtomicCounters::default(),
             base: Instant::now(),
             on_stall: self.on_stall,
@@ -722,7 +724,6 @@ impl ShipperBuilder {
         // (Not the newest loss range's end: a damaged span already found
         // among the pending records would hide overwrites below it.)
         let known_loss = initial.ack_seq;
-        shared.rejected_reported.store(initial.rejected, Ordering::Release);
         spawn_worker(&shared, 1);
         let stop = Arc::new(Signal::new());
         let stop_rx = Arc::clone(&stop);

@@ -127,7 +127,9 @@ fn build_batch(shared: &Shared, rb: ReadBatch, cursor: u64, rejected: u64) -> Op
         .take_while(|(r, expected)| r.seq == *expected)
         .map(|(r, _)| BatchRecord { seq: r.seq, timestamp: r.timestamp, payload: r.payload })
         .collect();
-    let rejected = rejected.saturating_sub(shared.rejected_reported.load(Ordering::Acquire));
+    // Read after the records: a note made since the count was taken (an
+    // abandoned send's late success) is not repeated.
+    let rejected = rejected.saturating_sub(shared.ring.stats().rejected_reported);
     let mut gap = None;
     if first > cursor || rejected > 0 {
         let mut notice =

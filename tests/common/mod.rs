@@ -147,6 +147,9 @@ impl<H: Hooks> ringship::Storage for Hooked<H> {
     fn set_len(&self, len: u64) -> std::io::Result<()> {
         self.inner.set_len(len)
     }
+    fn boot_id(&self) -> Option<[u8; 16]> {
+        self.inner.boot_id()
+    }
 }
 
 /// `config` with the file whose path ends with `name` wrapped in a
