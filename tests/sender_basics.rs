@@ -5,8 +5,8 @@ mod common;
 #[path = "common/transports.rs"]
 mod transports;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::{Hooks, TempRing, assert_identity, eventually, hook_file, payload, small};
@@ -17,7 +17,7 @@ fn ring(t: &TempRing, cap: u64) -> Ring {
     Ring::open(&t.dir, small(cap)).unwrap().0
 }
 
-fn builder(ring: Ring, script: &Script, address: &str) -> ShipperBuilder {
+fn builder(ring: impl Into<Arc<Ring>>, script: &Script, address: &str) -> ShipperBuilder {
     Shipper::builder(ring)
         .endpoint(Endpoint::new(address))
         .transport(script.factory())
@@ -253,6 +253,60 @@ fn rejections_noted_as_reported_are_bounded_and_kept() {
     let r = ring(&t, 64 << 10);
     assert_eq!((r.stats().rejected, r.stats().rejected_reported), (3, 2));
     assert_identity(&r.stats());
+}
+
+/// Records acknowledged while the worker reads (the late success of an
+/// abandoned worker's send) and evicted before the read ends were
+/// delivered: no gap notice names them. Before, the worker took its cursor
+/// from the ack before the read, and the notice reported them missing.
+#[test]
+fn records_acked_and_evicted_during_a_read_are_no_gap() {
+    /// On the worker's first read of the data file: acks seqs 1..=10, as
+    /// an abandoned send's late success would, and appends 5 records,
+    /// which evict seqs 1..=5.
+    struct AckDuringRead {
+        ring: Arc<OnceLock<Arc<Ring>>>,
+        fired: Arc<AtomicBool>,
+    }
+    impl Hooks for AckDuringRead {
+        fn before_read(&self, _len: usize, _offset: u64) -> std::io::Result<()> {
+            let worker = std::thread::current().name().is_some_and(|n| n.starts_with("ringship-send-"));
+            if let Some(ring) = self.ring.get().filter(|_| worker)
+                && !self.fired.swap(true, Ordering::SeqCst)
+            {
+                ring.ack(10).unwrap();
+                for i in 31..=35 {
+                    assert_eq!(ring.append(&payload(i, 100)).unwrap(), i);
+                }
+                // Seqs 1..=5 evicted, none of them lost.
+                assert_eq!(ring.read(1, 1, usize::MAX).unwrap().records[0].seq, 6);
+                assert_eq!(ring.stats().overwritten, 0);
+            }
+            Ok(())
+        }
+    }
+    let t = TempRing::new();
+    let script = Script::new();
+    let slot = Arc::new(OnceLock::new());
+    let fired = Arc::new(AtomicBool::new(false));
+    let (s, f) = (Arc::clone(&slot), Arc::clone(&fired));
+    // 30 frames of 136 bytes fill the ring.
+    let config =
+        hook_file(small(4096), "ring.data", move || AckDuringRead { ring: Arc::clone(&s), fired: Arc::clone(&f) });
+    let ring = Arc::new(Ring::open(&t.dir, config).unwrap().0);
+    for i in 1..=30 {
+        ring.append(&payload(i, 100)).unwrap();
+    }
+    slot.set(Arc::clone(&ring)).unwrap();
+    // No linger: a re-read after it would start past the ack anyway.
+    let shipper = builder(ring, &script, "a").linger(Duration::ZERO).start().unwrap();
+    eventually("all acked", || shipper.stats().ring.acked == 35);
+    assert!(fired.load(Ordering::SeqCst));
+    let got = script.receiver.received("a");
+    assert!(got.gaps.is_empty(), "{:?}", got.gaps);
+    assert_eq!(seqs(&script, "a"), (11..=35).collect::<Vec<_>>());
+    let s = shipper.stats();
+    assert_eq!((s.ring.overwritten, s.gap_notices), (0, 0), "{s:?}");
 }
 
 #[test]

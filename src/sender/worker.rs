@@ -44,6 +44,10 @@ pub(super) fn run(shared: &Arc<Shared>, epoch: u64, mut transport: Box<dyn Trans
                 let from = from_seq.max(stats.ack_seq + 1);
                 match ring.read(from, cfg.max_batch_records, cfg.max_batch_bytes) {
                     Ok(rb) => {
+                        // An ack made while the read ran delivered what it
+                        // covers too: the batch starts past it, and records
+                        // it let the writer evict meanwhile are no gap.
+                        let from = from.max(ring.stats().ack_seq + 1);
                         held = build_batch(shared, rb, from, stats.rejected);
                         held_rejected = stats.rejected;
                         let info = held.as_ref().map(|b| BatchInfo {
@@ -119,10 +123,10 @@ pub(super) fn run(shared: &Arc<Shared>, epoch: u64, mut transport: Box<dyn Trans
 /// with the notice for it. Each notice thus covers every seq missing before
 /// its batch, and no seq goes missing inside a batch.
 fn build_batch(shared: &Shared, rb: ReadBatch, cursor: u64, rejected: u64) -> Option<Batch> {
-    let first = rb.records.first()?.seq;
-    let records: Vec<BatchRecord> = rb
-        .records
-        .into_iter()
+    // Records below the cursor were read before an ack passed them.
+    let mut read = rb.records.into_iter().skip_while(|r| r.seq < cursor).peekable();
+    let first = read.peek()?.seq;
+    let records: Vec<BatchRecord> = read
         .zip(first..)
         .take_while(|(r, expected)| r.seq == *expected)
         .map(|(r, _)| BatchRecord { seq: r.seq, timestamp: r.timestamp, payload: r.payload })
