@@ -86,4 +86,4 @@ pub use transport::{
 #[cfg(feature = "http")]
 pub use transport::{BodyFormat, HttpConfig, HttpTransport};
 #[cfg(feature = "syslog")]
-pub use transport::{SyslogConfig, SyslogTransport};
+pub use transport::{MIN_SYSLOG_MESSAGE_LEN, SyslogConfig, SyslogTransport};

@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -121,6 +121,49 @@ impl Rsyslog {
                 let rest = l.strip_prefix("[ringship@32473 seq=\"")?;
                 let (seq, rest) = rest.split_once("\"]|")?;
                 Some((seq.parse().ok()?, rest.to_owned()))
+            })
+            .collect()
+    }
+
+    /// Each record's payload, its parts (`part="i/n"`) joined in order;
+    /// a record with a part missing is left out.
+    fn reassembled(&self) -> BTreeMap<u64, Vec<u8>> {
+        let text = std::fs::read_to_string(self.dir.join("out.log")).unwrap_or_default();
+        let mut parts: BTreeMap<u64, Vec<Option<String>>> = BTreeMap::new();
+        let mut whole = BTreeMap::new();
+        for l in text.lines() {
+            let Some(rest) = l.strip_prefix("[ringship@32473 seq=\"") else { continue };
+            let Some((sd, msg)) = rest.split_once("]|") else { continue };
+            let (seq, part) =
+                sd.split_once("\" part=\"").map_or((sd.trim_end_matches('"'), None), |(s, p)| (s, Some(p)));
+            let Ok(seq) = seq.parse::<u64>() else { continue };
+            match part.and_then(|p| p.trim_end_matches('"').split_once('/')) {
+                None => {
+                    whole.insert(seq, msg.as_bytes().to_vec());
+                }
+                Some((i, n)) => {
+                    let (i, n): (usize, usize) = (i.parse().unwrap(), n.parse().unwrap());
+                    parts.entry(seq).or_insert_with(|| vec![None; n])[i - 1] = Some(msg.to_owned());
+                }
+            }
+        }
+        for (seq, p) in parts {
+            if p.iter().all(Option::is_some) {
+                whole.insert(seq, p.into_iter().flatten().collect::<String>().into_bytes());
+            }
+        }
+        whole
+    }
+
+    /// How many parts each record split in parts was sent in.
+    fn part_counts(&self) -> BTreeMap<u64, usize> {
+        let text = std::fs::read_to_string(self.dir.join("out.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("[ringship@32473 seq=\"")?;
+                let (seq, rest) = rest.split_once("\" part=\"")?;
+                let n = rest.split_once('/')?.1.split_once('"')?.0;
+                Some((seq.parse().ok()?, n.parse().ok()?))
             })
             .collect()
     }
@@ -283,4 +326,43 @@ fn relp_ringship_killed_and_restarted_loses_nothing() {
     assert_exact(&r.records(), 24);
     assert!(kills >= 1);
     eprintln!("{kills} SIGKILLs of ringship; {} lines for {TOTAL} records", r.records().len());
+}
+
+/// Records longer than rsyslog's default message size (8,096 bytes) arrive
+/// whole, in parts, over RELP and TCP; a record whose message is exactly
+/// the limit arrives as one. Before, rsyslog truncated each to 8,096 bytes and
+/// acknowledged it (RELP), or took its tail for further messages (TCP).
+#[test]
+fn records_longer_than_a_syslog_message_arrive_whole_in_parts() {
+    require_rsyslog!();
+    let header = ringship_header_len();
+    // Lengths: small, the whole limit exactly, one byte over, several parts.
+    let lens = [100, 8096 - header, 8097 - header, 20_000, 50_000];
+    for relp in [true, false] {
+        let r = Rsyslog::start();
+        let url = if relp { r.relp_url() } else { r.tcp_url() };
+        let t = TempRing::new();
+        let ring = Ring::open(&t.dir, small(1 << 20).with_max_record_len(64 << 10)).unwrap().0;
+        let shipper = builder(ring, &url).start().unwrap();
+        for (i, &len) in lens.iter().enumerate() {
+            assert_eq!(shipper.append(&payload(i as u64 + 1, len)).unwrap(), i as u64 + 1);
+        }
+        eventually("acked", || shipper.stats().ring.acked == lens.len() as u64);
+        shipper.shutdown(Duration::from_secs(5)).unwrap();
+        eventually("every record whole", || {
+            let got = r.reassembled();
+            (1..=lens.len() as u64).all(|seq| got.get(&seq).is_some_and(|p| *p == payload(seq, lens[seq as usize - 1])))
+        });
+        // Parts for the longer ones only.
+        let parts = r.part_counts();
+        assert_eq!((parts.get(&1), parts.get(&2)), (None, None), "{url}: {parts:?}");
+        assert_eq!(parts.get(&3), Some(&2), "{url}: {parts:?}");
+    }
+}
+
+/// Header bytes of a record's message with seq 2 (one digit) as the
+/// default `SyslogConfig` formats it, timestamp included.
+fn ringship_header_len() -> usize {
+    let host = SyslogConfig::default().hostname;
+    "<14>1 2026-12-02T14:20:00.123456Z ".len() + host.len() + " ringship - - [ringship@32473 seq=\"2\"] ".len()
 }

@@ -24,7 +24,7 @@ pub use memory::{MemoryReceiver, MemoryTransport, Received};
 #[cfg(fuzzing)]
 pub(crate) use syslog::parse_frame;
 #[cfg(feature = "syslog")]
-pub use syslog::{SyslogConfig, SyslogTransport};
+pub use syslog::{MIN_SYSLOG_MESSAGE_LEN, SyslogConfig, SyslogTransport};
 
 use crate::stats::LossCause;
 use crate::sync::atomic::{AtomicBool, Ordering};

@@ -9,6 +9,10 @@
 //! <14>1 2026-11-24T05:30:57.123456Z host app - - [ringship@32473 seq="42"] payload
 //! ```
 //!
+//! A record whose message would exceed [`SyslogConfig::max_message_len`]
+//! goes as several, `[ringship@32473 seq="42" part="1/3"]` and so on: a
+//! receiver truncates a longer message and still acknowledges it.
+//!
 //! A gap notice becomes one message with MSGID `gap` and
 //! `[ringship-gap@32473 first=".." last=".." count=".." cause=".." rejected=".."]`.
 //!
@@ -48,7 +52,20 @@ pub struct SyslogConfig {
     pub facility: u8,
     /// Severity (default 6, informational).
     pub severity: u8,
+    /// Longest message the receiver takes whole (default 8,096, the
+    /// whole message as rsyslog's default `maxMessageSize` counts it; at
+    /// least 1,024). A receiver truncates a
+    /// longer message and still acknowledges it (rsyslog's imrelp and
+    /// imtcp both do), so a record whose message would be longer goes as
+    /// several messages, in order, each with `part="i/n"` in its
+    /// structured data: nothing is cut off. A UTF-8 payload is split
+    /// between characters.
+    pub max_message_len: usize,
 }
+
+/// The least [`SyslogConfig::max_message_len`]: room for the longest
+/// header (a 255-byte host name) and some payload.
+pub const MIN_SYSLOG_MESSAGE_LEN: usize = 1024;
 
 impl Default for SyslogConfig {
     fn default() -> Self {
@@ -57,7 +74,7 @@ impl Default for SyslogConfig {
             .map(|h| h.trim().to_owned())
             .filter(|h| !h.is_empty() && h.is_ascii() && !h.contains(' '))
             .unwrap_or_else(|| "-".to_owned());
-        SyslogConfig { hostname, app_name: "ringship".to_owned(), facility: 1, severity: 6 }
+        SyslogConfig { hostname, app_name: "ringship".to_owned(), facility: 1, severity: 6, max_message_len: 8096 }
     }
 }
 
@@ -66,7 +83,8 @@ impl SyslogConfig {
     /// APP-NAME of 1 to 48 printable US-ASCII characters, no spaces (`-`
     /// for none); facility at most 23 and severity at most 7. A field
     /// outside these would shift the message's fields, and a receiver
-    /// would no longer find a record's seq.
+    /// would no longer find a record's seq. `max_message_len` must be at
+    /// least [`MIN_SYSLOG_MESSAGE_LEN`].
     ///
     /// # Errors
     /// [`Error::Config`](crate::Error::Config) naming the field.
@@ -86,6 +104,12 @@ impl SyslogConfig {
             return Err(crate::Error::Config(format!(
                 "syslog facility {} must be at most 23 and severity {} at most 7",
                 self.facility, self.severity
+            )));
+        }
+        if self.max_message_len < MIN_SYSLOG_MESSAGE_LEN {
+            return Err(crate::Error::Config(format!(
+                "syslog max_message_len {} must be at least {MIN_SYSLOG_MESSAGE_LEN} bytes",
+                self.max_message_len
             )));
         }
         Ok(())
@@ -115,19 +139,63 @@ fn rfc3339(nanos: u64) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
-/// Formats one record as an RFC 5424 message.
-pub(crate) fn format_record(cfg: &SyslogConfig, r: &BatchRecord) -> Vec<u8> {
+/// Formats one record as RFC 5424 messages: one, or, when that would be
+/// longer than `cfg.max_message_len`, one per part of the payload.
+pub(crate) fn format_record(cfg: &SyslogConfig, r: &BatchRecord) -> Vec<Vec<u8>> {
     let pri = u32::from(cfg.facility) * 8 + u32::from(cfg.severity);
-    let mut m = format!(
-        "<{pri}>1 {} {} {} - - [ringship@{PEN} seq=\"{}\"] ",
-        rfc3339(r.timestamp),
-        cfg.hostname,
-        cfg.app_name,
-        r.seq
-    )
-    .into_bytes();
-    m.extend_from_slice(&r.payload);
-    m
+    let head = |part: &str| {
+        format!(
+            "<{pri}>1 {} {} {} - - [ringship@{PEN} seq=\"{}\"{part}] ",
+            rfc3339(r.timestamp),
+            cfg.hostname,
+            cfg.app_name,
+            r.seq
+        )
+        .into_bytes()
+    };
+    let whole = head("");
+    if whole.len() + r.payload.len() <= cfg.max_message_len {
+        let mut m = whole;
+        m.extend_from_slice(&r.payload);
+        return vec![m];
+    }
+    // Room for a part's payload next to the longest part header (no
+    // record has a million parts: 16 MiB in parts of at least 500 bytes).
+    let room = cfg.max_message_len.saturating_sub(head(" part=\"999999/999999\"").len()).max(4);
+    let parts = split_payload(&r.payload, room);
+    let n = parts.len();
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut m = head(&format!(" part=\"{}/{n}\"", i + 1));
+            m.extend_from_slice(chunk);
+            m
+        })
+        .collect()
+}
+
+/// Cuts `payload` into pieces of at most `room` bytes (`room` >= 4),
+/// between characters if it is UTF-8, so each piece is text on its own.
+fn split_payload(payload: &[u8], room: usize) -> Vec<&[u8]> {
+    let text = std::str::from_utf8(payload).ok();
+    let mut parts = Vec::with_capacity(payload.len().div_ceil(room));
+    let mut rest = payload;
+    while !rest.is_empty() {
+        let mut at = room.min(rest.len());
+        if let Some(t) = text {
+            let offset = payload.len() - rest.len();
+            // A character is at most 4 bytes: one of the 4 cuts before
+            // `at` is a boundary.
+            while !t.is_char_boundary(offset + at) {
+                at -= 1;
+            }
+        }
+        let (part, tail) = rest.split_at(at);
+        parts.push(part);
+        rest = tail;
+    }
+    parts
 }
 
 /// Formats a gap notice as an RFC 5424 message with MSGID `gap`.
@@ -433,7 +501,7 @@ impl Transport for SyslogTransport {
         if let Some(g) = &batch.gap {
             messages.push(format_gap(&self.config, g));
         }
-        messages.extend(batch.records.iter().map(|r| format_record(&self.config, r)));
+        messages.extend(batch.records.iter().flat_map(|r| format_record(&self.config, r)));
         let result = (|| {
             let conn = self.connect(endpoint, ctx)?;
             match conn.kind {
@@ -489,9 +557,49 @@ mod tests {
         let cfg = SyslogConfig { hostname: "h".into(), ..SyslogConfig::default() };
         let r = BatchRecord { seq: 42, timestamp: 0, payload: bytes::Bytes::from_static(b"hello") };
         assert_eq!(
-            String::from_utf8(format_record(&cfg, &r)).unwrap(),
-            "<14>1 1970-01-01T00:00:00.000000Z h ringship - - [ringship@32473 seq=\"42\"] hello"
+            format_record(&cfg, &r),
+            vec![b"<14>1 1970-01-01T00:00:00.000000Z h ringship - - [ringship@32473 seq=\"42\"] hello".to_vec()]
         );
+    }
+
+    /// A record too long for one message goes in parts, each at most
+    /// `max_message_len`, numbered, that join to the payload byte for
+    /// byte; UTF-8 text is cut between characters. Before, the record went
+    /// as one message, which rsyslog truncated to 8 KiB and acknowledged.
+    #[test]
+    fn a_record_longer_than_a_message_goes_in_parts() {
+        let host = "h".repeat(255);
+        let cfg = SyslogConfig { hostname: host.clone(), max_message_len: 1024, ..SyslogConfig::default() };
+        let text = "abc-é-€-𝄞-".repeat(700);
+        let binary: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for payload in [text.into_bytes(), binary] {
+            let r = BatchRecord { seq: 7, timestamp: 0, payload: bytes::Bytes::from(payload.clone()) };
+            let messages = format_record(&cfg, &r);
+            let n = messages.len();
+            assert!(n > 1 && n <= payload.len() / 500 + 1, "{n} parts");
+            let mut joined = Vec::new();
+            for (i, m) in messages.iter().enumerate() {
+                assert!(m.len() <= 1024, "part {i}: {} bytes", m.len());
+                let head = format!(
+                    "<14>1 1970-01-01T00:00:00.000000Z {host} ringship - - [ringship@32473 seq=\"7\" part=\"{}/{n}\"] ",
+                    i + 1
+                );
+                assert!(m.starts_with(head.as_bytes()), "part {i}");
+                let chunk = &m[head.len()..];
+                if std::str::from_utf8(&payload).is_ok() {
+                    assert!(std::str::from_utf8(chunk).is_ok(), "part {i} cut inside a character");
+                }
+                joined.extend_from_slice(chunk);
+            }
+            assert!(joined == payload, "parts do not join to the payload");
+        }
+        // Exactly at the limit: one message, no part.
+        let cfg = SyslogConfig { hostname: "h".into(), max_message_len: 1024, ..SyslogConfig::default() };
+        let head = format_record(&cfg, &BatchRecord { seq: 7, timestamp: 0, payload: bytes::Bytes::new() })[0].len();
+        let fits = BatchRecord { seq: 7, timestamp: 0, payload: bytes::Bytes::from(vec![b'x'; 1024 - head]) };
+        assert_eq!(format_record(&cfg, &fits).len(), 1);
+        let over = BatchRecord { payload: bytes::Bytes::from(vec![b'x'; 1025 - head]), ..fits };
+        assert_eq!(format_record(&cfg, &over).len(), 2);
     }
 
     #[test]
@@ -527,6 +635,7 @@ mod tests {
             (SyslogConfig { hostname: "höst".into(), ..ok.clone() }, "hostname"),
             (SyslogConfig { facility: 24, ..ok.clone() }, "facility"),
             (SyslogConfig { severity: 8, ..ok.clone() }, "severity"),
+            (SyslogConfig { max_message_len: MIN_SYSLOG_MESSAGE_LEN - 1, ..ok.clone() }, "max_message_len"),
         ] {
             let err = SyslogTransport::factory(bad).err().expect("refused");
             assert!(matches!(&err, crate::Error::Config(m) if m.contains(field)), "{err}");
