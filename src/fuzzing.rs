@@ -35,7 +35,8 @@ pub fn encode_frame(seq: u64, ts: u64, pos: u64, payload: &[u8]) -> Vec<u8> {
 /// Drives the sender's state machine with choices taken from `input`,
 /// following the protocol (a read is answered after `Read`, a send result
 /// after `Send`), and checks it: the cursor never moves back, only an
-/// accepted batch is acked, and never beyond it.
+/// accepted batch is acked, and never beyond it, and the read limits stay
+/// between one and the configured ones.
 pub fn drive_machine(input: &[u8]) {
     let cfg = MachineConfig {
         max_batch_records: 1 + usize::from(input.first().copied().unwrap_or(0) % 8),
@@ -68,7 +69,12 @@ pub fn drive_machine(input: &[u8]) {
         match m.poll_action(now) {
             Some(Action::Read { from_seq }) => {
                 assert_eq!(from_seq, m.cursor());
-                let n = u64::from(bytes.next().unwrap_or(0) % 6);
+                // Halved after refusals for size, never to nothing, never
+                // above what was configured.
+                let (max_records, max_bytes) = m.read_limits();
+                assert!((1..=cfg.max_batch_records).contains(&max_records), "read limit {max_records}");
+                assert!((1..=cfg.max_batch_bytes).contains(&max_bytes), "read limit {max_bytes} bytes");
+                let n = u64::from(bytes.next().unwrap_or(0) % 6).min(max_records as u64);
                 if n == 0 {
                     m.on_batch(now, None);
                 } else {
@@ -82,11 +88,12 @@ pub fn drive_machine(input: &[u8]) {
             Some(Action::Send) => {
                 let info = in_flight.expect("a send follows a read that found records");
                 let sent = generation;
-                let outcome = match bytes.next().unwrap_or(0) % 5 {
+                let outcome = match bytes.next().unwrap_or(0) % 6 {
                     0 => Outcome::Accepted,
                     1 => Outcome::Failed { kind: SendErrorKind::Retryable, retry_after: None },
                     2 => Outcome::Failed { kind: SendErrorKind::Permanent, retry_after: None },
                     3 => Outcome::Failed { kind: SendErrorKind::Cancelled, retry_after: None },
+                    4 => Outcome::Failed { kind: SendErrorKind::TooLarge, retry_after: None },
                     _ => Outcome::Failed { kind: SendErrorKind::TimedOut, retry_after: Some(Duration::from_secs(1)) },
                 };
                 if outcome == Outcome::Accepted {

@@ -122,6 +122,55 @@ fn client_errors_are_permanent_and_keep_the_records() {
     eventually("delivered after the 400s", || shipper.stats().ring.acked == 1);
 }
 
+/// A receiver that takes bodies of at most 64 KiB (a proxy's body limit)
+/// answers a 1,000-record batch 413: the sender halves its batches until
+/// they pass, at once, and every record arrives. Before, 413 was a
+/// permanent failure, retried at the longest backoff forever: shipping
+/// stalled for good.
+#[test]
+fn batches_refused_for_their_size_are_halved_until_they_pass() {
+    let t = TempRing::new();
+    let rx = HttpReceiver::start();
+    rx.inbox.lock().unwrap().max_body = Some(64 << 10);
+    // 1,000 records of 300 bytes: a batch of about 320 KB as sent.
+    let shipper = shipper_builder(&t, 4 << 20, &rx.url(), exact())
+        .max_batch_records(1000)
+        .linger(Duration::from_millis(50))
+        .backoff_max(Duration::from_secs(30))
+        .start()
+        .unwrap();
+    let records: Vec<Vec<u8>> = (1..=1000).map(|i| payload(i, 300)).collect();
+    shipper.append_batch(&records).unwrap();
+    let started = Instant::now();
+    eventually("all acked", || shipper.stats().ring.acked == 1000);
+    // Halving is immediate: no backoff (30 s here) between the refusals.
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    check_exact(&rx, 1..=1000, 300);
+    let refused = rx.inbox.lock().unwrap().refused_sizes.clone();
+    assert!(refused.len() >= 2 && refused.windows(2).all(|w| w[1] <= w[0] / 2 + 1), "{refused:?}");
+    let s = shipper.stats();
+    assert_eq!((s.permanent_failures, s.ring.pending), (0, 0), "{s:?}");
+}
+
+/// A single record larger than the receiver takes cannot pass: a permanent
+/// failure that names the size, and the record stays in the ring.
+#[test]
+fn a_record_too_large_for_the_receiver_is_a_permanent_failure() {
+    let t = TempRing::new();
+    let rx = HttpReceiver::start();
+    rx.inbox.lock().unwrap().max_body = Some(500);
+    let shipper =
+        shipper_builder(&t, 1 << 20, &rx.url(), exact()).backoff_max(Duration::from_millis(200)).start().unwrap();
+    shipper.append(&payload(1, 1000)).unwrap();
+    eventually("a permanent failure", || shipper.stats().permanent_failures >= 1);
+    let error = shipper.health().last_error.unwrap();
+    assert!(error.contains("HTTP 413"), "{error}");
+    assert_eq!(shipper.stats().ring.pending, 1, "never silently dropped");
+    // The receiver's limit raised: the record goes through.
+    rx.inbox.lock().unwrap().max_body = None;
+    eventually("delivered", || shipper.stats().ring.acked == 1);
+}
+
 /// A redirect fails the send. Followed, a 302 would turn the POST into a
 /// GET without the batch, and the 200 the GET got would ack it: lost.
 #[test]

@@ -21,6 +21,11 @@ pub struct Inbox {
     pub requests: u64,
     /// Statuses to answer with next (then 200); a 3xx redirects to `/moved`.
     pub script: VecDeque<(u16, Option<u64>)>,
+    /// Bodies longer than this (as sent, before gunzip) get 413, as a
+    /// proxy's `client_max_body_size` would.
+    pub max_body: Option<usize>,
+    /// Records in each request answered 413.
+    pub refused_sizes: Vec<usize>,
 }
 
 pub struct HttpReceiver {
@@ -67,6 +72,7 @@ impl HttpReceiver {
             for mut req in s.incoming_requests() {
                 let mut body = Vec::new();
                 let _ = req.as_reader().read_to_end(&mut body);
+                let sent_len = body.len();
                 let headers: Vec<(String, String)> = req
                     .headers()
                     .iter()
@@ -85,7 +91,13 @@ impl HttpReceiver {
                 let mut inbox = i.lock().unwrap();
                 inbox.requests += 1;
                 inbox.last_headers.clone_from(&headers);
-                let (status, retry_after) = inbox.script.pop_front().unwrap_or((200, None));
+                let (status, retry_after) = if inbox.max_body.is_some_and(|max| sent_len > max) {
+                    let records = decode(&body, &content_type).len();
+                    inbox.refused_sizes.push(records);
+                    (413, None)
+                } else {
+                    inbox.script.pop_front().unwrap_or((200, None))
+                };
                 if (200..300).contains(&status) {
                     inbox.records.extend(decode(&body, &content_type));
                     if let Some(g) = header("X-Ringship-Gap") {

@@ -109,6 +109,9 @@ pub(crate) struct Machine {
     /// The next seq to read: everything below it was accepted by an endpoint.
     cursor: u64,
     held: Option<BatchInfo>,
+    /// Records and bytes a read may return: the configured batch limits,
+    /// or less once the endpoint refused a batch for its size.
+    limits: (usize, usize),
     /// First seq of the batch being lingered on, and since when.
     linger_start: Option<(u64, Nanos)>,
     attempt: u32,
@@ -127,6 +130,7 @@ impl Machine {
             state: State::NeedRead,
             cursor,
             held: None,
+            limits: (cfg.max_batch_records, cfg.max_batch_bytes),
             linger_start: None,
             attempt: 0,
             generation,
@@ -145,6 +149,11 @@ impl Machine {
     #[cfg(any(test, fuzzing))]
     pub(crate) fn cursor(&self) -> u64 {
         self.cursor
+    }
+
+    /// The most records and bytes the next `Read` may return.
+    pub(crate) fn read_limits(&self) -> (usize, usize) {
+        self.limits
     }
 
     /// The next action. `None` while waiting for a read or send to be
@@ -203,7 +212,7 @@ impl Machine {
             }
         };
         let until = start + nanos(self.cfg.linger);
-        let full = info.records >= self.cfg.max_batch_records || info.bytes >= self.cfg.max_batch_bytes;
+        let full = info.records >= self.limits.0 || info.bytes >= self.limits.1;
         self.held = Some(info);
         self.state = if full || self.retrying || self.draining || now >= until {
             State::ReadyToSend
@@ -237,21 +246,30 @@ impl Machine {
             Outcome::Failed { kind, retry_after } => {
                 self.counters.failures += 1;
                 self.counters.retries += 1;
-                match kind {
-                    SendErrorKind::Permanent => self.counters.permanent_failures += 1,
-                    SendErrorKind::Cancelled => self.counters.cancelled += 1,
-                    _ => {}
-                }
                 self.retrying = true;
+                let halve = kind == SendErrorKind::TooLarge && info.records > 1;
+                // A single record too large for the endpoint will be
+                // refused again: a permanent failure.
+                let permanent = kind == SendErrorKind::Permanent || (kind == SendErrorKind::TooLarge && !halve);
+                if permanent {
+                    self.counters.permanent_failures += 1;
+                } else if kind == SendErrorKind::Cancelled {
+                    self.counters.cancelled += 1;
+                }
                 if sent_generation < self.generation {
                     // The endpoint changed under the send: go to the new one now.
                     self.attempt = 0;
                     self.state = State::NeedRead;
                 } else if self.draining && kind == SendErrorKind::Cancelled {
                     self.state = State::Stopped;
+                } else if halve {
+                    // Half the records and bytes, at once: a prefix of the
+                    // same records, so each refusal makes progress.
+                    self.limits = ((info.records / 2).max(1), (info.bytes / 2).max(1));
+                    self.state = State::NeedRead;
                 } else {
                     self.attempt += 1;
-                    let delay = if kind == SendErrorKind::Permanent { self.cfg.backoff_max } else { self.backoff() };
+                    let delay = if permanent { self.cfg.backoff_max } else { self.backoff() };
                     let delay = delay.max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER));
                     self.state = State::Backoff { until: now + nanos(delay) };
                 }
@@ -266,6 +284,8 @@ impl Machine {
             return;
         }
         self.generation = generation;
+        // A new endpoint may take batches of the configured size.
+        self.limits = (self.cfg.max_batch_records, self.cfg.max_batch_bytes);
         if let State::Backoff { .. } = self.state {
             self.attempt = 0;
             self.state = State::NeedRead;
@@ -441,6 +461,41 @@ mod tests {
         assert_eq!(m.state(), State::Backoff { until: 2_000 * MS });
         assert_eq!(m.counters.permanent_failures, 1);
         assert_eq!(m.cursor(), 1);
+    }
+
+    /// A batch refused for its size is read again at once, half as large
+    /// (records and bytes), sent without lingering, and later batches keep
+    /// to that size until the endpoint changes. A single record refused so
+    /// is a permanent failure.
+    #[test]
+    fn a_batch_too_large_is_halved_at_once_until_one_record_is_left() {
+        let too_large = Outcome::Failed { kind: SendErrorKind::TooLarge, retry_after: None };
+        let mut m = sending();
+        assert_eq!(m.read_limits(), (10, 1000));
+        m.on_send_result(0, 1, too_large);
+        assert_eq!(m.poll_action(0), Some(Action::Read { from_seq: 1 }), "at once, no backoff");
+        assert_eq!(m.read_limits(), (5, 5));
+        m.on_batch(0, Some(BatchInfo { first_seq: 1, last_seq: 5, records: 5, bytes: 5 }));
+        assert_eq!(m.poll_action(0), Some(Action::Send), "a halved batch is full: no linger");
+        m.on_send_result(0, 1, Outcome::Accepted);
+        assert_eq!(m.poll_action(0), Some(Action::Ack { seq: 5 }));
+        assert_eq!(m.poll_action(0), Some(Action::Read { from_seq: 6 }));
+        assert_eq!(m.read_limits(), (5, 5), "kept for this endpoint");
+        // Down to one record: then permanent.
+        m.on_batch(0, Some(BatchInfo { first_seq: 6, last_seq: 7, records: 2, bytes: 400 }));
+        assert_eq!(m.poll_action(0), Some(Action::Send));
+        m.on_send_result(0, 1, too_large);
+        assert_eq!(m.poll_action(0), Some(Action::Read { from_seq: 6 }));
+        assert_eq!(m.read_limits(), (1, 200));
+        m.on_batch(0, Some(BatchInfo { first_seq: 6, last_seq: 6, records: 1, bytes: 300 }));
+        assert_eq!(m.poll_action(0), Some(Action::Send));
+        m.on_send_result(0, 1, too_large);
+        assert_eq!(m.state(), State::Backoff { until: 2_000 * MS });
+        assert_eq!((m.counters.permanent_failures, m.counters.failures, m.cursor()), (1, 3, 6));
+        // Another endpoint may take whole batches again.
+        m.on_switch(2);
+        assert_eq!(m.read_limits(), (10, 1000));
+        assert_eq!(m.poll_action(0), Some(Action::Read { from_seq: 6 }));
     }
 
     #[test]

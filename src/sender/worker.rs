@@ -42,7 +42,8 @@ pub(super) fn run(shared: &Arc<Shared>, epoch: u64, mut transport: Box<dyn Trans
                 // them, and never report them as a gap.
                 let stats = ring.stats();
                 let from = from_seq.max(stats.ack_seq + 1);
-                match ring.read(from, cfg.max_batch_records, cfg.max_batch_bytes) {
+                let (max_records, max_bytes) = m.read_limits();
+                match ring.read(from, max_records, max_bytes) {
                     Ok(rb) => {
                         // An ack made while the read ran delivered what it
                         // covers too: the batch starts past it, and records

@@ -184,6 +184,7 @@ fn classify(status: u16, retry_after: Option<&str>) -> Result<(), SendError> {
             "HTTP {status}: the endpoint redirects, and redirects are not followed (the POST would lose its \
              body); set the endpoint to the URL it redirects to"
         ))),
+        413 => Err(SendError::too_large("HTTP 413: the endpoint refused the batch for its size")),
         _ => Err(SendError::permanent(format!("HTTP {status}: the endpoint refused the batch"))),
     }
 }
@@ -359,6 +360,7 @@ mod tests {
         assert_eq!(classify(408, None).unwrap_err().kind, SendErrorKind::Retryable);
         assert_eq!(classify(400, None).unwrap_err().kind, SendErrorKind::Permanent);
         assert_eq!(classify(404, None).unwrap_err().kind, SendErrorKind::Permanent);
+        assert_eq!(classify(413, None).unwrap_err().kind, SendErrorKind::TooLarge);
         for redirect in [301, 302, 303, 307, 308] {
             let e = classify(redirect, None).unwrap_err();
             assert_eq!(e.kind, SendErrorKind::Permanent);

@@ -268,6 +268,12 @@ pub enum SendErrorKind {
     Cancelled,
     /// The deadline passed.
     TimedOut,
+    /// The endpoint refused the batch for its size (HTTP 413): the sender
+    /// sends the same records again at once in batches of half as many
+    /// records and bytes, and keeps to that size for this endpoint. A
+    /// single record refused so is a [`Permanent`](SendErrorKind::Permanent)
+    /// failure.
+    TooLarge,
 }
 
 /// A failed send.
@@ -306,6 +312,11 @@ impl SendError {
     /// The deadline passed.
     pub fn timed_out() -> Self {
         Self::new(SendErrorKind::TimedOut, "deadline passed")
+    }
+
+    /// The endpoint refused the batch for its size.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(SendErrorKind::TooLarge, message)
     }
 
     /// Asks the sender to wait at least `after` before retrying.
