@@ -79,7 +79,15 @@ pub fn drive_machine(input: &[u8]) {
                     m.on_batch(now, None);
                 } else {
                     let first = from_seq.max(next_seq.min(from_seq + 3));
-                    let info = BatchInfo { first_seq: first, last_seq: first + n - 1, records: n as usize, bytes: 10 };
+                    // Bytes as a read returns them: up to one record past
+                    // the limit.
+                    let size = usize::from(bytes.next().unwrap_or(0)) * 64;
+                    let info = BatchInfo {
+                        first_seq: first,
+                        last_seq: first + n - 1,
+                        records: n as usize,
+                        bytes: size.min(max_bytes + (16 << 10)),
+                    };
                     next_seq = next_seq.max(info.last_seq + 1);
                     in_flight = Some(info);
                     m.on_batch(now, Some(info));

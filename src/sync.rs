@@ -63,6 +63,8 @@ pub(crate) const LEVEL_SENDER_ENDPOINT: u8 = 40;
 pub(crate) const LEVEL_SENDER_STATUS: u8 = 50;
 /// `transport.cancel`: a cancellation token's waiters.
 pub(crate) const LEVEL_CANCEL: u8 = 60;
+/// `sender.workers`: the worker threads' handles, current and abandoned.
+pub(crate) const LEVEL_SENDER_WORKERS: u8 = 65;
 /// `signal`: a one-slot wake-up's flag (loom builds only).
 #[cfg(loom)]
 const LEVEL_SIGNAL: u8 = 70;

@@ -309,6 +309,67 @@ fn records_acked_and_evicted_during_a_read_are_no_gap() {
     assert_eq!((s.ring.overwritten, s.gap_notices), (0, 0), "{s:?}");
 }
 
+/// A drain whose read finds every record it read acked meanwhile (an
+/// abandoned send's late success) reads on. Before, that read reported
+/// nothing to send, which ends a drain: shutdown returned with records
+/// pending long before its deadline.
+#[test]
+fn a_drain_reads_on_past_records_acked_while_it_read() {
+    /// Once armed, on the worker's next read of a batch (the walk reads
+    /// 64 KiB at a time; an ack's frame search reads less): acks 6..=10.
+    struct AckOnNextRead {
+        ring: Arc<OnceLock<Arc<Ring>>>,
+        armed: Arc<AtomicBool>,
+        fired: Arc<AtomicBool>,
+    }
+    impl Hooks for AckOnNextRead {
+        fn before_read(&self, len: usize, _offset: u64) -> std::io::Result<()> {
+            let worker = std::thread::current().name().is_some_and(|n| n.starts_with("ringship-send-"));
+            if worker
+                && len >= 64 << 10
+                && self.armed.load(Ordering::SeqCst)
+                && let Some(ring) = self.ring.get()
+                && !self.fired.swap(true, Ordering::SeqCst)
+            {
+                ring.ack(10).unwrap();
+            }
+            Ok(())
+        }
+    }
+    let t = TempRing::new();
+    let script = Script::new();
+    script.set("gate", Behavior::HangThenDeliver);
+    let (slot, armed, fired) =
+        (Arc::new(OnceLock::new()), Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let (s, a, f) = (Arc::clone(&slot), Arc::clone(&armed), Arc::clone(&fired));
+    let config = hook_file(small(1 << 20), "ring.data", move || AckOnNextRead {
+        ring: Arc::clone(&s),
+        armed: Arc::clone(&a),
+        fired: Arc::clone(&f),
+    });
+    let ring = Arc::new(Ring::open(&t.dir, config).unwrap().0);
+    for i in 1..=30 {
+        ring.append(&payload(i, 100)).unwrap();
+    }
+    slot.set(Arc::clone(&ring)).unwrap();
+    let shipper = builder(ring, &script, "gate")
+        .max_batch_records(5)
+        .linger(Duration::ZERO)
+        .send_timeout(Duration::from_secs(5))
+        .start()
+        .unwrap();
+    // The first batch (1..=5) hangs in its send; the drain starts meanwhile.
+    eventually("first send under way", || script.sends.load(Ordering::SeqCst) == 1);
+    armed.store(true, Ordering::SeqCst);
+    let shutdown = std::thread::spawn(move || shipper.shutdown(Duration::from_secs(10)).unwrap());
+    std::thread::sleep(Duration::from_millis(50));
+    script.release.store(true, Ordering::SeqCst);
+    let report = shutdown.join().unwrap();
+    assert!(fired.load(Ordering::SeqCst), "the ack never landed during a read");
+    assert!(report.drained && report.left_pending == 0, "{report:?}");
+    assert_eq!(seqs(&script, "gate"), (1..=5).chain(11..=30).collect::<Vec<_>>());
+}
+
 #[test]
 fn on_loss_fires_with_the_overwritten_ranges() {
     on_loss_reports_every_overwritten_record(0, None);
@@ -410,6 +471,39 @@ fn stall_is_detected_and_a_stuck_worker_replaced() {
     eventually("delivered", || shipper.stats().ring.acked == 1);
     eventually("healthy again", || shipper.health().state == HealthState::Healthy);
     script.release.store(true, Ordering::SeqCst);
+    assert_eq!(seqs(&script, "ok"), vec![1]);
+}
+
+/// A transport that ignores its deadline and cancellation keeps each
+/// abandoned worker's thread: the supervisor stops replacing the stuck
+/// worker once 4 abandoned ones are still running, says why in health, and
+/// goes on once they return. Before, it started a fresh thread every
+/// `abandon_after`, without bound (a host-killing leak over days).
+#[test]
+fn abandoned_workers_stuck_in_their_sends_are_bounded() {
+    let t = TempRing::new();
+    let script = Script::new();
+    script.set("hang", Behavior::HangIgnoringCancel);
+    let shipper = builder(ring(&t, 1 << 20), &script, "hang")
+        .send_timeout(Duration::from_millis(10))
+        .abandon_after(Duration::from_millis(20))
+        .supervise_every(Duration::from_millis(5))
+        .start()
+        .unwrap();
+    shipper.append(b"stuck").unwrap();
+    eventually("4 workers abandoned", || shipper.stats().worker_restarts == 4);
+    eventually("the refusal in health", || {
+        shipper.health().last_error.is_some_and(|e| e.contains("4 abandoned sends are still running"))
+    });
+    // 20 abandonment periods: it would have made about 20 more workers.
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(shipper.stats().worker_restarts, 4);
+    assert_eq!(script.transports_made.load(Ordering::SeqCst), 5, "one worker and 4 replacements");
+    // The hung sends return (refused): the stuck worker is replaced and a
+    // working endpoint gets the record.
+    shipper.switch_endpoint(Endpoint::new("ok"));
+    script.release.store(true, Ordering::SeqCst);
+    eventually("delivered", || shipper.stats().ring.acked == 1);
     assert_eq!(seqs(&script, "ok"), vec![1]);
 }
 

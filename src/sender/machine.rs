@@ -265,7 +265,10 @@ impl Machine {
                 } else if halve {
                     // Half the records and bytes, at once: a prefix of the
                     // same records, so each refusal makes progress.
-                    self.limits = ((info.records / 2).max(1), (info.bytes / 2).max(1));
+                    // (A read may pass its byte limit by one record: the
+                    // limits never grow.)
+                    self.limits =
+                        ((info.records / 2).clamp(1, self.limits.0), (info.bytes / 2).clamp(1, self.limits.1));
                     self.state = State::NeedRead;
                 } else {
                     self.attempt += 1;
@@ -481,12 +484,13 @@ mod tests {
         assert_eq!(m.poll_action(0), Some(Action::Ack { seq: 5 }));
         assert_eq!(m.poll_action(0), Some(Action::Read { from_seq: 6 }));
         assert_eq!(m.read_limits(), (5, 5), "kept for this endpoint");
-        // Down to one record: then permanent.
+        // Down to one record: then permanent. A read may pass its byte
+        // limit by one record: the limits never grow for it.
         m.on_batch(0, Some(BatchInfo { first_seq: 6, last_seq: 7, records: 2, bytes: 400 }));
         assert_eq!(m.poll_action(0), Some(Action::Send));
         m.on_send_result(0, 1, too_large);
         assert_eq!(m.poll_action(0), Some(Action::Read { from_seq: 6 }));
-        assert_eq!(m.read_limits(), (1, 200));
+        assert_eq!(m.read_limits(), (1, 5));
         m.on_batch(0, Some(BatchInfo { first_seq: 6, last_seq: 6, records: 1, bytes: 300 }));
         assert_eq!(m.poll_action(0), Some(Action::Send));
         m.on_send_result(0, 1, too_large);

@@ -20,7 +20,7 @@ use self::supervisor::{Observation, Verdict, Watch};
 use self::switch::Switchboard;
 use crate::stats::LossRange;
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use crate::sync::{LEVEL_SENDER_STATUS, Mutex, Signal, Woken};
+use crate::sync::{LEVEL_SENDER_STATUS, LEVEL_SENDER_WORKERS, Mutex, Signal, Woken};
 use crate::transport::{Batch, CancelToken, Endpoint, TransportFactory};
 use crate::{Error, Result, Ring};
 
@@ -88,8 +88,8 @@ pub(crate) struct Shared {
     base: Instant,
     on_stall: Option<StallCallback>,
     on_loss: Option<LossCallback>,
-    /// The current worker: the epoch it was started for, and its thread.
-    worker: parking_lot::Mutex<Option<(u64, JoinHandle<()>)>>,
+    /// The worker threads.
+    workers: Mutex<Workers>,
 }
 
 impl Shared {
@@ -242,14 +242,48 @@ impl Shared {
     }
 
     /// Abandons the current worker (stuck in a send past its deadline) and
-    /// starts a fresh one with a new transport.
-    fn replace_worker(self: &Arc<Self>) {
+    /// starts a fresh one with a new transport. Refused, returning `false`,
+    /// while [`MAX_ABANDONED_WORKERS`] abandoned workers are still stuck in
+    /// their sends: a transport that ignores its deadline and cancellation
+    /// would otherwise leak a thread per abandonment, without bound.
+    fn replace_worker(self: &Arc<Self>) -> bool {
+        let (stuck, finished) = {
+            let mut w = self.workers.lock();
+            let (done, running): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut w.abandoned).into_iter().partition(JoinHandle::is_finished);
+            w.abandoned = running;
+            (w.abandoned.len(), done)
+        };
+        // Joining a finished thread does not wait; no lock is held anyway.
+        for h in finished {
+            let _ = h.join();
+        }
+        if stuck >= MAX_ABANDONED_WORKERS {
+            self.note_error(&format!(
+                "{stuck} abandoned sends are still running (the transport ignores its deadline and cancellation); \
+                 the stuck worker is replaced once one of them returns"
+            ));
+            return false;
+        }
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         self.cancel_inflight();
         self.status.lock().send_started = None;
         self.counters.restarts.fetch_add(1, Ordering::Relaxed);
         spawn_worker(self, epoch);
+        true
     }
+}
+
+/// Most abandoned workers left running (stuck in a transport that ignores
+/// its deadline) before the supervisor stops replacing the current one.
+pub(crate) const MAX_ABANDONED_WORKERS: usize = 4;
+
+/// The worker threads: the current one, with the epoch it was started
+/// for, and abandoned ones not yet known to have finished.
+#[derive(Default)]
+struct Workers {
+    current: Option<(u64, JoinHandle<()>)>,
+    abandoned: Vec<JoinHandle<()>>,
 }
 
 fn spawn_worker(shared: &Arc<Shared>, epoch: u64) {
@@ -259,8 +293,10 @@ fn spawn_worker(shared: &Arc<Shared>, epoch: u64) {
         .name(format!("ringship-send-{epoch}"))
         .spawn(move || worker::run(&s, epoch, transport))
         .expect("spawn ringship worker thread");
-    // The previous handle, if any, is dropped: an abandoned worker is detached.
-    *shared.worker.lock() = Some((epoch, handle));
+    let mut w = shared.workers.lock();
+    if let Some((_, previous)) = w.current.replace((epoch, handle)) {
+        w.abandoned.push(previous);
+    }
 }
 
 /// Runs a user callback; a panic in it is caught so the supervisor lives on.
@@ -307,7 +343,11 @@ fn supervise(shared: &Arc<Shared>, stop: &Signal, ring: &crate::RingStats, known
                     }
                 }
                 Verdict::Recovered => shared.status.lock().stalled_since = None,
-                Verdict::Abandon => shared.replace_worker(),
+                Verdict::Abandon => {
+                    if !shared.replace_worker() {
+                        watch.abandon_refused();
+                    }
+                }
                 Verdict::Loss { .. } => {
                     if let Some(cb) = &shared.on_loss {
                         let new = unreported(&shared.ring.losses(), reported_loss);
@@ -443,8 +483,9 @@ impl Shipper {
         // epoch still the current one): nothing more will ship then.
         let worker_running = || {
             shared
-                .worker
+                .workers
                 .lock()
+                .current
                 .as_ref()
                 .is_none_or(|(epoch, h)| !h.is_finished() || *epoch != shared.epoch.load(Ordering::Acquire))
         };
@@ -454,7 +495,8 @@ impl Shipper {
         self.stop_threads();
         // Give the worker a moment to leave; a transport stuck past its
         // deadline is left behind, detached.
-        let worker = shared.worker.lock().take();
+        // Abandoned workers stay detached.
+        let worker = shared.workers.lock().current.take();
         if let Some((_, handle)) = worker {
             let grace = Instant::now() + Duration::from_millis(200);
             while !handle.is_finished() && Instant::now() < grace {
@@ -716,7 +758,7 @@ impl ShipperBuilder {
             base: Instant::now(),
             on_stall: self.on_stall,
             on_loss: self.on_loss,
-            worker: parking_lot::Mutex::new(None),
+            workers: Mutex::new(LEVEL_SENDER_WORKERS, "sender.workers", Workers::default()),
         });
         let initial = shared.ring.stats();
         // Every seq up to the delivery cursor was acked or counted lost

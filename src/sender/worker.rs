@@ -36,36 +36,24 @@ pub(super) fn run(shared: &Arc<Shared>, epoch: u64, mut transport: Box<dyn Trans
             return;
         };
         match action {
-            Action::Read { from_seq } => {
-                // Seqs acked since the cursor was set (the late success of
-                // an abandoned worker's send) were delivered: read past
-                // them, and never report them as a gap.
-                let stats = ring.stats();
-                let from = from_seq.max(stats.ack_seq + 1);
-                let (max_records, max_bytes) = m.read_limits();
-                match ring.read(from, max_records, max_bytes) {
-                    Ok(rb) => {
-                        // An ack made while the read ran delivered what it
-                        // covers too: the batch starts past it, and records
-                        // it let the writer evict meanwhile are no gap.
-                        let from = from.max(ring.stats().ack_seq + 1);
-                        held = build_batch(shared, rb, from, stats.rejected);
-                        held_rejected = stats.rejected;
-                        let info = held.as_ref().map(|b| BatchInfo {
-                            first_seq: b.first_seq(),
-                            last_seq: b.last_seq(),
-                            records: b.records.len(),
-                            bytes: b.payload_bytes(),
-                        });
-                        m.on_batch(shared.now(), info);
-                    }
-                    Err(Error::Closed) => return,
-                    Err(e) => {
-                        shared.note_error(&e.to_string());
-                        m.on_read_failed(shared.now());
-                    }
+            Action::Read { from_seq } => match read_batch(shared, from_seq, m.read_limits()) {
+                Ok((batch, rejected)) => {
+                    held = batch;
+                    held_rejected = rejected;
+                    let info = held.as_ref().map(|b| BatchInfo {
+                        first_seq: b.first_seq(),
+                        last_seq: b.last_seq(),
+                        records: b.records.len(),
+                        bytes: b.payload_bytes(),
+                    });
+                    m.on_batch(shared.now(), info);
                 }
-            }
+                Err(Error::Closed) => return,
+                Err(e) => {
+                    shared.note_error(&e.to_string());
+                    m.on_read_failed(shared.now());
+                }
+            },
             Action::Send => {
                 let batch = held.as_ref().expect("a send follows a non-empty read");
                 let (generation, endpoint, cancel) = shared.begin_send(epoch);
@@ -111,6 +99,32 @@ pub(super) fn run(shared: &Arc<Shared>, epoch: u64, mut transport: Box<dyn Trans
                 m.on_records_available();
             }
             Action::Stop => return,
+        }
+    }
+}
+
+/// Reads the next batch from `from_seq`, at most `limits` records and
+/// bytes, and returns it with the ring's rejected count its notice
+/// reports up to.
+///
+/// Seqs acked since the cursor was set (the late success of an abandoned
+/// worker's send) were delivered: the read starts past them, and the batch
+/// past the ack as it stands once the read returns, as an ack made while
+/// it ran delivered what it covers too (and let the writer evict those
+/// records: no gap). A read whose every record was acked meanwhile reads
+/// on: reported empty, it would end a drain with records still pending.
+fn read_batch(shared: &Shared, from_seq: u64, limits: (usize, usize)) -> crate::Result<(Option<Batch>, u64)> {
+    let ring = &shared.ring;
+    let mut from = from_seq;
+    loop {
+        let stats = ring.stats();
+        from = from.max(stats.ack_seq + 1);
+        let rb = ring.read(from, limits.0, limits.1)?;
+        let read_any = !rb.records.is_empty();
+        let start = from.max(ring.stats().ack_seq + 1);
+        match build_batch(shared, rb, start, stats.rejected) {
+            None if read_any => from = start,
+            batch => return Ok((batch, stats.rejected)),
         }
     }
 }
