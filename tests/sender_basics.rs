@@ -475,12 +475,13 @@ fn stall_is_detected_and_a_stuck_worker_replaced() {
 }
 
 /// A transport that ignores its deadline and cancellation keeps each
-/// abandoned worker's thread: the supervisor stops replacing the stuck
-/// worker once 4 abandoned ones are still running, says why in health, and
-/// goes on once they return. Before, it started a fresh thread every
-/// `abandon_after`, without bound (a host-killing leak over days).
+/// abandoned worker's thread in its send. The worker is replaced all the
+/// same (I7: a switch to a working endpoint delivers), and the threads
+/// left behind are counted, so the leak shows in stats and Prometheus;
+/// they leave the count once their sends return. Before, nothing showed
+/// them.
 #[test]
-fn abandoned_workers_stuck_in_their_sends_are_bounded() {
+fn abandoned_workers_stuck_in_their_sends_are_counted() {
     let t = TempRing::new();
     let script = Script::new();
     script.set("hang", Behavior::HangIgnoringCancel);
@@ -491,20 +492,19 @@ fn abandoned_workers_stuck_in_their_sends_are_bounded() {
         .start()
         .unwrap();
     shipper.append(b"stuck").unwrap();
-    eventually("4 workers abandoned", || shipper.stats().worker_restarts == 4);
-    eventually("the refusal in health", || {
-        shipper.health().last_error.is_some_and(|e| e.contains("4 abandoned sends are still running"))
-    });
-    // 20 abandonment periods: it would have made about 20 more workers.
-    std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(shipper.stats().worker_restarts, 4);
-    assert_eq!(script.transports_made.load(Ordering::SeqCst), 5, "one worker and 4 replacements");
-    // The hung sends return (refused): the stuck worker is replaced and a
-    // working endpoint gets the record.
+    eventually("3 workers abandoned", || shipper.stats().worker_restarts >= 3);
+    let s = shipper.stats();
+    // Every abandoned one is still in its send (the current one too, not
+    // counted: it has not been abandoned yet, or just was).
+    assert!((s.worker_restarts.saturating_sub(1)..=s.worker_restarts + 1).contains(&s.abandoned_workers), "{s:?}");
+    assert!(s.to_prometheus().contains("ringship_abandoned_workers "), "the gauge is exported");
+    // A working endpoint: the current worker is replaced too and delivers.
     shipper.switch_endpoint(Endpoint::new("ok"));
-    script.release.store(true, Ordering::SeqCst);
     eventually("delivered", || shipper.stats().ring.acked == 1);
     assert_eq!(seqs(&script, "ok"), vec![1]);
+    // The hung sends return: none is left running.
+    script.release.store(true, Ordering::SeqCst);
+    eventually("no abandoned worker left", || shipper.stats().abandoned_workers == 0);
 }
 
 #[test]

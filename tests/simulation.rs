@@ -270,7 +270,11 @@ fn run_seed(seed: u64) -> FaultCounts {
             } else {
                 disk.process_crash();
             }
-            ring = open(&disk, &config).0;
+            let report;
+            (ring, report) = open(&disk, &config);
+            if trace {
+                eprintln!("  reopened: {report:?}\n  stats: {:?}\n  losses: {:?}", ring.stats(), ring.losses());
+            }
             check(&ring, &disk, &mut model, cap);
         }
     }
@@ -300,7 +304,12 @@ fn run_seed(seed: u64) -> FaultCounts {
 /// of an undone write survived intact inside a later checkpoint's window,
 /// below that checkpoint's oldest seq; a process-crash recovery took it
 /// for the oldest record and counted the settled seqs above it as pending.
-const REGRESSION_SEEDS: &[u64] = &[30_712, 82_019, 167_155, 357_701, 422_999, 2_250_189];
+/// 79122: a second power loss right after the first one's recovery. The
+/// first found the newest record past lost writes, from the durable
+/// position; the second had a hole hint, so it searched the whole ring,
+/// hopping from frame to frame, and hopped over the newest record hidden
+/// inside an older frame's span: a surviving record counted corrupted.
+const REGRESSION_SEEDS: &[u64] = &[30_712, 79_122, 82_019, 167_155, 357_701, 422_999, 2_250_189];
 
 #[test]
 fn simulated_crashes_and_faults() {

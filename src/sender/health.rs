@@ -63,6 +63,11 @@ pub struct SenderStats {
     pub switches: u64,
     /// Workers abandoned and replaced.
     pub worker_restarts: u64,
+    /// Abandoned workers whose send has not returned yet: a transport that
+    /// ignores its deadline and cancellation keeps each one's thread (the
+    /// worker is replaced all the same, I7). Anything but 0 for long means
+    /// such a transport, leaking a thread per `abandon_after`.
+    pub abandoned_workers: u64,
     /// Stalls detected.
     pub stalls: u64,
     /// Gap notices sent to receivers.
@@ -128,6 +133,12 @@ impl SenderStats {
         metric("sends_cancelled_total", "counter", "Sends cancelled by a switch or shutdown.", self.cancelled_sends);
         metric("endpoint_switches_total", "counter", "Endpoint switches.", self.switches);
         metric("worker_restarts_total", "counter", "Stuck workers abandoned and replaced.", self.worker_restarts);
+        metric(
+            "abandoned_workers",
+            "gauge",
+            "Abandoned workers whose send has not returned (threads a transport ignoring its deadline keeps).",
+            self.abandoned_workers,
+        );
         metric("stalls_total", "counter", "Stalls detected.", self.stalls);
         metric("gap_notices_total", "counter", "Gap notices sent.", self.gap_notices);
         metric("stalled", "gauge", "1 while the sender is stalled.", u64::from(self.health == HealthState::Stalled));
@@ -188,6 +199,7 @@ mod tests {
             cancelled_sends: 0,
             switches: 1,
             worker_restarts: 0,
+            abandoned_workers: 0,
             stalls: 0,
             gap_notices: 0,
             since_last_ack: Some(Duration::from_millis(1500)),

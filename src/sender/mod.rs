@@ -227,6 +227,7 @@ impl Shared {
             cancelled_sends: load(&c.cancelled),
             switches: load(&c.switches),
             worker_restarts: load(&c.restarts),
+            abandoned_workers: self.abandoned_running(),
             stalls: load(&c.stalls),
             gap_notices: load(&c.gap_notices),
             since_last_ack: health.since_last_ack,
@@ -242,41 +243,36 @@ impl Shared {
     }
 
     /// Abandons the current worker (stuck in a send past its deadline) and
-    /// starts a fresh one with a new transport. Refused, returning `false`,
-    /// while [`MAX_ABANDONED_WORKERS`] abandoned workers are still stuck in
-    /// their sends: a transport that ignores its deadline and cancellation
-    /// would otherwise leak a thread per abandonment, without bound.
-    fn replace_worker(self: &Arc<Self>) -> bool {
-        let (stuck, finished) = {
-            let mut w = self.workers.lock();
-            let (done, running): (Vec<_>, Vec<_>) =
-                std::mem::take(&mut w.abandoned).into_iter().partition(JoinHandle::is_finished);
-            w.abandoned = running;
-            (w.abandoned.len(), done)
-        };
+    /// starts a fresh one with a new transport (I7). An abandoned worker
+    /// whose transport ignores its deadline and cancellation keeps its
+    /// thread until the send returns: those are counted in
+    /// [`SenderStats::abandoned_workers`], so the leak shows.
+    fn replace_worker(self: &Arc<Self>) {
+        let finished = self.take_finished_abandoned();
         // Joining a finished thread does not wait; no lock is held anyway.
         for h in finished {
             let _ = h.join();
-        }
-        if stuck >= MAX_ABANDONED_WORKERS {
-            self.note_error(&format!(
-                "{stuck} abandoned sends are still running (the transport ignores its deadline and cancellation); \
-                 the stuck worker is replaced once one of them returns"
-            ));
-            return false;
         }
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         self.cancel_inflight();
         self.status.lock().send_started = None;
         self.counters.restarts.fetch_add(1, Ordering::Relaxed);
         spawn_worker(self, epoch);
-        true
+    }
+
+    /// Removes the abandoned workers that have finished, to be joined.
+    fn take_finished_abandoned(&self) -> Vec<JoinHandle<()>> {
+        let mut w = self.workers.lock();
+        let (done, running) = std::mem::take(&mut w.abandoned).into_iter().partition(JoinHandle::is_finished);
+        w.abandoned = running;
+        done
+    }
+
+    /// Abandoned workers still in their sends.
+    fn abandoned_running(&self) -> u64 {
+        self.workers.lock().abandoned.iter().filter(|h| !h.is_finished()).count() as u64
     }
 }
-
-/// Most abandoned workers left running (stuck in a transport that ignores
-/// its deadline) before the supervisor stops replacing the current one.
-pub(crate) const MAX_ABANDONED_WORKERS: usize = 4;
 
 /// The worker threads: the current one, with the epoch it was started
 /// for, and abandoned ones not yet known to have finished.
@@ -343,11 +339,7 @@ fn supervise(shared: &Arc<Shared>, stop: &Signal, ring: &crate::RingStats, known
                     }
                 }
                 Verdict::Recovered => shared.status.lock().stalled_since = None,
-                Verdict::Abandon => {
-                    if !shared.replace_worker() {
-                        watch.abandon_refused();
-                    }
-                }
+                Verdict::Abandon => shared.replace_worker(),
                 Verdict::Loss { .. } => {
                     if let Some(cb) = &shared.on_loss {
                         let new = unreported(&shared.ring.losses(), reported_loss);

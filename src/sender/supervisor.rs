@@ -67,12 +67,6 @@ impl Watch {
         self.stalled
     }
 
-    /// The worker was not replaced after `Abandon` (too many abandoned
-    /// ones still running): judge its send again at the next observation.
-    pub(crate) fn abandon_refused(&mut self) {
-        self.abandoned_send = None;
-    }
-
     pub(crate) fn observe(&mut self, o: Observation) -> Vec<Verdict> {
         let mut v = Vec::new();
         if o.ack_seq > self.last_ack_seq || o.pending == 0 {
@@ -142,16 +136,6 @@ mod tests {
         assert!(w.observe(o(7 * S)).is_empty());
         let next = Observation { send_started: Some(8 * S), ..obs(13 * S, 1, 1) };
         assert_eq!(w.observe(next), vec![Verdict::Abandon], "a new send is judged afresh");
-    }
-
-    #[test]
-    fn a_refused_abandonment_is_judged_again() {
-        let mut w = watch();
-        let o = |now| Observation { send_started: Some(S), ..obs(now, 1, 0) };
-        assert_eq!(w.observe(o(6 * S)), vec![Verdict::Abandon]);
-        assert!(w.observe(o(7 * S)).is_empty());
-        w.abandon_refused();
-        assert_eq!(w.observe(o(8 * S)), vec![Verdict::Abandon]);
     }
 
     #[test]
