@@ -486,8 +486,8 @@ impl Shipper {
         }
         self.stop_threads();
         // Give the worker a moment to leave; a transport stuck past its
-        // deadline is left behind, detached.
-        // Abandoned workers stay detached.
+        // deadline is left behind, detached, and counted with the abandoned
+        // ones (which stay detached too).
         let worker = shared.workers.lock().current.take();
         if let Some((_, handle)) = worker {
             let grace = Instant::now() + Duration::from_millis(200);
@@ -496,6 +496,8 @@ impl Shipper {
             }
             if handle.is_finished() {
                 let _ = handle.join();
+            } else {
+                shared.workers.lock().abandoned.push(handle);
             }
         }
         shared.status.lock().stopped = true;
