@@ -796,3 +796,53 @@ fn eviction_through_damage_longer_than_a_search_step() {
         }
     }
 }
+
+/// After a power loss, with no checkpoint to bound the search (ring.meta
+/// gone), the head is searched for over the whole ring. A newer frame can
+/// survive inside the span of an older lap's pad (whose CRC covers its
+/// header only) when the write that would have overwritten the pad's
+/// header was lost. Before, the search hopped from frame to frame, jumped
+/// over the pad's span, and the ring handed the newer frames' seqs out
+/// again (I1); now it looks at every offset.
+#[test]
+fn the_whole_ring_head_search_finds_newer_frames_inside_an_old_pad() {
+    let cap = 4096;
+    let cfg = || RingConfig::default().with_capacity(cap).with_max_record_len(1024).with_sync(SyncPolicy::Never);
+    let t = TempRing::new();
+    let ring = Ring::open(&t.dir, cfg()).unwrap().0;
+    // Lap 1: 23 records of 136-byte frames (offsets 0..3128); record 24
+    // (1,032 bytes) does not fit in the 968 left: a pad fills them, and
+    // record 24 starts lap 2 at offset 0.
+    for seq in 1..=23 {
+        assert_eq!(ring.append(&payload(seq, LEN)).unwrap(), seq);
+    }
+    assert_eq!(ring.append(&payload(24, 1000)).unwrap(), 24);
+    let lap1 = std::fs::read(t.data_file()).unwrap();
+    // Lap 2 goes on from offset 1,032: seq 40 at offset 3,072 covers the
+    // pad's header at 3,128; seqs 41 and 42 lie inside the pad's span.
+    for seq in 25..=42 {
+        assert_eq!(ring.append(&payload(seq, LEN)).unwrap(), seq);
+    }
+    ring.close().unwrap();
+    drop(ring);
+    let lap2 = std::fs::read(t.data_file()).unwrap();
+    // A power loss lost seq 40's write only.
+    let mut image = lap2;
+    let lost = (DATA_OFFSET + 3072) as usize..(DATA_OFFSET + 3072 + FRAME) as usize;
+    image[lost.clone()].copy_from_slice(&lap1[lost]);
+    std::fs::write(t.data_file(), &image).unwrap();
+    std::fs::remove_file(t.meta_file()).unwrap();
+
+    let (ring, report) = Ring::open(&t.dir, cfg()).unwrap();
+    let next = ring.append(b"after").unwrap();
+    assert!(next > 42, "seq {next} handed out again (seqs 41 and 42 are on disk): {report:?}");
+    let batch = ring.read(1, 1000, usize::MAX).unwrap();
+    let survivors: Vec<&ringship::Record> = batch.records.iter().filter(|r| r.seq != next).collect();
+    let seqs: Vec<u64> = survivors.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (24..=39).chain([41, 42]).collect::<Vec<_>>());
+    for r in survivors {
+        let len = if r.seq == 24 { 1000 } else { LEN };
+        assert_eq!(&r.payload[..], &payload(r.seq, len)[..], "seq {}", r.seq);
+    }
+    assert_identity(&ring.stats());
+}

@@ -308,7 +308,10 @@ fn run_seed(seed: u64) -> FaultCounts {
 /// first found the newest record past lost writes, from the durable
 /// position; the second had a hole hint, so it searched the whole ring,
 /// hopping from frame to frame, and hopped over the newest record hidden
-/// inside an older frame's span: a surviving record counted corrupted.
+/// inside an older pad's span: a surviving record counted corrupted. (A
+/// hole hint no longer rules out the durable position's bound; the hop is
+/// gone too, and `damage::the_whole_ring_head_search_finds_newer_frames_
+/// inside_an_old_pad` tests the whole-ring search.)
 const REGRESSION_SEEDS: &[u64] = &[30_712, 79_122, 82_019, 167_155, 357_701, 422_999, 2_250_189];
 
 #[test]

@@ -613,10 +613,11 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
 
     // 1. The head.
     let chained = if power_loss_possible || !have_checkpoint { None } else { chain_head(&mut scan, &ck)? };
-    // With no hole known, the last data fsync the checkpoint records bounds
-    // the head from below even after a power loss: every frame below its
-    // position was durable, and every later write lies above it.
-    let from_durable = have_checkpoint && data_whole && ck.hole_hints.is_empty();
+    // The last data fsync the checkpoint records bounds the head from below
+    // even after a power loss: every frame below its position was durable,
+    // and every later write lies above it. (Holes are below the head: they
+    // matter to the walk's jump, which checks for them itself.)
+    let from_durable = have_checkpoint && data_whole;
     let newest = match chained {
         Some(newest) => Some(newest),
         None if from_durable => Some(head_since_durable(input.data, &mut scan, &ck, reserved, max_len)?),
