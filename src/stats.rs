@@ -86,7 +86,7 @@ pub(crate) fn min_known_ts(a: u64, b: u64) -> u64 {
 /// back): a hostile checkpoint near the bound can neither overflow the
 /// addition nor make the next checkpoint one that no open would accept.
 pub(crate) fn bounded_add(a: u64, b: u64) -> u64 {
-    a.saturating_add(b).min((1 << 62) - 1)
+    a.saturating_add(b).min(crate::ring::frame::MAX_POSITION - 1)
 }
 
 /// A bounded list of loss ranges, merged as they arrive.

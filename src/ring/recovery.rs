@@ -108,14 +108,7 @@ fn clean_reopen(scan: &mut Scanner<'_>, input: &Input<'_>) -> io::Result<Option<
     (st.tail_seq, st.tail_pos, st.tail_ts) = (ck.tail_seq, ck.tail_pos, ck.tail_ts);
     st.ack_seq = ck.ack_seq.min(ck.next_seq - 1);
     st.ack_pos = ack_pos;
-    st.rejected = ck.rejected;
-    st.rejected_reported = ck.rejected_reported;
-    st.acked = ck.acked;
-    st.overwritten = ck.overwritten;
-    st.overwritten_bytes = ck.overwritten_bytes;
-    st.corrupted = ck.corrupted;
-    st.lost_unsynced = ck.lost_unsynced;
-    st.losses = ck.losses.clone();
+    take_counters(&mut st, ck);
     if st.settled() != ck.settled_seq {
         return Ok(None);
     }
@@ -224,11 +217,12 @@ fn first_intact_after(scan: &mut Scanner<'_>, p: u64) -> io::Result<After> {
 /// whose header names its own offset.
 ///
 /// Not hopping from frame to frame: after a power loss, a newer frame can
-/// sit inside an older frame's span (the writes that would have overwritten
-/// the older frame's header were lost, the newer frame's was kept), and a
-/// hop over the older frame would miss it. The head then came out short of
-/// surviving records, and those were counted as damage (simulation seed
-/// 79,122: a second power loss right after a first one's recovery).
+/// sit inside an older pad's span (a pad's CRC covers its header only; the
+/// write that would have overwritten that header was lost, the newer
+/// frame's was kept), and a hop over the pad would miss it. The head then
+/// came out short of surviving records: counted as damage, or their seqs
+/// handed out again (simulation seed 79,122; `damage::the_whole_ring_head_
+/// search_finds_newer_frames_inside_an_old_pad`).
 fn find_head(data: &dyn Storage, scan: &mut Scanner<'_>) -> io::Result<Option<(u64, u64)>> {
     search_heads::<true>(data, scan, 0, u64::MAX)
 }
@@ -306,7 +300,7 @@ fn search_heads<const WHOLE: bool>(
                 // The word would be bytes 24..32 of a header at `off`.
                 let Some(off) = (start + (b * 8 + k) as u64 * 8).checked_sub(24) else { continue };
                 // Most words fail here, before the division below.
-                if !(in_range(word) || (word == 0 && off == 0 && since == 0)) {
+                if !(in_range(word) || (WHOLE && word == 0 && off == 0)) {
                     continue;
                 }
                 if word % cap != off {
@@ -687,14 +681,7 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
     (st.tail_seq, st.tail_pos, st.tail_ts) = (tail_seq, tail_pos, tail_ts);
     st.ack_seq = ck.ack_seq.min(next_seq - 1);
     st.ack_pos = ack_pos;
-    st.rejected = ck.rejected;
-    st.rejected_reported = ck.rejected_reported;
-    st.acked = ck.acked;
-    st.overwritten = ck.overwritten;
-    st.overwritten_bytes = ck.overwritten_bytes;
-    st.corrupted = ck.corrupted;
-    st.lost_unsynced = ck.lost_unsynced;
-    st.losses = ck.losses.clone();
+    take_counters(&mut st, &ck);
 
     // Seqs below the oldest survivor that the checkpoint had not settled.
     if tail_seq > settled_c + 1 {
@@ -816,6 +803,18 @@ fn settle_discovered(st: &mut State, report: &mut RecoveryReport, range: LossRan
 }
 
 /// The state of a new, empty ring.
+/// The settled counters and loss ranges a checkpoint keeps, into `st`.
+fn take_counters(st: &mut State, ck: &Checkpoint) {
+    st.rejected = ck.rejected;
+    st.rejected_reported = ck.rejected_reported;
+    st.acked = ck.acked;
+    st.overwritten = ck.overwritten;
+    st.overwritten_bytes = ck.overwritten_bytes;
+    st.corrupted = ck.corrupted;
+    st.lost_unsynced = ck.lost_unsynced;
+    st.losses = ck.losses.clone();
+}
+
 pub(crate) fn fresh_state(cap: u64, max_losses: usize) -> State {
     State {
         cap,

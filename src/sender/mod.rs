@@ -302,15 +302,18 @@ fn call_back(what: &str, f: impl FnOnce()) {
     }
 }
 
-/// `ring` is the ring's stats when the shipper started, and `known_loss`
-/// its delivery cursor then (losses up to it were counted before): losses
-/// and stalls are judged from that moment, whenever this thread gets to
-/// run. Records that were in the ring then are reported when they are
-/// overwritten, like any other.
-fn supervise(shared: &Arc<Shared>, stop: &Signal, ring: &crate::RingStats, known_loss: u64) {
+/// `ring` is the ring's stats when the shipper started: losses and stalls
+/// are judged from that moment, whenever this thread gets to run. Records
+/// that were in the ring then are reported when they are overwritten, like
+/// any other.
+fn supervise(shared: &Arc<Shared>, stop: &Signal, ring: &crate::RingStats) {
     let cfg = shared.cfg;
     let mut watch = Watch::new(shared.now(), cfg.stall_after, cfg.abandon_after, ring.ack_seq, ring.overwritten);
-    let mut reported_loss = known_loss;
+    // Every seq up to the delivery cursor was acked or counted lost before
+    // the start; every record lost from now on lies above it. (Not the
+    // newest loss range's end: a damaged span already found among the
+    // pending records would hide overwrites below it.)
+    let mut reported_loss = ring.ack_seq;
     loop {
         if stop.wait_timeout(cfg.supervise_every) != Woken::TimedOut {
             return;
@@ -755,18 +758,13 @@ impl ShipperBuilder {
             workers: Mutex::new(LEVEL_SENDER_WORKERS, "sender.workers", Workers::default()),
         });
         let initial = shared.ring.stats();
-        // Every seq up to the delivery cursor was acked or counted lost
-        // before the start; every record lost from now on lies above it.
-        // (Not the newest loss range's end: a damaged span already found
-        // among the pending records would hide overwrites below it.)
-        let known_loss = initial.ack_seq;
         spawn_worker(&shared, 1);
         let stop = Arc::new(Signal::new());
         let stop_rx = Arc::clone(&stop);
         let s = Arc::clone(&shared);
         let supervisor = std::thread::Builder::new()
             .name("ringship-supervisor".into())
-            .spawn(move || supervise(&s, &stop_rx, &initial, known_loss))
+            .spawn(move || supervise(&s, &stop_rx, &initial))
             .expect("spawn ringship supervisor thread");
         Ok(Shipper { shared, supervisor: Some((stop, supervisor)) })
     }

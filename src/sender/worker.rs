@@ -117,21 +117,25 @@ fn read_batch(shared: &Shared, from_seq: u64, limits: (usize, usize)) -> crate::
     let ring = &shared.ring;
     let mut from = from_seq;
     loop {
-        let stats = ring.stats();
-        from = from.max(stats.ack_seq + 1);
+        let before = ring.stats();
+        from = from.max(before.ack_seq + 1);
         let rb = ring.read(from, limits.0, limits.1)?;
         let read_any = !rb.records.is_empty();
-        let start = from.max(ring.stats().ack_seq + 1);
-        match build_batch(shared, rb, start, stats.rejected) {
+        // Taken after the read: an ack, or a note of rejections reported,
+        // made since (an abandoned send's late success) is not repeated.
+        let after = ring.stats();
+        let start = from.max(after.ack_seq + 1);
+        let unreported = before.rejected.saturating_sub(after.rejected_reported);
+        match build_batch(shared, rb, start, unreported) {
             None if read_any => from = start,
-            batch => return Ok((batch, stats.rejected)),
+            batch => return Ok((batch, before.rejected)),
         }
     }
 }
 
 /// Turns a ring read from `cursor` into a batch, with a gap notice when
-/// seqs between the cursor and the first record are missing or records were
-/// rejected (`rejected` is the ring's count when the read began).
+/// seqs between the cursor and the first record are missing or `rejected`
+/// rejections are still to be reported.
 ///
 /// The batch ends before the first seq missing after its first record: the
 /// records after such a gap are read again, in the next batch, which opens
@@ -146,9 +150,6 @@ fn build_batch(shared: &Shared, rb: ReadBatch, cursor: u64, rejected: u64) -> Op
         .take_while(|(r, expected)| r.seq == *expected)
         .map(|(r, _)| BatchRecord { seq: r.seq, timestamp: r.timestamp, payload: r.payload })
         .collect();
-    // Read after the records: a note made since the count was taken (an
-    // abandoned send's late success) is not repeated.
-    let rejected = rejected.saturating_sub(shared.ring.stats().rejected_reported);
     let mut gap = None;
     if first > cursor || rejected > 0 {
         let mut notice =

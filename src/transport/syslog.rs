@@ -143,15 +143,10 @@ fn rfc3339(nanos: u64) -> String {
 /// longer than `cfg.max_message_len`, one per part of the payload.
 pub(crate) fn format_record(cfg: &SyslogConfig, r: &BatchRecord) -> Vec<Vec<u8>> {
     let pri = u32::from(cfg.facility) * 8 + u32::from(cfg.severity);
+    let ts = rfc3339(r.timestamp);
     let head = |part: &str| {
-        format!(
-            "<{pri}>1 {} {} {} - - [ringship@{PEN} seq=\"{}\"{part}] ",
-            rfc3339(r.timestamp),
-            cfg.hostname,
-            cfg.app_name,
-            r.seq
-        )
-        .into_bytes()
+        format!("<{pri}>1 {ts} {} {} - - [ringship@{PEN} seq=\"{}\"{part}] ", cfg.hostname, cfg.app_name, r.seq)
+            .into_bytes()
     };
     let whole = head("");
     if whole.len() + r.payload.len() <= cfg.max_message_len {
