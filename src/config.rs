@@ -185,10 +185,10 @@ impl RingConfig {
     /// [`SyncPolicy::Interval`] flusher and [`Ring::sync`](crate::Ring::sync)),
     /// so appends do not wait for that fsync; only the first append after
     /// `open`, and appends that use up half a reservation while the renewal's
-    /// fsync runs, write one themselves or wait for it. After a power loss
-    /// the seqs between the last record on disk and the reservation are
-    /// counted as `lost_unsynced`: at most this many more than were really
-    /// lost.
+    /// fsync runs, write one themselves or wait for it. After an unclean
+    /// shutdown the seqs between the last record on disk and the
+    /// reservation are passed over (`seqs_skipped`), since any of them may
+    /// have been handed out: at most this many.
     #[must_use]
     pub fn with_seq_reservation(mut self, seqs: u64) -> Self {
         self.seq_reservation = seqs;

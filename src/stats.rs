@@ -14,17 +14,25 @@ pub enum LossCause {
     LostUnsynced,
     /// Two ranges of different causes merged to keep the list bounded.
     Mixed,
+    /// Seqs passed over, never given to a record, after an unclean
+    /// shutdown: any of them may have been handed out to an append whose
+    /// record did not survive (damage at the newest frames, writes the
+    /// disk dropped), so none is used again. Its seqs are not records:
+    /// they are in `seqs_skipped`, not in `appended`. How many records
+    /// were lost among them is not known.
+    Skipped,
 }
 
 impl LossCause {
     /// The cause as receivers see it in gap notices: `overwritten`,
-    /// `corrupted`, `lost-unsynced` or `mixed`.
+    /// `corrupted`, `lost-unsynced`, `mixed` or `skipped`.
     pub fn as_str(self) -> &'static str {
         match self {
             LossCause::Overwritten => "overwritten",
             LossCause::Corrupted => "corrupted",
             LossCause::LostUnsynced => "lost-unsynced",
             LossCause::Mixed => "mixed",
+            LossCause::Skipped => "skipped",
         }
     }
 
@@ -34,6 +42,7 @@ impl LossCause {
             LossCause::Corrupted => 2,
             LossCause::LostUnsynced => 3,
             LossCause::Mixed => 4,
+            LossCause::Skipped => 5,
         }
     }
 
@@ -43,6 +52,7 @@ impl LossCause {
             2 => LossCause::Corrupted,
             3 => LossCause::LostUnsynced,
             4 => LossCause::Mixed,
+            5 => LossCause::Skipped,
             _ => return None,
         })
     }
@@ -50,9 +60,9 @@ impl LossCause {
 
 /// A range of sequence numbers whose records were lost.
 ///
-/// Within `first_seq..=last_seq`, `count` records were lost (less than the
-/// width of the range only after two ranges were merged to keep the list
-/// bounded). Timestamps are nanoseconds since the Unix epoch; for ranges
+/// Within `first_seq..=last_seq`, `count` seqs are missing: records lost,
+/// or seqs passed over ([`LossCause::Skipped`]). Less than the width of the
+/// range only after two ranges were merged to keep the list bounded. Timestamps are nanoseconds since the Unix epoch; for ranges
 /// discovered by recovery rather than seen while evicting, they are bounds
 /// taken from the nearest surviving records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +75,7 @@ pub struct LossRange {
     pub first_ts: u64,
     /// Timestamp of the last lost record (or an upper bound).
     pub last_ts: u64,
-    /// Records lost in the range.
+    /// Seqs missing in the range (records lost, or seqs skipped).
     pub count: u64,
     /// Ring bytes (frames, headers included) the lost records occupied.
     pub bytes: u64,
@@ -159,6 +169,11 @@ pub struct RingStats {
     /// Records lost to a power loss (or a failed fsync) before they were
     /// reported durable.
     pub lost_unsynced: u64,
+    /// Seqs passed over after an unclean shutdown because they may have
+    /// been handed out ([`LossCause::Skipped`]). They are not records, so
+    /// they are not in `appended` or the identity: `last_seq` counts them,
+    /// `appended` does not.
+    pub seqs_skipped: u64,
     /// The last seq assigned (0 before the first record).
     pub last_seq: u64,
     /// Every record up to this seq is on stable storage.
@@ -212,6 +227,10 @@ pub struct RecoveryReport {
     /// Records discovered lost to a power loss (or a failed fsync) before
     /// they were synced.
     pub lost_unsynced_discovered: u64,
+    /// Seqs passed over so that none that may have been handed out is
+    /// used again ([`LossCause::Skipped`]): after every unclean shutdown,
+    /// those above the newest surviving record up to the seq reservation.
+    pub seqs_skipped: u64,
     /// Bytes of the ring's files that recovery could not read (a bad
     /// sector), taken as damage.
     pub unreadable_bytes: u64,

@@ -241,9 +241,10 @@ fn a_switch_cancels_a_hung_request_at_once() {
 const CHILD_ENV: &str = "RINGSHIP_HTTP_CHILD";
 const TOTAL: u64 = 3000;
 
-/// The child: appends up to `TOTAL` records (continuing from the ring's
-/// last seq) while shipping them, then drains. Killed at random by the
-/// parent, restarted, it must pick up where the ring says.
+/// The child: appends records until the ring holds `TOTAL` (continuing
+/// from the ring's last seq, past seqs a crash made it skip) while
+/// shipping them, then drains. Killed at random by the parent, restarted,
+/// it must pick up where the ring says.
 fn child(dir: &str, url: &str) {
     let ring = Ring::open(dir, small(256 << 10)).unwrap().0;
     let shipper = Shipper::builder(ring)
@@ -255,8 +256,9 @@ fn child(dir: &str, url: &str) {
         .backoff_max(Duration::from_millis(100))
         .start()
         .unwrap();
-    let mut next = shipper.stats().ring.last_seq + 1;
-    while next <= TOTAL {
+    let stats = shipper.stats().ring;
+    let mut next = stats.last_seq + 1;
+    for _ in stats.appended..TOTAL {
         assert_eq!(shipper.append(&payload(next, 48)).unwrap(), next);
         next += 1;
         if next % 10 == 0 {
@@ -289,10 +291,33 @@ fn a_ringship_process_killed_and_restarted_loses_nothing() {
     };
     let (kills, last_run) = kill_and_restart(spawn, &[150, 80, 200]);
     assert!(last_run.contains("CHILD DRAINED"), "the last run drained");
-    assert_eq!(rx.seqs(), (1..=TOTAL).collect::<Vec<_>>(), "every record arrived");
-    for (seq, p) in &rx.inbox.lock().unwrap().records {
+    let seqs = rx.seqs();
+    assert_eq!(seqs.len() as u64, TOTAL, "every record arrived once by seq");
+    let inbox = rx.inbox.lock().unwrap();
+    for (seq, p) in &inbox.records {
         assert_eq!(&p[..], &payload(*seq, 48)[..]);
     }
+    // Each crash skipped the seqs it may have handed out; the receiver was
+    // told of every missing seq, with that cause.
+    let told: Vec<(u64, u64)> = inbox
+        .gaps
+        .iter()
+        .map(|g| {
+            assert!(g.contains("cause=skipped"), "a gap notice for a crash alone: {g}");
+            let (range, _) = g.split_once(';').unwrap();
+            let (a, b) = range.split_once('-').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    for w in seqs.windows(2).filter(|w| w[1] > w[0] + 1) {
+        assert!(
+            told.iter().any(|&(a, b)| a <= w[0] + 1 && w[1] - 1 <= b),
+            "seqs {}..={} missing without a notice: {told:?}",
+            w[0] + 1,
+            w[1] - 1
+        );
+    }
+    drop(inbox);
     eprintln!("{kills} SIGKILLs; {} records received for {TOTAL} appended (duplicates by seq)", rx.received());
     assert!(kills >= 1);
 }

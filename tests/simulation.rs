@@ -130,7 +130,12 @@ fn check(ring: &Ring, disk: &SimDisk, model: &mut Model, cap: u64) {
             // loss, cannot be told from writes that never reached the disk
             // (the checkpoint's durable seq lags group commits): it is counted
             // lost_unsynced. Without bit flips this never happens.
-            Some(LossCause::LostUnsynced) => !model.durable_seqs.contains(&seq) || disk.counts().bit_flips > 0,
+            // Seqs past the newest surviving record are skipped after a
+            // crash: records there were never durable (or a bit flip hit
+            // them, as above).
+            Some(LossCause::LostUnsynced | LossCause::Skipped) => {
+                !model.durable_seqs.contains(&seq) || disk.counts().bit_flips > 0
+            }
             _ => false,
         };
         assert!(

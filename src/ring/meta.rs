@@ -7,7 +7,7 @@ use super::frame::MAX_POSITION;
 use crate::stats::{LossCause, LossList, LossRange};
 
 /// Version of the on-disk format this build reads and writes.
-pub(crate) const FORMAT_VERSION: u32 = 4;
+pub(crate) const FORMAT_VERSION: u32 = 5;
 /// Magic of the data file header.
 pub(crate) const DATA_MAGIC: &[u8; 8] = b"RSHPDATA";
 /// Magic of a checkpoint slot.
@@ -27,7 +27,7 @@ const RESERVATION_LEN: usize = 40;
 const DATA_HEADER_LEN: usize = 36;
 const LOSS_LEN: usize = 56;
 const HINT_LEN: usize = 24;
-const FIXED_LEN: usize = 204;
+const FIXED_LEN: usize = 212;
 /// Most unsettled holes a checkpoint remembers the cause of.
 pub(crate) const MAX_HOLE_HINTS: usize = 16;
 
@@ -101,6 +101,8 @@ pub(crate) struct Checkpoint {
     pub(crate) overwritten_bytes: u64,
     pub(crate) corrupted: u64,
     pub(crate) lost_unsynced: u64,
+    /// Seqs passed over after an unclean shutdown (settled part).
+    pub(crate) skipped: u64,
     pub(crate) clean: bool,
     /// The ring ran under `SyncPolicy::Always`: every returned append was durable.
     pub(crate) sync_always: bool,
@@ -147,6 +149,7 @@ impl Checkpoint {
             self.lost_unsynced,
             self.durable_pos,
             self.rejected_reported,
+            self.skipped,
         ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
@@ -182,7 +185,7 @@ impl Checkpoint {
     /// record, loss ranges are in order, apart, and within the settled
     /// seqs, and the positions and hole hints fit the seqs.
     pub(crate) fn consistent(&self) -> bool {
-        let settled_counts = [self.acked, self.overwritten, self.corrupted, self.lost_unsynced]
+        let settled_counts = [self.acked, self.overwritten, self.corrupted, self.lost_unsynced, self.skipped]
             .into_iter()
             .try_fold(0u64, u64::checked_add);
         // Seqs and positions are bounded (every other one is at most
@@ -230,9 +233,9 @@ impl Checkpoint {
             return Err(HeaderError::Version(version));
         }
         let v = |i: usize| u64_at(b, 16 + 8 * i);
-        let flags = u32_at(b, 176);
-        let n = u32_at(b, 196) as usize;
-        let h = u32_at(b, 200) as usize;
+        let flags = u32_at(b, 184);
+        let n = u32_at(b, 204) as usize;
+        let h = u32_at(b, 208) as usize;
         // More than a checkpoint ever holds: a forged or foreign slot, and
         // encoding it again would overrun the slot.
         if n > crate::config::MAX_LOSS_RANGES || h > MAX_HOLE_HINTS || FIXED_LEN + n * LOSS_LEN + h * HINT_LEN != len {
@@ -279,9 +282,10 @@ impl Checkpoint {
             lost_unsynced: v(17),
             durable_pos: v(18),
             rejected_reported: v(19),
+            skipped: v(20),
             clean: flags & 1 != 0,
             sync_always: flags & 4 != 0,
-            boot_id: (flags & 2 != 0).then(|| b[180..196].try_into().expect("16 bytes")),
+            boot_id: (flags & 2 != 0).then(|| b[188..204].try_into().expect("16 bytes")),
             losses,
             hole_hints,
         };

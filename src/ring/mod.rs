@@ -263,9 +263,13 @@ impl Ring {
     /// [`ReadBatch::next_seq`] and [`Ring::losses`] to see which.
     ///
     /// # Errors
-    /// [`Error::Closed`] or [`Error::Io`].
+    /// [`Error::Config`] if `max_records` is 0; [`Error::Closed`] or
+    /// [`Error::Io`].
     pub fn read(&self, from_seq: u64, max_records: usize, max_bytes: usize) -> Result<ReadBatch> {
-        self.inner.read(from_seq, max_records.max(1), max_bytes)
+        if max_records == 0 {
+            return Err(Error::Config("a read of 0 records: max_records must be at least 1".into()));
+        }
+        self.inner.read(from_seq, max_records, max_bytes)
     }
 
     /// Acknowledges every record up to and including `seq` and persists the

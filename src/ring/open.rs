@@ -212,7 +212,18 @@ fn create_if_absent(dir: &Path, data_path: &Path, meta_path: &Path, cap: u64) ->
             create(dir, data_path, meta_path, cap)?;
             Ok(true)
         }
-        _ => Ok(false),
+        _ => {
+            // A creation killed between its two renames leaves `ring.meta.tmp`
+            // beside `ring.data`; recovery writes a new `ring.meta`. The
+            // directory is locked, so no creation is under way.
+            for tmp in ["ring.data.tmp", "ring.meta.tmp"].map(|n| dir.join(n)) {
+                match fs::remove_file(&tmp) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io("remove", &tmp, e)),
+                    _ => {}
+                }
+            }
+            Ok(false)
+        }
     }
 }
 

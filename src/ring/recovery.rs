@@ -113,9 +113,20 @@ fn clean_reopen(scan: &mut Scanner<'_>, input: &Input<'_>) -> io::Result<Option<
         return Ok(None);
     }
     st.debug_check("clean reopen");
+    // Seqs from the oldest record on that hold no frame: lost, or skipped
+    // after an earlier crash, and settled by an ack past them.
+    let missing: u64 = ck
+        .losses
+        .ranges
+        .iter()
+        .map(|r| {
+            let (lo, hi) = (r.first_seq.max(ck.tail_seq), r.last_seq.min(ck.next_seq - 1));
+            if lo <= hi { (hi - lo + 1).min(r.count) } else { 0 }
+        })
+        .sum();
     let report = RecoveryReport {
         clean_shutdown: true,
-        records_recovered: ck.next_seq - ck.tail_seq,
+        records_recovered: (ck.next_seq - ck.tail_seq).saturating_sub(missing),
         pending: st.stats(0).pending,
         ..RecoveryReport::default()
     };
@@ -341,34 +352,43 @@ fn head_since_durable(
     Ok(newest.unwrap_or((ck.durable_pos, ck.durable_seq + 1)))
 }
 
-/// Size of a torn frame at `head`: a header that names its position but
-/// whose frame fails its checksum (the write was cut short).
-fn torn_bytes_at(scan: &mut Scanner<'_>, head: u64, max_len: usize) -> io::Result<u64> {
+/// A torn or damaged frame at `head`: a header that names its position
+/// but whose frame fails its checksum (a write cut short, or damage at
+/// rest to the newest frame). Returns its size in the lap and, for a
+/// record, its seq: that seq was handed out.
+fn torn_at(scan: &mut Scanner<'_>, head: u64, max_len: usize) -> io::Result<Option<(u64, Option<u64>)>> {
     let cap = scan.cap();
     let off = head % cap;
     if off + HEADER_LEN as u64 > cap {
-        return Ok(0);
+        return Ok(None);
     }
     let Some(h) = decode_header(scan.bytes(off, HEADER_LEN)?, head, max_len) else {
-        return Ok(0);
+        return Ok(None);
     };
-    Ok(if scan.frame_at(head)? == Found::Invalid { h.size().min(cap - off) } else { 0 })
+    Ok((scan.frame_at(head)? == Found::Invalid).then(|| (h.size().min(cap - off), (!h.is_pad).then_some(h.seq))))
 }
 
-/// Whether frames newer than `head` may lie in bytes that could not be
-/// read. The next frame, if any was written, starts at `head` (at the next
-/// lap's start when no header fits before the end of the data area): its
-/// header is unreadable, or a header there names `head` and its frame
-/// reaches unreadable bytes.
-fn unreadable_at_head(scan: &mut Scanner<'_>, head: u64, max_len: usize) -> io::Result<bool> {
+/// The lowest seq of a record frame whose header survives, between the
+/// start of the live window and the oldest intact record (`tail`), with a
+/// seq below `below`. Such a frame lies inside the window, so it was never
+/// evicted: its record was damaged, not overwritten. Bounded by the gap,
+/// which without damage is less than one frame.
+fn damaged_below_tail(scan: &mut Scanner<'_>, from: u64, tail: u64, below: u64) -> io::Result<Option<u64>> {
     let cap = scan.cap();
-    let (off, pos) = if head % cap + HEADER_LEN as u64 > cap { (0, next_lap(head, cap)) } else { (head % cap, head) };
-    let header = decode_header(scan.bytes(off, HEADER_LEN)?, pos, max_len);
-    if header.is_some() {
-        // Read the whole frame, so that its unreadable bytes are known.
-        scan.frame_at(pos)?;
+    let mut q = from.next_multiple_of(super::frame::ALIGN);
+    let mut lowest = None;
+    while q < tail {
+        match scan.header_at(q)? {
+            Found::Wrap => q = next_lap(q, cap),
+            Found::Record(h) if h.seq < below && q + h.size() <= tail => {
+                lowest = Some(lowest.map_or(h.seq, |l: u64| l.min(h.seq)));
+                q += h.size();
+            }
+            Found::Pad(h) if q + h.size() <= tail => q += h.size(),
+            _ => q += super::frame::ALIGN,
+        }
     }
-    Ok(scan.unreadable_within(off, HEADER_LEN as u64) || header.is_some_and(|h| scan.unreadable_within(off, h.size())))
+    Ok(lowest)
 }
 
 /// What the walk over the live window found.
@@ -622,7 +642,8 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
     // below the newest surviving record can have been lost unsynced.
     let durable_seq = if ck.sync_always { ck.durable_seq.max(found_next.saturating_sub(1)) } else { ck.durable_seq };
     let classify = Classifier { hints: &ck.hole_hints, power_loss_possible, durable_seq };
-    report.torn_bytes_truncated = torn_bytes_at(&mut scan, head, max_len)?;
+    let torn = torn_at(&mut scan, head, max_len)?;
+    report.torn_bytes_truncated = torn.map_or(0, |(bytes, _)| bytes);
 
     // 2. The live window.
     // A data file found cut short is checked frame by frame.
@@ -649,20 +670,15 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
             holes.extend(classify.holes(last + 1, found_next - 1, end, head, ts, ts));
         }
     }
-    let mut next_seq = found_next.max(prev.map_or(0, |(s, _, _)| s + 1));
-    // After a power loss, any seq up to the reservation may have been handed
-    // out to a record that never reached the disk: none is used again. So
-    // too when bytes right after the head could not be read: newer frames
-    // start there if any were written (positions are written in order),
-    // and those bytes may have held them.
-    let head_unreadable = unreadable_at_head(&mut scan, head, max_len)?;
-    let assigned_before =
-        if power_loss_possible || head_unreadable { ck.next_seq.max(reserved + 1) } else { ck.next_seq };
-    if assigned_before > next_seq {
-        let (first_ts, pos) = prev.map_or((ck.tail_ts, head), |(_, e, t)| (t, e));
-        holes.extend(classify.holes(next_seq, assigned_before - 1, pos, head.max(pos), first_ts, u64::MAX));
-        next_seq = assigned_before;
-    }
+    let next_seq = missing_head(
+        &mut holes,
+        &classify,
+        (found_next.max(prev.map_or(0, |(s, _, _)| s + 1)), head),
+        prev,
+        torn.and_then(|(_, seq)| seq),
+        &ck,
+        reserved,
+    );
     // Seqs the checkpoint settled (acknowledged or counted lost) stay
     // settled whatever the frames say: when the data file is older than the
     // checkpoint (restored from a copy, or writes lost under it), the
@@ -686,7 +702,13 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
     // Seqs below the oldest survivor that the checkpoint had not settled.
     if tail_seq > settled_c + 1 {
         let (first, last) = (settled_c + 1, tail_seq - 1);
-        let parts = if lapped { vec![(first, last, LossCause::Overwritten)] } else { classify.split(first, last) };
+        // Frames inside the window were never evicted: a surviving header
+        // there names a record that was damaged, not overwritten.
+        let damaged = match tail {
+            Some((_, pos, _)) if lapped => damaged_below_tail(&mut scan, window_start, pos, tail_seq)?,
+            _ => None,
+        };
+        let parts = if lapped { classify.split_lapped(first, last, damaged) } else { classify.split(first, last) };
         let mut bytes = tail_pos.saturating_sub(ck.settled_pos);
         for (first_seq, last_seq, cause) in parts {
             let range = LossRange {
@@ -705,6 +727,7 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
         for added in st.add_hole(h) {
             match added.cause {
                 LossCause::LostUnsynced => report.lost_unsynced_discovered += added.count(),
+                LossCause::Skipped => report.seqs_skipped += added.count(),
                 _ => report.damaged_records += added.count(),
             }
             report.losses_discovered.push(added.to_range());
@@ -715,6 +738,63 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
     report.pending = st.stats(0).pending;
     report.unreadable_bytes = scan.unreadable_bytes;
     Ok((st, report))
+}
+
+/// Step 3 of recovery: the holes for seqs handed out that no frame holds
+/// any more, from `next_seq` (after the newest surviving record, whose
+/// frame ends at `head`) on; returns the seq to resume at.
+fn missing_head(
+    holes: &mut Vec<Hole>,
+    classify: &Classifier<'_>,
+    (mut next_seq, head): (u64, u64),
+    prev: Option<(u64, u64, u64)>,
+    torn_seq: Option<u64>,
+    ck: &Checkpoint,
+    reserved: u64,
+) -> u64 {
+    // Seqs known to have been handed out to records: the checkpoint's, and
+    // that of a record whose header survives at the head (its frame torn,
+    // or damaged at rest) if it was durable, or if a power loss may have
+    // cut its write (counted lost unsynced). After a process crash a torn
+    // frame above the durable seq is a write the kill cut short, whose
+    // append never returned: its seq is skipped with the rest. Under
+    // `SyncPolicy::Always` that write and a durable record damaged since
+    // look the same; it is counted damaged, since a durable record must
+    // not go uncounted.
+    let torn_seq = torn_seq.filter(|&s| {
+        s >= next_seq
+            && s < reserved.max(ck.next_seq)
+            && (classify.power_loss_possible || s <= ck.durable_seq || ck.sync_always)
+    });
+    let assigned_before = ck.next_seq.max(torn_seq.map_or(0, |s| s + 1));
+    let (first_ts, pos) = prev.map_or((ck.tail_ts, head), |(_, e, t)| (t, e));
+    // Records gone from the head were appended before this recovery.
+    let now = super::now_nanos();
+    if assigned_before > next_seq {
+        holes.extend(classify.holes(next_seq, assigned_before - 1, pos, head.max(pos), first_ts, now));
+        next_seq = assigned_before;
+    }
+    // Any seq up to the reservation may have been handed out to a record
+    // that is gone without a trace: lost with writes the disk dropped
+    // (a power loss, or write-back lost with no reboot), or its frames
+    // zeroed, cut off or garbled at rest. Nothing on disk tells those
+    // apart from seqs never handed out, so after every unclean shutdown
+    // they are passed over, none used again, and counted as skipped, not
+    // as records. (A clean close shrinks the reservation to its last seq:
+    // nothing is skipped after one.)
+    if reserved + 1 > next_seq {
+        holes.push(Hole {
+            first: next_seq,
+            last: reserved,
+            pos: head,
+            resume_pos: head,
+            first_ts,
+            last_ts: now,
+            cause: LossCause::Skipped,
+        });
+        next_seq = reserved + 1;
+    }
+    next_seq
 }
 
 /// Says why seqs missing at recovery are missing.
@@ -760,6 +840,43 @@ impl Classifier<'_> {
         parts
     }
 
+    /// Splits `first..=last`, seqs missing below the oldest survivor of a
+    /// ring the writer lapped, into runs of one cause: a run an earlier
+    /// recovery or reader classified keeps its cause (seqs skipped after a
+    /// crash are no records, whatever evicted their place); from
+    /// `damaged_from` on the rest were damaged inside the live window;
+    /// below it they were overwritten.
+    fn split_lapped(&self, first: u64, last: u64, damaged_from: Option<u64>) -> Vec<(u64, u64, LossCause)> {
+        let mut parts = Vec::new();
+        let unhinted = |a: u64, b: u64, parts: &mut Vec<(u64, u64, LossCause)>| match damaged_from {
+            Some(d) if d <= b => {
+                if a < d {
+                    parts.push((a, d - 1, LossCause::Overwritten));
+                }
+                parts.push((a.max(d), b, LossCause::Corrupted));
+            }
+            _ => parts.push((a, b, LossCause::Overwritten)),
+        };
+        let mut hints: Vec<_> = self.hints.iter().filter(|&&(a, b, _)| b >= first && a <= last).copied().collect();
+        hints.sort_unstable_by_key(|h| h.0);
+        let mut cur = first;
+        for (a, b, cause) in hints {
+            if b < cur {
+                continue;
+            }
+            if a > cur {
+                unhinted(cur, a - 1, &mut parts);
+            }
+            let end = b.min(last);
+            parts.push((a.max(cur), end, cause));
+            cur = end + 1;
+        }
+        if cur <= last {
+            unhinted(cur, last, &mut parts);
+        }
+        parts
+    }
+
     /// The holes for missing seqs `first..=last` found between positions
     /// `pos` and `resume_pos`: one per run of one cause, the bytes counted
     /// on the first.
@@ -793,6 +910,10 @@ fn settle_discovered(st: &mut State, report: &mut RecoveryReport, range: LossRan
             st.lost_unsynced += count;
             report.lost_unsynced_discovered += count;
         }
+        LossCause::Skipped => {
+            st.skipped += count;
+            report.seqs_skipped += count;
+        }
         _ => {
             st.corrupted += count;
             report.damaged_records += count;
@@ -812,6 +933,7 @@ fn take_counters(st: &mut State, ck: &Checkpoint) {
     st.overwritten_bytes = ck.overwritten_bytes;
     st.corrupted = ck.corrupted;
     st.lost_unsynced = ck.lost_unsynced;
+    st.skipped = ck.skipped;
     st.losses = ck.losses.clone();
 }
 
@@ -832,6 +954,7 @@ pub(crate) fn fresh_state(cap: u64, max_losses: usize) -> State {
         overwritten_bytes: 0,
         corrupted: 0,
         lost_unsynced: 0,
+        skipped: 0,
         holes: Vec::new(),
         losses: LossList::default(),
         max_losses,

@@ -81,36 +81,15 @@ pub(crate) struct Scanner<'a> {
     /// Set for scans that may read much of the ring
     /// ([`read_ahead`](Self::read_ahead)).
     ahead: Option<ReadAhead>,
-    /// Ranges of the data area (offsets from its start) that could not be
-    /// read and were taken as [`UNREADABLE`](super::storage::UNREADABLE)
-    /// (bad blocks); at most [`MAX_UNREADABLE`] of them are kept.
-    unreadable: Vec<Range<u64>>,
-    /// More ranges than that were found: any range may be unreadable.
-    unreadable_overflow: bool,
     /// Bytes that could not be read, counted each time.
     pub(crate) unreadable_bytes: u64,
     /// Where those bytes are counted as well.
     sink: Option<&'a AtomicU64>,
 }
 
-/// Unreadable ranges a [`Scanner`] keeps track of.
-const MAX_UNREADABLE: usize = 64;
-
 impl<'a> Scanner<'a> {
     pub(crate) fn new(data: &'a dyn Storage, cap: u64, max_len: usize, chunk: usize) -> Self {
-        Scanner {
-            data,
-            cap,
-            max_len,
-            chunk,
-            buf: Vec::new(),
-            buf_off: 0,
-            ahead: None,
-            unreadable: Vec::new(),
-            unreadable_overflow: false,
-            unreadable_bytes: 0,
-            sink: None,
-        }
+        Scanner { data, cap, max_len, chunk, buf: Vec::new(), buf_off: 0, ahead: None, unreadable_bytes: 0, sink: None }
     }
 
     /// Counts unreadable bytes in `sink` too.
@@ -127,25 +106,7 @@ impl<'a> Scanner<'a> {
             if let Some(sink) = self.sink {
                 sink.fetch_add(r.end - r.start, Ordering::Relaxed);
             }
-            let r = r.start - DATA_OFFSET..r.end - DATA_OFFSET;
-            if self.unreadable.contains(&r) {
-                continue;
-            }
-            if self.unreadable.len() == MAX_UNREADABLE {
-                self.unreadable_overflow = true;
-            } else {
-                self.unreadable.push(r);
-            }
         }
-    }
-
-    /// Whether any byte of the data area's `off..off + len` (wrapping at
-    /// its end) was found unreadable.
-    pub(crate) fn unreadable_within(&self, off: u64, len: u64) -> bool {
-        let first = off..(off + len).min(self.cap);
-        let wrapped = 0..(off + len).saturating_sub(self.cap);
-        let overlaps = |a: &Range<u64>, b: &Range<u64>| a.start < b.end && b.start < a.end;
-        self.unreadable_overflow || self.unreadable.iter().any(|r| overlaps(r, &first) || overlaps(r, &wrapped))
     }
 
     /// From now on, has every read ask for the bytes after it.

@@ -73,6 +73,8 @@ pub(crate) struct State {
     pub(crate) corrupted: u64,
     /// Settled part only; holes add to it in `stats`.
     pub(crate) lost_unsynced: u64,
+    /// Settled part only; holes add to it in `stats`.
+    pub(crate) skipped: u64,
     /// Sorted, disjoint, all above `settled()`.
     pub(crate) holes: Vec<Hole>,
     pub(crate) losses: LossList,
@@ -127,6 +129,7 @@ impl State {
         for part in parts {
             match part.cause {
                 LossCause::LostUnsynced => self.lost_unsynced += part.count(),
+                LossCause::Skipped => self.skipped += part.count(),
                 _ => self.corrupted += part.count(),
             }
             self.losses.add(part.to_range(), self.max_losses);
@@ -175,16 +178,17 @@ impl State {
         self.holes.get(at).filter(|h| h.first <= seq).copied()
     }
 
-    fn hole_counts(&self) -> (u64, u64) {
-        let mut corrupted = 0;
-        let mut unsynced = 0;
+    /// Seqs in holes: (corrupted, lost unsynced, skipped).
+    fn hole_counts(&self) -> (u64, u64, u64) {
+        let mut counts = (0, 0, 0);
         for h in &self.holes {
             match h.cause {
-                LossCause::LostUnsynced => unsynced += h.count(),
-                _ => corrupted += h.count(),
+                LossCause::LostUnsynced => counts.1 += h.count(),
+                LossCause::Skipped => counts.2 += h.count(),
+                _ => counts.0 += h.count(),
             }
         }
-        (corrupted, unsynced)
+        counts
     }
 
     /// Records in `from..=to` that are in the ring (not in a hole).
@@ -261,17 +265,18 @@ impl State {
 
     pub(crate) fn stats(&self, durable_seq: u64) -> RingStats {
         let last_seq = self.next_seq - 1;
-        let (hc, hu) = self.hole_counts();
+        let (hc, hu, hs) = self.hole_counts();
         RingStats {
-            appended: last_seq + self.rejected,
+            appended: last_seq - self.skipped - hs + self.rejected,
             acked: self.acked,
-            pending: last_seq - self.settled() - hc - hu,
+            pending: last_seq - self.settled() - hc - hu - hs,
             overwritten: self.overwritten,
             overwritten_bytes: self.overwritten_bytes,
             rejected: self.rejected,
             rejected_reported: self.rejected_reported,
             corrupted: self.corrupted + hc,
             lost_unsynced: self.lost_unsynced + hu,
+            seqs_skipped: self.skipped + hs,
             last_seq,
             durable_seq: durable_seq.min(last_seq),
             ack_seq: self.ack_seq,
@@ -309,6 +314,7 @@ impl State {
             overwritten_bytes: self.overwritten_bytes,
             corrupted: self.corrupted,
             lost_unsynced: self.lost_unsynced,
+            skipped: self.skipped,
             losses: self.losses.clone(),
             hole_hints: self
                 .holes

@@ -110,6 +110,12 @@ impl SenderStats {
         metric("records_corrupted_total", "counter", "Records found damaged on disk.", r.corrupted);
         metric("records_lost_unsynced_total", "counter", "Records lost to power loss before sync.", r.lost_unsynced);
         metric(
+            "seqs_skipped_total",
+            "counter",
+            "Seqs passed over after unclean shutdowns because they may have been handed out.",
+            r.seqs_skipped,
+        );
+        metric(
             "unreadable_bytes_total",
             "counter",
             "Bytes of the ring's files that could not be read since open (a failing disk).",
