@@ -26,13 +26,17 @@
 //! `TXNR SP COMMAND SP DATALEN [SP DATA] LF`; a session opens with
 //! `open` (`relp_version=0`, `commands=syslog`), sends each message as a
 //! `syslog` command, and every command is answered by an `rsp` frame whose
-//! data starts with a status code (`200 OK`).
+//! data starts with a status code (`200 OK`). A session that is not broken
+//! ends with `close` when the transport is dropped or the endpoint
+//! switched.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{Batch, BatchRecord, Endpoint, GapNotice, SendContext, SendError, Transport, run_cancellable};
+use super::{
+    Batch, BatchRecord, CancelToken, Endpoint, GapNotice, SendContext, SendError, Transport, run_cancellable,
+};
 
 /// Private enterprise number used in structured-data IDs (reserved for
 /// documentation examples by RFC 5612).
@@ -41,6 +45,8 @@ const PEN: u32 = 32473;
 const RELP_WINDOW: usize = 128;
 /// Largest RELP response frame accepted.
 const MAX_RSP: usize = 64 << 10;
+/// Longest wait for the answer to the `close` that ends a RELP session.
+const RELP_CLOSE_WAIT: Duration = Duration::from_millis(500);
 
 /// Settings of a [`SyslogTransport`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,8 +324,18 @@ impl SyslogTransport {
         // A receiver that closed the connection since the last batch (a
         // restart) leaves it writable: over plain TCP, the next batch would
         // be written into it, reported sent, and lost.
-        if self.conn.as_ref().is_some_and(|c| c.address != endpoint.address || c.closed_by_peer()) {
-            self.conn = None;
+        if let Some(conn) = self.conn.take() {
+            let peer_closed = conn.closed_by_peer();
+            if !peer_closed && conn.address == endpoint.address {
+                self.conn = Some(conn);
+            } else if !peer_closed {
+                // A switch: the old session ends in order.
+                let close = SendContext {
+                    deadline: ctx.deadline.min(Instant::now() + RELP_CLOSE_WAIT),
+                    cancel: ctx.cancel.clone(),
+                };
+                conn.close_session(&close);
+            }
         }
         if self.conn.is_none() {
             let (kind, hostport) = if let Some(rest) = endpoint.address.strip_prefix("relp://") {
@@ -387,6 +403,31 @@ fn connect_any(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStream, Sen
 }
 
 impl Connection {
+    /// Ends the session as RELP asks: a `close` command, then a wait, up
+    /// to `ctx`'s deadline, for its `rsp` (rsyslog answers, then closes
+    /// the connection). Dropped without it, a session is broken to the
+    /// receiver, which logs so. Only for a session with nothing in flight
+    /// (a failed send drops its connection instead). Never fails: a
+    /// session that cannot be closed so is just dropped. Plain TCP has
+    /// nothing to send.
+    fn close_session(mut self, ctx: &SendContext) {
+        if self.kind == Kind::Relp {
+            let _ = self.send_close(ctx);
+        }
+    }
+
+    /// Sends `close` and reads up to its `rsp` (or a `serverclose`).
+    fn send_close(&mut self, ctx: &SendContext) -> Result<(), SendError> {
+        let txnr = self.send_frame("close", b"", ctx)?;
+        self.flush(ctx)?;
+        loop {
+            let (got, command, _) = self.read_frame(ctx)?;
+            if command == "serverclose" || (command == "rsp" && got == txnr) {
+                return Ok(());
+            }
+        }
+    }
+
     /// Whether the receiver closed or reset the connection, or sent
     /// something unasked (a RELP `serverclose`), since it was last used:
     /// then it must not carry another batch.
@@ -534,6 +575,18 @@ pub(crate) fn parse_frame(buf: &[u8]) -> Result<Option<Frame>, SendError> {
         return Err(bad());
     }
     Ok(Some((txnr, command, buf[header + 1..need - 1].to_vec(), need)))
+}
+
+/// A transport is dropped when its worker ends (a shutdown, or a stuck
+/// worker replaced): an open RELP session ends with `close`, waiting at
+/// most 500 ms for the answer.
+impl Drop for SyslogTransport {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let ctx = SendContext { deadline: Instant::now() + RELP_CLOSE_WAIT, cancel: CancelToken::new() };
+            conn.close_session(&ctx);
+        }
+    }
 }
 
 impl Transport for SyslogTransport {
@@ -859,6 +912,76 @@ mod tests {
         };
         second.set_nonblocking(false).unwrap();
         assert!(read_message(&mut second).contains("seq=\"2\""));
+    }
+
+    /// A RELP server on loopback for one session: answers each command
+    /// with `200 OK` but `close`, which it answers (an empty `rsp`, as
+    /// librelp does) after `close_delay`, or never if `None`. Its thread
+    /// returns the commands received, in order, and when it answered
+    /// `close`.
+    fn fake_relp_server(
+        close_delay: Option<Duration>,
+    ) -> (Endpoint, std::thread::JoinHandle<(Vec<String>, Option<Instant>)>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = Endpoint::new(format!("relp://{}", listener.local_addr().unwrap()));
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut inbox: Vec<u8> = Vec::new();
+            let mut commands: Vec<String> = Vec::new();
+            let mut answered: Option<Instant> = None;
+            let mut buf = [0u8; 4096];
+            loop {
+                while let Some((txnr, command, _, used)) = parse_frame(&inbox).unwrap() {
+                    inbox.drain(..used);
+                    if command != "close" {
+                        s.write_all(format!("{txnr} rsp 6 200 OK\n").as_bytes()).unwrap();
+                    } else if let Some(delay) = close_delay {
+                        std::thread::sleep(delay);
+                        answered = Some(Instant::now());
+                        s.write_all(format!("{txnr} rsp 0\n").as_bytes()).unwrap();
+                    }
+                    commands.push(command);
+                }
+                // Until the client closes the connection (or 5 s pass).
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return (commands, answered),
+                    Ok(n) => inbox.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        (endpoint, server)
+    }
+
+    /// A transport dropped (its worker ended: a shutdown) ends its RELP
+    /// session with `close` and waits for the answer, so rsyslog no longer
+    /// logs a broken session at every shutdown; a server that never
+    /// answers holds the drop up for `RELP_CLOSE_WAIT` at most. Before,
+    /// the connection was dropped without a word.
+    #[test]
+    fn a_dropped_transport_closes_its_relp_session_and_waits_for_the_answer() {
+        let cfg = SyslogConfig { hostname: "h".into(), ..SyslogConfig::default() };
+        let (endpoint, server) = fake_relp_server(Some(Duration::from_millis(150)));
+        let mut t = SyslogTransport::new(cfg.clone()).unwrap();
+        t.send(&endpoint, &one_record_batch(1), &ctx()).unwrap();
+        drop(t);
+        let dropped = Instant::now();
+        let (commands, answered) = server.join().unwrap();
+        assert_eq!(commands, ["open", "syslog", "close"]);
+        assert!(dropped >= answered.expect("close answered"), "the drop did not wait for the answer to close");
+
+        let (endpoint, server) = fake_relp_server(None);
+        let mut t = SyslogTransport::new(cfg).unwrap();
+        t.send(&endpoint, &one_record_batch(2), &ctx()).unwrap();
+        let started = Instant::now();
+        drop(t);
+        let waited = started.elapsed();
+        assert!(
+            waited >= RELP_CLOSE_WAIT / 2 && waited < RELP_CLOSE_WAIT + Duration::from_secs(2),
+            "waited {waited:?} for an answer that never came"
+        );
+        let (commands, answered) = server.join().unwrap();
+        assert_eq!((commands, answered), (vec!["open".to_owned(), "syslog".into(), "close".into()], None));
     }
 
     /// A host name's first address may have no listener (`localhost` as
