@@ -196,8 +196,9 @@ fn sanitize(text: &str) -> String {
         space = false;
         out.push(c);
     }
-    match out.char_indices().nth(MAX_REASON) {
-        Some((cut, _)) => format!("{}…", out[..cut].trim_end()),
+    let cut = out.char_indices().nth(MAX_REASON).map(|(at, _)| at);
+    match cut {
+        Some(cut) => format!("{}…", out[..cut].trim_end()),
         None => out,
     }
 }
