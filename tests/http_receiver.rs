@@ -126,7 +126,8 @@ fn client_errors_are_permanent_and_keep_the_records() {
 /// answers a 1,000-record batch 413: the sender halves its batches until
 /// they pass, at once, and every record arrives. Before, 413 was a
 /// permanent failure, retried at the longest backoff forever: shipping
-/// stalled for good.
+/// stalled for good. Later refusals are the sender probing back up (at
+/// twice a size that passed), less often each time.
 #[test]
 fn batches_refused_for_their_size_are_halved_until_they_pass() {
     let t = TempRing::new();
@@ -147,9 +148,38 @@ fn batches_refused_for_their_size_are_halved_until_they_pass() {
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
     check_exact(&rx, 1..=1000, 300);
     let refused = rx.inbox.lock().unwrap().refused_sizes.clone();
-    assert!(refused.len() >= 2 && refused.windows(2).all(|w| w[1] <= w[0] / 2 + 1), "{refused:?}");
+    assert!(refused.len() >= 2 && refused[1] <= refused[0] / 2 + 1, "{refused:?}");
+    assert!(refused[1..].iter().all(|&n| n <= refused[0] / 2 + 1) && refused.len() <= 8, "{refused:?}");
     let s = shipper.stats();
     assert_eq!((s.permanent_failures, s.ring.pending), (0, 0), "{s:?}");
+}
+
+/// One record too large for the receiver's body limit halves the batches
+/// down to a batch of its own; once the limit is raised, the batches grow
+/// back as full ones pass. Before, they kept the halved size for good:
+/// 4,000 records took 445 requests instead of a few.
+#[test]
+fn batches_grow_back_once_the_receiver_takes_them() {
+    let t = TempRing::new();
+    let rx = HttpReceiver::start();
+    rx.inbox.lock().unwrap().max_body = Some(800);
+    let shipper = shipper_builder(&t, 1 << 20, &rx.url(), exact()).max_batch_records(1000).start().unwrap();
+    // Nine small records and one of 1,000 bytes, which no batch can pass.
+    let mut first: Vec<Vec<u8>> = (1..=9).map(|i| payload(i, 50)).collect();
+    first.push(payload(10, 1000));
+    shipper.append_batch(&first).unwrap();
+    eventually("the large record refused on its own", || shipper.stats().permanent_failures >= 1);
+    assert_eq!(shipper.stats().ring.acked, 9);
+    rx.inbox.lock().unwrap().max_body = None;
+    eventually("the large record delivered", || shipper.stats().ring.acked == 10);
+    let before = rx.inbox.lock().unwrap().requests;
+    let records: Vec<Vec<u8>> = (11..=4010).map(|i| payload(i, 50)).collect();
+    shipper.append_batch(&records).unwrap();
+    eventually("all acked", || shipper.stats().ring.acked == 4010);
+    let requests = rx.inbox.lock().unwrap().requests - before;
+    // Doubling every two full batches from a few records: about 20.
+    assert!(requests <= 100, "{requests} requests for 4,000 records");
+    assert_eq!(rx.seqs(), (1..=4010).collect::<Vec<_>>());
 }
 
 /// A single record larger than the receiver takes cannot pass: a permanent

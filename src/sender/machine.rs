@@ -26,6 +26,11 @@ fn nanos(d: Duration) -> Nanos {
 
 /// Longest `Retry-After` honoured; a longer one is cut to this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// Full batches accepted in a row before read limits halved for size
+/// double back (at first: see `Machine::grow_after`).
+const GROW_AFTER: u32 = 2;
+/// Most full batches accepted in a row needed before the limits grow.
+const MAX_GROW_AFTER: u32 = 1024;
 
 /// Batching and retry settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,8 +115,19 @@ pub(crate) struct Machine {
     cursor: u64,
     held: Option<BatchInfo>,
     /// Records and bytes a read may return: the configured batch limits,
-    /// or less once the endpoint refused a batch for its size.
+    /// or less once the endpoint refused a batch for its size, growing
+    /// back as full batches pass.
     limits: (usize, usize),
+    /// Full batches (at the read limits) accepted in a row since the
+    /// limits last changed or a send failed.
+    streak: u32,
+    /// The streak at which the limits double, up to the configured ones:
+    /// `GROW_AFTER`, doubled each time grown limits are refused (the
+    /// endpoint's limit is real: probe less often), halved back each time
+    /// grown limits hold.
+    grow_after: u32,
+    /// Whether the limits grew since the last refusal for size.
+    grown: bool,
     /// First seq of the batch being lingered on, and since when.
     linger_start: Option<(u64, Nanos)>,
     attempt: u32,
@@ -131,6 +147,9 @@ impl Machine {
             cursor,
             held: None,
             limits: (cfg.max_batch_records, cfg.max_batch_bytes),
+            streak: 0,
+            grow_after: GROW_AFTER,
+            grown: false,
             linger_start: None,
             attempt: 0,
             generation,
@@ -234,6 +253,9 @@ impl Machine {
         let info = self.held.expect("a send result needs a held batch");
         match outcome {
             Outcome::Accepted => {
+                if info.records >= self.limits.0 || info.bytes >= self.limits.1 {
+                    self.on_full_batch_accepted();
+                }
                 self.counters.batches_sent += 1;
                 self.counters.records_sent += info.records as u64;
                 self.cursor = self.cursor.max(info.last_seq + 1);
@@ -244,6 +266,7 @@ impl Machine {
                 self.state = State::Acking { seq: info.last_seq };
             }
             Outcome::Failed { kind, retry_after } => {
+                self.streak = 0;
                 self.counters.failures += 1;
                 self.counters.retries += 1;
                 self.retrying = true;
@@ -265,8 +288,14 @@ impl Machine {
                 } else if halve {
                     // Half the records and bytes, at once: a prefix of the
                     // same records, so each refusal makes progress.
-                    // (A read may pass its byte limit by one record: the
-                    // limits never grow.)
+                    // (A read may pass its byte limit by one record: a
+                    // halving never grows the limits.)
+                    if self.grown {
+                        // Grown limits refused: the endpoint's limit is
+                        // real, probe past it less often.
+                        self.grow_after = self.grow_after.saturating_mul(2).min(MAX_GROW_AFTER);
+                        self.grown = false;
+                    }
                     self.limits =
                         ((info.records / 2).clamp(1, self.limits.0), (info.bytes / 2).clamp(1, self.limits.1));
                     self.state = State::NeedRead;
@@ -289,10 +318,30 @@ impl Machine {
         self.generation = generation;
         // A new endpoint may take batches of the configured size.
         self.limits = (self.cfg.max_batch_records, self.cfg.max_batch_bytes);
+        (self.streak, self.grow_after, self.grown) = (0, GROW_AFTER, false);
         if let State::Backoff { .. } = self.state {
             self.attempt = 0;
             self.state = State::NeedRead;
         }
+    }
+
+    /// A full batch was accepted: after `grow_after` in a row, limits
+    /// halved for size double, up to the configured ones, so that one
+    /// refusal (a single huge record, a receiver's limit since raised)
+    /// does not keep batches small for good.
+    fn on_full_batch_accepted(&mut self) {
+        self.streak += 1;
+        if self.streak < self.grow_after {
+            return;
+        }
+        self.streak = 0;
+        if self.grown {
+            // The last growth held: probe sooner again.
+            self.grow_after = (self.grow_after / 2).max(GROW_AFTER);
+        }
+        let max = (self.cfg.max_batch_records, self.cfg.max_batch_bytes);
+        self.grown = self.limits != max;
+        self.limits = (self.limits.0.saturating_mul(2).min(max.0), self.limits.1.saturating_mul(2).min(max.1));
     }
 
     /// Records were appended: an idle machine reads at once.
@@ -468,8 +517,8 @@ mod tests {
 
     /// A batch refused for its size is read again at once, half as large
     /// (records and bytes), sent without lingering, and later batches keep
-    /// to that size until the endpoint changes. A single record refused so
-    /// is a permanent failure.
+    /// to that size until full batches pass (see the next test) or the
+    /// endpoint changes. A single record refused so is a permanent failure.
     #[test]
     fn a_batch_too_large_is_halved_at_once_until_one_record_is_left() {
         let too_large = Outcome::Failed { kind: SendErrorKind::TooLarge, retry_after: None };
@@ -483,7 +532,7 @@ mod tests {
         m.on_send_result(0, 1, Outcome::Accepted);
         assert_eq!(m.poll_action(0), Some(Action::Ack { seq: 5 }));
         assert_eq!(m.poll_action(0), Some(Action::Read { from_seq: 6 }));
-        assert_eq!(m.read_limits(), (5, 5), "kept for this endpoint");
+        assert_eq!(m.read_limits(), (5, 5), "one accepted batch does not grow them");
         // Down to one record: then permanent. A read may pass its byte
         // limit by one record: the limits never grow for it.
         m.on_batch(0, Some(BatchInfo { first_seq: 6, last_seq: 7, records: 2, bytes: 400 }));
@@ -500,6 +549,110 @@ mod tests {
         m.on_switch(2);
         assert_eq!(m.read_limits(), (10, 1000));
         assert_eq!(m.poll_action(0), Some(Action::Read { from_seq: 6 }));
+    }
+
+    /// Reads a batch from `from` as full as the read limits allow, and
+    /// sends it with `outcome`; returns the seq after it.
+    fn send_full_batch(m: &mut Machine, from: u64, outcome: Outcome) -> u64 {
+        let (records, bytes) = m.read_limits();
+        let last = from + records as u64 - 1;
+        assert_eq!(m.poll_action(0), Some(Action::Read { from_seq: from }));
+        m.on_batch(0, Some(BatchInfo { first_seq: from, last_seq: last, records, bytes }));
+        assert_eq!(m.poll_action(0), Some(Action::Send));
+        m.on_send_result(0, 1, outcome);
+        if outcome == Outcome::Accepted {
+            assert_eq!(m.poll_action(0), Some(Action::Ack { seq: last }));
+        }
+        last + 1
+    }
+
+    /// Limits halved for size double back, up to the configured ones,
+    /// once `GROW_AFTER` full batches in a row pass. Before, they never
+    /// grew: after one record too large for a receiver's 64 KiB limit,
+    /// raised since, 4,000 records took 445 requests instead of about 4.
+    /// Against a limit that is real, each refusal of grown limits doubles
+    /// the streak needed before the next probe; a growth that holds halves
+    /// it back.
+    #[test]
+    fn halved_limits_grow_back_as_full_batches_pass() {
+        let too_large = Outcome::Failed { kind: SendErrorKind::TooLarge, retry_after: None };
+        let mut m = Machine::new(cfg(), 1, 1, 42);
+        // Refused three times: (10, 1000) -> (5, 500) -> (2, 250) -> (1, 125).
+        for _ in 0..3 {
+            send_full_batch(&mut m, 1, too_large);
+        }
+        assert_eq!(m.read_limits(), (1, 125));
+        let mut next = send_full_batch(&mut m, 1, Outcome::Accepted);
+        assert_eq!(m.read_limits(), (1, 125), "one accepted batch does not grow them");
+        next = send_full_batch(&mut m, next, Outcome::Accepted);
+        assert_eq!(m.read_limits(), (2, 250), "doubled after two full batches");
+        // A batch short of the limits (it lingered) says nothing of them.
+        assert_eq!(m.poll_action(0), Some(Action::Read { from_seq: next }));
+        m.on_batch(0, Some(BatchInfo { first_seq: next, last_seq: next, records: 1, bytes: 10 }));
+        assert_eq!(m.poll_action(0), Some(Action::Wait { until: 20 * MS }));
+        assert_eq!(m.poll_action(20 * MS), Some(Action::Read { from_seq: next }));
+        m.on_batch(20 * MS, Some(BatchInfo { first_seq: next, last_seq: next, records: 1, bytes: 10 }));
+        assert_eq!(m.poll_action(20 * MS), Some(Action::Send));
+        m.on_send_result(20 * MS, 1, Outcome::Accepted);
+        assert_eq!(m.poll_action(20 * MS), Some(Action::Ack { seq: next }));
+        next = send_full_batch(&mut m, next + 1, Outcome::Accepted);
+        assert_eq!(m.read_limits(), (2, 250), "the short batch did not count");
+        next = send_full_batch(&mut m, next, Outcome::Accepted);
+        assert_eq!(m.read_limits(), (4, 500));
+        for _ in 0..2 {
+            next = send_full_batch(&mut m, next, Outcome::Accepted);
+        }
+        assert_eq!(m.read_limits(), (8, 1000));
+        for _ in 0..4 {
+            next = send_full_batch(&mut m, next, Outcome::Accepted);
+        }
+        assert_eq!(m.read_limits(), (10, 1000), "up to the configured limits, no further");
+
+        // A real limit: grown batches are refused again, and each such
+        // refusal doubles the streak before the next probe.
+        send_full_batch(&mut m, next, too_large);
+        assert_eq!(m.read_limits(), (5, 500));
+        for streak in [2, 4, 8] {
+            for _ in 0..streak {
+                assert_eq!(m.read_limits(), (5, 500), "grew before {streak} full batches passed");
+                next = send_full_batch(&mut m, next, Outcome::Accepted);
+            }
+            assert_eq!(m.read_limits(), (10, 1000), "probes after {streak}");
+            send_full_batch(&mut m, next, too_large);
+        }
+        // Any other failure breaks the streak (now 16): 15, a retry, 1.
+        for _ in 0..15 {
+            next = send_full_batch(&mut m, next, Outcome::Accepted);
+        }
+        let retry = Outcome::Failed { kind: SendErrorKind::Retryable, retry_after: None };
+        send_full_batch(&mut m, next, retry);
+        let State::Backoff { until } = m.state() else { panic!("{:?}", m.state()) };
+        assert_eq!(m.poll_action(until), Some(Action::Read { from_seq: next }));
+        m.on_batch(until, Some(BatchInfo { first_seq: next, last_seq: next + 4, records: 5, bytes: 500 }));
+        assert_eq!(m.poll_action(until), Some(Action::Send));
+        m.on_send_result(until, 1, Outcome::Accepted);
+        assert_eq!(m.poll_action(until), Some(Action::Ack { seq: next + 4 }));
+        next += 5;
+        assert_eq!(m.read_limits(), (5, 500), "15 and 1 are not 16 in a row");
+        // 15 more: a probe, which holds; once it has held for 16 batches,
+        // the next probe comes after 8.
+        for _ in 0..15 {
+            next = send_full_batch(&mut m, next, Outcome::Accepted);
+        }
+        assert_eq!(m.read_limits(), (10, 1000));
+        for _ in 0..16 {
+            next = send_full_batch(&mut m, next, Outcome::Accepted);
+        }
+        send_full_batch(&mut m, next, too_large);
+        for _ in 0..7 {
+            next = send_full_batch(&mut m, next, Outcome::Accepted);
+        }
+        assert_eq!(m.read_limits(), (5, 500));
+        send_full_batch(&mut m, next, Outcome::Accepted);
+        assert_eq!(m.read_limits(), (10, 1000), "probes after 8 again");
+        // A switch starts over: the configured limits, GROW_AFTER.
+        m.on_switch(2);
+        assert_eq!((m.read_limits(), m.grow_after, m.streak), ((10, 1000), GROW_AFTER, 0));
     }
 
     #[test]

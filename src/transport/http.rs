@@ -14,7 +14,8 @@
 //! retried (honouring `Retry-After`, in seconds or as a date); any other status is
 //! non-retryable: the records stay in the ring and the error shows in
 //! health and stats. Redirects are not followed (a redirected POST becomes
-//! a GET without the batch): a 3xx is non-retryable too.
+//! a GET without the batch): a 3xx is non-retryable too, and so is a server
+//! certificate TLS verification refuses, or a handshake the server refuses.
 
 use std::io::Write as _;
 use std::time::{Duration, SystemTime};
@@ -159,6 +160,120 @@ const MAX_ANSWER: u64 = 64 << 10;
 /// Characters of a refusal's answer kept in the error message.
 const MAX_REASON: usize = 200;
 
+/// `text` (a receiver's answer, an error) as one short line for an error
+/// message, which ends up in health's `last_error` and in logs: the text of
+/// an HTML page without its tags (and without its `script` and `style`
+/// elements), each run of whitespace and control characters (line breaks
+/// too) as one space, and at most [`MAX_REASON`] characters, `…` after a
+/// cut. Crude, and meant to be: it is for a person to read.
+fn sanitize(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let html = ["<html", "<!doctype", "</"].iter().any(|m| lower.contains(*m));
+    let mut out = String::new();
+    let mut space = false;
+    let mut i = 0;
+    while let Some(c) = text[i..].chars().next() {
+        if html && c == '<' {
+            // To the end of the tag, or of the element for a script or a
+            // style. (`lower` has the same character boundaries as `text`.)
+            let from = ["script", "style"]
+                .iter()
+                .find(|name| lower[i + 1..].starts_with(**name))
+                .and_then(|name| lower[i..].find(&format!("</{name}")))
+                .map_or(i, |at| i + at);
+            i = text[from..].find('>').map_or(text.len(), |at| from + at + 1);
+            space = true;
+            continue;
+        }
+        i += c.len_utf8();
+        if c.is_whitespace() || c.is_control() {
+            space = true;
+            continue;
+        }
+        if space && !out.is_empty() {
+            out.push(' ');
+        }
+        space = false;
+        out.push(c);
+    }
+    let cut = out.char_indices().nth(MAX_REASON).map(|(at, _)| at);
+    match cut {
+        Some(cut) => format!("{}…", out[..cut].trim_end()),
+        None => out,
+    }
+}
+
+/// What rustls says before the reason it refused a server's certificate
+/// (`invalid peer certificate: UnknownIssuer`); ureq wraps it in an I/O
+/// error (`io: invalid peer certificate: ...`).
+const BAD_CERTIFICATE: &str = "invalid peer certificate: ";
+/// TLS alerts (as rustls names them) with which a server refuses a
+/// handshake for good: no TLS version or cipher suite in common, no
+/// certificate for the name asked, or a client certificate wanted.
+const HANDSHAKE_REFUSALS: [&str; 13] = [
+    "HandshakeFailure",
+    "ProtocolVersion",
+    "InsufficientSecurity",
+    "NoCertificate",
+    "BadCertificate",
+    "UnsupportedCertificate",
+    "CertificateRevoked",
+    "CertificateExpired",
+    "CertificateUnknown",
+    "UnknownCA",
+    "AccessDenied",
+    "CertificateRequired",
+    "UnrecognisedName",
+];
+
+/// What a request that got no answer says about the batch; `error` is its
+/// error as text. A server certificate that TLS verification refused
+/// (untrusted, self-signed, expired, for another name), or a handshake the
+/// server refuses, fails the same way until the server or the
+/// configuration changes: a permanent failure, saying what to fix, not a
+/// transient one retried as if the next attempt could pass. Anything else
+/// (a refused or reset connection, a failed lookup...) is retried.
+fn request_failure(error: &str) -> SendError {
+    if let Some(at) = error.find(BAD_CERTIFICATE) {
+        let reason = sanitize(&error[at + BAD_CERTIFICATE.len()..]);
+        let hint = if reason.contains("CaUsedAsEndEntity") {
+            " (the server presents a CA certificate as its own, as a self-signed one often is)"
+        } else if reason.contains("UnknownIssuer") {
+            " (no trusted CA issued it: it is self-signed or from a private CA)"
+        } else {
+            ""
+        };
+        return SendError::permanent(format!(
+            "the server's TLS certificate is not trusted: {reason}{hint}; fix the server's certificate: ringship \
+             trusts the webpki roots (Mozilla's CAs) for the endpoint's host name, not a self-signed or \
+             private-CA certificate"
+        ));
+    }
+    if error.contains("peer sent no certificates") {
+        return SendError::permanent(
+            "the server sent no TLS certificate; fix the server's TLS settings (it must present a certificate \
+             for the endpoint's host name)",
+        );
+    }
+    if let Some(at) = error.find("received fatal alert: ") {
+        let alert = error[at + "received fatal alert: ".len()..].split_whitespace().next().unwrap_or_default();
+        if HANDSHAKE_REFUSALS.contains(&alert) {
+            return SendError::permanent(format!(
+                "the server refused the TLS handshake ({alert}): it takes no TLS version or cipher suite \
+                 ringship offers, has no certificate for the endpoint's host name, or wants a client \
+                 certificate, which ringship does not send; fix the server's TLS settings"
+            ));
+        }
+    }
+    if let Some(at) = error.find("peer is incompatible: ") {
+        return SendError::permanent(format!(
+            "the server's TLS is incompatible with ringship's ({}); fix the server's TLS settings",
+            sanitize(&error[at + "peer is incompatible: ".len()..])
+        ));
+    }
+    SendError::retryable(sanitize(error))
+}
+
 /// A `Retry-After` value: seconds, or an HTTP date (RFC 9110, 10.2.3),
 /// which asks for the time until then (none if it has passed).
 fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
@@ -256,11 +371,11 @@ impl Transport for HttpTransport {
                 // answer usually says why: it goes into the error.
                 let answer = resp.body_mut().with_config().limit(MAX_ANSWER).read_to_vec().unwrap_or_default();
                 classify(resp.status().as_u16(), retry_after.as_deref()).map_err(|mut e| {
-                    let why = String::from_utf8_lossy(&answer);
-                    let why = why.trim();
+                    // One short line: an HTML error page's tags and line
+                    // breaks do not belong in health and logs.
+                    let why = sanitize(&String::from_utf8_lossy(&answer));
                     if !why.is_empty() {
-                        let cut = why.char_indices().nth(MAX_REASON).map_or(why.len(), |(i, _)| i);
-                        e.message = format!("{}: {}", e.message, &why[..cut]);
+                        e.message = format!("{}: {why}", e.message);
                     }
                     e
                 })
@@ -270,7 +385,9 @@ impl Transport for HttpTransport {
             Err(e @ (ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::InvalidProxyUrl)) => {
                 Err(SendError::permanent(format!("the endpoint's URL or headers are invalid: {e}")))
             }
-            Err(e) => Err(SendError::retryable(e.to_string())),
+            // A TLS certificate or handshake the server will fail again is
+            // permanent; the rest is retried.
+            Err(e) => Err(request_failure(&e.to_string())),
         })
     }
 }
@@ -349,6 +466,76 @@ mod tests {
         assert_eq!(wait("Sun, 06 Nov 1994 08:00:00 GMT"), Some(Duration::ZERO), "a date passed: retry now");
         assert_eq!(wait("-5"), None);
         assert_eq!(wait("tomorrow"), None);
+    }
+
+    /// A server certificate TLS verification refused, as ureq reports
+    /// rustls's verdict (an I/O error around it), is a permanent failure
+    /// that says what to fix. Before, it was retried as transient forever
+    /// (permanent failures 0), and health read
+    /// `Other(OtherError(CaUsedAsEndEntity))` and no more.
+    #[test]
+    fn certificate_failures_are_permanent_and_say_what_to_fix() {
+        for (error, says) in [
+            ("io: invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))", "presents a CA certificate"),
+            ("io: invalid peer certificate: UnknownIssuer", "self-signed or from a private CA"),
+            (
+                "io: invalid peer certificate: certificate not valid for name \"logs.example\"; certificate is \
+                 only valid for other.example",
+                "not valid for name \"logs.example\"",
+            ),
+            (
+                "io: invalid peer certificate: certificate expired: verification time 1795500000 (UNIX), but \
+                 certificate is not valid after 1795400000 (100000 seconds ago)",
+                "certificate expired",
+            ),
+            ("rustls: invalid peer certificate: BadSignature", "BadSignature"),
+        ] {
+            let e = request_failure(error);
+            assert_eq!(e.kind, SendErrorKind::Permanent, "{error}");
+            assert!(e.message.starts_with("the server's TLS certificate is not trusted: "), "{e}");
+            assert!(e.message.contains(says) && e.message.contains("fix the server's certificate"), "{e}");
+        }
+        let e = request_failure("io: peer sent no certificates");
+        assert_eq!(e.kind, SendErrorKind::Permanent, "{e}");
+        for alert in ["HandshakeFailure", "UnknownCA", "CertificateRequired", "ProtocolVersion"] {
+            let e = request_failure(&format!("io: received fatal alert: {alert}"));
+            assert_eq!(e.kind, SendErrorKind::Permanent, "{e}");
+            assert!(e.message.contains("refused the TLS handshake") && e.message.contains(alert), "{e}");
+        }
+        let e = request_failure("io: peer is incompatible: NoCipherSuitesInCommon");
+        assert!(e.kind == SendErrorKind::Permanent && e.message.contains("NoCipherSuitesInCommon"), "{e}");
+        // What a later attempt can get past stays retryable.
+        for error in [
+            "io: Connection refused (os error 111)",
+            "io: Connection reset by peer (os error 104)",
+            "host not found",
+            "io: received fatal alert: InternalError",
+            "io: received corrupt message of type InvalidContentType",
+        ] {
+            let e = request_failure(error);
+            assert_eq!((e.kind, e.message.as_str()), (SendErrorKind::Retryable, error));
+        }
+    }
+
+    /// A receiver's answer goes into the error (and health's `last_error`)
+    /// as one short line. Before, an HTML error page went in raw, tags and
+    /// line breaks included.
+    #[test]
+    fn a_receivers_answer_becomes_one_short_line() {
+        let nginx = "<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n<center><h1>413 \
+                     Request Entity Too Large</h1></center>\r\n<hr><center>nginx/1.24.0</center>\r\n</body>\r\n\
+                     </html>\r\n";
+        assert_eq!(sanitize(nginx), "413 Request Entity Too Large 413 Request Entity Too Large nginx/1.24.0");
+        let page = "<!DOCTYPE html><html><head><style>p { color: red }</style><script>if (1 < 2) {}</script>\
+                    </head><body><p>Bad\n\n   request:\tmissing   seq</p></body></html>";
+        assert_eq!(sanitize(page), "Bad request: missing seq");
+        // Not HTML: its angle brackets stay; whitespace and control
+        // characters still collapse.
+        assert_eq!(sanitize("  limit < 5 MiB\r\n\r\nretry later \0 "), "limit < 5 MiB retry later");
+        let long = sanitize(&"é".repeat(300));
+        assert_eq!((long.chars().count(), long.ends_with('…')), (MAX_REASON + 1, true));
+        assert_eq!(sanitize(&"word ".repeat(100)).chars().count(), MAX_REASON, "a cut after a space drops it");
+        assert_eq!(sanitize(" \n\t"), "");
     }
 
     #[test]

@@ -270,9 +270,10 @@ pub enum SendErrorKind {
     TimedOut,
     /// The endpoint refused the batch for its size (HTTP 413): the sender
     /// sends the same records again at once in batches of half as many
-    /// records and bytes, and keeps to that size for this endpoint. A
-    /// single record refused so is a [`Permanent`](SendErrorKind::Permanent)
-    /// failure.
+    /// records and bytes, and keeps to that size for this endpoint until
+    /// full batches pass again, then grows it back toward the configured
+    /// limits. A single record refused so is a
+    /// [`Permanent`](SendErrorKind::Permanent) failure.
     TooLarge,
 }
 

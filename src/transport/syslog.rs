@@ -11,7 +11,8 @@
 //!
 //! A record whose message would exceed [`SyslogConfig::max_message_len`]
 //! goes as several, `[ringship@32473 seq="42" part="1/3"]` and so on: a
-//! receiver truncates a longer message and still acknowledges it.
+//! receiver truncates a longer message and still acknowledges it. No part
+//! but the last ends in bytes a receiver strips from a message's end.
 //!
 //! A gap notice becomes one message with MSGID `gap` and
 //! `[ringship-gap@32473 first=".." last=".." count=".." cause=".." rejected=".."]`.
@@ -25,13 +26,17 @@
 //! `TXNR SP COMMAND SP DATALEN [SP DATA] LF`; a session opens with
 //! `open` (`relp_version=0`, `commands=syslog`), sends each message as a
 //! `syslog` command, and every command is answered by an `rsp` frame whose
-//! data starts with a status code (`200 OK`).
+//! data starts with a status code (`200 OK`). A session that is not broken
+//! ends with `close` when the transport is dropped or the endpoint
+//! switched.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{Batch, BatchRecord, Endpoint, GapNotice, SendContext, SendError, Transport, run_cancellable};
+use super::{
+    Batch, BatchRecord, CancelToken, Endpoint, GapNotice, SendContext, SendError, Transport, run_cancellable,
+};
 
 /// Private enterprise number used in structured-data IDs (reserved for
 /// documentation examples by RFC 5612).
@@ -40,6 +45,8 @@ const PEN: u32 = 32473;
 const RELP_WINDOW: usize = 128;
 /// Largest RELP response frame accepted.
 const MAX_RSP: usize = 64 << 10;
+/// Longest wait for the answer to the `close` that ends a RELP session.
+const RELP_CLOSE_WAIT: Duration = Duration::from_millis(500);
 
 /// Settings of a [`SyslogTransport`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,7 +66,9 @@ pub struct SyslogConfig {
     /// imtcp both do), so a record whose message would be longer goes as
     /// several messages, in order, each with `part="i/n"` in its
     /// structured data: nothing is cut off. A UTF-8 payload is split
-    /// between characters.
+    /// between characters, and no part but the last ends in whitespace or
+    /// a control character, which a receiver may strip from a message's
+    /// end.
     pub max_message_len: usize,
 }
 
@@ -172,25 +181,68 @@ pub(crate) fn format_record(cfg: &SyslogConfig, r: &BatchRecord) -> Vec<Vec<u8>>
 
 /// Cuts `payload` into pieces of at most `room` bytes (`room` >= 4),
 /// between characters if it is UTF-8, so each piece is text on its own.
+///
+/// No piece but the last ends in a byte a receiver may strip from the end
+/// of a message (syslog-ng drops trailing line feeds, rsyslog can drop
+/// trailing whitespace and control characters): such a run is moved to
+/// the start of the next piece, where nothing strips it. Only a run longer
+/// than `room` cannot be kept whole that way: its pieces are all
+/// strippable bytes, cut at `room`.
 fn split_payload(payload: &[u8], room: usize) -> Vec<&[u8]> {
     let text = std::str::from_utf8(payload).ok();
     let mut parts = Vec::with_capacity(payload.len().div_ceil(room));
-    let mut rest = payload;
-    while !rest.is_empty() {
-        let mut at = room.min(rest.len());
+    let mut start = 0;
+    while start < payload.len() {
+        let mut end = (start + room).min(payload.len());
         if let Some(t) = text {
-            let offset = payload.len() - rest.len();
             // A character is at most 4 bytes: one of the 4 cuts before
-            // `at` is a boundary.
-            while !t.is_char_boundary(offset + at) {
-                at -= 1;
+            // `end` is a boundary, and all of them are past `start`.
+            while !t.is_char_boundary(end) {
+                end -= 1;
             }
         }
-        let (part, tail) = rest.split_at(at);
-        parts.push(part);
-        rest = tail;
+        if end < payload.len() {
+            let mut keep = end;
+            while keep > start {
+                let (len, strippable) = last_char(payload, text, keep);
+                if !strippable {
+                    break;
+                }
+                keep -= len;
+            }
+            // `keep == start`: the whole piece is strippable bytes, a run
+            // longer than `room` that no cut can keep whole.
+            if keep > start {
+                end = keep;
+            }
+        }
+        parts.push(&payload[start..end]);
+        start = end;
     }
     parts
+}
+
+/// The last character of `payload[..end]` (its last byte if `payload` is
+/// not UTF-8; `end` > 0 and on a character boundary): its length in bytes,
+/// and whether a receiver may strip it from the end of a message.
+fn last_char(payload: &[u8], text: Option<&str>, end: usize) -> (usize, bool) {
+    match text.and_then(|t| t[..end].chars().next_back()) {
+        Some(c) => (c.len_utf8(), strippable_char(c)),
+        None => (1, strippable_byte(payload[end - 1])),
+    }
+}
+
+/// Whether a receiver may strip `c` from the end of a message: whitespace
+/// (line feeds, carriage returns, spaces, tabs, and Unicode's, which a
+/// downstream `trim` takes) and control characters (NUL...).
+fn strippable_char(c: char) -> bool {
+    c.is_whitespace() || c.is_control()
+}
+
+/// [`strippable_char`] for a payload that is not UTF-8: space and the
+/// ASCII control bytes.
+fn strippable_byte(b: u8) -> bool {
+    b == b' ' || b.is_ascii_control()
 }
 
 /// Formats a gap notice as an RFC 5424 message with MSGID `gap`.
@@ -272,8 +324,18 @@ impl SyslogTransport {
         // A receiver that closed the connection since the last batch (a
         // restart) leaves it writable: over plain TCP, the next batch would
         // be written into it, reported sent, and lost.
-        if self.conn.as_ref().is_some_and(|c| c.address != endpoint.address || c.closed_by_peer()) {
-            self.conn = None;
+        if let Some(conn) = self.conn.take() {
+            let peer_closed = conn.closed_by_peer();
+            if !peer_closed && conn.address == endpoint.address {
+                self.conn = Some(conn);
+            } else if !peer_closed {
+                // A switch: the old session ends in order.
+                let close = SendContext {
+                    deadline: ctx.deadline.min(Instant::now() + RELP_CLOSE_WAIT),
+                    cancel: ctx.cancel.clone(),
+                };
+                conn.close_session(&close);
+            }
         }
         if self.conn.is_none() {
             let (kind, hostport) = if let Some(rest) = endpoint.address.strip_prefix("relp://") {
@@ -341,6 +403,31 @@ fn connect_any(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStream, Sen
 }
 
 impl Connection {
+    /// Ends the session as RELP asks: a `close` command, then a wait, up
+    /// to `ctx`'s deadline, for its `rsp` (rsyslog answers, then closes
+    /// the connection). Dropped without it, a session is broken to the
+    /// receiver, which logs so. Only for a session with nothing in flight
+    /// (a failed send drops its connection instead). Never fails: a
+    /// session that cannot be closed so is just dropped. Plain TCP has
+    /// nothing to send.
+    fn close_session(mut self, ctx: &SendContext) {
+        if self.kind == Kind::Relp {
+            let _ = self.send_close(ctx);
+        }
+    }
+
+    /// Sends `close` and reads up to its `rsp` (or a `serverclose`).
+    fn send_close(&mut self, ctx: &SendContext) -> Result<(), SendError> {
+        let txnr = self.send_frame("close", b"", ctx)?;
+        self.flush(ctx)?;
+        loop {
+            let (got, command, _) = self.read_frame(ctx)?;
+            if command == "serverclose" || (command == "rsp" && got == txnr) {
+                return Ok(());
+            }
+        }
+    }
+
     /// Whether the receiver closed or reset the connection, or sent
     /// something unasked (a RELP `serverclose`), since it was last used:
     /// then it must not carry another batch.
@@ -490,6 +577,18 @@ pub(crate) fn parse_frame(buf: &[u8]) -> Result<Option<Frame>, SendError> {
     Ok(Some((txnr, command, buf[header + 1..need - 1].to_vec(), need)))
 }
 
+/// A transport is dropped when its worker ends (a shutdown, or a stuck
+/// worker replaced): an open RELP session ends with `close`, waiting at
+/// most 500 ms for the answer.
+impl Drop for SyslogTransport {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let ctx = SendContext { deadline: Instant::now() + RELP_CLOSE_WAIT, cancel: CancelToken::new() };
+            conn.close_session(&ctx);
+        }
+    }
+}
+
 impl Transport for SyslogTransport {
     fn send(&mut self, endpoint: &Endpoint, batch: &Batch, ctx: &SendContext) -> Result<(), SendError> {
         let mut messages: Vec<Vec<u8>> = Vec::with_capacity(batch.records.len() + 1);
@@ -597,6 +696,134 @@ mod tests {
         assert_eq!(format_record(&cfg, &over).len(), 2);
     }
 
+    /// Whether `chunk` ends in a byte a receiver may strip from a
+    /// message's end: a space or ASCII control byte, or, in UTF-8 text,
+    /// any whitespace or control character.
+    fn ends_strippable(chunk: &[u8], utf8: bool) -> bool {
+        match chunk.last() {
+            None => false,
+            Some(&b) if b == b' ' || b.is_ascii_control() => true,
+            Some(_) if utf8 => {
+                let c = std::str::from_utf8(chunk).expect("a UTF-8 part").chars().next_back();
+                c.is_some_and(|c| c.is_whitespace() || c.is_control())
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// Random records of words, multibyte characters, and line feeds,
+    /// carriage returns, spaces, tabs and NULs alone and in runs; one in
+    /// four is made invalid UTF-8 (0xff bytes here and there).
+    fn random_records(seed: u64, count: usize, max_len: usize) -> Vec<Vec<u8>> {
+        let pieces = "\n|\n\n\n|\r\n| |    |\t|\0|word|x-y.z|é|€|𝄞|ab𝄞é€|\u{a0}|\u{2028}|\u{85}";
+        let pieces: Vec<&str> = pieces.split('|').collect();
+        let mut rng = seed | 1;
+        let mut next = move |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n as u64) as usize
+        };
+        (0..count)
+            .map(|_| {
+                let len = next(max_len + 1);
+                let mut r = Vec::with_capacity(len + 64);
+                while r.len() < len {
+                    match next(8) {
+                        0 => r.extend(std::iter::repeat_n(b'\n', 1 + next(40))),
+                        1 => r.extend(std::iter::repeat_n(b' ', 1 + next(40))),
+                        _ => r.extend_from_slice(pieces[next(pieces.len())].as_bytes()),
+                    }
+                }
+                if next(4) == 0 && !r.is_empty() {
+                    for _ in 0..=next(3) {
+                        let at = next(r.len());
+                        r[at] = 0xff;
+                    }
+                }
+                r
+            })
+            .collect()
+    }
+
+    /// A receiver strips a message's trailing line feeds (syslog-ng) or
+    /// whitespace and control characters (rsyslog can): a part ending in
+    /// them came back short, and so did the record joined from its parts.
+    /// No part but a record's last ends in such a byte now, every message
+    /// fits the limit, and the parts join to the record byte for byte.
+    /// Before, a part was cut wherever the limit fell, often just after a
+    /// line feed or a space.
+    #[test]
+    fn no_part_ends_in_bytes_a_receiver_strips() {
+        const HEADER: &str = "<14>1 1970-01-01T00:00:00.000000Z h ringship - - ";
+        let cfg = SyslogConfig { hostname: "h".into(), max_message_len: 1024, ..SyslogConfig::default() };
+        let mut split = 0;
+        for (seq, payload) in random_records(0x5eed_1717, 300, 6000).into_iter().enumerate() {
+            let utf8 = std::str::from_utf8(&payload).is_ok();
+            let r = BatchRecord { seq: seq as u64, timestamp: 0, payload: bytes::Bytes::from(payload.clone()) };
+            let messages = format_record(&cfg, &r);
+            let n = messages.len();
+            if n > 1 {
+                split += 1;
+            }
+            let mut joined = Vec::new();
+            for (i, m) in messages.iter().enumerate() {
+                assert!(m.len() <= 1024, "seq {seq} part {i}: {} bytes", m.len());
+                let part = if n == 1 { String::new() } else { format!(" part=\"{}/{n}\"", i + 1) };
+                let head = format!("{HEADER}[ringship@32473 seq=\"{seq}\"{part}] ");
+                assert!(m.starts_with(head.as_bytes()), "seq {seq} part {i}");
+                let chunk = &m[head.len()..];
+                if utf8 {
+                    assert!(std::str::from_utf8(chunk).is_ok(), "seq {seq} part {i} cut inside a character");
+                }
+                if i + 1 < n {
+                    assert!(!chunk.is_empty(), "seq {seq} part {i} is empty");
+                    assert!(
+                        !ends_strippable(chunk, utf8),
+                        "seq {seq} part {}/{n} ends in {:?}",
+                        i + 1,
+                        &chunk[chunk.len().saturating_sub(8)..]
+                    );
+                }
+                joined.extend_from_slice(chunk);
+            }
+            assert!(joined == payload, "seq {seq}: the parts do not join to the record");
+        }
+        assert!(split > 100, "only {split} records went in parts");
+    }
+
+    /// A run of strippable bytes longer than a part cannot be kept whole
+    /// (every part inside it is all strippable): those parts are cut at
+    /// the limit, and the rest of the record still splits as above.
+    #[test]
+    fn a_strippable_run_longer_than_a_part_is_cut_at_the_limit() {
+        for room in 4..=24 {
+            for payload in random_records(room as u64, 40, 400) {
+                let utf8 = std::str::from_utf8(&payload).is_ok();
+                let parts = split_payload(&payload, room);
+                for (i, part) in parts.iter().enumerate() {
+                    assert!(!part.is_empty() && part.len() <= room, "room {room}: part {i} of {} bytes", part.len());
+                    if utf8 {
+                        assert!(std::str::from_utf8(part).is_ok(), "room {room}: part {i} cut inside a character");
+                    }
+                    if i + 1 < parts.len() && ends_strippable(part, utf8) {
+                        // Only a part wholly inside a run ends so.
+                        let all = if utf8 {
+                            std::str::from_utf8(part).unwrap().chars().all(|c| c.is_whitespace() || c.is_control())
+                        } else {
+                            part.iter().all(|&b| b == b' ' || b.is_ascii_control())
+                        };
+                        assert!(all, "room {room}: part {i} ends in a strippable byte: {part:?}");
+                    }
+                }
+                assert!(parts.concat() == payload, "room {room}: the parts do not join to the record");
+            }
+        }
+        let lfs = [b"ab".as_slice(), [b'\n'; 10].as_slice(), b"cd".as_slice()].concat();
+        let expected: Vec<&[u8]> = vec![&b"ab"[..], &b"\n\n\n\n"[..], &b"\n\n\n\n"[..], &b"\n\ncd"[..]];
+        assert_eq!(split_payload(&lfs, 4), expected, "the run of line feeds starts a part");
+    }
+
     #[test]
     fn relp_frames_parse_whole_or_not_at_all() {
         let f = b"12 rsp 6 200 OK\n3 serverclose 0\n";
@@ -685,6 +912,76 @@ mod tests {
         };
         second.set_nonblocking(false).unwrap();
         assert!(read_message(&mut second).contains("seq=\"2\""));
+    }
+
+    /// A RELP server on loopback for one session: answers each command
+    /// with `200 OK` but `close`, which it answers (an empty `rsp`, as
+    /// librelp does) after `close_delay`, or never if `None`. Its thread
+    /// returns the commands received, in order, and when it answered
+    /// `close`.
+    fn fake_relp_server(
+        close_delay: Option<Duration>,
+    ) -> (Endpoint, std::thread::JoinHandle<(Vec<String>, Option<Instant>)>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = Endpoint::new(format!("relp://{}", listener.local_addr().unwrap()));
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut inbox: Vec<u8> = Vec::new();
+            let mut commands: Vec<String> = Vec::new();
+            let mut answered: Option<Instant> = None;
+            let mut buf = [0u8; 4096];
+            loop {
+                while let Some((txnr, command, _, used)) = parse_frame(&inbox).unwrap() {
+                    inbox.drain(..used);
+                    if command != "close" {
+                        s.write_all(format!("{txnr} rsp 6 200 OK\n").as_bytes()).unwrap();
+                    } else if let Some(delay) = close_delay {
+                        std::thread::sleep(delay);
+                        answered = Some(Instant::now());
+                        s.write_all(format!("{txnr} rsp 0\n").as_bytes()).unwrap();
+                    }
+                    commands.push(command);
+                }
+                // Until the client closes the connection (or 5 s pass).
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return (commands, answered),
+                    Ok(n) => inbox.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        (endpoint, server)
+    }
+
+    /// A transport dropped (its worker ended: a shutdown) ends its RELP
+    /// session with `close` and waits for the answer, so rsyslog no longer
+    /// logs a broken session at every shutdown; a server that never
+    /// answers holds the drop up for `RELP_CLOSE_WAIT` at most. Before,
+    /// the connection was dropped without a word.
+    #[test]
+    fn a_dropped_transport_closes_its_relp_session_and_waits_for_the_answer() {
+        let cfg = SyslogConfig { hostname: "h".into(), ..SyslogConfig::default() };
+        let (endpoint, server) = fake_relp_server(Some(Duration::from_millis(150)));
+        let mut t = SyslogTransport::new(cfg.clone()).unwrap();
+        t.send(&endpoint, &one_record_batch(1), &ctx()).unwrap();
+        drop(t);
+        let dropped = Instant::now();
+        let (commands, answered) = server.join().unwrap();
+        assert_eq!(commands, ["open", "syslog", "close"]);
+        assert!(dropped >= answered.expect("close answered"), "the drop did not wait for the answer to close");
+
+        let (endpoint, server) = fake_relp_server(None);
+        let mut t = SyslogTransport::new(cfg).unwrap();
+        t.send(&endpoint, &one_record_batch(2), &ctx()).unwrap();
+        let started = Instant::now();
+        drop(t);
+        let waited = started.elapsed();
+        assert!(
+            waited >= RELP_CLOSE_WAIT / 2 && waited < RELP_CLOSE_WAIT + Duration::from_secs(2),
+            "waited {waited:?} for an answer that never came"
+        );
+        let (commands, answered) = server.join().unwrap();
+        assert_eq!((commands, answered), (vec!["open".to_owned(), "syslog".into(), "close".into()], None));
     }
 
     /// A host name's first address may have no listener (`localhost` as
