@@ -34,9 +34,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{
-    Batch, BatchRecord, CancelToken, Endpoint, GapNotice, SendContext, SendError, Transport, run_cancellable,
-};
+use super::{Batch, BatchRecord, CancelToken, Endpoint, GapNotice, SendContext, SendError, Transport, run_cancellable};
 
 /// Private enterprise number used in structured-data IDs (reserved for
 /// documentation examples by RFC 5612).
@@ -701,13 +699,12 @@ mod tests {
     /// any whitespace or control character.
     fn ends_strippable(chunk: &[u8], utf8: bool) -> bool {
         match chunk.last() {
-            None => false,
             Some(&b) if b == b' ' || b.is_ascii_control() => true,
             Some(_) if utf8 => {
                 let c = std::str::from_utf8(chunk).expect("a UTF-8 part").chars().next_back();
                 c.is_some_and(|c| c.is_whitespace() || c.is_control())
             }
-            Some(_) => false,
+            _ => false,
         }
     }
 
@@ -914,14 +911,15 @@ mod tests {
         assert!(read_message(&mut second).contains("seq=\"2\""));
     }
 
+    /// The commands a fake RELP server received, and when it answered `close`.
+    type RelpSession = (Vec<String>, Option<Instant>);
+
     /// A RELP server on loopback for one session: answers each command
     /// with `200 OK` but `close`, which it answers (an empty `rsp`, as
     /// librelp does) after `close_delay`, or never if `None`. Its thread
     /// returns the commands received, in order, and when it answered
     /// `close`.
-    fn fake_relp_server(
-        close_delay: Option<Duration>,
-    ) -> (Endpoint, std::thread::JoinHandle<(Vec<String>, Option<Instant>)>) {
+    fn fake_relp_server(close_delay: Option<Duration>) -> (Endpoint, std::thread::JoinHandle<RelpSession>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = Endpoint::new(format!("relp://{}", listener.local_addr().unwrap()));
         let server = std::thread::spawn(move || {
