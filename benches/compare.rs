@@ -501,7 +501,7 @@ fn switch_latency(n: usize) -> (Duration, Duration, Duration) {
     let mut lat: Vec<Duration> = (0..n)
         .map(|i| {
             let t = Instant::now();
-            shipper.switch_endpoint(Endpoint::new(if i % 2 == 0 { "a" } else { "b" }));
+            shipper.switch_endpoint(Endpoint::new(if i % 2 == 0 { "a" } else { "b" })).unwrap();
             t.elapsed()
         })
         .collect();

@@ -82,7 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let mut slowest = Duration::ZERO;
                 for i in 0..1000 {
                     let t = Instant::now();
-                    shipper.switch_endpoint(Endpoint::new(if (i + s) % 2 == 0 { "A" } else { "B" }));
+                    shipper.switch_endpoint(Endpoint::new(if (i + s) % 2 == 0 { "A" } else { "B" })).unwrap();
                     slowest = slowest.max(t.elapsed());
                     std::thread::sleep(Duration::from_micros(300));
                 }
@@ -108,7 +108,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let slowest = switchers.into_iter().map(|h| h.join().unwrap()).max().unwrap_or_default();
 
-    shipper.switch_endpoint(Endpoint::new("A"));
+    shipper.switch_endpoint(Endpoint::new("A")).unwrap();
     progress("left on A (hangs)");
     while stall_report.lock().unwrap().is_none() {
         std::thread::sleep(Duration::from_millis(10));
@@ -118,7 +118,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for p in producers {
         p.join().unwrap();
     }
-    shipper.switch_endpoint(Endpoint::new("B"));
+    shipper.switch_endpoint(Endpoint::new("B")).unwrap();
     while shipper.stats().ring.pending > 0 {
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -81,7 +81,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 if !switched && s.ring.appended >= THREADS * PER_THREAD / 2 {
                     switched = true;
                     println!("           switching to the standby receiver mid-stream");
-                    shipper.switch_endpoint(Endpoint::new(standby.clone()));
+                    shipper.switch_endpoint(Endpoint::new(standby.clone())).unwrap();
                 }
                 std::thread::sleep(Duration::from_millis(150));
             }
@@ -94,7 +94,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     progress.join().expect("progress thread panicked");
     if shipper.stats().switches == 0 {
         // A very fast run finished before the progress thread saw half.
-        shipper.switch_endpoint(Endpoint::new(secondary.url()));
+        shipper.switch_endpoint(Endpoint::new(secondary.url())).unwrap();
     }
     let shipper = Arc::try_unwrap(shipper).expect("the other threads are done");
     let stats = shipper.shutdown(Duration::from_secs(10))?.stats;

@@ -48,7 +48,7 @@ fn every_record_arrives_byte_exact_across_a_switch() {
         shipper.append(&payload(i, 64)).unwrap();
     }
     eventually("first half acked", || shipper.stats().ring.acked == 500);
-    shipper.switch_endpoint(Endpoint::new(b.url()));
+    shipper.switch_endpoint(Endpoint::new(b.url())).unwrap();
     for i in 501..=1000 {
         shipper.append(&payload(i, 64)).unwrap();
     }
@@ -262,7 +262,7 @@ fn a_switch_cancels_a_hung_request_at_once() {
     shipper.append(&payload(1, 10)).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let started = Instant::now();
-    shipper.switch_endpoint(Endpoint::new(rx.url()));
+    shipper.switch_endpoint(Endpoint::new(rx.url())).unwrap();
     eventually("delivered to the new endpoint", || shipper.stats().ring.acked == 1);
     assert!(started.elapsed() < Duration::from_secs(5), "the hung request was cancelled, not waited out");
     assert!(shipper.stats().cancelled_sends >= 1);

@@ -89,7 +89,7 @@ fn replay(a: Behavior) {
                 for i in 0..SWITCHES_PER_THREAD {
                     let to = if (i + s) % 2 == 0 { "A" } else { "B" };
                     let started = Instant::now();
-                    shipper.switch_endpoint(Endpoint::new(to));
+                    shipper.switch_endpoint(Endpoint::new(to)).unwrap();
                     worst = worst.max(started.elapsed());
                     // Hold each endpoint a moment, so sends start, hang, get
                     // cancelled and complete in every order.
@@ -102,7 +102,7 @@ fn replay(a: Behavior) {
     let worst_switch = switchers.into_iter().map(|h| h.join().unwrap()).max().unwrap();
 
     // Phase 2: stuck on A long enough for the stall to be detected.
-    shipper.switch_endpoint(Endpoint::new("A"));
+    shipper.switch_endpoint(Endpoint::new("A")).unwrap();
     let stall_deadline = Instant::now() + STALL_AFTER * 10;
     let mut saw_stalled_health = false;
     while stalls.load(Ordering::SeqCst) == 0 || !saw_stalled_health {
@@ -114,7 +114,7 @@ fn replay(a: Behavior) {
     let appended_by_producers: u64 = producers.into_iter().map(|h| h.join().unwrap()).sum();
 
     // Phase 3: B again; everything pending must arrive.
-    shipper.switch_endpoint(Endpoint::new("B"));
+    shipper.switch_endpoint(Endpoint::new("B")).unwrap();
     let drain_deadline = Instant::now() + Duration::from_secs(30);
     while shipper.stats().ring.pending > 0 {
         assert!(Instant::now() < drain_deadline, "not drained: {:?}", shipper.stats());

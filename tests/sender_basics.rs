@@ -65,7 +65,7 @@ fn switch_sends_the_rest_to_the_new_endpoint() {
         shipper.append(&payload(i, 10)).unwrap();
     }
     eventually("first half acked", || shipper.stats().ring.acked == 100);
-    assert_eq!(shipper.switch_endpoint(Endpoint::new("b")), 2);
+    assert_eq!(shipper.switch_endpoint(Endpoint::new("b")).unwrap(), 2);
     for i in 101..=200 {
         shipper.append(&payload(i, 10)).unwrap();
     }
@@ -133,7 +133,7 @@ fn permanent_errors_surface_and_keep_the_records() {
     assert!(h.last_error.unwrap().contains("Permanent"));
     assert_eq!(shipper.stats().ring.pending, 10, "nothing dropped");
     // A good endpoint gets them all, at once (the switch cuts the backoff).
-    shipper.switch_endpoint(Endpoint::new("good"));
+    shipper.switch_endpoint(Endpoint::new("good")).unwrap();
     eventually("delivered after switch", || shipper.stats().ring.acked == 10);
     assert_eq!(seqs(&script, "good"), (1..=10).collect::<Vec<_>>());
 }
@@ -467,7 +467,7 @@ fn stall_is_detected_and_a_stuck_worker_replaced() {
     eventually("worker replaced", || shipper.stats().worker_restarts >= 1);
     assert!(script.transports_made.load(Ordering::SeqCst) >= 2, "a fresh transport from the factory");
     // The endpoint is fixed: the fresh worker delivers, the stall clears.
-    shipper.switch_endpoint(Endpoint::new("ok"));
+    shipper.switch_endpoint(Endpoint::new("ok")).unwrap();
     eventually("delivered", || shipper.stats().ring.acked == 1);
     eventually("healthy again", || shipper.health().state == HealthState::Healthy);
     script.release.store(true, Ordering::SeqCst);
@@ -500,7 +500,7 @@ fn abandoned_workers_stuck_in_their_sends_are_counted() {
     assert!((s.worker_restarts - 1..=restarts_after).contains(&s.abandoned_workers), "{s:?}");
     assert!(s.to_prometheus().contains("ringship_abandoned_workers "), "the gauge is exported");
     // A working endpoint: the current worker is replaced too and delivers.
-    shipper.switch_endpoint(Endpoint::new("ok"));
+    shipper.switch_endpoint(Endpoint::new("ok")).unwrap();
     eventually("delivered", || shipper.stats().ring.acked == 1);
     assert_eq!(seqs(&script, "ok"), vec![1]);
     // The hung sends return: none is left running.
@@ -575,7 +575,7 @@ fn rejections_delivered_twice_are_reported_once_and_later_ones_still_are() {
         shipper.append(&payload(i, 100)).unwrap();
     }
     eventually("the first send hangs", || script.sends.load(Ordering::SeqCst) == 1);
-    shipper.switch_endpoint(Endpoint::new("ok"));
+    shipper.switch_endpoint(Endpoint::new("ok")).unwrap();
     eventually("the replacement delivered", || shipper.stats().ring.acked == 5);
     script.release.store(true, Ordering::SeqCst);
     eventually("the late success", || script.receiver.received("slow").records.len() == 5);

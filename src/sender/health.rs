@@ -72,6 +72,10 @@ pub struct SenderStats {
     pub stalls: u64,
     /// Gap notices sent to receivers.
     pub gap_notices: u64,
+    /// Stall notices not handed to `on_stall` because 16 events were
+    /// already waiting for a callback that is slow or blocked (loss ranges
+    /// are never dropped: they wait, merged, for the next call).
+    pub callbacks_dropped: u64,
     /// Time since the last acknowledgement (`None`: none yet).
     pub since_last_ack: Option<Duration>,
     /// The current endpoint.
@@ -147,6 +151,12 @@ impl SenderStats {
         );
         metric("stalls_total", "counter", "Stalls detected.", self.stalls);
         metric("gap_notices_total", "counter", "Gap notices sent.", self.gap_notices);
+        metric(
+            "callbacks_dropped_total",
+            "counter",
+            "Stall notices dropped while the callbacks were busy.",
+            self.callbacks_dropped,
+        );
         metric("stalled", "gauge", "1 while the sender is stalled.", u64::from(self.health == HealthState::Stalled));
         let _ = writeln!(
             out,
@@ -208,6 +218,7 @@ mod tests {
             abandoned_workers: 0,
             stalls: 0,
             gap_notices: 0,
+            callbacks_dropped: 0,
             since_last_ack: Some(Duration::from_millis(1500)),
             endpoint: "http://a\"b".into(),
             generation: 2,

@@ -128,8 +128,14 @@ pub(crate) struct Machine {
     grow_after: u32,
     /// Whether the limits grew since the last refusal for size.
     grown: bool,
-    /// First seq of the batch being lingered on, and since when.
+    /// The cursor the batch being lingered on was read from, and since
+    /// when: the linger clock. Keyed by the cursor, not the batch's first
+    /// seq, so that evictions moving the first seq never restart it.
     linger_start: Option<(u64, Nanos)>,
+    /// A batch taking this many ring bytes or more is sent without
+    /// lingering: appends meanwhile could evict it (`usize::MAX`: no such
+    /// bound).
+    evict_guard: usize,
     attempt: u32,
     /// The newest endpoint generation the worker has reported.
     generation: u64,
@@ -138,6 +144,10 @@ pub(crate) struct Machine {
     rng: u64,
     pub(crate) counters: Counters,
 }
+
+/// Ring bytes a record takes beyond its payload, at most (a 32-byte
+/// header, rounded up to 8 bytes).
+const FRAME_OVERHEAD: usize = 39;
 
 impl Machine {
     pub(crate) fn new(cfg: MachineConfig, cursor: u64, generation: u64, seed: u64) -> Self {
@@ -151,6 +161,7 @@ impl Machine {
             grow_after: GROW_AFTER,
             grown: false,
             linger_start: None,
+            evict_guard: usize::MAX,
             attempt: 0,
             generation,
             retrying: false,
@@ -158,6 +169,13 @@ impl Machine {
             rng: seed | 1,
             counters: Counters::default(),
         }
+    }
+
+    /// Batches taking `bytes` of ring space or more are not lingered on
+    /// (the worker gives half the ring's capacity).
+    pub(crate) fn with_evict_guard(mut self, bytes: usize) -> Self {
+        self.evict_guard = bytes.max(1);
+        self
     }
 
     #[cfg(any(test, loom))]
@@ -224,16 +242,21 @@ impl Machine {
             return;
         };
         let start = match self.linger_start {
-            Some((first, since)) if first == info.first_seq => since,
+            Some((cursor, since)) if cursor == self.cursor => since,
             _ => {
-                self.linger_start = Some((info.first_seq, now));
+                self.linger_start = Some((self.cursor, now));
                 now
             }
         };
-        let until = start + nanos(self.cfg.linger);
+        let until = start.saturating_add(nanos(self.cfg.linger));
         let full = info.records >= self.limits.0 || info.bytes >= self.limits.1;
+        // Lingering would lose records: the ring evicted some past the
+        // cursor already, or the batch takes so much of the ring that the
+        // next appends could evict it.
+        let footprint = info.bytes.saturating_add(info.records.saturating_mul(FRAME_OVERHEAD));
+        let evicting = info.first_seq > self.cursor || footprint >= self.evict_guard;
         self.held = Some(info);
-        self.state = if full || self.retrying || self.draining || now >= until {
+        self.state = if full || evicting || self.retrying || self.draining || now >= until {
             State::ReadyToSend
         } else {
             State::Lingering { until }
@@ -451,6 +474,43 @@ mod tests {
         assert_eq!(m.poll_action(20 * MS), Some(Action::Read { from_seq: 1 }));
         m.on_batch(20 * MS, Some(batch(1, 5)));
         assert_eq!(m.poll_action(20 * MS), Some(Action::Send));
+    }
+
+    /// A small ring overflowing while a batch lingers: each re-read starts
+    /// at a later seq (the oldest were evicted). The linger clock keeps
+    /// running from the first read, and a batch past evicted records goes
+    /// at once, so shipping never starves under eviction pressure.
+    #[test]
+    fn a_batch_whose_records_are_being_evicted_is_not_lingered_on() {
+        let mut m = Machine::new(cfg(), 1, 1, 1);
+        m.poll_action(0);
+        m.on_batch(0, Some(batch(1, 3)));
+        assert_eq!(m.poll_action(5 * MS), Some(Action::Wait { until: 20 * MS }));
+        m.on_records_available();
+        assert_eq!(m.poll_action(20 * MS), Some(Action::Read { from_seq: 1 }));
+        // Seqs 1 and 2 were evicted meanwhile.
+        m.on_batch(20 * MS, Some(batch(3, 5)));
+        assert_eq!(m.poll_action(20 * MS), Some(Action::Send), "records before the batch are being evicted");
+        // The same without eviction: the clock started at the first read.
+        let mut m = Machine::new(cfg(), 1, 1, 1);
+        m.poll_action(0);
+        m.on_batch(0, Some(batch(1, 3)));
+        m.poll_action(20 * MS);
+        m.on_batch(20 * MS, Some(batch(1, 4)));
+        assert_eq!(m.poll_action(20 * MS), Some(Action::Send));
+    }
+
+    /// A batch taking half the ring goes at once: more appends would evict it.
+    #[test]
+    fn a_batch_taking_half_the_ring_is_not_lingered_on() {
+        let mut m = Machine::new(cfg(), 1, 1, 1).with_evict_guard(200);
+        m.poll_action(0);
+        m.on_batch(0, Some(BatchInfo { first_seq: 1, last_seq: 2, records: 2, bytes: 30 }));
+        assert!(matches!(m.poll_action(0), Some(Action::Wait { .. })), "30 bytes and 2 headers: below the guard");
+        let mut m = Machine::new(cfg(), 1, 1, 1).with_evict_guard(200);
+        m.poll_action(0);
+        m.on_batch(0, Some(BatchInfo { first_seq: 1, last_seq: 3, records: 3, bytes: 100 }));
+        assert_eq!(m.poll_action(0), Some(Action::Send), "100 bytes and 3 frame headers reach the guard");
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub use health::{Health, HealthState, SenderStats, ShutdownReport};
 use self::machine::{Counters, MachineConfig, Nanos};
 use self::supervisor::{Observation, Verdict, Watch};
 use self::switch::Switchboard;
-use crate::stats::LossRange;
+use crate::stats::{LossList, LossRange};
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::{LEVEL_SENDER_STATUS, LEVEL_SENDER_WORKERS, Mutex, Signal, Woken};
 use crate::transport::{Batch, CancelToken, Endpoint, TransportFactory};
@@ -68,6 +68,7 @@ struct AtomicCounters {
     restarts: AtomicU64,
     stalls: AtomicU64,
     gap_notices: AtomicU64,
+    callbacks_dropped: AtomicU64,
 }
 
 pub(crate) struct Shared {
@@ -86,10 +87,12 @@ pub(crate) struct Shared {
     stop: AtomicBool,
     counters: AtomicCounters,
     base: Instant,
-    on_stall: Option<StallCallback>,
-    on_loss: Option<LossCallback>,
     /// The worker threads.
     workers: Mutex<Workers>,
+    /// The current worker died (a panic outside the user code it
+    /// contains) or its thread could not start: the supervisor replaces
+    /// it at its next look.
+    worker_died: AtomicBool,
 }
 
 impl Shared {
@@ -230,6 +233,7 @@ impl Shared {
             abandoned_workers: self.abandoned_running(),
             stalls: load(&c.stalls),
             gap_notices: load(&c.gap_notices),
+            callbacks_dropped: load(&c.callbacks_dropped),
             since_last_ack: health.since_last_ack,
             endpoint: health.endpoint,
             generation: health.generation,
@@ -282,31 +286,130 @@ struct Workers {
     abandoned: Vec<JoinHandle<()>>,
 }
 
+/// Starts worker `epoch`. It makes its own transport, so that the factory
+/// (user code) never runs on the supervisor's thread or the host's; a
+/// panic that escapes the worker is caught, shows in health, and the
+/// supervisor replaces the worker at its next look.
 fn spawn_worker(shared: &Arc<Shared>, epoch: u64) {
-    let transport = shared.factory.make();
     let s = Arc::clone(shared);
-    let handle = std::thread::Builder::new()
-        .name(format!("ringship-send-{epoch}"))
-        .spawn(move || worker::run(&s, epoch, transport))
-        .expect("spawn ringship worker thread");
+    let spawned = std::thread::Builder::new().name(format!("ringship-send-{epoch}")).spawn(move || {
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(&s, epoch))) {
+            s.note_error(&format!("the sender worker panicked: {}", panic_message(&*p)));
+            s.worker_died.store(true, Ordering::Release);
+        }
+    });
+    let handle = match spawned {
+        Ok(h) => h,
+        Err(e) => {
+            shared.note_error(&format!("could not start a sender worker thread: {e}"));
+            shared.worker_died.store(true, Ordering::Release);
+            return;
+        }
+    };
     let mut w = shared.workers.lock();
     if let Some((_, previous)) = w.current.replace((epoch, handle)) {
         w.abandoned.push(previous);
     }
 }
 
-/// Runs a user callback; a panic in it is caught so the supervisor lives on.
+/// The message of a caught panic, for health.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with no message".to_owned())
+}
+
+/// Runs a user callback; a panic in it is caught so the callback thread
+/// lives on.
 fn call_back(what: &str, f: impl FnOnce()) {
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
-        eprintln!("ringship: the {what} callback panicked; the supervisor carries on");
+    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        eprintln!("ringship: the {what} callback panicked ({}); later ones still run", panic_message(&*p));
     }
 }
+
+/// Events for the callback thread, queued at most this many.
+const CALLBACK_QUEUE: usize = 16;
+
+/// What the supervisor hands to the user's callbacks.
+enum Event {
+    Stall(Health),
+    Loss(Vec<LossRange>),
+}
+
+/// Runs the user's callbacks on a thread of their own, so that a slow or
+/// blocking one holds up neither supervision nor shutdown. Ends when the
+/// supervisor drops its sender; never joined.
+fn run_callbacks(
+    rx: &crossbeam_channel::Receiver<Event>,
+    on_stall: Option<&StallCallback>,
+    on_loss: Option<&LossCallback>,
+) {
+    for event in rx {
+        match event {
+            Event::Stall(h) => {
+                if let Some(cb) = on_stall {
+                    call_back("on_stall", || cb(&h));
+                }
+            }
+            Event::Loss(r) => {
+                if let Some(cb) = on_loss {
+                    call_back("on_loss", || cb(&r));
+                }
+            }
+        }
+    }
+}
+
+/// The supervisor's side of the callback thread.
+struct Callbacks {
+    /// `None` when no callback is set.
+    tx: Option<crossbeam_channel::Sender<Event>>,
+    /// Loss ranges the full queue did not take yet, handed over with the
+    /// next ones.
+    backlog: Vec<LossRange>,
+}
+
+impl Callbacks {
+    /// Queues a stall notice; dropped (and counted) when the queue is full.
+    fn stall(&self, shared: &Shared) {
+        if let Some(tx) = &self.tx {
+            if tx.try_send(Event::Stall(shared.health())).is_err() {
+                shared.counters.callbacks_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Queues loss ranges; when the queue is full they wait, merged with
+    /// later ones, so that no range is dropped.
+    fn loss(&mut self, ranges: Vec<LossRange>) {
+        let Some(tx) = &self.tx else { return };
+        self.backlog.extend(ranges);
+        if self.backlog.is_empty() {
+            return;
+        }
+        match tx.try_send(Event::Loss(std::mem::take(&mut self.backlog))) {
+            Ok(()) | Err(crossbeam_channel::TrySendError::Disconnected(_)) => {}
+            Err(crossbeam_channel::TrySendError::Full(Event::Loss(r))) => {
+                let mut merged = LossList::default();
+                for x in r {
+                    merged.add(x, MAX_CALLBACK_RANGES);
+                }
+                self.backlog = merged.ranges;
+            }
+            Err(crossbeam_channel::TrySendError::Full(Event::Stall(_))) => unreachable!("a loss event was sent"),
+        }
+    }
+}
+
+/// Loss ranges kept for a busy `on_loss` callback at most (merged beyond).
+const MAX_CALLBACK_RANGES: usize = 64;
 
 /// `ring` is the ring's stats when the shipper started: losses and stalls
 /// are judged from that moment, whenever this thread gets to run. Records
 /// that were in the ring then are reported when they are overwritten, like
 /// any other.
-fn supervise(shared: &Arc<Shared>, stop: &Signal, ring: &crate::RingStats) {
+fn supervise(shared: &Arc<Shared>, stop: &Signal, ring: &crate::RingStats, mut cb: Callbacks) {
     let cfg = shared.cfg;
     let mut watch = Watch::new(shared.now(), cfg.stall_after, cfg.abandon_after, ring.ack_seq, ring.overwritten);
     // Every seq up to the delivery cursor was acked or counted lost before
@@ -317,6 +420,24 @@ fn supervise(shared: &Arc<Shared>, stop: &Signal, ring: &crate::RingStats) {
     loop {
         if stop.wait_timeout(cfg.supervise_every) != Woken::TimedOut {
             return;
+        }
+        // No user code runs here (the factory runs on the worker, callbacks
+        // on their own thread); a bug of ours is caught all the same, so
+        // the supervisor cannot die (I10).
+        let tick = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tick(shared, &mut watch, &mut reported_loss, &mut cb);
+        }));
+        if let Err(p) = tick {
+            shared.note_error(&format!("the ringship supervisor panicked: {}", panic_message(&*p)));
+        }
+    }
+}
+
+/// One look of the supervisor.
+fn tick(shared: &Arc<Shared>, watch: &mut Watch, reported_loss: &mut u64, cb: &mut Callbacks) {
+    {
+        if shared.worker_died.swap(false, Ordering::AcqRel) && !shared.stop.load(Ordering::Acquire) {
+            shared.replace_worker();
         }
         let ring = shared.ring.stats();
         let send_started = shared
@@ -336,19 +457,16 @@ fn supervise(shared: &Arc<Shared>, stop: &Signal, ring: &crate::RingStats) {
                 Verdict::Stalled { since } => {
                     shared.status.lock().stalled_since = Some(shared.base + Duration::from_nanos(since));
                     shared.counters.stalls.fetch_add(1, Ordering::Relaxed);
-                    if let Some(cb) = &shared.on_stall {
-                        let health = shared.health();
-                        call_back("on_stall", || cb(&health));
-                    }
+                    cb.stall(shared);
                 }
                 Verdict::Recovered => shared.status.lock().stalled_since = None,
                 Verdict::Abandon => shared.replace_worker(),
                 Verdict::Loss { .. } => {
-                    if let Some(cb) = &shared.on_loss {
-                        let new = unreported(&shared.ring.losses(), reported_loss);
+                    if cb.tx.is_some() {
+                        let new = unreported(&shared.ring.losses(), *reported_loss);
                         if let Some(max) = new.iter().map(|l| l.last_seq).max() {
-                            reported_loss = max;
-                            call_back("on_loss", || cb(&new));
+                            *reported_loss = max;
+                            cb.loss(new);
                         }
                     }
                 }
@@ -374,6 +492,19 @@ fn unreported(ranges: &[LossRange], reported: u64) -> Vec<LossRange> {
             l
         })
         .collect()
+}
+
+/// Refuses an endpoint no transport could use: an empty address, or one
+/// with whitespace or control characters (a configuration typo).
+fn check_endpoint(endpoint: &Endpoint) -> Result<()> {
+    let a = &endpoint.address;
+    if a.is_empty() {
+        return Err(Error::Config("the endpoint address is empty".into()));
+    }
+    if a.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::Config(format!("the endpoint address {a:?} holds whitespace or control characters")));
+    }
+    Ok(())
 }
 
 /// Ships the records of a [`Ring`] to an endpoint that can be switched at
@@ -437,12 +568,21 @@ impl Shipper {
     /// Returns at once: it never waits for the send in flight, which is
     /// cancelled if it targets an older endpoint. That batch then goes to
     /// the new endpoint, unless the old one had already accepted it. Rapid
-    /// switches coalesce: only the latest matters.
-    pub fn switch_endpoint(&self, endpoint: Endpoint) -> u64 {
-        let generation = self.shared.endpoint.switch(endpoint);
+    /// switches coalesce: only the latest matters. Switching to the
+    /// endpoint in use (equal address and headers, as a configuration
+    /// reload does) returns its generation and changes nothing.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an address that is empty or holds whitespace
+    /// or control characters; shipping goes on to the endpoint in use.
+    pub fn switch_endpoint(&self, endpoint: Endpoint) -> Result<u64> {
+        check_endpoint(&endpoint)?;
+        let (generation, changed) = self.shared.endpoint.switch(endpoint);
         self.shared.counters.switches.fetch_add(1, Ordering::Relaxed);
-        self.shared.wake();
-        generation
+        if changed {
+            self.shared.wake();
+        }
+        Ok(generation)
     }
 
     /// The endpoint in use.
@@ -704,6 +844,7 @@ impl ShipperBuilder {
     pub fn start(self) -> Result<Shipper> {
         let mut cfg = self.cfg;
         let endpoint = self.endpoint.ok_or_else(|| Error::Config("the shipper needs an endpoint".into()))?;
+        check_endpoint(&endpoint)?;
         let factory = self.factory.ok_or_else(|| Error::Config("the shipper needs a transport".into()))?;
         let m = cfg.machine;
         if m.max_batch_records == 0 || m.max_batch_bytes == 0 {
@@ -738,6 +879,12 @@ impl ShipperBuilder {
         if cfg.abandon_after <= cfg.send_timeout {
             return Err(Error::Config("abandon_after must be longer than send_timeout".into()));
         }
+        if cfg.abandon_after > MAX_DURATION {
+            return Err(Error::Config(format!(
+                "abandon_after (twice send_timeout unless set) must be at most {} days",
+                MAX_DURATION.as_secs() / 86_400
+            )));
+        }
         cfg.supervise_every = self.supervise_every.unwrap_or_else(|| {
             (cfg.stall_after.min(cfg.abandon_after) / 10).clamp(Duration::from_millis(5), Duration::from_secs(1))
         });
@@ -753,19 +900,31 @@ impl ShipperBuilder {
             stop: AtomicBool::new(false),
             counters: AtomicCounters::default(),
             base: Instant::now(),
-            on_stall: self.on_stall,
-            on_loss: self.on_loss,
             workers: Mutex::new(LEVEL_SENDER_WORKERS, "sender.workers", Workers::default()),
+            worker_died: AtomicBool::new(false),
         });
+        let thread_error = |what: &str, e: std::io::Error| Error::Io { op: "spawn", path: what.into(), source: e };
+        let tx = if self.on_stall.is_some() || self.on_loss.is_some() {
+            let (tx, rx) = crossbeam_channel::bounded(CALLBACK_QUEUE);
+            let (on_stall, on_loss) = (self.on_stall, self.on_loss);
+            std::thread::Builder::new()
+                .name("ringship-callbacks".into())
+                .spawn(move || run_callbacks(&rx, on_stall.as_ref(), on_loss.as_ref()))
+                .map_err(|e| thread_error("the callback thread", e))?;
+            Some(tx)
+        } else {
+            None
+        };
         let initial = shared.ring.stats();
         spawn_worker(&shared, 1);
         let stop = Arc::new(Signal::new());
         let stop_rx = Arc::clone(&stop);
         let s = Arc::clone(&shared);
+        let cb = Callbacks { tx, backlog: Vec::new() };
         let supervisor = std::thread::Builder::new()
             .name("ringship-supervisor".into())
-            .spawn(move || supervise(&s, &stop_rx, &initial))
-            .expect("spawn ringship supervisor thread");
+            .spawn(move || supervise(&s, &stop_rx, &initial, cb))
+            .map_err(|e| thread_error("the supervisor thread", e))?;
         Ok(Shipper { shared, supervisor: Some((stop, supervisor)) })
     }
 }

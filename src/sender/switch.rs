@@ -31,10 +31,16 @@ impl Switchboard {
     }
 
     /// Stores `endpoint` as generation + 1 and cancels a send in flight to
-    /// an older generation. Never waits on anything but this lock, held
-    /// for a few instructions.
-    pub(crate) fn switch(&self, endpoint: Endpoint) -> u64 {
+    /// an older generation; returns the generation and whether it changed.
+    /// An endpoint equal to the current one (address and headers) changes
+    /// nothing: configuration re-applied in a loop never disturbs a send.
+    /// Never waits on anything but this lock, held for a few instructions
+    /// and one comparison.
+    pub(crate) fn switch(&self, endpoint: Endpoint) -> (u64, bool) {
         let mut slot = self.slot.lock();
+        if *slot.endpoint == endpoint {
+            return (slot.generation, false);
+        }
         slot.generation += 1;
         slot.endpoint = Arc::new(endpoint);
         if slot.inflight.as_ref().is_some_and(|(g, _, _)| *g < slot.generation) {
@@ -42,7 +48,7 @@ impl Switchboard {
                 token.cancel();
             }
         }
-        slot.generation
+        (slot.generation, true)
     }
 
     pub(crate) fn generation(&self) -> u64 {

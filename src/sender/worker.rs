@@ -10,13 +10,17 @@ use crate::ring::ReadBatch;
 use crate::stats::{LossCause, min_known_ts};
 use crate::sync::Woken;
 use crate::sync::atomic::Ordering;
-use crate::transport::{Batch, BatchRecord, GapNotice, SendContext, Transport};
+use crate::transport::{Batch, BatchRecord, GapNotice, SendContext, SendError, Transport};
 
 /// Runs until stopped, abandoned or the ring closes.
-pub(super) fn run(shared: &Arc<Shared>, epoch: u64, mut transport: Box<dyn Transport>) {
+pub(super) fn run(shared: &Arc<Shared>, epoch: u64) {
+    let Some(mut transport) = make_transport(shared, epoch) else { return };
     let ring = &shared.ring;
     let cfg = shared.cfg.machine;
-    let mut m = Machine::new(cfg, ring.stats().ack_seq + 1, shared.generation(), shared.cfg.seed ^ epoch);
+    let stats = ring.stats();
+    let half_ring = usize::try_from(stats.capacity / 2).unwrap_or(usize::MAX);
+    let mut m =
+        Machine::new(cfg, stats.ack_seq + 1, shared.generation(), shared.cfg.seed ^ epoch).with_evict_guard(half_ring);
     // The batch read, and the ring's rejected count its notice reports up
     // to.
     let mut held: Option<Batch> = None;
@@ -58,7 +62,15 @@ pub(super) fn run(shared: &Arc<Shared>, epoch: u64, mut transport: Box<dyn Trans
                 let batch = held.as_ref().expect("a send follows a non-empty read");
                 let (generation, endpoint, cancel) = shared.begin_send(epoch);
                 let ctx = SendContext { deadline: Instant::now() + shared.cfg.send_timeout, cancel };
-                let result = transport.send(&endpoint, batch, &ctx);
+                // User code: a panic is a failed send, and the transport,
+                // in whatever state the panic left it, is replaced.
+                let mut panicked = false;
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| transport.send(&endpoint, batch, &ctx)))
+                        .unwrap_or_else(|p| {
+                            panicked = true;
+                            Err(SendError::retryable(format!("the transport panicked: {}", super::panic_message(&*p))))
+                        });
                 shared.end_send(epoch);
                 if shared.epoch.load(Ordering::Acquire) != epoch {
                     // Abandoned while stuck: what the endpoint accepted
@@ -84,6 +96,10 @@ pub(super) fn run(shared: &Arc<Shared>, epoch: u64, mut transport: Box<dyn Trans
                 m.on_send_result(shared.now(), generation, outcome);
                 shared.add_counters(&counted, &m.counters);
                 counted = m.counters;
+                if panicked {
+                    let Some(t) = make_transport(shared, epoch) else { return };
+                    transport = t;
+                }
             }
             Action::Ack { seq } => match ring.ack(seq) {
                 Ok(()) => shared.note_ack(),
@@ -100,6 +116,38 @@ pub(super) fn run(shared: &Arc<Shared>, epoch: u64, mut transport: Box<dyn Trans
             }
             Action::Stop => return,
         }
+    }
+}
+
+/// A transport from the factory (user code). A panic in it is caught and
+/// shows in health (`Degraded`, the message as the last error), and the
+/// factory is asked again after a backoff (`backoff_initial`, doubling up
+/// to `backoff_max`). A factory that blocks holds up this worker only: the
+/// supervisor still reports the stall. `None`: stopped or replaced
+/// meanwhile, or draining with no transport to drain with.
+fn make_transport(shared: &Shared, epoch: u64) -> Option<Box<dyn Transport>> {
+    let cfg = shared.cfg.machine;
+    let mut delay = cfg.backoff_initial;
+    let gone = || shared.stop.load(Ordering::Acquire) || shared.epoch.load(Ordering::Acquire) != epoch;
+    loop {
+        if gone() {
+            return None;
+        }
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.factory.make())) {
+            Ok(t) => return Some(t),
+            Err(p) => shared.note_error(&format!("the transport factory panicked: {}", super::panic_message(&*p))),
+        }
+        if shared.closing.load(Ordering::Acquire) {
+            return None;
+        }
+        // Appends wake this signal too: wait out the whole delay.
+        let until = Instant::now() + delay;
+        while let Some(left) = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+            if gone() || shared.wake.wait_timeout(left) == Woken::Closed {
+                return None;
+            }
+        }
+        delay = delay.saturating_mul(2).min(cfg.backoff_max);
     }
 }
 

@@ -25,6 +25,11 @@ pub enum Behavior {
     FailThenDeliver(SendErrorKind, u64),
     /// Always fail with this kind.
     Fail(SendErrorKind),
+    /// Take this long, then deliver; fail at once as cancelled if the
+    /// token fires first (a slow but honest endpoint).
+    DelayThenDeliver(Duration),
+    /// Panic inside `send` (user code that panics).
+    Panic,
 }
 
 /// Behaviour per endpoint address, changeable while the test runs.
@@ -109,6 +114,14 @@ impl Transport for ScriptedTransport {
                 }
             }
             Behavior::Fail(kind) => Err(SendError::new(kind, format!("scripted {kind:?} failure"))),
+            Behavior::DelayThenDeliver(d) => {
+                if ctx.cancel.wait_timeout(d.min(ctx.remaining())) {
+                    Err(SendError::cancelled())
+                } else {
+                    s.receiver.transport().send(endpoint, batch, ctx)
+                }
+            }
+            Behavior::Panic => panic!("scripted transport panic"),
         }
     }
 }

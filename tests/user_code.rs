@@ -1,0 +1,224 @@
+//! User code that misbehaves: factories and transports that panic, callbacks
+//! that block, configuration re-applied in a loop, typos in a reload. The
+//! fault class: whatever the host's own code does, shipping either makes
+//! progress or health says why, the supervisor lives on, and `shutdown(d)`
+//! returns in its bound (I7, I10).
+
+mod common;
+#[path = "common/transports.rs"]
+mod transports;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{TempRing, eventually, payload, small};
+use ringship::{Endpoint, Error, HealthState, Ring, SendErrorKind, Shipper, ShipperBuilder};
+use transports::{Behavior, Script};
+
+fn ring(t: &TempRing, cap: u64) -> Ring {
+    Ring::open(&t.dir, small(cap)).unwrap().0
+}
+
+fn builder(ring: Ring, script: &Script, address: &str) -> ShipperBuilder {
+    Shipper::builder(ring)
+        .endpoint(Endpoint::new(address))
+        .transport(script.factory())
+        .linger(Duration::from_millis(2))
+        .backoff_initial(Duration::from_millis(5))
+        .backoff_max(Duration::from_millis(50))
+        .send_timeout(Duration::from_millis(200))
+        .idle_poll(Duration::from_millis(5))
+}
+
+/// A factory that panics when asked for a replacement (the worker was
+/// abandoned in a hung send): the supervisor lives, health shows the panic,
+/// the factory is asked again, and delivery resumes; a later stall is still
+/// detected.
+#[test]
+fn a_panicking_factory_is_retried_and_never_kills_the_supervisor() {
+    let t = TempRing::new();
+    let script = Script::new();
+    script.set("hang", Behavior::HangIgnoringCancel);
+    let made = Arc::new(AtomicU64::new(0));
+    let (count, inner) = (Arc::clone(&made), script.factory());
+    let factory = move || {
+        let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+        assert!(!(2..=3).contains(&n), "factory down ({n})");
+        inner()
+    };
+    let shipper = Shipper::builder(ring(&t, 1 << 20))
+        .endpoint(Endpoint::new("hang"))
+        .transport(factory)
+        .linger(Duration::from_millis(2))
+        .backoff_initial(Duration::from_millis(5))
+        .backoff_max(Duration::from_millis(50))
+        .send_timeout(Duration::from_millis(50))
+        .abandon_after(Duration::from_millis(100))
+        .stall_after(Duration::from_millis(300))
+        .start()
+        .unwrap();
+    shipper.append(b"x").unwrap();
+    eventually("a replacement was asked for", || made.load(Ordering::SeqCst) >= 2);
+    eventually("the factory's panic shows in health", || {
+        shipper.health().last_error.is_some_and(|e| e.contains("factory"))
+    });
+    shipper.switch_endpoint(Endpoint::new("ok")).unwrap();
+    eventually("delivered through a transport made after the panics", || shipper.stats().ring.acked == 1);
+    assert!(made.load(Ordering::SeqCst) >= 4);
+    // Supervision goes on.
+    script.set("ok", Behavior::Fail(SendErrorKind::Retryable));
+    shipper.append(b"y").unwrap();
+    eventually("a later stall is detected", || shipper.health().state == HealthState::Stalled);
+    script.release.store(true, Ordering::SeqCst);
+}
+
+/// A transport whose `send` panics: a failed send shown in health, a fresh
+/// transport, and a switch delivers at once rather than after
+/// `abandon_after`.
+#[test]
+fn a_panicking_send_is_a_failure_not_a_dead_worker() {
+    let t = TempRing::new();
+    let script = Script::new();
+    script.set("p", Behavior::Panic);
+    let shipper = builder(ring(&t, 1 << 20), &script, "p")
+        .send_timeout(Duration::from_secs(30))
+        .abandon_after(Duration::from_secs(60))
+        .start()
+        .unwrap();
+    shipper.append(b"x").unwrap();
+    eventually("degraded with the panic", || {
+        let h = shipper.health();
+        h.state == HealthState::Degraded && h.last_error.is_some_and(|e| e.contains("panicked"))
+    });
+    let made = script.transports_made.load(Ordering::SeqCst);
+    assert!(made >= 2, "the transport that panicked was replaced");
+    shipper.switch_endpoint(Endpoint::new("ok")).unwrap();
+    eventually("delivered", || shipper.stats().ring.acked == 1);
+    assert_eq!(shipper.stats().worker_restarts, 0, "no worker was abandoned");
+}
+
+/// Configuration re-applied in a loop: switching to the endpoint in use
+/// every 10 ms while sends take 30 ms disturbs no send; a real change (a
+/// header) still cancels the send in flight at once.
+#[test]
+fn re_applying_the_endpoint_in_use_never_disturbs_a_send() {
+    const N: u64 = 200;
+    let t = TempRing::new();
+    let script = Script::new();
+    script.set("a", Behavior::DelayThenDeliver(Duration::from_millis(30)));
+    let shipper = builder(ring(&t, 1 << 20), &script, "a")
+        .max_batch_records(20)
+        .send_timeout(Duration::from_secs(5))
+        .start()
+        .unwrap();
+    for i in 1..=N {
+        shipper.append(&payload(i, 50)).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while shipper.stats().ring.acked < N && Instant::now() < deadline {
+        assert_eq!(shipper.switch_endpoint(Endpoint::new("a")).unwrap(), 1, "an equal endpoint keeps its generation");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let s = shipper.stats();
+    assert_eq!((s.ring.acked, s.cancelled_sends, s.generation), (N, 0, 1), "{s:?}");
+    let sends = script.sends.load(Ordering::SeqCst);
+    shipper.append(b"more").unwrap();
+    eventually("a send in flight", || script.sends.load(Ordering::SeqCst) > sends);
+    let changed = Endpoint::new("a").with_header("authorization", "k2");
+    assert_eq!(shipper.switch_endpoint(changed).unwrap(), 2);
+    eventually("cancelled and sent again", || shipper.stats().ring.acked == N + 1);
+    assert_eq!(shipper.stats().cancelled_sends, 1);
+}
+
+/// A typo in a configuration reload is refused, and shipping goes on to
+/// the endpoint in use; `start` refuses the same.
+#[test]
+fn an_empty_or_garbled_endpoint_is_refused() {
+    let t = TempRing::new();
+    let script = Script::new();
+    let shipper = builder(ring(&t, 1 << 20), &script, "a").start().unwrap();
+    for bad in ["", "http://a b", "tcp://host:1\n"] {
+        let err = shipper.switch_endpoint(Endpoint::new(bad)).unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{bad:?}: {err}");
+    }
+    assert_eq!(shipper.endpoint().address, "a");
+    shipper.append(b"x").unwrap();
+    eventually("delivered to the endpoint in use", || shipper.stats().ring.acked == 1);
+    let t2 = TempRing::new();
+    let err = builder(ring(&t2, 1 << 20), &script, "").start().unwrap_err();
+    assert!(err.to_string().contains("empty"), "{err}");
+    // A send timeout whose derived abandon_after passes the limit.
+    let t3 = TempRing::new();
+    let err =
+        builder(ring(&t3, 1 << 20), &script, "a").send_timeout(Duration::from_secs(200 * 86_400)).start().unwrap_err();
+    assert!(err.to_string().contains("abandon_after"), "{err}");
+}
+
+/// A callback that blocks for seconds holds up neither the replacement of a
+/// stuck worker nor shutdown.
+#[test]
+fn a_slow_callback_holds_up_neither_supervision_nor_shutdown() {
+    let t = TempRing::new();
+    let script = Script::new();
+    script.set("hang", Behavior::HangIgnoringCancel);
+    let shipper = builder(ring(&t, 1 << 20), &script, "hang")
+        .send_timeout(Duration::from_millis(50))
+        .abandon_after(Duration::from_millis(150))
+        .stall_after(Duration::from_millis(50))
+        .on_stall(|_| std::thread::sleep(Duration::from_secs(3)))
+        .start()
+        .unwrap();
+    let start = Instant::now();
+    shipper.append(b"x").unwrap();
+    eventually("stall reported", || shipper.stats().stalls >= 1);
+    eventually("worker replaced", || shipper.stats().worker_restarts >= 1);
+    assert!(start.elapsed() < Duration::from_secs(2), "replacement waited for on_stall: {:?}", start.elapsed());
+    let t0 = Instant::now();
+    let report = shipper.shutdown(Duration::from_millis(100)).unwrap();
+    // The deadline, the worker's 200 ms grace, and room for the final sync.
+    let bound = Duration::from_millis(100) + Duration::from_millis(200) + Duration::from_millis(700);
+    assert!(t0.elapsed() < bound, "shutdown took {:?}", t0.elapsed());
+    assert_eq!(report.left_pending, 1);
+    script.release.store(true, Ordering::SeqCst);
+}
+
+/// A small ring overflowing while the endpoint is slow: the incident's own
+/// shape. Batches are never held back by the linger while their records
+/// are being evicted, so batch after batch is sent.
+#[test]
+fn a_small_overflowing_ring_ships_batch_after_batch() {
+    let t = TempRing::new();
+    let script = Script::new();
+    script.set("slow", Behavior::DelayThenDeliver(Duration::from_millis(8)));
+    let shipper = builder(ring(&t, 64 << 10), &script, "slow")
+        .linger(Duration::from_millis(10))
+        .send_timeout(Duration::from_secs(5))
+        .start()
+        .unwrap();
+    // About 20,000 records a second of 200 bytes for a second.
+    let start = Instant::now();
+    for i in 1..=20_000u64 {
+        shipper.append(&payload(i, 200)).unwrap();
+        if i % 200 == 0 {
+            let due = Duration::from_millis(i / 20);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    eventually("drained", || shipper.stats().ring.pending == 0);
+    let s = shipper.stats();
+    let delivered = seqs(&script, "slow");
+    // The ring holds about 280 such records; with 8 ms sends about 125
+    // batches go in a second. Starved, only a couple did.
+    assert!(s.batches_sent >= 40, "{s:?}");
+    assert!(delivered.len() >= 5000, "{} delivered; {s:?}", delivered.len());
+}
+
+fn seqs(script: &Script, address: &str) -> Vec<u64> {
+    let mut v: Vec<u64> = script.receiver.received(address).records.iter().map(|r| r.seq).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
