@@ -48,6 +48,33 @@ fn machine_config() -> MachineConfig {
     }
 }
 
+/// A configuration reload re-applying the endpoint in use, racing a send
+/// to it (and a real switch to another): the reload never cancels the
+/// send and never counts as a new generation; the real switch does both.
+#[test]
+fn loom_models_reapplied_endpoint_against_send() {
+    let explored = model(|| {
+        let board = Arc::new(Switchboard::new(Endpoint::new("A")));
+        let reload = {
+            let board = Arc::clone(&board);
+            thread::spawn(move || board.switch(Endpoint::new("A")))
+        };
+        let (sent_generation, endpoint, token) = board.begin_send(1);
+        let cancelled = token.is_cancelled();
+        board.end_send(1);
+        let (generation, changed) = reload.join().unwrap();
+        assert_eq!((generation, changed), (1, false), "an equal endpoint is no switch");
+        assert_eq!((sent_generation, endpoint.address.as_str()), (1, "A"));
+        assert!(!cancelled, "a reload of the endpoint in use cancelled its send");
+        assert!(!token.is_cancelled());
+        // A real change still cancels a send in flight at once.
+        let (_, _, token) = board.begin_send(1);
+        assert_eq!(board.switch(Endpoint::new("A").with_header("k", "v")), (2, true));
+        assert!(token.is_cancelled());
+    });
+    assert!(explored > 1, "loom explored no interleaving");
+}
+
 /// Two switchers and the worker, whose send completes (or is cancelled)
 /// for what may be an old generation by then. No deadlock (loom fails a
 /// model that cannot finish); the final endpoint is the last switch's;
@@ -61,7 +88,7 @@ fn loom_models_endpoint_switch() {
             .into_iter()
             .map(|to| {
                 let board = Arc::clone(&board);
-                thread::spawn(move || (board.switch(Endpoint::new(to)), to))
+                thread::spawn(move || (board.switch(Endpoint::new(to)).0, to))
             })
             .collect();
 

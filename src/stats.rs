@@ -135,6 +135,54 @@ impl LossList {
     }
 }
 
+/// Loss ranges recorded since they were last taken (the shipper's
+/// `on_loss`), never clipped, so that their counts add up to exactly what
+/// the counters grew by, whatever merging the persisted list does. Bounded:
+/// past [`MAX_FEED`] ranges the oldest merges into the next one of the same
+/// cause (ranges of few causes reach the feed, so one exists), keeping the
+/// counts per cause exact and the time bounds real.
+#[derive(Debug, Default)]
+pub(crate) struct LossFeed {
+    ranges: Vec<LossRange>,
+}
+
+/// Ranges a [`LossFeed`] keeps apart at most.
+const MAX_FEED: usize = 64;
+
+impl LossFeed {
+    pub(crate) fn push(&mut self, r: LossRange) {
+        if let Some(last) = self.ranges.last_mut() {
+            if last.cause == r.cause && last.last_seq + 1 == r.first_seq {
+                last.last_seq = r.last_seq;
+                last.last_ts = last.last_ts.max(r.last_ts);
+                last.count = last.count.saturating_add(r.count);
+                last.bytes = bounded_add(last.bytes, r.bytes);
+                return;
+            }
+        }
+        self.ranges.push(r);
+        if self.ranges.len() > MAX_FEED {
+            let n = self.ranges.len();
+            let pair =
+                (0..n).find_map(|i| (i + 1..n).find(|&j| self.ranges[j].cause == self.ranges[i].cause).map(|j| (i, j)));
+            if let Some((i, j)) = pair {
+                let a = self.ranges.remove(i);
+                let b = &mut self.ranges[j - 1];
+                b.first_seq = b.first_seq.min(a.first_seq);
+                b.last_seq = b.last_seq.max(a.last_seq);
+                b.first_ts = min_known_ts(a.first_ts, b.first_ts);
+                b.last_ts = b.last_ts.max(a.last_ts);
+                b.count = b.count.saturating_add(a.count);
+                b.bytes = bounded_add(a.bytes, b.bytes);
+            }
+        }
+    }
+
+    pub(crate) fn take(&mut self) -> Vec<LossRange> {
+        std::mem::take(&mut self.ranges)
+    }
+}
+
 /// A snapshot of the ring's counters.
 ///
 /// The accounting identity (invariant I2) holds in every snapshot, and

@@ -51,6 +51,8 @@ pub(crate) use imp::yield_now;
 /// Starts a named thread: std's, or loom's under `cfg(loom)`.
 pub(crate) use imp::{JoinHandle, spawn};
 
+/// `ring.background`: the background thread's handle, taken by `close`.
+pub(crate) const LEVEL_RING_BACKGROUND: u8 = 5;
 /// `ring.meta_io`: serialises checkpoint writes so generations are ordered.
 pub(crate) const LEVEL_META_IO: u8 = 10;
 /// `ring.state`: the ring's in-memory state and the append path.
@@ -65,6 +67,8 @@ pub(crate) const LEVEL_SENDER_STATUS: u8 = 50;
 pub(crate) const LEVEL_CANCEL: u8 = 60;
 /// `sender.workers`: the worker threads' handles, current and abandoned.
 pub(crate) const LEVEL_SENDER_WORKERS: u8 = 65;
+/// `ring.lock_file`: the held directory lock, released by `close`.
+pub(crate) const LEVEL_RING_LOCK_FILE: u8 = 68;
 /// `signal`: a one-slot wake-up's flag (loom builds only).
 #[cfg(loom)]
 const LEVEL_SIGNAL: u8 = 70;
@@ -207,11 +211,15 @@ pub(crate) enum Woken {
 }
 
 /// A one-slot wake-up: `notify` never blocks and coalesces; `close` wakes
-/// the waiter for good. crossbeam-channel normally; a loom mutex and
-/// condition variable under loom.
+/// the waiter for good. crossbeam-channel and an atomic flag normally, no
+/// lock (every append notifies: a mutex here would make appends and
+/// `switch_endpoint` contend); a loom mutex and condition variable under
+/// loom.
 pub(crate) struct Signal {
     #[cfg(not(loom))]
-    tx: parking_lot::Mutex<Option<crossbeam_channel::Sender<()>>>,
+    tx: crossbeam_channel::Sender<()>,
+    #[cfg(not(loom))]
+    closed: std::sync::atomic::AtomicBool,
     #[cfg(not(loom))]
     rx: crossbeam_channel::Receiver<()>,
     #[cfg(loom)]
@@ -225,7 +233,7 @@ impl Signal {
         #[cfg(not(loom))]
         {
             let (tx, rx) = crossbeam_channel::bounded(1);
-            Signal { tx: parking_lot::Mutex::new(Some(tx)), rx }
+            Signal { tx, closed: std::sync::atomic::AtomicBool::new(false), rx }
         }
         #[cfg(loom)]
         {
@@ -236,9 +244,7 @@ impl Signal {
     /// Wakes the waiter (or the next wait); never blocks.
     pub(crate) fn notify(&self) {
         #[cfg(not(loom))]
-        if let Some(tx) = self.tx.lock().as_ref() {
-            let _ = tx.try_send(());
-        }
+        let _ = self.tx.try_send(());
         #[cfg(loom)]
         {
             self.state.lock().0 = true;
@@ -249,7 +255,10 @@ impl Signal {
     /// Wakes the waiter for good: every later wait returns `Closed`.
     pub(crate) fn close(&self) {
         #[cfg(not(loom))]
-        self.tx.lock().take();
+        {
+            self.closed.store(true, std::sync::atomic::Ordering::Release);
+            let _ = self.tx.try_send(());
+        }
         #[cfg(loom)]
         {
             self.state.lock().1 = true;
@@ -257,13 +266,23 @@ impl Signal {
         }
     }
 
+    /// Whether `close` was called. `close` sets the flag before it
+    /// notifies, so a waiter woken by that notification sees it.
+    #[cfg(not(loom))]
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Waits for a notification, however long it takes.
     pub(crate) fn wait(&self) -> Woken {
         #[cfg(not(loom))]
         {
+            if self.is_closed() {
+                return Woken::Closed;
+            }
             match self.rx.recv() {
-                Ok(()) => Woken::Notified,
-                Err(crossbeam_channel::RecvError) => Woken::Closed,
+                Ok(()) if !self.is_closed() => Woken::Notified,
+                _ => Woken::Closed,
             }
         }
         #[cfg(loom)]
@@ -285,10 +304,13 @@ impl Signal {
     pub(crate) fn wait_timeout(&self, timeout: Duration) -> Woken {
         #[cfg(not(loom))]
         {
+            if self.is_closed() {
+                return Woken::Closed;
+            }
             match self.rx.recv_timeout(timeout) {
-                Ok(()) => Woken::Notified,
+                Ok(()) if !self.is_closed() => Woken::Notified,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => Woken::TimedOut,
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Woken::Closed,
+                _ => Woken::Closed,
             }
         }
         #[cfg(loom)]

@@ -444,6 +444,46 @@ fn on_loss_reports_every_overwritten_record(in_ring_at_start: u64, damaged: Opti
     }
 }
 
+/// Two overflow episodes separated by deliveries, with the ring keeping one
+/// loss range (or a few): it merges them, yet `on_loss` counts each
+/// overwritten record once, so its sum is the growth of `overwritten`.
+#[test]
+fn on_loss_counts_each_record_once_when_the_ring_merges_ranges() {
+    for max_ranges in [1, 2, 48] {
+        let t = TempRing::new();
+        let script = Script::new();
+        script.set("a", Behavior::Fail(SendErrorKind::Retryable));
+        let reported = Arc::new(AtomicU64::new(0));
+        let r2 = Arc::clone(&reported);
+        let ring = Ring::open(&t.dir, small(4096).with_max_loss_ranges(max_ranges)).unwrap().0;
+        let shipper = builder(ring, &script, "a")
+            .supervise_every(Duration::from_millis(5))
+            .on_loss(move |ranges| {
+                let over = ranges.iter().filter(|l| l.cause == LossCause::Overwritten);
+                r2.fetch_add(over.map(|l| l.count).sum(), Ordering::SeqCst);
+            })
+            .start()
+            .unwrap();
+        let mut next = 1;
+        for _episode in 0..3 {
+            for _ in 0..100 {
+                shipper.append(&payload(next, 100)).unwrap();
+                next += 1;
+            }
+            let lost = shipper.stats().ring.overwritten;
+            eventually("reported", || reported.load(Ordering::SeqCst) >= lost);
+            // Deliveries between the episodes.
+            script.set("a", Behavior::Deliver);
+            eventually("drained", || shipper.stats().ring.pending == 0);
+            script.set("a", Behavior::Fail(SendErrorKind::Retryable));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let s = shipper.stats().ring;
+        assert!(shipper.ring().losses().len() <= max_ranges);
+        assert_eq!(reported.load(Ordering::SeqCst), s.overwritten, "max {max_ranges}: {:?}", shipper.ring().losses());
+    }
+}
+
 #[test]
 fn stall_is_detected_and_a_stuck_worker_replaced() {
     let t = TempRing::new();

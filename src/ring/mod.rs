@@ -20,7 +20,7 @@ use self::scan::next_lap;
 use self::state::{Hole, State};
 use crate::stats::{LossCause, LossRange, RecoveryReport, RingStats};
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use crate::sync::{Condvar, JoinHandle, Mutex, Signal, Woken};
+use crate::sync::{Condvar, JoinHandle, LEVEL_RING_BACKGROUND, Mutex, Signal, Woken};
 use crate::{Error, FullPolicy, Result, RingConfig, Storage, SyncPolicy};
 
 pub use read::{ReadBatch, Record};
@@ -126,7 +126,7 @@ pub(crate) struct Inner {
     /// Bytes reads could not get from the files since open (counted each
     /// time): see [`RingStats::unreadable_bytes`].
     unreadable_bytes: AtomicU64,
-    lock_file: parking_lot::Mutex<Option<File>>,
+    lock_file: Mutex<Option<File>>,
 }
 
 /// A bounded, crash-safe ring of records on local disk.
@@ -148,7 +148,7 @@ pub struct Ring {
     inner: Arc<Inner>,
     /// The background thread: renews the seq reservation ahead of the
     /// appenders and, under `SyncPolicy::Interval`, flushes.
-    background: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    background: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Ring {
@@ -209,7 +209,7 @@ impl Ring {
             _ => None,
         };
         let background = spawn_background(Arc::downgrade(&inner), Arc::clone(&inner.background), every);
-        (Ring { inner, background: parking_lot::Mutex::new(Some(background)) }, report)
+        (Ring { inner, background: Mutex::new(LEVEL_RING_BACKGROUND, "ring.background", Some(background)) }, report)
     }
 
     /// The ring's directory.
@@ -372,6 +372,17 @@ impl Ring {
     /// is full), persisted across restarts.
     pub fn losses(&self) -> Vec<LossRange> {
         self.inner.state.lock().losses()
+    }
+
+    /// Starts a feed of the losses recorded from now on (the shipper's
+    /// `on_loss`).
+    pub(crate) fn watch_losses(&self) {
+        self.inner.state.lock().feed.get_or_insert_with(Default::default);
+    }
+
+    /// The losses recorded since the last call (none when not watched).
+    pub(crate) fn take_new_losses(&self) -> Vec<LossRange> {
+        self.inner.state.lock().feed.as_mut().map(crate::stats::LossFeed::take).unwrap_or_default()
     }
 
     /// Syncs, records a clean shutdown, stops the background thread and
@@ -807,8 +818,7 @@ impl Inner {
                             bytes: h.size(),
                             cause: LossCause::Overwritten,
                         };
-                        st.losses.add(range, st.max_losses);
-                        st.unsaved_losses = true;
+                        st.record_loss(range);
                     }
                     st.tail_pos = pos + h.size();
                     st.tail_seq = h.seq + 1;

@@ -21,7 +21,7 @@ use super::storage::{self, FileStorage, MappedFile};
 use super::{Inner, MetaIo, SyncState};
 use crate::stats::RecoveryReport;
 use crate::sync::atomic::{AtomicBool, AtomicU64};
-use crate::sync::{Condvar, LEVEL_META_IO, LEVEL_RING_STATE, LEVEL_SYNC, Mutex, Signal};
+use crate::sync::{Condvar, LEVEL_META_IO, LEVEL_RING_LOCK_FILE, LEVEL_RING_STATE, LEVEL_SYNC, Mutex, Signal};
 use crate::{Error, Result, RingConfig, Storage};
 
 const LOCK_FILE: &str = "ring.lock";
@@ -396,7 +396,7 @@ fn open_storages(
         durable_seq: AtomicU64::new(written),
         poisoned: AtomicBool::new(false),
         cache_distrusted: AtomicBool::new(false),
-        lock_file: parking_lot::Mutex::new(lock_file),
+        lock_file: Mutex::new(LEVEL_RING_LOCK_FILE, "ring.lock_file", lock_file),
     };
     if !created {
         // The newest checkpoint may never have been fsynced (acks write

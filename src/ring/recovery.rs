@@ -958,6 +958,7 @@ pub(crate) fn fresh_state(cap: u64, max_losses: usize) -> State {
         holes: Vec::new(),
         losses: LossList::default(),
         max_losses,
+        feed: None,
         hints: BTreeMap::new(),
         poisoned: None,
         closed: false,

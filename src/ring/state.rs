@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::meta::Checkpoint;
-use crate::stats::{LossCause, LossList, LossRange, RingStats};
+use crate::stats::{LossCause, LossFeed, LossList, LossRange, RingStats};
 
 /// Bound on the seq -> position hints kept for readers.
 const MAX_HINTS: usize = 1024;
@@ -79,6 +79,8 @@ pub(crate) struct State {
     pub(crate) holes: Vec<Hole>,
     pub(crate) losses: LossList,
     pub(crate) max_losses: usize,
+    /// Losses recorded since a shipper last took them, while one watches.
+    pub(crate) feed: Option<LossFeed>,
     pub(crate) hints: BTreeMap<u64, u64>,
     pub(crate) poisoned: Option<PathBuf>,
     pub(crate) closed: bool,
@@ -132,9 +134,18 @@ impl State {
                 LossCause::Skipped => self.skipped += part.count(),
                 _ => self.corrupted += part.count(),
             }
-            self.losses.add(part.to_range(), self.max_losses);
-            self.unsaved_losses = true;
+            self.record_loss(part.to_range());
         }
+    }
+
+    /// Records a loss in the persisted list and, while a shipper watches,
+    /// in its feed.
+    pub(crate) fn record_loss(&mut self, r: LossRange) {
+        self.losses.add(r, self.max_losses);
+        if let Some(feed) = &mut self.feed {
+            feed.push(r);
+        }
+        self.unsaved_losses = true;
     }
 
     /// Adds the parts of a hole found above the settled point that no known

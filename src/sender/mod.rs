@@ -405,18 +405,12 @@ impl Callbacks {
 /// Loss ranges kept for a busy `on_loss` callback at most (merged beyond).
 const MAX_CALLBACK_RANGES: usize = 64;
 
-/// `ring` is the ring's stats when the shipper started: losses and stalls
-/// are judged from that moment, whenever this thread gets to run. Records
-/// that were in the ring then are reported when they are overwritten, like
-/// any other.
+/// `ring` is the ring's stats when the shipper started: stalls are judged
+/// from that moment, whenever this thread gets to run. Losses come from
+/// the ring's feed, watched from the start.
 fn supervise(shared: &Arc<Shared>, stop: &Signal, ring: &crate::RingStats, mut cb: Callbacks) {
     let cfg = shared.cfg;
-    let mut watch = Watch::new(shared.now(), cfg.stall_after, cfg.abandon_after, ring.ack_seq, ring.overwritten);
-    // Every seq up to the delivery cursor was acked or counted lost before
-    // the start; every record lost from now on lies above it. (Not the
-    // newest loss range's end: a damaged span already found among the
-    // pending records would hide overwrites below it.)
-    let mut reported_loss = ring.ack_seq;
+    let mut watch = Watch::new(shared.now(), cfg.stall_after, cfg.abandon_after, ring.ack_seq);
     loop {
         if stop.wait_timeout(cfg.supervise_every) != Woken::TimedOut {
             return;
@@ -424,9 +418,7 @@ fn supervise(shared: &Arc<Shared>, stop: &Signal, ring: &crate::RingStats, mut c
         // No user code runs here (the factory runs on the worker, callbacks
         // on their own thread); a bug of ours is caught all the same, so
         // the supervisor cannot die (I10).
-        let tick = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            tick(shared, &mut watch, &mut reported_loss, &mut cb);
-        }));
+        let tick = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tick(shared, &mut watch, &mut cb)));
         if let Err(p) = tick {
             shared.note_error(&format!("the ringship supervisor panicked: {}", panic_message(&*p)));
         }
@@ -434,64 +426,29 @@ fn supervise(shared: &Arc<Shared>, stop: &Signal, ring: &crate::RingStats, mut c
 }
 
 /// One look of the supervisor.
-fn tick(shared: &Arc<Shared>, watch: &mut Watch, reported_loss: &mut u64, cb: &mut Callbacks) {
-    {
-        if shared.worker_died.swap(false, Ordering::AcqRel) && !shared.stop.load(Ordering::Acquire) {
-            shared.replace_worker();
-        }
-        let ring = shared.ring.stats();
-        let send_started = shared
-            .status
-            .lock()
-            .send_started
-            .map(|(_, at)| u64::try_from(at.saturating_duration_since(shared.base).as_nanos()).unwrap_or(u64::MAX));
-        let observation = Observation {
-            now: shared.now(),
-            pending: ring.pending,
-            ack_seq: ring.ack_seq,
-            send_started,
-            overwritten: ring.overwritten,
-        };
-        for verdict in watch.observe(observation) {
-            match verdict {
-                Verdict::Stalled { since } => {
-                    shared.status.lock().stalled_since = Some(shared.base + Duration::from_nanos(since));
-                    shared.counters.stalls.fetch_add(1, Ordering::Relaxed);
-                    cb.stall(shared);
-                }
-                Verdict::Recovered => shared.status.lock().stalled_since = None,
-                Verdict::Abandon => shared.replace_worker(),
-                Verdict::Loss { .. } => {
-                    if cb.tx.is_some() {
-                        let new = unreported(&shared.ring.losses(), *reported_loss);
-                        if let Some(max) = new.iter().map(|l| l.last_seq).max() {
-                            *reported_loss = max;
-                            cb.loss(new);
-                        }
-                    }
-                }
+fn tick(shared: &Arc<Shared>, watch: &mut Watch, cb: &mut Callbacks) {
+    if shared.worker_died.swap(false, Ordering::AcqRel) && !shared.stop.load(Ordering::Acquire) {
+        shared.replace_worker();
+    }
+    let ring = shared.ring.stats();
+    let send_started = shared
+        .status
+        .lock()
+        .send_started
+        .map(|(_, at)| u64::try_from(at.saturating_duration_since(shared.base).as_nanos()).unwrap_or(u64::MAX));
+    let observation = Observation { now: shared.now(), pending: ring.pending, ack_seq: ring.ack_seq, send_started };
+    for verdict in watch.observe(observation) {
+        match verdict {
+            Verdict::Stalled { since } => {
+                shared.status.lock().stalled_since = Some(shared.base + Duration::from_nanos(since));
+                shared.counters.stalls.fetch_add(1, Ordering::Relaxed);
+                cb.stall(shared);
             }
+            Verdict::Recovered => shared.status.lock().stalled_since = None,
+            Verdict::Abandon => shared.replace_worker(),
         }
     }
-}
-
-/// The parts of `ranges` above seq `reported`: a range that grew since it
-/// was reported is clipped to its new seqs.
-fn unreported(ranges: &[LossRange], reported: u64) -> Vec<LossRange> {
-    ranges
-        .iter()
-        .filter(|l| l.last_seq > reported)
-        .map(|l| {
-            let mut l = *l;
-            if l.first_seq <= reported {
-                let width = l.last_seq - reported;
-                l.count = l.count.min(width);
-                l.bytes = l.bytes / (l.last_seq - l.first_seq + 1) * width;
-                l.first_seq = reported + 1;
-            }
-            l
-        })
-        .collect()
+    cb.loss(shared.ring.take_new_losses());
 }
 
 /// Refuses an endpoint no transport could use: an empty address, or one
@@ -904,7 +861,8 @@ impl ShipperBuilder {
             worker_died: AtomicBool::new(false),
         });
         let thread_error = |what: &str, e: std::io::Error| Error::Io { op: "spawn", path: what.into(), source: e };
-        let tx = if self.on_stall.is_some() || self.on_loss.is_some() {
+        let has_on_loss = self.on_loss.is_some();
+        let tx = if self.on_stall.is_some() || has_on_loss {
             let (tx, rx) = crossbeam_channel::bounded(CALLBACK_QUEUE);
             let (on_stall, on_loss) = (self.on_stall, self.on_loss);
             std::thread::Builder::new()
@@ -915,6 +873,9 @@ impl ShipperBuilder {
         } else {
             None
         };
+        if has_on_loss {
+            shared.ring.watch_losses();
+        }
         let initial = shared.ring.stats();
         spawn_worker(&shared, 1);
         let stop = Arc::new(Signal::new());

@@ -15,8 +15,6 @@ pub(crate) struct Observation {
     pub(crate) ack_seq: u64,
     /// When the current worker's send started, if one is in flight.
     pub(crate) send_started: Option<Nanos>,
-    /// The ring's overwritten counter.
-    pub(crate) overwritten: u64,
 }
 
 /// What the supervisor should do.
@@ -28,8 +26,6 @@ pub(crate) enum Verdict {
     Recovered,
     /// The worker's send has run past `abandon_after`: replace the worker.
     Abandon,
-    /// The ring overwrote `new` more unacknowledged records.
-    Loss { new: u64 },
 }
 
 #[derive(Debug)]
@@ -38,25 +34,17 @@ pub(crate) struct Watch {
     abandon_after: Nanos,
     last_progress: Nanos,
     last_ack_seq: u64,
-    last_overwritten: u64,
     stalled: bool,
     abandoned_send: Option<Nanos>,
 }
 
 impl Watch {
-    pub(crate) fn new(
-        now: Nanos,
-        stall_after: Duration,
-        abandon_after: Duration,
-        ack_seq: u64,
-        overwritten: u64,
-    ) -> Self {
+    pub(crate) fn new(now: Nanos, stall_after: Duration, abandon_after: Duration, ack_seq: u64) -> Self {
         Watch {
             stall_after: u64::try_from(stall_after.as_nanos()).unwrap_or(u64::MAX),
             abandon_after: u64::try_from(abandon_after.as_nanos()).unwrap_or(u64::MAX),
             last_progress: now,
             last_ack_seq: ack_seq,
-            last_overwritten: overwritten,
             stalled: false,
             abandoned_send: None,
         }
@@ -86,10 +74,6 @@ impl Watch {
                 v.push(Verdict::Abandon);
             }
         }
-        if o.overwritten > self.last_overwritten {
-            v.push(Verdict::Loss { new: o.overwritten - self.last_overwritten });
-            self.last_overwritten = o.overwritten;
-        }
         v
     }
 }
@@ -101,11 +85,11 @@ mod tests {
     const S: Nanos = 1_000_000_000;
 
     fn obs(now: Nanos, pending: u64, ack_seq: u64) -> Observation {
-        Observation { now, pending, ack_seq, send_started: None, overwritten: 0 }
+        Observation { now, pending, ack_seq, send_started: None }
     }
 
     fn watch() -> Watch {
-        Watch::new(0, Duration::from_secs(10), Duration::from_secs(5), 0, 0)
+        Watch::new(0, Duration::from_secs(10), Duration::from_secs(5), 0)
     }
 
     #[test]
@@ -136,14 +120,5 @@ mod tests {
         assert!(w.observe(o(7 * S)).is_empty());
         let next = Observation { send_started: Some(8 * S), ..obs(13 * S, 1, 1) };
         assert_eq!(w.observe(next), vec![Verdict::Abandon], "a new send is judged afresh");
-    }
-
-    #[test]
-    fn overwrites_are_reported_as_they_grow() {
-        let mut w = watch();
-        let o = |now, overwritten| Observation { overwritten, ..obs(now, 1, now) };
-        assert_eq!(w.observe(o(1, 4)), vec![Verdict::Loss { new: 4 }]);
-        assert!(w.observe(o(2, 4)).is_empty());
-        assert_eq!(w.observe(o(3, 9)), vec![Verdict::Loss { new: 5 }]);
     }
 }

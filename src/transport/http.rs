@@ -147,7 +147,7 @@ pub(crate) fn gap_header(batch: &Batch) -> Option<String> {
             g.first_seq,
             g.last_seq,
             g.missing(),
-            g.cause.as_str(),
+            g.cause_label(),
             g.rejected,
             g.first_ts,
             g.last_ts
@@ -452,6 +452,16 @@ mod tests {
             gap_header(&batch()).unwrap(),
             "3-6; count=4; cause=overwritten; rejected=1; first-ts=10; last-ts=20"
         );
+        let only_rejections = GapNotice {
+            first_seq: 0,
+            last_seq: 0,
+            first_ts: 0,
+            last_ts: 0,
+            cause: LossCause::Overwritten,
+            rejected: 4,
+        };
+        let b = Batch { records: Vec::new(), gap: Some(only_rejections) };
+        assert_eq!(gap_header(&b).unwrap(), "0-0; count=0; cause=none; rejected=4; first-ts=0; last-ts=0");
     }
 
     #[test]

@@ -91,7 +91,9 @@ pub struct GapNotice {
     pub first_ts: u64,
     /// Timestamp (or upper bound) of the last missing record; 0 if unknown.
     pub last_ts: u64,
-    /// Why they are missing (`Mixed` when several causes).
+    /// Why they are missing (`Mixed` when several causes); says nothing
+    /// when no seq is missing (a notice of rejections only), and
+    /// transports then write `none`.
     pub cause: LossCause,
     /// Records refused at append since the previous notice.
     pub rejected: u64,
@@ -101,6 +103,11 @@ impl GapNotice {
     /// Missing seqs in the notice.
     pub fn missing(&self) -> u64 {
         if self.last_seq >= self.first_seq && self.first_seq > 0 { self.last_seq - self.first_seq + 1 } else { 0 }
+    }
+
+    /// The cause as transports write it: `none` when no seq is missing.
+    pub(crate) fn cause_label(&self) -> &'static str {
+        if self.missing() == 0 { "none" } else { self.cause.as_str() }
     }
 }
 

@@ -255,7 +255,7 @@ pub(crate) fn format_gap(cfg: &SyslogConfig, g: &GapNotice) -> Vec<u8> {
         g.first_seq,
         g.last_seq,
         g.missing(),
-        g.cause.as_str(),
+        g.cause_label(),
         g.rejected
     )
     .into_bytes()
