@@ -68,6 +68,25 @@ pub struct FaultCounts {
     pub fsync_failures: u64,
     /// Writes refused with ENOSPC.
     pub enospc: u64,
+    /// Damage done at rest between runs ([`SimDisk::damage_at_rest`]).
+    pub damage_at_rest: u64,
+    /// Process crashes that cut the last write between pages
+    /// ([`SimDisk::process_crash_mid_write`]).
+    pub cut_writes: u64,
+}
+
+/// Damage done to a file at rest, between two runs of the ring, with no
+/// power loss (the boot id stays the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Damage {
+    /// One bit flipped at the offset.
+    BitFlip,
+    /// The range zeroed.
+    Zeros,
+    /// The range overwritten with bytes from the disk's random stream.
+    Garbage,
+    /// The file cut short at the offset (the range's length is ignored).
+    Truncate,
 }
 
 #[derive(Default)]
@@ -80,6 +99,8 @@ struct SimFile {
 
 struct SimState {
     files: HashMap<String, SimFile>,
+    /// The range of the last write to each file: where its newest bytes are.
+    last_write: HashMap<String, (u64, u64)>,
     rng: u64,
     faults: Faults,
     boot: u64,
@@ -130,6 +151,7 @@ impl SimDisk {
         SimDisk {
             state: Arc::new(Mutex::new(SimState {
                 files: HashMap::new(),
+                last_write: HashMap::new(),
                 rng: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
                 faults,
                 boot: 1,
@@ -205,6 +227,76 @@ impl SimDisk {
         }
     }
 
+    /// Damages `name` at rest: what the page cache and the disk both hold
+    /// changes, as a failing disk, a stray write or an operator's tool
+    /// would change it between two runs.
+    pub fn damage_at_rest(&self, name: &str, damage: Damage, offset: u64, len: u64) {
+        let mut st = self.state.lock();
+        st.counts.damage_at_rest += 1;
+        let garbage: Vec<u8> = (0..len).map(|_| st.next() as u8).collect();
+        let bit = st.next() % 8;
+        let f = st.files.entry(name.to_owned()).or_default();
+        for image in [&mut f.cache, &mut f.stable] {
+            let start = (offset as usize).min(image.len());
+            let end = (offset + len).min(image.len() as u64) as usize;
+            match damage {
+                Damage::BitFlip => {
+                    if start < image.len() {
+                        image[start] ^= 1 << bit;
+                    }
+                }
+                Damage::Zeros => image[start..end].fill(0),
+                Damage::Garbage => image[start..end].copy_from_slice(&garbage[..end - start]),
+                Damage::Truncate => image.truncate(start),
+            }
+        }
+        if damage == Damage::Truncate {
+            let cut = offset;
+            f.unsynced.retain(|(o, _)| *o < cut);
+        }
+    }
+
+    /// A process crash (SIGKILL) in the middle of the last write to
+    /// `name`: a fatal signal can stop a multi-page `write` between pages,
+    /// so the pages after a random page boundary keep what the disk held.
+    /// Returns whether the last write spanned a page boundary to cut at.
+    pub fn process_crash_mid_write(&self, name: &str) -> bool {
+        const PAGE: u64 = 4096;
+        let mut st = self.state.lock();
+        st.counts.process_crashes += 1;
+        let pick = st.next();
+        let Some(f) = st.files.get_mut(name) else { return false };
+        let Some((offset, data)) = f.unsynced.pop() else { return false };
+        let end = offset + data.len() as u64;
+        let first_boundary = (offset / PAGE + 1) * PAGE;
+        if first_boundary >= end {
+            f.unsynced.push((offset, data));
+            return false;
+        }
+        let boundaries = (end - 1 - first_boundary) / PAGE + 1;
+        let cut = first_boundary + (pick % boundaries) * PAGE;
+        let kept = (cut - offset) as usize;
+        f.unsynced.push((offset, data[..kept].to_vec()));
+        // What those bytes held before the write: the disk's, with the
+        // earlier writes not yet synced on top.
+        for at in cut..end {
+            let mut byte = f.stable.get(at as usize).copied().unwrap_or(0);
+            for (o, d) in &f.unsynced {
+                if (*o..*o + d.len() as u64).contains(&at) {
+                    byte = d[(at - o) as usize];
+                }
+            }
+            f.cache[at as usize] = byte;
+        }
+        st.counts.cut_writes += 1;
+        true
+    }
+
+    /// The offset and length of the last write to `name`: the newest bytes.
+    pub fn last_write(&self, name: &str) -> Option<(u64, u64)> {
+        self.state.lock().last_write.get(name).copied()
+    }
+
     /// The faults injected so far.
     pub fn counts(&self) -> FaultCounts {
         self.state.lock().counts
@@ -245,6 +337,7 @@ impl Storage for SimStorage {
             st.counts.enospc += 1;
             return Err(io::Error::from_raw_os_error(28));
         }
+        st.last_write.insert(self.name.clone(), (offset, buf.len() as u64));
         let f = st.files.get_mut(&self.name).expect("file");
         put(&mut f.cache, offset, buf);
         f.unsynced.push((offset, buf.to_vec()));

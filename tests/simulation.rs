@@ -17,7 +17,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::Rng;
-use ringship::sim::{FaultCounts, Faults, SimDisk};
+use ringship::sim::{Damage, FaultCounts, Faults, SimDisk};
 use ringship::{Error, LossCause, Ring, RingConfig, RingStats, SyncPolicy};
 
 const DEFAULT_SEEDS: u64 = 400;
@@ -41,6 +41,11 @@ struct Model {
     acked: u64,
     power_losses: u64,
     damage_possible: bool,
+    /// Damage was done at rest: a durable record may be gone without a
+    /// trace (zeroed, cut off), and its seq skipped.
+    damaged_at_rest: bool,
+    /// The seqs of this step's append, if it made one.
+    last_append: Option<(u64, u64)>,
 }
 
 fn payload(seq_hint: u64, random: &mut Rng) -> Vec<u8> {
@@ -134,7 +139,7 @@ fn check(ring: &Ring, disk: &SimDisk, model: &mut Model, cap: u64) {
             // crash: records there were never durable (or a bit flip hit
             // them, as above).
             Some(LossCause::LostUnsynced | LossCause::Skipped) => {
-                !model.durable_seqs.contains(&seq) || disk.counts().bit_flips > 0
+                !model.durable_seqs.contains(&seq) || disk.counts().bit_flips > 0 || model.damaged_at_rest
             }
             _ => false,
         };
@@ -170,6 +175,7 @@ fn append(ring: &Ring, model: &mut Model, random: &mut Rng, sync: SyncPolicy, tr
                 assert!(model.payloads.insert(seq, p).is_none(), "I1: seq {seq} handed out twice");
             }
             model.max_returned = model.max_returned.max(last);
+            model.last_append = Some((first, last));
             if sync == SyncPolicy::Always {
                 model.durable = model.durable.max(last);
                 model.durable_seqs.extend(first..=last);
@@ -209,6 +215,29 @@ fn read_and_ack(ring: &Ring, model: &mut Model, random: &mut Rng) -> Option<bool
     }
 }
 
+/// Damages the stopped ring's files at rest (same boot: no power loss):
+/// a bit flip, zeros, garbage or a cut, over the newest frames (the last
+/// write), anywhere in the data area, or over one checkpoint slot.
+fn damage_at_rest(disk: &SimDisk, random: &mut Rng, cap: u64, trace: bool) {
+    let kind = [Damage::BitFlip, Damage::Zeros, Damage::Garbage, Damage::Truncate][random.below(4) as usize];
+    let (file, offset, len) = match random.below(10) {
+        0..=4 => {
+            let (at, n) = disk.last_write("ring.data").unwrap_or((DATA_OFFSET, 64));
+            ("ring.data", at + random.below(n.max(1)), 1 + random.below(4096))
+        }
+        5..=8 => ("ring.data", DATA_OFFSET + random.below(cap), 1 + random.below(4096)),
+        _ => ("ring.meta", 4096 * random.below(2) + random.below(4096), 1 + random.below(512)),
+    };
+    // A cut ring.meta is a missing checkpoint and reservation: nothing
+    // could keep seqs from reuse then, and no disk loses a file's tail
+    // alone; cuts go to the data file.
+    let kind = if file == "ring.meta" && kind == Damage::Truncate { Damage::Zeros } else { kind };
+    if trace {
+        eprintln!("  damage at rest: {kind:?} of {file} at {offset}, {len} bytes");
+    }
+    disk.damage_at_rest(file, kind, offset, len);
+}
+
 fn run_seed(seed: u64) -> FaultCounts {
     let mut random = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
     let disk = SimDisk::new(seed, faults_for(seed));
@@ -227,6 +256,10 @@ fn run_seed(seed: u64) -> FaultCounts {
         faults.bit_flip > 0.0 || faults.tear > 0.0 || faults.fsync_failure > 0.0 || faults.enospc > 0.0;
     let (mut ring, _) = open(&disk, &config);
     let steps = 40 + random.below(120);
+    // Damage at rest and writes cut by a kill draw from a stream of their
+    // own, so the seeds above replay as they were found; they are left out.
+    let mut rest = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let at_rest = !REGRESSION_SEEDS.contains(&seed);
     let trace = std::env::var("RINGSHIP_SIM_TRACE").is_ok();
     for step in 0..steps {
         if trace {
@@ -237,6 +270,7 @@ fn run_seed(seed: u64) -> FaultCounts {
             );
         }
         let mut crash = None;
+        model.last_append = None;
         match random.below(20) {
             0..=9 => crash = append(&ring, &mut model, &mut random, sync, trace),
             10..=12 => match ring.sync() {
@@ -263,6 +297,51 @@ fn run_seed(seed: u64) -> FaultCounts {
                 ring = open(&disk, &config).0;
                 check(&ring, &disk, &mut model, cap);
             }
+        }
+        if at_rest && crash.is_none() && rest.below(12) == 0 {
+            // Stop the ring (a kill, sometimes one that cuts its last write
+            // between pages, or a clean close), damage its files, reopen.
+            match rest.below(3) {
+                0 => {
+                    let _ = ring.close();
+                    drop(ring);
+                }
+                1 => {
+                    drop(ring);
+                    // Only this step's append can be the write a kill cuts:
+                    // its append never returned, so its records were
+                    // never promised (and may come back, at-least-once).
+                    if let Some((first, last)) = model.last_append.filter(|_| disk.process_crash_mid_write("ring.data"))
+                    {
+                        for q in first..=last {
+                            if let Some(p) = model.payloads.remove(&q) {
+                                model.failed_payloads.insert(p);
+                            }
+                            model.durable_seqs.remove(&q);
+                        }
+                        model.max_returned = first - 1;
+                        model.damage_possible = true;
+                    } else {
+                        disk.process_crash();
+                    }
+                }
+                _ => {
+                    drop(ring);
+                    disk.process_crash();
+                }
+            }
+            if rest.below(3) > 0 {
+                damage_at_rest(&disk, &mut rest, cap, trace);
+                model.damage_possible = true;
+                model.damaged_at_rest = true;
+            }
+            let report;
+            (ring, report) = open(&disk, &config);
+            if trace {
+                eprintln!("  reopened: {report:?}\n  stats: {:?}\n  losses: {:?}", ring.stats(), ring.losses());
+            }
+            check(&ring, &disk, &mut model, cap);
+            continue;
         }
         if let Some(power) = crash {
             if trace {
@@ -341,6 +420,8 @@ fn simulated_crashes_and_faults() {
                 total.bit_flips += c.bit_flips;
                 total.fsync_failures += c.fsync_failures;
                 total.enospc += c.enospc;
+                total.damage_at_rest += c.damage_at_rest;
+                total.cut_writes += c.cut_writes;
             }
             Err(e) => {
                 eprintln!(
@@ -352,7 +433,7 @@ fn simulated_crashes_and_faults() {
     }
     eprintln!(
         "simulation: {} seeds, {} power losses, {} process crashes; injected {} lost writes, {} torn writes, \
-         {} bit flips, {} failed fsyncs, {} ENOSPC",
+         {} bit flips, {} failed fsyncs, {} ENOSPC, {} damage at rest, {} writes cut by a kill",
         seeds.len(),
         total.power_losses,
         total.process_crashes,
@@ -360,7 +441,16 @@ fn simulated_crashes_and_faults() {
         total.torn_writes,
         total.bit_flips,
         total.fsync_failures,
-        total.enospc
+        total.enospc,
+        total.damage_at_rest,
+        total.cut_writes
     );
-    assert!(seeds.len() == 1 || (total.power_losses > 0 && total.torn_writes > 0 && total.fsync_failures > 0));
+    assert!(
+        seeds.len() == 1
+            || (total.power_losses > 0
+                && total.torn_writes > 0
+                && total.fsync_failures > 0
+                && total.damage_at_rest > 0
+                && total.cut_writes > 0)
+    );
 }
