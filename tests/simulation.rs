@@ -238,6 +238,38 @@ fn damage_at_rest(disk: &SimDisk, random: &mut Rng, cap: u64, trace: bool) {
     disk.damage_at_rest(file, kind, offset, len);
 }
 
+/// Stops the ring: a kill, sometimes one that cuts its last write between
+/// pages, or a clean close.
+fn stop_ring(ring: Ring, disk: &SimDisk, model: &mut Model, rest: &mut Rng) {
+    match rest.below(3) {
+        0 => {
+            let _ = ring.close();
+        }
+        1 => {
+            drop(ring);
+            // Only this step's append can be the write a kill cuts: its
+            // append never returned, so its records were never promised
+            // (and may come back, at-least-once).
+            if let Some((first, last)) = model.last_append.filter(|_| disk.process_crash_mid_write("ring.data")) {
+                for q in first..=last {
+                    if let Some(p) = model.payloads.remove(&q) {
+                        model.failed_payloads.insert(p);
+                    }
+                    model.durable_seqs.remove(&q);
+                }
+                model.max_returned = first - 1;
+                model.damage_possible = true;
+            } else {
+                disk.process_crash();
+            }
+        }
+        _ => {
+            drop(ring);
+            disk.process_crash();
+        }
+    }
+}
+
 fn run_seed(seed: u64) -> FaultCounts {
     let mut random = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
     let disk = SimDisk::new(seed, faults_for(seed));
@@ -299,37 +331,7 @@ fn run_seed(seed: u64) -> FaultCounts {
             }
         }
         if at_rest && crash.is_none() && rest.below(12) == 0 {
-            // Stop the ring (a kill, sometimes one that cuts its last write
-            // between pages, or a clean close), damage its files, reopen.
-            match rest.below(3) {
-                0 => {
-                    let _ = ring.close();
-                    drop(ring);
-                }
-                1 => {
-                    drop(ring);
-                    // Only this step's append can be the write a kill cuts:
-                    // its append never returned, so its records were
-                    // never promised (and may come back, at-least-once).
-                    if let Some((first, last)) = model.last_append.filter(|_| disk.process_crash_mid_write("ring.data"))
-                    {
-                        for q in first..=last {
-                            if let Some(p) = model.payloads.remove(&q) {
-                                model.failed_payloads.insert(p);
-                            }
-                            model.durable_seqs.remove(&q);
-                        }
-                        model.max_returned = first - 1;
-                        model.damage_possible = true;
-                    } else {
-                        disk.process_crash();
-                    }
-                }
-                _ => {
-                    drop(ring);
-                    disk.process_crash();
-                }
-            }
+            stop_ring(ring, &disk, &mut model, &mut rest);
             if rest.below(3) > 0 {
                 damage_at_rest(&disk, &mut rest, cap, trace);
                 model.damage_possible = true;
