@@ -367,9 +367,12 @@ impl Machine {
         self.limits = (self.limits.0.saturating_mul(2).min(max.0), self.limits.1.saturating_mul(2).min(max.1));
     }
 
-    /// Records were appended: an idle machine reads at once.
+    /// Records were appended: an idle machine reads at once, and a
+    /// lingering one reads again. The appends may have filled its batch, or
+    /// evicted its oldest records, which must not wait out the linger; the
+    /// linger clock goes on from the first read at this cursor.
     pub(crate) fn on_records_available(&mut self) {
-        if let State::Idle { .. } = self.state {
+        if let State::Idle { .. } | State::Lingering { .. } = self.state {
             self.state = State::NeedRead;
         }
     }

@@ -9,6 +9,9 @@ pub(crate) mod supervisor;
 pub(crate) mod switch;
 mod worker;
 
+#[cfg(test)]
+mod sim;
+
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -44,15 +47,26 @@ pub(crate) struct ShipperConfig {
     pub(crate) seed: u64,
 }
 
+/// Where the shipper's time comes from.
+enum Clock {
+    /// `Instant`, from the shipper's start.
+    Real,
+    /// Set by the whole-shipper simulation, which runs the worker and the
+    /// supervisor on one thread and jumps time.
+    #[cfg(test)]
+    Sim(Arc<AtomicU64>),
+}
+
 /// `sender.status` (level 50).
 #[derive(Default)]
 struct Status {
-    /// (worker epoch, start) of the send in flight.
-    send_started: Option<(u64, Instant)>,
-    last_ack: Option<Instant>,
+    /// (worker epoch, start) of the send in flight. Times are the
+    /// shipper's clock ([`Shared::now`]).
+    send_started: Option<(u64, Nanos)>,
+    last_ack: Option<Nanos>,
     last_error: Option<String>,
     failing: bool,
-    stalled_since: Option<Instant>,
+    stalled_since: Option<Nanos>,
     stopped: bool,
 }
 
@@ -87,17 +101,32 @@ pub(crate) struct Shared {
     stop: AtomicBool,
     counters: AtomicCounters,
     base: Instant,
+    clock: Clock,
     /// The worker threads.
     workers: Mutex<Workers>,
     /// The current worker died (a panic outside the user code it
     /// contains) or its thread could not start: the supervisor replaces
     /// it at its next look.
     worker_died: AtomicBool,
+    /// Workers the simulation is to start (it runs them itself).
+    #[cfg(test)]
+    sim_spawns: std::sync::Mutex<Vec<u64>>,
 }
 
 impl Shared {
+    /// Nanoseconds since the shipper started: the one clock its decisions
+    /// use (a simulated one in the whole-shipper simulation).
     fn now(&self) -> Nanos {
-        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        match &self.clock {
+            Clock::Real => u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            #[cfg(test)]
+            Clock::Sim(t) => t.load(Ordering::Acquire),
+        }
+    }
+
+    /// The time from `at` (the shipper's clock) to now.
+    fn since(&self, at: Nanos) -> Duration {
+        Duration::from_nanos(self.now().saturating_sub(at))
     }
 
     fn duration_until(&self, at: Nanos) -> Duration {
@@ -110,6 +139,25 @@ impl Shared {
 
     fn wake(&self) {
         self.wake.notify();
+    }
+
+    fn append_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(u64, u64)> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let r = self.ring.append_batch(payloads)?;
+        self.wake();
+        Ok(r)
+    }
+
+    fn switch_endpoint(&self, endpoint: Endpoint) -> Result<u64> {
+        check_endpoint(&endpoint)?;
+        let (generation, changed) = self.endpoint.switch(endpoint);
+        self.counters.switches.fetch_add(1, Ordering::Relaxed);
+        if changed {
+            self.wake();
+        }
+        Ok(generation)
     }
 
     /// Registers a send by worker `epoch`: returns the endpoint to use and
@@ -128,7 +176,7 @@ impl Shared {
         // A replaced worker's late call never hides its replacement's send
         // from the supervisor.
         if st.send_started.is_none_or(|(e, _)| e <= epoch) {
-            st.send_started = Some((epoch, Instant::now()));
+            st.send_started = Some((epoch, self.now()));
         }
         sent
     }
@@ -171,7 +219,8 @@ impl Shared {
     }
 
     fn note_ack(&self) {
-        self.status.lock().last_ack = Some(Instant::now());
+        let now = self.now();
+        self.status.lock().last_ack = Some(now);
     }
 
     fn add_counters(&self, before: &Counters, after: &Counters) {
@@ -204,9 +253,9 @@ impl Shared {
         };
         Health {
             state,
-            stalled_for: st.stalled_since.map(|s| s.elapsed()),
+            stalled_for: st.stalled_since.map(|s| self.since(s)),
             pending: ring.pending,
-            since_last_ack: st.last_ack.map(|a| a.elapsed()),
+            since_last_ack: st.last_ack.map(|a| self.since(a)),
             last_error: st.last_error.clone(),
             endpoint,
             generation,
@@ -291,6 +340,11 @@ struct Workers {
 /// panic that escapes the worker is caught, shows in health, and the
 /// supervisor replaces the worker at its next look.
 fn spawn_worker(shared: &Arc<Shared>, epoch: u64) {
+    #[cfg(test)]
+    if let Clock::Sim(_) = shared.clock {
+        shared.sim_spawns.lock().expect("sim spawns").push(epoch);
+        return;
+    }
     let s = Arc::clone(shared);
     let spawned = std::thread::Builder::new().name(format!("ringship-send-{epoch}")).spawn(move || {
         if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(&s, epoch))) {
@@ -431,16 +485,12 @@ fn tick(shared: &Arc<Shared>, watch: &mut Watch, cb: &mut Callbacks) {
         shared.replace_worker();
     }
     let ring = shared.ring.stats();
-    let send_started = shared
-        .status
-        .lock()
-        .send_started
-        .map(|(_, at)| u64::try_from(at.saturating_duration_since(shared.base).as_nanos()).unwrap_or(u64::MAX));
+    let send_started = shared.status.lock().send_started.map(|(_, at)| at);
     let observation = Observation { now: shared.now(), pending: ring.pending, ack_seq: ring.ack_seq, send_started };
     for verdict in watch.observe(observation) {
         match verdict {
             Verdict::Stalled { since } => {
-                shared.status.lock().stalled_since = Some(shared.base + Duration::from_nanos(since));
+                shared.status.lock().stalled_since = Some(since);
                 shared.counters.stalls.fetch_add(1, Ordering::Relaxed);
                 cb.stall(shared);
             }
@@ -512,12 +562,7 @@ impl Shipper {
     /// # Errors
     /// As [`Ring::append_batch`]; [`Error::Closed`] once shutdown has begun.
     pub fn append_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(u64, u64)> {
-        if self.shared.closing.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
-        let r = self.shared.ring.append_batch(payloads)?;
-        self.shared.wake();
-        Ok(r)
+        self.shared.append_batch(payloads)
     }
 
     /// Points the shipper at `endpoint` and returns its generation.
@@ -533,13 +578,7 @@ impl Shipper {
     /// [`Error::Config`] for an address that is empty or holds whitespace
     /// or control characters; shipping goes on to the endpoint in use.
     pub fn switch_endpoint(&self, endpoint: Endpoint) -> Result<u64> {
-        check_endpoint(&endpoint)?;
-        let (generation, changed) = self.shared.endpoint.switch(endpoint);
-        self.shared.counters.switches.fetch_add(1, Ordering::Relaxed);
-        if changed {
-            self.shared.wake();
-        }
-        Ok(generation)
+        self.shared.switch_endpoint(endpoint)
     }
 
     /// The endpoint in use.
@@ -857,8 +896,11 @@ impl ShipperBuilder {
             stop: AtomicBool::new(false),
             counters: AtomicCounters::default(),
             base: Instant::now(),
+            clock: Clock::Real,
             workers: Mutex::new(LEVEL_SENDER_WORKERS, "sender.workers", Workers::default()),
             worker_died: AtomicBool::new(false),
+            #[cfg(test)]
+            sim_spawns: std::sync::Mutex::default(),
         });
         let thread_error = |what: &str, e: std::io::Error| Error::Io { op: "spawn", path: what.into(), source: e };
         let has_on_loss = self.on_loss.is_some();

@@ -4,118 +4,193 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Shared;
-use super::machine::{Action, BatchInfo, Machine, Outcome};
+use super::machine::{Action, BatchInfo, Counters, Machine, Nanos, Outcome};
 use crate::Error;
 use crate::ring::ReadBatch;
 use crate::stats::{LossCause, min_known_ts};
 use crate::sync::Woken;
 use crate::sync::atomic::Ordering;
-use crate::transport::{Batch, BatchRecord, GapNotice, SendContext, SendError, Transport};
+use crate::transport::{Batch, BatchRecord, CancelToken, Endpoint, GapNotice, SendContext, SendError, Transport};
 
-/// Runs until stopped, abandoned or the ring closes.
+/// Runs until stopped, abandoned or the ring closes: the thread around a
+/// [`Driver`], which it hands the transport's answers and the wake-ups.
 pub(super) fn run(shared: &Arc<Shared>, epoch: u64) {
     let Some(mut transport) = make_transport(shared, epoch) else { return };
-    let ring = &shared.ring;
-    let cfg = shared.cfg.machine;
-    let stats = ring.stats();
-    let half_ring = usize::try_from(stats.capacity / 2).unwrap_or(usize::MAX);
-    let mut m =
-        Machine::new(cfg, stats.ack_seq + 1, shared.generation(), shared.cfg.seed ^ epoch).with_evict_guard(half_ring);
-    // The batch read, and the ring's rejected count its notice reports up
-    // to.
-    let mut held: Option<Batch> = None;
-    let mut held_rejected = 0;
-    let mut counted = m.counters;
-    let mut draining = false;
+    let mut d = Driver::new(shared, epoch);
     loop {
-        if shared.stop.load(Ordering::Acquire) || shared.epoch.load(Ordering::Acquire) != epoch {
-            return;
-        }
-        if !draining && shared.closing.load(Ordering::Acquire) {
-            draining = true;
-            m.on_shutdown();
-        }
-        let Some(action) = m.poll_action(shared.now()) else {
-            debug_assert!(false, "the worker reports every read and send");
-            return;
-        };
-        match action {
-            Action::Read { from_seq } => match read_batch(shared, from_seq, m.read_limits()) {
-                Ok((batch, rejected)) => {
-                    held = batch;
-                    held_rejected = rejected;
-                    let info = held.as_ref().map(|b| BatchInfo {
-                        first_seq: b.first_seq(),
-                        last_seq: b.last_seq(),
-                        records: b.records.len(),
-                        bytes: b.payload_bytes(),
-                    });
-                    m.on_batch(shared.now(), info);
+        match d.step(shared) {
+            Step::Exit => return,
+            Step::Wait(until) => {
+                if shared.wake.wait_timeout(shared.duration_until(until)) == Woken::Closed {
+                    return;
                 }
-                Err(Error::Closed) => return,
-                Err(e) => {
-                    shared.note_error(&e.to_string());
-                    m.on_read_failed(shared.now());
-                }
-            },
-            Action::Send => {
-                let batch = held.as_ref().expect("a send follows a non-empty read");
-                let (generation, endpoint, cancel) = shared.begin_send(epoch);
-                let ctx = SendContext { deadline: Instant::now() + shared.cfg.send_timeout, cancel };
+                d.woken(shared);
+            }
+            Step::Send(job) => {
+                let ctx =
+                    SendContext { deadline: Instant::now() + shared.cfg.send_timeout, cancel: job.cancel.clone() };
                 // User code: a panic is a failed send, and the transport,
                 // in whatever state the panic left it, is replaced.
                 let mut panicked = false;
-                let result =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| transport.send(&endpoint, batch, &ctx)))
-                        .unwrap_or_else(|p| {
-                            panicked = true;
-                            Err(SendError::retryable(format!("the transport panicked: {}", super::panic_message(&*p))))
-                        });
-                shared.end_send(epoch);
-                if shared.epoch.load(Ordering::Acquire) != epoch {
-                    // Abandoned while stuck: what the endpoint accepted
-                    // still counts, its rejections included. They are noted
-                    // before the ack, so a read that sees the ack sees them.
-                    if result.is_ok() {
-                        shared.note_gap_delivered(batch, held_rejected);
-                        let _ = ring.ack(batch.last_seq());
-                    }
+                let batch = d.batch();
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    transport.send(&job.endpoint, batch, &ctx)
+                }))
+                .unwrap_or_else(|p| {
+                    panicked = true;
+                    Err(SendError::retryable(format!("the transport panicked: {}", super::panic_message(&*p))))
+                });
+                if !d.finish_send(shared, &job, &result) {
                     return;
                 }
-                let outcome = match &result {
-                    Ok(()) => {
-                        shared.note_accepted(batch, held_rejected);
-                        Outcome::Accepted
-                    }
-                    Err(e) => {
-                        shared.note_error(&format!("sending to {endpoint}: {e}"));
-                        Outcome::Failed { kind: e.kind, retry_after: e.retry_after }
-                    }
-                };
-                m.on_switch(shared.generation());
-                m.on_send_result(shared.now(), generation, outcome);
-                shared.add_counters(&counted, &m.counters);
-                counted = m.counters;
                 if panicked {
                     let Some(t) = make_transport(shared, epoch) else { return };
                     transport = t;
                 }
             }
-            Action::Ack { seq } => match ring.ack(seq) {
-                Ok(()) => shared.note_ack(),
-                Err(Error::Closed) => return,
-                Err(e) => shared.note_error(&e.to_string()),
-            },
-            Action::Wait { until } => {
-                let timeout = shared.duration_until(until);
-                if shared.wake.wait_timeout(timeout) == Woken::Closed {
-                    return;
-                }
-                m.on_switch(shared.generation());
-                m.on_records_available();
-            }
-            Action::Stop => return,
         }
+    }
+}
+
+/// What a [`Driver`] needs from the thread (or simulation) running it.
+pub(super) enum Step {
+    /// Wait until this time (the shipper's clock), or a wake-up, then call
+    /// [`Driver::woken`].
+    Wait(Nanos),
+    /// Send the held batch ([`Driver::batch`]) to the job's endpoint, then
+    /// call [`Driver::finish_send`] with the transport's answer.
+    Send(SendJob),
+    /// Stopped, replaced, or the ring closed: the worker ends.
+    Exit,
+}
+
+/// A send to make: the endpoint as registered for it, and the token a
+/// switch or an abandonment fires.
+pub(super) struct SendJob {
+    pub(super) generation: u64,
+    pub(super) endpoint: Arc<Endpoint>,
+    pub(super) cancel: CancelToken,
+}
+
+/// One worker's protocol: the sans-IO [`Machine`] plus what it reads from
+/// and acks in the ring. Reads and acks are carried out inside
+/// [`step`](Self::step); waits and sends are handed to the caller, so a
+/// thread and the whole-shipper simulation drive the same code.
+pub(super) struct Driver {
+    epoch: u64,
+    m: Machine,
+    /// The batch read, and the ring's rejected count its notice reports
+    /// up to.
+    held: Option<Batch>,
+    held_rejected: u64,
+    counted: Counters,
+    draining: bool,
+}
+
+impl Driver {
+    pub(super) fn new(shared: &Shared, epoch: u64) -> Self {
+        let stats = shared.ring.stats();
+        let half_ring = usize::try_from(stats.capacity / 2).unwrap_or(usize::MAX);
+        let m = Machine::new(shared.cfg.machine, stats.ack_seq + 1, shared.generation(), shared.cfg.seed ^ epoch)
+            .with_evict_guard(half_ring);
+        Driver { epoch, counted: m.counters, m, held: None, held_rejected: 0, draining: false }
+    }
+
+    /// The batch a [`Step::Send`] asks to send.
+    pub(super) fn batch(&self) -> &Batch {
+        self.held.as_ref().expect("a send follows a non-empty read")
+    }
+
+    /// Runs the machine until it waits, sends or stops.
+    pub(super) fn step(&mut self, shared: &Shared) -> Step {
+        loop {
+            if shared.stop.load(Ordering::Acquire) || shared.epoch.load(Ordering::Acquire) != self.epoch {
+                return Step::Exit;
+            }
+            if !self.draining && shared.closing.load(Ordering::Acquire) {
+                self.draining = true;
+                self.m.on_shutdown();
+            }
+            let Some(action) = self.m.poll_action(shared.now()) else {
+                debug_assert!(false, "the worker reports every read and send");
+                return Step::Exit;
+            };
+            match action {
+                Action::Read { from_seq } => match read_batch(shared, from_seq, self.m.read_limits()) {
+                    Ok((batch, rejected)) => {
+                        self.held = batch;
+                        self.held_rejected = rejected;
+                        let info = self.held.as_ref().map(|b| BatchInfo {
+                            first_seq: b.first_seq(),
+                            last_seq: b.last_seq(),
+                            records: b.records.len(),
+                            bytes: b.payload_bytes(),
+                        });
+                        self.m.on_batch(shared.now(), info);
+                    }
+                    Err(Error::Closed) => return Step::Exit,
+                    Err(e) => {
+                        shared.note_error(&e.to_string());
+                        self.m.on_read_failed(shared.now());
+                    }
+                },
+                Action::Send => {
+                    let (generation, endpoint, cancel) = shared.begin_send(self.epoch);
+                    return Step::Send(SendJob { generation, endpoint, cancel });
+                }
+                Action::Ack { seq } => match shared.ring.ack(seq) {
+                    Ok(()) => shared.note_ack(),
+                    Err(Error::Closed) => return Step::Exit,
+                    Err(e) => shared.note_error(&e.to_string()),
+                },
+                Action::Wait { until } => return Step::Wait(until),
+                Action::Stop => return Step::Exit,
+            }
+        }
+    }
+
+    /// Whether the machine holds a partial batch back, waiting for more.
+    #[cfg(test)]
+    pub(super) fn lingering(&self) -> bool {
+        matches!(self.m.state(), super::machine::State::Lingering { .. })
+    }
+
+    /// A wait ended (a wake-up, or its time came).
+    pub(super) fn woken(&mut self, shared: &Shared) {
+        self.m.on_switch(shared.generation());
+        self.m.on_records_available();
+    }
+
+    /// The transport answered the send of `job`. Returns `false` when this
+    /// worker was abandoned meanwhile and ends.
+    pub(super) fn finish_send(&mut self, shared: &Shared, job: &SendJob, result: &Result<(), SendError>) -> bool {
+        let batch = self.held.as_ref().expect("a send follows a non-empty read");
+        shared.end_send(self.epoch);
+        if shared.epoch.load(Ordering::Acquire) != self.epoch {
+            // Abandoned while stuck: what the endpoint accepted still
+            // counts, its rejections included. They are noted before the
+            // ack, so a read that sees the ack sees them.
+            if result.is_ok() {
+                shared.note_gap_delivered(batch, self.held_rejected);
+                let _ = shared.ring.ack(batch.last_seq());
+            }
+            return false;
+        }
+        let outcome = match result {
+            Ok(()) => {
+                shared.note_accepted(batch, self.held_rejected);
+                Outcome::Accepted
+            }
+            Err(e) => {
+                shared.note_error(&format!("sending to {}: {e}", job.endpoint));
+                Outcome::Failed { kind: e.kind, retry_after: e.retry_after }
+            }
+        };
+        self.m.on_switch(shared.generation());
+        self.m.on_send_result(shared.now(), job.generation, outcome);
+        shared.add_counters(&self.counted, &self.m.counters);
+        self.counted = self.m.counters;
+        true
     }
 }
 
