@@ -214,6 +214,15 @@ fn a_small_overflowing_ring_ships_batch_after_batch() {
     // batches go in a second. Starved, only a couple did.
     assert!(s.batches_sent >= 40, "{s:?}");
     assert!(delivered.len() >= 5000, "{} delivered; {s:?}", delivered.len());
+    // What receivers really miss: the gap notices name every seq missing
+    // at the receiver; records evicted while their batch was in flight
+    // were delivered all the same, and are counted apart.
+    let got = script.receiver.received("slow");
+    let announced: u64 = got.gaps.iter().map(ringship::GapNotice::missing).sum();
+    let missing = 20_000 - delivered.len() as u64;
+    assert_eq!(announced, missing, "{s:?}");
+    assert!(s.overwritten_after_delivery > 0, "with 8 ms sends some records are evicted in flight: {s:?}");
+    assert_eq!(s.ring.overwritten, missing + s.overwritten_after_delivery, "{s:?}");
 }
 
 fn seqs(script: &Script, address: &str) -> Vec<u64> {

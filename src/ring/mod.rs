@@ -280,7 +280,15 @@ impl Ring {
     /// [`Error::AckBeyondHead`] for a seq never assigned, [`Error::Closed`],
     /// or [`Error::Io`] if the checkpoint could not be written.
     pub fn ack(&self, seq: u64) -> Result<()> {
+        self.ack_delivered(seq, seq + 1).map(|_| ())
+    }
+
+    /// Acks through `seq` the delivery of the records from `first` on, and
+    /// returns how many of those the ring evicted meanwhile (counted
+    /// overwritten, yet the receiver has them).
+    pub(crate) fn ack_delivered(&self, seq: u64, first: u64) -> Result<u64> {
         let inner = &*self.inner;
+        let evicted;
         let unplaced = {
             let mut st = inner.state.lock();
             if st.closed {
@@ -291,8 +299,11 @@ impl Ring {
                 return Err(Error::AckBeyondHead { seq, last });
             }
             if seq <= st.ack_seq {
-                return Ok(());
+                return Ok(0);
             }
+            // Seqs below the oldest record still in the ring and above the
+            // cursor were evicted unacknowledged: counted overwritten.
+            evicted = st.tail_seq.min(seq + 1).saturating_sub(first.max(st.ack_seq + 1));
             let from = st.settled() + 1;
             let present = st.present_in(from, seq);
             st.acked += present;
@@ -316,7 +327,7 @@ impl Ring {
                 }
             }
         }
-        inner.write_checkpoint(false).map(|_| ())
+        inner.write_checkpoint(false).map(|_| evicted)
     }
 
     /// Notes that a receiver has been told of the ring's first `count`

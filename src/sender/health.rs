@@ -76,6 +76,11 @@ pub struct SenderStats {
     /// already waiting for a callback that is slow or blocked (loss ranges
     /// are never dropped: they wait, merged, for the next call).
     pub callbacks_dropped: u64,
+    /// Records the ring evicted while their batch was in flight, which the
+    /// receiver then accepted: in the ring's `overwritten` (evicted before
+    /// their ack), yet delivered. `overwritten` less this is what receivers
+    /// really miss to overwriting.
+    pub overwritten_after_delivery: u64,
     /// Time since the last acknowledgement (`None`: none yet).
     pub since_last_ack: Option<Duration>,
     /// The current endpoint.
@@ -152,6 +157,12 @@ impl SenderStats {
         metric("stalls_total", "counter", "Stalls detected.", self.stalls);
         metric("gap_notices_total", "counter", "Gap notices sent.", self.gap_notices);
         metric(
+            "records_overwritten_after_delivery_total",
+            "counter",
+            "Records evicted while their batch was in flight and then accepted by the receiver.",
+            self.overwritten_after_delivery,
+        );
+        metric(
             "callbacks_dropped_total",
             "counter",
             "Stall notices dropped while the callbacks were busy.",
@@ -219,6 +230,7 @@ mod tests {
             stalls: 0,
             gap_notices: 0,
             callbacks_dropped: 0,
+            overwritten_after_delivery: 0,
             since_last_ack: Some(Duration::from_millis(1500)),
             endpoint: "http://a\"b".into(),
             generation: 2,

@@ -83,6 +83,7 @@ struct AtomicCounters {
     stalls: AtomicU64,
     gap_notices: AtomicU64,
     callbacks_dropped: AtomicU64,
+    overwritten_after_delivery: AtomicU64,
 }
 
 pub(crate) struct Shared {
@@ -283,6 +284,7 @@ impl Shared {
             stalls: load(&c.stalls),
             gap_notices: load(&c.gap_notices),
             callbacks_dropped: load(&c.callbacks_dropped),
+            overwritten_after_delivery: load(&c.overwritten_after_delivery),
             since_last_ack: health.since_last_ack,
             endpoint: health.endpoint,
             generation: health.generation,

@@ -138,7 +138,7 @@ impl Driver {
                     let (generation, endpoint, cancel) = shared.begin_send(self.epoch);
                     return Step::Send(SendJob { generation, endpoint, cancel });
                 }
-                Action::Ack { seq } => match shared.ring.ack(seq) {
+                Action::Ack { seq } => match self.ack(shared, seq) {
                     Ok(()) => shared.note_ack(),
                     Err(Error::Closed) => return Step::Exit,
                     Err(e) => shared.note_error(&e.to_string()),
@@ -153,6 +153,16 @@ impl Driver {
     #[cfg(test)]
     pub(super) fn lingering(&self) -> bool {
         matches!(self.m.state(), super::machine::State::Lingering { .. })
+    }
+
+    /// Acks the held batch through `seq`, counting its records the ring
+    /// evicted while it was in flight: the ring counts them overwritten,
+    /// yet the receiver has them.
+    fn ack(&self, shared: &Shared, seq: u64) -> crate::Result<()> {
+        let first = self.held.as_ref().map_or(seq + 1, Batch::first_seq);
+        let evicted = shared.ring.ack_delivered(seq, first)?;
+        shared.counters.overwritten_after_delivery.fetch_add(evicted, Ordering::Relaxed);
+        Ok(())
     }
 
     /// A wait ended (a wake-up, or its time came).
@@ -172,7 +182,7 @@ impl Driver {
             // ack, so a read that sees the ack sees them.
             if result.is_ok() {
                 shared.note_gap_delivered(batch, self.held_rejected);
-                let _ = shared.ring.ack(batch.last_seq());
+                let _ = self.ack(shared, batch.last_seq());
             }
             return false;
         }
