@@ -231,3 +231,34 @@ fn seqs(script: &Script, address: &str) -> Vec<u64> {
     v.dedup();
     v
 }
+
+/// A callback that re-enters the shipper: `on_stall` switches to a working
+/// endpoint and reads health and stats from inside. No deadlock, and the
+/// switch delivers.
+#[test]
+fn a_callback_that_switches_endpoints_from_inside_delivers() {
+    let t = TempRing::new();
+    let script = Script::new();
+    script.set("down", Behavior::Fail(SendErrorKind::Retryable));
+    // A weak handle: the callback must not keep the shipper alive.
+    let cell: Arc<std::sync::OnceLock<std::sync::Weak<Shipper>>> = Arc::default();
+    let inside = Arc::clone(&cell);
+    let shipper = Arc::new(
+        builder(ring(&t, 1 << 20), &script, "down")
+            .stall_after(Duration::from_millis(50))
+            .on_stall(move |_| {
+                if let Some(s) = inside.get().and_then(std::sync::Weak::upgrade) {
+                    let _ = (s.health(), s.stats());
+                    s.switch_endpoint(Endpoint::new("up")).unwrap();
+                }
+            })
+            .start()
+            .unwrap(),
+    );
+    cell.set(Arc::downgrade(&shipper)).unwrap();
+    for i in 1..=10 {
+        shipper.append(&payload(i, 20)).unwrap();
+    }
+    eventually("delivered after the callback's switch", || shipper.stats().ring.acked == 10);
+    assert_eq!(shipper.endpoint().address, "up");
+}
