@@ -178,7 +178,6 @@ impl Machine {
         self
     }
 
-    #[cfg(any(test, loom))]
     pub(crate) fn state(&self) -> State {
         self.state
     }
@@ -367,14 +366,26 @@ impl Machine {
         self.limits = (self.limits.0.saturating_mul(2).min(max.0), self.limits.1.saturating_mul(2).min(max.1));
     }
 
-    /// Records were appended: an idle machine reads at once, and a
-    /// lingering one reads again. The appends may have filled its batch, or
-    /// evicted its oldest records, which must not wait out the linger; the
-    /// linger clock goes on from the first read at this cursor.
+    /// Records were appended: an idle machine reads at once.
     pub(crate) fn on_records_available(&mut self) {
-        if let State::Idle { .. } | State::Lingering { .. } = self.state {
+        if let State::Idle { .. } = self.state {
             self.state = State::NeedRead;
         }
+    }
+
+    /// The batch held back by the linger is out of date: the ring evicted
+    /// records since it was read (they must not wait out the linger), or
+    /// enough were appended to fill it. A lingering machine reads again;
+    /// the linger clock goes on from the first read at this cursor.
+    pub(crate) fn on_batch_outdated(&mut self) {
+        if let State::Lingering { .. } = self.state {
+            self.state = State::NeedRead;
+        }
+    }
+
+    /// The most records a batch holds now.
+    pub(crate) fn batch_records_limit(&self) -> usize {
+        self.limits.0
     }
 
     /// Shutdown: stop lingering, send what is held, stop once the ring
@@ -490,10 +501,12 @@ mod tests {
         m.on_batch(0, Some(batch(1, 3)));
         assert_eq!(m.poll_action(5 * MS), Some(Action::Wait { until: 20 * MS }));
         m.on_records_available();
-        assert_eq!(m.poll_action(20 * MS), Some(Action::Read { from_seq: 1 }));
+        assert_eq!(m.poll_action(6 * MS), Some(Action::Wait { until: 20 * MS }), "appends alone: linger on");
+        m.on_batch_outdated();
+        assert_eq!(m.poll_action(7 * MS), Some(Action::Read { from_seq: 1 }), "evictions: read again at once");
         // Seqs 1 and 2 were evicted meanwhile.
-        m.on_batch(20 * MS, Some(batch(3, 5)));
-        assert_eq!(m.poll_action(20 * MS), Some(Action::Send), "records before the batch are being evicted");
+        m.on_batch(7 * MS, Some(batch(3, 5)));
+        assert_eq!(m.poll_action(7 * MS), Some(Action::Send), "records before the batch are being evicted");
         // The same without eviction: the clock started at the first read.
         let mut m = Machine::new(cfg(), 1, 1, 1);
         m.poll_action(0);

@@ -85,6 +85,9 @@ pub(super) struct Driver {
     held_rejected: u64,
     counted: Counters,
     draining: bool,
+    /// The ring's overwritten count at the last read: when it grows while
+    /// a batch lingers, the batch is read again.
+    overwritten_at_read: u64,
 }
 
 impl Driver {
@@ -93,7 +96,15 @@ impl Driver {
         let half_ring = usize::try_from(stats.capacity / 2).unwrap_or(usize::MAX);
         let m = Machine::new(shared.cfg.machine, stats.ack_seq + 1, shared.generation(), shared.cfg.seed ^ epoch)
             .with_evict_guard(half_ring);
-        Driver { epoch, counted: m.counters, m, held: None, held_rejected: 0, draining: false }
+        Driver {
+            epoch,
+            counted: m.counters,
+            m,
+            held: None,
+            held_rejected: 0,
+            draining: false,
+            overwritten_at_read: stats.overwritten,
+        }
     }
 
     /// The batch a [`Step::Send`] asks to send.
@@ -116,24 +127,11 @@ impl Driver {
                 return Step::Exit;
             };
             match action {
-                Action::Read { from_seq } => match read_batch(shared, from_seq, self.m.read_limits()) {
-                    Ok((batch, rejected)) => {
-                        self.held = batch;
-                        self.held_rejected = rejected;
-                        let info = self.held.as_ref().map(|b| BatchInfo {
-                            first_seq: b.first_seq(),
-                            last_seq: b.last_seq(),
-                            records: b.records.len(),
-                            bytes: b.payload_bytes(),
-                        });
-                        self.m.on_batch(shared.now(), info);
+                Action::Read { from_seq } => {
+                    if self.read(shared, from_seq).is_err() {
+                        return Step::Exit;
                     }
-                    Err(Error::Closed) => return Step::Exit,
-                    Err(e) => {
-                        shared.note_error(&e.to_string());
-                        self.m.on_read_failed(shared.now());
-                    }
-                },
+                }
                 Action::Send => {
                     let (generation, endpoint, cancel) = shared.begin_send(self.epoch);
                     return Step::Send(SendJob { generation, endpoint, cancel });
@@ -152,7 +150,32 @@ impl Driver {
     /// Whether the machine holds a partial batch back, waiting for more.
     #[cfg(test)]
     pub(super) fn lingering(&self) -> bool {
-        matches!(self.m.state(), super::machine::State::Lingering { .. })
+        self.lingering_now()
+    }
+
+    /// Reads the next batch from `from_seq` into the machine. `Err` when
+    /// the ring is closed.
+    fn read(&mut self, shared: &Shared, from_seq: u64) -> Result<(), Error> {
+        self.overwritten_at_read = shared.ring.stats().overwritten;
+        match read_batch(shared, from_seq, self.m.read_limits()) {
+            Ok((batch, rejected)) => {
+                self.held = batch;
+                self.held_rejected = rejected;
+                let info = self.held.as_ref().map(|b| BatchInfo {
+                    first_seq: b.first_seq(),
+                    last_seq: b.last_seq(),
+                    records: b.records.len(),
+                    bytes: b.payload_bytes(),
+                });
+                self.m.on_batch(shared.now(), info);
+            }
+            Err(Error::Closed) => return Err(Error::Closed),
+            Err(e) => {
+                shared.note_error(&e.to_string());
+                self.m.on_read_failed(shared.now());
+            }
+        }
+        Ok(())
     }
 
     /// Acks the held batch through `seq`, counting its records the ring
@@ -169,6 +192,20 @@ impl Driver {
     pub(super) fn woken(&mut self, shared: &Shared) {
         self.m.on_switch(shared.generation());
         self.m.on_records_available();
+        if let Some(held) = self.held.as_ref().filter(|_| self.lingering_now()) {
+            // Read the lingering batch again only when that changes
+            // something: not at every append, which would read it over
+            // and over as it fills.
+            let s = shared.ring.stats();
+            let fills = s.last_seq.saturating_sub(held.first_seq()) >= self.m.batch_records_limit() as u64;
+            if s.overwritten > self.overwritten_at_read || fills {
+                self.m.on_batch_outdated();
+            }
+        }
+    }
+
+    fn lingering_now(&self) -> bool {
+        matches!(self.m.state(), super::machine::State::Lingering { .. })
     }
 
     /// The transport answered the send of `job`. Returns `false` when this
