@@ -256,7 +256,9 @@ impl Signal {
     pub(crate) fn close(&self) {
         #[cfg(not(loom))]
         {
-            self.closed.store(true, std::sync::atomic::Ordering::Release);
+            // SeqCst with the load: a waiter woken by another notification
+            // than this one's (the slot was full) still sees the flag.
+            self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = self.tx.try_send(());
         }
         #[cfg(loom)]
@@ -270,7 +272,7 @@ impl Signal {
     /// notifies, so a waiter woken by that notification sees it.
     #[cfg(not(loom))]
     fn is_closed(&self) -> bool {
-        self.closed.load(std::sync::atomic::Ordering::Acquire)
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Waits for a notification, however long it takes.

@@ -262,3 +262,52 @@ fn a_callback_that_switches_endpoints_from_inside_delivers() {
     eventually("delivered after the callback's switch", || shipper.stats().ring.acked == 10);
     assert_eq!(shipper.endpoint().address, "up");
 }
+
+/// A transport whose `Drop` panics, dropped by a worker that was abandoned:
+/// the panic is that old worker's, and the worker that replaced it goes on
+/// shipping; it is not replaced in turn, tick after tick.
+#[test]
+fn a_transport_that_panics_when_dropped_does_not_get_its_successor_replaced() {
+    struct PanicsOnDrop(Box<dyn ringship::Transport>);
+    impl ringship::Transport for PanicsOnDrop {
+        fn send(
+            &mut self,
+            endpoint: &Endpoint,
+            batch: &ringship::Batch,
+            ctx: &ringship::SendContext,
+        ) -> Result<(), ringship::SendError> {
+            self.0.send(endpoint, batch, ctx)
+        }
+    }
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            panic!("transport drop");
+        }
+    }
+    let t = TempRing::new();
+    let script = Script::new();
+    script.set("hang", Behavior::HangIgnoringCancel);
+    script.set("slow", Behavior::DelayThenDeliver(Duration::from_millis(30)));
+    let inner = script.factory();
+    let shipper = Shipper::builder(ring(&t, 1 << 20))
+        .endpoint(Endpoint::new("hang"))
+        .transport(move || Box::new(PanicsOnDrop(inner())) as Box<dyn ringship::Transport>)
+        .linger(Duration::from_millis(2))
+        .backoff_initial(Duration::from_millis(5))
+        .send_timeout(Duration::from_millis(50))
+        .abandon_after(Duration::from_millis(100))
+        .supervise_every(Duration::from_millis(5))
+        .start()
+        .unwrap();
+    shipper.append(b"x").unwrap();
+    eventually("abandoned", || shipper.stats().worker_restarts == 1);
+    shipper.switch_endpoint(Endpoint::new("slow")).unwrap();
+    // The abandoned worker's send returns; its transport panics as it goes.
+    script.release.store(true, Ordering::SeqCst);
+    for i in 0..20 {
+        shipper.append(&payload(i, 10)).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eventually("delivered by the replacement", || shipper.stats().ring.pending == 0);
+    assert_eq!(shipper.stats().worker_restarts, 1, "the working replacement was replaced");
+}

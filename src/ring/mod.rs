@@ -280,7 +280,7 @@ impl Ring {
     /// [`Error::AckBeyondHead`] for a seq never assigned, [`Error::Closed`],
     /// or [`Error::Io`] if the checkpoint could not be written.
     pub fn ack(&self, seq: u64) -> Result<()> {
-        self.ack_delivered(seq, seq + 1).map(|_| ())
+        self.ack_delivered(seq, seq.saturating_add(1)).map(|_| ())
     }
 
     /// Acks through `seq` the delivery of the records from `first` on, and
@@ -303,7 +303,7 @@ impl Ring {
             }
             // Seqs below the oldest record still in the ring and above the
             // cursor were evicted unacknowledged: counted overwritten.
-            evicted = st.tail_seq.min(seq + 1).saturating_sub(first.max(st.ack_seq + 1));
+            evicted = st.tail_seq.min(seq.saturating_add(1)).saturating_sub(first.max(st.ack_seq + 1));
             let from = st.settled() + 1;
             let present = st.present_in(from, seq);
             st.acked += present;

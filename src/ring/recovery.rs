@@ -121,7 +121,14 @@ fn clean_reopen(scan: &mut Scanner<'_>, input: &Input<'_>) -> io::Result<Option<
         .iter()
         .map(|r| {
             let (lo, hi) = (r.first_seq.max(ck.tail_seq), r.last_seq.min(ck.next_seq - 1));
-            if lo <= hi { (hi - lo + 1).min(r.count) } else { 0 }
+            match (lo <= hi, r.count == r.last_seq - r.first_seq + 1) {
+                // Every seq of the range is missing: its part in the window.
+                (true, true) => hi - lo + 1,
+                // A merged range: where its missing seqs lie is not known;
+                // counted only when it lies wholly in the window.
+                (true, false) if r.first_seq >= ck.tail_seq => r.count,
+                _ => 0,
+            }
         })
         .sum();
     let report = RecoveryReport {
@@ -358,14 +365,14 @@ fn head_since_durable(
 /// record, its seq: that seq was handed out.
 fn torn_at(scan: &mut Scanner<'_>, head: u64, max_len: usize) -> io::Result<Option<(u64, Option<u64>)>> {
     let cap = scan.cap();
-    let off = head % cap;
-    if off + HEADER_LEN as u64 > cap {
-        return Ok(None);
-    }
-    let Some(h) = decode_header(scan.bytes(off, HEADER_LEN)?, head, max_len) else {
+    // With no room for a header before the end of the lap, the next frame
+    // goes at the next lap's start.
+    let pos = if head % cap + HEADER_LEN as u64 > cap { next_lap(head, cap) } else { head };
+    let off = pos % cap;
+    let Some(h) = decode_header(scan.bytes(off, HEADER_LEN)?, pos, max_len) else {
         return Ok(None);
     };
-    Ok((scan.frame_at(head)? == Found::Invalid).then(|| (h.size().min(cap - off), (!h.is_pad).then_some(h.seq))))
+    Ok((scan.frame_at(pos)? == Found::Invalid).then(|| (h.size().min(cap - off), (!h.is_pad).then_some(h.seq))))
 }
 
 /// The lowest seq of a record frame whose header survives, between the
@@ -508,7 +515,12 @@ fn walk_window(
                         continue;
                     }
                     Some((ps, pend, pts)) if h.seq > ps + 1 => {
-                        w.holes.extend(classify.holes(ps + 1, h.seq - 1, pend, p, pts, h.ts));
+                        // Two frames that touch leave no bytes for a record
+                        // between them: seqs missing there were skipped by an
+                        // earlier recovery (whose hint may have been dropped
+                        // for a newer one), never records.
+                        let unhinted = (pend == p).then_some(LossCause::Skipped);
+                        w.holes.extend(classify.holes_or(ps + 1, h.seq - 1, (pend, p), (pts, h.ts), unhinted));
                     }
                     Some(_) => {}
                     None => w.tail = Some((h.seq, p, h.ts)),
@@ -763,7 +775,7 @@ fn missing_head(
     // not go uncounted.
     let torn_seq = torn_seq.filter(|&s| {
         s >= next_seq
-            && s < reserved.max(ck.next_seq)
+            && s <= reserved.max(ck.next_seq - 1)
             && (classify.power_loss_possible || s <= ck.durable_seq || ck.sync_always)
     });
     let assigned_before = ck.next_seq.max(torn_seq.map_or(0, |s| s + 1));
@@ -810,6 +822,12 @@ impl Classifier<'_> {
     /// recovery classified keeps its cause; otherwise seqs above the durable
     /// seq after a power loss were lost unsynced, and anything else is damage.
     fn split(&self, first: u64, last: u64) -> Vec<(u64, u64, LossCause)> {
+        self.split_or(first, last, None)
+    }
+
+    /// [`split`](Self::split), with `unhinted` the cause of seqs no hint
+    /// names, when given.
+    fn split_or(&self, first: u64, last: u64, unhinted: Option<LossCause>) -> Vec<(u64, u64, LossCause)> {
         let mut parts: Vec<(u64, u64, LossCause)> = Vec::new();
         let mut cur = first;
         while cur <= last {
@@ -818,7 +836,9 @@ impl Classifier<'_> {
             } else {
                 let next_hint = self.hints.iter().map(|&(a, _, _)| a).filter(|&a| a > cur).min().unwrap_or(u64::MAX);
                 let mut end = last.min(next_hint.saturating_sub(1));
-                let cause = if self.power_loss_possible && cur > self.durable_seq {
+                let cause = if let Some(c) = unhinted {
+                    c
+                } else if self.power_loss_possible && cur > self.durable_seq {
                     LossCause::LostUnsynced
                 } else {
                     if self.power_loss_possible {
@@ -881,7 +901,20 @@ impl Classifier<'_> {
     /// `pos` and `resume_pos`: one per run of one cause, the bytes counted
     /// on the first.
     fn holes(&self, first: u64, last: u64, pos: u64, resume_pos: u64, first_ts: u64, last_ts: u64) -> Vec<Hole> {
-        self.split(first, last)
+        self.holes_or(first, last, (pos, resume_pos), (first_ts, last_ts), None)
+    }
+
+    /// [`holes`](Self::holes), with `unhinted` the cause of seqs no hint
+    /// names, when given.
+    fn holes_or(
+        &self,
+        first: u64,
+        last: u64,
+        (pos, resume_pos): (u64, u64),
+        (first_ts, last_ts): (u64, u64),
+        unhinted: Option<LossCause>,
+    ) -> Vec<Hole> {
+        self.split_or(first, last, unhinted)
             .into_iter()
             .enumerate()
             .map(|(i, (a, b, cause))| Hole {

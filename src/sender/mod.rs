@@ -21,7 +21,7 @@ pub use health::{Health, HealthState, SenderStats, ShutdownReport};
 use self::machine::{Counters, MachineConfig, Nanos};
 use self::supervisor::{Observation, Verdict, Watch};
 use self::switch::Switchboard;
-use crate::stats::{LossList, LossRange};
+use crate::stats::{LossFeed, LossRange};
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::{LEVEL_SENDER_STATUS, LEVEL_SENDER_WORKERS, Mutex, Signal, Woken};
 use crate::transport::{Batch, CancelToken, Endpoint, TransportFactory};
@@ -105,10 +105,11 @@ pub(crate) struct Shared {
     clock: Clock,
     /// The worker threads.
     workers: Mutex<Workers>,
-    /// The current worker died (a panic outside the user code it
-    /// contains) or its thread could not start: the supervisor replaces
-    /// it at its next look.
-    worker_died: AtomicBool,
+    /// The epoch of a worker that died (a panic outside the user code it
+    /// contains) or whose thread could not start, 0 for none: the
+    /// supervisor replaces it at its next look if it is still the current
+    /// one (a replaced worker's death changes nothing).
+    worker_died: AtomicU64,
     /// Workers the simulation is to start (it runs them itself).
     #[cfg(test)]
     sim_spawns: std::sync::Mutex<Vec<u64>>,
@@ -351,14 +352,14 @@ fn spawn_worker(shared: &Arc<Shared>, epoch: u64) {
     let spawned = std::thread::Builder::new().name(format!("ringship-send-{epoch}")).spawn(move || {
         if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(&s, epoch))) {
             s.note_error(&format!("the sender worker panicked: {}", panic_message(&*p)));
-            s.worker_died.store(true, Ordering::Release);
+            s.worker_died.store(epoch, Ordering::Release);
         }
     });
     let handle = match spawned {
         Ok(h) => h,
         Err(e) => {
             shared.note_error(&format!("could not start a sender worker thread: {e}"));
-            shared.worker_died.store(true, Ordering::Release);
+            shared.worker_died.store(epoch, Ordering::Release);
             return;
         }
     };
@@ -381,6 +382,8 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 fn call_back(what: &str, f: impl FnOnce()) {
     if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         eprintln!("ringship: the {what} callback panicked ({}); later ones still run", panic_message(&*p));
+        // A payload whose own drop panics must not end the thread either.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(p)));
     }
 }
 
@@ -421,45 +424,42 @@ fn run_callbacks(
 struct Callbacks {
     /// `None` when no callback is set.
     tx: Option<crossbeam_channel::Sender<Event>>,
+    /// `on_stall` is set.
+    on_stall: bool,
     /// Loss ranges the full queue did not take yet, handed over with the
     /// next ones.
-    backlog: Vec<LossRange>,
+    backlog: LossFeed,
 }
 
 impl Callbacks {
-    /// Queues a stall notice; dropped (and counted) when the queue is full.
+    /// Queues a stall notice, if `on_stall` is set; dropped (and counted)
+    /// when the queue is full.
     fn stall(&self, shared: &Shared) {
-        if let Some(tx) = &self.tx {
+        if let Some(tx) = self.tx.as_ref().filter(|_| self.on_stall) {
             if tx.try_send(Event::Stall(shared.health())).is_err() {
                 shared.counters.callbacks_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 
-    /// Queues loss ranges; when the queue is full they wait, merged with
-    /// later ones, so that no range is dropped.
+    /// Queues loss ranges; when the queue is full they wait, merged by
+    /// cause with later ones (counts exact), so that none is dropped.
     fn loss(&mut self, ranges: Vec<LossRange>) {
         let Some(tx) = &self.tx else { return };
-        self.backlog.extend(ranges);
-        if self.backlog.is_empty() {
+        for r in ranges {
+            self.backlog.push(r);
+        }
+        let ranges = self.backlog.take();
+        if ranges.is_empty() {
             return;
         }
-        match tx.try_send(Event::Loss(std::mem::take(&mut self.backlog))) {
-            Ok(()) | Err(crossbeam_channel::TrySendError::Disconnected(_)) => {}
-            Err(crossbeam_channel::TrySendError::Full(Event::Loss(r))) => {
-                let mut merged = LossList::default();
-                for x in r {
-                    merged.add(x, MAX_CALLBACK_RANGES);
-                }
-                self.backlog = merged.ranges;
+        if let Err(crossbeam_channel::TrySendError::Full(Event::Loss(r))) = tx.try_send(Event::Loss(ranges)) {
+            for x in r {
+                self.backlog.push(x);
             }
-            Err(crossbeam_channel::TrySendError::Full(Event::Stall(_))) => unreachable!("a loss event was sent"),
         }
     }
 }
-
-/// Loss ranges kept for a busy `on_loss` callback at most (merged beyond).
-const MAX_CALLBACK_RANGES: usize = 64;
 
 /// `ring` is the ring's stats when the shipper started: stalls are judged
 /// from that moment, whenever this thread gets to run. Losses come from
@@ -469,6 +469,9 @@ fn supervise(shared: &Arc<Shared>, stop: &Signal, ring: &crate::RingStats, mut c
     let mut watch = Watch::new(shared.now(), cfg.stall_after, cfg.abandon_after, ring.ack_seq);
     loop {
         if stop.wait_timeout(cfg.supervise_every) != Woken::TimedOut {
+            // The losses of the last moments (a drain evicts too) go out,
+            // unless the callback's queue is full.
+            cb.loss(shared.ring.take_new_losses());
             return;
         }
         // No user code runs here (the factory runs on the worker, callbacks
@@ -483,7 +486,8 @@ fn supervise(shared: &Arc<Shared>, stop: &Signal, ring: &crate::RingStats, mut c
 
 /// One look of the supervisor.
 fn tick(shared: &Arc<Shared>, watch: &mut Watch, cb: &mut Callbacks) {
-    if shared.worker_died.swap(false, Ordering::AcqRel) && !shared.stop.load(Ordering::Acquire) {
+    let died = shared.worker_died.swap(0, Ordering::AcqRel);
+    if died != 0 && died == shared.epoch.load(Ordering::Acquire) && !shared.stop.load(Ordering::Acquire) {
         shared.replace_worker();
     }
     let ring = shared.ring.stats();
@@ -900,13 +904,13 @@ impl ShipperBuilder {
             base: Instant::now(),
             clock: Clock::Real,
             workers: Mutex::new(LEVEL_SENDER_WORKERS, "sender.workers", Workers::default()),
-            worker_died: AtomicBool::new(false),
+            worker_died: AtomicU64::new(0),
             #[cfg(test)]
             sim_spawns: std::sync::Mutex::default(),
         });
         let thread_error = |what: &str, e: std::io::Error| Error::Io { op: "spawn", path: what.into(), source: e };
-        let has_on_loss = self.on_loss.is_some();
-        let tx = if self.on_stall.is_some() || has_on_loss {
+        let (has_on_stall, has_on_loss) = (self.on_stall.is_some(), self.on_loss.is_some());
+        let tx = if has_on_stall || has_on_loss {
             let (tx, rx) = crossbeam_channel::bounded(CALLBACK_QUEUE);
             let (on_stall, on_loss) = (self.on_stall, self.on_loss);
             std::thread::Builder::new()
@@ -921,15 +925,17 @@ impl ShipperBuilder {
             shared.ring.watch_losses();
         }
         let initial = shared.ring.stats();
-        spawn_worker(&shared, 1);
         let stop = Arc::new(Signal::new());
         let stop_rx = Arc::clone(&stop);
         let s = Arc::clone(&shared);
-        let cb = Callbacks { tx, backlog: Vec::new() };
+        let cb = Callbacks { tx, on_stall: has_on_stall, backlog: LossFeed::default() };
+        // The supervisor first: if it cannot start, no worker is left
+        // shipping with nobody to stop it.
         let supervisor = std::thread::Builder::new()
             .name("ringship-supervisor".into())
             .spawn(move || supervise(&s, &stop_rx, &initial, cb))
             .map_err(|e| thread_error("the supervisor thread", e))?;
+        spawn_worker(&shared, 1);
         Ok(Shipper { shared, supervisor: Some((stop, supervisor)) })
     }
 }

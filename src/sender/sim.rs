@@ -171,7 +171,7 @@ impl Run {
             base: std::time::Instant::now(),
             clock: Clock::Sim(Arc::clone(&clock)),
             workers: Mutex::new(LEVEL_SENDER_WORKERS, "sender.workers", Workers::default()),
-            worker_died: AtomicBool::new(false),
+            worker_died: AtomicU64::new(0),
             sim_spawns: std::sync::Mutex::default(),
         });
         shared.ring.watch_losses();
@@ -183,7 +183,7 @@ impl Run {
             shared,
             clock,
             watch,
-            cb: Callbacks { tx: Some(tx), backlog: Vec::new() },
+            cb: Callbacks { tx: Some(tx), on_stall: true, backlog: crate::stats::LossFeed::default() },
             events,
             workers,
             next_tick: now + nanos(cfg.supervise_every),

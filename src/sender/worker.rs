@@ -88,6 +88,8 @@ pub(super) struct Driver {
     /// The ring's overwritten count at the last read: when it grows while
     /// a batch lingers, the batch is read again.
     overwritten_at_read: u64,
+    /// The ring's last seq at the last read.
+    last_seq_at_read: u64,
 }
 
 impl Driver {
@@ -104,6 +106,7 @@ impl Driver {
             held_rejected: 0,
             draining: false,
             overwritten_at_read: stats.overwritten,
+            last_seq_at_read: stats.last_seq,
         }
     }
 
@@ -156,7 +159,8 @@ impl Driver {
     /// Reads the next batch from `from_seq` into the machine. `Err` when
     /// the ring is closed.
     fn read(&mut self, shared: &Shared, from_seq: u64) -> Result<(), Error> {
-        self.overwritten_at_read = shared.ring.stats().overwritten;
+        let before = shared.ring.stats();
+        (self.overwritten_at_read, self.last_seq_at_read) = (before.overwritten, before.last_seq);
         match read_batch(shared, from_seq, self.m.read_limits()) {
             Ok((batch, rejected)) => {
                 self.held = batch;
@@ -197,7 +201,10 @@ impl Driver {
             // something: not at every append, which would read it over
             // and over as it fills.
             let s = shared.ring.stats();
-            let fills = s.last_seq.saturating_sub(held.first_seq()) >= self.m.batch_records_limit() as u64;
+            // A batch that ended before the ring's last record (at a gap,
+            // or the bytes limit) does not grow by reading it again.
+            let fills = held.last_seq() >= self.last_seq_at_read
+                && s.last_seq.saturating_sub(held.first_seq()) >= self.m.batch_records_limit() as u64;
             if s.overwritten > self.overwritten_at_read || fills {
                 self.m.on_batch_outdated();
             }
@@ -251,6 +258,8 @@ fn make_transport(shared: &Shared, epoch: u64) -> Option<Box<dyn Transport>> {
     let cfg = shared.cfg.machine;
     let mut delay = cfg.backoff_initial;
     let gone = || shared.stop.load(Ordering::Acquire) || shared.epoch.load(Ordering::Acquire) != epoch;
+    // Shutting down with no transport: nothing can be drained.
+    let closing = || shared.closing.load(Ordering::Acquire);
     loop {
         if gone() {
             return None;
@@ -259,13 +268,13 @@ fn make_transport(shared: &Shared, epoch: u64) -> Option<Box<dyn Transport>> {
             Ok(t) => return Some(t),
             Err(p) => shared.note_error(&format!("the transport factory panicked: {}", super::panic_message(&*p))),
         }
-        if shared.closing.load(Ordering::Acquire) {
+        if closing() {
             return None;
         }
         // Appends wake this signal too: wait out the whole delay.
         let until = Instant::now() + delay;
         while let Some(left) = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
-            if gone() || shared.wake.wait_timeout(left) == Woken::Closed {
+            if gone() || closing() || shared.wake.wait_timeout(left) == Woken::Closed {
                 return None;
             }
         }
