@@ -415,3 +415,55 @@ fn answers_with_a_body_keep_the_connection_for_the_next_batch() {
     assert_eq!(requests.load(SeqCst), 10);
     assert_eq!(connections.load(SeqCst), 1, "one connection per batch");
 }
+
+/// A live TLS server with a self-signed certificate (`openssl s_server`):
+/// the transport will never accept it, so the failure is permanent (not
+/// retried as transient for ever) and reads as a sentence an operator can
+/// act on.
+#[test]
+fn a_self_signed_certificate_is_a_permanent_failure_that_says_so() {
+    let openssl = std::path::Path::new("/usr/bin/openssl");
+    if !openssl.exists() {
+        assert!(std::env::var_os("CI").is_none(), "CI has openssl");
+        eprintln!("no openssl: not run");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new(openssl)
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(made.success(), "openssl req failed");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = std::process::Command::new(openssl)
+        .args(["s_server", "-quiet", "-www", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("openssl s_server listens", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let t = TempRing::new();
+    let shipper = shipper_builder(&t, 1 << 20, &format!("https://127.0.0.1:{port}/ingest"), exact()).start().unwrap();
+    shipper.append(b"x").unwrap();
+    eventually("a permanent failure", || shipper.stats().permanent_failures >= 1);
+    let s = shipper.stats();
+    let error = shipper.health().last_error.unwrap_or_default();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(s.send_failures, s.permanent_failures, "retried as transient: {s:?} {error}");
+    assert!(error.contains("certificate is not trusted"), "{error}");
+    assert!(!error.contains('\n'), "{error:?}");
+}
