@@ -101,6 +101,21 @@ pub(crate) fn bounded_add(a: u64, b: u64) -> u64 {
     a.saturating_add(b).min(crate::ring::frame::MAX_POSITION - 1)
 }
 
+/// Extends the newest of `ranges` with `r` when they touch and share a
+/// cause; whether it did.
+fn extend_newest(ranges: &mut [LossRange], r: &LossRange) -> bool {
+    match ranges.last_mut() {
+        Some(last) if last.cause == r.cause && last.last_seq + 1 == r.first_seq => {
+            last.last_seq = r.last_seq;
+            last.last_ts = last.last_ts.max(r.last_ts);
+            last.count = last.count.saturating_add(r.count);
+            last.bytes = bounded_add(last.bytes, r.bytes);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// A bounded list of loss ranges, merged as they arrive.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct LossList {
@@ -111,14 +126,8 @@ impl LossList {
     /// Adds a range, merging it into the newest one when they touch and
     /// share a cause; when `max` is exceeded the two oldest ranges merge.
     pub(crate) fn add(&mut self, r: LossRange, max: usize) {
-        if let Some(last) = self.ranges.last_mut() {
-            if last.cause == r.cause && last.last_seq + 1 == r.first_seq {
-                last.last_seq = r.last_seq;
-                last.last_ts = last.last_ts.max(r.last_ts);
-                last.count = last.count.saturating_add(r.count);
-                last.bytes = bounded_add(last.bytes, r.bytes);
-                return;
-            }
+        if extend_newest(&mut self.ranges, &r) {
+            return;
         }
         let at = self.ranges.partition_point(|x| x.first_seq < r.first_seq);
         self.ranges.insert(at, r);
@@ -153,14 +162,8 @@ const MAX_FEED: usize = 64;
 
 impl LossFeed {
     pub(crate) fn push(&mut self, r: LossRange) {
-        if let Some(last) = self.ranges.last_mut() {
-            if last.cause == r.cause && last.last_seq + 1 == r.first_seq {
-                last.last_seq = r.last_seq;
-                last.last_ts = last.last_ts.max(r.last_ts);
-                last.count = last.count.saturating_add(r.count);
-                last.bytes = bounded_add(last.bytes, r.bytes);
-                return;
-            }
+        if extend_newest(&mut self.ranges, &r) {
+            return;
         }
         self.ranges.push(r);
         if self.ranges.len() > MAX_FEED {

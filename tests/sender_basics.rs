@@ -10,30 +10,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::{Hooks, TempRing, assert_identity, eventually, hook_file, payload, small};
-use ringship::{Endpoint, HealthState, LossCause, Ring, SendErrorKind, Shipper, ShipperBuilder};
-use transports::{Behavior, Script};
-
-fn ring(t: &TempRing, cap: u64) -> Ring {
-    Ring::open(&t.dir, small(cap)).unwrap().0
-}
-
-fn builder(ring: impl Into<Arc<Ring>>, script: &Script, address: &str) -> ShipperBuilder {
-    Shipper::builder(ring)
-        .endpoint(Endpoint::new(address))
-        .transport(script.factory())
-        .linger(Duration::from_millis(2))
-        .backoff_initial(Duration::from_millis(5))
-        .backoff_max(Duration::from_millis(50))
-        .send_timeout(Duration::from_millis(200))
-        .idle_poll(Duration::from_millis(5))
-}
-
-fn seqs(script: &Script, address: &str) -> Vec<u64> {
-    let mut v: Vec<u64> = script.receiver.received(address).records.iter().map(|r| r.seq).collect();
-    v.sort_unstable();
-    v.dedup();
-    v
-}
+use ringship::{Endpoint, HealthState, LossCause, Ring, SendErrorKind, Shipper};
+use transports::{Behavior, Script, builder, ring, seqs};
 
 #[test]
 fn ships_every_record_byte_exact_and_acks() {

@@ -12,24 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TempRing, eventually, payload, small};
-use ringship::{Endpoint, Error, HealthState, Ring, SendErrorKind, Shipper, ShipperBuilder};
-use transports::{Behavior, Script};
-
-fn ring(t: &TempRing, cap: u64) -> Ring {
-    Ring::open(&t.dir, small(cap)).unwrap().0
-}
-
-fn builder(ring: Ring, script: &Script, address: &str) -> ShipperBuilder {
-    Shipper::builder(ring)
-        .endpoint(Endpoint::new(address))
-        .transport(script.factory())
-        .linger(Duration::from_millis(2))
-        .backoff_initial(Duration::from_millis(5))
-        .backoff_max(Duration::from_millis(50))
-        .send_timeout(Duration::from_millis(200))
-        .idle_poll(Duration::from_millis(5))
-}
+use common::{TempRing, eventually, payload};
+use ringship::{Endpoint, Error, HealthState, SendErrorKind, Shipper};
+use transports::{Behavior, Script, builder, ring, seqs};
 
 /// A factory that panics when asked for a replacement (the worker was
 /// abandoned in a hung send): the supervisor lives, health shows the panic,
@@ -223,13 +208,6 @@ fn a_small_overflowing_ring_ships_batch_after_batch() {
     assert_eq!(announced, missing, "{s:?}");
     assert!(s.overwritten_after_delivery > 0, "with 8 ms sends some records are evicted in flight: {s:?}");
     assert_eq!(s.ring.overwritten, missing + s.overwritten_after_delivery, "{s:?}");
-}
-
-fn seqs(script: &Script, address: &str) -> Vec<u64> {
-    let mut v: Vec<u64> = script.receiver.received(address).records.iter().map(|r| r.seq).collect();
-    v.sort_unstable();
-    v.dedup();
-    v
 }
 
 /// A callback that re-enters the shipper: `on_stall` switches to a working

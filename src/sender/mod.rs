@@ -116,6 +116,33 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    fn new(
+        ring: Arc<Ring>,
+        cfg: ShipperConfig,
+        factory: Box<dyn TransportFactory>,
+        endpoint: Endpoint,
+        clock: Clock,
+    ) -> Shared {
+        Shared {
+            ring,
+            cfg,
+            factory,
+            endpoint: Switchboard::new(endpoint),
+            status: Mutex::new(LEVEL_SENDER_STATUS, "sender.status", Status::default()),
+            wake: Signal::new(),
+            epoch: AtomicU64::new(1),
+            closing: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            counters: AtomicCounters::default(),
+            base: Instant::now(),
+            clock,
+            workers: Mutex::new(LEVEL_SENDER_WORKERS, "sender.workers", Workers::default()),
+            worker_died: AtomicU64::new(0),
+            #[cfg(test)]
+            sim_spawns: std::sync::Mutex::default(),
+        }
+    }
+
     /// Nanoseconds since the shipper started: the one clock its decisions
     /// use (a simulated one in the whole-shipper simulation).
     fn now(&self) -> Nanos {
@@ -890,24 +917,7 @@ impl ShipperBuilder {
         cfg.supervise_every = self.supervise_every.unwrap_or_else(|| {
             (cfg.stall_after.min(cfg.abandon_after) / 10).clamp(Duration::from_millis(5), Duration::from_secs(1))
         });
-        let shared = Arc::new(Shared {
-            ring: self.ring,
-            cfg,
-            factory,
-            endpoint: Switchboard::new(endpoint),
-            status: Mutex::new(LEVEL_SENDER_STATUS, "sender.status", Status::default()),
-            wake: Signal::new(),
-            epoch: AtomicU64::new(1),
-            closing: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-            counters: AtomicCounters::default(),
-            base: Instant::now(),
-            clock: Clock::Real,
-            workers: Mutex::new(LEVEL_SENDER_WORKERS, "sender.workers", Workers::default()),
-            worker_died: AtomicU64::new(0),
-            #[cfg(test)]
-            sim_spawns: std::sync::Mutex::default(),
-        });
+        let shared = Arc::new(Shared::new(self.ring, cfg, factory, endpoint, Clock::Real));
         let thread_error = |what: &str, e: std::io::Error| Error::Io { op: "spawn", path: what.into(), source: e };
         let (has_on_stall, has_on_loss) = (self.on_stall.is_some(), self.on_loss.is_some());
         let tx = if has_on_stall || has_on_loss {

@@ -28,13 +28,11 @@ use std::time::Duration;
 use super::machine::{MachineConfig, Nanos};
 use super::supervisor::Watch;
 use super::worker::{Driver, SendJob, Step};
-use super::{
-    AtomicCounters, CALLBACK_QUEUE, Callbacks, Clock, Event, Shared, ShipperConfig, Status, Switchboard, Workers, tick,
-};
+use super::{CALLBACK_QUEUE, Callbacks, Clock, Event, Shared, ShipperConfig, tick};
 use crate::sim::{Damage, Faults, SimDisk};
 use crate::stats::LossCause;
-use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use crate::sync::{LEVEL_SENDER_STATUS, LEVEL_SENDER_WORKERS, Mutex, Signal, Woken};
+use crate::sync::Woken;
+use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::transport::{Batch, Endpoint, GapNotice, SendError, Transport};
 use crate::{Ring, RingConfig, SyncPolicy};
 
@@ -157,23 +155,8 @@ fn shipper_config(r: &mut Rng) -> ShipperConfig {
 impl Run {
     fn start(ring: Ring, cfg: ShipperConfig, endpoint: Endpoint, now: Nanos) -> Run {
         let clock = Arc::new(AtomicU64::new(now));
-        let shared = Arc::new(Shared {
-            ring: Arc::new(ring),
-            cfg,
-            factory: Box::new(|| -> Box<dyn Transport> { unreachable!("the simulation sends itself") }),
-            endpoint: Switchboard::new(endpoint),
-            status: Mutex::new(LEVEL_SENDER_STATUS, "sender.status", Status::default()),
-            wake: Signal::new(),
-            epoch: AtomicU64::new(1),
-            closing: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-            counters: AtomicCounters::default(),
-            base: std::time::Instant::now(),
-            clock: Clock::Sim(Arc::clone(&clock)),
-            workers: Mutex::new(LEVEL_SENDER_WORKERS, "sender.workers", Workers::default()),
-            worker_died: AtomicU64::new(0),
-            sim_spawns: std::sync::Mutex::default(),
-        });
+        let factory = Box::new(|| -> Box<dyn Transport> { unreachable!("the simulation sends itself") });
+        let shared = Arc::new(Shared::new(Arc::new(ring), cfg, factory, endpoint, Clock::Sim(Arc::clone(&clock))));
         shared.ring.watch_losses();
         let stats = shared.ring.stats();
         let (tx, events) = crossbeam_channel::bounded(CALLBACK_QUEUE);

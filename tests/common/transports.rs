@@ -7,7 +7,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use ringship::{Batch, CancelToken, Endpoint, MemoryReceiver, SendContext, SendError, SendErrorKind, Transport};
+use ringship::{
+    Batch, CancelToken, Endpoint, MemoryReceiver, Ring, SendContext, SendError, SendErrorKind, Shipper, ShipperBuilder,
+    Transport,
+};
+
+use crate::common::{TempRing, small};
 
 /// How an endpoint behaves.
 #[derive(Debug, Clone)]
@@ -124,4 +129,30 @@ impl Transport for ScriptedTransport {
             Behavior::Panic => panic!("scripted transport panic"),
         }
     }
+}
+
+/// A ring of `cap` bytes in `t` (`common::small`).
+pub fn ring(t: &TempRing, cap: u64) -> Ring {
+    Ring::open(&t.dir, small(cap)).unwrap().0
+}
+
+/// A shipper of `ring` to `address` through `script`, with short
+/// timings.
+pub fn builder(ring: impl Into<Arc<Ring>>, script: &Script, address: &str) -> ShipperBuilder {
+    Shipper::builder(ring)
+        .endpoint(Endpoint::new(address))
+        .transport(script.factory())
+        .linger(Duration::from_millis(2))
+        .backoff_initial(Duration::from_millis(5))
+        .backoff_max(Duration::from_millis(50))
+        .send_timeout(Duration::from_millis(200))
+        .idle_poll(Duration::from_millis(5))
+}
+
+/// The seqs `address` received, sorted, without duplicates.
+pub fn seqs(script: &Script, address: &str) -> Vec<u64> {
+    let mut v: Vec<u64> = script.receiver.received(address).records.iter().map(|r| r.seq).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }
