@@ -67,10 +67,18 @@ pub(crate) struct Input<'a> {
 /// that happens while the ring is open.
 fn clean_reopen(scan: &mut Scanner<'_>, input: &Input<'_>) -> io::Result<Option<(State, RecoveryReport)>> {
     let Some(ck) = input.checkpoint.as_ref() else { return Ok(None) };
+    // Seqs skipped after the newest record by an earlier recovery, not yet
+    // settled, are the one hole a clean close can leave that holds no
+    // bytes: it ends the ring, where the next record will go.
+    let top_skip = match ck.hole_hints[..] {
+        [] => None,
+        [(first, last, LossCause::Skipped)] if last + 1 == ck.next_seq && first > ck.settled_seq => Some(first),
+        _ => return Ok(None),
+    };
+    let top = top_skip.unwrap_or(ck.next_seq);
     if !ck.clean
         || ck.tail_seq == 0
         || !input.data_whole
-        || !ck.hole_hints.is_empty()
         || input.reserved >= ck.next_seq
         || ck.tail_seq > ck.next_seq
         || ck.settled_seq < ck.tail_seq - 1
@@ -85,11 +93,11 @@ fn clean_reopen(scan: &mut Scanner<'_>, input: &Input<'_>) -> io::Result<Option<
             _ => false,
         })
     };
-    let has_records = ck.tail_seq < ck.next_seq;
+    let has_records = ck.tail_seq < top;
     if has_records && !record_at(scan, ck.tail_pos, ck.tail_seq)? {
         return Ok(None);
     }
-    let ack_pos = if ck.ack_seq >= ck.tail_seq && ck.ack_seq + 1 < ck.next_seq {
+    let ack_pos = if ck.ack_seq >= ck.tail_seq && ck.ack_seq + 1 < top {
         if ck.settled_seq != ck.ack_seq || !record_at(scan, ck.settled_pos, ck.ack_seq + 1)? {
             return Ok(None);
         }
@@ -112,6 +120,13 @@ fn clean_reopen(scan: &mut Scanner<'_>, input: &Input<'_>) -> io::Result<Option<
     if st.settled() != ck.settled_seq {
         return Ok(None);
     }
+    if let Some(first) = top_skip {
+        // Its time bounds went with the crash's process: unknown (0).
+        let at = ck.head_pos;
+        let cause = LossCause::Skipped;
+        let hole = Hole { first, last: ck.next_seq - 1, pos: at, resume_pos: at, first_ts: 0, last_ts: 0, cause };
+        st.holes.push(hole);
+    }
     st.debug_check("clean reopen");
     // Seqs from the oldest record on that hold no frame: lost, or skipped
     // after an earlier crash, and settled by an ack past them.
@@ -133,7 +148,7 @@ fn clean_reopen(scan: &mut Scanner<'_>, input: &Input<'_>) -> io::Result<Option<
         .sum();
     let report = RecoveryReport {
         clean_shutdown: true,
-        records_recovered: (ck.next_seq - ck.tail_seq).saturating_sub(missing),
+        records_recovered: top.saturating_sub(ck.tail_seq).saturating_sub(missing),
         pending: st.stats(0).pending,
         ..RecoveryReport::default()
     };
