@@ -77,9 +77,7 @@ pub struct LossRange {
     pub last_ts: u64,
     /// Seqs missing in the range (records lost, or seqs skipped).
     pub count: u64,
-    /// Ring bytes (frames, headers included) the lost records occupied;
-    /// for ranges a recovery discovered, the span they took, padding at
-    /// the ring's ends included.
+    /// Ring bytes (frames, headers included) the lost records occupied.
     pub bytes: u64,
     /// Why they were lost.
     pub cause: LossCause,
@@ -207,11 +205,7 @@ pub struct RingStats {
     pub pending: u64,
     /// Records evicted before they were acknowledged.
     pub overwritten: u64,
-    /// Ring bytes those evicted records occupied. Exact, except for
-    /// records a recovery after a crash found evicted since the last
-    /// checkpoint: their frames are gone, so their span is counted, with
-    /// the padding at each end of the ring it crosses (less than one frame
-    /// per lap).
+    /// Ring bytes those evicted records occupied.
     pub overwritten_bytes: u64,
     /// Records refused by `append` (full ring, too large, write error).
     pub rejected: u64,

@@ -349,10 +349,13 @@ fn damage_after_the_checkpoint_head_does_not_hide_later_records() {
         ring.append(&payload(i, LEN)).unwrap();
     }
     ring.sync().unwrap();
+    // The checkpoint as it stood after seq 10: seq 16 crosses the lap end,
+    // which writes another (this is the image if that write was lost).
+    let meta = std::fs::read(t.meta_file()).unwrap();
     for i in 11..=16 {
         ring.append(&payload(i, LEN)).unwrap();
     }
-    let (mut data, meta) = (std::fs::read(t.data_file()).unwrap(), std::fs::read(t.meta_file()).unwrap());
+    let mut data = std::fs::read(t.data_file()).unwrap();
     drop(ring);
     let start = (DATA_OFFSET + 10 * FRAME) as usize;
     for b in &mut data[start..start + 3 * FRAME as usize] {

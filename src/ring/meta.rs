@@ -27,9 +27,12 @@ const RESERVATION_LEN: usize = 40;
 const DATA_HEADER_LEN: usize = 36;
 const LOSS_LEN: usize = 56;
 const HINT_LEN: usize = 24;
-const FIXED_LEN: usize = 212;
+const FIXED_LEN: usize = 216;
 /// Most unsettled holes a checkpoint remembers the cause of.
 pub(crate) const MAX_HOLE_HINTS: usize = 16;
+/// Lap ends whose padding a checkpoint keeps, newest last.
+pub(crate) const MAX_LAP_ENDS: usize = 8;
+const LAP_END_LEN: usize = 16;
 
 /// The data file header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +114,10 @@ pub(crate) struct Checkpoint {
     /// Causes of holes not yet settled (first seq, last seq, cause), so a
     /// later recovery that finds the same gap again gives the same cause.
     pub(crate) hole_hints: Vec<(u64, u64, LossCause)>,
+    /// The newest ends of a lap the head crossed: (the lap end's position,
+    /// bytes left unused before it), so that a recovery counts the bytes of
+    /// records evicted since this checkpoint without that padding.
+    pub(crate) lap_ends: Vec<(u64, u64)>,
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -124,7 +131,10 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 impl Checkpoint {
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(SLOT_LEN);
-        let len = FIXED_LEN + self.losses.ranges.len() * LOSS_LEN + self.hole_hints.len() * HINT_LEN;
+        let len = FIXED_LEN
+            + self.losses.ranges.len() * LOSS_LEN
+            + self.hole_hints.len() * HINT_LEN
+            + self.lap_ends.len() * LAP_END_LEN;
         b.extend_from_slice(META_MAGIC);
         b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         b.extend_from_slice(&(len as u32).to_le_bytes());
@@ -159,6 +169,7 @@ impl Checkpoint {
         b.extend_from_slice(&self.boot_id.unwrap_or_default());
         b.extend_from_slice(&(self.losses.ranges.len() as u32).to_le_bytes());
         b.extend_from_slice(&(self.hole_hints.len() as u32).to_le_bytes());
+        b.extend_from_slice(&(self.lap_ends.len() as u32).to_le_bytes());
         debug_assert_eq!(b.len(), FIXED_LEN);
         for r in &self.losses.ranges {
             for v in [r.first_seq, r.last_seq, r.first_ts, r.last_ts, r.count, r.bytes] {
@@ -172,6 +183,10 @@ impl Checkpoint {
             b.extend_from_slice(&last.to_le_bytes());
             b.push(cause.code());
             b.extend_from_slice(&[0; 7]);
+        }
+        for &(end, unused) in &self.lap_ends {
+            b.extend_from_slice(&end.to_le_bytes());
+            b.extend_from_slice(&unused.to_le_bytes());
         }
         let crc = crc32c::crc32c(&b);
         b.extend_from_slice(&crc.to_le_bytes());
@@ -207,6 +222,9 @@ impl Checkpoint {
                     && (1..=r.last_seq - r.first_seq + 1).contains(&r.count)
                     && r.bytes < MAX_POSITION
             })
+            && self.lap_ends.iter().all(|&(end, unused)| {
+                self.capacity > 0 && end % self.capacity == 0 && end <= self.head_pos && unused < self.capacity
+            })
             && self.tail_pos <= self.head_pos
             && self.head_pos - self.tail_pos <= self.capacity
             && self.durable_seq < self.next_seq
@@ -236,9 +254,14 @@ impl Checkpoint {
         let flags = u32_at(b, 184);
         let n = u32_at(b, 204) as usize;
         let h = u32_at(b, 208) as usize;
+        let ends = u32_at(b, 212) as usize;
         // More than a checkpoint ever holds: a forged or foreign slot, and
         // encoding it again would overrun the slot.
-        if n > crate::config::MAX_LOSS_RANGES || h > MAX_HOLE_HINTS || FIXED_LEN + n * LOSS_LEN + h * HINT_LEN != len {
+        if n > crate::config::MAX_LOSS_RANGES
+            || h > MAX_HOLE_HINTS
+            || ends > MAX_LAP_ENDS
+            || FIXED_LEN + n * LOSS_LEN + h * HINT_LEN + ends * LAP_END_LEN != len
+        {
             return Err(HeaderError::Checksum);
         }
         let mut losses = LossList::default();
@@ -261,6 +284,12 @@ impl Checkpoint {
             let cause = LossCause::from_code(b[at + 16]).ok_or(HeaderError::Checksum)?;
             hole_hints.push((u64_at(b, at), u64_at(b, at + 8), cause));
         }
+        let lap_ends = (0..ends)
+            .map(|i| {
+                let at = FIXED_LEN + n * LOSS_LEN + h * HINT_LEN + i * LAP_END_LEN;
+                (u64_at(b, at), u64_at(b, at + 8))
+            })
+            .collect();
         let ck = Checkpoint {
             ring_id: v(0),
             generation: v(1),
@@ -288,6 +317,7 @@ impl Checkpoint {
             boot_id: (flags & 2 != 0).then(|| b[188..204].try_into().expect("16 bytes")),
             losses,
             hole_hints,
+            lap_ends,
         };
         // A checksum proves the bytes are as written, not that they were
         // written by a ring: an inconsistent slot is treated as damaged.

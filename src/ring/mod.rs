@@ -651,6 +651,8 @@ impl Inner {
             let mut pos = st.head;
             let mut seg_start = (pos, 0usize);
             let first_seq = st.next_seq;
+            // The lap end the batch crosses, if it leaves bytes unused.
+            let mut lap_end = None;
             for (i, p) in payloads.iter().enumerate() {
                 let p = p.as_ref();
                 let size = frame_size(p.len());
@@ -660,6 +662,7 @@ impl Inner {
                         encode_pad(buf, first_seq + i as u64, pos, (room - HEADER_LEN as u64) as usize);
                     }
                     pos = next_lap(pos, self.cap);
+                    lap_end = Some((pos, room));
                 }
                 // A segment never crosses the end of the data area.
                 if pos % self.cap == 0 && pos != seg_start.0 {
@@ -724,7 +727,14 @@ impl Inner {
             // By the batch's timestamp, not another clock read; a wall clock
             // that jumped either way makes a checkpoint due.
             let interval = u64::try_from(self.config.checkpoint_interval.as_nanos()).unwrap_or(u64::MAX);
-            let due = st.unsaved_losses && ts.abs_diff(st.last_checkpoint) >= interval;
+            let mut due = st.unsaved_losses && ts.abs_diff(st.last_checkpoint) >= interval;
+            if let Some((end, unused)) = lap_end {
+                // A checkpoint per lap keeps every lap end a crash recovery
+                // may find between the checkpoint and the oldest record, so
+                // that the bytes it counts overwritten leave the padding out.
+                st.note_lap_end(end, unused);
+                due = true;
+            }
             return Ok(Some((first_seq, last, due)));
         }
     }

@@ -736,19 +736,7 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
             _ => None,
         };
         let parts = if lapped { classify.split_lapped(first, last, damaged) } else { classify.split(first, last) };
-        let mut bytes = tail_pos.saturating_sub(ck.settled_pos);
-        for (first_seq, last_seq, cause) in parts {
-            let range = LossRange {
-                first_seq,
-                last_seq,
-                first_ts: ck.tail_ts,
-                last_ts: tail_ts,
-                count: last_seq - first_seq + 1,
-                bytes: std::mem::take(&mut bytes),
-                cause,
-            };
-            settle_discovered(&mut st, &mut report, range);
-        }
+        settle_below_tail(&mut st, &mut report, &ck, parts, (ck.settled_pos, tail_pos), tail_ts);
     }
     for h in holes {
         for added in st.add_hole(h) {
@@ -945,6 +933,41 @@ impl Classifier<'_> {
     }
 }
 
+/// Settles the seqs missing below the oldest survivor (`parts`, by cause),
+/// which lay in the data area's `span` (from the checkpoint's settled
+/// position to the oldest record).
+fn settle_below_tail(
+    st: &mut State,
+    report: &mut RecoveryReport,
+    ck: &Checkpoint,
+    parts: Vec<(u64, u64, LossCause)>,
+    (from, to): (u64, u64),
+    tail_ts: u64,
+) {
+    // Their span, less the bytes left unused at the lap ends in it (each
+    // lap end the head crossed was checkpointed).
+    let unused: u64 = ck.lap_ends.iter().filter(|&&(end, _)| from < end && end <= to).map(|&(_, unused)| unused).sum();
+    let mut bytes = to.saturating_sub(from).saturating_sub(unused);
+    // The bytes go to the overwritten records (skipped seqs had no frames),
+    // or to the first part that held records.
+    let owner = parts
+        .iter()
+        .position(|p| p.2 == LossCause::Overwritten)
+        .or_else(|| parts.iter().position(|p| p.2 != LossCause::Skipped));
+    for (i, (first_seq, last_seq, cause)) in parts.into_iter().enumerate() {
+        let range = LossRange {
+            first_seq,
+            last_seq,
+            first_ts: ck.tail_ts,
+            last_ts: tail_ts,
+            count: last_seq - first_seq + 1,
+            bytes: if Some(i) == owner { std::mem::take(&mut bytes) } else { 0 },
+            cause,
+        };
+        settle_discovered(st, report, range);
+    }
+}
+
 /// Counts a range discovered lost below the oldest survivor as settled.
 fn settle_discovered(st: &mut State, report: &mut RecoveryReport, range: LossRange) {
     let count = range.count;
@@ -982,6 +1005,7 @@ fn take_counters(st: &mut State, ck: &Checkpoint) {
     st.corrupted = ck.corrupted;
     st.lost_unsynced = ck.lost_unsynced;
     st.skipped = ck.skipped;
+    st.lap_ends.clone_from(&ck.lap_ends);
     st.losses = ck.losses.clone();
 }
 
@@ -1007,6 +1031,7 @@ pub(crate) fn fresh_state(cap: u64, max_losses: usize) -> State {
         losses: LossList::default(),
         max_losses,
         feed: None,
+        lap_ends: Vec::new(),
         hints: BTreeMap::new(),
         poisoned: None,
         closed: false,

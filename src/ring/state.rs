@@ -81,6 +81,9 @@ pub(crate) struct State {
     pub(crate) max_losses: usize,
     /// Losses recorded since a shipper last took them, while one watches.
     pub(crate) feed: Option<LossFeed>,
+    /// The newest lap ends the head crossed, with the bytes left unused
+    /// before each (checkpointed: see `Checkpoint::lap_ends`).
+    pub(crate) lap_ends: Vec<(u64, u64)>,
     pub(crate) hints: BTreeMap<u64, u64>,
     pub(crate) poisoned: Option<PathBuf>,
     pub(crate) closed: bool,
@@ -112,9 +115,15 @@ impl State {
         self.ack_seq.max(self.tail_seq - 1)
     }
 
-    /// Position of the frame of `settled() + 1`.
+    /// Position of the first frame above `settled()`: that of
+    /// `settled() + 1`, or, when that seq is in a hole (an ack into seqs
+    /// skipped after a crash), the frame after the hole.
     pub(crate) fn settled_pos(&self) -> u64 {
-        if self.ack_seq >= self.tail_seq { self.ack_pos.unwrap_or(self.tail_pos) } else { self.tail_pos }
+        if self.ack_seq < self.tail_seq {
+            return self.tail_pos;
+        }
+        let after_hole = || self.hole_at(self.ack_seq + 1).map(|h| h.resume_pos.max(self.tail_pos));
+        self.ack_pos.or_else(after_hole).unwrap_or(self.tail_pos)
     }
 
     /// Moves holes (or their parts) at or below the settled point into the
@@ -146,6 +155,15 @@ impl State {
             feed.push(r);
         }
         self.unsaved_losses = true;
+    }
+
+    /// Notes that the head crossed the lap end at `end`, leaving `unused`
+    /// bytes before it.
+    pub(crate) fn note_lap_end(&mut self, end: u64, unused: u64) {
+        self.lap_ends.push((end, unused));
+        if self.lap_ends.len() > super::meta::MAX_LAP_ENDS {
+            self.lap_ends.remove(0);
+        }
     }
 
     /// Adds the parts of a hole found above the settled point that no known
@@ -335,6 +353,9 @@ impl State {
                 .rev()
                 .map(|h| (h.first, h.last, h.cause))
                 .collect(),
+            // A recovery after a power loss can move the head back below
+            // lap ends an earlier run crossed.
+            lap_ends: self.lap_ends.iter().copied().filter(|&(end, _)| end <= self.head).collect(),
             ..Checkpoint::default()
         }
     }
