@@ -32,8 +32,9 @@ const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 
 /// Called with the health snapshot when a stall is detected.
 pub type StallCallback = Box<dyn Fn(&Health) + Send + Sync>;
-/// Called with the loss ranges the ring has newly recorded (a range that
-/// grew since the last call is clipped to its new seqs).
+/// Called with the loss ranges the ring recorded since the last call:
+/// exact, their counts add up to the growth of the ring's loss counters
+/// (ranges of one cause that touch arrive merged).
 pub type LossCallback = Box<dyn Fn(&[LossRange]) + Send + Sync>;
 
 /// Settings fixed at start.
@@ -633,6 +634,11 @@ impl Shipper {
     /// syncs and closes the ring, keeping whatever could not be shipped for
     /// the next start.
     ///
+    /// Returns within `deadline` plus 200 ms (a worker still in its send
+    /// then is left behind, counted in `abandoned_workers`) plus the final
+    /// sync, whatever the transport, the factory or the callbacks do:
+    /// callbacks still queued run on their own thread afterwards.
+    ///
     /// # Errors
     /// The ring's sync or checkpoint error; the ring is closed and its
     /// directory released either way.
@@ -759,8 +765,10 @@ impl ShipperBuilder {
         self
     }
 
-    /// Makes the transports (required); called again for each replacement
-    /// of a stuck worker.
+    /// Makes the transports (required); called on the worker's thread, and
+    /// again for each replacement of a stuck worker. A panic in it is
+    /// caught, shown in health, and the factory asked again after a
+    /// backoff.
     #[must_use]
     pub fn transport(mut self, factory: impl TransportFactory + 'static) -> Self {
         self.factory = Some(Box::new(factory));
@@ -849,15 +857,20 @@ impl ShipperBuilder {
         self
     }
 
-    /// Called (from the supervisor thread, holding no lock) when a stall is detected.
+    /// Called when a stall is detected, on ringship's callback thread with
+    /// no lock held: a slow callback delays only later callbacks (stall
+    /// notices beyond 16 waiting are dropped and counted in
+    /// [`SenderStats::callbacks_dropped`]); it may call into the shipper.
     #[must_use]
     pub fn on_stall(mut self, f: impl Fn(&Health) + Send + Sync + 'static) -> Self {
         self.on_stall = Some(Box::new(f));
         self
     }
 
-    /// Called (from the supervisor thread, holding no lock) with new loss
-    /// ranges when the ring overwrites unacknowledged records.
+    /// Called with the loss ranges the ring recorded since the last call
+    /// (overwritten, damaged, skipped), on ringship's callback thread with
+    /// no lock held. While the callback is busy, ranges wait, merged by
+    /// cause; none is dropped.
     #[must_use]
     pub fn on_loss(mut self, f: impl Fn(&[LossRange]) + Send + Sync + 'static) -> Self {
         self.on_loss = Some(Box::new(f));
