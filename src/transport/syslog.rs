@@ -952,10 +952,9 @@ mod tests {
     }
 
     /// A transport dropped (its worker ended: a shutdown) ends its RELP
-    /// session with `close` and waits for the answer, so rsyslog no longer
-    /// logs a broken session at every shutdown; a server that never
-    /// answers holds the drop up for `RELP_CLOSE_WAIT` at most. Before,
-    /// the connection was dropped without a word.
+    /// session with `close` and waits for the answer, so that rsyslog does
+    /// not log a broken session at every shutdown; a server that never
+    /// answers holds the drop up for `RELP_CLOSE_WAIT` at most.
     #[test]
     fn a_dropped_transport_closes_its_relp_session_and_waits_for_the_answer() {
         let cfg = SyslogConfig { hostname: "h".into(), ..SyslogConfig::default() };
