@@ -491,13 +491,7 @@ impl Transport for Hang {
 /// same shipper at full speed (and a send hangs, so the ring overflows).
 fn switch_latency_under_load(n: usize, producers: usize) -> (Duration, Duration, Duration) {
     let tmp = tempfile::tempdir().unwrap();
-    let r = ring(&tmp.path().join("r"), 64 << 20, SyncPolicy::Never);
-    let shipper = Shipper::builder(r)
-        .endpoint(Endpoint::new("hang"))
-        .transport(|| Box::new(Hang) as Box<dyn Transport>)
-        .send_timeout(Duration::from_secs(60))
-        .start()
-        .unwrap();
+    let shipper = hanging_shipper(&tmp.path().join("r"), 64 << 20);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let mut lat = std::thread::scope(|s| {
         for _ in 0..producers {
@@ -525,15 +519,19 @@ fn switch_latency_under_load(n: usize, producers: usize) -> (Duration, Duration,
     (lat[n / 2], lat[n * 99 / 100], lat[n - 1])
 }
 
-fn switch_latency(n: usize) -> (Duration, Duration, Duration) {
-    let tmp = tempfile::tempdir().unwrap();
-    let r = ring(&tmp.path().join("r"), 1 << 20, SyncPolicy::Never);
-    let shipper = Shipper::builder(r)
+/// A shipper of a `cap`-byte ring whose every send hangs until cancelled.
+fn hanging_shipper(dir: &std::path::Path, cap: u64) -> Shipper {
+    Shipper::builder(ring(dir, cap, SyncPolicy::Never))
         .endpoint(Endpoint::new("hang"))
         .transport(|| Box::new(Hang) as Box<dyn Transport>)
         .send_timeout(Duration::from_secs(60))
         .start()
-        .unwrap();
+        .unwrap()
+}
+
+fn switch_latency(n: usize) -> (Duration, Duration, Duration) {
+    let tmp = tempfile::tempdir().unwrap();
+    let shipper = hanging_shipper(&tmp.path().join("r"), 1 << 20);
     shipper.append(b"x").unwrap();
     std::thread::sleep(Duration::from_millis(50));
     let mut lat: Vec<Duration> = (0..n)
