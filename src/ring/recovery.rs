@@ -868,34 +868,20 @@ impl Classifier<'_> {
     /// recovery or reader classified keeps its cause (seqs skipped after a
     /// crash are no records, whatever evicted their place); from
     /// `damaged_from` on the rest were damaged inside the live window;
-    /// below it they were overwritten.
+    /// below it they were overwritten. (No hint names overwritten seqs:
+    /// holes are damage, lost writes or skipped seqs.)
     fn split_lapped(&self, first: u64, last: u64, damaged_from: Option<u64>) -> Vec<(u64, u64, LossCause)> {
         let mut parts = Vec::new();
-        let unhinted = |a: u64, b: u64, parts: &mut Vec<(u64, u64, LossCause)>| match damaged_from {
-            Some(d) if d <= b => {
-                if a < d {
-                    parts.push((a, d - 1, LossCause::Overwritten));
+        for (a, b, cause) in self.split_or(first, last, Some(LossCause::Overwritten)) {
+            match damaged_from {
+                Some(d) if cause == LossCause::Overwritten && d <= b => {
+                    if a < d {
+                        parts.push((a, d - 1, LossCause::Overwritten));
+                    }
+                    parts.push((a.max(d), b, LossCause::Corrupted));
                 }
-                parts.push((a.max(d), b, LossCause::Corrupted));
+                _ => parts.push((a, b, cause)),
             }
-            _ => parts.push((a, b, LossCause::Overwritten)),
-        };
-        let mut hints: Vec<_> = self.hints.iter().filter(|&&(a, b, _)| b >= first && a <= last).copied().collect();
-        hints.sort_unstable_by_key(|h| h.0);
-        let mut cur = first;
-        for (a, b, cause) in hints {
-            if b < cur {
-                continue;
-            }
-            if a > cur {
-                unhinted(cur, a - 1, &mut parts);
-            }
-            let end = b.min(last);
-            parts.push((a.max(cur), end, cause));
-            cur = end + 1;
-        }
-        if cur <= last {
-            unhinted(cur, last, &mut parts);
         }
         parts
     }
