@@ -159,12 +159,11 @@ impl Driver {
     /// Reads the next batch from `from_seq` into the machine. `Err` when
     /// the ring is closed.
     fn read(&mut self, shared: &Shared, from_seq: u64) -> Result<(), Error> {
-        let before = shared.ring.stats();
-        (self.overwritten_at_read, self.last_seq_at_read) = (before.overwritten, before.last_seq);
         match read_batch(shared, from_seq, self.m.read_limits()) {
-            Ok((batch, rejected)) => {
+            Ok((batch, before)) => {
                 self.held = batch;
-                self.held_rejected = rejected;
+                self.held_rejected = before.rejected;
+                (self.overwritten_at_read, self.last_seq_at_read) = (before.overwritten, before.last_seq);
                 let info = self.held.as_ref().map(|b| BatchInfo {
                     first_seq: b.first_seq(),
                     last_seq: b.last_seq(),
@@ -283,8 +282,8 @@ fn make_transport(shared: &Shared, epoch: u64) -> Option<Box<dyn Transport>> {
 }
 
 /// Reads the next batch from `from_seq`, at most `limits` records and
-/// bytes, and returns it with the ring's rejected count its notice
-/// reports up to.
+/// bytes, and returns it with the ring's stats taken just before the read
+/// (its rejected count is the one the batch's notice reports up to).
 ///
 /// Seqs acked since the cursor was set (the late success of an abandoned
 /// worker's send) were delivered: the read starts past them, and the batch
@@ -292,7 +291,11 @@ fn make_transport(shared: &Shared, epoch: u64) -> Option<Box<dyn Transport>> {
 /// it ran delivered what it covers too (and let the writer evict those
 /// records: no gap). A read whose every record was acked meanwhile reads
 /// on: reported empty, it would end a drain with records still pending.
-fn read_batch(shared: &Shared, from_seq: u64, limits: (usize, usize)) -> crate::Result<(Option<Batch>, u64)> {
+fn read_batch(
+    shared: &Shared,
+    from_seq: u64,
+    limits: (usize, usize),
+) -> crate::Result<(Option<Batch>, crate::RingStats)> {
     let ring = &shared.ring;
     let mut from = from_seq;
     loop {
@@ -307,7 +310,7 @@ fn read_batch(shared: &Shared, from_seq: u64, limits: (usize, usize)) -> crate::
         let unreported = before.rejected.saturating_sub(after.rejected_reported);
         match build_batch(shared, rb, start, unreported) {
             None if read_any => from = start,
-            batch => return Ok((batch, before.rejected)),
+            batch => return Ok((batch, before)),
         }
     }
 }
