@@ -12,7 +12,7 @@ fn append(c: &mut Criterion) {
     let mut group = c.benchmark_group("append");
     for len in [128usize, 1024] {
         let tmp = tempfile::tempdir().unwrap();
-        let config = RingConfig::default().with_capacity(64 << 20).with_sync(SyncPolicy::Never);
+        let config = RingConfig::default().capacity(64 << 20).sync(SyncPolicy::Never);
         let (ring, _) = Ring::open(tmp.path().join("ring"), config).unwrap();
         let payload = vec![7u8; len];
         group.throughput(Throughput::Bytes(len as u64));

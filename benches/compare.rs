@@ -88,8 +88,7 @@ fn ring(dir: &std::path::Path, cap: u64, sync: SyncPolicy) -> Ring {
 
 /// A ring with `RingConfig::with_mapped_writes(mapped)`.
 fn ring_with(dir: &std::path::Path, cap: u64, sync: SyncPolicy, mapped: bool) -> Ring {
-    let config =
-        RingConfig::default().with_capacity(cap).with_sync(sync).with_max_record_len(4096).with_mapped_writes(mapped);
+    let config = RingConfig::default().capacity(cap).sync(sync).max_record_len(4096).mapped_writes(mapped);
     Ring::open(dir, config).expect("open ring").0
 }
 
@@ -333,10 +332,10 @@ fn reopen_after_power_loss(dir: &std::path::Path, cap: u64, meta: &[u8], uncache
         uncache(&dir.join("ring.data"));
     }
     let config = RingConfig::default()
-        .with_capacity(cap)
-        .with_sync(SyncPolicy::Never)
-        .with_max_record_len(4096)
-        .with_storage_wrapper(Arc::new(|_, s| Box::new(Rebooted(s))));
+        .capacity(cap)
+        .sync(SyncPolicy::Never)
+        .max_record_len(4096)
+        .storage_wrapper(Arc::new(|_, s| Box::new(Rebooted(s))));
     let start = Instant::now();
     let (r, _) = Ring::open(dir, config).unwrap();
     let t = start.elapsed();

@@ -65,7 +65,7 @@ fn ring_path(payload: usize, mapped: bool, lap: Lap) -> Vec<Duration> {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ring");
     let capacity = if lap == Lap::Fresh { RING } else { FULL_RING };
-    let config = RingConfig::default().with_capacity(capacity).with_sync(SyncPolicy::Never).with_mapped_writes(mapped);
+    let config = RingConfig::default().capacity(capacity).sync(SyncPolicy::Never).mapped_writes(mapped);
     let (mut ring, _) = Ring::open(&dir, config.clone()).unwrap();
     let record = vec![b'x'; payload];
     if lap != Lap::Fresh {

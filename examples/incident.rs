@@ -37,7 +37,7 @@ impl Transport for Flaky {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tmp = tempfile::tempdir()?;
-    let config = RingConfig::default().with_capacity(64 << 10).with_sync(SyncPolicy::Never).with_max_loss_ranges(48);
+    let config = RingConfig::default().capacity(64 << 10).sync(SyncPolicy::Never).max_loss_ranges(48);
     let (ring, _) = Ring::open(tmp.path().join("ring"), config)?;
     let receiver = MemoryReceiver::new();
     let r = receiver.clone();

@@ -29,8 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // A 2 MiB ring: big enough for this burst at loopback speed. Shrink it
     // to see overwritten records counted, ranged and announced.
-    let config =
-        RingConfig::default().with_capacity(2 << 20).with_sync(SyncPolicy::Interval(Duration::from_millis(50)));
+    let config = RingConfig::default().capacity(2 << 20).sync(SyncPolicy::Interval(Duration::from_millis(50)));
     let (ring, report) = Ring::open(&dir, config)?;
     println!("ring     {} (created: {})", dir.display(), report.created);
     println!("primary  {}", primary.url());
@@ -150,6 +149,6 @@ fn print_report(
 
 /// The loss ranges, read from the ring's files after shutdown.
 fn ring_losses(dir: &std::path::Path) -> ringship::Result<Vec<ringship::LossRange>> {
-    let (ring, _) = Ring::open(dir, RingConfig::default().with_capacity(2 << 20))?;
+    let (ring, _) = Ring::open(dir, RingConfig::default().capacity(2 << 20))?;
     Ok(ring.losses())
 }

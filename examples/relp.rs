@@ -20,7 +20,7 @@ use ringship::{Endpoint, Ring, RingConfig, Shipper, SyslogConfig, SyslogTranspor
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let endpoint = std::env::args().nth(1).unwrap_or_else(|| "relp://127.0.0.1:2514".to_owned());
     let dir = std::env::temp_dir().join("ringship-relp-example");
-    let (ring, report) = Ring::open(&dir, RingConfig::default().with_capacity(8 << 20))?;
+    let (ring, report) = Ring::open(&dir, RingConfig::default().capacity(8 << 20))?;
     println!("ring {} ({} records pending from earlier runs)", dir.display(), report.pending);
     let shipper = Shipper::builder(ring)
         .endpoint(Endpoint::new(&endpoint))

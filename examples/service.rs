@@ -26,8 +26,7 @@ struct Telemetry {
 
 impl Telemetry {
     fn start(dir: &std::path::Path, collector: &str) -> ringship::Result<Self> {
-        let config =
-            RingConfig::default().with_capacity(16 << 20).with_sync(SyncPolicy::Interval(Duration::from_millis(200)));
+        let config = RingConfig::default().capacity(16 << 20).sync(SyncPolicy::Interval(Duration::from_millis(200)));
         let (ring, report) = Ring::open(dir, config)?;
         if report.pending > 0 || !report.losses_discovered.is_empty() {
             eprintln!(

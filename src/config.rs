@@ -42,6 +42,7 @@ pub enum FullPolicy {
 
 /// Wraps the ring's storage, for fault injection in tests. It receives the
 /// path of each file and the real storage, and returns what the ring uses.
+#[doc(hidden)]
 pub type StorageWrapper = Arc<dyn Fn(&Path, Box<dyn Storage>) -> Box<dyn Storage> + Send + Sync>;
 
 /// Configuration of a [`Ring`](crate::Ring); start from [`RingConfig::default`].
@@ -59,16 +60,16 @@ pub struct RingConfig {
 }
 
 /// Most loss ranges a checkpoint can hold.
-pub const MAX_LOSS_RANGES: usize = 48;
+pub(crate) const MAX_LOSS_RANGES: usize = 48;
 
 /// Largest capacity a ring may have: 256 TiB, beyond any file system's
 /// largest file; a larger value is a mistake, and on disk, damage.
-pub const MAX_CAPACITY: u64 = 1 << 48;
+pub(crate) const MAX_CAPACITY: u64 = 1 << 48;
 
 /// Largest seq reservation: 2^32 seqs. A power loss may count this many
 /// seqs lost that were never handed out, and seqs must stay far below
 /// 2^62 (see docs/FORMAT.md).
-pub const MAX_SEQ_RESERVATION: u64 = 1 << 32;
+pub(crate) const MAX_SEQ_RESERVATION: u64 = 1 << 32;
 
 impl Default for RingConfig {
     /// 64 MiB ring, records up to 256 KiB (or a quarter of a smaller
@@ -109,7 +110,7 @@ impl RingConfig {
     /// when the ring is created: reopening with another value keeps the one
     /// on disk and says so in the [`RecoveryReport`](crate::RecoveryReport).
     #[must_use]
-    pub fn with_capacity(mut self, bytes: u64) -> Self {
+    pub fn capacity(mut self, bytes: u64) -> Self {
         self.capacity = bytes;
         self
     }
@@ -122,14 +123,14 @@ impl RingConfig {
     /// capacity than it was created with keeps its own, and the limit is
     /// lowered to what its capacity holds.
     #[must_use]
-    pub fn with_max_record_len(mut self, bytes: usize) -> Self {
+    pub fn max_record_len(mut self, bytes: usize) -> Self {
         self.max_record_len = Some(bytes);
         self
     }
 
     /// The largest payload `append` accepts with this configuration (in a
     /// new ring, or one created with the same capacity).
-    pub fn max_record_len(&self) -> usize {
+    pub(crate) fn record_limit(&self) -> usize {
         self.max_record_len.unwrap_or_else(|| (256 << 10).min(usize::try_from(self.capacity / 4).unwrap_or(usize::MAX)))
     }
 
@@ -142,19 +143,19 @@ impl RingConfig {
     pub(crate) fn max_record_len_in(&self, cap: u64) -> usize {
         // The largest payload of which two frames fit (`min_capacity`).
         let two_frames = ((cap / 2) & !(ALIGN - 1)).saturating_sub(HEADER_LEN as u64);
-        self.max_record_len().min(usize::try_from(two_frames).unwrap_or(usize::MAX))
+        self.record_limit().min(usize::try_from(two_frames).unwrap_or(usize::MAX))
     }
 
     /// The sync policy.
     #[must_use]
-    pub fn with_sync(mut self, policy: SyncPolicy) -> Self {
+    pub fn sync(mut self, policy: SyncPolicy) -> Self {
         self.sync = policy;
         self
     }
 
     /// The full policy.
     #[must_use]
-    pub fn with_full(mut self, policy: FullPolicy) -> Self {
+    pub fn full(mut self, policy: FullPolicy) -> Self {
         self.full = policy;
         self
     }
@@ -163,15 +164,19 @@ impl RingConfig {
     /// checkpoint (without fsync), bounding what a crash leaves for
     /// recovery to rediscover from sequence gaps. Zero writes one after
     /// every such append (a `pwrite` of the checkpoint each time).
+    #[cfg(any(test, feature = "testing"))]
+    #[doc(hidden)]
     #[must_use]
-    pub fn with_checkpoint_interval(mut self, interval: Duration) -> Self {
+    pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
         self.checkpoint_interval = interval;
         self
     }
 
     /// How many loss ranges are kept before the oldest merge (1 to 48).
+    #[cfg(any(test, feature = "testing"))]
+    #[doc(hidden)]
     #[must_use]
-    pub fn with_max_loss_ranges(mut self, n: usize) -> Self {
+    pub fn max_loss_ranges(mut self, n: usize) -> Self {
         self.max_loss_ranges = n;
         self
     }
@@ -189,8 +194,10 @@ impl RingConfig {
     /// shutdown the seqs between the last record on disk and the
     /// reservation are passed over (`seqs_skipped`), since any of them may
     /// have been handed out: at most this many.
+    #[cfg(any(test, feature = "testing"))]
+    #[doc(hidden)]
     #[must_use]
-    pub fn with_seq_reservation(mut self, seqs: u64) -> Self {
+    pub fn seq_reservation(mut self, seqs: u64) -> Self {
         self.seq_reservation = seqs;
         self
     }
@@ -230,14 +237,16 @@ impl RingConfig {
     /// (BENCHMARKS.md, "Tail latency of single appends"). Once the ring has
     /// lapped, its pages are in the page cache and appends do not stall so.
     #[must_use]
-    pub fn with_mapped_writes(mut self, on: bool) -> Self {
+    pub fn mapped_writes(mut self, on: bool) -> Self {
         self.mapped_writes = on;
         self
     }
 
     /// Puts `wrapper` between the ring and each of its files (fault injection).
+    #[cfg(any(test, feature = "testing"))]
+    #[doc(hidden)]
     #[must_use]
-    pub fn with_storage_wrapper(mut self, wrapper: StorageWrapper) -> Self {
+    pub fn storage_wrapper(mut self, wrapper: StorageWrapper) -> Self {
         self.storage_wrapper = Some(wrapper);
         self
     }
@@ -249,7 +258,7 @@ impl RingConfig {
                 self.capacity
             )));
         }
-        let max_record_len = self.max_record_len();
+        let max_record_len = self.record_limit();
         if max_record_len == 0 || max_record_len > MAX_PAYLOAD {
             return Err(Error::Config(format!(
                 "max_record_len must be between 1 and {MAX_PAYLOAD} bytes, got {max_record_len}"

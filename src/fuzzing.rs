@@ -44,7 +44,6 @@ pub fn drive_machine(input: &[u8]) {
         linger: Duration::from_millis(u64::from(input.get(1).copied().unwrap_or(0))),
         backoff_initial: Duration::from_millis(1),
         backoff_max: Duration::from_millis(100),
-        idle_poll: Duration::from_millis(5),
     };
     let mut m = Machine::new(cfg, 1, 1, 9);
     let mut now: u64 = 0;

@@ -21,8 +21,8 @@
 //! # let tmp = tempfile::tempdir().unwrap();
 //! # let dir = tmp.path().join("ring");
 //! let config = RingConfig::default()
-//!     .with_capacity(1 << 20)
-//!     .with_sync(SyncPolicy::Never);
+//!     .capacity(1 << 20)
+//!     .sync(SyncPolicy::Never);
 //! let (ring, report) = Ring::open(&dir, config)?;
 //! assert!(report.created);
 //!
@@ -64,15 +64,20 @@ pub mod fuzzing;
 mod loom_models;
 mod ring;
 mod sender;
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
 pub mod sim;
 mod stats;
 mod sync;
 mod transport;
 
-pub use config::{
-    FullPolicy, MAX_CAPACITY, MAX_LOSS_RANGES, MAX_SEQ_RESERVATION, RingConfig, StorageWrapper, SyncPolicy,
-};
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub use config::StorageWrapper;
+pub use config::{FullPolicy, RingConfig, SyncPolicy};
 pub use error::{Error, Result};
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
 pub use ring::storage::Storage;
 pub use ring::{ReadBatch, Record, Ring};
 pub use sender::{

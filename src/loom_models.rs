@@ -44,7 +44,6 @@ fn machine_config() -> MachineConfig {
         linger: ms(0),
         backoff_initial: ms(1),
         backoff_max: ms(10),
-        idle_poll: ms(10),
     }
 }
 
@@ -141,7 +140,7 @@ fn ring_on(disk: &SimDisk, config: RingConfig) -> Ring {
 fn loom_models_group_commit() {
     let explored = model(|| {
         let disk = SimDisk::new(1, Faults { lose_unsynced: 1.0, ..Faults::NONE });
-        let config = RingConfig::default().with_capacity(4096).with_sync(SyncPolicy::Always).with_seq_reservation(1);
+        let config = RingConfig::default().capacity(4096).sync(SyncPolicy::Always).seq_reservation(1);
         let ring = Arc::new(ring_on(&disk, config.clone()));
         let appenders: Vec<_> = [b"a", b"b"]
             .into_iter()
@@ -179,10 +178,10 @@ fn loom_models_append_against_ack_and_overwrite() {
         // model takes the same path however long an execution runs (loom
         // replays each one and requires the same choices).
         let config = RingConfig::default()
-            .with_capacity(256)
-            .with_max_record_len(32)
-            .with_sync(SyncPolicy::Never)
-            .with_checkpoint_interval(Duration::ZERO);
+            .capacity(256)
+            .max_record_len(32)
+            .sync(SyncPolicy::Never)
+            .checkpoint_interval(Duration::ZERO);
         let ring = Arc::new(ring_on(&disk, config));
         for _ in 0..4 {
             ring.append(&[7; 32]).unwrap();
@@ -214,7 +213,7 @@ fn loom_models_append_against_ack_and_overwrite() {
 fn loom_models_close_against_append() {
     let explored = model(|| {
         let disk = SimDisk::new(3, Faults { lose_unsynced: 1.0, ..Faults::NONE });
-        let config = || RingConfig::default().with_capacity(4096).with_max_record_len(32).with_sync(SyncPolicy::Never);
+        let config = || RingConfig::default().capacity(4096).max_record_len(32).sync(SyncPolicy::Never);
         let ring = Arc::new(ring_on(&disk, config()));
         ring.append(&[7; 32]).unwrap();
         let r = Arc::clone(&ring);
@@ -242,7 +241,7 @@ fn loom_models_close_against_append() {
 fn loom_models_close_against_ack() {
     let explored = model(|| {
         let disk = SimDisk::new(4, Faults::NONE);
-        let config = || RingConfig::default().with_capacity(4096).with_max_record_len(32).with_sync(SyncPolicy::Never);
+        let config = || RingConfig::default().capacity(4096).max_record_len(32).sync(SyncPolicy::Never);
         let ring = Arc::new(ring_on(&disk, config()));
         ring.append(&[7; 32]).unwrap();
         let r = Arc::clone(&ring);
@@ -267,7 +266,7 @@ fn loom_models_close_against_ack() {
 fn loom_models_failed_close_against_ack() {
     let explored = model(|| {
         let disk = SimDisk::new(4, Faults::NONE);
-        let config = RingConfig::default().with_capacity(4096).with_max_record_len(32).with_sync(SyncPolicy::Never);
+        let config = RingConfig::default().capacity(4096).max_record_len(32).sync(SyncPolicy::Never);
         let ring = Arc::new(ring_on(&disk, config));
         ring.append(&[7; 32]).unwrap();
         disk.set_faults(Faults { fsync_failure: 1.0, ..Faults::NONE });
@@ -300,13 +299,8 @@ fn loom_models_failed_close_against_ack() {
 fn loom_models_reservation_renewal_against_append_and_close() {
     let explored = model(|| {
         let disk = SimDisk::new(4, Faults { lose_unsynced: 1.0, ..Faults::NONE });
-        let config = || {
-            RingConfig::default()
-                .with_capacity(4096)
-                .with_max_record_len(32)
-                .with_sync(SyncPolicy::Never)
-                .with_seq_reservation(2)
-        };
+        let config =
+            || RingConfig::default().capacity(4096).max_record_len(32).sync(SyncPolicy::Never).seq_reservation(2);
         let ring = Arc::new(ring_on(&disk, config()));
         // Reserves seqs up to 3 itself.
         ring.append(&[7; 8]).unwrap();

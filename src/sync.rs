@@ -228,6 +228,12 @@ pub(crate) struct Signal {
     cv: Condvar,
 }
 
+impl std::fmt::Debug for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signal").finish_non_exhaustive()
+    }
+}
+
 impl Signal {
     pub(crate) fn new() -> Self {
         #[cfg(not(loom))]

@@ -152,7 +152,7 @@ struct Faults {
 fn faulty(config: RingConfig, faults: &Faults) -> RingConfig {
     let (dw, dr, mw) =
         (Arc::clone(&faults.data_writes), Arc::clone(&faults.data_reads), Arc::clone(&faults.meta_writes));
-    config.with_storage_wrapper(Arc::new(move |path: &Path, inner| {
+    config.storage_wrapper(Arc::new(move |path: &Path, inner| {
         let (fail, fail_reads) = if path.ends_with("ring.data") {
             (Arc::clone(&dw), Arc::clone(&dr))
         } else {
@@ -280,7 +280,7 @@ fn a_failed_tail_read_never_drops_a_good_record() {
     let t = TempRing::new();
     let faults = Faults::default();
     let data_reads = &faults.data_reads;
-    let config = faulty(small(4096).with_full(FullPolicy::RejectNew), &faults);
+    let config = faulty(small(4096).full(FullPolicy::RejectNew), &faults);
     let (ring, _) = Ring::open(&t.dir, config).unwrap();
     for i in 1..=3 {
         assert_eq!(ring.append(&payload(i, 1000)).unwrap(), i);

@@ -118,7 +118,7 @@ fn a_ring_with_a_bad_block_opens_after_a_crash_and_counts_the_records_there() {
 fn a_bad_block_at_the_head_never_lets_a_seq_be_used_again() {
     let t = TempRing::new();
     let disk = Disk::default();
-    let config = || small(64 << 10).with_seq_reservation(1000);
+    let config = || small(64 << 10).seq_reservation(1000);
     {
         let ring = open(&t.dir, config());
         for i in 1..=RECORDS {
@@ -171,7 +171,7 @@ fn appends_evict_past_a_bad_block_at_the_tail() {
 fn a_read_that_fails_once_is_read_again() {
     let t = TempRing::new();
     let disk = Disk::default();
-    let ring = open(&t.dir, on(&disk, "ring.data", small(4096).with_full(FullPolicy::OverwriteOldest)));
+    let ring = open(&t.dir, on(&disk, "ring.data", small(4096).full(FullPolicy::OverwriteOldest)));
     for i in 1..=3 {
         assert_eq!(ring.append(&payload(i, 1000)).unwrap(), i);
     }
@@ -221,7 +221,7 @@ fn a_bad_block_over_a_checkpoint_slot_is_a_damaged_slot() {
 fn a_bad_block_over_either_reservation_record_still_keeps_seqs_from_reuse() {
     for bad in [8192..12288, 12288..16384] {
         let disk = SimDisk::new(7, Faults { lose_unsynced: 1.0, ..Faults::NONE });
-        let config = || small(64 << 10).with_seq_reservation(1000);
+        let config = || small(64 << 10).seq_reservation(1000);
         {
             let (ring, _) = Ring::open_on(disk.file("ring.data"), disk.file("ring.meta"), config()).unwrap();
             for i in 1..=RECORDS {

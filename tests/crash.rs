@@ -25,10 +25,10 @@ const MAPPED_ENV: &str = "RINGSHIP_CRASH_MAPPED";
 
 fn config(mapped: bool) -> RingConfig {
     RingConfig::default()
-        .with_capacity(64 << 10)
-        .with_max_record_len(512)
-        .with_sync(SyncPolicy::Interval(Duration::from_millis(3)))
-        .with_mapped_writes(mapped)
+        .capacity(64 << 10)
+        .max_record_len(512)
+        .sync(SyncPolicy::Interval(Duration::from_millis(3)))
+        .mapped_writes(mapped)
 }
 
 /// The payload for a seq, so the parent can check bytes without a log.

@@ -50,10 +50,10 @@ fn config() -> RingConfig {
 
 fn config_on_boot(boot: u8) -> RingConfig {
     RingConfig::default()
-        .with_capacity(CAP)
-        .with_max_record_len(256)
-        .with_sync(SyncPolicy::Never)
-        .with_storage_wrapper(Arc::new(move |_, s| Box::new(NoSync(s, boot))))
+        .capacity(CAP)
+        .max_record_len(256)
+        .sync(SyncPolicy::Never)
+        .storage_wrapper(Arc::new(move |_, s| Box::new(NoSync(s, boot))))
 }
 
 /// A closed ring holding `n` records; returns its files' bytes.
@@ -491,7 +491,7 @@ fn mapped_writes_open_a_data_file_cut_short_or_emptied() {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("ring.data"), &data[..cut]).unwrap();
         std::fs::write(dir.join("ring.meta"), &meta).unwrap();
-        let (ring, report) = Ring::open(&dir, config().with_mapped_writes(true))
+        let (ring, report) = Ring::open(&dir, config().mapped_writes(true))
             .unwrap_or_else(|e| panic!("cut at {cut}: refused to open: {e}"));
         assert_eq!(report.data_file_extended_from, Some(cut as u64), "cut at {cut}");
         let s = ring.stats();
@@ -568,7 +568,7 @@ fn after_a_failed_fsync_the_next_open_reads_the_disk_and_reuses_no_seq() {
     for seed in 0..20 {
         let disk = SimDisk::new(seed, Faults::NONE);
         let open = || {
-            let config = RingConfig::default().with_capacity(1 << 16).with_sync(SyncPolicy::Never);
+            let config = RingConfig::default().capacity(1 << 16).sync(SyncPolicy::Never);
             Ring::open_on(disk.file("ring.data"), disk.file("ring.meta"), config).unwrap()
         };
         let (ring, _) = open();
@@ -618,7 +618,7 @@ fn with_mapped_writes_a_data_file_cut_short_under_the_ring_fails_the_append_not_
     // the ring refuse further appends until reopened.
     let t = TempRing::new();
     let cap = 256 << 10;
-    let ring = common::open(&t.dir, common::small(cap).with_mapped_writes(true));
+    let ring = common::open(&t.dir, common::small(cap).mapped_writes(true));
     for i in 1..=10 {
         ring.append(&payload(i, LEN)).unwrap();
     }
@@ -815,7 +815,7 @@ fn eviction_through_damage_longer_than_a_search_step() {
 #[test]
 fn the_whole_ring_head_search_finds_newer_frames_inside_an_old_pad() {
     let cap = 4096;
-    let cfg = || RingConfig::default().with_capacity(cap).with_max_record_len(1024).with_sync(SyncPolicy::Never);
+    let cfg = || RingConfig::default().capacity(cap).max_record_len(1024).sync(SyncPolicy::Never);
     let t = TempRing::new();
     let ring = Ring::open(&t.dir, cfg()).unwrap().0;
     // Lap 1: 23 records of 136-byte frames (offsets 0..3128); record 24

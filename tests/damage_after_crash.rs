@@ -22,7 +22,7 @@ const FRAME: usize = 96;
 const CAP: u64 = 64 << 10;
 
 fn config(sync: SyncPolicy) -> RingConfig {
-    RingConfig::default().with_capacity(CAP).with_sync(sync)
+    RingConfig::default().capacity(CAP).sync(sync)
 }
 
 /// Appends `n` records, then leaves the ring as a kill -9 would (dropped
@@ -198,7 +198,7 @@ impl common::Hooks for CountReads {
 fn a_clean_reopen_after_a_crash_stays_fast_with_the_skipped_seqs_unsettled() {
     const N: u64 = 500;
     const BIG: u64 = 16 << 20;
-    let big = || RingConfig::default().with_capacity(BIG).with_sync(SyncPolicy::Never);
+    let big = || RingConfig::default().capacity(BIG).sync(SyncPolicy::Never);
     let t = TempRing::new();
     {
         let (ring, _) = Ring::open(&t.dir, big()).unwrap();

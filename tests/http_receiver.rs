@@ -23,7 +23,6 @@ fn shipper_builder(t: &TempRing, cap: u64, url: &str, config: HttpConfig) -> Shi
         .backoff_initial(Duration::from_millis(10))
         .backoff_max(Duration::from_millis(100))
         .send_timeout(Duration::from_secs(2))
-        .idle_poll(Duration::from_millis(5))
 }
 
 fn exact() -> HttpConfig {

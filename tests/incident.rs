@@ -34,11 +34,8 @@ const WATCHDOG: Duration = Duration::from_secs(90);
 
 fn replay(a: Behavior) {
     let t = TempRing::new();
-    let config = RingConfig::default()
-        .with_capacity(RING_BYTES)
-        .with_max_record_len(256)
-        .with_max_loss_ranges(48)
-        .with_sync(SyncPolicy::Never);
+    let config =
+        RingConfig::default().capacity(RING_BYTES).max_record_len(256).max_loss_ranges(48).sync(SyncPolicy::Never);
     let (ring, _) = Ring::open(&t.dir, config).unwrap();
     let script = Script::new();
     script.set("A", a);

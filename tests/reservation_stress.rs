@@ -32,11 +32,7 @@ fn appenders_renewals_syncs_and_close_or_crash_then_power_loss() {
             _ => SyncPolicy::Interval(Duration::from_millis(1 + random.below(3))),
         };
         let block = [2u64, 4, 16, 64][random.below(4) as usize];
-        let config = RingConfig::default()
-            .with_capacity(1 << 20)
-            .with_max_record_len(64)
-            .with_sync(policy)
-            .with_seq_reservation(block);
+        let config = RingConfig::default().capacity(1 << 20).max_record_len(64).sync(policy).seq_reservation(block);
         let ring = Arc::new(Ring::open_on(disk.file("ring.data"), disk.file("ring.meta"), config.clone()).unwrap().0);
         let handed_out = Arc::new(Mutex::new(Vec::new()));
         let per = 50 + random.below(400);

@@ -97,7 +97,7 @@ fn overwrite_counts_exactly_the_unacked_evictions() {
 #[test]
 fn reject_new_refuses_and_counts() {
     let t = TempRing::new();
-    let ring = open(&t.dir, small(4096).with_full(FullPolicy::RejectNew));
+    let ring = open(&t.dir, small(4096).full(FullPolicy::RejectNew));
     let mut accepted = 0;
     let mut rejected = 0;
     for i in 1..=40 {
@@ -119,7 +119,7 @@ fn reject_new_refuses_and_counts() {
 #[test]
 fn block_waits_for_acks_then_times_out() {
     let t = TempRing::new();
-    let ring = Arc::new(open(&t.dir, small(4096).with_full(FullPolicy::Block(Duration::from_millis(300)))));
+    let ring = Arc::new(open(&t.dir, small(4096).full(FullPolicy::Block(Duration::from_millis(300)))));
     for i in 1..=29 {
         ring.append(&payload(i, 100)).unwrap();
     }
@@ -148,7 +148,7 @@ fn block_waits_for_acks_then_times_out() {
 #[test]
 fn durations_too_long_to_end_wait_without_end() {
     let t = TempRing::new();
-    let config = small(4096).with_full(FullPolicy::Block(Duration::MAX)).with_sync(SyncPolicy::Interval(Duration::MAX));
+    let config = small(4096).full(FullPolicy::Block(Duration::MAX)).sync(SyncPolicy::Interval(Duration::MAX));
     let ring = Arc::new(open(&t.dir, config));
     for i in 1..=3 {
         assert_eq!(ring.append(&payload(i, 1000)).unwrap(), i);
@@ -207,7 +207,7 @@ impl Hooks for Arc<MetaProbe> {
 fn the_interval_flusher_outlives_a_failed_checkpoint_write() {
     let t = TempRing::new();
     let probe = Arc::new(MetaProbe::default());
-    let ring = open(&t.dir, probe.install(small(64 << 10).with_sync(SyncPolicy::Interval(Duration::from_millis(5)))));
+    let ring = open(&t.dir, probe.install(small(64 << 10).sync(SyncPolicy::Interval(Duration::from_millis(5)))));
     assert_eq!(ring.append(b"one").unwrap(), 1);
     eventually("the first flush", || ring.stats().durable_seq == 1);
     probe.fail.store(true, SeqCst);
@@ -227,7 +227,7 @@ fn the_interval_flusher_outlives_a_failed_checkpoint_write() {
 fn an_append_that_wrote_succeeds_when_its_checkpoint_fails() {
     let t = TempRing::new();
     let probe = Arc::new(MetaProbe::default());
-    let config = probe.install(small(4096).with_checkpoint_interval(Duration::ZERO));
+    let config = probe.install(small(4096).checkpoint_interval(Duration::ZERO));
     let ring = open(&t.dir, config.clone());
     for i in 1..=3 {
         assert_eq!(ring.append(&payload(i, 1000)).unwrap(), i);
@@ -258,16 +258,16 @@ fn records_longer_than_a_lowered_max_record_len_are_still_read() {
         let t = TempRing::new();
         let big = payload(1, 100 << 10);
         {
-            let ring = open(&t.dir, RingConfig::default().with_capacity(1 << 20).with_sync(SyncPolicy::Never));
+            let ring = open(&t.dir, RingConfig::default().capacity(1 << 20).sync(SyncPolicy::Never));
             assert_eq!(ring.append(&big).unwrap(), 1);
             assert_eq!(ring.append(b"small").unwrap(), 2);
             if !crash {
                 ring.close().unwrap();
             }
         }
-        let lowered = RingConfig::default().with_capacity(256 << 10).with_sync(SyncPolicy::Never);
-        assert_eq!(lowered.max_record_len(), 64 << 10);
+        let lowered = RingConfig::default().capacity(256 << 10).sync(SyncPolicy::Never);
         let (ring, report) = Ring::open(&t.dir, lowered).unwrap();
+        assert_eq!(ring.max_record_len(), 64 << 10);
         assert_eq!(report.clean_shutdown, !crash);
         let got = ring.read(1, 10, 1 << 20).unwrap();
         assert_eq!(got.records.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2], "crash: {crash}");
@@ -328,7 +328,7 @@ fn a_batch_that_wraps_never_overwrites_its_own_records() {
     // last records would land on its first.
     let t = TempRing::new();
     let cap = 4096;
-    let ring = open(&t.dir, small(cap).with_max_record_len(1200));
+    let ring = open(&t.dir, small(cap).max_record_len(1200));
     let mut rejected = 0;
     let mut expected = std::collections::BTreeMap::new();
     // Heads all around the ring, batches around the limit.
@@ -394,9 +394,9 @@ fn a_ring_reopened_with_a_larger_capacity_limits_records_by_its_own() {
     for (round, (max_record_len, limit)) in
         [(Some(100 << 10), (32 << 10) - 32), (None, (32 << 10) - 32)].into_iter().enumerate()
     {
-        let mut config = RingConfig::default().with_capacity(1 << 20).with_sync(SyncPolicy::Never);
+        let mut config = RingConfig::default().capacity(1 << 20).sync(SyncPolicy::Never);
         if let Some(len) = max_record_len {
-            config = config.with_max_record_len(len);
+            config = config.max_record_len(len);
         }
         let (ring, report) = Ring::open(&t.dir, config).unwrap();
         assert!(report.capacity_mismatch);
@@ -430,12 +430,12 @@ fn capacity_too_small_for_one_record_is_a_config_error() {
 #[test]
 fn settings_too_large_or_small_to_compute_with_are_config_errors() {
     for (config, setting) in [
-        (small(1 << 20).with_seq_reservation(u64::MAX), "seq_reservation"),
-        (small(1 << 20).with_seq_reservation(ringship::MAX_SEQ_RESERVATION + 1), "seq_reservation"),
-        (small(1 << 20).with_seq_reservation(0), "seq_reservation"),
-        (RingConfig::default().with_capacity(u64::MAX - 7), "capacity"),
-        (RingConfig::default().with_capacity(ringship::MAX_CAPACITY + 8), "capacity"),
-        (RingConfig::default().with_capacity(4), "capacity"),
+        (small(1 << 20).seq_reservation(u64::MAX), "seq_reservation"),
+        (small(1 << 20).seq_reservation((1 << 32) + 1), "seq_reservation"),
+        (small(1 << 20).seq_reservation(0), "seq_reservation"),
+        (RingConfig::default().capacity(u64::MAX - 7), "capacity"),
+        (RingConfig::default().capacity((1 << 48) + 8), "capacity"),
+        (RingConfig::default().capacity(4), "capacity"),
     ] {
         let t = TempRing::new();
         let err = Ring::open(&t.dir, config).unwrap_err();
@@ -443,7 +443,7 @@ fn settings_too_large_or_small_to_compute_with_are_config_errors() {
         assert!(!t.dir.join("ring.data").exists());
     }
     let t = TempRing::new();
-    let ring = open(&t.dir, small(1 << 20).with_seq_reservation(ringship::MAX_SEQ_RESERVATION));
+    let ring = open(&t.dir, small(1 << 20).seq_reservation(1 << 32));
     assert_eq!(ring.append(b"one").unwrap(), 1);
 }
 
@@ -562,7 +562,7 @@ fn files_are_preallocated_private_and_never_grow() {
 fn sync_policies_report_durable_seq() {
     for policy in [SyncPolicy::Always, SyncPolicy::Interval(Duration::from_millis(5)), SyncPolicy::Never] {
         let t = TempRing::new();
-        let ring = open(&t.dir, small(64 << 10).with_sync(policy));
+        let ring = open(&t.dir, small(64 << 10).sync(policy));
         let seq = ring.append(b"x").unwrap();
         if policy == SyncPolicy::Always {
             assert_eq!(ring.stats().durable_seq, seq);
@@ -575,7 +575,7 @@ fn sync_policies_report_durable_seq() {
 #[test]
 fn interval_flusher_makes_records_durable_without_sync_calls() {
     let t = TempRing::new();
-    let ring = open(&t.dir, small(64 << 10).with_sync(SyncPolicy::Interval(Duration::from_millis(10))));
+    let ring = open(&t.dir, small(64 << 10).sync(SyncPolicy::Interval(Duration::from_millis(10))));
     let seq = ring.append(b"x").unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while ring.stats().durable_seq < seq {
@@ -587,7 +587,7 @@ fn interval_flusher_makes_records_durable_without_sync_calls() {
 #[test]
 fn concurrent_appenders_get_unique_consecutive_seqs() {
     let t = TempRing::new();
-    let ring = Arc::new(open(&t.dir, small(1 << 20).with_sync(SyncPolicy::Always)));
+    let ring = Arc::new(open(&t.dir, small(1 << 20).sync(SyncPolicy::Always)));
     let threads: Vec<_> = (0..4)
         .map(|_| {
             let ring = Arc::clone(&ring);
@@ -631,7 +631,7 @@ fn close_refuses_new_appends_so_its_clean_checkpoint_claims_only_durable_records
     // corrupted or lost, and every append that returned is there.
     for seed in 0..40 {
         let disk = SimDisk::new(seed, Faults { lose_unsynced: 1.0, ..Faults::NONE });
-        let config = || RingConfig::default().with_capacity(1 << 20).with_sync(SyncPolicy::Never);
+        let config = || RingConfig::default().capacity(1 << 20).sync(SyncPolicy::Never);
         let (ring, _) = Ring::open_on(disk.file("data"), disk.file("meta"), config()).unwrap();
         let ring = Arc::new(ring);
         let producers: Vec<_> = (0..3)
@@ -747,7 +747,7 @@ fn appends_do_not_wait_for_a_hung_reservation_fsync() {
     let gate = Arc::new(Gate::default());
     let synced = Arc::new(AtomicU64::new(0));
     let (g, s) = (Arc::clone(&gate), Arc::clone(&synced));
-    let config = small(1 << 20).with_seq_reservation(64).with_storage_wrapper(Arc::new(move |path, inner| {
+    let config = small(1 << 20).seq_reservation(64).storage_wrapper(Arc::new(move |path, inner| {
         if path.ends_with("ring.meta") {
             Box::new(GatedMeta { synced: Arc::clone(&s), ..GatedMeta::wrap(inner, &g) })
         } else {
@@ -799,12 +799,12 @@ fn appends_that_waited_for_room_check_the_seq_reservation_again() {
     let t = TempRing::new();
     let gate = Arc::new(Gate::default());
     let g = Arc::clone(&gate);
-    let config = small(4096)
-        .with_seq_reservation(4)
-        .with_full(FullPolicy::Block(Duration::from_secs(60)))
-        .with_storage_wrapper(Arc::new(move |path, inner| {
-            if path.ends_with("ring.meta") { Box::new(GatedMeta::wrap(inner, &g)) } else { inner }
-        }));
+    let config =
+        small(4096).seq_reservation(4).full(FullPolicy::Block(Duration::from_secs(60))).storage_wrapper(Arc::new(
+            move |path, inner| {
+                if path.ends_with("ring.meta") { Box::new(GatedMeta::wrap(inner, &g)) } else { inner }
+            },
+        ));
     let ring = Arc::new(open(&t.dir, config));
     // The first append reserves seqs up to 5 itself. Then every fsync of
     // ring.meta hangs: the third append asks the background thread to
@@ -891,7 +891,7 @@ fn close_writes_the_final_seq_reservation_after_one_in_flight() {
 #[test]
 fn interval_flushes_on_time_while_appends_keep_renewing_the_reservation() {
     let t = TempRing::new();
-    let config = small(1 << 20).with_sync(SyncPolicy::Interval(Duration::from_millis(20))).with_seq_reservation(16);
+    let config = small(1 << 20).sync(SyncPolicy::Interval(Duration::from_millis(20))).seq_reservation(16);
     let ring = open(&t.dir, config);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut last = 0;
@@ -972,7 +972,7 @@ fn the_ring_prefetches_ahead_of_the_head_and_around_the_end() {
         let c = Arc::clone(&calls);
         // 2 MiB of 1 KiB frames (992 bytes of payload, a 32-byte header):
         // no pads, and the head lands on every multiple of 256 KiB.
-        let config = small(2 << 20).with_mapped_writes(mapped).with_storage_wrapper(Arc::new(move |path, inner| {
+        let config = small(2 << 20).mapped_writes(mapped).storage_wrapper(Arc::new(move |path, inner| {
             if path.ends_with("ring.data") {
                 Box::new(Prefetches { inner, calls: Arc::clone(&c), reads: None, boot: None })
             } else {
@@ -1047,7 +1047,7 @@ fn recovery_and_reads_ask_for_the_bytes_ahead_of_their_reads() {
         let record = payload(1, 992);
         let batch = vec![&record[..]; 1024];
         let meta = {
-            let ring = open(&t.dir, small(cap).with_mapped_writes(mapped));
+            let ring = open(&t.dir, small(cap).mapped_writes(mapped));
             // 30 MiB of 1 KiB frames: the ring is full and has wrapped.
             for _ in 0..30 {
                 ring.append_batch(&batch).unwrap();
@@ -1067,7 +1067,7 @@ fn recovery_and_reads_ask_for_the_bytes_ahead_of_their_reads() {
         let calls = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let reads = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let (calls_log, reads_log) = (Arc::clone(&calls), Arc::clone(&reads));
-        let config = small(cap).with_mapped_writes(mapped).with_storage_wrapper(Arc::new(move |path, inner| {
+        let config = small(cap).mapped_writes(mapped).storage_wrapper(Arc::new(move |path, inner| {
             if path.ends_with("ring.data") {
                 let (calls, reads) = (Arc::clone(&calls_log), Some(Arc::clone(&reads_log)));
                 Box::new(Prefetches { inner, calls, reads, boot: Some([0xab; 16]) })
@@ -1149,7 +1149,7 @@ fn reads_after_a_reopen_start_at_the_cursor_not_the_oldest_record() {
 fn a_batch_refused_for_its_size_reserves_no_seqs() {
     use ringship::sim::{Faults, SimDisk};
     let disk = SimDisk::new(11, Faults { lose_unsynced: 1.0, ..Faults::NONE });
-    let config = || small(64 << 10).with_sync(SyncPolicy::Always).with_seq_reservation(4);
+    let config = || small(64 << 10).sync(SyncPolicy::Always).seq_reservation(4);
     let (ring, _) = Ring::open_on(disk.file("ring.data"), disk.file("ring.meta"), config()).unwrap();
     assert_eq!(ring.append(b"one").unwrap(), 1);
     let mut batch = vec![vec![1u8; 10]; 1000];

@@ -131,11 +131,11 @@ fn check(ring: &Ring, model: &Model) -> Result<(), TestCaseError> {
 fn run(cap: u64, ops: Vec<Op>, mapped: bool) -> Result<(), TestCaseError> {
     let t = TempRing::new();
     let config = RingConfig::default()
-        .with_capacity(cap)
-        .with_max_record_len(400)
-        .with_sync(SyncPolicy::Never)
-        .with_seq_reservation(RESERVATION)
-        .with_mapped_writes(mapped);
+        .capacity(cap)
+        .max_record_len(400)
+        .sync(SyncPolicy::Never)
+        .seq_reservation(RESERVATION)
+        .mapped_writes(mapped);
     let mut ring = Some(Ring::open(&t.dir, config.clone()).unwrap().0);
     let mut model = Model { cap, next_seq: 1, ..Model::default() };
     let mut n = 0u64;

@@ -198,7 +198,6 @@ fn builder(ring: Ring, url: &str) -> ShipperBuilder {
         .backoff_initial(Duration::from_millis(20))
         .backoff_max(Duration::from_millis(200))
         .send_timeout(Duration::from_secs(2))
-        .idle_poll(Duration::from_millis(5))
 }
 
 fn assert_exact(records: &[(u64, String)], len: usize) {
@@ -363,7 +362,7 @@ fn records_longer_than_a_syslog_message_arrive_whole_in_parts() {
         let r = Rsyslog::start();
         let url = if relp { r.relp_url() } else { r.tcp_url() };
         let t = TempRing::new();
-        let ring = Ring::open(&t.dir, small(1 << 20).with_max_record_len(64 << 10)).unwrap().0;
+        let ring = Ring::open(&t.dir, small(1 << 20).max_record_len(64 << 10)).unwrap().0;
         let shipper = builder(ring, &url).start().unwrap();
         for (i, &len) in lens.iter().enumerate() {
             assert_eq!(shipper.append(&payload(i as u64 + 1, len)).unwrap(), i as u64 + 1);

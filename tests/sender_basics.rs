@@ -433,7 +433,7 @@ fn on_loss_counts_each_record_once_when_the_ring_merges_ranges() {
         script.set("a", Behavior::Fail(SendErrorKind::Retryable));
         let reported = Arc::new(AtomicU64::new(0));
         let r2 = Arc::clone(&reported);
-        let ring = Ring::open(&t.dir, small(4096).with_max_loss_ranges(max_ranges)).unwrap().0;
+        let ring = Ring::open(&t.dir, small(4096).max_loss_ranges(max_ranges)).unwrap().0;
         let shipper = builder(ring, &script, "a")
             .supervise_every(Duration::from_millis(5))
             .on_loss(move |ranges| {

@@ -278,7 +278,7 @@ fn run_seed(seed: u64) -> FaultCounts {
     // with both policies. (`Interval` is left out: its flusher runs on the
     // wall clock, and a seed would no longer replay.)
     let sync = if (seed / 6) % 2 == 0 { SyncPolicy::Always } else { SyncPolicy::Never };
-    let config = RingConfig::default().with_capacity(cap).with_max_record_len(256).with_sync(sync);
+    let config = RingConfig::default().capacity(cap).max_record_len(256).sync(sync);
     let mut model = Model::default();
     let faults = faults_for(seed);
     // Damage: flipped bits, torn writes, failed fsyncs; and a failed write

@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
     let d = disk.file("ring.data");
     m.write_at(meta, 0).unwrap();
     d.write_at(rest, 0).unwrap();
-    let config = RingConfig::default().with_capacity(8192).with_max_record_len(512).with_sync(SyncPolicy::Never);
+    let config = RingConfig::default().capacity(8192).max_record_len(512).sync(SyncPolicy::Never);
     let Ok((ring, _report)) = Ring::open_on(Box::new(Small(d)), Box::new(Small(m)), config) else {
         return;
     };

@@ -193,6 +193,8 @@ impl Ring {
     ///
     /// # Errors
     /// As [`Ring::open`], but for the directory errors.
+    #[cfg(any(test, feature = "testing"))]
+    #[doc(hidden)]
     pub fn open_on(
         data: Box<dyn Storage>,
         meta: Box<dyn Storage>,
@@ -215,6 +217,12 @@ impl Ring {
     /// The ring's directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// The largest payload [`append`](Ring::append) accepts: the configured
+    /// limit, lowered to what the ring's capacity on disk holds.
+    pub fn max_record_len(&self) -> usize {
+        self.inner.max_len
     }
 
     /// Appends one record and returns its seq.
@@ -389,6 +397,12 @@ impl Ring {
     /// `on_loss`).
     pub(crate) fn watch_losses(&self) {
         self.inner.state.lock().feed.get_or_insert_with(Default::default);
+    }
+
+    /// Has every append from now on wake `reader` (replacing the one set
+    /// before).
+    pub(crate) fn wake_on_append(&self, reader: Arc<crate::sync::Signal>) {
+        self.inner.state.lock().reader = Some(reader);
     }
 
     /// The losses recorded since the last call (none when not watched).
@@ -608,6 +622,9 @@ impl Inner {
         if prefetch {
             st.prefetch_step = st.head / PREFETCH_STEP;
             self.prefetch_from.store(st.head, Ordering::Relaxed);
+        }
+        if let (Ok(Some(_)), Some(reader)) = (&result, &st.reader) {
+            reader.notify();
         }
         drop(st);
         if renew || prefetch {
@@ -1197,5 +1214,33 @@ impl Inner {
         m.last_slot = slot;
         m.finished = clean;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::sim::SimDisk;
+    use crate::sync::{Signal, Woken};
+    use crate::{Ring, RingConfig, SyncPolicy};
+
+    /// A shipper's worker sleeps until woken: every append, through the
+    /// shipper or on the ring directly, must wake it, and a refused one
+    /// need not.
+    #[test]
+    fn every_append_wakes_the_reader() {
+        let disk = SimDisk::new(1, crate::sim::Faults::NONE);
+        let config = RingConfig::default().capacity(64 << 10).max_record_len(1024).sync(SyncPolicy::Never);
+        let (ring, _) = Ring::open_on(disk.file("ring.data"), disk.file("ring.meta"), config).unwrap();
+        let reader = Arc::new(Signal::new());
+        ring.wake_on_append(Arc::clone(&reader));
+        assert_eq!(reader.wait_timeout(std::time::Duration::ZERO), Woken::TimedOut);
+        ring.append(b"one").unwrap();
+        assert_eq!(reader.wait_timeout(std::time::Duration::ZERO), Woken::Notified);
+        ring.append_batch(&[b"two", b"six"]).unwrap();
+        assert_eq!(reader.wait_timeout(std::time::Duration::ZERO), Woken::Notified);
+        assert!(ring.append(&[0; 2000]).is_err());
+        assert_eq!(reader.wait_timeout(std::time::Duration::ZERO), Woken::TimedOut);
     }
 }

@@ -1017,6 +1017,7 @@ pub(crate) fn fresh_state(cap: u64, max_losses: usize) -> State {
         losses: LossList::default(),
         max_losses,
         feed: None,
+        reader: None,
         lap_ends: Vec::new(),
         hints: BTreeMap::new(),
         poisoned: None,

@@ -81,6 +81,9 @@ pub(crate) struct State {
     pub(crate) max_losses: usize,
     /// Losses recorded since a shipper last took them, while one watches.
     pub(crate) feed: Option<LossFeed>,
+    /// Woken by every append: the reader waiting for records (a shipper's
+    /// worker), so that it needs no polling.
+    pub(crate) reader: Option<std::sync::Arc<crate::sync::Signal>>,
     /// The newest lap ends the head crossed, with the bytes left unused
     /// before each (checkpointed: see `Checkpoint::lap_ends`).
     pub(crate) lap_ends: Vec<(u64, u64)>,

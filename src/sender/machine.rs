@@ -32,6 +32,10 @@ const GROW_AFTER: u32 = 2;
 /// Most full batches accepted in a row needed before the limits grow.
 const MAX_GROW_AFTER: u32 = 1024;
 
+/// How long an idle worker waits before it reads again with no wake-up: a
+/// safety net only, since every append wakes it.
+const IDLE_RECHECK: Duration = Duration::from_secs(1);
+
 /// Batching and retry settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct MachineConfig {
@@ -40,7 +44,6 @@ pub(crate) struct MachineConfig {
     pub(crate) linger: Duration,
     pub(crate) backoff_initial: Duration,
     pub(crate) backoff_max: Duration,
-    pub(crate) idle_poll: Duration,
 }
 
 /// What the worker should do next.
@@ -236,8 +239,7 @@ impl Machine {
         let Some(info) = batch else {
             self.held = None;
             self.linger_start = None;
-            self.state =
-                if self.draining { State::Stopped } else { State::Idle { until: now + nanos(self.cfg.idle_poll) } };
+            self.state = if self.draining { State::Stopped } else { State::Idle { until: now + nanos(IDLE_RECHECK) } };
             return;
         };
         let start = match self.linger_start {
@@ -427,7 +429,6 @@ mod tests {
             linger: Duration::from_millis(20),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
-            idle_poll: Duration::from_millis(50),
         }
     }
 
@@ -453,13 +454,14 @@ mod tests {
     }
 
     #[test]
-    fn empty_read_idles_then_polls_again() {
+    fn empty_read_idles_then_reads_again_after_the_safety_recheck() {
         let mut m = Machine::new(cfg(), 1, 1, 1);
         m.poll_action(0);
         m.on_batch(0, None);
-        assert_eq!(m.poll_action(10 * MS), Some(Action::Wait { until: 50 * MS }));
-        assert_eq!(m.poll_timeout(), Some(50 * MS));
-        assert_eq!(m.poll_action(50 * MS), Some(Action::Read { from_seq: 1 }));
+        let recheck = nanos(IDLE_RECHECK);
+        assert_eq!(m.poll_action(10 * MS), Some(Action::Wait { until: recheck }));
+        assert_eq!(m.poll_timeout(), Some(recheck));
+        assert_eq!(m.poll_action(recheck), Some(Action::Read { from_seq: 1 }));
     }
 
     #[test]

@@ -94,7 +94,7 @@ pub(crate) struct Shared {
     endpoint: Switchboard,
     status: Mutex<Status>,
     /// Wakes the worker: records appended, endpoint switched, shutdown.
-    wake: Signal,
+    wake: Arc<Signal>,
     /// The epoch of the current worker; an abandoned worker sees it change.
     epoch: AtomicU64,
     /// Intake stopped, drain what is pending.
@@ -124,13 +124,15 @@ impl Shared {
         endpoint: Endpoint,
         clock: Clock,
     ) -> Shared {
+        let wake = Arc::new(Signal::new());
+        ring.wake_on_append(Arc::clone(&wake));
         Shared {
             ring,
             cfg,
             factory,
             endpoint: Switchboard::new(endpoint),
             status: Mutex::new(LEVEL_SENDER_STATUS, "sender.status", Status::default()),
-            wake: Signal::new(),
+            wake,
             epoch: AtomicU64::new(1),
             closing: AtomicBool::new(false),
             stop: AtomicBool::new(false),
@@ -175,9 +177,8 @@ impl Shared {
         if self.closing.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        let r = self.ring.append_batch(payloads)?;
-        self.wake();
-        Ok(r)
+        // The ring wakes the worker.
+        self.ring.append_batch(payloads)
     }
 
     fn switch_endpoint(&self, endpoint: Endpoint) -> Result<u64> {
@@ -743,7 +744,6 @@ impl ShipperBuilder {
                     linger: Duration::from_millis(10),
                     backoff_initial: Duration::from_millis(100),
                     backoff_max: Duration::from_secs(30),
-                    idle_poll: Duration::from_millis(50),
                 },
                 send_timeout: Duration::from_secs(10),
                 abandon_after: Duration::ZERO,
@@ -836,21 +836,17 @@ impl ShipperBuilder {
 
     /// How often the supervisor looks (default a tenth of the smaller of
     /// `stall_after` and `abandon_after`, between 5 ms and 1 s).
+    #[cfg(any(test, feature = "testing"))]
+    #[doc(hidden)]
     #[must_use]
     pub fn supervise_every(mut self, d: Duration) -> Self {
         self.supervise_every = Some(d);
         self
     }
 
-    /// How often an idle worker looks for records appended to the ring
-    /// directly rather than through the shipper (default 50 ms).
-    #[must_use]
-    pub fn idle_poll(mut self, d: Duration) -> Self {
-        self.cfg.machine.idle_poll = d;
-        self
-    }
-
     /// Seed of the retry jitter (for reproducible tests).
+    #[cfg(any(test, feature = "testing"))]
+    #[doc(hidden)]
     #[must_use]
     pub fn jitter_seed(mut self, seed: u64) -> Self {
         self.cfg.seed = seed;
@@ -903,7 +899,6 @@ impl ShipperBuilder {
             ("backoff_max", Some(m.backoff_max), true),
             ("stall_after", Some(cfg.stall_after), false),
             ("supervise_every", self.supervise_every, true),
-            ("idle_poll", Some(m.idle_poll), false),
         ];
         for (name, d, zero_allowed) in durations {
             let Some(d) = d else { continue };

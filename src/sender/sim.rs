@@ -142,7 +142,6 @@ fn shipper_config(r: &mut Rng) -> ShipperConfig {
             linger: Duration::from_millis(r.below(20)),
             backoff_initial: Duration::from_millis(1 + r.below(20)),
             backoff_max: Duration::from_millis(50 + r.below(200)),
-            idle_poll: Duration::from_millis(5 + r.below(50)),
         },
         send_timeout,
         abandon_after: send_timeout * 2,
@@ -359,7 +358,7 @@ fn nanos(d: Duration) -> Nanos {
 }
 
 fn open(disk: &SimDisk, cap: u64) -> Ring {
-    let config = RingConfig::default().with_capacity(cap).with_max_record_len(1024).with_sync(SyncPolicy::Never);
+    let config = RingConfig::default().capacity(cap).max_record_len(1024).sync(SyncPolicy::Never);
     Ring::open_on(disk.file("ring.data"), disk.file("ring.meta"), config).expect("the ring opens").0
 }
 

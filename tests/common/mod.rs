@@ -46,7 +46,7 @@ impl TempRing {
 
 /// A small ring that syncs only when asked.
 pub fn small(capacity: u64) -> RingConfig {
-    RingConfig::default().with_capacity(capacity).with_max_record_len(1024).with_sync(SyncPolicy::Never)
+    RingConfig::default().capacity(capacity).max_record_len(1024).sync(SyncPolicy::Never)
 }
 
 pub fn open(dir: &Path, config: RingConfig) -> Ring {
@@ -159,7 +159,7 @@ pub fn hook_file<H: Hooks>(
     name: &'static str,
     hooks: impl Fn() -> H + Send + Sync + 'static,
 ) -> RingConfig {
-    config.with_storage_wrapper(std::sync::Arc::new(move |path, inner| {
+    config.storage_wrapper(std::sync::Arc::new(move |path, inner| {
         if path.ends_with(name) { Box::new(Hooked { inner, hooks: hooks() }) } else { inner }
     }))
 }

@@ -146,7 +146,6 @@ pub fn builder(ring: impl Into<Arc<Ring>>, script: &Script, address: &str) -> Sh
         .backoff_initial(Duration::from_millis(5))
         .backoff_max(Duration::from_millis(50))
         .send_timeout(Duration::from_millis(200))
-        .idle_poll(Duration::from_millis(5))
 }
 
 /// The seqs `address` received, sorted, without duplicates.
