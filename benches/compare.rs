@@ -794,8 +794,7 @@ fn main() {
         let (port, _stop) = http_sink();
         let url = format!("http://127.0.0.1:{port}/ingest");
         let http_factory: Factory = Arc::new(|| {
-            Box::new(HttpTransport::new(HttpConfig { format: BodyFormat::LengthPrefixed, ..HttpConfig::default() }))
-                as Box<dyn Transport>
+            Box::new(HttpTransport::new(HttpConfig::default().format(BodyFormat::LengthPrefixed))) as Box<dyn Transport>
         });
         let http = ship(200_000, &url, &http_factory);
         rows.push(Row {

@@ -24,7 +24,7 @@ struct Flaky {
 
 impl Transport for Flaky {
     fn send(&mut self, endpoint: &Endpoint, batch: &Batch, ctx: &SendContext) -> Result<(), SendError> {
-        if endpoint.address == "A" {
+        if endpoint.address() == "A" {
             return if ctx.cancel.wait_timeout(ctx.remaining()) {
                 Err(SendError::cancelled())
             } else {

@@ -35,7 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("primary  {}", primary.url());
     println!("standby  {}", secondary.url());
 
-    let http = HttpConfig { format: BodyFormat::LengthPrefixed, gzip: true, ..HttpConfig::default() };
+    let http = HttpConfig::default().format(BodyFormat::LengthPrefixed).gzip(true);
     let shipper = Arc::new(
         Shipper::builder(ring)
             .endpoint(Endpoint::new(primary.url()))

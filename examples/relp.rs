@@ -24,10 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("ring {} ({} records pending from earlier runs)", dir.display(), report.pending);
     let shipper = Shipper::builder(ring)
         .endpoint(Endpoint::new(&endpoint))
-        .transport(SyslogTransport::factory(SyslogConfig {
-            app_name: "relp-example".into(),
-            ..SyslogConfig::default()
-        })?)
+        .transport(SyslogTransport::factory(SyslogConfig::default().app_name("relp-example"))?)
         .send_timeout(Duration::from_secs(2))
         .start()?;
     for i in 0..1000 {

@@ -35,7 +35,7 @@ impl Telemetry {
             );
         }
         let shipper = Shipper::builder(ring)
-            .endpoint(Endpoint::new(collector).with_header("Authorization", "Bearer example-token"))
+            .endpoint(Endpoint::new(collector).header("Authorization", "Bearer example-token"))
             .transport(HttpTransport::factory(HttpConfig::default()))
             .stall_after(Duration::from_secs(5))
             .on_stall(|h| eprintln!("telemetry stalled: {} records pending, last error {:?}", h.pending, h.last_error))

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ring::frame::{ALIGN, HEADER_LEN, MAX_PAYLOAD, frame_size};
-use crate::{Error, Result, Storage};
+use crate::ring::storage::Storage;
+use crate::{Error, Result};
 
 /// When appended records reach stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

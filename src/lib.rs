@@ -91,4 +91,4 @@ pub use transport::{
 #[cfg(feature = "http")]
 pub use transport::{BodyFormat, HttpConfig, HttpTransport};
 #[cfg(feature = "syslog")]
-pub use transport::{MIN_SYSLOG_MESSAGE_LEN, SyslogConfig, SyslogTransport};
+pub use transport::{SyslogConfig, SyslogTransport};

@@ -68,7 +68,7 @@ fn loom_models_reapplied_endpoint_against_send() {
         assert!(!token.is_cancelled());
         // A real change still cancels a send in flight at once.
         let (_, _, token) = board.begin_send(1);
-        assert_eq!(board.switch(Endpoint::new("A").with_header("k", "v")), (2, true));
+        assert_eq!(board.switch(Endpoint::new("A").header("k", "v")), (2, true));
         assert!(token.is_cancelled());
     });
     assert!(explored > 1, "loom explored no interleaving");

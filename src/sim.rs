@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::Storage;
+use crate::ring::storage::Storage;
 
 /// Sector size: a torn write keeps or loses whole sectors.
 pub const SECTOR: usize = 512;

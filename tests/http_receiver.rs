@@ -26,7 +26,7 @@ fn shipper_builder(t: &TempRing, cap: u64, url: &str, config: HttpConfig) -> Shi
 }
 
 fn exact() -> HttpConfig {
-    HttpConfig { format: BodyFormat::LengthPrefixed, ..HttpConfig::default() }
+    HttpConfig::default().format(BodyFormat::LengthPrefixed)
 }
 
 fn check_exact(rx: &HttpReceiver, seqs: std::ops::RangeInclusive<u64>, len: usize) {
@@ -227,9 +227,9 @@ fn headers_carry_the_seq_range_the_gap_and_custom_values_and_gzip_works() {
         ring.append(&payload(i, 100)).unwrap();
     }
     let lost = ring.stats().overwritten;
-    let config = HttpConfig { format: BodyFormat::NewlineDelimited, gzip: true, ..HttpConfig::default() };
+    let config = HttpConfig::default().format(BodyFormat::NewlineDelimited).gzip(true);
     let shipper = Shipper::builder(ring)
-        .endpoint(Endpoint::new(rx.url()).with_header("Authorization", "Bearer s3cret"))
+        .endpoint(Endpoint::new(rx.url()).header("Authorization", "Bearer s3cret"))
         .transport(HttpTransport::factory(config))
         .max_batch_records(1000)
         .linger(Duration::from_millis(1))

@@ -383,6 +383,8 @@ fn records_longer_than_a_syslog_message_arrive_whole_in_parts() {
 /// Header bytes of a record's message with seq 2 (one digit) as the
 /// default `SyslogConfig` formats it, timestamp included.
 fn ringship_header_len() -> usize {
-    let host = SyslogConfig::default().hostname;
+    // The default HOSTNAME: the machine's host name, as the kernel has it.
+    let host =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "-".to_owned(), |h| h.trim().to_owned());
     "<14>1 2026-12-02T14:20:00.123456Z ".len() + host.len() + " ringship - - [ringship@32473 seq=\"2\"] ".len()
 }

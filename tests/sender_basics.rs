@@ -49,7 +49,7 @@ fn switch_sends_the_rest_to_the_new_endpoint() {
     }
     eventually("second half acked", || shipper.stats().ring.acked == 200);
     assert_eq!(seqs(&script, "b"), (101..=200).collect::<Vec<_>>());
-    assert_eq!(shipper.endpoint().address, "b");
+    assert_eq!(shipper.endpoint().address(), "b");
     assert_eq!(shipper.stats().switches, 1);
 }
 

@@ -174,7 +174,7 @@ fn multi_line_records_in_parts_arrive_byte_exact_at_syslog_ng() {
     let Some(ng) = SyslogNg::start() else { return };
     let t = TempRing::new();
     let ring = Ring::open(&t.dir, small(4 << 20).max_record_len(64 << 10)).unwrap().0;
-    let config = SyslogConfig { max_message_len: 1024, ..SyslogConfig::default() };
+    let config = SyslogConfig::default().max_message_len(1024);
     let shipper = Shipper::builder(ring)
         .endpoint(Endpoint::new(format!("tcp://127.0.0.1:{}", ng.port)))
         .transport(SyslogTransport::factory(config).expect("valid config"))

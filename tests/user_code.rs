@@ -110,7 +110,7 @@ fn re_applying_the_endpoint_in_use_never_disturbs_a_send() {
     let sends = script.sends.load(Ordering::SeqCst);
     shipper.append(b"more").unwrap();
     eventually("a send in flight", || script.sends.load(Ordering::SeqCst) > sends);
-    let changed = Endpoint::new("a").with_header("authorization", "k2");
+    let changed = Endpoint::new("a").header("authorization", "k2");
     assert_eq!(shipper.switch_endpoint(changed).unwrap(), 2);
     eventually("cancelled and sent again", || shipper.stats().ring.acked == N + 1);
     assert_eq!(shipper.stats().cancelled_sends, 1);
@@ -127,7 +127,7 @@ fn an_empty_or_garbled_endpoint_is_refused() {
         let err = shipper.switch_endpoint(Endpoint::new(bad)).unwrap_err();
         assert!(matches!(err, Error::Config(_)), "{bad:?}: {err}");
     }
-    assert_eq!(shipper.endpoint().address, "a");
+    assert_eq!(shipper.endpoint().address(), "a");
     shipper.append(b"x").unwrap();
     eventually("delivered to the endpoint in use", || shipper.stats().ring.acked == 1);
     let t2 = TempRing::new();
@@ -138,6 +138,106 @@ fn an_empty_or_garbled_endpoint_is_refused() {
     let err =
         builder(ring(&t3, 1 << 20), &script, "a").send_timeout(Duration::from_secs(200 * 86_400)).start().unwrap_err();
     assert!(err.to_string().contains("abandon_after"), "{err}");
+}
+
+/// A factory that fails (a certificate file missing, say) says why in
+/// health and is asked again after a backoff; the transport it makes once
+/// it works delivers.
+#[test]
+fn a_failing_factory_says_why_and_is_asked_again() {
+    let t = TempRing::new();
+    let script = Script::new();
+    let tries = Arc::new(AtomicU64::new(0));
+    let (count, inner) = (Arc::clone(&tries), script.factory());
+    let factory = move || {
+        if count.fetch_add(1, Ordering::SeqCst) < 3 {
+            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "client.pem: no such file"));
+        }
+        Ok(inner())
+    };
+    let shipper = Shipper::builder(ring(&t, 1 << 20))
+        .endpoint(Endpoint::new("ok"))
+        .transport(factory)
+        .backoff_initial(Duration::from_millis(5))
+        .backoff_max(Duration::from_millis(20))
+        .start()
+        .unwrap();
+    eventually("the factory's error shows in health", || {
+        shipper.health().last_error.is_some_and(|e| e.contains("client.pem: no such file"))
+    });
+    shipper.append(b"x").unwrap();
+    eventually("delivered once the factory works", || shipper.stats().ring.acked == 1);
+    assert_eq!(tries.load(Ordering::SeqCst), 4);
+}
+
+/// Each transport refuses, at start and at a switch, an endpoint it cannot
+/// send to (a scheme, host or port missing or wrong), and shipping goes on
+/// to the endpoint in use; a factory whose check panics refuses the
+/// endpoint too.
+#[cfg(all(feature = "http", feature = "syslog"))]
+#[test]
+fn each_transport_refuses_an_endpoint_it_cannot_use() {
+    use ringship::{HttpConfig, HttpTransport, SyslogConfig, SyslogTransport};
+
+    let http = || HttpTransport::factory(HttpConfig::default());
+    refuses_bad_endpoints(
+        http,
+        "http://127.0.0.1:9/in",
+        &["htp://logs.example.com/in", "logs.example.com/in", "http://", "http://h:99999/in", "https:///in"],
+    );
+    refuses_bad_endpoints(
+        || SyslogTransport::factory(SyslogConfig::default()).unwrap(),
+        "relp://127.0.0.1:9",
+        &["relp://host", "udp://host:514", "tcp://:514", "tcp://host:0", "host:514", "relp://h:x"],
+    );
+    let t = TempRing::new();
+    let err = Shipper::builder(ring(&t, 1 << 20))
+        .endpoint(Endpoint::new("http://127.0.0.1:9/in").header("Content-Length", "0"))
+        .transport(http())
+        .start()
+        .unwrap_err();
+    assert!(err.to_string().contains("Content-Length"), "{err}");
+}
+
+#[cfg(all(feature = "http", feature = "syslog"))]
+fn refuses_bad_endpoints<F: ringship::TransportFactory + 'static>(factory: impl Fn() -> F, good: &str, bad: &[&str]) {
+    let t = TempRing::new();
+    let err = Shipper::builder(ring(&t, 1 << 20)).endpoint(Endpoint::new(bad[0])).transport(factory()).start();
+    let err = err.unwrap_err();
+    assert!(matches!(err, Error::Config(_)) && err.to_string().contains(bad[0]), "{err}");
+    let t = TempRing::new();
+    let shipper =
+        Shipper::builder(ring(&t, 1 << 20)).endpoint(Endpoint::new(good)).transport(factory()).start().unwrap();
+    for b in bad {
+        let err = shipper.switch_endpoint(Endpoint::new(*b)).unwrap_err();
+        assert!(matches!(err, Error::Config(_)) && err.to_string().contains(b), "{b:?}: {err}");
+    }
+    assert_eq!(shipper.endpoint().address(), good);
+    let other = good.replace(":9", ":10");
+    shipper.switch_endpoint(Endpoint::new(&other)).unwrap();
+    assert_eq!(shipper.endpoint().address(), other);
+}
+
+/// A factory's endpoint check is user code: a panic in it refuses the
+/// endpoint, and the shipper goes on.
+#[test]
+fn a_panicking_endpoint_check_refuses_the_endpoint() {
+    struct Checker;
+    impl ringship::TransportFactory for Checker {
+        fn make(&self) -> Result<Box<dyn ringship::Transport>, Box<dyn std::error::Error + Send + Sync>> {
+            Err("never".into())
+        }
+        fn check_endpoint(&self, endpoint: &Endpoint) -> ringship::Result<()> {
+            assert_ne!(endpoint.address(), "boom", "the check panics");
+            Ok(())
+        }
+    }
+    let t = TempRing::new();
+    let shipper = Shipper::builder(ring(&t, 1 << 20)).endpoint(Endpoint::new("a")).transport(Checker).start().unwrap();
+    let err = shipper.switch_endpoint(Endpoint::new("boom")).unwrap_err();
+    assert!(matches!(err, Error::Config(_)) && err.to_string().contains("panicked"), "{err}");
+    assert_eq!(shipper.endpoint().address(), "a");
+    assert_eq!(shipper.switch_endpoint(Endpoint::new("b")).unwrap(), 2);
 }
 
 /// A callback that blocks for seconds holds up neither the replacement of a
@@ -238,7 +338,7 @@ fn a_callback_that_switches_endpoints_from_inside_delivers() {
         shipper.append(&payload(i, 20)).unwrap();
     }
     eventually("delivered after the callback's switch", || shipper.stats().ring.acked == 10);
-    assert_eq!(shipper.endpoint().address, "up");
+    assert_eq!(shipper.endpoint().address(), "up");
 }
 
 /// A transport whose `Drop` panics, dropped by a worker that was abandoned:

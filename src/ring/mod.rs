@@ -18,10 +18,11 @@ use self::frame::{HEADER_LEN, encode_pad, encode_record, frame_size};
 use self::meta::{DATA_OFFSET, SLOT_LEN};
 use self::scan::next_lap;
 use self::state::{Hole, State};
+use crate::ring::storage::Storage;
 use crate::stats::{LossCause, LossRange, RecoveryReport, RingStats};
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::{Condvar, JoinHandle, LEVEL_RING_BACKGROUND, Mutex, Signal, Woken};
-use crate::{Error, FullPolicy, Result, RingConfig, Storage, SyncPolicy};
+use crate::{Error, FullPolicy, Result, RingConfig, SyncPolicy};
 
 pub use read::{ReadBatch, Record};
 

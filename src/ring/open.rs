@@ -19,10 +19,11 @@ use super::meta::{
 use super::recovery::{Input, fresh_state, recover};
 use super::storage::{self, FileStorage, MappedFile};
 use super::{Inner, MetaIo, SyncState};
+use crate::ring::storage::Storage;
 use crate::stats::RecoveryReport;
 use crate::sync::atomic::{AtomicBool, AtomicU64};
 use crate::sync::{Condvar, LEVEL_META_IO, LEVEL_RING_LOCK_FILE, LEVEL_RING_STATE, LEVEL_SYNC, Mutex, Signal};
-use crate::{Error, Result, RingConfig, Storage};
+use crate::{Error, Result, RingConfig};
 
 const LOCK_FILE: &str = "ring.lock";
 const DATA_FILE: &str = "ring.data";
@@ -270,6 +271,7 @@ struct Paths {
 
 /// Opens a ring on two storages that may be empty (a new in-memory or
 /// simulated ring), without a directory or a lock.
+#[cfg(any(test, feature = "testing"))]
 pub(super) fn open_on(
     data: Box<dyn Storage>,
     meta: Box<dyn Storage>,
@@ -288,6 +290,7 @@ pub(super) fn open_on(
 }
 
 /// Whether the first `len` bytes of `storage` (as far as it goes) are zero.
+#[cfg(any(test, feature = "testing"))]
 fn is_blank(storage: &dyn Storage, path: &Path, len: u64) -> Result<bool> {
     let have = storage.len().map_err(|e| Error::io("stat", path, e))?.min(len);
     let mut buf = vec![0u8; have as usize];

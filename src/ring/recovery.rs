@@ -35,7 +35,7 @@ use super::frame::{UNDONE, decode_header};
 use super::meta::Checkpoint;
 use super::scan::{Found, ReadAhead, Scanner, next_lap};
 use super::state::{Hole, State};
-use crate::Storage;
+use crate::ring::storage::Storage;
 use crate::stats::{LossCause, LossList, LossRange, RecoveryReport};
 
 const SCAN_CHUNK: usize = 512 << 10;

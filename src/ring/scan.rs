@@ -7,7 +7,7 @@ use crate::sync::atomic::{AtomicU64, Ordering};
 
 use super::frame::{ALIGN, HEADER_LEN, Header, crc_ok, decode_header};
 use super::meta::DATA_OFFSET;
-use crate::Storage;
+use crate::ring::storage::Storage;
 
 /// What lies at a logical position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -182,7 +182,7 @@ impl Shared {
     }
 
     fn switch_endpoint(&self, endpoint: Endpoint) -> Result<u64> {
-        check_endpoint(&endpoint)?;
+        check_endpoint(&*self.factory, &endpoint)?;
         let (generation, changed) = self.endpoint.switch(endpoint);
         self.counters.switches.fetch_add(1, Ordering::Relaxed);
         if changed {
@@ -538,7 +538,10 @@ fn tick(shared: &Arc<Shared>, watch: &mut Watch, cb: &mut Callbacks) {
 
 /// Refuses an endpoint no transport could use: an empty address, or one
 /// with whitespace or control characters (a configuration typo).
-fn check_endpoint(endpoint: &Endpoint) -> Result<()> {
+/// Refuses an endpoint no transport can use (an empty address, or one with
+/// whitespace or control characters), then one the factory's transports
+/// cannot (its check is user code: a panic in it refuses the endpoint).
+fn check_endpoint(factory: &dyn TransportFactory, endpoint: &Endpoint) -> Result<()> {
     let a = &endpoint.address;
     if a.is_empty() {
         return Err(Error::Config("the endpoint address is empty".into()));
@@ -546,7 +549,13 @@ fn check_endpoint(endpoint: &Endpoint) -> Result<()> {
     if a.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(Error::Config(format!("the endpoint address {a:?} holds whitespace or control characters")));
     }
-    Ok(())
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| factory.check_endpoint(endpoint))) {
+        Ok(checked) => checked,
+        Err(p) => Err(Error::Config(format!(
+            "the transport factory's check of endpoint {a:?} panicked: {}",
+            panic_message(&*p)
+        ))),
+    }
 }
 
 /// Ships the records of a [`Ring`] to an endpoint that can be switched at
@@ -882,8 +891,8 @@ impl ShipperBuilder {
     pub fn start(self) -> Result<Shipper> {
         let mut cfg = self.cfg;
         let endpoint = self.endpoint.ok_or_else(|| Error::Config("the shipper needs an endpoint".into()))?;
-        check_endpoint(&endpoint)?;
         let factory = self.factory.ok_or_else(|| Error::Config("the shipper needs a transport".into()))?;
+        check_endpoint(&*factory, &endpoint)?;
         let m = cfg.machine;
         if m.max_batch_records == 0 || m.max_batch_bytes == 0 {
             return Err(Error::Config("max_batch_records and max_batch_bytes must be at least 1".into()));

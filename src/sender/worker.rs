@@ -264,7 +264,8 @@ fn make_transport(shared: &Shared, epoch: u64) -> Option<Box<dyn Transport>> {
             return None;
         }
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shared.factory.make())) {
-            Ok(t) => return Some(t),
+            Ok(Ok(t)) => return Some(t),
+            Ok(Err(e)) => shared.note_error(&format!("the transport factory failed: {e}")),
             Err(p) => shared.note_error(&format!("the transport factory panicked: {}", super::panic_message(&*p))),
         }
         if closing() {

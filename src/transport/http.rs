@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 
-use super::{Batch, Endpoint, SendContext, SendError, Transport, run_cancellable};
+use super::{Batch, Endpoint, SendContext, SendError, Transport, TransportFactory, run_cancellable};
 
 /// How records are laid out in the request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -38,20 +38,42 @@ pub enum BodyFormat {
     LengthPrefixed,
 }
 
-/// Settings of an [`HttpTransport`].
+/// Settings of an [`HttpTransport`]; start from [`HttpConfig::default`]
+/// (newline-delimited JSON, no gzip, TLS certificates verified).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
-    /// Body layout.
-    pub format: BodyFormat,
-    /// Compress bodies with gzip (`Content-Encoding: gzip`).
-    pub gzip: bool,
-    /// Verify TLS certificates (on by default; turn off only for tests).
-    pub verify_tls: bool,
+    format: BodyFormat,
+    gzip: bool,
+    verify_tls: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig { format: BodyFormat::default(), gzip: false, verify_tls: true }
+    }
+}
+
+impl HttpConfig {
+    /// The body layout.
+    #[must_use]
+    pub fn format(mut self, format: BodyFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Compresses bodies with gzip (`Content-Encoding: gzip`).
+    #[must_use]
+    pub fn gzip(mut self, on: bool) -> Self {
+        self.gzip = on;
+        self
+    }
+
+    /// Verifies the server's TLS certificate (on by default; turn it off
+    /// only for tests).
+    #[must_use]
+    pub fn verify_tls(mut self, on: bool) -> Self {
+        self.verify_tls = on;
+        self
     }
 }
 
@@ -84,10 +106,52 @@ impl HttpTransport {
         HttpTransport { agent, config }
     }
 
-    /// A factory for [`ShipperBuilder::transport`](crate::ShipperBuilder::transport).
-    pub fn factory(config: HttpConfig) -> impl Fn() -> Box<dyn Transport> + Send + Sync + 'static {
-        move || Box::new(HttpTransport::new(config.clone())) as Box<dyn Transport>
+    /// The factory to hand to
+    /// [`ShipperBuilder::transport`](crate::ShipperBuilder::transport): it
+    /// makes transports with `config`, and refuses an endpoint that is not
+    /// an `http://` or `https://` URL with a host (and a valid port, if it
+    /// names one), or whose headers name one the transport sets itself.
+    pub fn factory(config: HttpConfig) -> impl TransportFactory + 'static {
+        HttpFactory(config)
     }
+}
+
+struct HttpFactory(HttpConfig);
+
+impl TransportFactory for HttpFactory {
+    fn make(&self) -> Result<Box<dyn Transport>, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Box::new(HttpTransport::new(self.0.clone())))
+    }
+
+    fn check_endpoint(&self, endpoint: &Endpoint) -> crate::Result<()> {
+        check_url(&endpoint.address)?;
+        check_headers(endpoint).map_err(|e| crate::Error::Config(e.message))
+    }
+}
+
+/// Refuses what is not an absolute `http` or `https` URL with a host.
+fn check_url(address: &str) -> crate::Result<()> {
+    let refuse = |why: &str| Err(crate::Error::Config(format!("the endpoint {address:?} is not an HTTP URL: {why}")));
+    let uri = match address.parse::<ureq::http::Uri>() {
+        Ok(uri) => uri,
+        Err(e) => return refuse(&e.to_string()),
+    };
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => return refuse(&format!("the scheme is {other:?}, not http or https")),
+        None => return refuse("it names no scheme (http:// or https://)"),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return refuse("it names no host");
+    }
+    // The parser takes any digits as a port; a port above 65,535 fails at
+    // every send.
+    if let Some(port) = uri.authority().and_then(|a| a.as_str().rsplit_once(':')).map(|(_, p)| p) {
+        if !port.is_empty() && !port.ends_with(']') && port.parse::<u16>().is_err() {
+            return refuse(&format!("the port {port:?} is not a number from 0 to 65535"));
+        }
+    }
+    Ok(())
 }
 
 /// Encodes the records of `batch` in `format`.
@@ -438,9 +502,9 @@ mod tests {
     /// twice; it is now a permanent failure that names it.
     #[test]
     fn endpoint_headers_that_the_transport_sets_itself_are_refused() {
-        assert!(check_headers(&Endpoint::new("http://x").with_header("Authorization", "Bearer t")).is_ok());
+        assert!(check_headers(&Endpoint::new("http://x").header("Authorization", "Bearer t")).is_ok());
         for name in ["X-Ringship-Gap", "content-type", "Content-Length"] {
-            let err = check_headers(&Endpoint::new("http://x").with_header(name, "1")).unwrap_err();
+            let err = check_headers(&Endpoint::new("http://x").header(name, "1")).unwrap_err();
             assert_eq!(err.kind, SendErrorKind::Permanent);
             assert!(err.message.contains(name), "{err:?}");
         }

@@ -24,7 +24,7 @@ pub use memory::{MemoryReceiver, MemoryTransport, Received};
 #[cfg(fuzzing)]
 pub(crate) use syslog::parse_frame;
 #[cfg(feature = "syslog")]
-pub use syslog::{MIN_SYSLOG_MESSAGE_LEN, SyslogConfig, SyslogTransport};
+pub use syslog::{SyslogConfig, SyslogTransport};
 
 use crate::stats::LossCause;
 use crate::sync::atomic::{AtomicBool, Ordering};
@@ -34,26 +34,35 @@ use crate::sync::{Condvar, LEVEL_CANCEL, Mutex};
 /// `host:port`) and headers to send with every batch (auth tokens).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Endpoint {
-    /// The address, in the transport's own syntax.
-    pub address: String,
-    /// Extra headers, for transports that carry them.
-    pub headers: Vec<(String, String)>,
+    pub(crate) address: String,
+    pub(crate) headers: Vec<(String, String)>,
 }
 
 impl Endpoint {
-    /// An endpoint with no headers.
+    /// An endpoint with no headers; `address` is in the transport's own
+    /// syntax (an `https://` URL, `relp://host:port`).
     pub fn new(address: impl Into<String>) -> Self {
         Endpoint { address: address.into(), headers: Vec::new() }
     }
 
-    /// Adds a header. The HTTP transport refuses (a non-retryable
-    /// failure) an endpoint whose headers name one it sets itself:
+    /// Adds a header, for transports that carry them. The HTTP transport
+    /// refuses an endpoint whose headers name one it sets itself:
     /// `Content-Type`, `Content-Encoding`, `Content-Length`,
     /// `Transfer-Encoding` or an `X-Ringship-` header of its protocol.
     #[must_use]
-    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.push((name.into(), value.into()));
         self
+    }
+
+    /// The address.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The headers, in the order added.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
     }
 }
 
@@ -347,17 +356,75 @@ pub trait Transport: Send {
 }
 
 /// Makes fresh transports, so a stuck one can be replaced.
+///
+/// Any closure returning a transport is a factory (`move || receiver.transport()`),
+/// and so is one returning `Result<impl Transport, E>` for an error `E` that
+/// converts into `Box<dyn Error + Send + Sync>` (an `io::Error`, a `String`),
+/// when making one can fail. The transports' own factories
+/// ([`HttpTransport::factory`](crate::HttpTransport::factory),
+/// [`SyslogTransport::factory`](crate::SyslogTransport::factory)) also check
+/// endpoints.
 pub trait TransportFactory: Send + Sync {
-    /// A new transport.
-    fn make(&self) -> Box<dyn Transport>;
+    /// A new transport. Called on the worker's thread, again for each
+    /// replacement of a stuck worker.
+    ///
+    /// # Errors
+    /// Why no transport could be made (a certificate file, an address). The
+    /// shipper shows it in [`Health::last_error`](crate::Health::last_error)
+    /// and asks again after a backoff, as it does when this panics.
+    fn make(&self) -> Result<Box<dyn Transport>, Box<dyn std::error::Error + Send + Sync>>;
+
+    /// Checks that this factory's transports can send to `endpoint`: the
+    /// shipper calls it at start and before every switch, so that a typo in
+    /// a configuration reload is refused while shipping goes on to the
+    /// endpoint in use. Accepts every endpoint unless overridden.
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) saying what is wrong with it.
+    fn check_endpoint(&self, endpoint: &Endpoint) -> crate::Result<()> {
+        let _ = endpoint;
+        Ok(())
+    }
 }
 
-impl<F> TransportFactory for F
+/// What a closure used as a [`TransportFactory`] may return.
+mod made {
+    use super::Transport;
+
+    /// A transport, or the error that kept one from being made.
+    pub trait Made {
+        fn into_transport(self) -> Result<Box<dyn Transport>, Box<dyn std::error::Error + Send + Sync>>;
+    }
+
+    impl<T: Transport + 'static> Made for T {
+        fn into_transport(self) -> Result<Box<dyn Transport>, Box<dyn std::error::Error + Send + Sync>> {
+            Ok(Box::new(self))
+        }
+    }
+
+    impl<T: Transport + 'static, E: Into<Box<dyn std::error::Error + Send + Sync>>> Made for Result<T, E> {
+        fn into_transport(self) -> Result<Box<dyn Transport>, Box<dyn std::error::Error + Send + Sync>> {
+            match self {
+                Ok(t) => Ok(Box::new(t)),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+impl<F, M> TransportFactory for F
 where
-    F: Fn() -> Box<dyn Transport> + Send + Sync,
+    F: Fn() -> M + Send + Sync,
+    M: made::Made,
 {
-    fn make(&self) -> Box<dyn Transport> {
-        self()
+    fn make(&self) -> Result<Box<dyn Transport>, Box<dyn std::error::Error + Send + Sync>> {
+        self().into_transport()
+    }
+}
+
+impl Transport for Box<dyn Transport> {
+    fn send(&mut self, endpoint: &Endpoint, batch: &Batch, ctx: &SendContext) -> Result<(), SendError> {
+        (**self).send(endpoint, batch, ctx)
     }
 }
 

@@ -34,7 +34,10 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{Batch, BatchRecord, CancelToken, Endpoint, GapNotice, SendContext, SendError, Transport, run_cancellable};
+use super::{
+    Batch, BatchRecord, CancelToken, Endpoint, GapNotice, SendContext, SendError, Transport, TransportFactory,
+    run_cancellable,
+};
 
 /// Private enterprise number used in structured-data IDs (reserved for
 /// documentation examples by RFC 5612).
@@ -46,35 +49,24 @@ const MAX_RSP: usize = 64 << 10;
 /// Longest wait for the answer to the `close` that ends a RELP session.
 const RELP_CLOSE_WAIT: Duration = Duration::from_millis(500);
 
-/// Settings of a [`SyslogTransport`].
+/// Settings of a [`SyslogTransport`]; start from [`SyslogConfig::default`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyslogConfig {
-    /// HOSTNAME field (default: the machine's host name, or `-`).
-    pub hostname: String,
-    /// APP-NAME field.
-    pub app_name: String,
-    /// Facility (default 1, user-level).
-    pub facility: u8,
-    /// Severity (default 6, informational).
-    pub severity: u8,
-    /// Longest message the receiver takes whole (default 8,096, the
-    /// whole message as rsyslog's default `maxMessageSize` counts it; at
-    /// least 1,024). A receiver truncates a
-    /// longer message and still acknowledges it (rsyslog's imrelp and
-    /// imtcp both do), so a record whose message would be longer goes as
-    /// several messages, in order, each with `part="i/n"` in its
-    /// structured data: nothing is cut off. A UTF-8 payload is split
-    /// between characters, and no part but the last ends in whitespace or
-    /// a control character, which a receiver may strip from a message's
-    /// end.
-    pub max_message_len: usize,
+    hostname: String,
+    app_name: String,
+    facility: u8,
+    severity: u8,
+    max_message_len: usize,
 }
 
-/// The least [`SyslogConfig::max_message_len`]: room for the longest
-/// header (a 255-byte host name) and some payload.
-pub const MIN_SYSLOG_MESSAGE_LEN: usize = 1024;
+/// The least `max_message_len`: room for the longest header (a 255-byte
+/// host name) and some payload.
+pub(crate) const MIN_SYSLOG_MESSAGE_LEN: usize = 1024;
 
 impl Default for SyslogConfig {
+    /// The machine's host name (or `-`), APP-NAME `ringship`, facility 1
+    /// (user-level), severity 6 (informational), messages of up to 8,096
+    /// bytes.
     fn default() -> Self {
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .ok()
@@ -86,16 +78,58 @@ impl Default for SyslogConfig {
 }
 
 impl SyslogConfig {
-    /// Checks the fields against RFC 5424: HOSTNAME of 1 to 255 and
-    /// APP-NAME of 1 to 48 printable US-ASCII characters, no spaces (`-`
-    /// for none); facility at most 23 and severity at most 7. A field
-    /// outside these would shift the message's fields, and a receiver
-    /// would no longer find a record's seq. `max_message_len` must be at
-    /// least [`MIN_SYSLOG_MESSAGE_LEN`].
+    /// The HOSTNAME field: 1 to 255 printable US-ASCII characters without
+    /// spaces (`-` for none).
+    #[must_use]
+    pub fn hostname(mut self, name: impl Into<String>) -> Self {
+        self.hostname = name.into();
+        self
+    }
+
+    /// The APP-NAME field: 1 to 48 printable US-ASCII characters without
+    /// spaces.
+    #[must_use]
+    pub fn app_name(mut self, name: impl Into<String>) -> Self {
+        self.app_name = name.into();
+        self
+    }
+
+    /// The facility, 0 to 23.
+    #[must_use]
+    pub fn facility(mut self, facility: u8) -> Self {
+        self.facility = facility;
+        self
+    }
+
+    /// The severity, 0 to 7.
+    #[must_use]
+    pub fn severity(mut self, severity: u8) -> Self {
+        self.severity = severity;
+        self
+    }
+
+    /// The longest message the receiver takes whole, at least 1,024 bytes
+    /// (the whole message, as rsyslog's `maxMessageSize` counts it). A
+    /// receiver truncates a longer message and still acknowledges it
+    /// (rsyslog's imrelp and imtcp both do), so a record whose message
+    /// would be longer goes as several messages, in order, each with
+    /// `part="i/n"` in its structured data: nothing is cut off. A UTF-8
+    /// payload is split between characters, and no part but the last ends
+    /// in whitespace or a control character, which a receiver may strip
+    /// from a message's end.
+    #[must_use]
+    pub fn max_message_len(mut self, bytes: usize) -> Self {
+        self.max_message_len = bytes;
+        self
+    }
+
+    /// Checks the fields against RFC 5424: a field outside its bounds would
+    /// shift the message's fields, and a receiver would no longer find a
+    /// record's seq.
     ///
     /// # Errors
     /// [`Error::Config`](crate::Error::Config) naming the field.
-    pub fn validate(&self) -> Result<(), crate::Error> {
+    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
         let field = |name: &str, value: &str, max: usize| {
             if value.is_empty() || value.len() > max || !value.bytes().all(|b| (33..=126).contains(&b)) {
                 return Err(crate::Error::Config(format!(
@@ -288,6 +322,44 @@ impl std::fmt::Debug for SyslogTransport {
     }
 }
 
+struct SyslogFactory(SyslogConfig);
+
+impl TransportFactory for SyslogFactory {
+    fn make(&self) -> Result<Box<dyn Transport>, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Box::new(SyslogTransport { config: self.0.clone(), conn: None }))
+    }
+
+    fn check_endpoint(&self, endpoint: &Endpoint) -> Result<(), crate::Error> {
+        split_address(&endpoint.address).map(|_| ()).map_err(|e| crate::Error::Config(e.message))
+    }
+}
+
+/// The protocol and `host:port` of a syslog endpoint.
+fn split_address(address: &str) -> Result<(Kind, &str), SendError> {
+    let refuse = |why: &str| {
+        Err(SendError::permanent(format!(
+            "the syslog endpoint {address:?} {why}: write tcp://host:port or relp://host:port"
+        )))
+    };
+    let (kind, hostport) = if let Some(rest) = address.strip_prefix("relp://") {
+        (Kind::Relp, rest)
+    } else if let Some(rest) = address.strip_prefix("tcp://") {
+        (Kind::Tcp, rest)
+    } else {
+        return refuse("names no tcp:// or relp:// scheme");
+    };
+    let Some((host, port)) = hostport.rsplit_once(':') else {
+        return refuse("names no port");
+    };
+    if host.is_empty() || host == "[]" {
+        return refuse("names no host");
+    }
+    if !matches!(port.parse::<u16>(), Ok(1..)) {
+        return refuse("has a port that is not a number from 1 to 65535");
+    }
+    Ok((kind, hostport))
+}
+
 fn retryable(what: &str, e: &io::Error) -> SendError {
     if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
         SendError::timed_out()
@@ -307,15 +379,16 @@ impl SyslogTransport {
         Ok(SyslogTransport { config, conn: None })
     }
 
-    /// A factory for [`ShipperBuilder::transport`](crate::ShipperBuilder::transport).
+    /// The factory to hand to
+    /// [`ShipperBuilder::transport`](crate::ShipperBuilder::transport): it
+    /// makes transports with `config`, and refuses an endpoint that is not
+    /// `tcp://host:port` or `relp://host:port`.
     ///
     /// # Errors
     /// As [`SyslogTransport::new`].
-    pub fn factory(
-        config: SyslogConfig,
-    ) -> Result<impl Fn() -> Box<dyn Transport> + Send + Sync + 'static, crate::Error> {
+    pub fn factory(config: SyslogConfig) -> Result<impl TransportFactory + 'static, crate::Error> {
         config.validate()?;
-        Ok(move || Box::new(SyslogTransport { config: config.clone(), conn: None }) as Box<dyn Transport>)
+        Ok(SyslogFactory(config))
     }
 
     fn connect(&mut self, endpoint: &Endpoint, ctx: &SendContext) -> Result<&mut Connection, SendError> {
@@ -336,16 +409,7 @@ impl SyslogTransport {
             }
         }
         if self.conn.is_none() {
-            let (kind, hostport) = if let Some(rest) = endpoint.address.strip_prefix("relp://") {
-                (Kind::Relp, rest)
-            } else if let Some(rest) = endpoint.address.strip_prefix("tcp://") {
-                (Kind::Tcp, rest)
-            } else {
-                return Err(SendError::permanent(format!(
-                    "syslog endpoint {} must start with tcp:// or relp://",
-                    endpoint.address
-                )));
-            };
+            let (kind, hostport) = split_address(&endpoint.address)?;
             // A lookup has no timeout and a connect no cancellation: both
             // run on a helper thread.
             let (hostport, deadline) = (hostport.to_owned(), ctx.deadline);

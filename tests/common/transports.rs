@@ -86,7 +86,7 @@ impl Transport for ScriptedTransport {
     fn send(&mut self, endpoint: &Endpoint, batch: &Batch, ctx: &SendContext) -> Result<(), SendError> {
         let s = &self.script;
         s.sends.fetch_add(1, Ordering::SeqCst);
-        let b = s.behaviors.lock().get(&endpoint.address).cloned().unwrap_or(Behavior::Deliver);
+        let b = s.behaviors.lock().get(endpoint.address()).cloned().unwrap_or(Behavior::Deliver);
         match b {
             Behavior::Deliver => s.receiver.transport().send(endpoint, batch, ctx),
             Behavior::HangHonouringCancel => {
@@ -109,7 +109,7 @@ impl Transport for ScriptedTransport {
             }
             Behavior::FailThenDeliver(kind, _) => {
                 let mut left = s.failures_left.lock();
-                let n = left.entry(endpoint.address.clone()).or_insert(0);
+                let n = left.entry(endpoint.address().to_owned()).or_insert(0);
                 if *n > 0 {
                     *n -= 1;
                     Err(SendError::new(kind, "scripted failure"))
