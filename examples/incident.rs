@@ -43,28 +43,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let r = receiver.clone();
     let stall_report: Arc<Mutex<Option<Duration>>> = Arc::default();
     let sr = Arc::clone(&stall_report);
-    let shipper = Arc::new(
-        Shipper::builder(ring)
-            .endpoint(Endpoint::new("A"))
-            .transport(move || Box::new(Flaky { receiver: r.clone() }) as Box<dyn Transport>)
-            .max_batch_records(200)
-            .linger(Duration::from_millis(1))
-            .backoff_initial(Duration::from_millis(1))
-            .backoff_max(Duration::from_millis(20))
-            .send_timeout(Duration::from_millis(50))
-            .stall_after(Duration::from_millis(250))
-            .on_stall(move |h| {
-                sr.lock().unwrap().get_or_insert(h.stalled_for.unwrap_or_default());
-            })
-            .start()?,
-    );
+    let shipper = Shipper::builder(ring)
+        .endpoint(Endpoint::new("A"))
+        .transport(move || Box::new(Flaky { receiver: r.clone() }) as Box<dyn Transport>)
+        .max_batch_records(200)
+        .linger(Duration::from_millis(1))
+        .backoff_initial(Duration::from_millis(1))
+        .backoff_max(Duration::from_millis(20))
+        .send_timeout(Duration::from_millis(50))
+        .stall_after(Duration::from_millis(250))
+        .on_stall(move |h| {
+            sr.lock().unwrap().get_or_insert(h.stalled_for.unwrap_or_default());
+        })
+        .start()?;
     println!("ringship incident replay: ring 64 KiB, 2 producers at full speed, 4 threads x 1000 switches A<->B");
     println!("  endpoint A hangs every send until cancelled; endpoint B accepts");
 
     let stop = Arc::new(AtomicBool::new(false));
     let producers: Vec<_> = (0..2)
         .map(|p| {
-            let (shipper, stop) = (Arc::clone(&shipper), Arc::clone(&stop));
+            let (shipper, stop) = (shipper.clone(), Arc::clone(&stop));
             std::thread::spawn(move || {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -77,7 +75,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let switchers: Vec<_> = (0..4)
         .map(|s| {
-            let shipper = Arc::clone(&shipper);
+            let shipper = shipper.clone();
             std::thread::spawn(move || {
                 let mut slowest = Duration::ZERO;
                 for i in 0..1000 {

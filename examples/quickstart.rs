@@ -36,20 +36,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("standby  {}", secondary.url());
 
     let http = HttpConfig::default().format(BodyFormat::LengthPrefixed).gzip(true);
-    let shipper = Arc::new(
-        Shipper::builder(ring)
-            .endpoint(Endpoint::new(primary.url()))
-            .transport(HttpTransport::factory(http))
-            .max_batch_records(1000)
-            .linger(Duration::from_millis(2))
-            .stall_after(Duration::from_secs(2))
-            .start()?,
-    );
+    let shipper = Shipper::builder(ring)
+        .endpoint(Endpoint::new(primary.url()))
+        .transport(HttpTransport::factory(http))
+        .max_batch_records(1000)
+        .linger(Duration::from_millis(2))
+        .stall_after(Duration::from_secs(2))
+        .start()?;
 
     let started = Instant::now();
     let producers: Vec<_> = (0..THREADS)
         .map(|t| {
-            let shipper = Arc::clone(&shipper);
+            let shipper = shipper.clone();
             std::thread::spawn(move || -> ringship::Result<()> {
                 for i in 0..PER_THREAD {
                     shipper.append(format!("level=info thread={t} n={i} msg=\"request served\"").as_bytes())?;
@@ -63,7 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let done = Arc::new(AtomicBool::new(false));
     let progress = {
-        let (shipper, done, standby) = (Arc::clone(&shipper), Arc::clone(&done), secondary.url());
+        let (shipper, done, standby) = (shipper.clone(), Arc::clone(&done), secondary.url());
         std::thread::spawn(move || {
             let mut switched = false;
             while !done.load(Ordering::Relaxed) {
@@ -95,7 +93,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // A very fast run finished before the progress thread saw half.
         shipper.switch_endpoint(Endpoint::new(secondary.url())).unwrap();
     }
-    let shipper = Arc::try_unwrap(shipper).expect("the other threads are done");
     let stats = shipper.shutdown(Duration::from_secs(10))?.stats;
 
     print_report(&stats, &primary, &secondary, &dir, started)

@@ -12,7 +12,6 @@
 mod http_receiver;
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http_receiver::HttpReceiver;
@@ -21,7 +20,7 @@ use ringship::{Endpoint, HttpConfig, HttpTransport, Ring, RingConfig, Shipper, S
 /// What the service's code sees: log a line, read the metrics, shut down.
 #[derive(Clone)]
 struct Telemetry {
-    shipper: Arc<Shipper>,
+    shipper: Shipper,
 }
 
 impl Telemetry {
@@ -41,7 +40,7 @@ impl Telemetry {
             .on_stall(|h| eprintln!("telemetry stalled: {} records pending, last error {:?}", h.pending, h.last_error))
             .on_loss(|ranges| eprintln!("telemetry lost records: {ranges:?}"))
             .start()?;
-        Ok(Telemetry { shipper: Arc::new(shipper) })
+        Ok(Telemetry { shipper })
     }
 
     /// Logs one line; never blocks on the network.
@@ -59,10 +58,10 @@ impl Telemetry {
         self.shipper.stats().to_prometheus()
     }
 
-    fn shutdown(self) -> ringship::Result<()> {
-        let shipper =
-            Arc::try_unwrap(self.shipper).map_err(|_| ringship::Error::Config("telemetry still in use".into()))?;
-        let report = shipper.shutdown(Duration::from_secs(5))?;
+    /// Any clone may shut telemetry down: the metrics thread may still
+    /// hold one.
+    fn shutdown(&self) -> ringship::Result<()> {
+        let report = self.shipper.shutdown(Duration::from_secs(5))?;
         eprintln!(
             "telemetry: shut down, {} delivered during shutdown, {} kept on disk",
             report.delivered, report.left_pending

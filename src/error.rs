@@ -103,6 +103,10 @@ pub enum Error {
     /// The ring was closed.
     #[error("the ring is closed")]
     Closed,
+    /// The shipper was shut down through another handle, and that shutdown
+    /// failed or is still running: the message says which.
+    #[error("the shipper is shut down: {0}")]
+    ShutDown(String),
     /// An operating-system error, with the file and the operation.
     #[error("{op} {path}: {source}")]
     Io {

@@ -61,6 +61,8 @@ pub(crate) const LEVEL_RING_STATE: u8 = 20;
 pub(crate) const LEVEL_SYNC: u8 = 30;
 /// `sender.endpoint`: the desired endpoint, its generation, the in-flight token.
 pub(crate) const LEVEL_SENDER_ENDPOINT: u8 = 40;
+/// `sender.handle`: a shipper's supervisor thread and shutdown phase.
+pub(crate) const LEVEL_SENDER_HANDLE: u8 = 45;
 /// `sender.status`: health, last error, worker heartbeat.
 pub(crate) const LEVEL_SENDER_STATUS: u8 = 50;
 /// `transport.cancel`: a cancellation token's waiters.

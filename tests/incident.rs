@@ -65,7 +65,7 @@ fn replay(a: Behavior) {
     let stop_producing = Arc::new(AtomicBool::new(false));
     let producers: Vec<_> = (0..PRODUCERS)
         .map(|p| {
-            let (shipper, stop) = (Arc::clone(&shipper), Arc::clone(&stop_producing));
+            let (shipper, stop) = (shipper.clone(), Arc::clone(&stop_producing));
             std::thread::spawn(move || {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -79,7 +79,7 @@ fn replay(a: Behavior) {
     let barrier = Arc::new(Barrier::new(SWITCHERS));
     let switchers: Vec<_> = (0..SWITCHERS)
         .map(|s| {
-            let (shipper, barrier) = (Arc::clone(&shipper), Arc::clone(&barrier));
+            let (shipper, barrier) = (shipper.clone(), Arc::clone(&barrier));
             std::thread::spawn(move || {
                 barrier.wait();
                 let mut worst = Duration::ZERO;

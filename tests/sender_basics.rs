@@ -737,3 +737,33 @@ fn builder_rejects_bad_settings() {
         assert!(matches!(err, ringship::Error::Config(_)), "{what}: {err}");
     }
 }
+
+/// A service shares its shipper (a metrics thread, a logging layer): any
+/// clone shuts it down, the ring is closed and released, a call racing
+/// the first waits for it, and later calls get the same report; appends
+/// through any clone are refused from then on.
+#[test]
+fn any_clone_shuts_the_shipper_down_once() {
+    let t = TempRing::new();
+    let script = Script::new();
+    let shipper = builder(ring(&t, 1 << 20), &script, "a").start().unwrap();
+    let (metrics, logger) = (shipper.clone(), shipper.clone());
+    for i in 0..100u32 {
+        logger.append(&i.to_le_bytes()).unwrap();
+    }
+    let racer = {
+        let metrics = metrics.clone();
+        std::thread::spawn(move || metrics.shutdown(Duration::from_secs(5)))
+    };
+    let first = logger.shutdown(Duration::from_secs(5)).unwrap();
+    let raced = racer.join().unwrap().unwrap();
+    assert!(first.drained, "{first:?}");
+    assert_eq!(first.left_pending, 0);
+    assert_eq!(raced, first, "the racing call gets the same report");
+    assert_eq!(metrics.shutdown(Duration::ZERO).unwrap(), first, "a later call gets the same report");
+    assert!(matches!(shipper.append(b"late"), Err(ringship::Error::Closed)));
+    assert_eq!(seqs(&script, "a").len(), 100);
+    drop((shipper, metrics, logger));
+    let (_, report) = Ring::open(&t.dir, small(1 << 20)).expect("the directory was released");
+    assert!(report.clean_shutdown, "{report:?}");
+}

@@ -23,7 +23,7 @@ use self::supervisor::{Observation, Verdict, Watch};
 use self::switch::Switchboard;
 use crate::stats::{LossFeed, LossRange};
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use crate::sync::{LEVEL_SENDER_STATUS, LEVEL_SENDER_WORKERS, Mutex, Signal, Woken};
+use crate::sync::{LEVEL_SENDER_HANDLE, LEVEL_SENDER_STATUS, LEVEL_SENDER_WORKERS, Mutex, Signal, Woken};
 use crate::transport::{Batch, CancelToken, Endpoint, TransportFactory};
 use crate::{Error, Result, Ring};
 
@@ -117,6 +117,71 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The body of [`Shipper::shutdown`], run once.
+    fn shut_down(
+        &self,
+        start: Instant,
+        deadline: Duration,
+        supervisor: Option<(Arc<Signal>, JoinHandle<()>)>,
+    ) -> Result<ShutdownReport> {
+        let acked_before = self.ring.stats().acked;
+        self.closing.store(true, Ordering::Release);
+        self.wake();
+        // Until drained, or the worker has stopped (an empty read while
+        // draining, or a closed ring) with no replacement under way (its
+        // epoch still the current one): nothing more will ship then.
+        let worker_running = || {
+            self.workers
+                .lock()
+                .current
+                .as_ref()
+                .is_none_or(|(epoch, h)| !h.is_finished() || *epoch != self.epoch.load(Ordering::Acquire))
+        };
+        while self.ring.stats().pending > 0 && start.elapsed() < deadline && worker_running() {
+            std::thread::sleep(Duration::from_millis(2).min(deadline.saturating_sub(start.elapsed())));
+        }
+        self.stop_threads();
+        if let Some((stop, handle)) = supervisor {
+            stop.close();
+            let _ = handle.join();
+        }
+        // Give the worker a moment to leave; a transport stuck past its
+        // deadline is left behind, detached, and counted with the abandoned
+        // ones (which stay detached too).
+        let worker = self.workers.lock().current.take();
+        if let Some((_, handle)) = worker {
+            let grace = Instant::now() + SHUTDOWN_GRACE;
+            while !handle.is_finished() && Instant::now() < grace {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if handle.is_finished() {
+                let _ = handle.join();
+            } else {
+                self.workers.lock().abandoned.push(handle);
+            }
+        }
+        self.status.lock().stopped = true;
+        let stats = self.stats();
+        // `close` syncs, and releases the directory even when that fails:
+        // a separate `sync` first would return before the release.
+        self.ring.close()?;
+        Ok(ShutdownReport {
+            drained: stats.ring.pending == 0,
+            delivered: stats.ring.acked - acked_before,
+            left_pending: stats.ring.pending,
+            elapsed: start.elapsed(),
+            stats,
+        })
+    }
+
+    /// Tells every thread to stop, cancelling the send in flight.
+    fn stop_threads(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.stop.store(true, Ordering::Release);
+        self.cancel_inflight();
+        self.wake();
+    }
+
     fn new(
         ring: Arc<Ring>,
         cfg: ShipperConfig,
@@ -569,16 +634,44 @@ fn check_endpoint(factory: &dyn TransportFactory, endpoint: &Endpoint) -> Result
 /// past `abandon_after` with a fresh one from the transport factory.
 ///
 /// [`Shipper::switch_endpoint`] never waits: it records the new endpoint,
-/// cancels a send in flight to an older one and returns. Drop only signals
-/// the threads to stop; call [`Shipper::shutdown`] to drain with a deadline.
+/// cancels a send in flight to an older one and returns.
+///
+/// A `Shipper` is a handle: clones are cheap and share one shipper, so a
+/// metrics thread and a logging layer can each hold one. Any clone can
+/// [`shutdown`](Shipper::shutdown) it. Dropping the last clone without a
+/// shutdown only signals the threads to stop, leaving the ring to be
+/// recovered at the next open.
+#[derive(Clone)]
 pub struct Shipper {
-    shared: Arc<Shared>,
-    supervisor: Option<(Arc<Signal>, JoinHandle<()>)>,
+    handle: Arc<Handle>,
 }
+
+/// What the clones of a [`Shipper`] share.
+struct Handle {
+    shared: Arc<Shared>,
+    /// `sender.handle` (level 45): the supervisor thread and how far
+    /// shutdown has got.
+    phase: Mutex<Phase>,
+    /// Fired when a shutdown ends, for the callers waiting on another's.
+    finished: CancelToken,
+}
+
+enum Phase {
+    Running {
+        supervisor: Option<(Arc<Signal>, JoinHandle<()>)>,
+    },
+    ShuttingDown,
+    /// The first shutdown's report, or its error's message.
+    Done(std::result::Result<ShutdownReport, String>),
+}
+
+/// How long a worker still in its send at the end of a shutdown gets to
+/// leave before it is left behind.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
 
 impl std::fmt::Debug for Shipper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shipper").field("ring", &self.shared.ring).finish_non_exhaustive()
+        f.debug_struct("Shipper").field("ring", &self.handle.shared.ring).finish_non_exhaustive()
     }
 }
 
@@ -588,12 +681,16 @@ impl Shipper {
         ShipperBuilder::new(ring.into())
     }
 
-    /// The ring the shipper reads from.
-    pub fn ring(&self) -> &Arc<Ring> {
-        &self.shared.ring
+    fn shared(&self) -> &Shared {
+        &self.handle.shared
     }
 
-    /// Appends a record to the ring and wakes the worker. See [`Ring::append`].
+    /// The ring the shipper reads from.
+    pub fn ring(&self) -> &Arc<Ring> {
+        &self.shared().ring
+    }
+
+    /// Appends a record to the ring. See [`Ring::append`].
     ///
     /// # Errors
     /// As [`Ring::append`]; [`Error::Closed`] once shutdown has begun.
@@ -606,7 +703,7 @@ impl Shipper {
     /// # Errors
     /// As [`Ring::append_batch`]; [`Error::Closed`] once shutdown has begun.
     pub fn append_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(u64, u64)> {
-        self.shared.append_batch(payloads)
+        self.shared().append_batch(payloads)
     }
 
     /// Points the shipper at `endpoint` and returns its generation.
@@ -619,25 +716,27 @@ impl Shipper {
     /// reload does) returns its generation and changes nothing.
     ///
     /// # Errors
-    /// [`Error::Config`] for an address that is empty or holds whitespace
-    /// or control characters; shipping goes on to the endpoint in use.
+    /// [`Error::Config`] for an endpoint the transport cannot use (see
+    /// [`TransportFactory::check_endpoint`]), or an address that is empty or
+    /// holds whitespace or control characters; shipping goes on to the
+    /// endpoint in use.
     pub fn switch_endpoint(&self, endpoint: Endpoint) -> Result<u64> {
-        self.shared.switch_endpoint(endpoint)
+        self.shared().switch_endpoint(endpoint)
     }
 
     /// The endpoint in use.
     pub fn endpoint(&self) -> Endpoint {
-        (*self.shared.endpoint.current().1).clone()
+        (*self.shared().endpoint.current().1).clone()
     }
 
     /// Every counter, the ring's included.
     pub fn stats(&self) -> SenderStats {
-        self.shared.stats()
+        self.shared().stats()
     }
 
     /// The sender's health.
     pub fn health(&self) -> Health {
-        self.shared.health()
+        self.shared().health()
     }
 
     /// Stops intake, drains for at most `deadline`, stops the threads, and
@@ -649,79 +748,53 @@ impl Shipper {
     /// sync, whatever the transport, the factory or the callbacks do:
     /// callbacks still queued run on their own thread afterwards.
     ///
+    /// Any clone may call it. A call while another clone's shutdown runs
+    /// waits for that one, within its own `deadline` plus the same bound;
+    /// a call after it returns the same report.
+    ///
     /// # Errors
-    /// The ring's sync or checkpoint error; the ring is closed and its
-    /// directory released either way.
-    pub fn shutdown(mut self, deadline: Duration) -> Result<ShutdownReport> {
+    /// The ring's sync or checkpoint error (the ring is closed and its
+    /// directory released either way); to a later call,
+    /// [`Error::ShutDown`] naming that error, or saying that another
+    /// clone's shutdown is still running when this call's wait ends.
+    pub fn shutdown(&self, deadline: Duration) -> Result<ShutdownReport> {
         let start = Instant::now();
-        let shared = Arc::clone(&self.shared);
-        let acked_before = shared.ring.stats().acked;
-        shared.closing.store(true, Ordering::Release);
-        shared.wake();
-        // Until drained, or the worker has stopped (an empty read while
-        // draining, or a closed ring) with no replacement under way (its
-        // epoch still the current one): nothing more will ship then.
-        let worker_running = || {
-            shared
-                .workers
-                .lock()
-                .current
-                .as_ref()
-                .is_none_or(|(epoch, h)| !h.is_finished() || *epoch != shared.epoch.load(Ordering::Acquire))
+        let supervisor = {
+            let mut phase = self.handle.phase.lock();
+            match &mut *phase {
+                Phase::Running { supervisor } => {
+                    let supervisor = supervisor.take();
+                    *phase = Phase::ShuttingDown;
+                    supervisor
+                }
+                Phase::ShuttingDown => {
+                    drop(phase);
+                    return self.await_other_shutdown(start, deadline);
+                }
+                Phase::Done(done) => return done.clone().map_err(Error::ShutDown),
+            }
         };
-        while shared.ring.stats().pending > 0 && start.elapsed() < deadline && worker_running() {
-            std::thread::sleep(Duration::from_millis(2).min(deadline.saturating_sub(start.elapsed())));
-        }
-        self.stop_threads();
-        // Give the worker a moment to leave; a transport stuck past its
-        // deadline is left behind, detached, and counted with the abandoned
-        // ones (which stay detached too).
-        let worker = shared.workers.lock().current.take();
-        if let Some((_, handle)) = worker {
-            let grace = Instant::now() + Duration::from_millis(200);
-            while !handle.is_finished() && Instant::now() < grace {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            if handle.is_finished() {
-                let _ = handle.join();
-            } else {
-                shared.workers.lock().abandoned.push(handle);
-            }
-        }
-        shared.status.lock().stopped = true;
-        let stats = shared.stats();
-        // `close` syncs, and releases the directory even when that fails:
-        // a separate `sync` first would return before the release.
-        shared.ring.close()?;
-        Ok(ShutdownReport {
-            drained: stats.ring.pending == 0,
-            delivered: stats.ring.acked - acked_before,
-            left_pending: stats.ring.pending,
-            elapsed: start.elapsed(),
-            stats,
-        })
+        let result = self.handle.shared.shut_down(start, deadline, supervisor);
+        *self.handle.phase.lock() = Phase::Done(result.as_ref().map(Clone::clone).map_err(ToString::to_string));
+        self.handle.finished.cancel();
+        result
     }
 
-    fn stop_threads(&mut self) {
-        self.shared.closing.store(true, Ordering::Release);
-        self.shared.stop.store(true, Ordering::Release);
-        self.shared.cancel_inflight();
-        self.shared.wake();
-        if let Some((stop, handle)) = self.supervisor.take() {
-            stop.close();
-            let _ = handle.join();
+    fn await_other_shutdown(&self, start: Instant, deadline: Duration) -> Result<ShutdownReport> {
+        let bound = deadline.saturating_add(SHUTDOWN_GRACE).saturating_add(Duration::from_secs(1));
+        self.handle.finished.wait_timeout(bound.saturating_sub(start.elapsed()));
+        match &*self.handle.phase.lock() {
+            Phase::Done(done) => done.clone().map_err(Error::ShutDown),
+            _ => Err(Error::ShutDown("another handle's shutdown of this shipper is still running".into())),
         }
     }
 }
 
-impl Drop for Shipper {
+impl Drop for Handle {
     fn drop(&mut self) {
         // Signal only; never block.
-        self.shared.closing.store(true, Ordering::Release);
-        self.shared.stop.store(true, Ordering::Release);
-        self.shared.cancel_inflight();
-        self.shared.wake();
-        if let Some((stop, _handle)) = self.supervisor.take() {
+        self.shared.stop_threads();
+        if let Phase::Running { supervisor: Some((stop, _handle)) } = &*self.phase.lock() {
             stop.close();
         }
     }
@@ -963,6 +1036,12 @@ impl ShipperBuilder {
             .spawn(move || supervise(&s, &stop_rx, &initial, cb))
             .map_err(|e| thread_error("the supervisor thread", e))?;
         spawn_worker(&shared, 1);
-        Ok(Shipper { shared, supervisor: Some((stop, supervisor)) })
+        let phase = Phase::Running { supervisor: Some((stop, supervisor)) };
+        let handle = Handle {
+            shared,
+            phase: Mutex::new(LEVEL_SENDER_HANDLE, "sender.handle", phase),
+            finished: CancelToken::new(),
+        };
+        Ok(Shipper { handle: Arc::new(handle) })
     }
 }
