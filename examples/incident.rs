@@ -25,7 +25,7 @@ struct Flaky {
 impl Transport for Flaky {
     fn send(&mut self, endpoint: &Endpoint, batch: &Batch, ctx: &SendContext) -> Result<(), SendError> {
         if endpoint.address() == "A" {
-            return if ctx.cancel.wait_timeout(ctx.remaining()) {
+            return if ctx.wait_cancelled(ctx.remaining()) {
                 Err(SendError::cancelled())
             } else {
                 Err(SendError::timed_out())

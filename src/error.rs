@@ -108,7 +108,7 @@ pub enum Error {
     #[error("the shipper is shut down: {0}")]
     ShutDown(String),
     /// An operating-system error, with the file and the operation.
-    #[error("{op} {path}: {source}")]
+    #[error("could not {op} {path}: {source}")]
     Io {
         /// What ringship was doing.
         op: &'static str,

@@ -85,8 +85,8 @@ pub use sender::{
 };
 pub use stats::{LossCause, LossRange, RecoveryReport, RingStats};
 pub use transport::{
-    Batch, BatchRecord, CancelToken, Endpoint, GapNotice, MemoryReceiver, MemoryTransport, Received, SendContext,
-    SendError, SendErrorKind, Transport, TransportFactory,
+    Batch, BatchRecord, Endpoint, GapNotice, MemoryReceiver, MemoryTransport, Received, SendContext, SendError,
+    SendErrorKind, Transport, TransportFactory,
 };
 #[cfg(feature = "http")]
 pub use transport::{BodyFormat, HttpConfig, HttpTransport};

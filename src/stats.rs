@@ -66,6 +66,7 @@ impl LossCause {
 /// discovered by recovery rather than seen while evicting, they are bounds
 /// taken from the nearest surviving records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LossRange {
     /// First lost seq.
     pub first_seq: u64,

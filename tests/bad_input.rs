@@ -296,3 +296,19 @@ fn a_failed_tail_read_never_drops_a_good_record() {
     let got = ring.read(1, 10, 1 << 20).unwrap();
     assert_eq!(got.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
 }
+
+/// A file where the ring directory (or one of its parents) should be is
+/// refused with a sentence naming it, not the OS's "File exists".
+#[test]
+fn a_file_in_the_way_of_the_ring_directory_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("telemetry");
+    std::fs::write(&file, b"not a ring").unwrap();
+    for (dir, says) in [(file.clone(), "it is a file, not a directory"), (file.join("ring"), "telemetry is a file")] {
+        let err = ringship::Ring::open(&dir, ringship::RingConfig::default()).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, ringship::Error::NotARing { .. }), "{text}");
+        assert!(text.contains(says) && !text.contains("File exists"), "{text}");
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a ring", "the file is left alone");
+}

@@ -230,13 +230,24 @@ fn create_if_absent(dir: &Path, data_path: &Path, meta_path: &Path, cap: u64) ->
 
 pub(super) fn open(dir: &Path, config: RingConfig) -> Result<(Inner, RecoveryReport)> {
     config.validate()?;
+    // A file where the directory should be (or under a path component)
+    // makes the create fail with "File exists", which names no culprit.
+    let file_in_the_way = dir.ancestors().find(|p| p.exists()).filter(|p| !p.is_dir());
+    if let Some(file) = file_in_the_way {
+        let why = if file == dir {
+            "it is a file, not a directory".to_owned()
+        } else {
+            format!("{} is a file", file.display())
+        };
+        return Err(not_a_ring(dir, &why));
+    }
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .map_err(|e| Error::io("create ring directory", dir, e))?;
     if !dir.is_dir() {
-        return Err(not_a_ring(dir, "not a directory"));
+        return Err(not_a_ring(dir, "it is not a directory"));
     }
     let lock_file = lock_dir(dir)?;
     let data_path = dir.join(DATA_FILE);

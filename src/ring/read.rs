@@ -14,6 +14,7 @@ const LOCATE_BYTES: u64 = 1 << 20;
 
 /// One record read from the ring.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Record {
     /// Its sequence number.
     pub seq: u64,
@@ -25,6 +26,7 @@ pub struct Record {
 
 /// Records read by [`Ring::read`](crate::Ring::read), oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReadBatch {
     /// The records, in seq order. Seqs missing between them were lost.
     pub records: Vec<Record>,

@@ -7,6 +7,7 @@ use super::{Batch, BatchRecord, Endpoint, GapNotice, SendContext, SendError, Tra
 
 /// What one endpoint of a [`MemoryReceiver`] received.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct Received {
     /// Records in arrival order (duplicates included), if payloads are kept.
     pub records: Vec<BatchRecord>,

@@ -74,6 +74,7 @@ impl fmt::Display for Endpoint {
 
 /// One record in a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct BatchRecord {
     /// Its sequence number: receivers de-duplicate on it (delivery is
     /// at-least-once).
@@ -90,6 +91,7 @@ pub struct BatchRecord {
 /// acknowledged, or damaged); `rejected` counts records refused at append
 /// since the previous notice (they never had seqs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GapNotice {
     /// First missing seq (0 with `last_seq` 0 when only `rejected` is set).
     pub first_seq: u64,
@@ -123,6 +125,7 @@ impl GapNotice {
 /// What a transport sends: records in seq order, and a gap notice when
 /// records before them were lost.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Batch {
     /// The records, in consecutive seqs: the sender ends a batch before a
     /// missing seq, and the next batch's gap notice names it.
@@ -150,7 +153,7 @@ impl Batch {
 
 /// A one-way cancellation signal shared between the sender and a send.
 #[derive(Clone)]
-pub struct CancelToken(Arc<CancelInner>);
+pub(crate) struct CancelToken(Arc<CancelInner>);
 
 struct CancelInner {
     cancelled: AtomicBool,
@@ -172,7 +175,7 @@ impl Default for CancelToken {
 
 impl CancelToken {
     /// A token that has not fired.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         CancelToken(Arc::new(CancelInner {
             cancelled: AtomicBool::new(false),
             lock: Mutex::new(LEVEL_CANCEL, "transport.cancel", ()),
@@ -181,20 +184,20 @@ impl CancelToken {
     }
 
     /// Fires the token; never blocks.
-    pub fn cancel(&self) {
+    pub(crate) fn cancel(&self) {
         self.0.cancelled.store(true, Ordering::Release);
         let _g = self.0.lock.lock();
         self.0.cv.notify_all();
     }
 
     /// Whether the token has fired.
-    pub fn is_cancelled(&self) -> bool {
+    pub(crate) fn is_cancelled(&self) -> bool {
         self.0.cancelled.load(Ordering::Acquire)
     }
 
     /// Sleeps up to `timeout`, waking early if the token fires. Returns
     /// whether it fired.
-    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+    pub(crate) fn wait_timeout(&self, timeout: Duration) -> bool {
         // A timeout too long to end at an instant waits for the token alone.
         let deadline = Instant::now().checked_add(timeout);
         let mut g = self.0.lock.lock();
@@ -257,16 +260,40 @@ pub(crate) fn run_cancellable<T: Send + 'static>(
 /// What a transport gets with each send.
 #[derive(Debug, Clone)]
 pub struct SendContext {
-    /// Return by then, with [`SendErrorKind::TimedOut`] if not done.
-    pub deadline: Instant,
-    /// Return soon after this fires, with [`SendErrorKind::Cancelled`].
-    pub cancel: CancelToken,
+    pub(crate) deadline: Instant,
+    pub(crate) cancel: CancelToken,
 }
 
 impl SendContext {
+    /// A context with `timeout` left and a token no one fires: for tests of
+    /// a transport.
+    #[cfg(any(test, feature = "testing"))]
+    #[doc(hidden)]
+    pub fn new(timeout: Duration) -> Self {
+        SendContext { deadline: Instant::now() + timeout, cancel: CancelToken::new() }
+    }
+
+    /// Return by then, with [`SendErrorKind::TimedOut`] if not done.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     /// Time left before the deadline (zero if past it).
     pub fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Whether the send is cancelled (its endpoint was switched away from,
+    /// or the shipper is stopping): return soon, with
+    /// [`SendErrorKind::Cancelled`].
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Sleeps up to `timeout`, waking early if the send is cancelled.
+    /// Returns whether it is.
+    pub fn wait_cancelled(&self, timeout: Duration) -> bool {
+        self.cancel.wait_timeout(timeout)
     }
 }
 
@@ -293,9 +320,10 @@ pub enum SendErrorKind {
     TooLarge,
 }
 
-/// A failed send.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{kind:?} send failure: {message}")]
+/// A failed send. It displays as a sentence saying what the shipper does
+/// about it: "the send failed and is retried: connection refused".
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SendError {
     /// Whether retrying can help.
     pub kind: SendErrorKind,
@@ -304,6 +332,21 @@ pub struct SendError {
     /// The endpoint asked to wait this long before retrying (Retry-After).
     pub retry_after: Option<Duration>,
 }
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.message;
+        match self.kind {
+            SendErrorKind::Retryable => write!(f, "the send failed and is retried: {m}"),
+            SendErrorKind::Permanent => write!(f, "the endpoint refused the batch, and retrying will not help: {m}"),
+            SendErrorKind::Cancelled => write!(f, "the send was cancelled: {m}"),
+            SendErrorKind::TimedOut => write!(f, "the send ran past its deadline: {m}"),
+            SendErrorKind::TooLarge => write!(f, "the endpoint refused the batch as too large: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
 
 impl SendError {
     /// A failure of the given kind.
@@ -323,12 +366,12 @@ impl SendError {
 
     /// The send was cancelled.
     pub fn cancelled() -> Self {
-        Self::new(SendErrorKind::Cancelled, "cancelled")
+        Self::new(SendErrorKind::Cancelled, "an endpoint switch or shutdown fired its token")
     }
 
     /// The deadline passed.
     pub fn timed_out() -> Self {
-        Self::new(SendErrorKind::TimedOut, "deadline passed")
+        Self::new(SendErrorKind::TimedOut, "no answer in time")
     }
 
     /// The endpoint refused the batch for its size.
@@ -472,6 +515,21 @@ mod tests {
         canceller.join().unwrap();
         let ctx = SendContext { deadline: Instant::now() + Duration::from_millis(20), cancel: CancelToken::new() };
         assert_eq!(run_cancellable("test", &ctx, slow).unwrap_err().kind, SendErrorKind::TimedOut);
+    }
+
+    /// A send error reads as a sentence saying what happens next, never
+    /// as a Rust variant name.
+    #[test]
+    fn send_errors_display_as_sentences() {
+        let cases = [
+            (SendError::retryable("connection refused"), "the send failed and is retried: connection refused"),
+            (SendError::timed_out(), "the send ran past its deadline: no answer in time"),
+            (SendError::permanent("HTTP 400"), "the endpoint refused the batch, and retrying will not help: HTTP 400"),
+        ];
+        for (err, text) in cases {
+            assert_eq!(err.to_string(), text);
+            assert!(!text.contains(&format!("{:?}", err.kind)));
+        }
     }
 
     #[test]

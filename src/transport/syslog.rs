@@ -931,7 +931,7 @@ mod tests {
     }
 
     fn ctx() -> SendContext {
-        SendContext { deadline: Instant::now() + Duration::from_secs(5), cancel: crate::CancelToken::new() }
+        SendContext { deadline: Instant::now() + Duration::from_secs(5), cancel: crate::transport::CancelToken::new() }
     }
 
     /// Reads one octet-counted message from `s`.

@@ -4,12 +4,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use ringship::{
-    Batch, CancelToken, Endpoint, MemoryReceiver, Ring, SendContext, SendError, SendErrorKind, Shipper, ShipperBuilder,
-    Transport,
+    Batch, Endpoint, MemoryReceiver, Ring, SendContext, SendError, SendErrorKind, Shipper, ShipperBuilder, Transport,
 };
 
 use crate::common::{TempRing, small};
@@ -90,7 +89,7 @@ impl Transport for ScriptedTransport {
         match b {
             Behavior::Deliver => s.receiver.transport().send(endpoint, batch, ctx),
             Behavior::HangHonouringCancel => {
-                if ctx.cancel.wait_timeout(ctx.remaining()) {
+                if ctx.wait_cancelled(ctx.remaining()) {
                     Err(SendError::cancelled())
                 } else {
                     Err(SendError::timed_out())
@@ -103,8 +102,7 @@ impl Transport for ScriptedTransport {
             Behavior::HangThenDeliver => {
                 s.wait_for_release();
                 // Past its deadline and cancelled by now, yet accepted.
-                let late =
-                    SendContext { deadline: Instant::now() + Duration::from_secs(1), cancel: CancelToken::new() };
+                let late = SendContext::new(Duration::from_secs(1));
                 s.receiver.transport().send(endpoint, batch, &late)
             }
             Behavior::FailThenDeliver(kind, _) => {
@@ -120,7 +118,7 @@ impl Transport for ScriptedTransport {
             }
             Behavior::Fail(kind) => Err(SendError::new(kind, format!("scripted {kind:?} failure"))),
             Behavior::DelayThenDeliver(d) => {
-                if ctx.cancel.wait_timeout(d.min(ctx.remaining())) {
+                if ctx.wait_cancelled(d.min(ctx.remaining())) {
                     Err(SendError::cancelled())
                 } else {
                     s.receiver.transport().send(endpoint, batch, ctx)
