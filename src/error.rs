@@ -83,15 +83,6 @@ pub enum Error {
         /// The last seq assigned.
         last: u64,
     },
-    /// `note_rejections_reported` named more rejections than the ring has
-    /// counted.
-    #[error("cannot note {count} rejections as reported: the ring has rejected {rejected} records")]
-    ReportedBeyondRejected {
-        /// The count passed.
-        count: u64,
-        /// The ring's rejected count.
-        rejected: u64,
-    },
     /// An earlier write or fsync failed. The kernel may have dropped the
     /// data it covered, so the ring refuses to pretend: close and reopen it,
     /// and recovery will count what was lost.

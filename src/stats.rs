@@ -210,11 +210,10 @@ pub struct RingStats {
     pub overwritten_bytes: u64,
     /// Records refused by `append` (full ring, too large, write error).
     pub rejected: u64,
-    /// Of `rejected`, how many a receiver has been told of, as noted with
-    /// [`Ring::note_rejections_reported`](crate::Ring::note_rejections_reported)
-    /// (the shipper notes each gap notice it delivers). Kept across
-    /// restarts, so rejections not yet reported when the process stops are
-    /// reported after it starts again. Not part of the identity.
+    /// Of `rejected`, how many a receiver has been told of in a gap notice
+    /// the shipper delivered. Kept across restarts, so rejections not yet
+    /// reported when the process stops are reported after it starts again.
+    /// Not part of the identity.
     pub rejected_reported: u64,
     /// Records found damaged and never delivered.
     pub corrupted: u64,

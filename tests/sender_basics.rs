@@ -212,27 +212,6 @@ fn rejected_records_are_reported_in_a_gap_notice_once_across_restarts() {
     assert_eq!(rejected(&script), vec![1, 1, 2]);
 }
 
-/// A reader of its own notes the rejections it reported; the ring refuses
-/// a count it never reached and keeps the highest one noted.
-#[test]
-fn rejections_noted_as_reported_are_bounded_and_kept() {
-    let t = TempRing::new();
-    let r = ring(&t, 64 << 10);
-    for _ in 0..3 {
-        assert!(r.append(&vec![0; 5000]).is_err());
-    }
-    let err = r.note_rejections_reported(4).unwrap_err();
-    assert!(matches!(err, ringship::Error::ReportedBeyondRejected { count: 4, rejected: 3 }), "{err}");
-    r.note_rejections_reported(2).unwrap();
-    r.note_rejections_reported(1).unwrap();
-    assert_eq!(r.stats().rejected_reported, 2);
-    // Kept by the checkpoint the note wrote, through a crash.
-    drop(r);
-    let r = ring(&t, 64 << 10);
-    assert_eq!((r.stats().rejected, r.stats().rejected_reported), (3, 2));
-    assert_identity(&r.stats());
-}
-
 /// Records acknowledged while the worker reads (the late success of an
 /// abandoned worker's send) and evicted before the read ends were
 /// delivered: no gap notice names them. Before, the worker took its cursor

@@ -1,5 +1,6 @@
 //! The bounded durable ring.
 
+mod delivery;
 pub(crate) mod frame;
 pub(crate) mod meta;
 mod open;
@@ -289,13 +290,18 @@ impl Ring {
     /// [`Error::AckBeyondHead`] for a seq never assigned, [`Error::Closed`],
     /// or [`Error::Io`] if the checkpoint could not be written.
     pub fn ack(&self, seq: u64) -> Result<()> {
-        self.ack_delivered(seq, seq.saturating_add(1)).map(|_| ())
+        self.ack_delivery(seq, seq.saturating_add(1), None).map(|_| ())
     }
 
     /// Acks through `seq` the delivery of the records from `first` on, and
-    /// returns how many of those the ring evicted meanwhile (counted
-    /// overwritten, yet the receiver has them).
-    pub(crate) fn ack_delivered(&self, seq: u64, first: u64) -> Result<u64> {
+    /// notes that the receiver was told of the ring's first `rejected`
+    /// rejections (the count [`read_delivery`](Self::read_delivery) gave a
+    /// batch whose gap notice was delivered), in one checkpoint. A maximum,
+    /// not a sum: the same rejections can be delivered twice (an abandoned
+    /// send's late success after its replacement's). Returns how many of
+    /// the records the ring evicted meanwhile (counted overwritten, yet the
+    /// receiver has them).
+    pub(crate) fn ack_delivery(&self, seq: u64, first: u64, rejected: Option<u64>) -> Result<u64> {
         let inner = &*self.inner;
         let evicted;
         let unplaced = {
@@ -307,8 +313,13 @@ impl Ring {
             if seq > last {
                 return Err(Error::AckBeyondHead { seq, last });
             }
+            // Only ever a count the ring gave out.
+            let reported = rejected.map_or(st.rejected_reported, |r| r.min(st.rejected).max(st.rejected_reported));
+            let newly_reported = reported > st.rejected_reported;
+            st.rejected_reported = reported;
             if seq <= st.ack_seq {
-                return Ok(0);
+                drop(st);
+                return if newly_reported { inner.write_checkpoint(false).map(|_| 0) } else { Ok(0) };
             }
             // Seqs below the oldest record still in the ring and above the
             // cursor were evicted unacknowledged: counted overwritten.
@@ -337,36 +348,6 @@ impl Ring {
             }
         }
         inner.write_checkpoint(false).map(|_| evicted)
-    }
-
-    /// Notes that a receiver has been told of the ring's first `count`
-    /// rejections (the `rejected` count of [`stats`](Ring::stats) when the
-    /// notice was built), and writes a checkpoint, as `ack` does, so the
-    /// note survives a restart: [`RingStats::rejected_reported`] then
-    /// tells a reader which rejections are still to be reported. The
-    /// shipper calls this for every gap notice it delivers; a reader of
-    /// its own does the same. A count at or below the one noted does
-    /// nothing.
-    ///
-    /// # Errors
-    /// [`Error::ReportedBeyondRejected`] for a count above `rejected`,
-    /// [`Error::Closed`], or [`Error::Io`] if the checkpoint could not be
-    /// written (the note is kept, and the next checkpoint writes it).
-    pub fn note_rejections_reported(&self, count: u64) -> Result<()> {
-        {
-            let mut st = self.inner.state.lock();
-            if st.closed {
-                return Err(Error::Closed);
-            }
-            if count > st.rejected {
-                return Err(Error::ReportedBeyondRejected { count, rejected: st.rejected });
-            }
-            if count <= st.rejected_reported {
-                return Ok(());
-            }
-            st.rejected_reported = count;
-        }
-        self.inner.write_checkpoint(false).map(|_| ())
     }
 
     /// Makes every record appended so far durable, writes a checkpoint, and

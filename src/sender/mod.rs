@@ -291,27 +291,15 @@ impl Shared {
         st.last_error = Some(message.to_owned());
     }
 
-    fn note_accepted(&self, batch: &Batch, rejected: u64) {
-        self.note_gap_delivered(batch, rejected);
+    /// The endpoint accepted `batch`: counts its gap notice, and clears
+    /// the error shown in health.
+    fn note_accepted(&self, batch: &Batch) {
+        if batch.gap.is_some() {
+            self.counters.gap_notices.fetch_add(1, Ordering::Relaxed);
+        }
         let mut st = self.status.lock();
         st.failing = false;
         st.last_error = None;
-    }
-
-    /// Counts the gap notice `batch` delivered, and notes in the ring that
-    /// its rejections up to `rejected` (its count when the batch was read)
-    /// were reported, so no later notice repeats them, after a restart
-    /// too. A maximum, not a sum: the same rejections can be delivered
-    /// twice (an abandoned send's late success after its replacement's),
-    /// and must not count twice.
-    fn note_gap_delivered(&self, batch: &Batch, rejected: u64) {
-        if batch.gap.is_some() {
-            self.counters.gap_notices.fetch_add(1, Ordering::Relaxed);
-            // `rejected` came from the ring's own count, so only a closed
-            // ring or a failed checkpoint write refuses it; the ring keeps
-            // the note for its next checkpoint in the second case.
-            let _ = self.ring.note_rejections_reported(rejected);
-        }
     }
 
     fn note_ack(&self) {

@@ -6,11 +6,9 @@ use std::time::Instant;
 use super::Shared;
 use super::machine::{Action, BatchInfo, Counters, Machine, Nanos, Outcome};
 use crate::Error;
-use crate::ring::ReadBatch;
-use crate::stats::{LossCause, min_known_ts};
 use crate::sync::Woken;
 use crate::sync::atomic::Ordering;
-use crate::transport::{Batch, BatchRecord, CancelToken, Endpoint, GapNotice, SendContext, SendError, Transport};
+use crate::transport::{Batch, CancelToken, Endpoint, SendContext, SendError, Transport};
 
 /// Runs until stopped, abandoned or the ring closes: the thread around a
 /// [`Driver`], which it hands the transport's answers and the wake-ups.
@@ -83,6 +81,9 @@ pub(super) struct Driver {
     /// up to.
     held: Option<Batch>,
     held_rejected: u64,
+    /// Set once the held batch's gap notice was delivered: the rejections
+    /// its ack notes as reported.
+    report_rejected: Option<u64>,
     counted: Counters,
     draining: bool,
     /// The ring's overwritten count at the last read: when it grows while
@@ -104,6 +105,7 @@ impl Driver {
             m,
             held: None,
             held_rejected: 0,
+            report_rejected: None,
             draining: false,
             overwritten_at_read: stats.overwritten,
             last_seq_at_read: stats.last_seq,
@@ -159,10 +161,12 @@ impl Driver {
     /// Reads the next batch from `from_seq` into the machine. `Err` when
     /// the ring is closed.
     fn read(&mut self, shared: &Shared, from_seq: u64) -> Result<(), Error> {
-        match read_batch(shared, from_seq, self.m.read_limits()) {
-            Ok((batch, before)) => {
-                self.held = batch;
-                self.held_rejected = before.rejected;
+        match shared.ring.read_delivery(from_seq, self.m.read_limits()) {
+            Ok(delivery) => {
+                self.held = delivery.batch;
+                self.held_rejected = delivery.rejected;
+                self.report_rejected = None;
+                let before = delivery.before;
                 (self.overwritten_at_read, self.last_seq_at_read) = (before.overwritten, before.last_seq);
                 let info = self.held.as_ref().map(|b| BatchInfo {
                     first_seq: b.first_seq(),
@@ -181,12 +185,13 @@ impl Driver {
         Ok(())
     }
 
-    /// Acks the held batch through `seq`, counting its records the ring
-    /// evicted while it was in flight: the ring counts them overwritten,
-    /// yet the receiver has them.
+    /// Acks the held batch through `seq`, with the rejections its gap
+    /// notice reported, counting its records the ring evicted while it was
+    /// in flight: the ring counts them overwritten, yet the receiver has
+    /// them.
     fn ack(&self, shared: &Shared, seq: u64) -> crate::Result<()> {
         let first = self.held.as_ref().map_or(seq + 1, Batch::first_seq);
-        let evicted = shared.ring.ack_delivered(seq, first)?;
+        let evicted = shared.ring.ack_delivery(seq, first, self.report_rejected)?;
         shared.counters.overwritten_after_delivery.fetch_add(evicted, Ordering::Relaxed);
         Ok(())
     }
@@ -221,17 +226,19 @@ impl Driver {
         shared.end_send(self.epoch);
         if shared.epoch.load(Ordering::Acquire) != self.epoch {
             // Abandoned while stuck: what the endpoint accepted still
-            // counts, its rejections included. They are noted before the
-            // ack, so a read that sees the ack sees them.
+            // counts, its rejections included (noted with the ack, so a
+            // read that sees the ack sees them).
             if result.is_ok() {
-                shared.note_gap_delivered(batch, self.held_rejected);
+                shared.note_accepted(batch);
+                self.report_rejected = batch.gap.as_ref().map(|_| self.held_rejected);
                 let _ = self.ack(shared, batch.last_seq());
             }
             return false;
         }
         let outcome = match result {
             Ok(()) => {
-                shared.note_accepted(batch, self.held_rejected);
+                shared.note_accepted(batch);
+                self.report_rejected = batch.gap.as_ref().map(|_| self.held_rejected);
                 Outcome::Accepted
             }
             Err(e) => {
@@ -280,75 +287,4 @@ fn make_transport(shared: &Shared, epoch: u64) -> Option<Box<dyn Transport>> {
         }
         delay = delay.saturating_mul(2).min(cfg.backoff_max);
     }
-}
-
-/// Reads the next batch from `from_seq`, at most `limits` records and
-/// bytes, and returns it with the ring's stats taken just before the read
-/// (its rejected count is the one the batch's notice reports up to).
-///
-/// Seqs acked since the cursor was set (the late success of an abandoned
-/// worker's send) were delivered: the read starts past them, and the batch
-/// past the ack as it stands once the read returns, as an ack made while
-/// it ran delivered what it covers too (and let the writer evict those
-/// records: no gap). A read whose every record was acked meanwhile reads
-/// on: reported empty, it would end a drain with records still pending.
-fn read_batch(
-    shared: &Shared,
-    from_seq: u64,
-    limits: (usize, usize),
-) -> crate::Result<(Option<Batch>, crate::RingStats)> {
-    let ring = &shared.ring;
-    let mut from = from_seq;
-    loop {
-        let before = ring.stats();
-        from = from.max(before.ack_seq + 1);
-        let rb = ring.read(from, limits.0, limits.1)?;
-        let read_any = !rb.records.is_empty();
-        // Taken after the read: an ack, or a note of rejections reported,
-        // made since (an abandoned send's late success) is not repeated.
-        let after = ring.stats();
-        let start = from.max(after.ack_seq + 1);
-        let unreported = before.rejected.saturating_sub(after.rejected_reported);
-        match build_batch(shared, rb, start, unreported) {
-            None if read_any => from = start,
-            batch => return Ok((batch, before)),
-        }
-    }
-}
-
-/// Turns a ring read from `cursor` into a batch, with a gap notice when
-/// seqs between the cursor and the first record are missing or `rejected`
-/// rejections are still to be reported.
-///
-/// The batch ends before the first seq missing after its first record: the
-/// records after such a gap are read again, in the next batch, which opens
-/// with the notice for it. Each notice thus covers every seq missing before
-/// its batch, and no seq goes missing inside a batch.
-fn build_batch(shared: &Shared, rb: ReadBatch, cursor: u64, rejected: u64) -> Option<Batch> {
-    // Records below the cursor were read before an ack passed them.
-    let mut read = rb.records.into_iter().skip_while(|r| r.seq < cursor).peekable();
-    let first = read.peek()?.seq;
-    let records: Vec<BatchRecord> = read
-        .zip(first..)
-        .take_while(|(r, expected)| r.seq == *expected)
-        .map(|(r, _)| BatchRecord { seq: r.seq, timestamp: r.timestamp, payload: r.payload })
-        .collect();
-    let mut gap = None;
-    if first > cursor || rejected > 0 {
-        let mut notice =
-            GapNotice { first_seq: 0, last_seq: 0, first_ts: 0, last_ts: 0, cause: LossCause::Overwritten, rejected };
-        if first > cursor {
-            notice.first_seq = cursor;
-            notice.last_seq = first - 1;
-            let overlapping: Vec<_> =
-                shared.ring.losses().into_iter().filter(|l| l.last_seq >= cursor && l.first_seq < first).collect();
-            notice.first_ts = overlapping.iter().map(|l| l.first_ts).fold(0, min_known_ts);
-            notice.last_ts = overlapping.iter().map(|l| l.last_ts).max().unwrap_or(0);
-            if let Some(c) = overlapping.first().map(|l| l.cause) {
-                notice.cause = if overlapping.iter().all(|l| l.cause == c) { c } else { LossCause::Mixed };
-            }
-        }
-        gap = Some(notice);
-    }
-    Some(Batch { records, gap })
 }

@@ -1,0 +1,143 @@
+//! Delivery bookkeeping: what a shipper reads from the cursor (records,
+//! and the gap notice naming what went missing before them and the
+//! rejections not yet reported), and the ack that records both the new
+//! cursor and the rejections the receiver was told of, in one checkpoint.
+
+use super::Ring;
+use crate::stats::{LossCause, min_known_ts};
+use crate::transport::{Batch, BatchRecord, GapNotice};
+use crate::{Result, RingStats};
+
+/// A batch read for delivery.
+pub(crate) struct Delivery {
+    /// The records from the cursor, and the gap notice before them;
+    /// `None` when nothing is pending.
+    pub(crate) batch: Option<Batch>,
+    /// The rejected count the notice reports up to: pass it to
+    /// [`Ring::ack_delivery`] once the batch is delivered.
+    pub(crate) rejected: u64,
+    /// The ring's counters taken just before the read.
+    pub(crate) before: RingStats,
+}
+
+impl Ring {
+    /// Reads the next batch for delivery from `from_seq`, at most `limits`
+    /// records and bytes.
+    ///
+    /// Seqs acked since the cursor was set (the late success of an
+    /// abandoned worker's send) were delivered: the read starts past them,
+    /// and the batch past the ack as it stands once the read returns, as an
+    /// ack made while it ran delivered what it covers too (and let the
+    /// writer evict those records: no gap). A read whose every record was
+    /// acked meanwhile reads on: reported empty, it would end a drain with
+    /// records still pending.
+    pub(crate) fn read_delivery(&self, from_seq: u64, limits: (usize, usize)) -> Result<Delivery> {
+        let mut from = from_seq;
+        loop {
+            let before = self.stats();
+            from = from.max(before.ack_seq + 1);
+            let rb = self.read(from, limits.0, limits.1)?;
+            // Taken after the read: an ack, or rejections reported, since
+            // (an abandoned send's late success) are not repeated.
+            let (after_ack, reported) = {
+                let st = self.inner.state.lock();
+                (st.ack_seq, st.rejected_reported)
+            };
+            let start = from.max(after_ack + 1);
+            let unreported = before.rejected.saturating_sub(reported);
+            let read_any = !rb.records.is_empty();
+            match self.build_batch(rb.records, start, unreported) {
+                None if read_any => from = start,
+                batch => return Ok(Delivery { batch, rejected: before.rejected, before }),
+            }
+        }
+    }
+
+    /// Turns records read from `cursor` into a batch, with a gap notice
+    /// when seqs between the cursor and the first record are missing or
+    /// `rejected` rejections are still to be reported.
+    ///
+    /// The batch ends before the first seq missing after its first record:
+    /// the records after such a gap are read again, in the next batch,
+    /// which opens with the notice for it. Each notice thus covers every
+    /// seq missing before its batch, and no seq goes missing inside a batch.
+    fn build_batch(&self, records: Vec<super::Record>, cursor: u64, rejected: u64) -> Option<Batch> {
+        // Records below the cursor were read before an ack passed them.
+        let mut read = records.into_iter().skip_while(|r| r.seq < cursor).peekable();
+        let first = read.peek()?.seq;
+        let records: Vec<BatchRecord> = read
+            .zip(first..)
+            .take_while(|(r, expected)| r.seq == *expected)
+            .map(|(r, _)| BatchRecord { seq: r.seq, timestamp: r.timestamp, payload: r.payload })
+            .collect();
+        let mut gap = None;
+        if first > cursor || rejected > 0 {
+            let mut notice = GapNotice {
+                first_seq: 0,
+                last_seq: 0,
+                first_ts: 0,
+                last_ts: 0,
+                cause: LossCause::Overwritten,
+                rejected,
+            };
+            if first > cursor {
+                notice.first_seq = cursor;
+                notice.last_seq = first - 1;
+                let overlapping: Vec<_> =
+                    self.losses().into_iter().filter(|l| l.last_seq >= cursor && l.first_seq < first).collect();
+                notice.first_ts = overlapping.iter().map(|l| l.first_ts).fold(0, min_known_ts);
+                notice.last_ts = overlapping.iter().map(|l| l.last_ts).max().unwrap_or(0);
+                if let Some(c) = overlapping.first().map(|l| l.cause) {
+                    notice.cause = if overlapping.iter().all(|l| l.cause == c) { c } else { LossCause::Mixed };
+                }
+            }
+            gap = Some(notice);
+        }
+        Some(Batch { records, gap })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::sim::{Faults, SimDisk};
+    use crate::{Ring, RingConfig, SyncPolicy};
+
+    fn open(disk: &SimDisk) -> Ring {
+        let config = RingConfig::default().capacity(64 << 10).max_record_len(1024).sync(SyncPolicy::Never);
+        Ring::open_on(disk.file("ring.data"), disk.file("ring.meta"), config).unwrap().0
+    }
+
+    /// The rejections an ack notes as reported are only ever ones the ring
+    /// counted, never fewer than noted before, and kept by the ack's
+    /// checkpoint through a crash; each batch's notice carries the ones
+    /// still unreported.
+    #[test]
+    fn rejections_reported_with_an_ack_are_bounded_and_kept() {
+        let disk = SimDisk::new(7, Faults::NONE);
+        let ring = open(&disk);
+        for _ in 0..3 {
+            assert!(ring.append(&[0; 2000]).is_err());
+        }
+        let seq = ring.append(b"one").unwrap();
+        let d = ring.read_delivery(1, (10, 1 << 20)).unwrap();
+        assert_eq!(d.rejected, 3);
+        assert_eq!(d.batch.unwrap().gap.map(|g| g.rejected), Some(3));
+        ring.ack_delivery(seq, seq, Some(2)).unwrap();
+        assert_eq!(ring.stats().rejected_reported, 2);
+        ring.ack_delivery(seq, seq, Some(1)).unwrap();
+        assert_eq!(ring.stats().rejected_reported, 2, "a maximum");
+        let seq = ring.append(b"two").unwrap();
+        let d = ring.read_delivery(seq, (10, 1 << 20)).unwrap();
+        assert_eq!(d.batch.unwrap().gap.map(|g| g.rejected), Some(1), "the one still unreported");
+        ring.ack_delivery(seq, seq, Some(9)).unwrap();
+        assert_eq!(ring.stats().rejected_reported, 3, "never above what the ring counted");
+        drop(ring);
+        disk.process_crash();
+        let ring = open(&disk);
+        let s = ring.stats();
+        assert_eq!((s.rejected, s.rejected_reported, s.acked), (3, 3, 2));
+        assert!(s.identity_holds(), "{s:?}");
+        let seq = ring.append(b"three").unwrap();
+        assert!(ring.read_delivery(seq, (10, 1 << 20)).unwrap().batch.unwrap().gap.is_none());
+    }
+}
