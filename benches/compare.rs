@@ -3,13 +3,13 @@
 //! side by side in one run, printed as one table of ratios.
 //!
 //! ```text
-//! cargo bench --bench compare                         # about 2 minutes
+//! cargo bench --bench compare                         # takes minutes
 //! RINGSHIP_BENCH_RING_MIB=1024 cargo bench --bench compare   # the 1 GiB figures
 //! ```
 //!
 //! Each figure is the best of three runs (wall clock), and a figure and its
 //! baseline or peer take turns run by run. Ratios, not absolute numbers,
-//! are what the targets in issue 6 are about.
+//! are what the targets (BENCHMARKS.md, "Targets") are about.
 
 // Not a library: print freely, and wall-clock measuring needs casts.
 // `main` is the table: one row after another, long by nature.
@@ -53,7 +53,7 @@ fn best<F: FnMut() -> Duration>(mut f: F) -> Duration {
 /// The best of `RUNS` runs of each of `fs`, taken in turns (one run of
 /// each, then again), so that a figure and the baseline it is divided by
 /// see the same moments of a noisy machine: measured one after the other,
-/// a slow spell of a few seconds moved ratios by a third.
+/// a slow spell of a few seconds would skew their ratio.
 fn side_by_side<const K: usize>(mut fs: [&mut dyn FnMut() -> Duration; K]) -> [Duration; K] {
     let mut out = [Duration::MAX; K];
     for _ in 0..RUNS {

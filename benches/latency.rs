@@ -8,7 +8,7 @@
 //! one raw `pwrite` of a frame per record into a fresh file.
 //!
 //! ```text
-//! cargo bench --bench latency    # about 25 s
+//! cargo bench --bench latency
 //! ```
 //!
 //! For every path: mean, p50, p99, p99.9, p99.99, the worst, how many took
@@ -28,7 +28,7 @@ use ringship::{Ring, RingConfig, SyncPolicy};
 
 const APPENDS: usize = 400_000;
 const RING: u64 = 256 << 20;
-/// The full ring's capacity: 400,000 appends of 128 bytes lap it once.
+/// The full ring's capacity: 400,000 appends of 128 bytes nearly lap it.
 const FULL_RING: u64 = 64 << 20;
 /// A frame's header (docs/FORMAT.md); 128 and 1024 byte payloads need no
 /// padding. The raw limit writes frames of the same size as the ring.

@@ -271,10 +271,9 @@ fn appends_refused_by_io_errors_before_writing_are_counted_rejected() {
     assert_identity(&s);
 }
 
-/// A read of the tail that failed left nothing behind for the next
-/// eviction to take as the tail's bytes. It once did: the next append then
-/// decoded a zeroed buffer as damage and dropped a good record as
-/// corrupted, even under `RejectNew`.
+/// A failed read of the tail leaves nothing behind for the next eviction
+/// to take as the tail's bytes: a stale or zeroed buffer would decode as
+/// damage and drop a good record as corrupted, even under `RejectNew`.
 #[test]
 fn a_failed_tail_read_never_drops_a_good_record() {
     let t = TempRing::new();

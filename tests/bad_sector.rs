@@ -1,11 +1,11 @@
 //! A disk block that can no longer be read (a bad sector: every read of it
 //! fails with `EIO`) is damage, not a dead ring.
 //!
-//! Before, every read was a plain `?`: once the tail came within reach of
-//! such a block, every append that needed room failed (the tail could not
-//! move, even under `OverwriteOldest`), readers failed on it, and after a
-//! restart every open failed in recovery: the crash loop that only
-//! deleting the ring ends, losing everything in it. Now the ring reads
+//! Were every read a plain `?`, once the tail came within reach of such a
+//! block every append that needed room would fail (the tail could not
+//! move, even under `OverwriteOldest`), readers would fail on it, and
+//! after a restart every open would fail in recovery: a crash loop that
+//! only deleting the ring ends, losing everything in it. So the ring reads
 //! around the block (4 KiB at a time), takes it as bytes that decode as
 //! nothing, and skips and counts the records there as corrupted.
 
@@ -140,8 +140,8 @@ fn a_bad_block_at_the_head_never_lets_a_seq_be_used_again() {
 }
 
 /// A bad block ahead of the tail of a full ring: appends go on under
-/// `OverwriteOldest`, evicting the records there as corrupted. Before,
-/// every append that needed room failed with EIO, for good.
+/// `OverwriteOldest`, evicting the records there as corrupted, rather
+/// than failing with EIO for good.
 #[test]
 fn appends_evict_past_a_bad_block_at_the_tail() {
     let t = TempRing::new();
@@ -166,7 +166,7 @@ fn appends_evict_past_a_bad_block_at_the_tail() {
 
 /// A single failed read (EIO once, then the block reads again) costs
 /// nothing: the block is read again, no record is counted lost, and the
-/// append that needed it succeeds (it once failed).
+/// append that needed it succeeds.
 #[test]
 fn a_read_that_fails_once_is_read_again() {
     let t = TempRing::new();
@@ -213,10 +213,10 @@ fn a_bad_block_over_a_checkpoint_slot_is_a_damaged_slot() {
 
 /// A bad block over either seq reservation record of `ring.meta`, then a
 /// power loss that takes the newest records: the other record still says
-/// which seqs were handed out, and none is used again (I1). Both records
-/// used to share one 4 KiB block (format version 3), and with that block
-/// unreadable the ring resumed right after the last durable record,
-/// handing out seqs a receiver may already hold.
+/// which seqs were handed out, and none is used again (I1). Each record
+/// has a 4 KiB block of its own: with both in one unreadable block the
+/// ring would resume right after the last durable record, handing out
+/// seqs a receiver may already hold.
 #[test]
 fn a_bad_block_over_either_reservation_record_still_keeps_seqs_from_reuse() {
     for bad in [8192..12288, 12288..16384] {

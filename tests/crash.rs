@@ -126,9 +126,9 @@ fn sigkill_at_random_moments_with_mapped_writes() {
     kill_repeatedly("sigkill_at_random_moments_with_mapped_writes", 100, true);
 }
 
-/// The two tests take turns. Run side by side, one test's fork could
+/// The two tests take turns: run side by side, one test's fork can
 /// briefly hold a duplicate of the other's lock-file descriptor (between
-/// fork and exec), and the other's next child found its ring `Locked`.
+/// fork and exec), and the other's next child would find its ring `Locked`.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Starts a child working on one ring `kills` times, SIGKILLs it at a

@@ -301,7 +301,7 @@ fn data_file_older_than_the_checkpoint() {
     // (a data file restored from a copy, or writes lost under a durable
     // checkpoint). Seqs 1..=25 were counted overwritten by the checkpoint;
     // 26..=40 are gone from the data and must be counted once, not again
-    // from 21 where the data file stops. Found by the `recover` fuzz target.
+    // from 21 where the data file stops.
     let t = TempRing::new();
     let (ring, _) = Ring::open(&t.dir, config()).unwrap();
     for i in 1..=20 {
@@ -341,8 +341,8 @@ fn data_file_older_than_the_checkpoint() {
 #[test]
 fn damage_after_the_checkpoint_head_does_not_hide_later_records() {
     // Records 1..=10 synced and checkpointed; 11..=16 written after, then
-    // the process dies. Frames 11 and 12 are destroyed (a bad block):
-    // recovery must still find 13..=20 and never reuse their seqs.
+    // the process dies. Frames 11 to 13 are destroyed (a bad block):
+    // recovery must still find 14..=16 and never reuse their seqs.
     let t = TempRing::new();
     let (ring, _) = Ring::open(&t.dir, config()).unwrap();
     for i in 1..=10 {
@@ -635,7 +635,7 @@ fn with_mapped_writes_a_data_file_cut_short_under_the_ring_fails_the_append_not_
 
 /// Damage a read meets where it starts (a position an earlier read left)
 /// is bounded in time by the newest evicted record and the first intact
-/// record after it, not by 0 (which a receiver's gap notice showed as 1970).
+/// record after it, not by 0 (which a receiver's gap notice would show as 1970).
 #[test]
 fn damage_where_a_read_starts_gets_timestamp_bounds() {
     use std::os::unix::fs::FileExt;
@@ -739,13 +739,13 @@ fn acks_between_read_boundaries_keep_the_clean_reopen_fast() {
 
 /// Eviction through a damaged span (2.5 MiB) longer than one search step
 /// (1 MiB) that no reader has met: the search for the next frame holds the
-/// ring's state lock, so it goes a step per round, moving the tail past
-/// what it searched, and the span's records are counted corrupted, exactly
-/// once, once a frame past it is found. Before, one search scanned the
-/// whole span under the lock. With a crash after 2,000 evictions, the
-/// records lost are the same; recovery counts those of the span it finds
-/// between the checkpoint's tail and the oldest surviving record as
-/// overwritten (DESIGN.md, loss reporting), as it did before the step.
+/// ring's state lock, so it goes a step per round rather than scanning the
+/// whole span under the lock, moving the tail past what it searched, and
+/// the span's records are counted corrupted, exactly once, once a frame
+/// past it is found. With a crash after 2,000 evictions, the records lost
+/// are the same; recovery counts those of the span it finds between the
+/// checkpoint's tail and the oldest surviving record as overwritten
+/// (docs/DESIGN.md, "Loss accounting").
 #[test]
 fn eviction_through_damage_longer_than_a_search_step() {
     /// Records the ring holds before the damage, 30,000 frames in 4 MiB.
@@ -809,9 +809,9 @@ fn eviction_through_damage_longer_than_a_search_step() {
 /// gone), the head is searched for over the whole ring. A newer frame can
 /// survive inside the span of an older lap's pad (whose CRC covers its
 /// header only) when the write that would have overwritten the pad's
-/// header was lost. Before, the search hopped from frame to frame, jumped
-/// over the pad's span, and the ring handed the newer frames' seqs out
-/// again (I1); now it looks at every offset.
+/// header was lost. A search hopping from frame to frame would jump over
+/// the pad's span, and the ring would hand the newer frames' seqs out
+/// again (I1): the search looks at every offset.
 #[test]
 fn the_whole_ring_head_search_finds_newer_frames_inside_an_old_pad() {
     let cap = 4096;

@@ -1,6 +1,5 @@
-//! Damage at rest after a process crash, at the newest and the oldest
-//! frames: the fault class that black-box tests found outside the model of
-//! the simulation (which damaged frames only through power loss).
+//! Damage at rest after a process crash (the same boot, no power loss), at
+//! the newest and the oldest frames.
 //!
 //! After an unclean shutdown nothing on disk tells a zeroed, garbled, cut
 //! off or bit-flipped newest frame from one never written, or from writes
@@ -52,7 +51,7 @@ fn read_back(ring: &Ring) -> Vec<u64> {
     b.records.iter().map(|r| r.seq).collect()
 }
 
-/// Repro: `SyncPolicy::Always`, 10 records (all durable), kill -9, one bit
+/// `SyncPolicy::Always`, 10 records (all durable), kill -9, one bit
 /// of seq 10's payload flips. Seq 10 was handed out: it is counted
 /// corrupted, and the next append gets a seq above every one the crash may
 /// have handed out.
@@ -75,7 +74,7 @@ fn a_bit_flip_in_the_newest_durable_frame_after_a_crash_reuses_no_seq() {
     }
 }
 
-/// Repro: `SyncPolicy::Never`, 10 records, kill -9, `ring.data` cut to its
+/// `SyncPolicy::Never`, 10 records, kill -9, `ring.data` cut to its
 /// header. Nothing tells how many records there were: seqs up to the
 /// reservation are skipped and none is reused.
 #[test]
@@ -169,8 +168,8 @@ fn an_open_after_a_creation_cut_between_its_renames_leaves_no_temporary_file() {
     assert!(ring.append(b"after").unwrap() > 3);
 }
 
-/// A read of 0 records is refused with a clear error instead of returning
-/// one record.
+/// A read of 0 records is refused with a clear error: a read returns at
+/// least one record, so it cannot honour a limit of 0.
 #[test]
 fn a_read_of_zero_records_is_refused() {
     let t = TempRing::new();

@@ -123,10 +123,10 @@ fn client_errors_are_permanent_and_keep_the_records() {
 
 /// A receiver that takes bodies of at most 64 KiB (a proxy's body limit)
 /// answers a 1,000-record batch 413: the sender halves its batches until
-/// they pass, at once, and every record arrives. Before, 413 was a
-/// permanent failure, retried at the longest backoff forever: shipping
-/// stalled for good. Later refusals are the sender probing back up (at
-/// twice a size that passed), less often each time.
+/// they pass, at once, and every record arrives: a 413 taken as a
+/// permanent failure would be retried at the longest backoff for ever,
+/// and shipping would stall for good. Later refusals are the sender
+/// probing back up (at twice a size that passed), less often each time.
 #[test]
 fn batches_refused_for_their_size_are_halved_until_they_pass() {
     let t = TempRing::new();
@@ -155,8 +155,8 @@ fn batches_refused_for_their_size_are_halved_until_they_pass() {
 
 /// One record too large for the receiver's body limit halves the batches
 /// down to a batch of its own; once the limit is raised, the batches grow
-/// back as full ones pass. Before, they kept the halved size for good:
-/// 4,000 records took 445 requests instead of a few.
+/// back as full ones pass, rather than keeping the halved size (a request
+/// per few records) for good.
 #[test]
 fn batches_grow_back_once_the_receiver_takes_them() {
     let t = TempRing::new();

@@ -17,9 +17,10 @@ use ringship::{Error, Ring, RingConfig, SyncPolicy};
 /// reopen. No seq is handed out twice or reused after the reopen, the
 /// identity holds, and after a clean close nothing is counted lost and the
 /// last seq is the last one handed out. Thread timing varies from run to
-/// run; without `close` waiting for a reservation in flight this failed
-/// within the first 30 iterations in each of three runs (seqs counted lost
-/// after a clean close). `RINGSHIP_STRESS_ITERATIONS` runs more.
+/// run, and the fault this guards against (a reservation write in flight
+/// landing after close's final one: seqs counted lost after a clean close)
+/// shows only in some interleavings, hence many iterations.
+/// `RINGSHIP_STRESS_ITERATIONS` runs more.
 #[test]
 fn appenders_renewals_syncs_and_close_or_crash_then_power_loss() {
     let iterations = std::env::var("RINGSHIP_STRESS_ITERATIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);

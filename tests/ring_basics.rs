@@ -143,8 +143,8 @@ fn block_waits_for_acks_then_times_out() {
 
 /// Durations too long to add to an instant mean "no end": blocking for
 /// `Duration::MAX` waits for acknowledgements as long as it takes, and an
-/// `Interval` of `Duration::MAX` never flushes. Both used to panic (an
-/// `Instant` overflow), in every append and in the background thread.
+/// `Interval` of `Duration::MAX` never flushes, rather than overflowing an
+/// `Instant` (a panic in every append and in the background thread).
 #[test]
 fn durations_too_long_to_end_wait_without_end() {
     let t = TempRing::new();
@@ -201,8 +201,8 @@ impl Hooks for Arc<MetaProbe> {
 }
 
 /// A checkpoint the `Interval` flusher fails to write poisons nothing, and
-/// the flusher goes on: before, it ended at the first error, and from
-/// then on no record became durable without a `sync` call.
+/// the flusher goes on: were it to end at the first error, no record would
+/// become durable from then on without a `sync` call.
 #[test]
 fn the_interval_flusher_outlives_a_failed_checkpoint_write() {
     let t = TempRing::new();
@@ -250,8 +250,8 @@ fn an_append_that_wrote_succeeds_when_its_checkpoint_fails() {
 
 /// `max_record_len` bounds new appends only: records written when it was
 /// larger (here by a larger configured capacity, whose quarter it
-/// defaults to; the ring keeps the capacity on disk) stay records. Before,
-/// reads and recovery took them for damage and counted them corrupted.
+/// defaults to; the ring keeps the capacity on disk) stay records: reads
+/// and recovery never take them for damage or count them corrupted.
 #[test]
 fn records_longer_than_a_lowered_max_record_len_are_still_read() {
     for crash in [false, true] {
@@ -286,8 +286,7 @@ fn records_longer_than_a_lowered_max_record_len_are_still_read() {
 fn an_open_after_a_crash_makes_the_newest_checkpoint_durable_before_writing() {
     // After a crash, and after a clean close too: a kill between close's
     // clean checkpoint and its fsync leaves a clean checkpoint that was
-    // never fsynced, and the open cannot tell. (Before, an open after a
-    // clean close wrote a slot before any fsync.)
+    // never fsynced, and the open cannot tell.
     for clean in [false, true] {
         let t = TempRing::new();
         {
@@ -424,9 +423,9 @@ fn capacity_too_small_for_one_record_is_a_config_error() {
 }
 
 /// Settings whose arithmetic would overflow are refused with a message
-/// naming the setting. A seq reservation of `u64::MAX` once made the first
-/// append overflow (a panic, then every append and `close` waiting
-/// forever); a capacity near `u64::MAX` overflowed the file's size.
+/// naming the setting: a seq reservation of `u64::MAX` would overflow in
+/// the first append (a panic, then every append and `close` waiting
+/// forever), and a capacity near `u64::MAX` the file's size.
 #[test]
 fn settings_too_large_or_small_to_compute_with_are_config_errors() {
     for (config, setting) in [
@@ -475,8 +474,6 @@ fn a_directory_that_is_not_a_ring_is_refused() {
 
 /// A creation interrupted (a crash, a full disk) before its renames leaves
 /// its temporary files: the next open starts the creation again, at once.
-/// Before, it failed on the files being there, and only the open after
-/// that (the failure removed them) created the ring.
 #[test]
 fn an_interrupted_creation_is_started_again() {
     for leftovers in [&["ring.data.tmp", "ring.meta.tmp"][..], &["ring.data.tmp"], &["ring.meta.tmp"]] {
@@ -508,10 +505,9 @@ fn an_unknown_format_version_is_refused() {
     assert!(matches!(err, Error::UnsupportedVersion { found: 99, supported: 5, .. }), "{err}");
 }
 
-/// A ring of format version 3 (whose `ring.meta` was 9,216 bytes, with
+/// A ring of format version 3 (whose `ring.meta` is 9,216 bytes, with
 /// both seq reservations in one block) is refused, and neither file is
-/// touched: an open used to extend `ring.meta` before it read the
-/// versions.
+/// touched: the open reads the versions before it extends `ring.meta`.
 #[test]
 fn a_version_3_ring_is_refused_untouched() {
     let t = TempRing::new();
@@ -739,8 +735,8 @@ impl ringship::Storage for GatedMeta {
 /// I6 for the seq reservation: under `SyncPolicy::Never` appends hand out
 /// seqs beyond the reservation they started with while the fsync of the
 /// next one hangs, because the background thread renewed it ahead of
-/// time. Before, the append that ran past the reservation wrote and fsynced
-/// the next one itself, and with that fsync hung it never returned.
+/// time: an append that ran past the reservation, writing and fsyncing
+/// the next one itself, would never return while that fsync hangs.
 #[test]
 fn appends_do_not_wait_for_a_hung_reservation_fsync() {
     let t = TempRing::new();
@@ -755,7 +751,7 @@ fn appends_do_not_wait_for_a_hung_reservation_fsync() {
         }
     }));
     let ring = Arc::new(open(&t.dir, config));
-    // The first append reserves seqs up to 65 itself; the 34th asks the
+    // The first append reserves seqs up to 65 itself; the 33rd asks the
     // background thread to renew (half the block used).
     let before = synced.load(SeqCst);
     for i in 1..=40 {
@@ -791,9 +787,9 @@ fn appends_do_not_wait_for_a_hung_reservation_fsync() {
 
 /// I1 under `FullPolicy::Block`: an append that waited for room checks the
 /// seq reservation again when it wakes, since appenders that ran while it
-/// waited may have used it up. Before, it went on and handed out seqs no
-/// durable reservation covered, which a power loss would have let the
-/// reopened ring hand out again.
+/// waited may have used it up. Going on would hand out seqs no durable
+/// reservation covers, which a power loss would let the reopened ring
+/// hand out again.
 #[test]
 fn appends_that_waited_for_room_check_the_seq_reservation_again() {
     let t = TempRing::new();
@@ -842,7 +838,7 @@ fn appends_that_waited_for_room_check_the_seq_reservation_again() {
 /// reservation (the last seq) must be written after it, or the larger one
 /// lands last, and after a power loss the reopened ring counts every seq it
 /// covers as lost although none was handed out ("none after a clean close",
-/// docs/FORMAT.md). Close now waits for the reservation in flight.
+/// docs/FORMAT.md). Close waits for the reservation in flight.
 #[test]
 fn close_writes_the_final_seq_reservation_after_one_in_flight() {
     use ringship::sim::{Faults, SimDisk};
@@ -870,8 +866,8 @@ fn close_writes_the_final_seq_reservation_after_one_in_flight() {
         closed_tx.send(()).unwrap();
         result
     });
-    // Without the fix close finishes here, before the held write; with it,
-    // close waits for that write, and this times out.
+    // A close that did not wait would finish here, before the held write;
+    // close waits for that write, so this times out.
     let _ = closed_rx.recv_timeout(Duration::from_millis(300));
     gate.set_shut(false);
     let second = appender.join().unwrap();
@@ -1141,10 +1137,10 @@ fn reads_after_a_reopen_start_at_the_cursor_not_the_oldest_record() {
 }
 
 /// A batch refused for its sizes reserves no seqs: after a power loss the
-/// ring counts no more seqs lost than one reservation block. Before, the
-/// refused batch first extended the reservation by its own length, and a
-/// power loss counted all of those seqs lost too (they were also counted
-/// rejected: `appended` counted them twice).
+/// ring counts no more seqs lost than one reservation block. Extending the
+/// reservation by the refused batch's length would have a power loss count
+/// all of those seqs lost as well as rejected: `appended` would count them
+/// twice.
 #[test]
 fn a_batch_refused_for_its_size_reserves_no_seqs() {
     use ringship::sim::{Faults, SimDisk};

@@ -350,8 +350,9 @@ fn relp_ringship_killed_and_restarted_loses_nothing() {
 
 /// Records longer than rsyslog's default message size (8,096 bytes) arrive
 /// whole, in parts, over RELP and TCP; a record whose message is exactly
-/// the limit arrives as one. Before, rsyslog truncated each to 8,096 bytes and
-/// acknowledged it (RELP), or took its tail for further messages (TCP).
+/// the limit arrives as one. Sent whole, each would be truncated to 8,096
+/// bytes and acknowledged (RELP), or its tail taken for further messages
+/// (TCP).
 #[test]
 fn records_longer_than_a_syslog_message_arrive_whole_in_parts() {
     require_rsyslog!();

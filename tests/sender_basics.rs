@@ -171,9 +171,9 @@ fn a_gap_between_records_of_one_read_gets_its_own_notice() {
 
 /// Rejections are reported in-band, in the gap notice of the next batch,
 /// each once, including those no shipper had reported when the process
-/// stopped. Before, a shipper took every rejection counted at its start as
-/// reported: a restart between a rejection and the next batch kept it from
-/// the receiver for good.
+/// stopped: the count reported is kept in the ring, since a shipper that
+/// took every rejection counted at its start as reported would keep one
+/// made just before a restart from the receiver for good.
 #[test]
 fn rejected_records_are_reported_in_a_gap_notice_once_across_restarts() {
     let t = TempRing::new();
@@ -214,8 +214,8 @@ fn rejected_records_are_reported_in_a_gap_notice_once_across_restarts() {
 
 /// Records acknowledged while the worker reads (the late success of an
 /// abandoned worker's send) and evicted before the read ends were
-/// delivered: no gap notice names them. Before, the worker took its cursor
-/// from the ack before the read, and the notice reported them missing.
+/// delivered: no gap notice names them, since the worker takes its cursor
+/// from the ack as it stands after the read, not before it.
 #[test]
 fn records_acked_and_evicted_during_a_read_are_no_gap() {
     /// On the worker's first read of the data file: acks seqs 1..=10, as
@@ -267,8 +267,8 @@ fn records_acked_and_evicted_during_a_read_are_no_gap() {
 }
 
 /// A drain whose read finds every record it read acked meanwhile (an
-/// abandoned send's late success) reads on. Before, that read reported
-/// nothing to send, which ends a drain: shutdown returned with records
+/// abandoned send's late success) reads on: reported as nothing to send,
+/// that read would end the drain, and shutdown would return with records
 /// pending long before its deadline.
 #[test]
 fn a_drain_reads_on_past_records_acked_while_it_read() {
@@ -333,17 +333,16 @@ fn on_loss_fires_with_the_overwritten_ranges() {
 }
 
 /// Records already in the ring when the shipper starts (a restart while
-/// the endpoint is down) are reported when they are overwritten. Before,
-/// the callback ignored every seq up to the last one at start: silent for
-/// those, then the range they merged into was cut to its newer seqs.
+/// the endpoint is down) are reported when they are overwritten, like any
+/// other: none is left out, and no range they merge into is cut short.
 #[test]
 fn on_loss_reports_records_that_were_in_the_ring_at_start() {
     on_loss_reports_every_overwritten_record(20, None);
 }
 
 /// The same with a damaged record among them, found before the start: the
-/// damage is not taken as the end of what was reported (the overwrites of
-/// the records below it were missed so, in a first version of the fix).
+/// damage is not taken as the end of what was reported: the overwrites of
+/// the records below it are reported too.
 #[test]
 fn on_loss_reports_overwrites_below_damage_found_before_the_start() {
     on_loss_reports_every_overwritten_record(20, Some(10));
@@ -475,8 +474,7 @@ fn stall_is_detected_and_a_stuck_worker_replaced() {
 /// abandoned worker's thread in its send. The worker is replaced all the
 /// same (I7: a switch to a working endpoint delivers), and the threads
 /// left behind are counted, so the leak shows in stats and Prometheus;
-/// they leave the count once their sends return. Before, nothing showed
-/// them.
+/// they leave the count once their sends return.
 #[test]
 fn abandoned_workers_stuck_in_their_sends_are_counted() {
     let t = TempRing::new();
@@ -555,8 +553,8 @@ fn an_abandoned_send_that_succeeds_late_is_neither_a_gap_nor_reported_twice() {
 /// The abandoned send's late success comes after its replacement already
 /// delivered the same rejections to the new endpoint: they are not
 /// counted as reported twice, so the next rejection still reaches the
-/// receiver. Before, the late success added its count again, and the next
-/// rejection's notice was swallowed.
+/// receiver: counting the late success again would swallow the next
+/// rejection's notice.
 #[test]
 fn rejections_delivered_twice_are_reported_once_and_later_ones_still_are() {
     let t = TempRing::new();
@@ -645,8 +643,8 @@ impl Hooks for FailingSync {
 /// A shutdown whose final fsync fails still closes the ring and releases
 /// its directory, even while an abandoned send (ignoring its cancellation)
 /// keeps a reference to the ring: the host can reopen it at once, as the
-/// docs advise after a failed fsync. Before, the error returned before the
-/// close, and the directory stayed locked for as long as the send hung.
+/// docs advise after a failed fsync. Returning the error before the close
+/// would keep the directory locked for as long as the send hangs.
 #[test]
 fn a_shutdown_whose_fsync_fails_still_releases_the_ring() {
     let t = TempRing::new();
@@ -704,7 +702,7 @@ fn builder_rejects_bad_settings() {
             "backoff order",
             builder(ring(&TempRing::new(), 1 << 20), &script, "a").backoff_initial(Duration::from_secs(100)),
         ),
-        // Used to panic adding it to an instant.
+        // Too long to add to an instant: refused at start, not a panic later.
         ("endless send timeout", builder(ring(&TempRing::new(), 1 << 20), &script, "a").send_timeout(Duration::MAX)),
         ("endless linger", builder(ring(&TempRing::new(), 1 << 20), &script, "a").linger(Duration::MAX)),
         (

@@ -289,7 +289,9 @@ fn run_seed(seed: u64) -> FaultCounts {
     let (mut ring, _) = open(&disk, &config);
     let steps = 40 + random.below(120);
     // Damage at rest and writes cut by a kill draw from a stream of their
-    // own, so the seeds above replay as they were found; they are left out.
+    // own, so they leave each seed's main stream as it is; the regression
+    // seeds (`REGRESSION_SEEDS`, below) run without them, so each replays
+    // the fault it pins.
     let mut rest = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let at_rest = !REGRESSION_SEEDS.contains(&seed);
     let trace = std::env::var("RINGSHIP_SIM_TRACE").is_ok();
@@ -367,37 +369,38 @@ fn run_seed(seed: u64) -> FaultCounts {
     disk.counts()
 }
 
-/// Seeds that once failed, run every time.
-/// 30712: a write failed (ENOSPC) after evicting records newer than the last
-/// checkpoint; its undo wiped them and the pad header of the checkpoint's
-/// head, and crash recovery took a leftover in that pad's old body for the
-/// end of the chain: seqs reused.
-/// 82019: the writer lapped the checkpoint's head, which held a pad; a frame
-/// straddling it hid the pad, and an older frame in the pad's unwritten body
-/// passed for the end of the chain after a process crash: seqs reused.
-/// 167155: after a power loss lost the writes over an older frame's header,
-/// a newer frame survived inside its payload; a head search judging older
-/// frames by their headers hopped over it: positions reused.
-/// 357701: the fsync of a new ring's data header failed (the page marked
-/// clean, never written); a later open found it in the page cache and kept
-/// going, and after a power loss the ring had no header: refused to open.
-/// 422999: a batch failed (ENOSPC) after writing its first part, which was
-/// undone; the next open's fsync failed, keeping the part on the disk but
-/// the undo in the page cache. The retry trusted the cache and reused the
-/// batch's seqs at the same place; a power loss lost the new writes, and
-/// the failed batch's frames came back under those seqs (wrong bytes).
-/// 2250189: power losses moved the head back more than once, and a frame
-/// of an undone write survived intact inside a later checkpoint's window,
-/// below that checkpoint's oldest seq; a process-crash recovery took it
-/// for the oldest record and counted the settled seqs above it as pending.
-/// 79122: a second power loss right after the first one's recovery. The
-/// first found the newest record past lost writes, from the durable
-/// position; the second had a hole hint, so it searched the whole ring,
-/// hopping from frame to frame, and hopped over the newest record hidden
-/// inside an older pad's span: a surviving record counted corrupted. (A
-/// hole hint no longer rules out the durable position's bound; the hop is
-/// gone too, and `damage::the_whole_ring_head_search_finds_newer_frames_
-/// inside_an_old_pad` tests the whole-ring search.)
+/// Seeds that each pin a fault class, run every time:
+/// 30712: a write fails (ENOSPC) after evicting records newer than the
+/// last checkpoint, and its undo wipes them and the pad header at the
+/// checkpoint's head: crash recovery must not take a leftover in that
+/// pad's old body for the end of the chain (seqs reused).
+/// 82019: the writer laps the checkpoint's head, which holds a pad, and a
+/// frame straddling it hides the pad: an older frame in the pad's
+/// unwritten body must not pass for the end of the chain after a process
+/// crash (seqs reused).
+/// 167155: a power loss loses the writes over an older frame's header,
+/// and a newer frame survives inside its payload: a head search judging
+/// older frames by their headers must not hop over it (positions reused).
+/// 357701: the fsync of a new ring's data header fails (the page marked
+/// clean, never written): a later open that finds the header in the page
+/// cache must make it durable, or after a power loss the ring has no
+/// header and does not open.
+/// 422999: a batch fails (ENOSPC) after writing its first part, which is
+/// undone, and the next open's fsync fails, keeping the part on the disk
+/// but the undo in the page cache: the retry must not trust the cache and
+/// reuse the batch's seqs at the same place, or after a power loss the
+/// failed batch's frames come back under those seqs (wrong bytes).
+/// 2250189: power losses move the head back more than once, and a frame
+/// of an undone write survives intact inside a later checkpoint's window,
+/// below that checkpoint's oldest seq: a process-crash recovery must not
+/// take it for the oldest record and count the settled seqs above it as
+/// pending.
+/// 79122: a second power loss right after the first one's recovery, with
+/// a hole hint: the head search keeps the durable position's bound and
+/// must not hop over the newest record hidden inside an older pad's span
+/// (a surviving record counted corrupted);
+/// `damage::the_whole_ring_head_search_finds_newer_frames_inside_an_old_pad`
+/// tests the whole-ring search.
 const REGRESSION_SEEDS: &[u64] = &[30_712, 79_122, 82_019, 167_155, 357_701, 422_999, 2_250_189];
 
 #[test]

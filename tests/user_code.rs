@@ -296,7 +296,7 @@ fn a_small_overflowing_ring_ships_batch_after_batch() {
     let s = shipper.stats();
     let delivered = seqs(&script, "slow");
     // The ring holds about 280 such records; with 8 ms sends about 125
-    // batches go in a second. Starved, only a couple did.
+    // batches go in a second; a shipper starved by the linger sends a couple.
     assert!(s.batches_sent >= 40, "{s:?}");
     assert!(delivered.len() >= 5000, "{} delivered; {s:?}", delivered.len());
     // What receivers really miss: the gap notices name every seq missing
