@@ -733,10 +733,10 @@ fn any_clone_shuts_the_shipper_down_once() {
         std::thread::spawn(move || metrics.shutdown(Duration::from_secs(5)))
     };
     let first = logger.shutdown(Duration::from_secs(5)).unwrap();
-    let raced = racer.join().unwrap().unwrap();
+    let racing = racer.join().unwrap().unwrap();
     assert!(first.drained, "{first:?}");
     assert_eq!(first.left_pending, 0);
-    assert_eq!(raced, first, "the racing call gets the same report");
+    assert_eq!(racing, first, "the racing call gets the same report");
     assert_eq!(metrics.shutdown(Duration::ZERO).unwrap(), first, "a later call gets the same report");
     assert!(matches!(shipper.append(b"late"), Err(ringship::Error::Closed)));
     assert_eq!(seqs(&script, "a").len(), 100);

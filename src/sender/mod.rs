@@ -650,7 +650,7 @@ enum Phase {
     },
     ShuttingDown,
     /// The first shutdown's report, or its error's message.
-    Done(std::result::Result<ShutdownReport, String>),
+    Done(Box<std::result::Result<ShutdownReport, String>>),
 }
 
 /// How long a worker still in its send at the end of a shutdown gets to
@@ -759,11 +759,12 @@ impl Shipper {
                     drop(phase);
                     return self.await_other_shutdown(start, deadline);
                 }
-                Phase::Done(done) => return done.clone().map_err(Error::ShutDown),
+                Phase::Done(done) => return (**done).clone().map_err(Error::ShutDown),
             }
         };
         let result = self.handle.shared.shut_down(start, deadline, supervisor);
-        *self.handle.phase.lock() = Phase::Done(result.as_ref().map(Clone::clone).map_err(ToString::to_string));
+        *self.handle.phase.lock() =
+            Phase::Done(Box::new(result.as_ref().map(Clone::clone).map_err(ToString::to_string)));
         self.handle.finished.cancel();
         result
     }
@@ -772,7 +773,7 @@ impl Shipper {
         let bound = deadline.saturating_add(SHUTDOWN_GRACE).saturating_add(Duration::from_secs(1));
         self.handle.finished.wait_timeout(bound.saturating_sub(start.elapsed()));
         match &*self.handle.phase.lock() {
-            Phase::Done(done) => done.clone().map_err(Error::ShutDown),
+            Phase::Done(done) => (**done).clone().map_err(Error::ShutDown),
             _ => Err(Error::ShutDown("another handle's shutdown of this shipper is still running".into())),
         }
     }

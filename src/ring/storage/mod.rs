@@ -14,7 +14,6 @@ use std::fs::File;
 use std::io;
 use std::ops::Range;
 
-
 /// A fixed-size file the ring reads and writes at offsets.
 ///
 /// Implementations must be usable from many threads at once: reads and
