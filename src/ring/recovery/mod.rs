@@ -60,7 +60,7 @@ pub(crate) struct Input<'a> {
 /// Rebuilds the ring's state from the data file and the checkpoint: the
 /// clean reopen when the files prove it, otherwise the three steps of the
 /// module doc.
-pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
+pub(crate) fn recover(mut input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
     let mut scan = Scanner::new(input.data, input.cap, input.max_len, SCAN_CHUNK);
     if let Some(reopened) = clean_reopen(&mut scan, &input)? {
         return Ok(reopened);
@@ -69,7 +69,7 @@ pub(crate) fn recover(input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
     scan.read_ahead(ReadAhead::default());
     let have_checkpoint = input.checkpoint.is_some();
     let ck =
-        input.checkpoint.clone().unwrap_or_else(|| Checkpoint { next_seq: 1, tail_seq: 1, ..Checkpoint::default() });
+        input.checkpoint.take().unwrap_or_else(|| Checkpoint { next_seq: 1, tail_seq: 1, ..Checkpoint::default() });
     let mut report = RecoveryReport { clean_shutdown: ck.clean, ..RecoveryReport::default() };
     let head = find_newest(&mut scan, &input, &ck, have_checkpoint)?;
     report.torn_bytes_truncated = head.torn.map_or(0, |(bytes, _)| bytes);
