@@ -117,6 +117,7 @@ impl GapNotice {
     }
 
     /// The cause as transports write it: `none` when no seq is missing.
+    #[cfg(any(feature = "http", feature = "syslog"))]
     pub(crate) fn cause_label(&self) -> &'static str {
         if self.missing() == 0 { "none" } else { self.cause.as_str() }
     }

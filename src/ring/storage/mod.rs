@@ -18,7 +18,7 @@ use std::ops::Range;
 ///
 /// Implementations must be usable from many threads at once: reads and
 /// writes of disjoint ranges may run concurrently.
-#[expect(clippy::len_without_is_empty, reason = "a ring file is never empty")]
+#[allow(clippy::len_without_is_empty, reason = "a ring file is never empty")]
 pub trait Storage: Send + Sync {
     /// Fills `buf` from `offset`; reading past the end is an error.
     ///
