@@ -12,13 +12,15 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use super::Inner;
+use super::checkpoint::MetaIo;
+use super::commit::SyncState;
 use super::meta::{
     Checkpoint, DATA_OFFSET, DataHeader, FORMAT_VERSION, HeaderError, META_LEN, RESERVATION_OFFSETS, Reservation,
     SLOT_LEN, pick_checkpoint,
 };
 use super::recovery::{Input, fresh_state, recover};
 use super::storage::{self, FileStorage, MappedFile};
-use super::{Inner, MetaIo, SyncState};
 use crate::ring::storage::Storage;
 use crate::stats::RecoveryReport;
 use crate::sync::atomic::{AtomicBool, AtomicU64};
@@ -364,7 +366,7 @@ fn open_storages(
     state.reserve_writes = reserve_counter;
     // Open prefetches from the head itself (below); appends ask again
     // from the next prefetch step on.
-    state.prefetch_step = state.head / super::PREFETCH_STEP;
+    state.prefetch_step = state.head / super::background::PREFETCH_STEP;
     let written = state.next_seq - 1;
     let head = state.head;
     let reserve_block = config.seq_reservation;

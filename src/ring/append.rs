@@ -1,0 +1,277 @@
+//! The append path: sizes checked, seqs reserved, frames laid out and
+//! written at the head in one `pwrite` under `ring.state`, room made first.
+
+use std::time::{Duration, Instant};
+
+use super::background::PREFETCH_STEP;
+use super::evict::Room;
+use super::frame::{HEADER_LEN, encode_pad, encode_record, frame_size};
+use super::meta::DATA_OFFSET;
+use super::scan::next_lap;
+use super::state::State;
+use super::{Inner, frame, now_nanos};
+use crate::sync::atomic::Ordering;
+use crate::{Error, FullPolicy, Result};
+
+/// A write buffer grown beyond this by a large batch is not kept.
+pub(super) const WRITE_BUF_KEEP: usize = 256 << 10;
+
+impl Inner {
+    pub(super) fn poisoned_error(st: &State) -> Result<()> {
+        if st.closed {
+            return Err(Error::Closed);
+        }
+        match &st.poisoned {
+            Some(path) => Err(Error::Poisoned { path: path.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn reject(st: &mut State, n: u64, err: Error) -> Error {
+        st.rejected = crate::stats::bounded_add(st.rejected, n);
+        st.unsaved_losses = true;
+        err
+    }
+
+    /// An append refused by `err` before any of it was written: counted as
+    /// rejected, unless `err` poisoned the ring (a poisoned ring counts no
+    /// refusal; the next open's recovery counts what it finds).
+    pub(super) fn refuse_unwritten(st: &mut State, n: u64, err: Error) -> Error {
+        if st.poisoned.is_some() || st.closed { err } else { Self::reject(st, n, err) }
+    }
+
+    pub(super) fn append_batch<P: AsRef<[u8]>>(&self, payloads: &[P]) -> Result<(u64, u64)> {
+        // Waiting for room ends at this instant (none: the timeout is too
+        // far ahead to name one).
+        let deadline = match self.config.full {
+            FullPolicy::Block(t) => Some((Instant::now().checked_add(t), t)),
+            _ => None,
+        };
+        loop {
+            if let Some(placed) = self.try_append_batch(payloads, deadline)? {
+                return Ok(placed);
+            }
+        }
+    }
+
+    /// One attempt of [`append_batch`](Self::append_batch): `None` if it
+    /// waited for room and the seq reservation it had checked was used up
+    /// meanwhile (by appenders that ran while it waited).
+    pub(super) fn try_append_batch<P: AsRef<[u8]>>(
+        &self,
+        payloads: &[P],
+        deadline: Option<(Option<Instant>, Duration)>,
+    ) -> Result<Option<(u64, u64)>> {
+        let n = payloads.len() as u64;
+        // Sizes first: a batch refused for them must not reserve seqs (a
+        // power loss would count the reserved ones lost as well).
+        let (frames, largest) = payloads
+            .iter()
+            .map(|p| frame_size(p.as_ref().len()))
+            .fold((0, 0), |(sum, largest), size| (sum + size, size.max(largest)));
+        let refusal = if let Some(p) = payloads.iter().find(|p| p.as_ref().len() > self.max_len) {
+            Some(Error::RecordTooLarge { len: p.as_ref().len(), max: self.max_len })
+        } else if frames + largest > self.cap {
+            // A batch that wraps leaves the bytes before the end of the
+            // data area unused, fewer than the frame that did not fit
+            // there: it must fit with them, or its last frames would land
+            // on its first.
+            Some(Error::BatchTooLarge { needed: frames + largest, capacity: self.cap })
+        } else {
+            None
+        };
+        let mut st = loop {
+            let st = self.state.lock();
+            if refusal.is_some() || st.next_seq + n - 1 <= st.seq_reserved || st.poisoned.is_some() || st.closed {
+                break st;
+            }
+            drop(st);
+            // Another appender may use the new reservation up before this
+            // one takes the lock again: check again.
+            if let Err(e) = self.ensure_reserved(n, 0) {
+                return Err(Self::refuse_unwritten(&mut self.state.lock(), n, e));
+            }
+        };
+        Self::poisoned_error(&st)?;
+        if let Some(err) = refusal {
+            return Err(Self::reject(&mut st, n, err));
+        }
+        let ts = now_nanos();
+        // The frames are laid out in a buffer the state keeps between
+        // appends (a batch holds the state lock from here to its write).
+        let mut buf = std::mem::take(&mut st.write_buf);
+        let result = self.place(&mut st, payloads, &mut buf, frames, ts, deadline);
+        if buf.capacity() <= WRITE_BUF_KEEP {
+            st.write_buf = buf;
+        }
+        // Half the reservation used: have the background thread renew it,
+        // so no append has to wait for that fsync (I6).
+        let renew = !self.renew_asked.load(Ordering::Relaxed)
+            && !st.extending
+            && st.next_seq + self.renew_margin() > st.seq_reserved;
+        if renew {
+            self.renew_asked.store(true, Ordering::Relaxed);
+        }
+        // The head crossed into another prefetch step: have the background
+        // thread bring in the bytes ahead, so that no append waits for the
+        // disk or for the kernel to prepare pages.
+        let prefetch = st.head / PREFETCH_STEP != st.prefetch_step;
+        if prefetch {
+            st.prefetch_step = st.head / PREFETCH_STEP;
+            self.prefetch_from.store(st.head, Ordering::Relaxed);
+        }
+        if let (Ok(Some(_)), Some(reader)) = (&result, &st.reader) {
+            reader.notify();
+        }
+        drop(st);
+        if renew || prefetch {
+            self.background.notify();
+        }
+        let Some((first, last, checkpoint_due)) = result? else {
+            return Ok(None);
+        };
+        if checkpoint_due {
+            // The batch is written and will be read and shipped: failing
+            // the append now would have the caller append it again under
+            // new seqs. The losses stay unsaved, so the next checkpoint
+            // (the next append's, or sync's or close's, which report an
+            // error) writes them.
+            let _ = self.write_checkpoint(false);
+        }
+        Ok(Some((first, last)))
+    }
+
+    /// Lays out and writes a batch at the head, making room first; see
+    /// [`append_batch`](Self::append_batch). Returns the first and last seq
+    /// and whether a checkpoint is due, or `None` if it waited for room
+    /// and the seq reservation no longer covers the batch.
+    pub(super) fn place<P: AsRef<[u8]>>(
+        &self,
+        st: &mut crate::sync::MutexGuard<'_, State>,
+        payloads: &[P],
+        buf: &mut Vec<u8>,
+        frames: u64,
+        ts: u64,
+        deadline: Option<(Option<Instant>, Duration)>,
+    ) -> Result<Option<(u64, u64, bool)>> {
+        let n = payloads.len() as u64;
+        buf.reserve(frames as usize + HEADER_LEN);
+        loop {
+            // Lay the frames out from the current head.
+            buf.clear();
+            // A batch is smaller than the ring: it wraps at most once.
+            let mut segments = [(0u64, 0usize); 2];
+            let mut nseg = 0;
+            let mut pos = st.head;
+            let mut seg_start = (pos, 0usize);
+            let first_seq = st.next_seq;
+            // The lap end the batch crosses, if it leaves bytes unused.
+            let mut lap_end = None;
+            for (i, p) in payloads.iter().enumerate() {
+                let p = p.as_ref();
+                let size = frame_size(p.len());
+                let room = self.cap - pos % self.cap;
+                if size > room {
+                    if room >= HEADER_LEN as u64 {
+                        encode_pad(buf, first_seq + i as u64, pos, (room - HEADER_LEN as u64) as usize);
+                    }
+                    pos = next_lap(pos, self.cap);
+                    lap_end = Some((pos, room));
+                }
+                // A segment never crosses the end of the data area.
+                if pos % self.cap == 0 && pos != seg_start.0 {
+                    if buf.len() > seg_start.1 {
+                        segments[nseg] = seg_start;
+                        nseg += 1;
+                    }
+                    seg_start = (pos, buf.len());
+                }
+                encode_record(buf, first_seq + i as u64, ts, pos, p);
+                pos += size;
+            }
+            segments[nseg] = seg_start;
+            nseg += 1;
+            let segments = &segments[..nseg];
+            let new_head = pos;
+            debug_assert!(new_head - st.head <= self.cap, "a batch spans more than the ring");
+            let room = self.make_room(st, new_head);
+            st.debug_check("make_room");
+            match room.map_err(|e| Self::refuse_unwritten(st, n, e))? {
+                Room::Ready => {}
+                Room::MustNotEvict => match deadline {
+                    None => return Err(Self::reject(st, n, Error::Full { needed: frames })),
+                    Some((at, total)) => {
+                        let timed_out = if let Some(at) = at {
+                            let now = Instant::now();
+                            now >= at || self.room.wait_for(st, at - now) && Instant::now() >= at
+                        } else {
+                            self.room.wait(st);
+                            false
+                        };
+                        if timed_out {
+                            return Err(Self::reject(st, n, Error::BlockTimeout(total)));
+                        }
+                        Self::poisoned_error(st)?;
+                        // Appenders that ran while this one waited may have
+                        // used up the seq reservation it checked.
+                        if st.next_seq + n - 1 > st.seq_reserved {
+                            return Ok(None);
+                        }
+                        continue;
+                    }
+                },
+            }
+            // Write each segment; segment i ends where segment i + 1 starts.
+            let mut spans = [(0u64, 0usize, 0usize); 2];
+            for (i, &(seg_pos, from)) in segments.iter().enumerate() {
+                spans[i] = (seg_pos % self.cap, from, segments.get(i + 1).map_or(buf.len(), |s| s.1));
+            }
+            let spans = &spans[..segments.len()];
+            for (i, &(off, from, to)) in spans.iter().enumerate() {
+                debug_assert!(off + (to - from) as u64 <= self.cap);
+                if let Err(e) = self.data.write_at(&buf[from..to], DATA_OFFSET + off) {
+                    let err = Error::io("write", &self.data_path, e);
+                    return Err(self.undo_failed_write(st, n, &spans[..=i], err));
+                }
+            }
+            st.head = new_head;
+            st.next_seq += n;
+            let last = st.next_seq - 1;
+            self.written_seq.store(last, Ordering::Release);
+            // By the batch's timestamp, not another clock read; a wall clock
+            // that jumped either way makes a checkpoint due.
+            let interval = u64::try_from(self.config.checkpoint_interval.as_nanos()).unwrap_or(u64::MAX);
+            let mut due = st.unsaved_losses && ts.abs_diff(st.last_checkpoint) >= interval;
+            if let Some((end, unused)) = lap_end {
+                // A checkpoint per lap keeps every lap end a crash recovery
+                // may find between the checkpoint and the oldest record, so
+                // that the bytes it counts overwritten leave the padding out.
+                st.note_lap_end(end, unused);
+                due = true;
+            }
+            return Ok(Some((first_seq, last, due)));
+        }
+    }
+
+    /// After a failed write, zeroes whatever the batch may have written, so
+    /// no part of it can be recovered: then it was cleanly refused and is
+    /// counted as rejected. If even that fails, what reached the disk is
+    /// unknown: the ring is poisoned and recovery at the next open decides
+    /// (records that made it are kept; delivery is at-least-once).
+    pub(super) fn undo_failed_write(&self, st: &mut State, n: u64, spans: &[(u64, usize, usize)], err: Error) -> Error {
+        // Filled with a marker rather than zeros: the fill may cover frames
+        // the batch was to replace (evicted, but newer than the last
+        // checkpoint), and crash recovery must not mistake the gap for
+        // space the writer never reached (see `recovery::chain_head`).
+        let fill = |len: usize| frame::UNDONE.iter().copied().cycle().take(len).collect::<Vec<u8>>();
+        let undone =
+            spans.iter().all(|&(off, from, to)| self.data.write_at(&fill(to - from), DATA_OFFSET + off).is_ok());
+        if undone {
+            Self::reject(st, n, err)
+        } else {
+            self.poisoned.store(true, Ordering::Release);
+            st.poisoned.get_or_insert_with(|| self.data_path.clone());
+            err
+        }
+    }
+}
