@@ -69,14 +69,14 @@ impl Inner {
             .iter()
             .map(|p| frame_size(p.as_ref().len()))
             .fold((0, 0), |(sum, largest), size| (sum + size, size.max(largest)));
-        let refusal = if let Some(p) = payloads.iter().find(|p| p.as_ref().len() > self.max_len) {
-            Some(Error::RecordTooLarge { len: p.as_ref().len(), max: self.max_len })
-        } else if frames + largest > self.cap {
+        let refusal = if let Some(p) = payloads.iter().find(|p| p.as_ref().len() > self.geometry.max_len) {
+            Some(Error::RecordTooLarge { len: p.as_ref().len(), max: self.geometry.max_len })
+        } else if frames + largest > self.geometry.cap {
             // A batch that wraps leaves the bytes before the end of the
             // data area unused, fewer than the frame that did not fit
             // there: it must fit with them, or its last frames would land
             // on its first.
-            Some(Error::BatchTooLarge { needed: frames + largest, capacity: self.cap })
+            Some(Error::BatchTooLarge { needed: frames + largest, capacity: self.geometry.cap })
         } else {
             None
         };
@@ -106,11 +106,11 @@ impl Inner {
         }
         // Half the reservation used: have the background thread renew it,
         // so no append has to wait for that fsync (I6).
-        let renew = !self.renew_asked.load(Ordering::Relaxed)
+        let renew = !self.reservation.renew_asked.load(Ordering::Relaxed)
             && !st.extending
             && st.next_seq + self.renew_margin() > st.seq_reserved;
         if renew {
-            self.renew_asked.store(true, Ordering::Relaxed);
+            self.reservation.renew_asked.store(true, Ordering::Relaxed);
         }
         // The head crossed into another prefetch step: have the background
         // thread bring in the bytes ahead, so that no append waits for the
@@ -118,14 +118,14 @@ impl Inner {
         let prefetch = st.head / PREFETCH_STEP != st.prefetch_step;
         if prefetch {
             st.prefetch_step = st.head / PREFETCH_STEP;
-            self.prefetch_from.store(st.head, Ordering::Relaxed);
+            self.background.prefetch_from.store(st.head, Ordering::Relaxed);
         }
         if let (Ok(Some(_)), Some(reader)) = (&result, &st.reader) {
             reader.notify();
         }
         drop(st);
         if renew || prefetch {
-            self.background.notify();
+            self.background.wake.notify();
         }
         let Some((first, last, checkpoint_due)) = result? else {
             return Ok(None);
@@ -170,16 +170,16 @@ impl Inner {
             for (i, p) in payloads.iter().enumerate() {
                 let p = p.as_ref();
                 let size = frame_size(p.len());
-                let room = self.cap - pos % self.cap;
+                let room = self.geometry.cap - pos % self.geometry.cap;
                 if size > room {
                     if room >= HEADER_LEN as u64 {
                         encode_pad(buf, first_seq + i as u64, pos, (room - HEADER_LEN as u64) as usize);
                     }
-                    pos = next_lap(pos, self.cap);
+                    pos = next_lap(pos, self.geometry.cap);
                     lap_end = Some((pos, room));
                 }
                 // A segment never crosses the end of the data area.
-                if pos % self.cap == 0 && pos != seg_start.0 {
+                if pos % self.geometry.cap == 0 && pos != seg_start.0 {
                     if buf.len() > seg_start.1 {
                         segments[nseg] = seg_start;
                         nseg += 1;
@@ -193,7 +193,7 @@ impl Inner {
             nseg += 1;
             let segments = &segments[..nseg];
             let new_head = pos;
-            debug_assert!(new_head - st.head <= self.cap, "a batch spans more than the ring");
+            debug_assert!(new_head - st.head <= self.geometry.cap, "a batch spans more than the ring");
             let room = self.make_room(st, new_head);
             st.debug_check("make_room");
             match room.map_err(|e| Self::refuse_unwritten(st, n, e))? {
@@ -224,11 +224,11 @@ impl Inner {
             // Write each segment; segment i ends where segment i + 1 starts.
             let mut spans = [(0u64, 0usize, 0usize); 2];
             for (i, &(seg_pos, from)) in segments.iter().enumerate() {
-                spans[i] = (seg_pos % self.cap, from, segments.get(i + 1).map_or(buf.len(), |s| s.1));
+                spans[i] = (seg_pos % self.geometry.cap, from, segments.get(i + 1).map_or(buf.len(), |s| s.1));
             }
             let spans = &spans[..segments.len()];
             for (i, &(off, from, to)) in spans.iter().enumerate() {
-                debug_assert!(off + (to - from) as u64 <= self.cap);
+                debug_assert!(off + (to - from) as u64 <= self.geometry.cap);
                 if let Err(e) = self.data.write_at(&buf[from..to], DATA_OFFSET + off) {
                     let err = Error::io("write", &self.data_path, e);
                     return Err(self.undo_failed_write(st, n, &spans[..=i], err));
@@ -237,7 +237,7 @@ impl Inner {
             st.head = new_head;
             st.next_seq += n;
             let last = st.next_seq - 1;
-            self.written_seq.store(last, Ordering::Release);
+            self.commit.written_seq.store(last, Ordering::Release);
             // By the batch's timestamp, not another clock read; a wall clock
             // that jumped either way makes a checkpoint due.
             let interval = u64::try_from(self.config.checkpoint_interval.as_nanos()).unwrap_or(u64::MAX);

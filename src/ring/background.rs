@@ -2,6 +2,7 @@
 //! appenders, prefetches the data file ahead of the head, and flushes under
 //! `SyncPolicy::Interval`.
 
+use crate::sync::atomic::AtomicU64;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -43,8 +44,8 @@ pub(super) fn spawn_background(inner: Weak<Inner>, wake: Arc<Signal>, every: Opt
                 continue;
             }
             next_flush = Instant::now().checked_add(every);
-            let written = inner.written_seq.load(Ordering::Acquire);
-            let dirty = written > inner.durable_seq.load(Ordering::Acquire) || inner.state.lock().unsaved_losses;
+            let written = inner.commit.written_seq.load(Ordering::Acquire);
+            let dirty = written > inner.commit.durable_seq.load(Ordering::Acquire) || inner.state.lock().unsaved_losses;
             if dirty && inner.sync_all(false).is_err() && inner.poisoned.load(Ordering::Acquire) {
                 // Appends now fail and say why; nothing more to do here.
                 // Other errors (a failed write of a checkpoint, which
@@ -67,6 +68,24 @@ pub(crate) const PREFETCH_STEP: u64 = 256 << 10;
 /// `Inner::prefetch_from` when no prefetch is asked for.
 pub(super) const NO_PREFETCH: u64 = u64::MAX;
 
+/// What appends tell the background thread.
+pub(super) struct Background {
+    /// Wakes the thread: to renew the seq reservation ahead of time (any
+    /// policy), to prefetch the data file ahead of the head, and closed to
+    /// stop it.
+    pub(super) wake: Arc<Signal>,
+    /// The head an append asked the thread to prefetch from
+    /// (`NO_PREFETCH`: none asked since it last did; at open, the head).
+    pub(super) prefetch_from: AtomicU64,
+}
+
+impl Background {
+    /// Prefetching first from `head`.
+    pub(super) fn new(head: u64) -> Self {
+        Background { wake: Arc::new(Signal::new()), prefetch_from: AtomicU64::new(head) }
+    }
+}
+
 impl Inner {
     /// The background thread's prefetch (and `open`'s): `PREFETCH_AHEAD`
     /// bytes, at most a quarter of the ring, from the head an append asked
@@ -80,17 +99,17 @@ impl Inner {
     /// such a page has it zeroed anyway, so the mapped path prefetches
     /// those too.
     pub(crate) fn prefetch_ahead(&self) {
-        let from = self.prefetch_from.swap(NO_PREFETCH, Ordering::Relaxed);
+        let from = self.background.prefetch_from.swap(NO_PREFETCH, Ordering::Relaxed);
         if from == NO_PREFETCH {
             return;
         }
-        let end = from + PREFETCH_AHEAD.min(self.cap / 4);
-        let from = if self.config.mapped_writes { from } else { from.max(self.cap) };
+        let end = from + PREFETCH_AHEAD.min(self.geometry.cap / 4);
+        let from = if self.config.mapped_writes { from } else { from.max(self.geometry.cap) };
         if from >= end {
             return;
         }
-        let (off, len) = (from % self.cap, end - from);
-        let first = len.min(self.cap - off);
+        let (off, len) = (from % self.geometry.cap, end - from);
+        let first = len.min(self.geometry.cap - off);
         self.data.prefetch_for_write(DATA_OFFSET + off, first);
         if first < len {
             self.data.prefetch_for_write(DATA_OFFSET, len - first);

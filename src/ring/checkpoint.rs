@@ -3,7 +3,9 @@
 
 use super::meta::SLOT_LEN;
 use super::{Inner, now_nanos};
+use crate::sync::atomic::AtomicBool;
 use crate::sync::atomic::Ordering;
+use crate::sync::{LEVEL_META_IO, Mutex};
 use crate::{Error, Result, SyncPolicy};
 
 /// Which checkpoint slot is safe to overwrite (`ring.meta_io`).
@@ -26,20 +28,37 @@ pub(crate) struct MetaIo {
     pub(crate) finished: bool,
 }
 
+/// The checkpoint slots (level 10, `ring.meta_io`), and whether the page
+/// cache is still trusted.
+pub(super) struct Checkpoints {
+    pub(super) slots: Mutex<MetaIo>,
+    /// A data fsync failed: see [`Inner::distrust_cache`].
+    pub(super) cache_distrusted: AtomicBool,
+}
+
+impl Checkpoints {
+    /// Slots of which `durable_slot` holds the last synced checkpoint, of
+    /// generation `generation`.
+    pub(super) fn new(generation: u64, durable_slot: u64) -> Self {
+        let io = MetaIo { generation, durable_slot, writes: 0, last_slot: 0, finished: false };
+        Checkpoints { slots: Mutex::new(LEVEL_META_IO, "ring.meta_io", io), cache_distrusted: AtomicBool::new(false) }
+    }
+}
+
 impl Inner {
     /// fsyncs the meta file. If no checkpoint was written while it ran, the
     /// slot last written is now the durable one, and the next checkpoints
     /// go to the other.
     pub(super) fn sync_meta(&self) -> Result<()> {
         let (writes, slot) = {
-            let m = self.meta_io.lock();
+            let m = self.checkpoints.slots.lock();
             (m.writes, m.last_slot)
         };
         if let Err(e) = self.meta.sync_data() {
             self.poison(&self.meta_path);
             return Err(Error::io("fsync", &self.meta_path, e));
         }
-        let mut m = self.meta_io.lock();
+        let mut m = self.checkpoints.slots.lock();
         if writes > 0 && m.writes == writes {
             m.durable_slot = slot;
         }
@@ -50,7 +69,7 @@ impl Inner {
     /// does not hold the last synced checkpoint. `Ok(false)`: nothing was
     /// written, as nothing may be once `close` has run.
     pub(super) fn write_checkpoint(&self, clean: bool) -> Result<bool> {
-        let mut m = self.meta_io.lock();
+        let mut m = self.checkpoints.slots.lock();
         if m.finished {
             return Ok(false);
         }
@@ -60,8 +79,7 @@ impl Inner {
             let had_unsaved_losses = std::mem::replace(&mut st.unsaved_losses, false);
             let mut ck = st.checkpoint();
             // Read under the state lock: never ahead of the state's seqs.
-            let sync = self.sync.lock();
-            (ck.durable_seq, ck.durable_pos) = (sync.durable, sync.durable_pos);
+            (ck.durable_seq, ck.durable_pos) = self.commit.durable_pair();
             (ck, had_unsaved_losses)
         };
         m.generation += 1;
@@ -69,7 +87,7 @@ impl Inner {
         ck.ring_id = self.ring_id;
         ck.clean = clean;
         ck.sync_always = self.config.sync == SyncPolicy::Always;
-        ck.boot_id = if self.cache_distrusted.load(Ordering::Acquire) { None } else { self.boot_id };
+        ck.boot_id = if self.checkpoints.cache_distrusted.load(Ordering::Acquire) { None } else { self.boot_id };
         debug_assert!(ck.consistent(), "writing an inconsistent checkpoint: {ck:?}");
         let slot = 1 - m.durable_slot;
         if let Err(e) = self.meta.write_at(&ck.encode(), slot * SLOT_LEN as u64) {

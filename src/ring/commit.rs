@@ -1,6 +1,8 @@
 //! Group commit: appenders that need durability share fsyncs; a failed
 //! fsync poisons the ring and distrusts the page cache.
 
+use crate::sync::atomic::AtomicU64;
+use crate::sync::{Condvar, LEVEL_SYNC, Mutex};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -21,8 +23,7 @@ pub(super) const GROUP_COMMIT_WAIT: Duration = Duration::from_micros(100);
 /// The group-commit coordinator's state (`ring.sync`).
 #[derive(Default)]
 pub(super) struct SyncState {
-    pub(super) durable: u64,
-    /// Where the frame of `durable` ends.
+    /// Where the frame of the durable seq ends.
     pub(super) durable_pos: u64,
     pub(super) in_progress: bool,
     /// Threads waiting for the fsync in progress.
@@ -32,13 +33,48 @@ pub(super) struct SyncState {
     pub(super) released: u64,
 }
 
+/// Group commit (level 30, `ring.sync`): which seqs are written and which
+/// durable, and the fsync in progress.
+pub(super) struct GroupCommit {
+    pub(super) fsyncs: Mutex<SyncState>,
+    /// Signalled when an fsync ends.
+    pub(super) synced: Condvar,
+    /// The last seq written to the page cache.
+    pub(super) written_seq: AtomicU64,
+    /// The last seq on stable storage. Raised under `fsyncs`, so that it
+    /// and `SyncState::durable_pos` read there are a pair.
+    pub(super) durable_seq: AtomicU64,
+}
+
+impl GroupCommit {
+    /// Everything up to `written`, whose frame ends at `head`, is durable.
+    pub(super) fn new(written: u64, head: u64) -> Self {
+        GroupCommit {
+            fsyncs: Mutex::new(
+                LEVEL_SYNC,
+                "ring.sync",
+                SyncState { durable_pos: head, in_progress: false, waiting: 0, released: 0 },
+            ),
+            synced: Condvar::new(),
+            written_seq: AtomicU64::new(written),
+            durable_seq: AtomicU64::new(written),
+        }
+    }
+
+    /// The last durable seq and where its frame ends, together.
+    pub(super) fn durable_pair(&self) -> (u64, u64) {
+        let g = self.fsyncs.lock();
+        (self.durable_seq.load(Ordering::Acquire), g.durable_pos)
+    }
+}
+
 impl Inner {
     /// Waits until `seq` is durable, running the fsync itself if no other
     /// thread is (group commit). No lock is held during the fsync.
     pub(super) fn wait_durable(&self, seq: u64) -> Result<()> {
-        let mut g = self.sync.lock();
+        let mut g = self.commit.fsyncs.lock();
         loop {
-            if g.durable >= seq {
+            if self.commit.durable_seq.load(Ordering::Acquire) >= seq {
                 return Ok(());
             }
             if self.poisoned.load(Ordering::Acquire) {
@@ -48,7 +84,7 @@ impl Inner {
             }
             if g.in_progress {
                 g.waiting += 1;
-                self.synced.wait(&mut g);
+                self.commit.synced.wait(&mut g);
                 g.waiting -= 1;
                 continue;
             }
@@ -58,7 +94,7 @@ impl Inner {
             // Threads the last fsync released usually append again right
             // away: give them a moment (no lock held) so this fsync covers
             // their records too, rather than leaving them for the next.
-            let before = self.written_seq.load(Ordering::Acquire);
+            let before = self.commit.written_seq.load(Ordering::Acquire);
             let started = Instant::now();
             // Loom explores each execution again and again, and must see
             // the same choices each time: a wall clock there would make
@@ -67,7 +103,7 @@ impl Inner {
             let in_time = || cfg!(loom) || started.elapsed() < GROUP_COMMIT_WAIT;
             let mut spins = 0;
             while released > 0 && spins < GROUP_COMMIT_YIELDS && in_time() {
-                if self.written_seq.load(Ordering::Acquire) >= before + released {
+                if self.commit.written_seq.load(Ordering::Acquire) >= before + released {
                     break;
                 }
                 crate::sync::yield_now();
@@ -85,19 +121,18 @@ impl Inner {
                 self.poison(&self.data_path);
                 self.distrust_cache();
             }
-            g = self.sync.lock();
+            g = self.commit.fsyncs.lock();
             g.in_progress = false;
             match result {
                 Ok(()) => {
-                    if target > g.durable {
-                        (g.durable, g.durable_pos) = (target, target_pos);
+                    if self.commit.durable_seq.fetch_max(target, Ordering::AcqRel) < target {
+                        g.durable_pos = target_pos;
                     }
                     g.released = g.waiting;
-                    self.durable_seq.fetch_max(target, Ordering::AcqRel);
-                    self.synced.notify_all();
+                    self.commit.synced.notify_all();
                 }
                 Err(e) => {
-                    self.synced.notify_all();
+                    self.commit.synced.notify_all();
                     return Err(Error::io("fsync", &self.data_path, e));
                 }
             }
@@ -114,7 +149,7 @@ impl Inner {
     /// written: otherwise the next open trusts the cache as after a crash
     /// of the process, and must find it as it was.)
     pub(super) fn distrust_cache(&self) {
-        self.cache_distrusted.store(true, Ordering::Release);
+        self.checkpoints.cache_distrusted.store(true, Ordering::Release);
         // `Ok(false)`: `close` ran meanwhile, and wrote no mark.
         if matches!(self.write_checkpoint(false), Ok(true)) {
             self.data.drop_cache();
@@ -140,7 +175,7 @@ impl Inner {
                 _ => Self::poisoned_error(&st)?,
             }
         }
-        let target = self.written_seq.load(Ordering::Acquire);
+        let target = self.commit.written_seq.load(Ordering::Acquire);
         self.wait_durable(target)?;
         if clean {
             // Closing: no seq above the last one was handed out. Recorded
@@ -150,7 +185,7 @@ impl Inner {
                 // An append may be writing a larger reservation: the final
                 // one must be written after it, or it could land last.
                 while st.extending {
-                    self.reserved.wait(&mut st);
+                    self.reservation.extended.wait(&mut st);
                 }
                 st.reserve_writes += 1;
                 st.seq_reserved = st.next_seq - 1;
@@ -163,6 +198,6 @@ impl Inner {
         }
         self.write_checkpoint(clean)?;
         self.sync_meta()?;
-        Ok(self.durable_seq.load(Ordering::Acquire))
+        Ok(self.commit.durable_seq.load(Ordering::Acquire))
     }
 }

@@ -35,9 +35,10 @@ impl Inner {
         if !cached {
             // Only bytes below the head: those beyond are an older lap's and
             // will change (see `State::tail_ahead`).
-            let len = TAIL_AHEAD.min(st.head - pos).min(self.cap - pos % self.cap).max(HEADER_LEN as u64);
+            let len =
+                TAIL_AHEAD.min(st.head - pos).min(self.geometry.cap - pos % self.geometry.cap).max(HEADER_LEN as u64);
             buf.resize(len as usize, 0);
-            match storage::read_or_fill(&*self.data, buf, DATA_OFFSET + pos % self.cap) {
+            match storage::read_or_fill(&*self.data, buf, DATA_OFFSET + pos % self.geometry.cap) {
                 Ok(filled) => {
                     let bytes = storage::filled_bytes(&filled);
                     if bytes > 0 {
@@ -65,7 +66,7 @@ impl Inner {
 
     /// Evicts the oldest frames until a write ending at `new_head` fits.
     pub(super) fn make_room(&self, st: &mut State, new_head: u64) -> Result<Room> {
-        while new_head - st.tail_pos > self.cap {
+        while new_head - st.tail_pos > self.geometry.cap {
             // Whatever moved the tail last time, holes below it are settled.
             st.settle();
             if let Some(h) = st.hole_at(st.tail_seq).filter(|h| h.pos <= st.tail_pos) {
@@ -80,14 +81,14 @@ impl Inner {
                 break;
             }
             let pos = st.tail_pos;
-            let room = self.cap - pos % self.cap;
+            let room = self.geometry.cap - pos % self.geometry.cap;
             if room < HEADER_LEN as u64 {
-                st.tail_pos = next_lap(pos, self.cap);
+                st.tail_pos = next_lap(pos, self.geometry.cap);
                 continue;
             }
             let raw = self.tail_header(st, pos).map_err(|e| Error::io("read", &self.data_path, e))?;
-            match frame::decode_header(&raw, pos, self.stored_len) {
-                Some(h) if h.is_pad && h.size() == room => st.tail_pos = next_lap(pos, self.cap),
+            match frame::decode_header(&raw, pos, self.geometry.stored_len) {
+                Some(h) if h.is_pad && h.size() == room => st.tail_pos = next_lap(pos, self.geometry.cap),
                 Some(h) if !h.is_pad && h.seq == st.tail_seq && pos + h.size() <= st.head => {
                     if h.seq > st.ack_seq {
                         if self.config.full != FullPolicy::OverwriteOldest {
@@ -132,8 +133,9 @@ impl Inner {
                     // at most `RESYNC_STEP` bytes ahead per step.
                     let limit = st.head.min(pos + RESYNC_STEP);
                     let resume = {
-                        let mut scan = scan::Scanner::new(&*self.data, self.cap, self.stored_len, 64 << 10)
-                            .counting(&self.unreadable_bytes);
+                        let mut scan =
+                            scan::Scanner::new(&*self.data, self.geometry.cap, self.geometry.stored_len, 64 << 10)
+                                .counting(&self.unreadable_bytes);
                         scan.resync(pos, limit).map_err(|e| Error::io("read", &self.data_path, e))?
                     };
                     let (resume_pos, next) = match resume {
@@ -174,7 +176,8 @@ impl Inner {
     /// Whether the frame at `pos` passes its checksum (eviction trusts a
     /// header's seq beyond the expected one only then).
     pub(super) fn frame_intact(&self, pos: u64) -> Result<bool> {
-        let mut scan = scan::Scanner::new(&*self.data, self.cap, self.stored_len, 0).counting(&self.unreadable_bytes);
+        let mut scan = scan::Scanner::new(&*self.data, self.geometry.cap, self.geometry.stored_len, 0)
+            .counting(&self.unreadable_bytes);
         let found = scan.frame_at(pos).map_err(|e| Error::io("read", &self.data_path, e))?;
         Ok(matches!(found, scan::Found::Record(_)))
     }

@@ -7,6 +7,7 @@ mod commit;
 mod delivery;
 mod evict;
 pub(crate) mod frame;
+mod geometry;
 pub(crate) mod meta;
 mod open;
 mod read;
@@ -22,69 +23,49 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use self::background::Background;
 use self::background::spawn_background;
-use self::checkpoint::MetaIo;
-use self::commit::SyncState;
+use self::checkpoint::Checkpoints;
+use self::commit::GroupCommit;
+use self::geometry::Geometry;
+use self::reserve::SeqReservation;
 use self::state::State;
 use crate::ring::storage::Storage;
 use crate::stats::{LossRange, RecoveryReport, RingStats};
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use crate::sync::{Condvar, JoinHandle, LEVEL_RING_BACKGROUND, Mutex, Signal};
+use crate::sync::{Condvar, JoinHandle, LEVEL_RING_BACKGROUND, Mutex};
 use crate::{Error, Result, RingConfig, SyncPolicy};
 
 pub use read::{ReadBatch, Record};
 
+/// The ring behind a [`Ring`] handle: its files, its state, and the parts
+/// that own the rest (each in its own file, with its lock level in
+/// docs/LOCKS.md).
 pub(crate) struct Inner {
     dir: PathBuf,
     data_path: PathBuf,
     meta_path: PathBuf,
     data: Box<dyn Storage>,
     meta: Box<dyn Storage>,
-    cap: u64,
-    /// Longest payload an append accepts (the configuration's).
-    max_len: usize,
-    /// Longest payload a stored frame may have ([`frame::max_stored_len`]).
-    stored_len: usize,
+    geometry: Geometry,
     config: RingConfig,
     ring_id: u64,
     boot_id: Option<[u8; 16]>,
-    /// Level 10: checkpoint slots; held across one checkpoint write.
-    meta_io: Mutex<MetaIo>,
-    /// Level 20: everything else; held across a record write, never an fsync.
+    /// Level 20: seqs, head, tail, cursor, counters, holes; held across a
+    /// record write, never an fsync.
     state: Mutex<State>,
     /// Signalled when acks free room (for `FullPolicy::Block`).
     room: Condvar,
-    /// Signalled when a seq reservation extension ends.
-    reserved: Condvar,
-    /// Seqs one reservation covers.
-    reserve_block: u64,
-    /// Wakes the ring's background thread: to renew the seq reservation
-    /// ahead of time (any policy), to prefetch the data file ahead of the
-    /// head, and closed to stop it.
-    background: Arc<Signal>,
-    /// The head an append asked the background thread to prefetch from
-    /// (`NO_PREFETCH`: none asked since it last did; at open, the head).
-    prefetch_from: AtomicU64,
-    /// An append asked the background thread to renew the seq reservation
-    /// ahead of time, and no renewal has succeeded since. Appends read and
-    /// set it under `ring.state`; the background thread reads it without
-    /// the lock, so that a wake-up for a prefetch alone does not contend
-    /// with appends for that lock. A renewal clearing it while an append
-    /// reads it loses nothing: the append's seq was covered by then.
-    renew_asked: AtomicBool,
+    checkpoints: Checkpoints,
+    reservation: SeqReservation,
+    commit: GroupCommit,
+    background: Background,
     /// Where readers' asking for the bytes ahead of them stopped (a
     /// data-area offset; `scan::ReadAhead`). Concurrent readers may ask
     /// for a range twice or skip one: it is a hint only.
     read_ahead: AtomicU64,
-    /// Level 30: group commit; released before every fsync.
-    sync: Mutex<SyncState>,
-    synced: Condvar,
-    written_seq: AtomicU64,
-    durable_seq: AtomicU64,
     /// Set with `State::poisoned`, readable without the state lock.
     poisoned: AtomicBool,
-    /// A data fsync failed: see [`Inner::distrust_cache`].
-    cache_distrusted: AtomicBool,
     /// Bytes reads could not get from the files since open (counted each
     /// time): see [`RingStats::unreadable_bytes`].
     unreadable_bytes: AtomicU64,
@@ -110,7 +91,7 @@ pub struct Ring {
     inner: Arc<Inner>,
     /// The background thread: renews the seq reservation ahead of the
     /// appenders and, under `SyncPolicy::Interval`, flushes.
-    background: Mutex<Option<JoinHandle<()>>>,
+    background_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Ring {
@@ -165,8 +146,11 @@ impl Ring {
             SyncPolicy::Interval(every) => Some(every),
             _ => None,
         };
-        let background = spawn_background(Arc::downgrade(&inner), Arc::clone(&inner.background), every);
-        (Ring { inner, background: Mutex::new(LEVEL_RING_BACKGROUND, "ring.background", Some(background)) }, report)
+        let background = spawn_background(Arc::downgrade(&inner), Arc::clone(&inner.background.wake), every);
+        (
+            Ring { inner, background_thread: Mutex::new(LEVEL_RING_BACKGROUND, "ring.background", Some(background)) },
+            report,
+        )
     }
 
     /// The ring's directory.
@@ -177,7 +161,7 @@ impl Ring {
     /// The largest payload [`append`](Ring::append) accepts: the configured
     /// limit, lowered to what the ring's capacity on disk holds.
     pub fn max_record_len(&self) -> usize {
-        self.inner.max_len
+        self.inner.geometry.max_len
     }
 
     /// Appends one record and returns its seq.
@@ -316,7 +300,7 @@ impl Ring {
 
     /// A snapshot of every counter.
     pub fn stats(&self) -> RingStats {
-        let durable = self.inner.durable_seq.load(Ordering::Acquire);
+        let durable = self.inner.commit.durable_seq.load(Ordering::Acquire);
         let mut stats = self.inner.state.lock().stats(durable);
         stats.unreadable_bytes = self.inner.unreadable_bytes.load(Ordering::Relaxed);
         stats
@@ -356,9 +340,9 @@ impl Ring {
     pub fn close(&self) -> Result<()> {
         // Stop the background thread first: a renewal it is writing ends
         // before the final reservation below, which must be the last.
-        self.inner.background.close();
+        self.inner.background.wake.close();
         // Joined with no lock held (LOCKS.md).
-        let handle = self.background.lock().take();
+        let handle = self.background_thread.lock().take();
         if let Some(handle) = handle {
             let _ = handle.join();
         }
@@ -378,7 +362,7 @@ impl Ring {
         // not written (a failed fsync): once the lock is released, the
         // files may be the next owner's. An ack or eviction writing one
         // holds `meta_io`, so it has finished when this takes it.
-        self.inner.meta_io.lock().finished = true;
+        self.inner.checkpoints.slots.lock().finished = true;
         self.inner.lock_file.lock().take();
         result
     }
@@ -387,6 +371,6 @@ impl Ring {
 impl Drop for Ring {
     fn drop(&mut self) {
         // Only signal: the thread holds a weak reference and exits on its own.
-        self.inner.background.close();
+        self.inner.background.wake.close();
     }
 }

@@ -13,18 +13,21 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::Inner;
-use super::checkpoint::MetaIo;
-use super::commit::SyncState;
+use super::background::Background;
+use super::checkpoint::Checkpoints;
+use super::commit::GroupCommit;
+use super::geometry::Geometry;
 use super::meta::{
     Checkpoint, DATA_OFFSET, DataHeader, FORMAT_VERSION, HeaderError, META_LEN, RESERVATION_OFFSETS, Reservation,
     SLOT_LEN, pick_checkpoint,
 };
 use super::recovery::{Input, fresh_state, recover};
+use super::reserve::SeqReservation;
 use super::storage::{self, FileStorage, MappedFile};
 use crate::ring::storage::Storage;
 use crate::stats::RecoveryReport;
 use crate::sync::atomic::{AtomicBool, AtomicU64};
-use crate::sync::{Condvar, LEVEL_META_IO, LEVEL_RING_LOCK_FILE, LEVEL_RING_STATE, LEVEL_SYNC, Mutex, Signal};
+use crate::sync::{Condvar, LEVEL_RING_LOCK_FILE, LEVEL_RING_STATE, Mutex};
 use crate::{Error, Result, RingConfig};
 
 const LOCK_FILE: &str = "ring.lock";
@@ -369,49 +372,25 @@ fn open_storages(
     state.prefetch_step = state.head / super::background::PREFETCH_STEP;
     let written = state.next_seq - 1;
     let head = state.head;
-    let reserve_block = config.seq_reservation;
     let inner = Inner {
         dir,
         data_path,
         meta_path: meta_path.clone(),
         data,
         meta,
-        cap,
-        max_len: config.max_record_len_in(cap),
-        stored_len: super::frame::max_stored_len(cap),
+        geometry: Geometry::new(cap, &config),
+        reservation: SeqReservation::new(config.seq_reservation),
         config,
         ring_id,
         boot_id,
-        meta_io: Mutex::new(
-            LEVEL_META_IO,
-            "ring.meta_io",
-            MetaIo {
-                generation: ck.map_or(1, |c| c.generation),
-                durable_slot: checkpoint_slot,
-                writes: 0,
-                last_slot: 0,
-                finished: false,
-            },
-        ),
+        checkpoints: Checkpoints::new(ck.map_or(1, |c| c.generation), checkpoint_slot),
         state: Mutex::new(LEVEL_RING_STATE, "ring.state", state),
         room: Condvar::new(),
-        reserved: Condvar::new(),
-        reserve_block,
-        background: std::sync::Arc::new(Signal::new()),
-        prefetch_from: AtomicU64::new(head),
-        renew_asked: AtomicBool::new(false),
+        background: Background::new(head),
         read_ahead: AtomicU64::new(0),
         unreadable_bytes: AtomicU64::new(report.unreadable_bytes),
-        sync: Mutex::new(
-            LEVEL_SYNC,
-            "ring.sync",
-            SyncState { durable: written, durable_pos: head, in_progress: false, waiting: 0, released: 0 },
-        ),
-        synced: Condvar::new(),
-        written_seq: AtomicU64::new(written),
-        durable_seq: AtomicU64::new(written),
+        commit: GroupCommit::new(written, head),
         poisoned: AtomicBool::new(false),
-        cache_distrusted: AtomicBool::new(false),
         lock_file: Mutex::new(LEVEL_RING_LOCK_FILE, "ring.lock_file", lock_file),
     };
     if !created {

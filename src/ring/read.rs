@@ -130,10 +130,11 @@ impl Inner {
         };
         let limit = head.min(at + LOCATE_BYTES);
         // Small reads: an ack per record hops one frame from the last.
-        let mut scan = Scanner::new(&*self.data, self.cap, self.stored_len, 4096).counting(&self.unreadable_bytes);
+        let mut scan = Scanner::new(&*self.data, self.geometry.cap, self.geometry.stored_len, 4096)
+            .counting(&self.unreadable_bytes);
         while at < limit {
             match scan.header_at(at)? {
-                Found::Wrap => at = next_lap(at, self.cap),
+                Found::Wrap => at = next_lap(at, self.geometry.cap),
                 Found::Pad(h) => at += h.size(),
                 Found::Record(h) if h.seq < seq => at += h.size(),
                 Found::Record(h) if h.seq == seq => {
@@ -153,7 +154,8 @@ impl Inner {
             window.holes.get(at).filter(|h| h.first <= seq).copied()
         };
         let chunk = max_bytes.clamp(64 << 10, 4 << 20);
-        let mut scan = Scanner::new(&*self.data, self.cap, self.stored_len, chunk).counting(&self.unreadable_bytes);
+        let mut scan = Scanner::new(&*self.data, self.geometry.cap, self.geometry.stored_len, chunk)
+            .counting(&self.unreadable_bytes);
         // Reads after a restart may be of bytes on the disk only: ask for
         // those ahead, going on where the last read's asking stopped.
         scan.read_ahead(ReadAhead::from(self.read_ahead.load(Ordering::Relaxed)));
@@ -180,7 +182,7 @@ impl Inner {
                 cause: LossCause::Corrupted,
             };
             match scan.frame_at(at)? {
-                Found::Wrap => w.end_pos = next_lap(at, self.cap),
+                Found::Wrap => w.end_pos = next_lap(at, self.geometry.cap),
                 Found::Pad(h) => w.end_pos = at + h.size(),
                 // A seq never handed out is no record of this ring.
                 Found::Record(h) if h.seq >= expect && h.seq < window.next_seq => {

@@ -3,15 +3,39 @@
 
 use super::Inner;
 use super::meta::{self};
+use crate::sync::Condvar;
+use crate::sync::atomic::AtomicBool;
 use crate::sync::atomic::Ordering;
 use crate::{Error, Result};
+
+/// The seq reservation's own state; the reserved seq itself and the
+/// extension in progress are in `ring.state`, which appends hold anyway.
+pub(super) struct SeqReservation {
+    /// Seqs one reservation covers.
+    pub(super) block: u64,
+    /// An append asked the background thread to renew the seq reservation
+    /// ahead of time, and no renewal has succeeded since. Appends read and
+    /// set it under `ring.state`; the background thread reads it without
+    /// the lock, so that a wake-up for a prefetch alone does not contend
+    /// with appends for that lock. A renewal clearing it while an append
+    /// reads it loses nothing: the append's seq was covered by then.
+    pub(super) renew_asked: AtomicBool,
+    /// Signalled when an extension ends.
+    pub(super) extended: Condvar,
+}
+
+impl SeqReservation {
+    pub(super) fn new(block: u64) -> Self {
+        SeqReservation { block, renew_asked: AtomicBool::new(false), extended: Condvar::new() }
+    }
+}
 
 impl Inner {
     /// Seqs the reservation is kept ahead of the last one: half a block.
     /// Appends ask for a renewal when fewer are left; renewals (the
     /// background thread's, the flusher's and `sync`'s) restore it.
     pub(super) fn renew_margin(&self) -> u64 {
-        self.reserve_block / 2
+        self.reservation.block / 2
     }
 
     /// The background thread's renewal: the reservation covers at least
@@ -19,11 +43,11 @@ impl Inner {
     /// so appends do not ask again; the append that runs past the
     /// reservation renews it itself and reports the error.
     pub(super) fn renew_ahead(&self) {
-        if !self.renew_asked.load(Ordering::Relaxed) {
+        if !self.reservation.renew_asked.load(Ordering::Relaxed) {
             return;
         }
         if self.ensure_reserved(1, self.renew_margin()).is_ok() {
-            self.renew_asked.store(false, Ordering::Relaxed);
+            self.reservation.renew_asked.store(false, Ordering::Relaxed);
         }
     }
 
@@ -38,12 +62,12 @@ impl Inner {
                 return Ok(());
             }
             if st.extending {
-                self.reserved.wait(&mut st);
+                self.reservation.extended.wait(&mut st);
                 continue;
             }
             st.extending = true;
             st.reserve_writes += 1;
-            let target = st.next_seq + n - 1 + self.reserve_block.max(ahead);
+            let target = st.next_seq + n - 1 + self.reservation.block.max(ahead);
             let counter = st.reserve_writes;
             drop(st);
             let result = self.write_reservation(target, counter);
@@ -51,9 +75,9 @@ impl Inner {
             st.extending = false;
             if result.is_ok() {
                 st.seq_reserved = st.seq_reserved.max(target);
-                self.renew_asked.store(false, Ordering::Relaxed);
+                self.reservation.renew_asked.store(false, Ordering::Relaxed);
             }
-            self.reserved.notify_all();
+            self.reservation.extended.notify_all();
             result?;
         }
     }
