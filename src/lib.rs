@@ -80,9 +80,7 @@ pub use error::{Error, Result};
 #[doc(hidden)]
 pub use ring::storage::Storage;
 pub use ring::{ReadBatch, Record, Ring};
-pub use sender::{
-    Health, HealthState, LossCallback, SenderStats, Shipper, ShipperBuilder, ShutdownReport, StallCallback,
-};
+pub use sender::{Health, HealthState, SenderStats, Shipper, ShipperBuilder, ShutdownReport};
 pub use stats::{LossCause, LossRange, RecoveryReport, RingStats};
 pub use transport::{
     Batch, BatchRecord, Endpoint, GapNotice, MemoryReceiver, MemoryTransport, Received, SendContext, SendError,

@@ -25,10 +25,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::callbacks::Event;
 use super::machine::{MachineConfig, Nanos};
 use super::supervisor::Watch;
+use super::supervisor::tick;
 use super::worker::{Driver, SendJob, Step};
-use super::{CALLBACK_QUEUE, Callbacks, Clock, Event, Shared, ShipperConfig, tick};
+use super::{CALLBACK_QUEUE, Callbacks, Clock, Shared, ShipperConfig};
 use crate::sim::{Damage, Faults, SimDisk};
 use crate::stats::LossCause;
 use crate::sync::Woken;

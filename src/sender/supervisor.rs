@@ -1,9 +1,15 @@
-//! The supervisor's judgement, kept pure: observations in, verdicts out.
-//! The supervisor thread (in `mod.rs`) feeds it and acts on the verdicts.
+//! The supervisor: its judgement, kept pure (observations in, verdicts
+//! out, [`Watch`]), and the thread that feeds it and acts on the verdicts
+//! ([`supervise`]).
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use super::machine::Nanos;
+use super::{Callbacks, Shared, panic_message};
+use crate::sync::atomic::Ordering;
+use crate::sync::{Signal, Woken};
 
 /// What the supervisor sees on one tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +82,52 @@ impl Watch {
         }
         v
     }
+}
+
+/// `ring` is the ring's stats when the shipper started: stalls are judged
+/// from that moment, whenever this thread gets to run. Losses come from
+/// the ring's feed, watched from the start.
+pub(super) fn supervise(shared: &Arc<Shared>, stop: &Signal, ring: &crate::RingStats, mut cb: Callbacks) {
+    let cfg = shared.cfg;
+    let mut watch = Watch::new(shared.now(), cfg.stall_after, cfg.abandon_after, ring.ack_seq);
+    loop {
+        if stop.wait_timeout(cfg.supervise_every) != Woken::TimedOut {
+            // The losses of the last moments (a drain evicts too) go out,
+            // unless the callback's queue is full.
+            cb.loss(shared.ring.take_new_losses());
+            return;
+        }
+        // No user code runs here (the factory runs on the worker, callbacks
+        // on their own thread); a bug of ours is caught all the same, so
+        // the supervisor cannot die (I10).
+        let tick = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tick(shared, &mut watch, &mut cb)));
+        if let Err(p) = tick {
+            shared.note_error(&format!("the ringship supervisor panicked: {}", panic_message(&*p)));
+        }
+    }
+}
+
+/// One look of the supervisor.
+pub(super) fn tick(shared: &Arc<Shared>, watch: &mut Watch, cb: &mut Callbacks) {
+    let died = shared.worker_died.swap(0, Ordering::AcqRel);
+    if died != 0 && died == shared.epoch.load(Ordering::Acquire) && !shared.stop.load(Ordering::Acquire) {
+        shared.replace_worker();
+    }
+    let ring = shared.ring.stats();
+    let send_started = shared.status.lock().send_started.map(|(_, at)| at);
+    let observation = Observation { now: shared.now(), pending: ring.pending, ack_seq: ring.ack_seq, send_started };
+    for verdict in watch.observe(observation) {
+        match verdict {
+            Verdict::Stalled { since } => {
+                shared.status.lock().stalled_since = Some(since);
+                shared.counters.stalls.fetch_add(1, Ordering::Relaxed);
+                cb.stall(shared);
+            }
+            Verdict::Recovered => shared.status.lock().stalled_since = None,
+            Verdict::Abandon => shared.replace_worker(),
+        }
+    }
+    cb.loss(shared.ring.take_new_losses());
 }
 
 #[cfg(test)]
