@@ -173,17 +173,9 @@ impl ShipperBuilder {
         self
     }
 
-    /// Starts the worker and supervisor threads.
-    ///
-    /// # Errors
-    /// [`Error::Config`] for a missing endpoint or transport, or a value
-    /// out of range (a duration of zero where one is needed, or of more
-    /// than 365 days).
-    pub fn start(self) -> Result<Shipper> {
+    /// The settings, checked, with the defaults derived from them filled in.
+    fn settings(&self) -> Result<ShipperConfig> {
         let mut cfg = self.cfg;
-        let endpoint = self.endpoint.ok_or_else(|| Error::Config("the shipper needs an endpoint".into()))?;
-        let factory = self.factory.ok_or_else(|| Error::Config("the shipper needs a transport".into()))?;
-        check_endpoint(&*factory, &endpoint)?;
         let m = cfg.machine;
         if m.max_batch_records == 0 || m.max_batch_bytes == 0 {
             return Err(Error::Config("max_batch_records and max_batch_bytes must be at least 1".into()));
@@ -225,6 +217,20 @@ impl ShipperBuilder {
         cfg.supervise_every = self.supervise_every.unwrap_or_else(|| {
             (cfg.stall_after.min(cfg.abandon_after) / 10).clamp(Duration::from_millis(5), Duration::from_secs(1))
         });
+        Ok(cfg)
+    }
+
+    /// Starts the worker and supervisor threads.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a missing endpoint or transport, or a value
+    /// out of range (a duration of zero where one is needed, or of more
+    /// than 365 days).
+    pub fn start(self) -> Result<Shipper> {
+        let cfg = self.settings()?;
+        let endpoint = self.endpoint.ok_or_else(|| Error::Config("the shipper needs an endpoint".into()))?;
+        let factory = self.factory.ok_or_else(|| Error::Config("the shipper needs a transport".into()))?;
+        check_endpoint(&*factory, &endpoint)?;
         let shared = Arc::new(Shared::new(self.ring, cfg, factory, endpoint, Clock::Real));
         let thread_error = |what: &str, e: std::io::Error| Error::Io { op: "spawn", path: what.into(), source: e };
         let (has_on_stall, has_on_loss) = (self.on_stall.is_some(), self.on_loss.is_some());

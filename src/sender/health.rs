@@ -98,77 +98,12 @@ fn escape_label(v: &str) -> String {
 impl SenderStats {
     /// Renders the stats in the Prometheus text exposition format (0.0.4).
     pub fn to_prometheus(&self) -> String {
-        let r = &self.ring;
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        for (name, kind, help, value) in self.ring_metrics().into_iter().chain(self.sender_metrics()) {
             let _ = writeln!(out, "# HELP ringship_{name} {help}");
             let _ = writeln!(out, "# TYPE ringship_{name} {kind}");
             let _ = writeln!(out, "ringship_{name} {value}");
-        };
-        metric("records_appended_total", "counter", "Records offered to append.", r.appended);
-        metric("records_acked_total", "counter", "Records acknowledged by an endpoint.", r.acked);
-        metric("records_pending", "gauge", "Records in the ring not yet acknowledged.", r.pending);
-        metric("records_overwritten_total", "counter", "Records evicted before they were acknowledged.", r.overwritten);
-        metric(
-            "bytes_overwritten_total",
-            "counter",
-            "Ring bytes of records evicted unacknowledged.",
-            r.overwritten_bytes,
-        );
-        metric("records_rejected_total", "counter", "Records refused at append.", r.rejected);
-        metric("records_corrupted_total", "counter", "Records found damaged on disk.", r.corrupted);
-        metric("records_lost_unsynced_total", "counter", "Records lost to power loss before sync.", r.lost_unsynced);
-        metric(
-            "seqs_skipped_total",
-            "counter",
-            "Seqs passed over after unclean shutdowns because they may have been handed out.",
-            r.seqs_skipped,
-        );
-        metric(
-            "unreadable_bytes_total",
-            "counter",
-            "Bytes of the ring's files that could not be read since open (a failing disk).",
-            r.unreadable_bytes,
-        );
-        metric("last_seq", "gauge", "Last sequence number assigned.", r.last_seq);
-        metric("durable_seq", "gauge", "Every record up to this seq is on stable storage.", r.durable_seq);
-        metric("ack_seq", "gauge", "Delivery cursor.", r.ack_seq);
-        metric("ring_used_bytes", "gauge", "Ring bytes in use.", r.used_bytes);
-        metric("ring_capacity_bytes", "gauge", "Ring capacity in bytes.", r.capacity);
-        metric("batches_sent_total", "counter", "Batches accepted by an endpoint.", self.batches_sent);
-        metric(
-            "records_sent_total",
-            "counter",
-            "Records accepted by an endpoint, re-sends included.",
-            self.records_sent,
-        );
-        metric("send_retries_total", "counter", "Sends retried after a failure.", self.retries);
-        metric("send_failures_total", "counter", "Sends that failed.", self.send_failures);
-        metric("send_permanent_failures_total", "counter", "Sends refused as non-retryable.", self.permanent_failures);
-        metric("sends_cancelled_total", "counter", "Sends cancelled by a switch or shutdown.", self.cancelled_sends);
-        metric("endpoint_switches_total", "counter", "Endpoint switches.", self.switches);
-        metric("worker_restarts_total", "counter", "Stuck workers abandoned and replaced.", self.worker_restarts);
-        metric(
-            "abandoned_workers",
-            "gauge",
-            "Abandoned workers whose send has not returned (threads a transport ignoring its deadline keeps).",
-            self.abandoned_workers,
-        );
-        metric("stalls_total", "counter", "Stalls detected.", self.stalls);
-        metric("gap_notices_total", "counter", "Gap notices sent.", self.gap_notices);
-        metric(
-            "records_overwritten_after_delivery_total",
-            "counter",
-            "Records evicted while their batch was in flight and then accepted by the receiver.",
-            self.overwritten_after_delivery,
-        );
-        metric(
-            "callbacks_dropped_total",
-            "counter",
-            "Stall notices dropped while the callbacks were busy.",
-            self.callbacks_dropped,
-        );
-        metric("stalled", "gauge", "1 while the sender is stalled.", u64::from(self.health == HealthState::Stalled));
+        }
         let _ = writeln!(
             out,
             "# HELP ringship_seconds_since_last_ack Seconds since an endpoint last acknowledged a batch."
@@ -192,7 +127,82 @@ impl SenderStats {
         );
         out
     }
+
+    /// The ring's counters and gauges: (name, type, help, value).
+    fn ring_metrics(&self) -> Vec<Metric> {
+        let r = &self.ring;
+        vec![
+            ("records_appended_total", "counter", "Records offered to append.", r.appended),
+            ("records_acked_total", "counter", "Records acknowledged by an endpoint.", r.acked),
+            ("records_pending", "gauge", "Records in the ring not yet acknowledged.", r.pending),
+            ("records_overwritten_total", "counter", "Records evicted before they were acknowledged.", r.overwritten),
+            (
+                "bytes_overwritten_total",
+                "counter",
+                "Ring bytes of records evicted unacknowledged.",
+                r.overwritten_bytes,
+            ),
+            ("records_rejected_total", "counter", "Records refused at append.", r.rejected),
+            ("records_corrupted_total", "counter", "Records found damaged on disk.", r.corrupted),
+            ("records_lost_unsynced_total", "counter", "Records lost to power loss before sync.", r.lost_unsynced),
+            (
+                "seqs_skipped_total",
+                "counter",
+                "Seqs passed over after unclean shutdowns because they may have been handed out.",
+                r.seqs_skipped,
+            ),
+            (
+                "unreadable_bytes_total",
+                "counter",
+                "Bytes of the ring's files that could not be read since open (a failing disk).",
+                r.unreadable_bytes,
+            ),
+            ("last_seq", "gauge", "Last sequence number assigned.", r.last_seq),
+            ("durable_seq", "gauge", "Every record up to this seq is on stable storage.", r.durable_seq),
+            ("ack_seq", "gauge", "Delivery cursor.", r.ack_seq),
+            ("ring_used_bytes", "gauge", "Ring bytes in use.", r.used_bytes),
+            ("ring_capacity_bytes", "gauge", "Ring capacity in bytes.", r.capacity),
+        ]
+    }
+
+    /// The sender's counters and gauges: (name, type, help, value).
+    fn sender_metrics(&self) -> Vec<Metric> {
+        vec![
+            ("batches_sent_total", "counter", "Batches accepted by an endpoint.", self.batches_sent),
+            ("records_sent_total", "counter", "Records accepted by an endpoint, re-sends included.", self.records_sent),
+            ("send_retries_total", "counter", "Sends retried after a failure.", self.retries),
+            ("send_failures_total", "counter", "Sends that failed.", self.send_failures),
+            ("send_permanent_failures_total", "counter", "Sends refused as non-retryable.", self.permanent_failures),
+            ("sends_cancelled_total", "counter", "Sends cancelled by a switch or shutdown.", self.cancelled_sends),
+            ("endpoint_switches_total", "counter", "Endpoint switches.", self.switches),
+            ("worker_restarts_total", "counter", "Stuck workers abandoned and replaced.", self.worker_restarts),
+            (
+                "abandoned_workers",
+                "gauge",
+                "Abandoned workers whose send has not returned (threads a transport ignoring its deadline keeps).",
+                self.abandoned_workers,
+            ),
+            ("stalls_total", "counter", "Stalls detected.", self.stalls),
+            ("gap_notices_total", "counter", "Gap notices sent.", self.gap_notices),
+            (
+                "records_overwritten_after_delivery_total",
+                "counter",
+                "Records evicted while their batch was in flight and then accepted by the receiver.",
+                self.overwritten_after_delivery,
+            ),
+            (
+                "callbacks_dropped_total",
+                "counter",
+                "Stall notices dropped while the callbacks were busy.",
+                self.callbacks_dropped,
+            ),
+            ("stalled", "gauge", "1 while the sender is stalled.", u64::from(self.health == HealthState::Stalled)),
+        ]
+    }
 }
+
+/// One metric: name (after `ringship_`), type, help, value.
+type Metric = (&'static str, &'static str, &'static str, u64);
 
 /// What [`Shipper::shutdown`](crate::Shipper::shutdown) achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
