@@ -13,6 +13,19 @@ use super::{Inner, frame, now_nanos};
 use crate::sync::atomic::Ordering;
 use crate::{Error, FullPolicy, Result};
 
+/// Where a batch's frames go: the buffer's segments (a batch is smaller
+/// than the ring, so it wraps at most once) with their ring positions.
+struct Layout {
+    /// (position, offset in the buffer) of each segment.
+    segments: [(u64, usize); 2],
+    nseg: usize,
+    /// The head after the batch.
+    new_head: u64,
+    first_seq: u64,
+    /// The lap end the batch crosses, if it leaves bytes unused there.
+    lap_end: Option<(u64, u64)>,
+}
+
 /// A write buffer grown beyond this by a large batch is not kept.
 pub(super) const WRITE_BUF_KEEP: usize = 256 << 10;
 
@@ -156,101 +169,116 @@ impl Inner {
     ) -> Result<Option<(u64, u64, bool)>> {
         let n = payloads.len() as u64;
         buf.reserve(frames as usize + HEADER_LEN);
-        loop {
+        let layout = loop {
             // Lay the frames out from the current head.
-            buf.clear();
-            // A batch is smaller than the ring: it wraps at most once.
-            let mut segments = [(0u64, 0usize); 2];
-            let mut nseg = 0;
-            let mut pos = st.head;
-            let mut seg_start = (pos, 0usize);
-            let first_seq = st.next_seq;
-            // The lap end the batch crosses, if it leaves bytes unused.
-            let mut lap_end = None;
-            for (i, p) in payloads.iter().enumerate() {
-                let p = p.as_ref();
-                let size = frame_size(p.len());
-                let room = self.geometry.cap - pos % self.geometry.cap;
-                if size > room {
-                    if room >= HEADER_LEN as u64 {
-                        encode_pad(buf, first_seq + i as u64, pos, (room - HEADER_LEN as u64) as usize);
-                    }
-                    pos = next_lap(pos, self.geometry.cap);
-                    lap_end = Some((pos, room));
-                }
-                // A segment never crosses the end of the data area.
-                if pos % self.geometry.cap == 0 && pos != seg_start.0 {
-                    if buf.len() > seg_start.1 {
-                        segments[nseg] = seg_start;
-                        nseg += 1;
-                    }
-                    seg_start = (pos, buf.len());
-                }
-                encode_record(buf, first_seq + i as u64, ts, pos, p);
-                pos += size;
-            }
-            segments[nseg] = seg_start;
-            nseg += 1;
-            let segments = &segments[..nseg];
-            let new_head = pos;
-            debug_assert!(new_head - st.head <= self.geometry.cap, "a batch spans more than the ring");
-            let room = self.make_room(st, new_head);
+            let layout = self.lay_out(st, payloads, buf, ts);
+            debug_assert!(layout.new_head - st.head <= self.geometry.cap, "a batch spans more than the ring");
+            let room = self.make_room(st, layout.new_head);
             st.debug_check("make_room");
             match room.map_err(|e| Self::refuse_unwritten(st, n, e))? {
-                Room::Ready => {}
-                Room::MustNotEvict => match deadline {
-                    None => return Err(Self::reject(st, n, Error::Full { needed: frames })),
-                    Some((at, total)) => {
-                        let timed_out = if let Some(at) = at {
-                            let now = Instant::now();
-                            now >= at || self.room.wait_for(st, at - now) && Instant::now() >= at
-                        } else {
-                            self.room.wait(st);
-                            false
-                        };
-                        if timed_out {
-                            return Err(Self::reject(st, n, Error::BlockTimeout(total)));
-                        }
-                        Self::poisoned_error(st)?;
-                        // Appenders that ran while this one waited may have
-                        // used up the seq reservation it checked.
-                        if st.next_seq + n - 1 > st.seq_reserved {
-                            return Ok(None);
-                        }
-                        continue;
+                Room::Ready => break layout,
+                Room::MustNotEvict => {
+                    let Some((at, total)) = deadline else {
+                        return Err(Self::reject(st, n, Error::Full { needed: frames }));
+                    };
+                    if !self.wait_for_room(st, at) {
+                        return Err(Self::reject(st, n, Error::BlockTimeout(total)));
                     }
-                },
-            }
-            // Write each segment; segment i ends where segment i + 1 starts.
-            let mut spans = [(0u64, 0usize, 0usize); 2];
-            for (i, &(seg_pos, from)) in segments.iter().enumerate() {
-                spans[i] = (seg_pos % self.geometry.cap, from, segments.get(i + 1).map_or(buf.len(), |s| s.1));
-            }
-            let spans = &spans[..segments.len()];
-            for (i, &(off, from, to)) in spans.iter().enumerate() {
-                debug_assert!(off + (to - from) as u64 <= self.geometry.cap);
-                if let Err(e) = self.data.write_at(&buf[from..to], DATA_OFFSET + off) {
-                    let err = Error::io("write", &self.data_path, e);
-                    return Err(self.undo_failed_write(st, n, &spans[..=i], err));
+                    Self::poisoned_error(st)?;
+                    // Appenders that ran while this one waited may have
+                    // used up the seq reservation it checked.
+                    if st.next_seq + n - 1 > st.seq_reserved {
+                        return Ok(None);
+                    }
                 }
             }
-            st.head = new_head;
-            st.next_seq += n;
-            let last = st.next_seq - 1;
-            self.commit.written_seq.store(last, Ordering::Release);
-            // By the batch's timestamp, not another clock read; a wall clock
-            // that jumped either way makes a checkpoint due.
-            let interval = u64::try_from(self.config.checkpoint_interval.as_nanos()).unwrap_or(u64::MAX);
-            let mut due = st.unsaved_losses && ts.abs_diff(st.last_checkpoint) >= interval;
-            if let Some((end, unused)) = lap_end {
-                // A checkpoint per lap keeps every lap end a crash recovery
-                // may find between the checkpoint and the oldest record, so
-                // that the bytes it counts overwritten leave the padding out.
-                st.note_lap_end(end, unused);
-                due = true;
-            }
-            return Ok(Some((first_seq, last, due)));
+        };
+        self.write_layout(st, n, buf, &layout)?;
+        st.head = layout.new_head;
+        st.next_seq += n;
+        let last = st.next_seq - 1;
+        self.commit.written_seq.store(last, Ordering::Release);
+        // By the batch's timestamp, not another clock read; a wall clock
+        // that jumped either way makes a checkpoint due.
+        let interval = u64::try_from(self.config.checkpoint_interval.as_nanos()).unwrap_or(u64::MAX);
+        let mut due = st.unsaved_losses && ts.abs_diff(st.last_checkpoint) >= interval;
+        if let Some((end, unused)) = layout.lap_end {
+            // A checkpoint per lap keeps every lap end a crash recovery
+            // may find between the checkpoint and the oldest record, so
+            // that the bytes it counts overwritten leave the padding out.
+            st.note_lap_end(end, unused);
+            due = true;
         }
+        Ok(Some((layout.first_seq, last, due)))
+    }
+
+    /// Lays the frames of `payloads` out in `buf` from the head, with a
+    /// pad before the end of the data area when a frame does not fit there.
+    fn lay_out<P: AsRef<[u8]>>(&self, st: &State, payloads: &[P], buf: &mut Vec<u8>, ts: u64) -> Layout {
+        buf.clear();
+        let cap = self.geometry.cap;
+        let mut layout =
+            Layout { segments: [(0, 0); 2], nseg: 0, new_head: st.head, first_seq: st.next_seq, lap_end: None };
+        let mut pos = st.head;
+        let mut seg_start = (pos, 0usize);
+        for (i, p) in payloads.iter().enumerate() {
+            let p = p.as_ref();
+            let size = frame_size(p.len());
+            let room = cap - pos % cap;
+            if size > room {
+                if room >= HEADER_LEN as u64 {
+                    encode_pad(buf, layout.first_seq + i as u64, pos, (room - HEADER_LEN as u64) as usize);
+                }
+                pos = next_lap(pos, cap);
+                layout.lap_end = Some((pos, room));
+            }
+            // A segment never crosses the end of the data area.
+            if pos % cap == 0 && pos != seg_start.0 {
+                if buf.len() > seg_start.1 {
+                    layout.segments[layout.nseg] = seg_start;
+                    layout.nseg += 1;
+                }
+                seg_start = (pos, buf.len());
+            }
+            encode_record(buf, layout.first_seq + i as u64, ts, pos, p);
+            pos += size;
+        }
+        layout.segments[layout.nseg] = seg_start;
+        layout.nseg += 1;
+        layout.new_head = pos;
+        layout
+    }
+
+    /// `FullPolicy::Block`: waits for acks to free room, until `at` (none:
+    /// too far ahead to name). Returns whether to try again (`false`: the
+    /// time is up).
+    fn wait_for_room(&self, st: &mut crate::sync::MutexGuard<'_, State>, at: Option<Instant>) -> bool {
+        let Some(at) = at else {
+            self.room.wait(st);
+            return true;
+        };
+        let now = Instant::now();
+        let timed_out = now >= at || self.room.wait_for(st, at - now) && Instant::now() >= at;
+        !timed_out
+    }
+
+    /// Writes the laid-out frames, one `pwrite` per segment (segment i ends
+    /// where segment i + 1 starts); a failed write is undone.
+    fn write_layout(&self, st: &mut State, n: u64, buf: &[u8], layout: &Layout) -> Result<()> {
+        let segments = &layout.segments[..layout.nseg];
+        let mut spans = [(0u64, 0usize, 0usize); 2];
+        for (i, &(seg_pos, from)) in segments.iter().enumerate() {
+            spans[i] = (seg_pos % self.geometry.cap, from, segments.get(i + 1).map_or(buf.len(), |s| s.1));
+        }
+        let spans = &spans[..segments.len()];
+        for (i, &(off, from, to)) in spans.iter().enumerate() {
+            debug_assert!(off + (to - from) as u64 <= self.geometry.cap);
+            if let Err(e) = self.data.write_at(&buf[from..to], DATA_OFFSET + off) {
+                let err = Error::io("write", &self.data_path, e);
+                return Err(self.undo_failed_write(st, n, &spans[..=i], err));
+            }
+        }
+        Ok(())
     }
 
     /// After a failed write, zeroes whatever the batch may have written, so

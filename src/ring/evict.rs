@@ -90,26 +90,9 @@ impl Inner {
             match frame::decode_header(&raw, pos, self.geometry.stored_len) {
                 Some(h) if h.is_pad && h.size() == room => st.tail_pos = next_lap(pos, self.geometry.cap),
                 Some(h) if !h.is_pad && h.seq == st.tail_seq && pos + h.size() <= st.head => {
-                    if h.seq > st.ack_seq {
-                        if self.config.full != FullPolicy::OverwriteOldest {
-                            return Ok(Room::MustNotEvict);
-                        }
-                        st.overwritten += 1;
-                        st.overwritten_bytes = crate::stats::bounded_add(st.overwritten_bytes, h.size());
-                        let range = LossRange {
-                            first_seq: h.seq,
-                            last_seq: h.seq,
-                            first_ts: h.ts,
-                            last_ts: h.ts,
-                            count: 1,
-                            bytes: h.size(),
-                            cause: LossCause::Overwritten,
-                        };
-                        st.record_loss(range);
+                    if !self.evict_frame(st, &h, pos) {
+                        return Ok(Room::MustNotEvict);
                     }
-                    st.tail_pos = pos + h.size();
-                    st.tail_seq = h.seq + 1;
-                    st.tail_ts = h.ts;
                 }
                 Some(h) if !h.is_pad && h.seq > st.tail_seq && self.frame_intact(pos)? => {
                     // Intact framing with seqs missing before it: a gap no
@@ -127,50 +110,80 @@ impl Inner {
                         st.tail_seq = h.seq;
                     }
                 }
-                _ => {
-                    // Damage at the tail that no reader has met yet. The
-                    // search for the next frame holds `ring.state`: it looks
-                    // at most `RESYNC_STEP` bytes ahead per step.
-                    let limit = st.head.min(pos + RESYNC_STEP);
-                    let resume = {
-                        let mut scan =
-                            scan::Scanner::new(&*self.data, self.geometry.cap, self.geometry.stored_len, 64 << 10)
-                                .counting(&self.unreadable_bytes);
-                        scan.resync(pos, limit).map_err(|e| Error::io("read", &self.data_path, e))?
-                    };
-                    let (resume_pos, next) = match resume {
-                        Some((q, scan::Found::Record(h) | scan::Found::Pad(h))) => (q, h.seq),
-                        None if limit < st.head => {
-                            // No frame starts before `limit`: the damage goes
-                            // on. Move past what was searched; the seqs it
-                            // held are counted once a frame past it is found
-                            // (the branch above), or when the head is reached.
-                            st.tail_pos = limit;
-                            continue;
-                        }
-                        _ => (st.head, st.next_seq),
-                    };
-                    let hole = Hole {
-                        first: st.tail_seq,
-                        last: next.max(st.tail_seq + 1) - 1,
-                        pos,
-                        resume_pos,
-                        first_ts: st.tail_ts,
-                        last_ts: st.tail_ts,
-                        cause: LossCause::Corrupted,
-                    };
-                    if next <= st.tail_seq || st.add_hole(hole).is_empty() {
-                        // Nothing to count: skip the unreadable bytes.
-                        st.tail_pos = resume_pos;
-                        if next > st.tail_seq {
-                            st.tail_seq = next;
-                        }
-                    }
-                }
+                _ => self.step_over_damage(st, pos)?,
             }
         }
         st.settle();
         Ok(Room::Ready)
+    }
+
+    /// Evicts the tail record `h` at `pos`, counting it overwritten if it
+    /// was not acknowledged. `false`: the full policy forbids that.
+    fn evict_frame(&self, st: &mut State, h: &frame::Header, pos: u64) -> bool {
+        if h.seq > st.ack_seq {
+            if self.config.full != FullPolicy::OverwriteOldest {
+                return false;
+            }
+            st.overwritten += 1;
+            st.overwritten_bytes = crate::stats::bounded_add(st.overwritten_bytes, h.size());
+            let range = LossRange {
+                first_seq: h.seq,
+                last_seq: h.seq,
+                first_ts: h.ts,
+                last_ts: h.ts,
+                count: 1,
+                bytes: h.size(),
+                cause: LossCause::Overwritten,
+            };
+            st.record_loss(range);
+        }
+        st.tail_pos = pos + h.size();
+        st.tail_seq = h.seq + 1;
+        st.tail_ts = h.ts;
+        true
+    }
+
+    /// Damage at the tail, at `pos`, that no reader has met yet: moves the
+    /// tail past it to the next frame, counting the seqs it held.
+    fn step_over_damage(&self, st: &mut State, pos: u64) -> Result<()> {
+        // The search for the next frame holds `ring.state`: it looks at
+        // most `RESYNC_STEP` bytes ahead per step.
+        let limit = st.head.min(pos + RESYNC_STEP);
+        let resume = {
+            let mut scan = scan::Scanner::new(&*self.data, self.geometry.cap, self.geometry.stored_len, 64 << 10)
+                .counting(&self.unreadable_bytes);
+            scan.resync(pos, limit).map_err(|e| Error::io("read", &self.data_path, e))?
+        };
+        let (resume_pos, next) = match resume {
+            Some((q, scan::Found::Record(h) | scan::Found::Pad(h))) => (q, h.seq),
+            None if limit < st.head => {
+                // No frame starts before `limit`: the damage goes on. Move
+                // past what was searched; the seqs it held are counted
+                // once a frame past it is found (`make_room` meets an
+                // intact frame with seqs missing before it), or when the
+                // head is reached.
+                st.tail_pos = limit;
+                return Ok(());
+            }
+            _ => (st.head, st.next_seq),
+        };
+        let hole = Hole {
+            first: st.tail_seq,
+            last: next.max(st.tail_seq + 1) - 1,
+            pos,
+            resume_pos,
+            first_ts: st.tail_ts,
+            last_ts: st.tail_ts,
+            cause: LossCause::Corrupted,
+        };
+        if next <= st.tail_seq || st.add_hole(hole).is_empty() {
+            // Nothing to count: skip the unreadable bytes.
+            st.tail_pos = resume_pos;
+            if next > st.tail_seq {
+                st.tail_seq = next;
+            }
+        }
+        Ok(())
     }
 
     /// Whether the frame at `pos` passes its checksum (eviction trusts a
