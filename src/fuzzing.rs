@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::ring::frame;
-use crate::sender::machine::{Action, BatchInfo, Machine, MachineConfig, Outcome};
+use crate::sender::machine::{Action, BatchInfo, Machine, MachineConfig, Outcome, RingMark};
 use crate::transport::SendErrorKind;
 
 /// Decodes the frame `buf` claims to be at logical position `pos`; returns
@@ -45,7 +45,7 @@ pub fn drive_machine(input: &[u8]) {
         backoff_initial: Duration::from_millis(1),
         backoff_max: Duration::from_millis(100),
     };
-    let mut m = Machine::new(cfg, 1, 1, 9);
+    let mut m = Machine::new(cfg, 1, 1, 9, std::sync::Arc::default());
     let mut now: u64 = 0;
     let mut generation = 1;
     let mut next_seq = 1u64;
@@ -58,10 +58,10 @@ pub fn drive_machine(input: &[u8]) {
         match b % 5 {
             0 => {
                 generation += 1;
-                m.on_switch(generation);
+                m.handle_switch(generation);
             }
-            1 => m.on_records_available(),
-            2 => m.on_shutdown(),
+            1 => m.handle_wake(RingMark::default()),
+            2 => m.handle_shutdown(),
             _ => {}
         }
         let cursor_before = m.cursor();
@@ -75,7 +75,7 @@ pub fn drive_machine(input: &[u8]) {
                 assert!((1..=cfg.max_batch_bytes).contains(&max_bytes), "read limit {max_bytes} bytes");
                 let n = u64::from(bytes.next().unwrap_or(0) % 6).min(max_records as u64);
                 if n == 0 {
-                    m.on_batch(now, None);
+                    m.handle_batch(now, None, RingMark::default());
                 } else {
                     let first = from_seq.max(next_seq.min(from_seq + 3));
                     // Bytes as a read returns them: up to one record past
@@ -86,10 +86,11 @@ pub fn drive_machine(input: &[u8]) {
                         last_seq: first + n - 1,
                         records: n as usize,
                         bytes: size.min(max_bytes + (16 << 10)),
+                        notice_rejected: None,
                     };
                     next_seq = next_seq.max(info.last_seq + 1);
                     in_flight = Some(info);
-                    m.on_batch(now, Some(info));
+                    m.handle_batch(now, Some(info), RingMark::default());
                 }
             }
             Some(Action::Send) => {
@@ -106,9 +107,9 @@ pub fn drive_machine(input: &[u8]) {
                 if outcome == Outcome::Accepted {
                     last_accepted = Some(info.last_seq);
                 }
-                m.on_send_result(now, sent, outcome);
+                m.handle_send_result(now, sent, outcome);
             }
-            Some(Action::Ack { seq }) => {
+            Some(Action::Ack { seq, .. }) => {
                 assert_eq!(Some(seq), last_accepted, "acked a batch the endpoint did not accept");
                 last_accepted = None;
             }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use loom::thread;
 
-use crate::sender::machine::{Action, BatchInfo, Machine, MachineConfig, Outcome, State};
+use crate::sender::machine::{Action, BatchInfo, Machine, MachineConfig, Outcome, RingMark, State};
 use crate::sender::switch::Switchboard;
 use crate::sim::{Faults, SimDisk};
 use crate::transport::{Endpoint, SendErrorKind};
@@ -92,21 +92,25 @@ fn loom_models_endpoint_switch() {
             .collect();
 
         // The worker: one send, driven through the real state machine.
-        let mut m = Machine::new(machine_config(), 1, board.generation(), 7);
+        let mut m = Machine::new(machine_config(), 1, board.generation(), 7, std::sync::Arc::default());
         assert_eq!(m.poll_action(0), Some(Action::Read { from_seq: 1 }));
-        m.on_batch(0, Some(BatchInfo { first_seq: 1, last_seq: 1, records: 1, bytes: 1 }));
+        m.handle_batch(
+            0,
+            Some(BatchInfo { first_seq: 1, last_seq: 1, records: 1, bytes: 1, notice_rejected: None }),
+            RingMark::default(),
+        );
         assert_eq!(m.poll_action(0), Some(Action::Send));
         let (sent_generation, _endpoint, token) = board.begin_send(1);
         // The endpoint accepts unless the send was cancelled first.
         let accepted = !token.is_cancelled();
         board.end_send(1);
-        m.on_switch(board.generation());
+        m.handle_switch(board.generation());
         let outcome = if accepted {
             Outcome::Accepted
         } else {
             Outcome::Failed { kind: SendErrorKind::Cancelled, retry_after: None }
         };
-        m.on_send_result(0, sent_generation, outcome);
+        m.handle_send_result(0, sent_generation, outcome);
         let next = m.poll_action(0);
 
         let results: Vec<(u64, &str)> = switchers.into_iter().map(|h| h.join().unwrap()).collect();
@@ -115,7 +119,7 @@ fn loom_models_endpoint_switch() {
         let last = results.iter().find(|(g, _)| *g == 3).expect("one switch made generation 3").1;
         assert_eq!(endpoint.address, last, "the final endpoint is the last switch");
         match next {
-            Some(Action::Ack { seq }) => assert!(accepted && seq == 1, "acked without a successful send"),
+            Some(Action::Ack { seq, .. }) => assert!(accepted && seq == 1, "acked without a successful send"),
             Some(Action::Read { from_seq: 1 }) => {
                 assert!(!accepted && sent_generation < 3, "only a cancelled send to an old endpoint retries at once");
                 assert_eq!(m.state(), State::Reading);

@@ -6,12 +6,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::health::{Health, SenderStats, ShutdownReport};
-use super::machine::{Counters, MachineConfig, Nanos};
+use super::machine::{MachineConfig, Nanos, SendCounters};
 use super::switch::Switchboard;
 use super::{HealthState, SHUTDOWN_GRACE, worker};
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sync::{LEVEL_SENDER_STATUS, LEVEL_SENDER_WORKERS, Mutex, Signal};
-use crate::transport::{Batch, CancelToken, Endpoint, TransportFactory};
+use crate::transport::{CancelToken, Endpoint, TransportFactory};
 use crate::{Error, Result, Ring};
 
 /// Settings fixed at start.
@@ -48,22 +48,6 @@ pub(super) struct Status {
     pub(super) stopped: bool,
 }
 
-#[derive(Default)]
-pub(super) struct AtomicCounters {
-    pub(super) batches_sent: AtomicU64,
-    pub(super) records_sent: AtomicU64,
-    pub(super) retries: AtomicU64,
-    pub(super) failures: AtomicU64,
-    pub(super) permanent_failures: AtomicU64,
-    pub(super) cancelled: AtomicU64,
-    pub(super) switches: AtomicU64,
-    pub(super) restarts: AtomicU64,
-    pub(super) stalls: AtomicU64,
-    pub(super) gap_notices: AtomicU64,
-    pub(super) callbacks_dropped: AtomicU64,
-    pub(super) overwritten_after_delivery: AtomicU64,
-}
-
 pub(crate) struct Shared {
     pub(super) ring: Arc<Ring>,
     pub(super) cfg: ShipperConfig,
@@ -78,7 +62,7 @@ pub(crate) struct Shared {
     pub(super) closing: AtomicBool,
     /// Stop now.
     pub(super) stop: AtomicBool,
-    pub(super) counters: AtomicCounters,
+    pub(super) counters: Arc<SendCounters>,
     pub(super) base: Instant,
     pub(super) clock: Clock,
     /// The worker threads.
@@ -178,7 +162,7 @@ impl Shared {
             epoch: AtomicU64::new(1),
             closing: AtomicBool::new(false),
             stop: AtomicBool::new(false),
-            counters: AtomicCounters::default(),
+            counters: Arc::default(),
             base: Instant::now(),
             clock,
             workers: Mutex::new(LEVEL_SENDER_WORKERS, "sender.workers", Workers::default()),
@@ -268,12 +252,8 @@ impl Shared {
         st.last_error = Some(message.to_owned());
     }
 
-    /// The endpoint accepted `batch`: counts its gap notice, and clears
-    /// the error shown in health.
-    pub(super) fn note_accepted(&self, batch: &Batch) {
-        if batch.gap.is_some() {
-            self.counters.gap_notices.fetch_add(1, Ordering::Relaxed);
-        }
+    /// The endpoint accepted a batch: clears the error shown in health.
+    pub(super) fn note_accepted(&self) {
         let mut st = self.status.lock();
         st.failing = false;
         st.last_error = None;
@@ -282,16 +262,6 @@ impl Shared {
     pub(super) fn note_ack(&self) {
         let now = self.now();
         self.status.lock().last_ack = Some(now);
-    }
-
-    pub(super) fn add_counters(&self, before: &Counters, after: &Counters) {
-        let c = &self.counters;
-        c.batches_sent.fetch_add(after.batches_sent - before.batches_sent, Ordering::Relaxed);
-        c.records_sent.fetch_add(after.records_sent - before.records_sent, Ordering::Relaxed);
-        c.retries.fetch_add(after.retries - before.retries, Ordering::Relaxed);
-        c.failures.fetch_add(after.failures - before.failures, Ordering::Relaxed);
-        c.permanent_failures.fetch_add(after.permanent_failures - before.permanent_failures, Ordering::Relaxed);
-        c.cancelled.fetch_add(after.cancelled - before.cancelled, Ordering::Relaxed);
     }
 
     pub(super) fn health(&self) -> Health {

@@ -257,9 +257,7 @@ impl Run {
                     rx.take(w.driver.batch());
                 }
                 let State::Sending(f) = std::mem::replace(&mut w.state, State::Ready) else { unreachable!() };
-                if !w.driver.finish_send(&shared, &f.job, &result) {
-                    return false;
-                }
+                w.driver.finish_send(&shared, &f.job, &result);
             }
             State::Ready => {}
         }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Shared;
-use super::machine::{Action, BatchInfo, Counters, Machine, Nanos, Outcome};
+use super::machine::{Action, BatchInfo, Machine, Nanos, Outcome, RingMark, SendCounters};
 use crate::Error;
 use crate::sync::Woken;
 use crate::sync::atomic::Ordering;
@@ -38,9 +38,7 @@ pub(super) fn run(shared: &Arc<Shared>, epoch: u64) {
                     panicked = true;
                     Err(SendError::retryable(format!("the transport panicked: {}", super::panic_message(&*p))))
                 });
-                if !d.finish_send(shared, &job, &result) {
-                    return;
-                }
+                d.finish_send(shared, &job, &result);
                 if panicked {
                     let Some(t) = make_transport(shared, epoch) else { return };
                     transport = t;
@@ -70,46 +68,30 @@ pub(super) struct SendJob {
     pub(super) cancel: CancelToken,
 }
 
-/// One worker's protocol: the sans-IO [`Machine`] plus what it reads from
-/// and acks in the ring. Reads and acks are carried out inside
-/// [`step`](Self::step); waits and sends are handed to the caller, so a
-/// thread and the whole-shipper simulation drive the same code.
+/// One worker's driver: carries out the [`Machine`]'s reads and acks on
+/// the ring inside [`step`](Self::step), and hands waits and sends to the
+/// caller, so a thread and the whole-shipper simulation drive the same
+/// code. It decides nothing: it reports what happened (a read, a send's
+/// answer, a wake-up, a switch, shutdown, abandonment) to the machine.
 pub(super) struct Driver {
     epoch: u64,
     m: Machine,
-    /// The batch read, and the ring's rejected count its notice reports
-    /// up to.
+    /// The batch read.
     held: Option<Batch>,
-    held_rejected: u64,
-    /// Set once the held batch's gap notice was delivered: the rejections
-    /// its ack notes as reported.
-    report_rejected: Option<u64>,
-    counted: Counters,
-    draining: bool,
-    /// The ring's overwritten count at the last read: when it grows while
-    /// a batch lingers, the batch is read again.
-    overwritten_at_read: u64,
-    /// The ring's last seq at the last read.
-    last_seq_at_read: u64,
+    /// Shutdown and abandonment were reported to the machine.
+    told_shutdown: bool,
+    told_abandoned: bool,
 }
 
 impl Driver {
     pub(super) fn new(shared: &Shared, epoch: u64) -> Self {
         let stats = shared.ring.stats();
         let half_ring = usize::try_from(stats.capacity / 2).unwrap_or(usize::MAX);
-        let m = Machine::new(shared.cfg.machine, stats.ack_seq + 1, shared.generation(), shared.cfg.seed ^ epoch)
+        let seed = shared.cfg.seed ^ epoch;
+        let counters = Arc::clone(&shared.counters);
+        let m = Machine::new(shared.cfg.machine, stats.ack_seq + 1, shared.generation(), seed, counters)
             .with_evict_guard(half_ring);
-        Driver {
-            epoch,
-            counted: m.counters,
-            m,
-            held: None,
-            held_rejected: 0,
-            report_rejected: None,
-            draining: false,
-            overwritten_at_read: stats.overwritten,
-            last_seq_at_read: stats.last_seq,
-        }
+        Driver { epoch, m, held: None, told_shutdown: false, told_abandoned: false }
     }
 
     /// The batch a [`Step::Send`] asks to send.
@@ -117,16 +99,26 @@ impl Driver {
         self.held.as_ref().expect("a send follows a non-empty read")
     }
 
+    /// Reports the shipper's flags to the machine: shutdown, and whether
+    /// the supervisor replaced this worker.
+    fn report_flags(&mut self, shared: &Shared) {
+        if !self.told_shutdown && shared.closing.load(Ordering::Acquire) {
+            self.told_shutdown = true;
+            self.m.handle_shutdown();
+        }
+        if !self.told_abandoned && shared.epoch.load(Ordering::Acquire) != self.epoch {
+            self.told_abandoned = true;
+            self.m.handle_abandoned();
+        }
+    }
+
     /// Runs the machine until it waits, sends or stops.
     pub(super) fn step(&mut self, shared: &Shared) -> Step {
         loop {
-            if shared.stop.load(Ordering::Acquire) || shared.epoch.load(Ordering::Acquire) != self.epoch {
+            if shared.stop.load(Ordering::Acquire) {
                 return Step::Exit;
             }
-            if !self.draining && shared.closing.load(Ordering::Acquire) {
-                self.draining = true;
-                self.m.on_shutdown();
-            }
+            self.report_flags(shared);
             let Some(action) = self.m.poll_action(shared.now()) else {
                 debug_assert!(false, "the worker reports every read and send");
                 return Step::Exit;
@@ -141,7 +133,7 @@ impl Driver {
                     let (generation, endpoint, cancel) = shared.begin_send(self.epoch);
                     return Step::Send(SendJob { generation, endpoint, cancel });
                 }
-                Action::Ack { seq } => match self.ack(shared, seq) {
+                Action::Ack { seq, rejected } => match self.ack(shared, seq, rejected) {
                     Ok(()) => shared.note_ack(),
                     Err(Error::Closed) => return Step::Exit,
                     Err(e) => shared.note_error(&e.to_string()),
@@ -155,7 +147,7 @@ impl Driver {
     /// Whether the machine holds a partial batch back, waiting for more.
     #[cfg(test)]
     pub(super) fn lingering(&self) -> bool {
-        self.lingering_now()
+        matches!(self.m.state(), super::machine::State::Lingering { .. })
     }
 
     /// Reads the next batch from `from_seq` into the machine. `Err` when
@@ -164,22 +156,21 @@ impl Driver {
         match shared.ring.read_delivery(from_seq, self.m.read_limits()) {
             Ok(delivery) => {
                 self.held = delivery.batch;
-                self.held_rejected = delivery.rejected;
-                self.report_rejected = None;
                 let before = delivery.before;
-                (self.overwritten_at_read, self.last_seq_at_read) = (before.overwritten, before.last_seq);
+                let mark = RingMark { overwritten: before.overwritten, last_seq: before.last_seq };
                 let info = self.held.as_ref().map(|b| BatchInfo {
                     first_seq: b.first_seq(),
                     last_seq: b.last_seq(),
                     records: b.records.len(),
                     bytes: b.payload_bytes(),
+                    notice_rejected: b.gap.map(|_| delivery.rejected),
                 });
-                self.m.on_batch(shared.now(), info);
+                self.m.handle_batch(shared.now(), info, mark);
             }
             Err(Error::Closed) => return Err(Error::Closed),
             Err(e) => {
                 shared.note_error(&e.to_string());
-                self.m.on_read_failed(shared.now());
+                self.m.handle_read_failed(shared.now());
             }
         }
         Ok(())
@@ -189,68 +180,44 @@ impl Driver {
     /// notice reported, counting its records the ring evicted while it was
     /// in flight: the ring counts them overwritten, yet the receiver has
     /// them.
-    fn ack(&self, shared: &Shared, seq: u64) -> crate::Result<()> {
+    fn ack(&self, shared: &Shared, seq: u64, rejected: Option<u64>) -> crate::Result<()> {
         let first = self.held.as_ref().map_or(seq + 1, Batch::first_seq);
-        let evicted = shared.ring.ack_delivery(seq, first, self.report_rejected)?;
-        shared.counters.overwritten_after_delivery.fetch_add(evicted, Ordering::Relaxed);
+        let evicted = shared.ring.ack_delivery(seq, first, rejected)?;
+        SendCounters::add(&shared.counters.overwritten_after_delivery, evicted);
         Ok(())
     }
 
     /// A wait ended (a wake-up, or its time came).
     pub(super) fn woken(&mut self, shared: &Shared) {
-        self.m.on_switch(shared.generation());
-        self.m.on_records_available();
-        if let Some(held) = self.held.as_ref().filter(|_| self.lingering_now()) {
-            // Read the lingering batch again only when that changes
-            // something: not at every append, which would read it over
-            // and over as it fills.
-            let s = shared.ring.stats();
-            // A batch that ended before the ring's last record (at a gap,
-            // or the bytes limit) does not grow by reading it again.
-            let fills = held.last_seq() >= self.last_seq_at_read
-                && s.last_seq.saturating_sub(held.first_seq()) >= self.m.batch_records_limit() as u64;
-            if s.overwritten > self.overwritten_at_read || fills {
-                self.m.on_batch_outdated();
-            }
-        }
+        self.m.handle_switch(shared.generation());
+        let s = shared.ring.stats();
+        self.m.handle_wake(RingMark { overwritten: s.overwritten, last_seq: s.last_seq });
     }
 
-    fn lingering_now(&self) -> bool {
-        matches!(self.m.state(), super::machine::State::Lingering { .. })
-    }
-
-    /// The transport answered the send of `job`. Returns `false` when this
-    /// worker was abandoned meanwhile and ends.
-    pub(super) fn finish_send(&mut self, shared: &Shared, job: &SendJob, result: &Result<(), SendError>) -> bool {
-        let batch = self.held.as_ref().expect("a send follows a non-empty read");
+    /// The transport answered the send of `job`.
+    pub(super) fn finish_send(&mut self, shared: &Shared, job: &SendJob, result: &Result<(), SendError>) {
         shared.end_send(self.epoch);
-        if shared.epoch.load(Ordering::Acquire) != self.epoch {
-            // Abandoned while stuck: what the endpoint accepted still
-            // counts, its rejections included (noted with the ack, so a
-            // read that sees the ack sees them).
-            if result.is_ok() {
-                shared.note_accepted(batch);
-                self.report_rejected = batch.gap.as_ref().map(|_| self.held_rejected);
-                let _ = self.ack(shared, batch.last_seq());
-            }
-            return false;
-        }
+        self.report_flags(shared);
         let outcome = match result {
             Ok(()) => {
-                shared.note_accepted(batch);
-                self.report_rejected = batch.gap.as_ref().map(|_| self.held_rejected);
+                // An abandoned worker's late success says nothing of how
+                // its replacement's sends go.
+                if !self.told_abandoned {
+                    shared.note_accepted();
+                }
                 Outcome::Accepted
             }
             Err(e) => {
-                shared.note_error(&format!("sending to {}: {e}", job.endpoint));
+                // An abandoned worker's failure is old news: its
+                // replacement sends the batch again.
+                if !self.told_abandoned {
+                    shared.note_error(&format!("sending to {}: {e}", job.endpoint));
+                }
                 Outcome::Failed { kind: e.kind, retry_after: e.retry_after }
             }
         };
-        self.m.on_switch(shared.generation());
-        self.m.on_send_result(shared.now(), job.generation, outcome);
-        shared.add_counters(&self.counted, &self.m.counters);
-        self.counted = self.m.counters;
-        true
+        self.m.handle_switch(shared.generation());
+        self.m.handle_send_result(shared.now(), job.generation, outcome);
     }
 }
 
@@ -279,9 +246,9 @@ fn make_transport(shared: &Shared, epoch: u64) -> Option<Box<dyn Transport>> {
             return None;
         }
         // Appends wake this signal too: wait out the whole delay.
-        let until = Instant::now() + delay;
-        while let Some(left) = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
-            if gone() || closing() || shared.wake.wait_timeout(left) == Woken::Closed {
+        let until = shared.now().saturating_add(u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX));
+        while shared.now() < until {
+            if gone() || closing() || shared.wake.wait_timeout(shared.duration_until(until)) == Woken::Closed {
                 return None;
             }
         }

@@ -1,19 +1,26 @@
 //! The sender's protocol core: a deterministic state machine with no
 //! threads, clocks or I/O inside (sans-IO).
 //!
-//! The worker thread drives it:
+//! Every protocol decision is made here: what to read, when a batch is
+//! sent (batching, linger, a batch outdated by evictions), what an answer
+//! means (retry, backoff, halving for size, a switch under the send), what
+//! an ack records (the rejections its gap notice reported), and when the
+//! worker stops (drained, or abandoned by the supervisor). The worker
+//! thread and the whole-shipper simulation drive it alike:
 //!
 //! 1. call [`Machine::poll_action`] with the current time and carry the
 //!    action out;
-//! 2. report what happened with the matching `on_*` method (`on_batch` after
-//!    a `Read`, `on_send_result` after a `Send`);
+//! 2. report what happened with the matching `handle_*` method
+//!    (`handle_batch` after a `Read`, `handle_send_result` after a `Send`);
 //! 3. on `Wait`, sleep until the deadline or an event (records appended,
-//!    endpoint switched, shutdown) and report the event.
+//!    endpoint switched, shutdown, abandonment) and report the event.
 //!
 //! States and transitions are drawn in docs/SENDER.md.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::transport::SendErrorKind;
 
 /// Instants as the machine sees them: any monotonic clock, in nanoseconds.
@@ -50,13 +57,14 @@ pub(crate) struct MachineConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Action {
     /// Read a batch from the ring starting at `from_seq`; report it with
-    /// [`Machine::on_batch`] or [`Machine::on_read_failed`].
+    /// [`Machine::handle_batch`] or [`Machine::handle_read_failed`].
     Read { from_seq: u64 },
     /// Send the batch last reported to the current endpoint; report with
-    /// [`Machine::on_send_result`].
+    /// [`Machine::handle_send_result`].
     Send,
-    /// Acknowledge the ring up to `seq`.
-    Ack { seq: u64 },
+    /// Acknowledge the ring up to `seq`, noting the ring's first `rejected`
+    /// rejections as reported (the batch's gap notice told of them).
+    Ack { seq: u64, rejected: Option<u64> },
     /// Nothing to do before `until` unless an event arrives.
     Wait { until: Nanos },
     /// The machine has stopped.
@@ -72,7 +80,7 @@ pub(crate) enum State {
     Lingering { until: Nanos },
     ReadyToSend,
     Sending { generation: u64 },
-    Acking { seq: u64 },
+    Acking { seq: u64, rejected: Option<u64> },
     Backoff { until: Nanos },
     Stopped,
 }
@@ -90,6 +98,18 @@ pub(crate) struct BatchInfo {
     pub(crate) last_seq: u64,
     pub(crate) records: usize,
     pub(crate) bytes: usize,
+    /// The batch opens with a gap notice reporting the ring's rejections
+    /// up to this count (`None`: no notice).
+    pub(crate) notice_rejected: Option<u64>,
+}
+
+/// The ring's counters that say whether a lingering batch is out of date.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RingMark {
+    /// Records evicted unacknowledged so far.
+    pub(crate) overwritten: u64,
+    /// The last seq appended.
+    pub(crate) last_seq: u64,
 }
 
 /// How a send ended.
@@ -99,24 +119,45 @@ pub(crate) enum Outcome {
     Failed { kind: SendErrorKind, retry_after: Option<Duration> },
 }
 
-/// Counters the machine keeps.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Counters {
-    pub(crate) batches_sent: u64,
-    pub(crate) records_sent: u64,
-    pub(crate) retries: u64,
-    pub(crate) failures: u64,
-    pub(crate) permanent_failures: u64,
-    pub(crate) cancelled: u64,
+/// The sender's counters: one set per shipper, counted where they happen
+/// (the machine counts sends, the shipper switches and stalls), read by
+/// `stats` without a lock.
+#[derive(Debug, Default)]
+pub(crate) struct SendCounters {
+    pub(crate) batches_sent: AtomicU64,
+    pub(crate) records_sent: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) failures: AtomicU64,
+    pub(crate) permanent_failures: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
+    pub(crate) switches: AtomicU64,
+    pub(crate) restarts: AtomicU64,
+    pub(crate) stalls: AtomicU64,
+    pub(crate) gap_notices: AtomicU64,
+    pub(crate) callbacks_dropped: AtomicU64,
+    pub(crate) overwritten_after_delivery: AtomicU64,
+}
+
+impl SendCounters {
+    /// Adds `n` to `counter`.
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug)]
+#[expect(clippy::struct_excessive_bools, reason = "independent flags of the protocol, each read on its own")]
 pub(crate) struct Machine {
     cfg: MachineConfig,
     state: State,
     /// The next seq to read: everything below it was accepted by an endpoint.
     cursor: u64,
     held: Option<BatchInfo>,
+    /// The ring's counters when the held batch was read.
+    mark_at_read: RingMark,
+    /// The supervisor gave up on this worker: it acks what its send got
+    /// accepted, and stops.
+    abandoned: bool,
     /// Records and bytes a read may return: the configured batch limits,
     /// or less once the endpoint refused a batch for its size, growing
     /// back as full batches pass.
@@ -145,7 +186,7 @@ pub(crate) struct Machine {
     retrying: bool,
     draining: bool,
     rng: u64,
-    pub(crate) counters: Counters,
+    counters: Arc<SendCounters>,
 }
 
 /// Ring bytes a record takes beyond its payload, at most (a 32-byte
@@ -153,12 +194,20 @@ pub(crate) struct Machine {
 const FRAME_OVERHEAD: usize = 39;
 
 impl Machine {
-    pub(crate) fn new(cfg: MachineConfig, cursor: u64, generation: u64, seed: u64) -> Self {
+    pub(crate) fn new(
+        cfg: MachineConfig,
+        cursor: u64,
+        generation: u64,
+        seed: u64,
+        counters: Arc<SendCounters>,
+    ) -> Self {
         Machine {
             cfg,
             state: State::NeedRead,
             cursor,
             held: None,
+            mark_at_read: RingMark::default(),
+            abandoned: false,
             limits: (cfg.max_batch_records, cfg.max_batch_bytes),
             streak: 0,
             grow_after: GROW_AFTER,
@@ -170,7 +219,7 @@ impl Machine {
             retrying: false,
             draining: false,
             rng: seed | 1,
-            counters: Counters::default(),
+            counters,
         }
     }
 
@@ -181,6 +230,7 @@ impl Machine {
         self
     }
 
+    #[cfg(test)]
     pub(crate) fn state(&self) -> State {
         self.state
     }
@@ -211,9 +261,9 @@ impl Machine {
                 self.state = State::Sending { generation: self.generation };
                 Some(Action::Send)
             }
-            State::Acking { seq } => {
-                self.state = State::NeedRead;
-                Some(Action::Ack { seq })
+            State::Acking { seq, rejected } => {
+                self.state = if self.abandoned { State::Stopped } else { State::NeedRead };
+                Some(Action::Ack { seq, rejected })
             }
             State::Reading | State::Sending { .. } => None,
             State::Stopped => Some(Action::Stop),
@@ -234,8 +284,10 @@ impl Machine {
         Action::Read { from_seq: self.cursor }
     }
 
-    /// A read from the cursor returned `batch` (`None`: nothing to send).
-    pub(crate) fn on_batch(&mut self, now: Nanos, batch: Option<BatchInfo>) {
+    /// A read from the cursor returned `batch` (`None`: nothing to send),
+    /// with the ring's counters as they were just before it.
+    pub(crate) fn handle_batch(&mut self, now: Nanos, batch: Option<BatchInfo>, mark: RingMark) {
+        self.mark_at_read = mark;
         let Some(info) = batch else {
             self.held = None;
             self.linger_start = None;
@@ -265,43 +317,48 @@ impl Machine {
     }
 
     /// The read failed (an I/O error): try again after a backoff.
-    pub(crate) fn on_read_failed(&mut self, now: Nanos) {
+    pub(crate) fn handle_read_failed(&mut self, now: Nanos) {
         self.attempt += 1;
         self.state = State::Backoff { until: now + nanos(self.backoff()) };
     }
 
     /// The send of the held batch to endpoint generation `sent_generation`
     /// ended with `outcome`.
-    pub(crate) fn on_send_result(&mut self, now: Nanos, sent_generation: u64, outcome: Outcome) {
+    pub(crate) fn handle_send_result(&mut self, now: Nanos, sent_generation: u64, outcome: Outcome) {
         debug_assert!(self.state.is_sending(), "send result in state {:?}", self.state);
         let info = self.held.expect("a send result needs a held batch");
+        let c = Arc::clone(&self.counters);
         match outcome {
             Outcome::Accepted => {
                 if info.records >= self.limits.0 || info.bytes >= self.limits.1 {
                     self.on_full_batch_accepted();
                 }
-                self.counters.batches_sent += 1;
-                self.counters.records_sent += info.records as u64;
+                SendCounters::add(&c.batches_sent, 1);
+                SendCounters::add(&c.records_sent, info.records as u64);
+                if info.notice_rejected.is_some() {
+                    SendCounters::add(&c.gap_notices, 1);
+                }
                 self.cursor = self.cursor.max(info.last_seq + 1);
                 self.held = None;
                 self.linger_start = None;
                 self.attempt = 0;
                 self.retrying = false;
-                self.state = State::Acking { seq: info.last_seq };
+                self.state = State::Acking { seq: info.last_seq, rejected: info.notice_rejected };
             }
+            Outcome::Failed { .. } if self.abandoned => self.state = State::Stopped,
             Outcome::Failed { kind, retry_after } => {
                 self.streak = 0;
-                self.counters.failures += 1;
-                self.counters.retries += 1;
+                SendCounters::add(&c.failures, 1);
+                SendCounters::add(&c.retries, 1);
                 self.retrying = true;
                 let halve = kind == SendErrorKind::TooLarge && info.records > 1;
                 // A single record too large for the endpoint will be
                 // refused again: a permanent failure.
                 let permanent = kind == SendErrorKind::Permanent || (kind == SendErrorKind::TooLarge && !halve);
                 if permanent {
-                    self.counters.permanent_failures += 1;
+                    SendCounters::add(&c.permanent_failures, 1);
                 } else if kind == SendErrorKind::Cancelled {
-                    self.counters.cancelled += 1;
+                    SendCounters::add(&c.cancelled, 1);
                 }
                 if sent_generation < self.generation {
                     // The endpoint changed under the send: go to the new one now.
@@ -335,7 +392,7 @@ impl Machine {
 
     /// The worker saw endpoint generation `generation`. A retry waiting
     /// out a backoff goes to the new endpoint at once.
-    pub(crate) fn on_switch(&mut self, generation: u64) {
+    pub(crate) fn handle_switch(&mut self, generation: u64) {
         if generation <= self.generation {
             return;
         }
@@ -368,32 +425,45 @@ impl Machine {
         self.limits = (self.limits.0.saturating_mul(2).min(max.0), self.limits.1.saturating_mul(2).min(max.1));
     }
 
-    /// Records were appended: an idle machine reads at once.
-    pub(crate) fn on_records_available(&mut self) {
-        if let State::Idle { .. } = self.state {
-            self.state = State::NeedRead;
+    /// The worker was woken: records may have been appended (an idle
+    /// machine reads at once) or evicted. `ring` is the ring's counters
+    /// now.
+    pub(crate) fn handle_wake(&mut self, ring: RingMark) {
+        match self.state {
+            State::Idle { .. } => self.state = State::NeedRead,
+            State::Lingering { .. } if self.batch_outdated(ring) => self.state = State::NeedRead,
+            _ => {}
         }
     }
 
-    /// The batch held back by the linger is out of date: the ring evicted
-    /// records since it was read (they must not wait out the linger), or
-    /// enough were appended to fill it. A lingering machine reads again;
-    /// the linger clock goes on from the first read at this cursor.
-    pub(crate) fn on_batch_outdated(&mut self) {
-        if let State::Lingering { .. } = self.state {
-            self.state = State::NeedRead;
-        }
+    /// Whether the batch held back by the linger is out of date: the ring
+    /// evicted records since it was read (they must not wait out the
+    /// linger), or enough were appended to fill it. Reading it again at
+    /// every append instead would read it over and over as it fills. The
+    /// linger clock goes on from the first read at this cursor.
+    fn batch_outdated(&self, ring: RingMark) -> bool {
+        let Some(held) = self.held else { return false };
+        // A batch that ended before the ring's last record (at a gap, or
+        // the bytes limit) does not grow by reading it again.
+        let fills = held.last_seq >= self.mark_at_read.last_seq
+            && ring.last_seq.saturating_sub(held.first_seq) >= self.limits.0 as u64;
+        ring.overwritten > self.mark_at_read.overwritten || fills
     }
 
-    /// The most records a batch holds now.
-    pub(crate) fn batch_records_limit(&self) -> usize {
-        self.limits.0
+    /// The supervisor replaced this worker (its send ran past
+    /// `abandon_after`): a send still out is answered first, and an
+    /// accepted batch acked; then the machine stops.
+    pub(crate) fn handle_abandoned(&mut self) {
+        self.abandoned = true;
+        if !matches!(self.state, State::Sending { .. } | State::Acking { .. }) {
+            self.state = State::Stopped;
+        }
     }
 
     /// Shutdown: stop lingering, send what is held, stop once the ring
     /// reads empty. An idle machine reads once more: records appended
     /// since its last read (before intake stopped) are sent too.
-    pub(crate) fn on_shutdown(&mut self) {
+    pub(crate) fn handle_shutdown(&mut self) {
         self.draining = true;
         match self.state {
             State::Idle { .. } => self.state = State::NeedRead,
