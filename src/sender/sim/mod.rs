@@ -21,6 +21,8 @@
 //! held back after records were evicted while it lingered. A failing seed
 //! prints the command that replays it.
 
+mod scenarios;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,6 +135,11 @@ struct Run {
     on_loss_overwritten: u64,
     /// The last time the delivery cursor moved (or nothing was pending).
     progress: (Nanos, u64),
+    /// The stall callback switches endpoints from inside (the random
+    /// simulation's user code); scripted scenarios turn it off.
+    switch_on_stall: bool,
+    /// Stall notices the callback received.
+    stall_notices: u64,
 }
 
 fn shipper_config(r: &mut Rng) -> ShipperConfig {
@@ -174,6 +181,8 @@ impl Run {
             overwritten_at_start: stats.overwritten,
             on_loss_overwritten: 0,
             progress: (now, stats.ack_seq),
+            switch_on_stall: true,
+            stall_notices: 0,
         }
     }
 
@@ -327,6 +336,10 @@ impl Run {
                     self.on_loss_overwritten += over.map(|l| l.count).sum::<u64>();
                 }
                 Event::Stall(_) => {
+                    self.stall_notices += 1;
+                    if !self.switch_on_stall {
+                        continue;
+                    }
                     let to =
                         if rng.below(2) == 0 { self.shared.endpoint.current().1.address.clone() } else { "B".into() };
                     self.shared.switch_endpoint(Endpoint::new(to)).expect("a valid endpoint");
@@ -519,7 +532,8 @@ fn check_every_seq(ring: &Ring, payloads: &BTreeMap<u64, Vec<u8>>, rx: &Receiver
             let before = rx.records.range(..seq).next_back().map(|(s, _)| *s);
             let after = rx.records.range(seq..).next().map(|(s, _)| *s);
             panic!(
-                "seq {seq} neither delivered nor announced (appended: {}); the ring's range {range:?}; notices near                  {near:?}; delivered before {before:?}, after {after:?}",
+                "seq {seq} neither delivered nor announced (appended: {}); the ring's range {range:?}; notices near \
+                 {near:?}; delivered before {before:?}, after {after:?}",
                 payloads.contains_key(&seq)
             )
         };
