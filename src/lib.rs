@@ -55,7 +55,6 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-mod config;
 mod error;
 #[cfg(fuzzing)]
 #[doc(hidden)]
@@ -73,8 +72,8 @@ mod transport;
 
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
-pub use config::StorageWrapper;
-pub use config::{FullPolicy, RingConfig, SyncPolicy};
+pub use ring::config::StorageWrapper;
+pub use ring::config::{FullPolicy, RingConfig, SyncPolicy};
 pub use error::{Error, Result};
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]

@@ -257,7 +257,7 @@ impl Checkpoint {
         let ends = u32_at(b, 212) as usize;
         // More than a checkpoint ever holds: a forged or foreign slot, and
         // encoding it again would overrun the slot.
-        if n > crate::config::MAX_LOSS_RANGES
+        if n > crate::ring::config::MAX_LOSS_RANGES
             || h > MAX_HOLE_HINTS
             || ends > MAX_LAP_ENDS
             || FIXED_LEN + n * LOSS_LEN + h * HINT_LEN + ends * LAP_END_LEN != len
@@ -411,8 +411,8 @@ mod tests {
             c.hole_hints = (0..hints).map(|i| (200 + i, 200 + i, LossCause::Corrupted)).collect();
             Checkpoint::decode(&c.encode())
         };
-        assert!(with(crate::config::MAX_LOSS_RANGES, MAX_HOLE_HINTS as u64).is_ok());
-        assert!(with(crate::config::MAX_LOSS_RANGES + 1, 1).is_err());
+        assert!(with(crate::ring::config::MAX_LOSS_RANGES, MAX_HOLE_HINTS as u64).is_ok());
+        assert!(with(crate::ring::config::MAX_LOSS_RANGES + 1, 1).is_err());
         assert!(with(1, MAX_HOLE_HINTS as u64 + 1).is_err());
     }
 

@@ -4,6 +4,7 @@ mod append;
 mod background;
 mod checkpoint;
 mod commit;
+pub(crate) mod config;
 mod delivery;
 mod evict;
 pub(crate) mod frame;

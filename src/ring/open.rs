@@ -172,7 +172,7 @@ fn read_layout(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_pa
             _ => return Err(not_a_ring(data_path, "no ringship data header")),
         },
     };
-    if cap == 0 || cap % 8 != 0 || cap < crate::config::min_capacity(1) || cap > crate::config::MAX_CAPACITY {
+    if !super::geometry::possible_on_disk(cap) {
         return Err(not_a_ring(data_path, format!("the header names an impossible capacity of {cap} bytes")));
     }
     if data_len < DATA_OFFSET + cap {
@@ -257,7 +257,7 @@ pub(super) fn open(dir: &Path, config: RingConfig) -> Result<(Inner, RecoveryRep
     let lock_file = lock_dir(dir)?;
     let data_path = dir.join(DATA_FILE);
     let meta_path = dir.join(META_FILE);
-    let created = create_if_absent(dir, &data_path, &meta_path, config.capacity & !7)?;
+    let created = create_if_absent(dir, &data_path, &meta_path, config.data_capacity())?;
 
     let data_file = open_rw(&data_path, false).map_err(|e| Error::io("open", &data_path, e))?;
     let meta_file = match open_rw(&meta_path, false) {
@@ -300,7 +300,7 @@ pub(super) fn open_on(
     // checkpoint were written, are (re)initialised.
     let empty = is_blank(&*data, &paths.data, DATA_OFFSET)? && is_blank(&*meta, &paths.meta, 2 * SLOT_LEN as u64)?;
     if empty {
-        init_storage(&*data, &paths.data, &*meta, &paths.meta, config.capacity & !7)?;
+        init_storage(&*data, &paths.data, &*meta, &paths.meta, config.data_capacity())?;
     }
     open_storages(paths, data, meta, config, empty, None)
 }
@@ -353,7 +353,7 @@ fn open_storages(
     };
     report.created = created;
     report.damaged_checkpoint_slots = damaged_slots;
-    report.capacity_mismatch = cap != config.capacity & !7;
+    report.capacity_mismatch = cap != config.data_capacity();
     report.data_file_extended_from = report_short;
     report.unreadable_bytes += unreadable;
     if let Err(e) = data.sync_data() {

@@ -5,7 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::ring::frame::{ALIGN, HEADER_LEN, MAX_PAYLOAD, frame_size};
+use super::frame::MAX_PAYLOAD;
+use super::geometry::{self, MAX_CAPACITY};
 use crate::ring::storage::Storage;
 use crate::{Error, Result};
 
@@ -62,10 +63,6 @@ pub struct RingConfig {
 
 /// Most loss ranges a checkpoint can hold.
 pub(crate) const MAX_LOSS_RANGES: usize = 48;
-
-/// Largest capacity a ring may have: 256 TiB, beyond any file system's
-/// largest file; a larger value is a mistake, and on disk, damage.
-pub(crate) const MAX_CAPACITY: u64 = 1 << 48;
 
 /// Largest seq reservation: 2^32 seqs. A power loss may count this many
 /// seqs lost that were never handed out, and seqs must stay far below
@@ -142,9 +139,13 @@ impl RingConfig {
     /// `validate`, in a ring of the configured capacity, this is
     /// [`max_record_len`](Self::max_record_len).
     pub(crate) fn max_record_len_in(&self, cap: u64) -> usize {
-        // The largest payload of which two frames fit (`min_capacity`).
-        let two_frames = ((cap / 2) & !(ALIGN - 1)).saturating_sub(HEADER_LEN as u64);
-        self.record_limit().min(usize::try_from(two_frames).unwrap_or(usize::MAX))
+        self.record_limit().min(geometry::largest_record(cap))
+    }
+
+    /// The data area a new ring gets: the capacity, rounded down to whole
+    /// frame alignment.
+    pub(crate) fn data_capacity(&self) -> u64 {
+        geometry::round(self.capacity)
     }
 
     /// The sync policy.
@@ -265,7 +266,7 @@ impl RingConfig {
                 "max_record_len must be between 1 and {MAX_PAYLOAD} bytes, got {max_record_len}"
             )));
         }
-        let min = min_capacity(max_record_len);
+        let min = geometry::min_capacity(max_record_len);
         if self.capacity < min {
             return Err(Error::Config(format!(
                 "capacity of {} bytes is too small for one record of max_record_len {max_record_len} bytes: at least {min} bytes needed",
@@ -291,11 +292,4 @@ impl RingConfig {
         }
         Ok(())
     }
-}
-
-/// Smallest capacity that holds one largest record wherever the head is:
-/// wrapping at the end of the data area may leave fewer bytes than its
-/// frame unused before it.
-pub(crate) fn min_capacity(max_record_len: usize) -> u64 {
-    2 * frame_size(max_record_len)
 }
