@@ -70,11 +70,11 @@ mod stats;
 mod sync;
 mod transport;
 
+pub use error::{Error, Result};
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub use ring::config::StorageWrapper;
 pub use ring::config::{FullPolicy, RingConfig, SyncPolicy};
-pub use error::{Error, Result};
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub use ring::storage::Storage;

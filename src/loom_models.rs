@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use loom::thread;
 
-use crate::sender::machine::{Action, BatchInfo, Machine, MachineConfig, Outcome, RingMark, State};
+use crate::sender::machine::{Action, BatchInfo, Machine, MachineConfig, MachineState, Outcome, RingMark};
 use crate::sender::switch::Switchboard;
 use crate::sim::{Faults, SimDisk};
 use crate::transport::{Endpoint, SendErrorKind};
@@ -122,7 +122,7 @@ fn loom_models_endpoint_switch() {
             Some(Action::Ack { seq, .. }) => assert!(accepted && seq == 1, "acked without a successful send"),
             Some(Action::Read { from_seq: 1 }) => {
                 assert!(!accepted && sent_generation < 3, "only a cancelled send to an old endpoint retries at once");
-                assert_eq!(m.state(), State::Reading);
+                assert_eq!(m.state(), MachineState::Reading);
             }
             other => panic!("unexpected next action {other:?}"),
         }

@@ -8,8 +8,8 @@ use super::evict::Room;
 use super::frame::{HEADER_LEN, encode_pad, encode_record, frame_size};
 use super::meta::DATA_OFFSET;
 use super::scan::next_lap;
-use super::state::State;
-use super::{Inner, frame, now_nanos};
+use super::state::RingState;
+use super::{RingCore, frame, now_nanos};
 use crate::sync::atomic::Ordering;
 use crate::{Error, FullPolicy, Result};
 
@@ -29,8 +29,8 @@ struct Layout {
 /// A write buffer grown beyond this by a large batch is not kept.
 pub(super) const WRITE_BUF_KEEP: usize = 256 << 10;
 
-impl Inner {
-    pub(super) fn poisoned_error(st: &State) -> Result<()> {
+impl RingCore {
+    pub(super) fn poisoned_error(st: &RingState) -> Result<()> {
         if st.closed {
             return Err(Error::Closed);
         }
@@ -40,7 +40,7 @@ impl Inner {
         }
     }
 
-    pub(super) fn reject(st: &mut State, n: u64, err: Error) -> Error {
+    pub(super) fn reject(st: &mut RingState, n: u64, err: Error) -> Error {
         st.rejected = crate::stats::bounded_add(st.rejected, n);
         st.unsaved_losses = true;
         err
@@ -49,7 +49,7 @@ impl Inner {
     /// An append refused by `err` before any of it was written: counted as
     /// rejected, unless `err` poisoned the ring (a poisoned ring counts no
     /// refusal; the next open's recovery counts what it finds).
-    pub(super) fn refuse_unwritten(st: &mut State, n: u64, err: Error) -> Error {
+    pub(super) fn refuse_unwritten(st: &mut RingState, n: u64, err: Error) -> Error {
         if st.poisoned.is_some() || st.closed { err } else { Self::reject(st, n, err) }
     }
 
@@ -160,7 +160,7 @@ impl Inner {
     /// and the seq reservation no longer covers the batch.
     pub(super) fn place<P: AsRef<[u8]>>(
         &self,
-        st: &mut crate::sync::MutexGuard<'_, State>,
+        st: &mut crate::sync::MutexGuard<'_, RingState>,
         payloads: &[P],
         buf: &mut Vec<u8>,
         frames: u64,
@@ -214,7 +214,7 @@ impl Inner {
 
     /// Lays the frames of `payloads` out in `buf` from the head, with a
     /// pad before the end of the data area when a frame does not fit there.
-    fn lay_out<P: AsRef<[u8]>>(&self, st: &State, payloads: &[P], buf: &mut Vec<u8>, ts: u64) -> Layout {
+    fn lay_out<P: AsRef<[u8]>>(&self, st: &RingState, payloads: &[P], buf: &mut Vec<u8>, ts: u64) -> Layout {
         buf.clear();
         let cap = self.geometry.cap;
         let mut layout =
@@ -252,7 +252,7 @@ impl Inner {
     /// `FullPolicy::Block`: waits for acks to free room, until `at` (none:
     /// too far ahead to name). Returns whether to try again (`false`: the
     /// time is up).
-    fn wait_for_room(&self, st: &mut crate::sync::MutexGuard<'_, State>, at: Option<Instant>) -> bool {
+    fn wait_for_room(&self, st: &mut crate::sync::MutexGuard<'_, RingState>, at: Option<Instant>) -> bool {
         let Some(at) = at else {
             self.room.wait(st);
             return true;
@@ -264,7 +264,7 @@ impl Inner {
 
     /// Writes the laid-out frames, one `pwrite` per segment (segment i ends
     /// where segment i + 1 starts); a failed write is undone.
-    fn write_layout(&self, st: &mut State, n: u64, buf: &[u8], layout: &Layout) -> Result<()> {
+    fn write_layout(&self, st: &mut RingState, n: u64, buf: &[u8], layout: &Layout) -> Result<()> {
         let segments = &layout.segments[..layout.nseg];
         let mut spans = [(0u64, 0usize, 0usize); 2];
         for (i, &(seg_pos, from)) in segments.iter().enumerate() {
@@ -286,7 +286,13 @@ impl Inner {
     /// counted as rejected. If even that fails, what reached the disk is
     /// unknown: the ring is poisoned and recovery at the next open decides
     /// (records that made it are kept; delivery is at-least-once).
-    pub(super) fn undo_failed_write(&self, st: &mut State, n: u64, spans: &[(u64, usize, usize)], err: Error) -> Error {
+    pub(super) fn undo_failed_write(
+        &self,
+        st: &mut RingState,
+        n: u64,
+        spans: &[(u64, usize, usize)],
+        err: Error,
+    ) -> Error {
         // Filled with a marker rather than zeros: the fill may cover frames
         // the batch was to replace (evicted, but newer than the last
         // checkpoint), and crash recovery must not mistake the gap for

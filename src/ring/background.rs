@@ -6,7 +6,7 @@ use crate::sync::atomic::AtomicU64;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use super::Inner;
+use super::RingCore;
 use super::meta::DATA_OFFSET;
 use crate::sync::atomic::Ordering;
 use crate::sync::{JoinHandle, Signal, Woken};
@@ -16,7 +16,7 @@ use crate::sync::{JoinHandle, Signal, Woken};
 /// one themselves (I6); every `every` (`SyncPolicy::Interval`) it flushes,
 /// on time however often it is woken. It holds only a weak reference, and
 /// ends when `wake` is closed.
-pub(super) fn spawn_background(inner: Weak<Inner>, wake: Arc<Signal>, every: Option<Duration>) -> JoinHandle<()> {
+pub(super) fn spawn_background(inner: Weak<RingCore>, wake: Arc<Signal>, every: Option<Duration>) -> JoinHandle<()> {
     let run = move || {
         // None for an interval too long to name its end: never.
         let mut next_flush = every.and_then(|every| Instant::now().checked_add(every));
@@ -65,7 +65,7 @@ pub(super) const PREFETCH_AHEAD: u64 = 1 << 20;
 /// head it opened at).
 pub(crate) const PREFETCH_STEP: u64 = 256 << 10;
 
-/// `Inner::prefetch_from` when no prefetch is asked for.
+/// `RingCore::prefetch_from` when no prefetch is asked for.
 pub(super) const NO_PREFETCH: u64 = u64::MAX;
 
 /// What appends tell the background thread.
@@ -86,7 +86,7 @@ impl Background {
     }
 }
 
-impl Inner {
+impl RingCore {
     /// The background thread's prefetch (and `open`'s): `PREFETCH_AHEAD`
     /// bytes, at most a quarter of the ring, from the head an append asked
     /// for, if one did, in two parts where they wrap around the end of the

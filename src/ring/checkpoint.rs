@@ -2,7 +2,7 @@
 //! not hold the last synced checkpoint, and the meta file's fsync.
 
 use super::meta::SLOT_LEN;
-use super::{Inner, now_nanos};
+use super::{RingCore, now_nanos};
 use crate::sync::atomic::AtomicBool;
 use crate::sync::atomic::Ordering;
 use crate::sync::{LEVEL_META_IO, Mutex};
@@ -32,7 +32,7 @@ pub(crate) struct MetaIo {
 /// cache is still trusted.
 pub(super) struct Checkpoints {
     pub(super) slots: Mutex<MetaIo>,
-    /// A data fsync failed: see [`Inner::distrust_cache`].
+    /// A data fsync failed: see [`RingCore::distrust_cache`].
     pub(super) cache_distrusted: AtomicBool,
 }
 
@@ -45,7 +45,7 @@ impl Checkpoints {
     }
 }
 
-impl Inner {
+impl RingCore {
     /// fsyncs the meta file. If no checkpoint was written while it ran, the
     /// slot last written is now the durable one, and the next checkpoints
     /// go to the other.

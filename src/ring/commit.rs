@@ -6,7 +6,7 @@ use crate::sync::{Condvar, LEVEL_SYNC, Mutex};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::Inner;
+use super::RingCore;
 use crate::sync::atomic::Ordering;
 use crate::{Error, Result};
 
@@ -68,7 +68,7 @@ impl GroupCommit {
     }
 }
 
-impl Inner {
+impl RingCore {
     /// Waits until `seq` is durable, running the fsync itself if no other
     /// thread is (group commit). No lock is held during the fsync.
     pub(super) fn wait_durable(&self, seq: u64) -> Result<()> {

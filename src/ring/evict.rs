@@ -5,8 +5,8 @@
 use super::frame::HEADER_LEN;
 use super::meta::DATA_OFFSET;
 use super::scan::next_lap;
-use super::state::{Hole, State};
-use super::{Inner, frame, scan, storage};
+use super::state::{Hole, RingState};
+use super::{RingCore, frame, scan, storage};
 use crate::stats::{LossCause, LossRange};
 use crate::sync::atomic::Ordering;
 use crate::{Error, FullPolicy, Result};
@@ -25,16 +25,16 @@ pub(super) enum Room {
     MustNotEvict,
 }
 
-impl Inner {
+impl RingCore {
     /// The header bytes at `pos` (the tail, with room for a header before
     /// the end of the lap), through a read-ahead buffer: evicting record by
     /// record then costs one read per `TAIL_AHEAD` bytes, not one per record.
-    pub(super) fn tail_header(&self, st: &mut State, pos: u64) -> std::io::Result<[u8; HEADER_LEN]> {
+    pub(super) fn tail_header(&self, st: &mut RingState, pos: u64) -> std::io::Result<[u8; HEADER_LEN]> {
         let (start, buf) = &mut st.tail_ahead;
         let cached = pos >= *start && pos + HEADER_LEN as u64 <= *start + buf.len() as u64;
         if !cached {
             // Only bytes below the head: those beyond are an older lap's and
-            // will change (see `State::tail_ahead`).
+            // will change (see `RingState::tail_ahead`).
             let len =
                 TAIL_AHEAD.min(st.head - pos).min(self.geometry.cap - pos % self.geometry.cap).max(HEADER_LEN as u64);
             buf.resize(len as usize, 0);
@@ -65,7 +65,7 @@ impl Inner {
     }
 
     /// Evicts the oldest frames until a write ending at `new_head` fits.
-    pub(super) fn make_room(&self, st: &mut State, new_head: u64) -> Result<Room> {
+    pub(super) fn make_room(&self, st: &mut RingState, new_head: u64) -> Result<Room> {
         while new_head - st.tail_pos > self.geometry.cap {
             // Whatever moved the tail last time, holes below it are settled.
             st.settle();
@@ -119,7 +119,7 @@ impl Inner {
 
     /// Evicts the tail record `h` at `pos`, counting it overwritten if it
     /// was not acknowledged. `false`: the full policy forbids that.
-    fn evict_frame(&self, st: &mut State, h: &frame::Header, pos: u64) -> bool {
+    fn evict_frame(&self, st: &mut RingState, h: &frame::Header, pos: u64) -> bool {
         if h.seq > st.ack_seq {
             if self.config.full != FullPolicy::OverwriteOldest {
                 return false;
@@ -145,7 +145,7 @@ impl Inner {
 
     /// Damage at the tail, at `pos`, that no reader has met yet: moves the
     /// tail past it to the next frame, counting the seqs it held.
-    fn step_over_damage(&self, st: &mut State, pos: u64) -> Result<()> {
+    fn step_over_damage(&self, st: &mut RingState, pos: u64) -> Result<()> {
         // The search for the next frame holds `ring.state`: it looks at
         // most `RESYNC_STEP` bytes ahead per step.
         let limit = st.head.min(pos + RESYNC_STEP);

@@ -30,7 +30,7 @@ use self::checkpoint::Checkpoints;
 use self::commit::GroupCommit;
 use self::geometry::Geometry;
 use self::reserve::SeqReservation;
-use self::state::State;
+use self::state::RingState;
 use crate::ring::storage::Storage;
 use crate::stats::{LossRange, RecoveryReport, RingStats};
 use crate::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,7 +42,7 @@ pub use read::{ReadBatch, Record};
 /// The ring behind a [`Ring`] handle: its files, its state, and the parts
 /// that own the rest (each in its own file, with its lock level in
 /// docs/LOCKS.md).
-pub(crate) struct Inner {
+pub(crate) struct RingCore {
     dir: PathBuf,
     data_path: PathBuf,
     meta_path: PathBuf,
@@ -54,7 +54,7 @@ pub(crate) struct Inner {
     boot_id: Option<[u8; 16]>,
     /// Level 20: seqs, head, tail, cursor, counters, holes; held across a
     /// record write, never an fsync.
-    state: Mutex<State>,
+    state: Mutex<RingState>,
     /// Signalled when acks free room (for `FullPolicy::Block`).
     room: Condvar,
     checkpoints: Checkpoints,
@@ -65,7 +65,7 @@ pub(crate) struct Inner {
     /// data-area offset; `scan::ReadAhead`). Concurrent readers may ask
     /// for a range twice or skip one: it is a hint only.
     read_ahead: AtomicU64,
-    /// Set with `State::poisoned`, readable without the state lock.
+    /// Set with `RingState::poisoned`, readable without the state lock.
     poisoned: AtomicBool,
     /// Bytes reads could not get from the files since open (counted each
     /// time): see [`RingStats::unreadable_bytes`].
@@ -89,7 +89,7 @@ pub(crate) struct Inner {
 /// Dropping the ring never blocks: call [`Ring::close`] to sync and record
 /// a clean shutdown.
 pub struct Ring {
-    inner: Arc<Inner>,
+    inner: Arc<RingCore>,
     /// The background thread: renews the seq reservation ahead of the
     /// appenders and, under `SyncPolicy::Interval`, flushes.
     background_thread: Mutex<Option<JoinHandle<()>>>,
@@ -141,7 +141,7 @@ impl Ring {
         Ok(Self::start(inner, report))
     }
 
-    fn start(inner: Inner, report: RecoveryReport) -> (Ring, RecoveryReport) {
+    fn start(inner: RingCore, report: RecoveryReport) -> (Ring, RecoveryReport) {
         let inner = Arc::new(inner);
         let every = match inner.config.sync {
             SyncPolicy::Interval(every) => Some(every),

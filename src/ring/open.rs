@@ -12,7 +12,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use super::Inner;
+use super::RingCore;
 use super::background::Background;
 use super::checkpoint::Checkpoints;
 use super::commit::GroupCommit;
@@ -233,7 +233,7 @@ fn create_if_absent(dir: &Path, data_path: &Path, meta_path: &Path, cap: u64) ->
     }
 }
 
-pub(super) fn open(dir: &Path, config: RingConfig) -> Result<(Inner, RecoveryReport)> {
+pub(super) fn open(dir: &Path, config: RingConfig) -> Result<(RingCore, RecoveryReport)> {
     config.validate()?;
     // A file where the directory should be (or under a path component)
     // makes the create fail with "File exists", which names no culprit.
@@ -292,7 +292,7 @@ pub(super) fn open_on(
     data: Box<dyn Storage>,
     meta: Box<dyn Storage>,
     config: RingConfig,
-) -> Result<(Inner, RecoveryReport)> {
+) -> Result<(RingCore, RecoveryReport)> {
     config.validate()?;
     let dir = PathBuf::from("<storage>");
     let paths = Paths { data: dir.join(DATA_FILE), meta: dir.join(META_FILE), dir };
@@ -321,7 +321,7 @@ fn open_storages(
     config: RingConfig,
     created: bool,
     lock_file: Option<File>,
-) -> Result<(Inner, RecoveryReport)> {
+) -> Result<(RingCore, RecoveryReport)> {
     let Paths { dir, data: data_path, meta: meta_path } = paths;
     let Layout {
         ring_id,
@@ -372,7 +372,7 @@ fn open_storages(
     state.prefetch_step = state.head / super::background::PREFETCH_STEP;
     let written = state.next_seq - 1;
     let head = state.head;
-    let inner = Inner {
+    let inner = RingCore {
         dir,
         data_path,
         meta_path: meta_path.clone(),

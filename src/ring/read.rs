@@ -2,14 +2,14 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::Inner;
+use super::RingCore;
 use super::scan::{Found, ReadAhead, Scanner, next_lap};
 use super::state::Hole;
 use crate::stats::LossCause;
 use crate::sync::atomic::Ordering;
 use crate::{Error, Result};
 
-/// How far [`Inner::locate`] hops from the nearest known position.
+/// How far [`RingCore::locate`] hops from the nearest known position.
 const LOCATE_BYTES: u64 = 1 << 20;
 
 /// One record read from the ring.
@@ -46,11 +46,20 @@ impl ReadBatch {
     }
 }
 
+/// A record a walk found: its payload is `out[from..to]`.
+struct FoundRecord {
+    seq: u64,
+    ts: u64,
+    /// Where its frame starts.
+    pos: u64,
+    from: usize,
+    to: usize,
+}
+
 /// What one walk over the ring found.
-struct Walk {
+struct ReadWalk {
     out: BytesMut,
-    /// seq, timestamp, position, payload range in `out`.
-    found: Vec<(u64, u64, u64, usize, usize)>,
+    found: Vec<FoundRecord>,
     new_holes: Vec<Hole>,
     /// Where the walk stopped, and the seq expected there.
     end_pos: u64,
@@ -58,7 +67,7 @@ struct Walk {
 }
 
 /// Where a read starts and what it may cover, copied under the state lock.
-struct Span {
+struct ReadWindow {
     start_seq: u64,
     start_pos: u64,
     head: u64,
@@ -69,7 +78,7 @@ struct Span {
     start_ts: u64,
 }
 
-impl Inner {
+impl RingCore {
     pub(super) fn read(&self, from_seq: u64, max_records: usize, max_bytes: usize) -> Result<ReadBatch> {
         loop {
             let window = {
@@ -78,7 +87,7 @@ impl Inner {
                     return Err(Error::Closed);
                 }
                 let (start_seq, start_pos) = st.start_for(from_seq);
-                Span {
+                ReadWindow {
                     start_seq,
                     start_pos,
                     head: st.head,
@@ -96,7 +105,7 @@ impl Inner {
                 // keep only what was still in the ring afterwards.
                 let tail = st.tail_pos;
                 let before = walk.found.len();
-                walk.found.retain(|r| r.2 >= tail);
+                walk.found.retain(|r| r.pos >= tail);
                 walk.new_holes.retain(|h| h.pos >= tail);
                 if walk.found.is_empty() && before > 0 {
                     continue;
@@ -112,7 +121,7 @@ impl Inner {
             let records = walk
                 .found
                 .into_iter()
-                .map(|(seq, timestamp, _, from, to)| Record { seq, timestamp, payload: out.slice(from..to) })
+                .map(|r| Record { seq: r.seq, timestamp: r.ts, payload: out.slice(r.from..r.to) })
                 .collect();
             return Ok(ReadBatch { records, next_seq: walk.next_seq.max(from_seq) });
         }
@@ -148,7 +157,13 @@ impl Inner {
 
     /// Walks frames from `span.start_pos` without any lock, collecting
     /// records with seq `from_seq` or above and noting damage.
-    fn walk(&self, window: &Span, from_seq: u64, max_records: usize, max_bytes: usize) -> std::io::Result<Walk> {
+    fn walk(
+        &self,
+        window: &ReadWindow,
+        from_seq: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> std::io::Result<ReadWalk> {
         let hole_at = |seq: u64| {
             let at = window.holes.partition_point(|h| h.last < seq);
             window.holes.get(at).filter(|h| h.first <= seq).copied()
@@ -159,7 +174,7 @@ impl Inner {
         // Reads after a restart may be of bytes on the disk only: ask for
         // those ahead, going on where the last read's asking stopped.
         scan.read_ahead(ReadAhead::from(self.read_ahead.load(Ordering::Relaxed)));
-        let mut w = Walk {
+        let mut w = ReadWalk {
             out: BytesMut::new(),
             found: Vec::new(),
             new_holes: Vec::new(),
@@ -188,7 +203,7 @@ impl Inner {
                 Found::Record(h) if h.seq >= expect && h.seq < window.next_seq => {
                     if h.seq > expect {
                         // Intact framing, missing seqs: damage the walk
-                        // skipped over (`State::add_hole` keeps the parts no
+                        // skipped over (`RingState::add_hole` keeps the parts no
                         // known hole covers).
                         w.new_holes.push(damage(expect, h.seq - 1, at, h.ts));
                     }
@@ -198,7 +213,7 @@ impl Inner {
                         let payload = scan.payload(&h)?;
                         let from = w.out.len();
                         w.out.extend_from_slice(payload);
-                        w.found.push((h.seq, h.ts, at, from, w.out.len()));
+                        w.found.push(FoundRecord { seq: h.seq, ts: h.ts, pos: at, from, to: w.out.len() });
                     }
                     prev_ts = h.ts;
                     w.next_seq = h.seq + 1;

@@ -1,7 +1,7 @@
 //! The durable seq reservation: no seq is handed out before a reservation
 //! covering it is on stable storage, so none is reused after any crash.
 
-use super::Inner;
+use super::RingCore;
 use super::meta::{self};
 use crate::sync::Condvar;
 use crate::sync::atomic::AtomicBool;
@@ -30,7 +30,7 @@ impl SeqReservation {
     }
 }
 
-impl Inner {
+impl RingCore {
     /// Seqs the reservation is kept ahead of the last one: half a block.
     /// Appends ask for a renewal when fewer are left; renewals (the
     /// background thread's, the flusher's and `sync`'s) restore it.

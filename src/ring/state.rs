@@ -53,7 +53,7 @@ impl Hole {
 }
 
 #[derive(Debug)]
-pub(crate) struct State {
+pub(crate) struct RingState {
     pub(crate) cap: u64,
     pub(crate) next_seq: u64,
     pub(crate) head: u64,
@@ -112,7 +112,7 @@ pub(crate) struct State {
     pub(crate) write_buf: Vec<u8>,
 }
 
-impl State {
+impl RingState {
     /// Every seq up to this one is acknowledged or counted lost.
     pub(crate) fn settled(&self) -> u64 {
         self.ack_seq.max(self.tail_seq - 1)

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::health::Health;
 use super::machine::MachineConfig;
 use super::{
-    CALLBACK_QUEUE, Callbacks, Clock, Handle, LossCallback, Phase, Shared, Shipper, ShipperConfig, StallCallback,
+    CALLBACK_QUEUE, Callbacks, Clock, Handle, LossCallback, Phase, Shipper, ShipperConfig, ShipperCore, StallCallback,
     check_endpoint, run_callbacks, spawn_worker, supervise,
 };
 use crate::stats::{LossFeed, LossRange};
@@ -231,7 +231,7 @@ impl ShipperBuilder {
         let endpoint = self.endpoint.ok_or_else(|| Error::Config("the shipper needs an endpoint".into()))?;
         let factory = self.factory.ok_or_else(|| Error::Config("the shipper needs a transport".into()))?;
         check_endpoint(&*factory, &endpoint)?;
-        let shared = Arc::new(Shared::new(self.ring, cfg, factory, endpoint, Clock::Real));
+        let shared = Arc::new(ShipperCore::new(self.ring, cfg, factory, endpoint, Clock::Real));
         let thread_error = |what: &str, e: std::io::Error| Error::Io { op: "spawn", path: what.into(), source: e };
         let (has_on_stall, has_on_loss) = (self.on_stall.is_some(), self.on_loss.is_some());
         let tx = if has_on_stall || has_on_loss {

@@ -2,7 +2,7 @@
 //! that a slow or panicking callback holds up nothing else.
 
 use super::health::Health;
-use super::{Shared, panic_message};
+use super::{ShipperCore, panic_message};
 use crate::stats::{LossFeed, LossRange};
 use crate::sync::atomic::Ordering;
 
@@ -71,7 +71,7 @@ pub(super) struct Callbacks {
 impl Callbacks {
     /// Queues a stall notice, if `on_stall` is set; dropped (and counted)
     /// when the queue is full.
-    pub(super) fn stall(&self, shared: &Shared) {
+    pub(super) fn stall(&self, shared: &ShipperCore) {
         if let Some(tx) = self.tx.as_ref().filter(|_| self.on_stall) {
             if tx.try_send(Event::Stall(shared.health())).is_err() {
                 shared.counters.callbacks_dropped.fetch_add(1, Ordering::Relaxed);

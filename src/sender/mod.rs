@@ -24,7 +24,7 @@ pub use health::{Health, HealthState, SenderStats, ShutdownReport};
 
 use self::callbacks::{CALLBACK_QUEUE, Callbacks, LossCallback, StallCallback, run_callbacks};
 pub(crate) use self::shared::panic_message;
-use self::shared::{Clock, Shared, ShipperConfig, check_endpoint, spawn_worker};
+use self::shared::{Clock, ShipperConfig, ShipperCore, check_endpoint, spawn_worker};
 use self::supervisor::supervise;
 
 use crate::sync::{Mutex, Signal};
@@ -56,7 +56,7 @@ pub struct Shipper {
 
 /// What the clones of a [`Shipper`] share.
 struct Handle {
-    shared: Arc<Shared>,
+    shared: Arc<ShipperCore>,
     /// `sender.handle` (level 45): the supervisor thread and how far
     /// shutdown has got.
     phase: Mutex<Phase>,
@@ -89,7 +89,7 @@ impl Shipper {
         ShipperBuilder::new(ring.into())
     }
 
-    fn shared(&self) -> &Shared {
+    fn shared(&self) -> &ShipperCore {
         &self.handle.shared
     }
 

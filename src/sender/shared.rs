@@ -38,8 +38,8 @@ pub(super) enum Clock {
 /// `sender.status` (level 50).
 #[derive(Default)]
 pub(super) struct Status {
-    /// (worker epoch, start) of the send in flight. Times are the
-    /// shipper's clock ([`Shared::now`]).
+    /// (worker id, start) of the send in flight. Times are the
+    /// shipper's clock ([`ShipperCore::now`]).
     pub(super) send_started: Option<(u64, Nanos)>,
     pub(super) last_ack: Option<Nanos>,
     pub(super) last_error: Option<String>,
@@ -48,7 +48,7 @@ pub(super) struct Status {
     pub(super) stopped: bool,
 }
 
-pub(crate) struct Shared {
+pub(crate) struct ShipperCore {
     pub(super) ring: Arc<Ring>,
     pub(super) cfg: ShipperConfig,
     pub(super) factory: Box<dyn TransportFactory>,
@@ -56,8 +56,8 @@ pub(crate) struct Shared {
     pub(super) status: Mutex<Status>,
     /// Wakes the worker: records appended, endpoint switched, shutdown.
     pub(super) wake: Arc<Signal>,
-    /// The epoch of the current worker; an abandoned worker sees it change.
-    pub(super) epoch: AtomicU64,
+    /// The worker id of the current worker; an abandoned worker sees it change.
+    pub(super) worker_id: AtomicU64,
     /// Intake stopped, drain what is pending.
     pub(super) closing: AtomicBool,
     /// Stop now.
@@ -67,7 +67,7 @@ pub(crate) struct Shared {
     pub(super) clock: Clock,
     /// The worker threads.
     pub(super) workers: Mutex<Workers>,
-    /// The epoch of a worker that died (a panic outside the user code it
+    /// The worker id of a worker that died (a panic outside the user code it
     /// contains) or whose thread could not start, 0 for none: the
     /// supervisor replaces it at its next look if it is still the current
     /// one (a replaced worker's death changes nothing).
@@ -77,7 +77,7 @@ pub(crate) struct Shared {
     pub(super) sim_spawns: std::sync::Mutex<Vec<u64>>,
 }
 
-impl Shared {
+impl ShipperCore {
     /// The body of [`Shipper::shutdown`], run once.
     pub(super) fn shut_down(
         &self,
@@ -90,14 +90,13 @@ impl Shared {
         self.wake();
         // Until drained, or the worker has stopped (an empty read while
         // draining, or a closed ring) with no replacement under way (its
-        // epoch still the current one): nothing more will ship then.
-        let worker_running = || {
-            self.workers
-                .lock()
-                .current
-                .as_ref()
-                .is_none_or(|(epoch, h)| !h.is_finished() || *epoch != self.epoch.load(Ordering::Acquire))
-        };
+        // worker id still the current one): nothing more will ship then.
+        let worker_running =
+            || {
+                self.workers.lock().current.as_ref().is_none_or(|(worker_id, h)| {
+                    !h.is_finished() || *worker_id != self.worker_id.load(Ordering::Acquire)
+                })
+            };
         while self.ring.stats().pending > 0 && start.elapsed() < deadline && worker_running() {
             std::thread::sleep(Duration::from_millis(2).min(deadline.saturating_sub(start.elapsed())));
         }
@@ -149,17 +148,17 @@ impl Shared {
         factory: Box<dyn TransportFactory>,
         endpoint: Endpoint,
         clock: Clock,
-    ) -> Shared {
+    ) -> ShipperCore {
         let wake = Arc::new(Signal::new());
         ring.wake_on_append(Arc::clone(&wake));
-        Shared {
+        ShipperCore {
             ring,
             cfg,
             factory,
             endpoint: Switchboard::new(endpoint),
             status: Mutex::new(LEVEL_SENDER_STATUS, "sender.status", Status::default()),
             wake,
-            epoch: AtomicU64::new(1),
+            worker_id: AtomicU64::new(1),
             closing: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             counters: Arc::default(),
@@ -217,10 +216,10 @@ impl Shared {
         Ok(generation)
     }
 
-    /// Registers a send by worker `epoch`: returns the endpoint to use and
+    /// Registers a send by worker `worker_id`: returns the endpoint to use and
     /// the token a switch will fire.
-    pub(super) fn begin_send(&self, epoch: u64) -> (u64, Arc<Endpoint>, CancelToken) {
-        if self.epoch.load(Ordering::Acquire) != epoch {
+    pub(super) fn begin_send(&self, worker_id: u64) -> (u64, Arc<Endpoint>, CancelToken) {
+        if self.worker_id.load(Ordering::Acquire) != worker_id {
             // Replaced already: register nothing (the supervisor would take
             // a hang here for the current worker's), and send nothing.
             let (generation, endpoint) = self.endpoint.current();
@@ -228,20 +227,20 @@ impl Shared {
             cancelled.cancel();
             return (generation, endpoint, cancelled);
         }
-        let sent = self.endpoint.begin_send(epoch);
+        let sent = self.endpoint.begin_send(worker_id);
         let mut st = self.status.lock();
         // A replaced worker's late call never hides its replacement's send
         // from the supervisor.
-        if st.send_started.is_none_or(|(e, _)| e <= epoch) {
-            st.send_started = Some((epoch, self.now()));
+        if st.send_started.is_none_or(|(e, _)| e <= worker_id) {
+            st.send_started = Some((worker_id, self.now()));
         }
         sent
     }
 
-    pub(super) fn end_send(&self, epoch: u64) {
-        self.endpoint.end_send(epoch);
+    pub(super) fn end_send(&self, worker_id: u64) {
+        self.endpoint.end_send(worker_id);
         let mut st = self.status.lock();
-        if st.send_started.is_some_and(|(e, _)| e == epoch) {
+        if st.send_started.is_some_and(|(e, _)| e == worker_id) {
             st.send_started = None;
         }
     }
@@ -338,11 +337,11 @@ impl Shared {
         for h in finished {
             let _ = h.join();
         }
-        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        let worker_id = self.worker_id.fetch_add(1, Ordering::AcqRel) + 1;
         self.cancel_inflight();
         self.status.lock().send_started = None;
         self.counters.restarts.fetch_add(1, Ordering::Relaxed);
-        spawn_worker(self, epoch);
+        spawn_worker(self, worker_id);
     }
 
     /// Removes the abandoned workers that have finished, to be joined.
@@ -359,7 +358,7 @@ impl Shared {
     }
 }
 
-/// The worker threads: the current one, with the epoch it was started
+/// The worker threads: the current one, with the worker id it was started
 /// for, and abandoned ones not yet known to have finished.
 #[derive(Default)]
 pub(super) struct Workers {
@@ -367,33 +366,33 @@ pub(super) struct Workers {
     pub(super) abandoned: Vec<JoinHandle<()>>,
 }
 
-/// Starts worker `epoch`. It makes its own transport, so that the factory
+/// Starts worker `worker_id`. It makes its own transport, so that the factory
 /// (user code) never runs on the supervisor's thread or the host's; a
 /// panic that escapes the worker is caught, shows in health, and the
 /// supervisor replaces the worker at its next look.
-pub(super) fn spawn_worker(shared: &Arc<Shared>, epoch: u64) {
+pub(super) fn spawn_worker(shared: &Arc<ShipperCore>, worker_id: u64) {
     #[cfg(test)]
     if let Clock::Sim(_) = shared.clock {
-        shared.sim_spawns.lock().expect("sim spawns").push(epoch);
+        shared.sim_spawns.lock().expect("sim spawns").push(worker_id);
         return;
     }
     let s = Arc::clone(shared);
-    let spawned = std::thread::Builder::new().name(format!("ringship-send-{epoch}")).spawn(move || {
-        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(&s, epoch))) {
+    let spawned = std::thread::Builder::new().name(format!("ringship-send-{worker_id}")).spawn(move || {
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(&s, worker_id))) {
             s.note_error(&format!("the sender worker panicked: {}", panic_message(&*p)));
-            s.worker_died.store(epoch, Ordering::Release);
+            s.worker_died.store(worker_id, Ordering::Release);
         }
     });
     let handle = match spawned {
         Ok(h) => h,
         Err(e) => {
             shared.note_error(&format!("could not start a sender worker thread: {e}"));
-            shared.worker_died.store(epoch, Ordering::Release);
+            shared.worker_died.store(worker_id, Ordering::Release);
             return;
         }
     };
     let mut w = shared.workers.lock();
-    if let Some((_, previous)) = w.current.replace((epoch, handle)) {
+    if let Some((_, previous)) = w.current.replace((worker_id, handle)) {
         w.abandoned.push(previous);
     }
 }

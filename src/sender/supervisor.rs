@@ -7,7 +7,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use super::machine::Nanos;
-use super::{Callbacks, Shared, panic_message};
+use super::{Callbacks, ShipperCore, panic_message};
 use crate::sync::atomic::Ordering;
 use crate::sync::{Signal, Woken};
 
@@ -87,7 +87,7 @@ impl Watch {
 /// `ring` is the ring's stats when the shipper started: stalls are judged
 /// from that moment, whenever this thread gets to run. Losses come from
 /// the ring's feed, watched from the start.
-pub(super) fn supervise(shared: &Arc<Shared>, stop: &Signal, ring: &crate::RingStats, mut cb: Callbacks) {
+pub(super) fn supervise(shared: &Arc<ShipperCore>, stop: &Signal, ring: &crate::RingStats, mut cb: Callbacks) {
     let cfg = shared.cfg;
     let mut watch = Watch::new(shared.now(), cfg.stall_after, cfg.abandon_after, ring.ack_seq);
     loop {
@@ -108,9 +108,9 @@ pub(super) fn supervise(shared: &Arc<Shared>, stop: &Signal, ring: &crate::RingS
 }
 
 /// One look of the supervisor.
-pub(super) fn tick(shared: &Arc<Shared>, watch: &mut Watch, cb: &mut Callbacks) {
+pub(super) fn tick(shared: &Arc<ShipperCore>, watch: &mut Watch, cb: &mut Callbacks) {
     let died = shared.worker_died.swap(0, Ordering::AcqRel);
-    if died != 0 && died == shared.epoch.load(Ordering::Acquire) && !shared.stop.load(Ordering::Acquire) {
+    if died != 0 && died == shared.worker_id.load(Ordering::Acquire) && !shared.stop.load(Ordering::Acquire) {
         shared.replace_worker();
     }
     let ring = shared.ring.stats();

@@ -10,7 +10,7 @@ use crate::transport::{CancelToken, Endpoint};
 struct Slot {
     generation: u64,
     endpoint: Arc<Endpoint>,
-    /// (generation, worker epoch, token) of the send in flight.
+    /// (generation, worker id, token) of the send in flight.
     inflight: Option<(u64, u64, CancelToken)>,
 }
 
@@ -60,30 +60,30 @@ impl Switchboard {
         (slot.generation, Arc::clone(&slot.endpoint))
     }
 
-    /// Registers a send by worker `epoch`: the endpoint to use, its
+    /// Registers a send by worker `worker_id`: the endpoint to use, its
     /// generation, and the token a later switch will fire. Reading the
     /// endpoint and registering the token happen under one lock, so a
     /// switch either precedes the send (which then uses the new endpoint)
     /// or cancels it.
     ///
-    /// A worker already replaced (a send by a newer epoch is registered)
+    /// A worker already replaced (a send by a newer worker id is registered)
     /// gets a cancelled token and registers nothing: its late call must not
     /// hide the newer worker's send from switches and the supervisor.
-    pub(crate) fn begin_send(&self, epoch: u64) -> (u64, Arc<Endpoint>, CancelToken) {
+    pub(crate) fn begin_send(&self, worker_id: u64) -> (u64, Arc<Endpoint>, CancelToken) {
         let token = CancelToken::new();
         let mut slot = self.slot.lock();
-        if slot.inflight.as_ref().is_some_and(|(_, e, _)| *e > epoch) {
+        if slot.inflight.as_ref().is_some_and(|(_, e, _)| *e > worker_id) {
             token.cancel();
         } else {
-            slot.inflight = Some((slot.generation, epoch, token.clone()));
+            slot.inflight = Some((slot.generation, worker_id, token.clone()));
         }
         (slot.generation, Arc::clone(&slot.endpoint), token)
     }
 
-    /// The send by worker `epoch` is over.
-    pub(crate) fn end_send(&self, epoch: u64) {
+    /// The send by worker `worker_id` is over.
+    pub(crate) fn end_send(&self, worker_id: u64) {
         let mut slot = self.slot.lock();
-        if slot.inflight.as_ref().is_some_and(|(_, e, _)| *e == epoch) {
+        if slot.inflight.as_ref().is_some_and(|(_, e, _)| *e == worker_id) {
             slot.inflight = None;
         }
     }
@@ -100,8 +100,8 @@ impl Switchboard {
 mod tests {
     use super::*;
 
-    /// A replaced worker's late `begin_send` (epoch 1) after its
-    /// replacement's (epoch 2): the newer send stays the one a switch
+    /// A replaced worker's late `begin_send` (worker id 1) after its
+    /// replacement's (worker id 2): the newer send stays the one a switch
     /// cancels, and the stale worker's `end_send` does not unregister it.
     /// Before, the stale call overwrote it, and its `end_send` cleared it.
     #[test]

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::Shared;
+use super::ShipperCore;
 use super::machine::{Action, BatchInfo, Machine, Nanos, Outcome, RingMark, SendCounters};
 use crate::Error;
 use crate::sync::Woken;
@@ -12,9 +12,9 @@ use crate::transport::{Batch, CancelToken, Endpoint, SendContext, SendError, Tra
 
 /// Runs until stopped, abandoned or the ring closes: the thread around a
 /// [`Driver`], which it hands the transport's answers and the wake-ups.
-pub(super) fn run(shared: &Arc<Shared>, epoch: u64) {
-    let Some(mut transport) = make_transport(shared, epoch) else { return };
-    let mut d = Driver::new(shared, epoch);
+pub(super) fn run(shared: &Arc<ShipperCore>, worker_id: u64) {
+    let Some(mut transport) = make_transport(shared, worker_id) else { return };
+    let mut d = Driver::new(shared, worker_id);
     loop {
         match d.step(shared) {
             Step::Exit => return,
@@ -40,7 +40,7 @@ pub(super) fn run(shared: &Arc<Shared>, epoch: u64) {
                 });
                 d.finish_send(shared, &job, &result);
                 if panicked {
-                    let Some(t) = make_transport(shared, epoch) else { return };
+                    let Some(t) = make_transport(shared, worker_id) else { return };
                     transport = t;
                 }
             }
@@ -74,7 +74,7 @@ pub(super) struct SendJob {
 /// code. It decides nothing: it reports what happened (a read, a send's
 /// answer, a wake-up, a switch, shutdown, abandonment) to the machine.
 pub(super) struct Driver {
-    epoch: u64,
+    worker_id: u64,
     m: Machine,
     /// The batch read.
     held: Option<Batch>,
@@ -84,14 +84,14 @@ pub(super) struct Driver {
 }
 
 impl Driver {
-    pub(super) fn new(shared: &Shared, epoch: u64) -> Self {
+    pub(super) fn new(shared: &ShipperCore, worker_id: u64) -> Self {
         let stats = shared.ring.stats();
         let half_ring = usize::try_from(stats.capacity / 2).unwrap_or(usize::MAX);
-        let seed = shared.cfg.seed ^ epoch;
+        let seed = shared.cfg.seed ^ worker_id;
         let counters = Arc::clone(&shared.counters);
         let m = Machine::new(shared.cfg.machine, stats.ack_seq + 1, shared.generation(), seed, counters)
             .with_evict_guard(half_ring);
-        Driver { epoch, m, held: None, told_shutdown: false, told_abandoned: false }
+        Driver { worker_id, m, held: None, told_shutdown: false, told_abandoned: false }
     }
 
     /// The batch a [`Step::Send`] asks to send.
@@ -101,19 +101,19 @@ impl Driver {
 
     /// Reports the shipper's flags to the machine: shutdown, and whether
     /// the supervisor replaced this worker.
-    fn report_flags(&mut self, shared: &Shared) {
+    fn report_flags(&mut self, shared: &ShipperCore) {
         if !self.told_shutdown && shared.closing.load(Ordering::Acquire) {
             self.told_shutdown = true;
             self.m.handle_shutdown();
         }
-        if !self.told_abandoned && shared.epoch.load(Ordering::Acquire) != self.epoch {
+        if !self.told_abandoned && shared.worker_id.load(Ordering::Acquire) != self.worker_id {
             self.told_abandoned = true;
             self.m.handle_abandoned();
         }
     }
 
     /// Runs the machine until it waits, sends or stops.
-    pub(super) fn step(&mut self, shared: &Shared) -> Step {
+    pub(super) fn step(&mut self, shared: &ShipperCore) -> Step {
         loop {
             if shared.stop.load(Ordering::Acquire) {
                 return Step::Exit;
@@ -130,7 +130,7 @@ impl Driver {
                     }
                 }
                 Action::Send => {
-                    let (generation, endpoint, cancel) = shared.begin_send(self.epoch);
+                    let (generation, endpoint, cancel) = shared.begin_send(self.worker_id);
                     return Step::Send(SendJob { generation, endpoint, cancel });
                 }
                 Action::Ack { seq, rejected } => match self.ack(shared, seq, rejected) {
@@ -147,12 +147,12 @@ impl Driver {
     /// Whether the machine holds a partial batch back, waiting for more.
     #[cfg(test)]
     pub(super) fn lingering(&self) -> bool {
-        matches!(self.m.state(), super::machine::State::Lingering { .. })
+        matches!(self.m.state(), super::machine::MachineState::Lingering { .. })
     }
 
     /// Reads the next batch from `from_seq` into the machine. `Err` when
     /// the ring is closed.
-    fn read(&mut self, shared: &Shared, from_seq: u64) -> Result<(), Error> {
+    fn read(&mut self, shared: &ShipperCore, from_seq: u64) -> Result<(), Error> {
         match shared.ring.read_delivery(from_seq, self.m.read_limits()) {
             Ok(delivery) => {
                 self.held = delivery.batch;
@@ -180,7 +180,7 @@ impl Driver {
     /// notice reported, counting its records the ring evicted while it was
     /// in flight: the ring counts them overwritten, yet the receiver has
     /// them.
-    fn ack(&self, shared: &Shared, seq: u64, rejected: Option<u64>) -> crate::Result<()> {
+    fn ack(&self, shared: &ShipperCore, seq: u64, rejected: Option<u64>) -> crate::Result<()> {
         let first = self.held.as_ref().map_or(seq + 1, Batch::first_seq);
         let evicted = shared.ring.ack_delivery(seq, first, rejected)?;
         SendCounters::add(&shared.counters.overwritten_after_delivery, evicted);
@@ -188,15 +188,15 @@ impl Driver {
     }
 
     /// A wait ended (a wake-up, or its time came).
-    pub(super) fn woken(&mut self, shared: &Shared) {
+    pub(super) fn woken(&mut self, shared: &ShipperCore) {
         self.m.handle_switch(shared.generation());
         let s = shared.ring.stats();
         self.m.handle_wake(RingMark { overwritten: s.overwritten, last_seq: s.last_seq });
     }
 
     /// The transport answered the send of `job`.
-    pub(super) fn finish_send(&mut self, shared: &Shared, job: &SendJob, result: &Result<(), SendError>) {
-        shared.end_send(self.epoch);
+    pub(super) fn finish_send(&mut self, shared: &ShipperCore, job: &SendJob, result: &Result<(), SendError>) {
+        shared.end_send(self.worker_id);
         self.report_flags(shared);
         let outcome = match result {
             Ok(()) => {
@@ -227,10 +227,10 @@ impl Driver {
 /// to `backoff_max`). A factory that blocks holds up this worker only: the
 /// supervisor still reports the stall. `None`: stopped or replaced
 /// meanwhile, or draining with no transport to drain with.
-fn make_transport(shared: &Shared, epoch: u64) -> Option<Box<dyn Transport>> {
+fn make_transport(shared: &ShipperCore, worker_id: u64) -> Option<Box<dyn Transport>> {
     let cfg = shared.cfg.machine;
     let mut delay = cfg.backoff_initial;
-    let gone = || shared.stop.load(Ordering::Acquire) || shared.epoch.load(Ordering::Acquire) != epoch;
+    let gone = || shared.stop.load(Ordering::Acquire) || shared.worker_id.load(Ordering::Acquire) != worker_id;
     // Shutting down with no transport: nothing can be drained.
     let closing = || shared.closing.load(Ordering::Acquire);
     loop {

@@ -6,7 +6,7 @@ use std::io;
 use super::Input;
 use super::settle::{fresh_state, take_counters};
 use crate::ring::scan::{Found, Scanner};
-use crate::ring::state::{Hole, State};
+use crate::ring::state::{Hole, RingState};
 use crate::stats::{LossCause, RecoveryReport};
 
 /// The state a cleanly closed ring left, taken from its checkpoint without
@@ -21,7 +21,10 @@ use crate::stats::{LossCause, RecoveryReport};
 /// well (a data file restored from an older copy fails them); damage
 /// elsewhere is found, counted and skipped by readers, as it is for damage
 /// that happens while the ring is open.
-pub(super) fn clean_reopen(scan: &mut Scanner<'_>, input: &Input<'_>) -> io::Result<Option<(State, RecoveryReport)>> {
+pub(super) fn clean_reopen(
+    scan: &mut Scanner<'_>,
+    input: &Input<'_>,
+) -> io::Result<Option<(RingState, RecoveryReport)>> {
     let Some(ck) = input.checkpoint.as_ref() else { return Ok(None) };
     // Seqs skipped after the newest record by an earlier recovery, not yet
     // settled, are the one hole a clean close can leave that holds no

@@ -41,9 +41,9 @@ pub(super) fn chain_head(scan: &mut Scanner<'_>, ck: &Checkpoint) -> io::Result<
             }
             Found::Record(_) | Found::Pad(_) | Found::Invalid => {
                 return Ok(match first_intact_after(scan, p)? {
-                    After::Frame(pos, at) if pos >= at => None,
-                    After::Frame(..) | After::Nothing => Some((p, next_seq)),
-                    After::Undone => None,
+                    NextFrame::Frame(pos, at) if pos >= at => None,
+                    NextFrame::Frame(..) | NextFrame::Nothing => Some((p, next_seq)),
+                    NextFrame::Undone => None,
                 });
             }
         }
@@ -51,7 +51,7 @@ pub(super) fn chain_head(scan: &mut Scanner<'_>, ck: &Checkpoint) -> io::Result<
 }
 
 /// What lies after the position where a chain of frames stops.
-pub(super) enum After {
+pub(super) enum NextFrame {
     /// The first intact frame of any lap: its position, and the position of
     /// this lap it sits at.
     Frame(u64, u64),
@@ -70,10 +70,10 @@ pub(super) enum After {
 /// writer put at `p` (and that was later overwritten or wiped) would leave
 /// that space unwritten. The scan goes on from the next lap's start, which
 /// a writer that went past `p` always wrote.
-pub(super) fn first_intact_after(scan: &mut Scanner<'_>, p: u64) -> io::Result<After> {
+pub(super) fn first_intact_after(scan: &mut Scanner<'_>, p: u64) -> io::Result<NextFrame> {
     let cap = scan.cap();
     if scan.bytes(p % cap, HEADER_LEN)?.chunks_exact(8).any(|w| w == UNDONE) {
-        return Ok(After::Undone);
+        return Ok(NextFrame::Undone);
     }
     let pad_could_cover = if p % cap == 0 { p } else { next_lap(p, cap) };
     let mut q = p + crate::ring::frame::ALIGN;
@@ -89,15 +89,15 @@ pub(super) fn first_intact_after(scan: &mut Scanner<'_>, p: u64) -> io::Result<A
             continue;
         }
         if scan.bytes(off, 8)? == UNDONE {
-            return Ok(After::Undone);
+            return Ok(NextFrame::Undone);
         }
         match scan.frame_at_offset(off)? {
             (pos, Found::Record(_) | Found::Pad(_)) if pos < q && q < pad_could_cover => q = pad_could_cover,
-            (pos, Found::Record(_) | Found::Pad(_)) => return Ok(After::Frame(pos, q)),
+            (pos, Found::Record(_) | Found::Pad(_)) => return Ok(NextFrame::Frame(pos, q)),
             _ => q += crate::ring::frame::ALIGN,
         }
     }
-    Ok(After::Nothing)
+    Ok(NextFrame::Nothing)
 }
 
 /// Where the newest intact frame ends and the seq that follows it: one pass

@@ -3,7 +3,7 @@
 //! After a clean close nothing is read ([`clean_reopen`]). After a process
 //! crash the head is found by following the frames written since the
 //! checkpoint ([`chain_head`]) and the records the checkpoint describes are
-//! counted without being read ([`Skip`]). Otherwise, and when either cannot
+//! counted without being read ([`CheckpointJump`]). Otherwise, and when either cannot
 //! prove its case:
 //!
 //! 1. Find the head: one pass over the data area, physical offset by
@@ -38,7 +38,7 @@ use std::io;
 
 use super::meta::Checkpoint;
 use super::scan::{ReadAhead, Scanner};
-use super::state::State;
+use super::state::RingState;
 use crate::ring::storage::Storage;
 use crate::stats::{LossCause, RecoveryReport};
 
@@ -60,7 +60,7 @@ pub(crate) struct Input<'a> {
 /// Rebuilds the ring's state from the data file and the checkpoint: the
 /// clean reopen when the files prove it, otherwise the three steps of the
 /// module doc.
-pub(crate) fn recover(mut input: Input<'_>) -> io::Result<(State, RecoveryReport)> {
+pub(crate) fn recover(mut input: Input<'_>) -> io::Result<(RingState, RecoveryReport)> {
     let mut scan = Scanner::new(input.data, input.cap, input.max_len, SCAN_CHUNK);
     if let Some(reopened) = clean_reopen(&mut scan, &input)? {
         return Ok(reopened);
@@ -177,7 +177,7 @@ fn rebuild(
     walked: Walked,
     classify: &Classifier<'_>,
     report: &mut RecoveryReport,
-) -> io::Result<State> {
+) -> io::Result<RingState> {
     let Walked { window: Window { mut holes, tail, last: prev, ack_pos, .. }, lapped, window_start } = walked;
     let (head, found_next) = (newest.head, newest.found_next);
     let settled_c = ck.settled_seq;

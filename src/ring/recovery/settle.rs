@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::ring::meta::Checkpoint;
-use crate::ring::state::{Hole, State};
+use crate::ring::state::{Hole, RingState};
 use crate::stats::{LossCause, LossList, LossRange, RecoveryReport};
 
 /// Step 3 of recovery: the holes for seqs handed out that no frame holds
@@ -184,7 +184,7 @@ impl Classifier<'_> {
 /// which lay in the data area's `span` (from the checkpoint's settled
 /// position to the oldest record).
 pub(super) fn settle_below_tail(
-    st: &mut State,
+    st: &mut RingState,
     report: &mut RecoveryReport,
     ck: &Checkpoint,
     parts: Vec<(u64, u64, LossCause)>,
@@ -216,7 +216,7 @@ pub(super) fn settle_below_tail(
 }
 
 /// Counts a range discovered lost below the oldest survivor as settled.
-pub(super) fn settle_discovered(st: &mut State, report: &mut RecoveryReport, range: LossRange) {
+pub(super) fn settle_discovered(st: &mut RingState, report: &mut RecoveryReport, range: LossRange) {
     let count = range.count;
     match range.cause {
         LossCause::Overwritten => {
@@ -243,7 +243,7 @@ pub(super) fn settle_discovered(st: &mut State, report: &mut RecoveryReport, ran
 
 /// The state of a new, empty ring.
 /// The settled counters and loss ranges a checkpoint keeps, into `st`.
-pub(super) fn take_counters(st: &mut State, ck: &Checkpoint) {
+pub(super) fn take_counters(st: &mut RingState, ck: &Checkpoint) {
     st.rejected = ck.rejected;
     st.rejected_reported = ck.rejected_reported;
     st.acked = ck.acked;
@@ -256,8 +256,8 @@ pub(super) fn take_counters(st: &mut State, ck: &Checkpoint) {
     st.losses = ck.losses.clone();
 }
 
-pub(crate) fn fresh_state(cap: u64, max_losses: usize) -> State {
-    State {
+pub(crate) fn fresh_state(cap: u64, max_losses: usize) -> RingState {
+    RingState {
         cap,
         next_seq: 1,
         head: 0,

@@ -98,14 +98,14 @@ pub(super) fn chained_next(
 /// checksum checked.
 ///
 /// With `skip`, the walk jumps from the first record the checkpoint
-/// describes straight to the checkpoint's head (see [`Skip`]). A frame with
+/// describes straight to the checkpoint's head (see [`CheckpointJump`]). A frame with
 /// a seq below `oldest`, the checkpoint's oldest record, is a leftover.
 pub(super) fn walk_window(
     scan: &mut Scanner<'_>,
     (start, head): (u64, u64),
     (oldest, ack_seq): (u64, u64),
     trusted: u64,
-    mut skip: Option<Skip>,
+    mut skip: Option<CheckpointJump>,
     classify: &Classifier<'_>,
 ) -> io::Result<Window> {
     let cap = scan.cap();
@@ -193,7 +193,7 @@ pub(super) fn walk_window(
 /// on the disk. With no hole known they are counted without being read.
 /// Damage to them is found by readers, as for records judged by their
 /// headers.
-pub(super) struct Skip {
+pub(super) struct CheckpointJump {
     /// The checkpoint's oldest record.
     pub(super) first_seq: u64,
     /// The last seq jumped over.
@@ -208,7 +208,7 @@ pub(super) struct Skip {
     pub(super) lost: Vec<(u64, u64, u64)>,
 }
 
-impl Skip {
+impl CheckpointJump {
     /// The records a jump from the record `seq` would pass over, if the
     /// loss ranges allow counting them: each lies wholly inside the jump or
     /// wholly outside it.
@@ -229,7 +229,7 @@ impl Skip {
     }
 }
 
-/// The [`Skip`] through `last_seq`, ending at `through`, if the checkpoint
+/// The [`CheckpointJump`] through `last_seq`, ending at `through`, if the checkpoint
 /// allows one: no hole known, and the record after the delivery cursor
 /// where the checkpoint says it is (when the skip would pass it).
 pub(super) fn skip_for(
@@ -237,7 +237,7 @@ pub(super) fn skip_for(
     ck: &Checkpoint,
     last_seq: u64,
     through: u64,
-) -> io::Result<Option<Skip>> {
+) -> io::Result<Option<CheckpointJump>> {
     if !ck.hole_hints.is_empty() || ck.tail_seq == 0 || last_seq <= ck.tail_seq {
         return Ok(None);
     }
@@ -258,5 +258,5 @@ pub(super) fn skip_for(
         .filter(|r| r.last_seq >= ck.tail_seq)
         .map(|r| (r.first_seq, r.last_seq, r.count))
         .collect();
-    Ok(Some(Skip { first_seq: ck.tail_seq, last_seq, through, ack, lost }))
+    Ok(Some(CheckpointJump { first_seq: ck.tail_seq, last_seq, through, ack, lost }))
 }

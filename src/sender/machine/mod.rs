@@ -73,7 +73,7 @@ pub(crate) enum Action {
 
 /// The machine's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum State {
+pub(crate) enum MachineState {
     NeedRead,
     Reading,
     Idle { until: Nanos },
@@ -85,9 +85,9 @@ pub(crate) enum State {
     Stopped,
 }
 
-impl State {
+impl MachineState {
     pub(crate) fn is_sending(self) -> bool {
-        matches!(self, State::Sending { .. })
+        matches!(self, MachineState::Sending { .. })
     }
 }
 
@@ -149,7 +149,7 @@ impl SendCounters {
 #[expect(clippy::struct_excessive_bools, reason = "independent flags of the protocol, each read on its own")]
 pub(crate) struct Machine {
     cfg: MachineConfig,
-    state: State,
+    state: MachineState,
     /// The next seq to read: everything below it was accepted by an endpoint.
     cursor: u64,
     held: Option<BatchInfo>,
@@ -203,7 +203,7 @@ impl Machine {
     ) -> Self {
         Machine {
             cfg,
-            state: State::NeedRead,
+            state: MachineState::NeedRead,
             cursor,
             held: None,
             mark_at_read: RingMark::default(),
@@ -231,7 +231,7 @@ impl Machine {
     }
 
     #[cfg(test)]
-    pub(crate) fn state(&self) -> State {
+    pub(crate) fn state(&self) -> MachineState {
         self.state
     }
 
@@ -249,24 +249,20 @@ impl Machine {
     /// reported.
     pub(crate) fn poll_action(&mut self, now: Nanos) -> Option<Action> {
         match self.state {
-            State::NeedRead => Some(self.start_read()),
-            State::Idle { until } | State::Lingering { until } | State::Backoff { until } => {
-                if now >= until {
-                    Some(self.start_read())
-                } else {
-                    Some(Action::Wait { until })
-                }
+            MachineState::NeedRead => Some(self.start_read()),
+            MachineState::Idle { until } | MachineState::Lingering { until } | MachineState::Backoff { until } => {
+                if now >= until { Some(self.start_read()) } else { Some(Action::Wait { until }) }
             }
-            State::ReadyToSend => {
-                self.state = State::Sending { generation: self.generation };
+            MachineState::ReadyToSend => {
+                self.state = MachineState::Sending { generation: self.generation };
                 Some(Action::Send)
             }
-            State::Acking { seq, rejected } => {
-                self.state = if self.abandoned { State::Stopped } else { State::NeedRead };
+            MachineState::Acking { seq, rejected } => {
+                self.state = if self.abandoned { MachineState::Stopped } else { MachineState::NeedRead };
                 Some(Action::Ack { seq, rejected })
             }
-            State::Reading | State::Sending { .. } => None,
-            State::Stopped => Some(Action::Stop),
+            MachineState::Reading | MachineState::Sending { .. } => None,
+            MachineState::Stopped => Some(Action::Stop),
         }
     }
 
@@ -274,13 +270,15 @@ impl Machine {
     #[cfg(test)]
     pub(crate) fn poll_timeout(&self) -> Option<Nanos> {
         match self.state {
-            State::Idle { until } | State::Lingering { until } | State::Backoff { until } => Some(until),
+            MachineState::Idle { until } | MachineState::Lingering { until } | MachineState::Backoff { until } => {
+                Some(until)
+            }
             _ => None,
         }
     }
 
     fn start_read(&mut self) -> Action {
-        self.state = State::Reading;
+        self.state = MachineState::Reading;
         Action::Read { from_seq: self.cursor }
     }
 
@@ -291,7 +289,11 @@ impl Machine {
         let Some(info) = batch else {
             self.held = None;
             self.linger_start = None;
-            self.state = if self.draining { State::Stopped } else { State::Idle { until: now + nanos(IDLE_RECHECK) } };
+            self.state = if self.draining {
+                MachineState::Stopped
+            } else {
+                MachineState::Idle { until: now + nanos(IDLE_RECHECK) }
+            };
             return;
         };
         let start = match self.linger_start {
@@ -310,16 +312,16 @@ impl Machine {
         let evicting = info.first_seq > self.cursor || footprint >= self.evict_guard;
         self.held = Some(info);
         self.state = if full || evicting || self.retrying || self.draining || now >= until {
-            State::ReadyToSend
+            MachineState::ReadyToSend
         } else {
-            State::Lingering { until }
+            MachineState::Lingering { until }
         };
     }
 
     /// The read failed (an I/O error): try again after a backoff.
     pub(crate) fn handle_read_failed(&mut self, now: Nanos) {
         self.attempt += 1;
-        self.state = State::Backoff { until: now + nanos(self.backoff()) };
+        self.state = MachineState::Backoff { until: now + nanos(self.backoff()) };
     }
 
     /// The send of the held batch to endpoint generation `sent_generation`
@@ -343,9 +345,9 @@ impl Machine {
                 self.linger_start = None;
                 self.attempt = 0;
                 self.retrying = false;
-                self.state = State::Acking { seq: info.last_seq, rejected: info.notice_rejected };
+                self.state = MachineState::Acking { seq: info.last_seq, rejected: info.notice_rejected };
             }
-            Outcome::Failed { .. } if self.abandoned => self.state = State::Stopped,
+            Outcome::Failed { .. } if self.abandoned => self.state = MachineState::Stopped,
             Outcome::Failed { kind, retry_after } => {
                 self.streak = 0;
                 SendCounters::add(&c.failures, 1);
@@ -363,9 +365,9 @@ impl Machine {
                 if sent_generation < self.generation {
                     // The endpoint changed under the send: go to the new one now.
                     self.attempt = 0;
-                    self.state = State::NeedRead;
+                    self.state = MachineState::NeedRead;
                 } else if self.draining && kind == SendErrorKind::Cancelled {
-                    self.state = State::Stopped;
+                    self.state = MachineState::Stopped;
                 } else if halve {
                     // Half the records and bytes, at once: a prefix of the
                     // same records, so each refusal makes progress.
@@ -379,12 +381,12 @@ impl Machine {
                     }
                     self.limits =
                         ((info.records / 2).clamp(1, self.limits.0), (info.bytes / 2).clamp(1, self.limits.1));
-                    self.state = State::NeedRead;
+                    self.state = MachineState::NeedRead;
                 } else {
                     self.attempt += 1;
                     let delay = if permanent { self.cfg.backoff_max } else { self.backoff() };
                     let delay = delay.max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER));
-                    self.state = State::Backoff { until: now + nanos(delay) };
+                    self.state = MachineState::Backoff { until: now + nanos(delay) };
                 }
             }
         }
@@ -400,9 +402,9 @@ impl Machine {
         // A new endpoint may take batches of the configured size.
         self.limits = (self.cfg.max_batch_records, self.cfg.max_batch_bytes);
         (self.streak, self.grow_after, self.grown) = (0, GROW_AFTER, false);
-        if let State::Backoff { .. } = self.state {
+        if let MachineState::Backoff { .. } = self.state {
             self.attempt = 0;
-            self.state = State::NeedRead;
+            self.state = MachineState::NeedRead;
         }
     }
 
@@ -430,8 +432,8 @@ impl Machine {
     /// now.
     pub(crate) fn handle_wake(&mut self, ring: RingMark) {
         match self.state {
-            State::Idle { .. } => self.state = State::NeedRead,
-            State::Lingering { .. } if self.batch_outdated(ring) => self.state = State::NeedRead,
+            MachineState::Idle { .. } => self.state = MachineState::NeedRead,
+            MachineState::Lingering { .. } if self.batch_outdated(ring) => self.state = MachineState::NeedRead,
             _ => {}
         }
     }
@@ -455,8 +457,8 @@ impl Machine {
     /// accepted batch acked; then the machine stops.
     pub(crate) fn handle_abandoned(&mut self) {
         self.abandoned = true;
-        if !matches!(self.state, State::Sending { .. } | State::Acking { .. }) {
-            self.state = State::Stopped;
+        if !matches!(self.state, MachineState::Sending { .. } | MachineState::Acking { .. }) {
+            self.state = MachineState::Stopped;
         }
     }
 
@@ -466,8 +468,8 @@ impl Machine {
     pub(crate) fn handle_shutdown(&mut self) {
         self.draining = true;
         match self.state {
-            State::Idle { .. } => self.state = State::NeedRead,
-            State::Lingering { .. } => self.state = State::ReadyToSend,
+            MachineState::Idle { .. } => self.state = MachineState::NeedRead,
+            MachineState::Lingering { .. } => self.state = MachineState::ReadyToSend,
             _ => {}
         }
     }

@@ -38,7 +38,7 @@ fn sending() -> Machine {
 fn starts_by_reading_from_the_cursor() {
     let mut m = Machine::new(cfg(), 7, 1, 1, Arc::default());
     assert_eq!(m.poll_action(0), Some(Action::Read { from_seq: 7 }));
-    assert_eq!(m.state(), State::Reading);
+    assert_eq!(m.state(), MachineState::Reading);
     assert_eq!(m.poll_action(0), None, "nothing until the read is reported");
 }
 
@@ -65,7 +65,7 @@ fn records_available_wakes_an_idle_machine() {
 #[test]
 fn full_batch_is_sent_at_once() {
     let m = sending();
-    assert_eq!(m.state(), State::Sending { generation: 1 });
+    assert_eq!(m.state(), MachineState::Sending { generation: 1 });
 }
 
 #[test]
@@ -159,7 +159,7 @@ fn retryable_failure_backs_off_exponentially_with_a_cap() {
     let mut delays = Vec::new();
     for _ in 0..8 {
         m.handle_send_result(now, 1, Outcome::Failed { kind: SendErrorKind::Retryable, retry_after: None });
-        let State::Backoff { until } = m.state() else { panic!("{:?}", m.state()) };
+        let MachineState::Backoff { until } = m.state() else { panic!("{:?}", m.state()) };
         delays.push(until - now);
         now = until;
         assert_eq!(m.poll_action(now), Some(Action::Read { from_seq: 1 }), "retries re-read from the cursor");
@@ -181,18 +181,18 @@ fn retry_after_is_honoured_up_to_a_limit() {
     let mut m = sending();
     let ask = Duration::from_secs(7);
     m.handle_send_result(0, 1, Outcome::Failed { kind: SendErrorKind::Retryable, retry_after: Some(ask) });
-    assert_eq!(m.state(), State::Backoff { until: nanos(ask) });
+    assert_eq!(m.state(), MachineState::Backoff { until: nanos(ask) });
     let mut m = sending();
     let huge = Duration::from_secs(100_000);
     m.handle_send_result(0, 1, Outcome::Failed { kind: SendErrorKind::Retryable, retry_after: Some(huge) });
-    assert_eq!(m.state(), State::Backoff { until: nanos(MAX_RETRY_AFTER) });
+    assert_eq!(m.state(), MachineState::Backoff { until: nanos(MAX_RETRY_AFTER) });
 }
 
 #[test]
 fn permanent_failure_waits_the_longest_backoff_and_keeps_the_batch() {
     let mut m = sending();
     m.handle_send_result(0, 1, Outcome::Failed { kind: SendErrorKind::Permanent, retry_after: None });
-    assert_eq!(m.state(), State::Backoff { until: 2_000 * MS });
+    assert_eq!(m.state(), MachineState::Backoff { until: 2_000 * MS });
     assert_eq!(m.counters.permanent_failures.load(Ordering::Relaxed), 1);
     assert_eq!(m.cursor(), 1);
 }
@@ -237,7 +237,7 @@ fn a_batch_too_large_is_halved_at_once_until_one_record_is_left() {
     );
     assert_eq!(m.poll_action(0), Some(Action::Send));
     m.handle_send_result(0, 1, too_large);
-    assert_eq!(m.state(), State::Backoff { until: 2_000 * MS });
+    assert_eq!(m.state(), MachineState::Backoff { until: 2_000 * MS });
     assert_eq!(
         (
             m.counters.permanent_failures.load(Ordering::Relaxed),
@@ -339,7 +339,7 @@ fn halved_limits_grow_back_as_full_batches_pass() {
     }
     let retry = Outcome::Failed { kind: SendErrorKind::Retryable, retry_after: None };
     send_full_batch(&mut m, next, retry);
-    let State::Backoff { until } = m.state() else { panic!("{:?}", m.state()) };
+    let MachineState::Backoff { until } = m.state() else { panic!("{:?}", m.state()) };
     assert_eq!(m.poll_action(until), Some(Action::Read { from_seq: next }));
     m.handle_batch(
         until,
@@ -380,7 +380,7 @@ fn failure_for_an_old_generation_retries_at_once_to_the_new_endpoint() {
     assert_eq!(m.poll_action(0), Some(Action::Read { from_seq: 1 }));
     m.handle_batch(0, Some(batch(1, 2)), RingMark::default());
     assert_eq!(m.poll_action(0), Some(Action::Send));
-    assert_eq!(m.state(), State::Sending { generation: 2 });
+    assert_eq!(m.state(), MachineState::Sending { generation: 2 });
     assert_eq!(m.counters.cancelled.load(Ordering::Relaxed), 1);
 }
 
@@ -407,7 +407,7 @@ fn stale_or_repeated_switches_change_nothing() {
     m.handle_switch(1);
     m.handle_switch(0);
     m.handle_send_result(0, 1, Outcome::Failed { kind: SendErrorKind::Retryable, retry_after: None });
-    assert!(matches!(m.state(), State::Backoff { .. }), "same generation: back off");
+    assert!(matches!(m.state(), MachineState::Backoff { .. }), "same generation: back off");
 }
 
 #[test]
@@ -457,7 +457,7 @@ fn read_failure_backs_off_then_reads_again() {
     let mut m = Machine::new(cfg(), 3, 1, 1, Arc::default());
     m.poll_action(0);
     m.handle_read_failed(0);
-    let State::Backoff { until } = m.state() else { panic!() };
+    let MachineState::Backoff { until } = m.state() else { panic!() };
     assert!((50 * MS..=100 * MS).contains(&until));
     assert_eq!(m.poll_action(until), Some(Action::Read { from_seq: 3 }));
 }

@@ -32,7 +32,7 @@ use super::machine::{MachineConfig, Nanos};
 use super::supervisor::Watch;
 use super::supervisor::tick;
 use super::worker::{Driver, SendJob, Step};
-use super::{CALLBACK_QUEUE, Callbacks, Clock, Shared, ShipperConfig};
+use super::{CALLBACK_QUEUE, Callbacks, Clock, ShipperConfig, ShipperCore};
 use crate::sim::{Damage, Faults, SimDisk};
 use crate::stats::LossCause;
 use crate::sync::Woken;
@@ -94,7 +94,7 @@ struct InFlight {
     honours_cancel: bool,
 }
 
-enum State {
+enum WorkerState {
     Ready,
     Waiting { until: Nanos, lingering_at: Option<u64> },
     Sending(InFlight),
@@ -102,7 +102,7 @@ enum State {
 
 struct Worker {
     driver: Driver,
-    state: State,
+    state: WorkerState,
 }
 
 #[derive(Default)]
@@ -124,7 +124,7 @@ impl Receiver {
 
 /// One run of the shipper, from a start (or restart) to a stop.
 struct Run {
-    shared: Arc<Shared>,
+    shared: Arc<ShipperCore>,
     clock: Arc<AtomicU64>,
     watch: Watch,
     cb: Callbacks,
@@ -164,12 +164,12 @@ impl Run {
     fn start(ring: Ring, cfg: ShipperConfig, endpoint: Endpoint, now: Nanos) -> Run {
         let clock = Arc::new(AtomicU64::new(now));
         let factory = Box::new(|| -> Box<dyn Transport> { unreachable!("the simulation sends itself") });
-        let shared = Arc::new(Shared::new(Arc::new(ring), cfg, factory, endpoint, Clock::Sim(Arc::clone(&clock))));
+        let shared = Arc::new(ShipperCore::new(Arc::new(ring), cfg, factory, endpoint, Clock::Sim(Arc::clone(&clock))));
         shared.ring.watch_losses();
         let stats = shared.ring.stats();
         let (tx, events) = crossbeam_channel::bounded(CALLBACK_QUEUE);
         let watch = Watch::new(now, cfg.stall_after, cfg.abandon_after, stats.ack_seq);
-        let workers = vec![Worker { driver: Driver::new(&shared, 1), state: State::Ready }];
+        let workers = vec![Worker { driver: Driver::new(&shared, 1), state: WorkerState::Ready }];
         Run {
             shared,
             clock,
@@ -195,9 +195,9 @@ impl Run {
         let mut due = self.next_tick;
         for w in &self.workers {
             due = due.min(match &w.state {
-                State::Ready => self.now(),
-                State::Waiting { until, .. } => *until,
-                State::Sending(f) => f.done_at,
+                WorkerState::Ready => self.now(),
+                WorkerState::Waiting { until, .. } => *until,
+                WorkerState::Sending(f) => f.done_at,
             });
         }
         due
@@ -218,8 +218,8 @@ impl Run {
         if now >= self.next_tick {
             self.next_tick = now + nanos(self.shared.cfg.supervise_every);
             tick(&self.shared, &mut self.watch, &mut self.cb);
-            for epoch in std::mem::take(&mut *self.shared.sim_spawns.lock().expect("sim spawns")) {
-                self.workers.push(Worker { driver: Driver::new(&self.shared, epoch), state: State::Ready });
+            for worker_id in std::mem::take(&mut *self.shared.sim_spawns.lock().expect("sim spawns")) {
+                self.workers.push(Worker { driver: Driver::new(&self.shared, worker_id), state: WorkerState::Ready });
             }
             self.check_stall(now);
             self.callbacks(rng);
@@ -238,13 +238,13 @@ impl Run {
         let shared = Arc::clone(&self.shared);
         let w = &mut self.workers[i];
         match &mut w.state {
-            State::Waiting { until, lingering_at } => {
+            WorkerState::Waiting { until, lingering_at } => {
                 if now < *until && !woken {
                     return true;
                 }
                 let evicted_meanwhile = lingering_at.is_some_and(|o| shared.ring.stats().overwritten > o);
                 w.driver.woken(&shared);
-                w.state = State::Ready;
+                w.state = WorkerState::Ready;
                 if evicted_meanwhile {
                     // Records were evicted while a partial batch waited:
                     // the next step must ship, not linger again.
@@ -256,7 +256,7 @@ impl Run {
                     return Self::take_step(w, step, &shared, now, modes);
                 }
             }
-            State::Sending(f) => {
+            WorkerState::Sending(f) => {
                 let cancelled = f.honours_cancel && f.job.cancel.is_cancelled();
                 if now < f.done_at && !cancelled {
                     return true;
@@ -265,21 +265,23 @@ impl Run {
                 if result.is_ok() {
                     rx.take(w.driver.batch());
                 }
-                let State::Sending(f) = std::mem::replace(&mut w.state, State::Ready) else { unreachable!() };
+                let WorkerState::Sending(f) = std::mem::replace(&mut w.state, WorkerState::Ready) else {
+                    unreachable!()
+                };
                 w.driver.finish_send(&shared, &f.job, &result);
             }
-            State::Ready => {}
+            WorkerState::Ready => {}
         }
         let step = w.driver.step(&shared);
         Self::take_step(w, step, &shared, now, modes)
     }
 
-    fn take_step(w: &mut Worker, step: Step, shared: &Shared, now: Nanos, modes: &BTreeMap<String, Mode>) -> bool {
+    fn take_step(w: &mut Worker, step: Step, shared: &ShipperCore, now: Nanos, modes: &BTreeMap<String, Mode>) -> bool {
         match step {
             Step::Exit => return false,
             Step::Wait(until) => {
                 let lingering_at = w.driver.lingering().then(|| shared.ring.stats().overwritten);
-                w.state = State::Waiting { until: until.max(now + 1), lingering_at };
+                w.state = WorkerState::Waiting { until: until.max(now + 1), lingering_at };
             }
             Step::Send(job) => {
                 let mode = modes.get(&job.endpoint.address).copied().unwrap_or(Mode::Deliver { latency: 0 });
@@ -299,7 +301,7 @@ impl Run {
                     Mode::Flaky => (MS, Err(SendError::retryable("503")), true),
                 };
                 let done_at = now + after.max(1);
-                w.state = State::Sending(InFlight { job, done_at, result, honours_cancel });
+                w.state = WorkerState::Sending(InFlight { job, done_at, result, honours_cancel });
             }
         }
         true
