@@ -237,10 +237,11 @@ fn loom_models_close_against_append() {
 }
 
 /// `close` against `ack`: close's clean checkpoint stays the last one. An
-/// ack that passed its closed check before close wrote its own checkpoint
-/// after close's, so the reopened ring found a newer checkpoint that was
-/// not clean (and, on real files, wrote it after releasing the directory
-/// lock). The ack either fails with `Closed` or is in the clean checkpoint.
+/// ack that passed its closed check before close began must not write its
+/// own checkpoint after close's: the reopened ring would find a newer
+/// checkpoint that is not clean (and, on real files, one written after the
+/// directory lock was released). The ack either fails with `Closed` or is
+/// in the clean checkpoint.
 #[test]
 fn loom_models_close_against_ack() {
     let explored = model(|| {
@@ -263,9 +264,8 @@ fn loom_models_close_against_ack() {
 
 /// `close` whose final fsync fails against an `ack`: close releases the
 /// directory either way, so nothing may write a checkpoint after it
-/// returns (the next owner's files). Before, only a clean checkpoint
-/// stopped later writes: an ack that passed its closed check before a
-/// failed close wrote its checkpoint after the release.
+/// returns (the files may be the next owner's), not even an ack that
+/// passed its closed check before the failed close began.
 #[test]
 fn loom_models_failed_close_against_ack() {
     let explored = model(|| {

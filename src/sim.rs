@@ -45,9 +45,9 @@ pub struct Faults {
 }
 
 impl Faults {
-    /// No faults at all: a perfect disk (power loss still drops unsynced
-    /// writes that were never kept by chance; set `lose_unsynced` to 1.0
-    /// for "everything unsynced is lost").
+    /// No faults at all: a perfect disk, on which a power loss keeps every
+    /// unsynced write (set `lose_unsynced` to 1.0 for "everything unsynced
+    /// is lost").
     pub const NONE: Faults = Faults { lose_unsynced: 0.0, tear: 0.0, bit_flip: 0.0, fsync_failure: 0.0, enospc: 0.0 };
 }
 

@@ -285,7 +285,8 @@ pub struct RecoveryReport {
     /// Bytes of the ring's files that recovery could not read (a bad
     /// sector), taken as damage.
     pub unreadable_bytes: u64,
-    /// Checkpoint slots that failed their checksum (0, 1 or 2).
+    /// Checkpoint slots found damaged: a bad checksum, magic or contents
+    /// (0, 1 or 2).
     pub damaged_checkpoint_slots: u8,
     /// The capacity on disk differs from the one configured; the one on
     /// disk is used.

@@ -95,9 +95,9 @@ impl RingCore {
     /// On the `pwrite` path, bytes of the first lap are left out: nothing
     /// was ever written there, so there is nothing to read, and prefetching
     /// would only have the kernel zero pages that whole-page writes need
-    /// not zero (batches of 64 x 1 KiB: 20 % slower). A mapped store into
-    /// such a page has it zeroed anyway, so the mapped path prefetches
-    /// those too.
+    /// not zero, which slows batched appends (BENCHMARKS.md). A mapped
+    /// store into such a page has it zeroed anyway, so the mapped path
+    /// prefetches those too.
     pub(crate) fn prefetch_ahead(&self) {
         let from = self.background.prefetch_from.swap(NO_PREFETCH, Ordering::Relaxed);
         if from == NO_PREFETCH {

@@ -11,10 +11,9 @@ use crate::sync::atomic::Ordering;
 use crate::{Error, Result};
 
 /// How many times a group-commit leader yields, at most, for the threads
-/// the last fsync released to append before it starts the next fsync.
-/// Measured on 2 vCPUs with 4 producers under `SyncPolicy::Always`: 16
-/// yields doubled records per fsync; hundreds, or sleeping, cost more in
-/// latency than they gained (an fsync there takes about 80 us).
+/// the last fsync released to append before it starts the next fsync: a
+/// few yields let them in, so one fsync covers more records; many more,
+/// or sleeping, cost more latency than they save.
 pub(super) const GROUP_COMMIT_YIELDS: u32 = if cfg!(loom) { 1 } else { 16 };
 
 /// And for this long at most, however the scheduler treats yields.

@@ -235,7 +235,7 @@ impl RingConfig {
     /// Latency: on a ring's first lap, a store into a page never touched
     /// makes the kernel bring in its whole readahead window at once (the
     /// disk's `read_ahead_kb`, 128 KiB by default), and the append that
-    /// does it waits: up to 18 ms per 8 MiB window on the benchmark machine
+    /// does it waits for that read, the longer the larger the window
     /// (BENCHMARKS.md, "Tail latency of single appends"). Once the ring has
     /// lapped, its pages are in the page cache and appends do not stall so.
     #[must_use]

@@ -369,7 +369,7 @@ impl Reservation {
 pub(crate) struct Slots {
     /// The newest valid checkpoint and the slot it is in.
     pub(crate) best: Option<(u64, Checkpoint)>,
-    /// Slots that failed their checksum.
+    /// Slots found damaged (bad checksum, magic or contents).
     pub(crate) damaged: u8,
     /// A version this build does not read, if a slot had one.
     pub(crate) version: Option<u32>,

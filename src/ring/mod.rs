@@ -103,7 +103,7 @@ impl std::fmt::Debug for Ring {
 
 pub(crate) fn now_nanos() -> u64 {
     // The clock directly: `SystemTime::now().duration_since(UNIX_EPOCH)`
-    // costs about a third more, on a path that runs once per append.
+    // costs more, on a path that runs once per append (BENCHMARKS.md).
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
     let (secs, nanos) = (u64::try_from(t.tv_sec).unwrap_or(0), u64::try_from(t.tv_nsec).unwrap_or(0));
     secs.saturating_mul(1_000_000_000).saturating_add(nanos)

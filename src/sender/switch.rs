@@ -103,7 +103,6 @@ mod tests {
     /// A replaced worker's late `begin_send` (worker id 1) after its
     /// replacement's (worker id 2): the newer send stays the one a switch
     /// cancels, and the stale worker's `end_send` does not unregister it.
-    /// Before, the stale call overwrote it, and its `end_send` cleared it.
     #[test]
     fn a_stale_workers_send_never_hides_a_newer_one() {
         let board = Switchboard::new(Endpoint::new("a"));

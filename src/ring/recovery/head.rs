@@ -107,10 +107,10 @@ pub(super) fn first_intact_after(scan: &mut Scanner<'_>, p: u64) -> io::Result<N
 /// Not hopping from frame to frame: after a power loss, a newer frame can
 /// sit inside an older pad's span (a pad's CRC covers its header only; the
 /// write that would have overwritten that header was lost, the newer
-/// frame's was kept), and a hop over the pad would miss it. The head then
-/// came out short of surviving records: counted as damage, or their seqs
-/// handed out again (simulation seed 79,122; `damage::the_whole_ring_head_
-/// search_finds_newer_frames_inside_an_old_pad`).
+/// frame's was kept), and a hop over the pad would miss it. The head would
+/// then come out short of surviving records: counted as damage, or their
+/// seqs handed out again
+/// (`damage::the_whole_ring_head_search_finds_newer_frames_inside_an_old_pad`).
 pub(super) fn find_head(data: &dyn Storage, scan: &mut Scanner<'_>) -> io::Result<Option<(u64, u64)>> {
     search_heads::<true>(data, scan, 0, u64::MAX)
 }

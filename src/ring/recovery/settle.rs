@@ -241,7 +241,6 @@ pub(super) fn settle_discovered(st: &mut RingState, report: &mut RecoveryReport,
     report.losses_discovered.push(range);
 }
 
-/// The state of a new, empty ring.
 /// The settled counters and loss ranges a checkpoint keeps, into `st`.
 pub(super) fn take_counters(st: &mut RingState, ck: &Checkpoint) {
     st.rejected = ck.rejected;
@@ -256,6 +255,7 @@ pub(super) fn take_counters(st: &mut RingState, ck: &Checkpoint) {
     st.losses = ck.losses.clone();
 }
 
+/// The state of a new, empty ring.
 pub(crate) fn fresh_state(cap: u64, max_losses: usize) -> RingState {
     RingState {
         cap,

@@ -46,9 +46,9 @@ impl Storage for FileStorage {
 
     fn prefetch(&self, offset: u64, len: u64) {
         let Some(nonzero) = NonZeroU64::new(len) else { return };
-        // Asking for cached bytes costs the kernel a look-up per page (a
-        // recovery scan of a cached 1 GiB ring took 20 to 30 ms longer):
-        // a range whose first and last bytes are cached is taken to be.
+        // Asking for cached bytes costs the kernel a look-up per page,
+        // which adds up over a recovery scan of a large cached ring: a
+        // range whose first and last bytes are cached is taken to be.
         if cached(&self.file, offset) && cached(&self.file, offset + len - 1) {
             return;
         }

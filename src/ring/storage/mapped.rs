@@ -177,9 +177,8 @@ fn copy_forward(src: &[u8], map: &memmap2::MmapRaw, start: usize) {
             std::ptr::write_volatile(dst.add(i), src[i]);
             i += 1;
         }
-        // 16-byte stores halve the store count: 1 KiB appends 7 % faster
-        // (BENCHMARKS.md). A vector store is one instruction, so a kill
-        // still leaves a prefix.
+        // 16-byte stores halve the store count. A vector store is one
+        // instruction, so a kill still leaves a prefix.
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::x86_64::{__m128i, _mm_loadu_si128};
@@ -230,8 +229,9 @@ impl Storage for MappedFile {
         let from = start - start % rustix::param::page_size();
         let to = start.saturating_add(usize::try_from(len).unwrap_or(usize::MAX)).min(self.map.len());
         // First the pages of just this range are read in (small ones);
-        // faulting them in directly would have the kernel read a window
-        // around each fault, 8 MiB on the project's machine.
+        // faulting them in directly would have the kernel read its whole
+        // read-around window (the device's, which can be megabytes) at
+        // each fault.
         self.file.prefetch(from as u64, (to - from) as u64);
         // Then they are mapped writable, as `populate` does, so the writer's
         // stores and its own `populate` find them there and take no faults.

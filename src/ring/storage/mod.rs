@@ -181,12 +181,12 @@ pub(crate) fn current_boot_id() -> Option<[u8; 16]> {
 ///
 /// For the data file: read-ahead fills the page cache with large folios
 /// (Linux 6.16 and later on ext4), and a small `pwrite` into one walks the
-/// buffer of every block in the folio, twice. A full ring whose pages came
-/// back from the disk that way (after a reboot) took 3.8 to 4.7 µs per
-/// 128-byte append instead of 1.2 to 1.8 (BENCHMARKS.md, "Tail latency of
-/// single appends"). Pages brought in by `prefetch` and by the ring's
-/// writes are small. Only the `pwrite` path needs this: a mapped write
-/// takes its fault once per folio, not once per record.
+/// buffer of every block in the folio, twice: a full ring whose pages came
+/// back from the disk that way (after a reboot) pays several times the
+/// cost per small append (BENCHMARKS.md, "Tail latency of single
+/// appends"). Pages brought in by `prefetch` and by the ring's writes are
+/// small. Only the `pwrite` path needs this: a mapped write takes its
+/// fault once per folio, not once per record.
 pub(crate) fn no_read_ahead(file: &File) {
     let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::Random);
 }

@@ -75,7 +75,8 @@ fn partial_batch_lingers_then_is_sent() {
     m.handle_batch(0, Some(batch(1, 3)), RingMark::default());
     assert_eq!(m.poll_action(5 * MS), Some(Action::Wait { until: 20 * MS }));
     // Re-read after the linger: the batch grew but is still partial;
-    // the linger clock started with its first seq, so it goes now.
+    // the linger clock runs from the first read at this cursor, so it
+    // goes now.
     assert_eq!(m.poll_action(20 * MS), Some(Action::Read { from_seq: 1 }));
     m.handle_batch(20 * MS, Some(batch(1, 5)), RingMark::default());
     assert_eq!(m.poll_action(20 * MS), Some(Action::Send));
@@ -272,12 +273,11 @@ fn send_full_batch(m: &mut Machine, from: u64, outcome: Outcome) -> u64 {
 }
 
 /// Limits halved for size double back, up to the configured ones,
-/// once `GROW_AFTER` full batches in a row pass. Before, they never
-/// grew: after one record too large for a receiver's 64 KiB limit,
-/// raised since, 4,000 records took 445 requests instead of about 4.
-/// Against a limit that is real, each refusal of grown limits doubles
-/// the streak needed before the next probe; a growth that holds halves
-/// it back.
+/// once `GROW_AFTER` full batches in a row pass: one record too large
+/// for a receiver's limit, or a limit raised since, must not keep
+/// batches small for good. Against a limit that is real, each refusal
+/// of grown limits doubles the streak needed before the next probe; a
+/// growth that holds halves it back.
 #[test]
 fn halved_limits_grow_back_as_full_batches_pass() {
     let too_large = Outcome::Failed { kind: SendErrorKind::TooLarge, retry_after: None };
@@ -425,9 +425,8 @@ fn shutdown_flushes_a_lingering_batch_and_stops_when_empty() {
 }
 
 /// An idle machine reads once more before it stops: a record appended
-/// after its last (empty) read, before intake stopped, is shipped.
-/// Before, it stopped at once and the shutdown waited out its whole
-/// deadline with that record pending.
+/// after its last (empty) read, before intake stopped, is shipped, not
+/// left pending while the shutdown waits out its whole deadline.
 #[test]
 fn shutdown_of_an_idle_machine_reads_once_more_then_stops() {
     let mut m = Machine::new(cfg(), 1, 1, 1, Arc::default());

@@ -85,8 +85,8 @@ fn random_mode(r: &mut Rng) -> Mode {
     }
 }
 
-/// A send the simulation is carrying out: its answer, and when it comes
-/// (`None`: only a cancellation ends it early, or its deadline).
+/// A send the simulation is carrying out: its answer, when it comes, and
+/// whether a cancellation ends it earlier.
 struct InFlight {
     job: SendJob,
     done_at: Nanos,

@@ -44,8 +44,9 @@ fn length_prefixed_is_byte_exact() {
     assert_eq!(body.len(), 2 * 20 + 15 + 2);
 }
 
-/// An endpoint header named like one the transport sets was sent
-/// twice; it is now a permanent failure that names it.
+/// An endpoint header named like one the transport sets would go out
+/// twice, and the receiver could take either value: it is a permanent
+/// failure that names it.
 #[test]
 fn endpoint_headers_that_the_transport_sets_itself_are_refused() {
     assert!(check_headers(&Endpoint::new("http://x").header("Authorization", "Bearer t")).is_ok());
@@ -81,9 +82,9 @@ fn retry_after_is_seconds_or_an_http_date() {
 
 /// A server certificate TLS verification refused, as ureq reports
 /// rustls's verdict (an I/O error around it), is a permanent failure
-/// that says what to fix. Before, it was retried as transient forever
-/// (permanent failures 0), and health read
-/// `Other(OtherError(CaUsedAsEndEntity))` and no more.
+/// that says what to fix: no retry passes until the server or the
+/// configuration changes, and the bare verdict
+/// (`Other(OtherError(CaUsedAsEndEntity))`) tells an operator little.
 #[test]
 fn certificate_failures_are_permanent_and_say_what_to_fix() {
     for (error, says) in [
@@ -129,8 +130,8 @@ fn certificate_failures_are_permanent_and_say_what_to_fix() {
 }
 
 /// A receiver's answer goes into the error (and health's `last_error`)
-/// as one short line. Before, an HTML error page went in raw, tags and
-/// line breaks included.
+/// as one short line: an HTML error page's tags and line breaks are
+/// dropped.
 #[test]
 fn a_receivers_answer_becomes_one_short_line() {
     let nginx = "<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n<center><h1>413 \

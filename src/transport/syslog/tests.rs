@@ -33,8 +33,8 @@ fn records_format_as_rfc5424_with_their_seq() {
 
 /// A record too long for one message goes in parts, each at most
 /// `max_message_len`, numbered, that join to the payload byte for
-/// byte; UTF-8 text is cut between characters. Before, the record went
-/// as one message, which rsyslog truncated to 8 KiB and acknowledged.
+/// byte; UTF-8 text is cut between characters. Sent whole, it would be
+/// truncated by the receiver (rsyslog: to 8 KiB) and still acknowledged.
 #[test]
 fn a_record_longer_than_a_message_goes_in_parts() {
     let host = "h".repeat(255);
@@ -122,11 +122,11 @@ fn random_records(seed: u64, count: usize, max_len: usize) -> Vec<Vec<u8>> {
 
 /// A receiver strips a message's trailing line feeds (syslog-ng) or
 /// whitespace and control characters (rsyslog can): a part ending in
-/// them came back short, and so did the record joined from its parts.
-/// No part but a record's last ends in such a byte now, every message
-/// fits the limit, and the parts join to the record byte for byte.
-/// Before, a part was cut wherever the limit fell, often just after a
-/// line feed or a space.
+/// them would come back short, and so would the record joined from its
+/// parts. On records full of line feeds and spaces, where a cut at the
+/// limit often falls just after one, no part but a record's last ends
+/// in such a byte, every message fits the limit, and the parts join to
+/// the record byte for byte.
 #[test]
 fn no_part_ends_in_bytes_a_receiver_strips() {
     const HEADER: &str = "<14>1 1970-01-01T00:00:00.000000Z h ringship - - ";
@@ -262,7 +262,7 @@ fn read_message(s: &mut TcpStream) -> String {
 
 /// A receiver that restarts while the connection is idle: the next
 /// batch goes over a new connection, not into the closed one (where
-/// it was written, reported sent, and lost).
+/// it would be written, reported sent, and lost).
 #[test]
 fn a_connection_the_receiver_closed_is_not_reused() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
