@@ -264,32 +264,7 @@ impl Checkpoint {
         {
             return Err(HeaderError::Checksum);
         }
-        let mut losses = LossList::default();
-        for i in 0..n {
-            let at = FIXED_LEN + i * LOSS_LEN;
-            let cause = LossCause::from_code(b[at + 48]).ok_or(HeaderError::Checksum)?;
-            losses.ranges.push(LossRange {
-                first_seq: u64_at(b, at),
-                last_seq: u64_at(b, at + 8),
-                first_ts: u64_at(b, at + 16),
-                last_ts: u64_at(b, at + 24),
-                count: u64_at(b, at + 32),
-                bytes: u64_at(b, at + 40),
-                cause,
-            });
-        }
-        let mut hole_hints = Vec::with_capacity(h);
-        for i in 0..h {
-            let at = FIXED_LEN + n * LOSS_LEN + i * HINT_LEN;
-            let cause = LossCause::from_code(b[at + 16]).ok_or(HeaderError::Checksum)?;
-            hole_hints.push((u64_at(b, at), u64_at(b, at + 8), cause));
-        }
-        let lap_ends = (0..ends)
-            .map(|i| {
-                let at = FIXED_LEN + n * LOSS_LEN + h * HINT_LEN + i * LAP_END_LEN;
-                (u64_at(b, at), u64_at(b, at + 8))
-            })
-            .collect();
+        let (losses, hole_hints, lap_ends) = Self::decode_lists(b, n, h, ends)?;
         let ck = Checkpoint {
             ring_id: v(0),
             generation: v(1),
@@ -325,6 +300,44 @@ impl Checkpoint {
             return Err(HeaderError::Checksum);
         }
         Ok(ck)
+    }
+
+    /// The variable part of a slot: `n` loss ranges, `h` hole hints and
+    /// `ends` lap ends, after the fixed fields.
+    #[expect(clippy::type_complexity, reason = "the three lists, each with its own decoder below")]
+    fn decode_lists(
+        b: &[u8],
+        n: usize,
+        h: usize,
+        ends: usize,
+    ) -> Result<(LossList, Vec<(u64, u64, LossCause)>, Vec<(u64, u64)>), HeaderError> {
+        let mut losses = LossList::default();
+        for i in 0..n {
+            let at = FIXED_LEN + i * LOSS_LEN;
+            let cause = LossCause::from_code(b[at + 48]).ok_or(HeaderError::Checksum)?;
+            losses.ranges.push(LossRange {
+                first_seq: u64_at(b, at),
+                last_seq: u64_at(b, at + 8),
+                first_ts: u64_at(b, at + 16),
+                last_ts: u64_at(b, at + 24),
+                count: u64_at(b, at + 32),
+                bytes: u64_at(b, at + 40),
+                cause,
+            });
+        }
+        let mut hole_hints = Vec::with_capacity(h);
+        for i in 0..h {
+            let at = FIXED_LEN + n * LOSS_LEN + i * HINT_LEN;
+            let cause = LossCause::from_code(b[at + 16]).ok_or(HeaderError::Checksum)?;
+            hole_hints.push((u64_at(b, at), u64_at(b, at + 8), cause));
+        }
+        let lap_ends = (0..ends)
+            .map(|i| {
+                let at = FIXED_LEN + n * LOSS_LEN + h * HINT_LEN + i * LAP_END_LEN;
+                (u64_at(b, at), u64_at(b, at + 8))
+            })
+            .collect();
+        Ok((losses, hole_hints, lap_ends))
     }
 }
 

@@ -323,39 +323,10 @@ fn open_storages(
     lock_file: Option<File>,
 ) -> Result<(RingCore, RecoveryReport)> {
     let Paths { dir, data: data_path, meta: meta_path } = paths;
-    let Layout {
-        ring_id,
-        cap,
-        checkpoint: ck,
-        checkpoint_slot,
-        damaged_slots,
-        short_len: report_short,
-        reserved,
-        reserve_counter,
-        unreadable,
-    } = read_layout(&*data, &data_path, &*meta, &meta_path)?;
+    let layout = read_layout(&*data, &data_path, &*meta, &meta_path)?;
     let boot_id = data.boot_id();
-
-    let (state, mut report) = if created {
-        (fresh_state(cap, config.max_loss_ranges), RecoveryReport::default())
-    } else {
-        recover(Input {
-            data: &*data,
-            cap,
-            max_len: super::frame::max_stored_len(cap),
-            max_losses: config.max_loss_ranges,
-            checkpoint: ck.clone(),
-            boot_now: boot_id,
-            reserved,
-            data_whole: report_short.is_none(),
-        })
-        .map_err(|e| Error::io("recover", &data_path, e))?
-    };
-    report.created = created;
-    report.damaged_checkpoint_slots = damaged_slots;
-    report.capacity_mismatch = cap != config.data_capacity();
-    report.data_file_extended_from = report_short;
-    report.unreadable_bytes += unreadable;
+    let (state, report) = recover_state(&*data, &data_path, &layout, &config, created, boot_id)?;
+    let Layout { ring_id, cap, checkpoint: ck, checkpoint_slot, reserve_counter, .. } = layout;
     if let Err(e) = data.sync_data() {
         distrust_cache(&*data, &*meta, ck.as_ref().map(|ck| (checkpoint_slot, ck)));
         return Err(Error::io("fsync", &data_path, e));
@@ -405,6 +376,40 @@ fn open_storages(
     inner.sync_meta()?;
     inner.prefetch_ahead();
     Ok((inner, report))
+}
+
+/// The state of the ring on `data`: a fresh one for a ring just created,
+/// else what recovery finds, with what the open found in the report.
+fn recover_state(
+    data: &dyn Storage,
+    data_path: &Path,
+    layout: &Layout,
+    config: &RingConfig,
+    created: bool,
+    boot_id: Option<[u8; 16]>,
+) -> Result<(super::state::RingState, RecoveryReport)> {
+    let cap = layout.cap;
+    let (state, mut report) = if created {
+        (fresh_state(cap, config.max_loss_ranges), RecoveryReport::default())
+    } else {
+        recover(Input {
+            data,
+            cap,
+            max_len: super::frame::max_stored_len(cap),
+            max_losses: config.max_loss_ranges,
+            checkpoint: layout.checkpoint.clone(),
+            boot_now: boot_id,
+            reserved: layout.reserved,
+            data_whole: layout.short_len.is_none(),
+        })
+        .map_err(|e| Error::io("recover", data_path, e))?
+    };
+    report.created = created;
+    report.damaged_checkpoint_slots = layout.damaged_slots;
+    report.capacity_mismatch = cap != config.data_capacity();
+    report.data_file_extended_from = layout.short_len;
+    report.unreadable_bytes += layout.unreadable;
+    Ok((state, report))
 }
 
 /// After a failed fsync of the data file during an open: the page cache

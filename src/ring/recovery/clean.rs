@@ -5,6 +5,7 @@ use std::io;
 
 use super::Input;
 use super::settle::{fresh_state, take_counters};
+use crate::ring::meta::Checkpoint;
 use crate::ring::scan::{Found, Scanner};
 use crate::ring::state::{Hole, RingState};
 use crate::stats::{LossCause, RecoveryReport};
@@ -87,10 +88,20 @@ pub(super) fn clean_reopen(
         st.holes.push(hole);
     }
     st.debug_check("clean reopen");
-    // Seqs from the oldest record on that hold no frame: lost, or skipped
-    // after an earlier crash, and settled by an ack past them.
-    let missing: u64 = ck
-        .losses
+    let missing = settled_in_window(ck);
+    let report = RecoveryReport {
+        clean_shutdown: true,
+        records_recovered: top.saturating_sub(ck.tail_seq).saturating_sub(missing),
+        pending: st.stats(0).pending,
+        ..RecoveryReport::default()
+    };
+    Ok(Some((st, report)))
+}
+
+/// Seqs from the checkpoint's oldest record on that hold no frame: lost, or
+/// skipped after an earlier crash, and settled by an ack past them.
+fn settled_in_window(ck: &Checkpoint) -> u64 {
+    ck.losses
         .ranges
         .iter()
         .map(|r| {
@@ -104,12 +115,5 @@ pub(super) fn clean_reopen(
                 _ => 0,
             }
         })
-        .sum();
-    let report = RecoveryReport {
-        clean_shutdown: true,
-        records_recovered: top.saturating_sub(ck.tail_seq).saturating_sub(missing),
-        pending: st.stats(0).pending,
-        ..RecoveryReport::default()
-    };
-    Ok(Some((st, report)))
+        .sum()
 }

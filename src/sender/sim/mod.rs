@@ -387,123 +387,169 @@ struct Counts {
     user_faults: u64,
 }
 
-#[expect(clippy::too_many_lines, reason = "one seed's story, read top to bottom")]
+/// One seed's run: the shipper, what was appended, what the receiver got.
+struct SeedRun {
+    seed: u64,
+    r: Rng,
+    counts: Counts,
+    disk: SimDisk,
+    cap: u64,
+    cfg: ShipperConfig,
+    payloads: BTreeMap<u64, Vec<u8>>,
+    rx: Receiver,
+    modes: BTreeMap<String, Mode>,
+    /// Damage at rest was done: a returned record may be skipped.
+    damaged: bool,
+    run: Option<Run>,
+    /// When a shutdown began, if one is under way.
+    closing_since: Option<Nanos>,
+}
+
 fn run_seed(seed: u64) -> Counts {
     let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-    let mut counts = Counts::default();
     let disk = SimDisk::new(seed, Faults::NONE);
     let cap = 4096 + 8 * r.below(8192);
     let cfg = shipper_config(&mut r);
-    let mut payloads: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-    let mut rx = Receiver::default();
     let mut modes: BTreeMap<String, Mode> = BTreeMap::new();
     modes.insert("A".into(), random_mode(&mut r));
     modes.insert("B".into(), Mode::Deliver { latency: r.below(10) * MS });
-    let mut damaged = false;
-    let mut run = Run::start(open(&disk, cap), cfg, Endpoint::new("A"), 0);
+    let run = Run::start(open(&disk, cap), cfg, Endpoint::new("A"), 0);
+    let mut s = SeedRun {
+        seed,
+        r,
+        counts: Counts::default(),
+        disk,
+        cap,
+        cfg,
+        payloads: BTreeMap::new(),
+        rx: Receiver::default(),
+        modes,
+        damaged: false,
+        run: Some(run),
+        closing_since: None,
+    };
     let mut next_event = 0;
-    let mut closing_since: Option<Nanos> = None;
     loop {
-        let now = run.now();
+        let now = s.run().now();
         let ending = now >= RUN_FOR;
-        if ending && closing_since.is_none() {
+        if ending && s.closing_since.is_none() {
             // The final drain: every endpoint delivers.
-            for m in modes.values_mut() {
+            for m in s.modes.values_mut() {
                 *m = Mode::Deliver { latency: MS };
             }
-            if now > RUN_FOR + 60_000 * MS || run.shared.ring.stats().pending == 0 {
+            if now > RUN_FOR + 60_000 * MS || s.run().shared.ring.stats().pending == 0 {
                 break;
             }
         }
         if !ending && now >= next_event {
-            next_event = now + r.below(4 * MS);
-            match r.below(200) {
-                0..=149 if closing_since.is_none() => {
-                    let n = 1 + r.below(8);
-                    let batch: Vec<Vec<u8>> =
-                        (0..n).map(|i| vec![(seed + i) as u8; 1 + r.below(300) as usize]).collect();
-                    if let Ok((first, _)) = run.shared.append_batch(&batch) {
-                        for (i, p) in batch.into_iter().enumerate() {
-                            assert!(payloads.insert(first + i as u64, p).is_none(), "I1: a seq handed out twice");
-                        }
-                    }
-                }
-                150..=169 => {
-                    // A switch storm: the endpoint in use re-applied, or a real change.
-                    counts.switches += 1;
-                    let to = match r.below(3) {
-                        0 => run.shared.endpoint.current().1.address.clone(),
-                        1 => "A".into(),
-                        _ => "B".into(),
-                    };
-                    run.shared.switch_endpoint(Endpoint::new(to)).expect("a valid endpoint");
-                }
-                170..=184 => {
-                    let which = if r.below(2) == 0 { "A" } else { "B" };
-                    let mode = random_mode(&mut r);
-                    if !matches!(mode, Mode::Deliver { .. }) {
-                        counts.user_faults += 1;
-                    }
-                    modes.insert(which.into(), mode);
-                }
-                185 if closing_since.is_none() => {
-                    counts.shutdowns += 1;
-                    closing_since = Some(now);
-                    run.shared.closing.store(true, Ordering::Release);
-                    run.shared.wake();
-                }
-                190 => {
-                    // A kill, sometimes damage at rest, and a restart.
-                    counts.restarts += 1;
-                    let endpoint = (*run.shared.endpoint.current().1).clone();
-                    drop(run.end(&mut r));
-                    disk.process_crash();
-                    if r.below(3) == 0 {
-                        counts.damage += 1;
-                        damaged = true;
-                        let (at, n) = disk.last_write("ring.data").unwrap_or((4096, 64));
-                        let kind = [Damage::BitFlip, Damage::Zeros, Damage::Garbage][r.below(3) as usize];
-                        disk.damage_at_rest("ring.data", kind, at + r.below(n.max(1)), 1 + r.below(2048));
-                    }
-                    run = Run::start(open(&disk, cap), cfg, endpoint, now);
-                    closing_since = None;
-                }
-                _ => {}
-            }
+            next_event = now + s.r.below(4 * MS);
+            s.random_event(now);
         }
-        // A shutdown ends once drained or past its deadline; the shipper
-        // then starts again on the cleanly closed ring.
-        if let Some(since) = closing_since {
-            let deadline = 200 * MS;
-            if run.workers.is_empty() || now >= since + deadline {
-                let endpoint = (*run.shared.endpoint.current().1).clone();
-                let ring = run.end(&mut r);
-                let (before, losses) = (ring.stats(), ring.losses());
-                ring.close().expect("a clean close");
-                drop(ring);
-                let ring = open(&disk, cap);
-                let after = ring.stats();
-                // Damage done at rest earlier may be found only now.
-                let found = if damaged { after.corrupted - before.corrupted } else { 0 };
-                assert_eq!(
-                    after.pending + found,
-                    before.pending,
-                    "a shutdown kept what it could not ship: {before:?} {losses:?}, then {after:?} {:?}",
-                    ring.losses()
-                );
-                run = Run::start(ring, cfg, endpoint, now);
-                closing_since = None;
-            }
-        }
-        run.run_due(&modes, &mut rx, &mut r);
+        s.end_shutdown_if_over(now);
+        let SeedRun { run, modes, rx, r, .. } = &mut s;
+        let run = run.as_mut().expect("a run");
+        run.run_due(modes, rx, r);
         let due = run.next_due().min(if ending { u64::MAX } else { next_event });
         run.clock.store(due.max(now + 1), Ordering::Release);
     }
-    let ring = run.end(&mut r);
-    let s = ring.stats();
-    assert_eq!(s.pending, 0, "drained at the end: {s:?}");
-    check_every_seq(&ring, &payloads, &rx, damaged);
-    counts
+    let ring = s.run.take().expect("a run").end(&mut s.r);
+    let st = ring.stats();
+    assert_eq!(st.pending, 0, "drained at the end: {st:?}");
+    check_every_seq(&ring, &s.payloads, &s.rx, s.damaged);
+    s.counts
+}
+
+impl SeedRun {
+    fn run(&self) -> &Run {
+        self.run.as_ref().expect("a run")
+    }
+
+    /// One random event of the user, the endpoints or the process.
+    fn random_event(&mut self, now: Nanos) {
+        match self.r.below(200) {
+            0..=149 if self.closing_since.is_none() => self.append(),
+            150..=169 => {
+                // A switch storm: the endpoint in use re-applied, or a real change.
+                self.counts.switches += 1;
+                let to = match self.r.below(3) {
+                    0 => self.run().shared.endpoint.current().1.address.clone(),
+                    1 => "A".into(),
+                    _ => "B".into(),
+                };
+                self.run().shared.switch_endpoint(Endpoint::new(to)).expect("a valid endpoint");
+            }
+            170..=184 => {
+                let which = if self.r.below(2) == 0 { "A" } else { "B" };
+                let mode = random_mode(&mut self.r);
+                if !matches!(mode, Mode::Deliver { .. }) {
+                    self.counts.user_faults += 1;
+                }
+                self.modes.insert(which.into(), mode);
+            }
+            185 if self.closing_since.is_none() => {
+                self.counts.shutdowns += 1;
+                self.closing_since = Some(now);
+                self.run().shared.closing.store(true, Ordering::Release);
+                self.run().shared.wake();
+            }
+            190 => self.kill_and_restart(now),
+            _ => {}
+        }
+    }
+
+    fn append(&mut self) {
+        let n = 1 + self.r.below(8);
+        let batch: Vec<Vec<u8>> = (0..n).map(|i| vec![(self.seed + i) as u8; 1 + self.r.below(300) as usize]).collect();
+        if let Ok((first, _)) = self.run().shared.append_batch(&batch) {
+            for (i, p) in batch.into_iter().enumerate() {
+                assert!(self.payloads.insert(first + i as u64, p).is_none(), "I1: a seq handed out twice");
+            }
+        }
+    }
+
+    /// A kill, sometimes damage at rest, and a restart.
+    fn kill_and_restart(&mut self, now: Nanos) {
+        self.counts.restarts += 1;
+        let endpoint = (*self.run().shared.endpoint.current().1).clone();
+        drop(self.run.take().expect("a run").end(&mut self.r));
+        self.disk.process_crash();
+        if self.r.below(3) == 0 {
+            self.counts.damage += 1;
+            self.damaged = true;
+            let (at, n) = self.disk.last_write("ring.data").unwrap_or((4096, 64));
+            let kind = [Damage::BitFlip, Damage::Zeros, Damage::Garbage][self.r.below(3) as usize];
+            self.disk.damage_at_rest("ring.data", kind, at + self.r.below(n.max(1)), 1 + self.r.below(2048));
+        }
+        self.run = Some(Run::start(open(&self.disk, self.cap), self.cfg, endpoint, now));
+        self.closing_since = None;
+    }
+
+    /// A shutdown ends once drained or past its deadline; the shipper then
+    /// starts again on the cleanly closed ring, which kept what it could
+    /// not ship.
+    fn end_shutdown_if_over(&mut self, now: Nanos) {
+        let Some(since) = self.closing_since else { return };
+        if !self.run().workers.is_empty() && now < since + 200 * MS {
+            return;
+        }
+        let endpoint = (*self.run().shared.endpoint.current().1).clone();
+        let ring = self.run.take().expect("a run").end(&mut self.r);
+        let (before, losses) = (ring.stats(), ring.losses());
+        ring.close().expect("a clean close");
+        drop(ring);
+        let ring = open(&self.disk, self.cap);
+        let after = ring.stats();
+        // Damage done at rest earlier may be found only now.
+        let found = if self.damaged { after.corrupted - before.corrupted } else { 0 };
+        assert_eq!(
+            after.pending + found,
+            before.pending,
+            "a shutdown kept what it could not ship: {before:?} {losses:?}, then {after:?} {:?}",
+            ring.losses()
+        );
+        self.run = Some(Run::start(ring, self.cfg, endpoint, now));
+        self.closing_since = None;
+    }
 }
 
 /// Every seq is delivered byte-exact or announced in a gap notice with the
