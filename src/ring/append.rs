@@ -41,7 +41,7 @@ impl RingCore {
     }
 
     pub(super) fn reject(st: &mut RingState, n: u64, err: Error) -> Error {
-        st.rejected = crate::stats::bounded_add(st.rejected, n);
+        st.counts.rejected = crate::stats::bounded_add(st.counts.rejected, n);
         st.unsaved_losses = true;
         err
     }

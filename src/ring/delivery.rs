@@ -41,7 +41,7 @@ impl Ring {
             // (an abandoned send's late success) are not repeated.
             let (after_ack, reported) = {
                 let st = self.inner.state.lock();
-                (st.ack_seq, st.rejected_reported)
+                (st.ack_seq, st.counts.rejected_reported)
             };
             let start = from.max(after_ack + 1);
             let unreported = before.rejected.saturating_sub(reported);

@@ -124,8 +124,8 @@ impl RingCore {
             if self.config.full != FullPolicy::OverwriteOldest {
                 return false;
             }
-            st.overwritten += 1;
-            st.overwritten_bytes = crate::stats::bounded_add(st.overwritten_bytes, h.size());
+            st.counts.overwritten += 1;
+            st.counts.overwritten_bytes = crate::stats::bounded_add(st.counts.overwritten_bytes, h.size());
             let range = LossRange {
                 first_seq: h.seq,
                 last_seq: h.seq,

@@ -4,6 +4,7 @@
 //! writer.
 
 use super::frame::MAX_POSITION;
+use crate::ring::state::Counts;
 use crate::stats::{LossCause, LossList, LossRange};
 
 /// Version of the on-disk format this build reads and writes.
@@ -96,16 +97,7 @@ pub(crate) struct Checkpoint {
     /// Where the frame of `durable_seq` ends: every frame below this
     /// position was fsynced (the head when the last data fsync began).
     pub(crate) durable_pos: u64,
-    pub(crate) rejected: u64,
-    /// Of `rejected`, how many a receiver was told of (at most `rejected`).
-    pub(crate) rejected_reported: u64,
-    pub(crate) acked: u64,
-    pub(crate) overwritten: u64,
-    pub(crate) overwritten_bytes: u64,
-    pub(crate) corrupted: u64,
-    pub(crate) lost_unsynced: u64,
-    /// Seqs passed over after an unclean shutdown (settled part).
-    pub(crate) skipped: u64,
+    pub(crate) counts: Counts,
     pub(crate) clean: bool,
     /// The ring ran under `SyncPolicy::Always`: every returned append was durable.
     pub(crate) sync_always: bool,
@@ -151,15 +143,15 @@ impl Checkpoint {
             self.settled_pos,
             self.ack_seq,
             self.durable_seq,
-            self.rejected,
-            self.acked,
-            self.overwritten,
-            self.overwritten_bytes,
-            self.corrupted,
-            self.lost_unsynced,
+            self.counts.rejected,
+            self.counts.acked,
+            self.counts.overwritten,
+            self.counts.overwritten_bytes,
+            self.counts.corrupted,
+            self.counts.lost_unsynced,
             self.durable_pos,
-            self.rejected_reported,
-            self.skipped,
+            self.counts.rejected_reported,
+            self.counts.skipped,
         ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
@@ -200,17 +192,23 @@ impl Checkpoint {
     /// record, loss ranges are in order, apart, and within the settled
     /// seqs, and the positions and hole hints fit the seqs.
     pub(crate) fn consistent(&self) -> bool {
-        let settled_counts = [self.acked, self.overwritten, self.corrupted, self.lost_unsynced, self.skipped]
-            .into_iter()
-            .try_fold(0u64, u64::checked_add);
+        let settled_counts = [
+            self.counts.acked,
+            self.counts.overwritten,
+            self.counts.corrupted,
+            self.counts.lost_unsynced,
+            self.counts.skipped,
+        ]
+        .into_iter()
+        .try_fold(0u64, u64::checked_add);
         // Seqs and positions are bounded (every other one is at most
         // these), so arithmetic on them cannot overflow.
         self.next_seq >= 1
             && self.next_seq < MAX_POSITION
             && self.head_pos < MAX_POSITION
-            && self.rejected < MAX_POSITION
-            && self.rejected_reported <= self.rejected
-            && self.overwritten_bytes < MAX_POSITION
+            && self.counts.rejected < MAX_POSITION
+            && self.counts.rejected_reported <= self.counts.rejected
+            && self.counts.overwritten_bytes < MAX_POSITION
             && (1..=self.next_seq).contains(&self.tail_seq)
             && self.ack_seq < self.next_seq
             && self.settled_seq == self.ack_seq.max(self.tail_seq - 1)
@@ -278,15 +276,17 @@ impl Checkpoint {
             settled_pos: v(9),
             ack_seq: v(10),
             durable_seq: v(11),
-            rejected: v(12),
-            acked: v(13),
-            overwritten: v(14),
-            overwritten_bytes: v(15),
-            corrupted: v(16),
-            lost_unsynced: v(17),
+            counts: Counts {
+                rejected: v(12),
+                acked: v(13),
+                overwritten: v(14),
+                overwritten_bytes: v(15),
+                corrupted: v(16),
+                lost_unsynced: v(17),
+                rejected_reported: v(19),
+                skipped: v(20),
+            },
             durable_pos: v(18),
-            rejected_reported: v(19),
-            skipped: v(20),
             clean: flags & 1 != 0,
             sync_always: flags & 4 != 0,
             boot_id: (flags & 2 != 0).then(|| b[188..204].try_into().expect("16 bytes")),
@@ -417,7 +417,7 @@ mod tests {
         let with = |ranges: usize, hints: u64| {
             let mut c = sample();
             // Seqs 10..=99 overwritten too: room for 49 ranges apart.
-            (c.tail_seq, c.settled_seq, c.overwritten) = (100, 99, 97);
+            (c.tail_seq, c.settled_seq, c.counts.overwritten) = (100, 99, 97);
             c.losses.ranges = (0..ranges as u64)
                 .map(|i| LossRange { first_seq: 3 + 2 * i, last_seq: 3 + 2 * i, count: 1, ..c.losses.ranges[0] })
                 .collect();
@@ -435,7 +435,7 @@ mod tests {
         c.settled_seq = 0;
         assert!(Checkpoint::decode(&c.encode()).is_err());
         let mut c = sample();
-        c.overwritten += 1;
+        c.counts.overwritten += 1;
         assert!(Checkpoint::decode(&c.encode()).is_err());
         let mut c = sample();
         c.hole_hints = vec![(5, 6, LossCause::Corrupted)];
@@ -464,22 +464,22 @@ mod tests {
         // Counters no ring reaches: adding to them overflows (a panic in a
         // debug build at the next rejection or eviction).
         let mut c = sample();
-        c.rejected = u64::MAX;
+        c.counts.rejected = u64::MAX;
         assert!(Checkpoint::decode(&c.encode()).is_err());
         // More rejections reported than there were.
         let mut c = sample();
-        c.rejected_reported = c.rejected + 1;
+        c.counts.rejected_reported = c.counts.rejected + 1;
         assert!(Checkpoint::decode(&c.encode()).is_err());
-        c.rejected_reported = c.rejected;
+        c.counts.rejected_reported = c.counts.rejected;
         assert!(Checkpoint::decode(&c.encode()).is_ok());
         let mut c = sample();
-        c.overwritten_bytes = u64::MAX - 10;
+        c.counts.overwritten_bytes = u64::MAX - 10;
         assert!(Checkpoint::decode(&c.encode()).is_err());
         let mut c = sample();
         c.losses.ranges[0].bytes = u64::MAX;
         assert!(Checkpoint::decode(&c.encode()).is_err());
         let mut c = sample();
-        (c.rejected, c.overwritten_bytes, c.losses.ranges[0].bytes) =
+        (c.counts.rejected, c.counts.overwritten_bytes, c.losses.ranges[0].bytes) =
             (MAX_POSITION - 1, MAX_POSITION - 1, MAX_POSITION - 1);
         assert!(Checkpoint::decode(&c.encode()).is_ok());
         assert!(Checkpoint::decode(&sample().encode()).is_ok());
@@ -519,10 +519,7 @@ mod tests {
             settled_seq: 9,
             settled_pos: 1_000,
             ack_seq: 2,
-            acked: 2,
-            overwritten: 7,
-            rejected: 5,
-            rejected_reported: 3,
+            counts: Counts { acked: 2, overwritten: 7, rejected: 5, rejected_reported: 3, ..Counts::default() },
             boot_id: Some([7; 16]),
             clean: true,
             losses,

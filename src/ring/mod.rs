@@ -252,9 +252,10 @@ impl Ring {
                 return Err(Error::AckBeyondHead { seq, last });
             }
             // Only ever a count the ring gave out.
-            let reported = rejected.map_or(st.rejected_reported, |r| r.min(st.rejected).max(st.rejected_reported));
-            let newly_reported = reported > st.rejected_reported;
-            st.rejected_reported = reported;
+            let reported = rejected
+                .map_or(st.counts.rejected_reported, |r| r.min(st.counts.rejected).max(st.counts.rejected_reported));
+            let newly_reported = reported > st.counts.rejected_reported;
+            st.counts.rejected_reported = reported;
             if seq <= st.ack_seq {
                 drop(st);
                 return if newly_reported { inner.write_checkpoint(false).map(|_| 0) } else { Ok(0) };
@@ -264,7 +265,7 @@ impl Ring {
             evicted = st.tail_seq.min(seq.saturating_add(1)).saturating_sub(first.max(st.ack_seq + 1));
             let from = st.settled() + 1;
             let present = st.present_in(from, seq);
-            st.acked += present;
+            st.counts.acked += present;
             st.ack_seq = seq;
             st.ack_pos = st.hints.get(&(seq + 1)).copied();
             st.settle();

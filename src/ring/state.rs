@@ -52,6 +52,24 @@ impl Hole {
     }
 }
 
+/// The ring's counters that the checkpoint keeps: every one of them only
+/// grows. The loss counters hold the settled part only (holes below the
+/// head add to them in [`RingState::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) rejected: u64,
+    /// Of `rejected`, how many a receiver was told of (at most `rejected`).
+    pub(crate) rejected_reported: u64,
+    pub(crate) acked: u64,
+    pub(crate) overwritten: u64,
+    pub(crate) overwritten_bytes: u64,
+    pub(crate) corrupted: u64,
+    pub(crate) lost_unsynced: u64,
+    /// Seqs passed over after an unclean shutdown.
+    pub(crate) skipped: u64,
+}
+
+/// The ring's state in memory (`ring.state`, level 20).
 #[derive(Debug)]
 pub(crate) struct RingState {
     pub(crate) cap: u64,
@@ -63,18 +81,9 @@ pub(crate) struct RingState {
     pub(crate) ack_seq: u64,
     /// Position of the frame of `ack_seq + 1`, when known.
     pub(crate) ack_pos: Option<u64>,
-    pub(crate) rejected: u64,
-    /// Of `rejected`, how many a receiver was told of.
-    pub(crate) rejected_reported: u64,
-    pub(crate) acked: u64,
-    pub(crate) overwritten: u64,
-    pub(crate) overwritten_bytes: u64,
-    /// Settled part only; holes add to it in `stats`.
-    pub(crate) corrupted: u64,
-    /// Settled part only; holes add to it in `stats`.
-    pub(crate) lost_unsynced: u64,
-    /// Settled part only; holes add to it in `stats`.
-    pub(crate) skipped: u64,
+    /// The counters, as the checkpoint keeps them (holes add to the loss
+    /// counters in `stats`).
+    pub(crate) counts: Counts,
     /// Sorted, disjoint, all above `settled()`.
     pub(crate) holes: Vec<Hole>,
     pub(crate) losses: LossList,
@@ -142,9 +151,9 @@ impl RingState {
         }
         for part in parts {
             match part.cause {
-                LossCause::LostUnsynced => self.lost_unsynced += part.count(),
-                LossCause::Skipped => self.skipped += part.count(),
-                _ => self.corrupted += part.count(),
+                LossCause::LostUnsynced => self.counts.lost_unsynced += part.count(),
+                LossCause::Skipped => self.counts.skipped += part.count(),
+                _ => self.counts.corrupted += part.count(),
             }
             self.record_loss(part.to_range());
         }
@@ -299,16 +308,16 @@ impl RingState {
         let last_seq = self.next_seq - 1;
         let (hc, hu, hs) = self.hole_counts();
         RingStats {
-            appended: last_seq - self.skipped - hs + self.rejected,
-            acked: self.acked,
+            appended: last_seq - self.counts.skipped - hs + self.counts.rejected,
+            acked: self.counts.acked,
             pending: last_seq - self.settled() - hc - hu - hs,
-            overwritten: self.overwritten,
-            overwritten_bytes: self.overwritten_bytes,
-            rejected: self.rejected,
-            rejected_reported: self.rejected_reported,
-            corrupted: self.corrupted + hc,
-            lost_unsynced: self.lost_unsynced + hu,
-            seqs_skipped: self.skipped + hs,
+            overwritten: self.counts.overwritten,
+            overwritten_bytes: self.counts.overwritten_bytes,
+            rejected: self.counts.rejected,
+            rejected_reported: self.counts.rejected_reported,
+            corrupted: self.counts.corrupted + hc,
+            lost_unsynced: self.counts.lost_unsynced + hu,
+            seqs_skipped: self.counts.skipped + hs,
             last_seq,
             durable_seq: durable_seq.min(last_seq),
             ack_seq: self.ack_seq,
@@ -339,14 +348,7 @@ impl RingState {
             settled_seq: self.settled(),
             settled_pos: self.settled_pos(),
             ack_seq: self.ack_seq,
-            rejected: self.rejected,
-            rejected_reported: self.rejected_reported,
-            acked: self.acked,
-            overwritten: self.overwritten,
-            overwritten_bytes: self.overwritten_bytes,
-            corrupted: self.corrupted,
-            lost_unsynced: self.lost_unsynced,
-            skipped: self.skipped,
+            counts: self.counts,
             losses: self.losses.clone(),
             hole_hints: self
                 .holes

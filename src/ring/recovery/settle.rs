@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::ring::meta::Checkpoint;
-use crate::ring::state::{Hole, RingState};
+use crate::ring::state::{Counts, Hole, RingState};
 use crate::stats::{LossCause, LossList, LossRange, RecoveryReport};
 
 /// Step 3 of recovery: the holes for seqs handed out that no frame holds
@@ -220,20 +220,20 @@ pub(super) fn settle_discovered(st: &mut RingState, report: &mut RecoveryReport,
     let count = range.count;
     match range.cause {
         LossCause::Overwritten => {
-            st.overwritten += count;
-            st.overwritten_bytes = crate::stats::bounded_add(st.overwritten_bytes, range.bytes);
+            st.counts.overwritten += count;
+            st.counts.overwritten_bytes = crate::stats::bounded_add(st.counts.overwritten_bytes, range.bytes);
             report.overwritten_discovered += count;
         }
         LossCause::LostUnsynced => {
-            st.lost_unsynced += count;
+            st.counts.lost_unsynced += count;
             report.lost_unsynced_discovered += count;
         }
         LossCause::Skipped => {
-            st.skipped += count;
+            st.counts.skipped += count;
             report.seqs_skipped += count;
         }
         _ => {
-            st.corrupted += count;
+            st.counts.corrupted += count;
             report.damaged_records += count;
         }
     }
@@ -243,14 +243,7 @@ pub(super) fn settle_discovered(st: &mut RingState, report: &mut RecoveryReport,
 
 /// The settled counters and loss ranges a checkpoint keeps, into `st`.
 pub(super) fn take_counters(st: &mut RingState, ck: &Checkpoint) {
-    st.rejected = ck.rejected;
-    st.rejected_reported = ck.rejected_reported;
-    st.acked = ck.acked;
-    st.overwritten = ck.overwritten;
-    st.overwritten_bytes = ck.overwritten_bytes;
-    st.corrupted = ck.corrupted;
-    st.lost_unsynced = ck.lost_unsynced;
-    st.skipped = ck.skipped;
+    st.counts = ck.counts;
     st.lap_ends.clone_from(&ck.lap_ends);
     st.losses = ck.losses.clone();
 }
@@ -266,14 +259,7 @@ pub(crate) fn fresh_state(cap: u64, max_losses: usize) -> RingState {
         tail_ts: 0,
         ack_seq: 0,
         ack_pos: None,
-        rejected: 0,
-        rejected_reported: 0,
-        acked: 0,
-        overwritten: 0,
-        overwritten_bytes: 0,
-        corrupted: 0,
-        lost_unsynced: 0,
-        skipped: 0,
+        counts: Counts::default(),
         holes: Vec::new(),
         losses: LossList::default(),
         max_losses,
