@@ -4,9 +4,9 @@
 //! cursor and the rejections the receiver was told of, in one checkpoint.
 
 use super::Ring;
+use crate::Result;
 use crate::stats::{LossCause, min_known_ts};
 use crate::transport::{Batch, BatchRecord, GapNotice};
-use crate::{Result, RingStats};
 
 /// A batch read for delivery.
 pub(crate) struct Delivery {
@@ -16,13 +16,15 @@ pub(crate) struct Delivery {
     /// The rejected count the notice reports up to: pass it to
     /// [`Ring::ack_delivery`] once the batch is delivered.
     pub(crate) rejected: u64,
-    /// The ring's counters taken just before the read.
-    pub(crate) before: RingStats,
+    /// The ring's overwritten count and last seq just before the read.
+    pub(crate) overwritten: u64,
+    pub(crate) last_seq: u64,
 }
 
 impl Ring {
     /// Reads the next batch for delivery from `from_seq`, at most `limits`
-    /// records and bytes.
+    /// records and bytes, taking `ring.state` twice (with the read's window
+    /// and after its walk; once more when a gap needs its loss ranges).
     ///
     /// Seqs acked since the cursor was set (the late success of an
     /// abandoned worker's send) were delivered: the read starts past them,
@@ -34,21 +36,18 @@ impl Ring {
     pub(crate) fn read_delivery(&self, from_seq: u64, limits: (usize, usize)) -> Result<Delivery> {
         let mut from = from_seq;
         loop {
-            let before = self.stats();
-            from = from.max(before.ack_seq + 1);
-            let rb = self.read(from, limits.0, limits.1)?;
-            // Taken after the read: an ack, or rejections reported, since
-            // (an abandoned send's late success) are not repeated.
-            let (after_ack, reported) = {
-                let st = self.inner.state.lock();
-                (st.ack_seq, st.counts.rejected_reported)
-            };
-            let start = from.max(after_ack + 1);
-            let unreported = before.rejected.saturating_sub(reported);
+            let (rb, m) = self.inner.read_marked(from, limits.0.max(1), limits.1, true)?;
+            // An ack, or rejections reported, since the read began (an
+            // abandoned send's late success) are not repeated.
+            let start = m.from_seq.max(m.ack_after + 1);
+            let unreported = m.rejected.saturating_sub(m.reported_after);
             let read_any = !rb.records.is_empty();
             match self.build_batch(rb.records, start, unreported) {
                 None if read_any => from = start,
-                batch => return Ok(Delivery { batch, rejected: before.rejected, before }),
+                batch => {
+                    let (rejected, overwritten, last_seq) = (m.rejected, m.overwritten, m.last_seq);
+                    return Ok(Delivery { batch, rejected, overwritten, last_seq });
+                }
             }
         }
     }

@@ -78,15 +78,49 @@ struct ReadWindow {
     start_ts: u64,
 }
 
+/// The ring's counters a read takes under the locks it takes anyway: with
+/// its window, and after its walk.
+pub(super) struct ReadMarks {
+    /// Where the read started: `from_seq`, or past the delivery cursor.
+    pub(super) from_seq: u64,
+    /// Before the walk: records evicted unacknowledged, the last seq, the
+    /// rejected count.
+    pub(super) overwritten: u64,
+    pub(super) last_seq: u64,
+    pub(super) rejected: u64,
+    /// After the walk: the delivery cursor and the rejections reported.
+    pub(super) ack_after: u64,
+    pub(super) reported_after: u64,
+}
+
 impl RingCore {
     pub(super) fn read(&self, from_seq: u64, max_records: usize, max_bytes: usize) -> Result<ReadBatch> {
+        self.read_marked(from_seq, max_records, max_bytes, false).map(|(batch, _)| batch)
+    }
+
+    /// A read from `from_seq` (from past the delivery cursor if `past_ack`),
+    /// with the counters taken along ([`ReadMarks`]).
+    pub(super) fn read_marked(
+        &self,
+        from_seq: u64,
+        max_records: usize,
+        max_bytes: usize,
+        past_ack: bool,
+    ) -> Result<(ReadBatch, ReadMarks)> {
         loop {
+            let mut marks =
+                ReadMarks { from_seq, overwritten: 0, last_seq: 0, rejected: 0, ack_after: 0, reported_after: 0 };
             let window = {
                 let st = self.state.lock();
                 if st.closed {
                     return Err(Error::Closed);
                 }
-                let (start_seq, start_pos) = st.start_for(from_seq);
+                if past_ack {
+                    marks.from_seq = from_seq.max(st.ack_seq + 1);
+                }
+                (marks.overwritten, marks.last_seq, marks.rejected) =
+                    (st.counts.overwritten, st.next_seq - 1, st.counts.rejected);
+                let (start_seq, start_pos) = st.start_for(marks.from_seq);
                 ReadWindow {
                     start_seq,
                     start_pos,
@@ -96,10 +130,12 @@ impl RingCore {
                     start_ts: st.tail_ts,
                 }
             };
+            let from_seq = marks.from_seq;
             let mut walk = self
                 .walk(&window, from_seq, max_records, max_bytes)
                 .map_err(|e| Error::io("read", &self.data_path, e))?;
             let mut st = self.state.lock();
+            (marks.ack_after, marks.reported_after) = (st.ack_seq, st.counts.rejected_reported);
             if st.tail_pos > window.start_pos {
                 // The writer evicted part of what we read while we read it:
                 // keep only what was still in the ring afterwards.
@@ -123,7 +159,7 @@ impl RingCore {
                 .into_iter()
                 .map(|r| Record { seq: r.seq, timestamp: r.ts, payload: out.slice(r.from..r.to) })
                 .collect();
-            return Ok(ReadBatch { records, next_seq: walk.next_seq.max(from_seq) });
+            return Ok((ReadBatch { records, next_seq: walk.next_seq.max(from_seq) }, marks));
         }
     }
 

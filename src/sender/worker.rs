@@ -156,8 +156,7 @@ impl Driver {
         match shared.ring.read_delivery(from_seq, self.m.read_limits()) {
             Ok(delivery) => {
                 self.held = delivery.batch;
-                let before = delivery.before;
-                let mark = RingMark { overwritten: before.overwritten, last_seq: before.last_seq };
+                let mark = RingMark { overwritten: delivery.overwritten, last_seq: delivery.last_seq };
                 let info = self.held.as_ref().map(|b| BatchInfo {
                     first_seq: b.first_seq(),
                     last_seq: b.last_seq(),
