@@ -14,6 +14,9 @@
 //!   corrupted + lost_unsynced` holds at every moment and after any crash,
 //!   and every counter survives restarts.
 //!
+//! Linux only: the ring uses Linux file APIs (`fallocate`, `posix_fadvise`,
+//! `preadv2`) and the kernel's boot id.
+//!
 //! ```
 //! use ringship::{Ring, RingConfig, SyncPolicy};
 //!
