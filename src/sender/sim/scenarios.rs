@@ -16,11 +16,12 @@ use crate::transport::Endpoint;
 
 /// One shipper on a simulated disk, driven by hand.
 struct Scenario {
-    run: Run,
+    run: Option<Run>,
     modes: BTreeMap<String, Mode>,
     rx: Receiver,
     rng: Rng,
-    _disk: SimDisk,
+    disk: SimDisk,
+    cap: u64,
 }
 
 fn config() -> ShipperConfig {
@@ -42,10 +43,39 @@ fn config() -> ShipperConfig {
 
 impl Scenario {
     fn new(endpoint: &str) -> Scenario {
+        Scenario::with_ring(endpoint, 64 << 10)
+    }
+
+    /// A shipper to `endpoint` on a ring of `cap` bytes (records of at
+    /// most 1 KiB).
+    fn with_ring(endpoint: &str, cap: u64) -> Scenario {
         let disk = SimDisk::new(1, Faults::NONE);
-        let mut run = Run::start(open(&disk, 64 << 10), config(), Endpoint::new(endpoint), 0);
+        let mut run = Run::start(open(&disk, cap), config(), Endpoint::new(endpoint), 0);
         run.switch_on_stall = false;
-        Scenario { run, modes: BTreeMap::new(), rx: Receiver::default(), rng: Rng(7), _disk: disk }
+        Scenario { run: Some(run), modes: BTreeMap::new(), rx: Receiver::default(), rng: Rng(7), disk, cap }
+    }
+
+    fn run(&self) -> &Run {
+        self.run.as_ref().expect("a run")
+    }
+
+    /// Shuts the shipper down cleanly and starts it again on the same
+    /// ring, as a restarted process does.
+    fn restart(&mut self) {
+        let now = self.now();
+        let endpoint = (*self.run().shared.endpoint.current().1).clone();
+        let ring = self.run.take().expect("a run").end(&mut self.rng);
+        ring.close().expect("a clean close");
+        drop(ring);
+        let mut run = Run::start(open(&self.disk, self.cap), config(), endpoint, now);
+        run.switch_on_stall = false;
+        self.run = Some(run);
+    }
+
+    /// Offers a record larger than the ring takes: refused and counted as
+    /// rejected.
+    fn reject(&mut self) {
+        assert!(self.run().shared.append_batch(&[vec![0u8; 4096]]).is_err(), "refused as too large");
     }
 
     fn set(&mut self, endpoint: &str, mode: Mode) {
@@ -54,23 +84,23 @@ impl Scenario {
 
     fn append(&mut self, n: u64) {
         let batch: Vec<Vec<u8>> = (0..n).map(|i| format!("record {i}").into_bytes()).collect();
-        self.run.shared.append_batch(&batch).expect("the ring takes the records");
+        self.run().shared.append_batch(&batch).expect("the ring takes the records");
     }
 
     fn switch(&mut self, endpoint: &str) {
-        self.run.shared.switch_endpoint(Endpoint::new(endpoint)).expect("a valid endpoint");
+        self.run().shared.switch_endpoint(Endpoint::new(endpoint)).expect("a valid endpoint");
     }
 
     fn now(&self) -> Nanos {
-        self.run.now()
+        self.run().now()
     }
 
     fn stats(&self) -> SenderStats {
-        self.run.shared.stats()
+        self.run().shared.stats()
     }
 
     fn health(&self) -> Health {
-        self.run.shared.health()
+        self.run().shared.health()
     }
 
     /// Runs everything due up to `at`, moving the clock from one due moment
@@ -83,9 +113,11 @@ impl Scenario {
 
     fn step(&mut self) {
         let now = self.now();
-        self.run.run_due(&self.modes, &mut self.rx, &mut self.rng);
-        let due = self.run.next_due().clamp(now + 1, now + MS);
-        self.run.clock.store(due, Ordering::Release);
+        let Scenario { run, modes, rx, rng, .. } = self;
+        let run = run.as_mut().expect("a run");
+        run.run_due(modes, rx, rng);
+        let due = run.next_due().clamp(now + 1, now + MS);
+        run.clock.store(due, Ordering::Release);
     }
 
     /// Runs until `done` holds, and returns the simulated time it took;
@@ -116,7 +148,7 @@ fn a_switch_away_from_a_hung_send_delivers_within_its_bound() {
         sc.set("A", mode);
         sc.append(10);
         sc.run_to(5 * MS);
-        assert!(sc.run.shared.status.lock().send_started.is_some(), "{mode:?}: the send to A is out");
+        assert!(sc.run().shared.status.lock().send_started.is_some(), "{mode:?}: the send to A is out");
         sc.switch("B");
         let took = sc.run_until("delivery to B", Duration::from_secs(10), |s| s.stats().ring.acked == 10);
         assert!(took <= bound, "{mode:?}: delivered {took} ns after the switch, bound {bound} ns");
@@ -162,7 +194,7 @@ fn a_stall_is_reported_within_its_bound_and_cleared_by_delivery() {
     assert!(sc.health().last_error.is_some_and(|e| e.contains("403")), "{:?}", sc.health());
     let later = sc.now() + 1_000 * MS;
     sc.run_to(later);
-    assert_eq!((sc.stats().stalls, sc.run.stall_notices), (1, 1), "one stall, one notice");
+    assert_eq!((sc.stats().stalls, sc.run().stall_notices), (1, 1), "one stall, one notice");
     sc.set("A", Mode::Deliver { latency: MS });
     // A permanent refusal retries at `backoff_max`.
     sc.run_until("delivery", cfg.machine.backoff_max * 2, |s| s.stats().ring.acked == 3);
@@ -188,4 +220,51 @@ fn a_late_success_after_abandonment_is_no_gap() {
     assert_eq!((s.ring.acked, s.ring.pending, s.gap_notices), (5, 0, 0), "{s:?}");
     assert!(sc.rx.notices.is_empty(), "{:?}", sc.rx.notices);
     assert_eq!(sc.rx.records.keys().copied().collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+}
+
+/// Records the ring overwrote while the endpoint refused reach the
+/// receiver as one gap notice with their exact range and cause, ahead of
+/// the survivors, once the endpoint takes batches again.
+#[test]
+fn records_overwritten_while_the_endpoint_refused_arrive_as_a_gap_notice() {
+    let mut sc = Scenario::with_ring("A", 4096);
+    sc.set("A", Mode::Refuse);
+    // 200 frames of 40 bytes: twice what the ring holds.
+    for _ in 0..20 {
+        sc.append(10);
+    }
+    sc.run_to(50 * MS);
+    let lost = sc.stats().ring.overwritten;
+    assert!(lost > 0, "the 4 KiB ring overflowed");
+    sc.set("A", Mode::Deliver { latency: MS });
+    sc.run_until("the survivors' delivery", Duration::from_secs(10), |s| s.stats().ring.pending == 0);
+    let notices: Vec<_> = sc.rx.notices.iter().map(|g| (g.first_seq, g.last_seq, g.cause)).collect();
+    assert_eq!(notices, [(1, lost, crate::LossCause::Overwritten)]);
+    assert_eq!(sc.rx.records.keys().copied().collect::<Vec<_>>(), (lost + 1..=200).collect::<Vec<_>>());
+    assert_eq!(sc.stats().gap_notices, 1);
+}
+
+/// Rejections reach the receiver in the next batch's gap notice, each
+/// once, those not yet reported when the shipper stops included: the
+/// count reported is kept in the ring across the restart.
+#[test]
+fn rejections_are_reported_once_across_a_restart() {
+    let mut sc = Scenario::with_ring("A", 64 << 10);
+    sc.set("A", Mode::Deliver { latency: MS });
+    let rejected = |sc: &Scenario| sc.rx.notices.iter().map(|g| g.rejected).collect::<Vec<_>>();
+    sc.reject();
+    sc.append(1);
+    sc.run_until("the first delivery", Duration::from_secs(1), |s| s.stats().ring.acked == 1);
+    assert_eq!(rejected(&sc), [1]);
+    sc.reject();
+    sc.reject();
+    sc.restart();
+    assert_eq!(sc.stats().ring.rejected_reported, 1, "kept by the ring");
+    sc.append(1);
+    sc.run_until("the delivery after the restart", Duration::from_secs(1), |s| s.stats().ring.acked == 2);
+    assert_eq!(rejected(&sc), [1, 2]);
+    sc.restart();
+    sc.append(1);
+    sc.run_until("a later delivery", Duration::from_secs(1), |s| s.stats().ring.acked == 3);
+    assert_eq!(rejected(&sc), [1, 2], "nothing reported twice");
 }
