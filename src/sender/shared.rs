@@ -405,8 +405,6 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic with no message".to_owned())
 }
 
-/// Refuses an endpoint no transport could use: an empty address, or one
-/// with whitespace or control characters (a configuration typo).
 /// Refuses an endpoint no transport can use (an empty address, or one with
 /// whitespace or control characters), then one the factory's transports
 /// cannot (its check is user code: a panic in it refuses the endpoint).
