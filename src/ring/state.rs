@@ -142,6 +142,11 @@ impl RingState {
     /// settled counters and the loss list.
     pub(crate) fn settle(&mut self) {
         let s = self.settled();
+        // Every append settles: with no hole at or below the settled point
+        // (the usual case) there is nothing to do.
+        if self.holes.first().is_none_or(|h| h.first > s) {
+            return;
+        }
         // Holes wholly settled leave the list in one go.
         let whole = self.holes.partition_point(|h| h.last <= s);
         let mut parts: Vec<Hole> = self.holes.drain(..whole).collect();
