@@ -78,21 +78,7 @@ impl RingCore {
         let n = payloads.len() as u64;
         // Sizes first: a batch refused for them must not reserve seqs (a
         // power loss would count the reserved ones lost as well).
-        let (frames, largest) = payloads
-            .iter()
-            .map(|p| frame_size(p.as_ref().len()))
-            .fold((0, 0), |(sum, largest), size| (sum + size, size.max(largest)));
-        let refusal = if let Some(p) = payloads.iter().find(|p| p.as_ref().len() > self.geometry.max_len) {
-            Some(Error::RecordTooLarge { len: p.as_ref().len(), max: self.geometry.max_len })
-        } else if frames + largest > self.geometry.cap {
-            // A batch that wraps leaves the bytes before the end of the
-            // data area unused, fewer than the frame that did not fit
-            // there: it must fit with them, or its last frames would land
-            // on its first.
-            Some(Error::BatchTooLarge { needed: frames + largest, capacity: self.geometry.cap })
-        } else {
-            None
-        };
+        let (frames, refusal) = self.check_sizes(payloads);
         let mut st = loop {
             let st = self.state.lock();
             if refusal.is_some() || st.next_seq + n - 1 <= st.seq_reserved || st.poisoned.is_some() || st.closed {
@@ -117,6 +103,52 @@ impl RingCore {
         if buf.capacity() <= WRITE_BUF_KEEP {
             st.write_buf = buf;
         }
+        let wake_background = self.ask_background(&mut st);
+        if let (Ok(Some(_)), Some(reader)) = (&result, &st.reader) {
+            reader.notify();
+        }
+        drop(st);
+        if wake_background {
+            self.background.wake.notify();
+        }
+        let Some((first, last, checkpoint_due)) = result? else {
+            return Ok(None);
+        };
+        if checkpoint_due {
+            // The batch is written and will be read and shipped: failing
+            // the append now would have the caller append it again under
+            // new seqs. The losses stay unsaved, so the next checkpoint
+            // (the next append's, or sync's or close's, which report an
+            // error) writes them.
+            let _ = self.write_checkpoint(false);
+        }
+        Ok(Some((first, last)))
+    }
+
+    /// The frames' total size, and the error refusing the batch for its
+    /// sizes, if any.
+    fn check_sizes<P: AsRef<[u8]>>(&self, payloads: &[P]) -> (u64, Option<Error>) {
+        let (frames, largest) = payloads
+            .iter()
+            .map(|p| frame_size(p.as_ref().len()))
+            .fold((0, 0), |(sum, largest), size| (sum + size, size.max(largest)));
+        let refusal = if let Some(p) = payloads.iter().find(|p| p.as_ref().len() > self.geometry.max_len) {
+            Some(Error::RecordTooLarge { len: p.as_ref().len(), max: self.geometry.max_len })
+        } else if frames + largest > self.geometry.cap {
+            // A batch that wraps leaves the bytes before the end of the
+            // data area unused, fewer than the frame that did not fit
+            // there: it must fit with them, or its last frames would land
+            // on its first.
+            Some(Error::BatchTooLarge { needed: frames + largest, capacity: self.geometry.cap })
+        } else {
+            None
+        };
+        (frames, refusal)
+    }
+
+    /// After an append, under `ring.state`: what the background thread is
+    /// to do. Returns whether to wake it.
+    fn ask_background(&self, st: &mut RingState) -> bool {
         // Half the reservation used: have the background thread renew it,
         // so no append has to wait for that fsync (I6).
         let renew = !self.reservation.renew_asked.load(Ordering::Relaxed)
@@ -133,25 +165,7 @@ impl RingCore {
             st.prefetch_step = st.head / PREFETCH_STEP;
             self.background.prefetch_from.store(st.head, Ordering::Relaxed);
         }
-        if let (Ok(Some(_)), Some(reader)) = (&result, &st.reader) {
-            reader.notify();
-        }
-        drop(st);
-        if renew || prefetch {
-            self.background.wake.notify();
-        }
-        let Some((first, last, checkpoint_due)) = result? else {
-            return Ok(None);
-        };
-        if checkpoint_due {
-            // The batch is written and will be read and shipped: failing
-            // the append now would have the caller append it again under
-            // new seqs. The losses stay unsaved, so the next checkpoint
-            // (the next append's, or sync's or close's, which report an
-            // error) writes them.
-            let _ = self.write_checkpoint(false);
-        }
-        Ok(Some((first, last)))
+        renew || prefetch
     }
 
     /// Lays out and writes a batch at the head, making room first; see
