@@ -611,6 +611,47 @@ fn after_a_failed_fsync_the_next_open_reads_the_disk_and_reuses_no_seq() {
 }
 
 #[test]
+fn a_record_sync_reported_durable_is_never_counted_lost_unsynced_or_skipped() {
+    // `sync` makes one fsync, of the data file: the checkpoint it writes
+    // reaches the disk later, and a power loss can take it. Records 1..=10
+    // synced, 11 and 12 written and dropped by the power loss with the
+    // checkpoint, then damage at rest zeroes the newest synced frames.
+    // Those records were reported durable: they count as corrupted, never
+    // as lost unsynced, nor as skipped seqs (which are no records).
+    use ringship::sim::{Damage, Faults, SimDisk};
+    for zeroed in 1..=3u64 {
+        let disk = SimDisk::new(zeroed, Faults { lose_unsynced: 1.0, ..Faults::NONE });
+        let open = || {
+            let config = RingConfig::default().capacity(1 << 16).sync(SyncPolicy::Never);
+            Ring::open_on(disk.file("ring.data"), disk.file("ring.meta"), config).unwrap()
+        };
+        let (ring, _) = open();
+        for i in 1..=10 {
+            ring.append(&payload(i, LEN)).unwrap();
+        }
+        assert_eq!(ring.sync().unwrap(), 10);
+        for i in 11..=12 {
+            ring.append(&payload(i, LEN)).unwrap();
+        }
+        drop(ring);
+        disk.power_loss();
+        disk.damage_at_rest("ring.data", Damage::Zeros, DATA_OFFSET + (10 - zeroed) * FRAME, zeroed * FRAME);
+        let (ring, report) = open();
+        let s = ring.stats();
+        assert_identity(&s);
+        let losses = ring.losses();
+        for q in 11 - zeroed..=10 {
+            let cause = losses.iter().find(|l| l.first_seq <= q && q <= l.last_seq).map(|l| l.cause);
+            assert_eq!(cause, Some(LossCause::Corrupted), "seq {q}: {losses:?} {report:?}");
+        }
+        assert_eq!((s.corrupted, s.lost_unsynced), (zeroed, 0), "{s:?} {report:?}");
+        let seqs: Vec<u64> = ring.read(1, usize::MAX, usize::MAX).unwrap().records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=10 - zeroed).collect::<Vec<_>>());
+        assert!(ring.append(b"after").unwrap() > 12, "a seq was handed out again");
+    }
+}
+
+#[test]
 fn with_mapped_writes_a_data_file_cut_short_under_the_ring_fails_the_append_not_the_process() {
     // Another process ignoring the ring's lock cuts the data file short. A
     // store into the map past the file's end would raise SIGBUS and kill

@@ -33,6 +33,9 @@ struct Model {
     durable: u64,
     /// Handed-out seqs reported durable while they were still in the ring.
     durable_seqs: std::collections::BTreeSet<u64>,
+    /// Of those, the ones `sync()` reported durable under a policy other
+    /// than `Always`: its sync mark carries the claim with the data.
+    sync_marked: std::collections::BTreeSet<u64>,
     /// Handed-out seqs a recovery counted as lost.
     known_lost: std::collections::HashSet<u64>,
     /// Payloads of appends that failed with an I/O error: some may have
@@ -44,6 +47,9 @@ struct Model {
     /// Damage was done at rest: a durable record may be gone without a
     /// trace (zeroed, cut off), and its seq skipped.
     damaged_at_rest: bool,
+    /// Damage at rest reached the sync marks: the claim of a sync whose
+    /// checkpoint a power loss took may be gone with them.
+    marks_damaged: bool,
     /// The seqs of this step's append, if it made one.
     last_append: Option<(u64, u64)>,
 }
@@ -137,9 +143,13 @@ fn check(ring: &Ring, disk: &SimDisk, model: &mut Model, cap: u64) {
             // lost_unsynced. Without bit flips this never happens.
             // Seqs past the newest surviving record are skipped after a
             // crash: records there were never durable (or a bit flip hit
-            // them, as above).
+            // them, as above). Damage at rest to records a `sync()` reported
+            // durable is counted as damage: its sync mark names them (unless
+            // the damage took the mark too).
             Some(LossCause::LostUnsynced | LossCause::Skipped) => {
-                !model.durable_seqs.contains(&seq) || disk.counts().bit_flips > 0 || model.damaged_at_rest
+                !model.durable_seqs.contains(&seq)
+                    || disk.counts().bit_flips > 0
+                    || (model.damaged_at_rest && (model.marks_damaged || !model.sync_marked.contains(&seq)))
             }
             _ => false,
         };
@@ -217,8 +227,10 @@ fn read_and_ack(ring: &Ring, model: &mut Model, random: &mut Rng) -> Option<bool
 
 /// Damages the stopped ring's files at rest (same boot: no power loss):
 /// a bit flip, zeros, garbage or a cut, over the newest frames (the last
-/// write), anywhere in the data area, or over one checkpoint slot.
-fn damage_at_rest(disk: &SimDisk, random: &mut Rng, cap: u64, trace: bool) {
+/// write), anywhere in the data area, or over one checkpoint slot. Returns
+/// whether it reached the data file's header page, which holds the sync
+/// marks.
+fn damage_at_rest(disk: &SimDisk, random: &mut Rng, cap: u64, trace: bool) -> bool {
     let kind = [Damage::BitFlip, Damage::Zeros, Damage::Garbage, Damage::Truncate][random.below(4) as usize];
     let (file, offset, len) = match random.below(10) {
         0..=4 => {
@@ -236,12 +248,13 @@ fn damage_at_rest(disk: &SimDisk, random: &mut Rng, cap: u64, trace: bool) {
         eprintln!("  damage at rest: {kind:?} of {file} at {offset}, {len} bytes");
     }
     disk.damage_at_rest(file, kind, offset, len);
+    file == "ring.data" && offset < DATA_OFFSET
 }
 
 /// Stops the ring: a kill, sometimes one that cuts its last write between
-/// pages, or a clean close.
+/// pages, a power loss, or a clean close.
 fn stop_ring(ring: Ring, disk: &SimDisk, model: &mut Model, rest: &mut Rng) {
-    match rest.below(3) {
+    match rest.below(4) {
         0 => {
             let _ = ring.close();
         }
@@ -256,6 +269,7 @@ fn stop_ring(ring: Ring, disk: &SimDisk, model: &mut Model, rest: &mut Rng) {
                         model.failed_payloads.insert(p);
                     }
                     model.durable_seqs.remove(&q);
+                    model.sync_marked.remove(&q);
                 }
                 model.max_returned = first - 1;
                 model.damage_possible = true;
@@ -263,9 +277,16 @@ fn stop_ring(ring: Ring, disk: &SimDisk, model: &mut Model, rest: &mut Rng) {
                 disk.process_crash();
             }
         }
-        _ => {
+        2 => {
             drop(ring);
             disk.process_crash();
+        }
+        _ => {
+            // Damage at rest after a power loss: the checkpoint a sync wrote
+            // may be gone, and only the sync mark names what it made durable.
+            drop(ring);
+            disk.power_loss();
+            model.power_losses += 1;
         }
     }
 }
@@ -315,6 +336,9 @@ fn run_seed(seed: u64) -> FaultCounts {
                     model.durable = model.durable.max(d);
                     let alive: Vec<u64> =
                         model.payloads.keys().copied().filter(|q| *q <= d && !model.known_lost.contains(q)).collect();
+                    if sync != SyncPolicy::Always {
+                        model.sync_marked.extend(alive.iter().copied());
+                    }
                     model.durable_seqs.extend(alive);
                 }
                 Err(Error::Io { .. } | Error::Poisoned { .. }) => crash = Some(random.below(2) == 0),
@@ -335,7 +359,7 @@ fn run_seed(seed: u64) -> FaultCounts {
         if at_rest && crash.is_none() && rest.below(12) == 0 {
             stop_ring(ring, &disk, &mut model, &mut rest);
             if rest.below(3) > 0 {
-                damage_at_rest(&disk, &mut rest, cap, trace);
+                model.marks_damaged |= damage_at_rest(&disk, &mut rest, cap, trace);
                 model.damage_possible = true;
                 model.damaged_at_rest = true;
             }

@@ -87,7 +87,9 @@ impl RingCore {
         ck.ring_id = self.ring_id;
         ck.clean = clean;
         ck.sync_always = self.config.sync == SyncPolicy::Always;
-        ck.boot_id = if self.checkpoints.cache_distrusted.load(Ordering::Acquire) { None } else { self.boot_id };
+        let distrusted = self.checkpoints.cache_distrusted.load(Ordering::Acquire);
+        ck.boot_id = if distrusted { None } else { self.boot_id };
+        ck.marks_void = distrusted;
         debug_assert!(ck.consistent(), "writing an inconsistent checkpoint: {ck:?}");
         let slot = 1 - m.durable_slot;
         if let Err(e) = self.meta.write_at(&ck.encode(), slot * SLOT_LEN as u64) {

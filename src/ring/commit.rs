@@ -7,6 +7,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::RingCore;
+use super::meta::{SYNC_MARK_OFFSETS, encode_sync_mark};
+use crate::SyncPolicy;
 use crate::sync::atomic::Ordering;
 use crate::{Error, Result};
 
@@ -30,6 +32,9 @@ pub(super) struct SyncState {
     /// Threads the last fsync released: they are likely to append again
     /// at once, and the next fsync waits a moment for them.
     pub(super) released: u64,
+    /// Sync marks written: the next goes to slot `marks % 2`, so a torn
+    /// one leaves the one before.
+    pub(super) marks: u64,
 }
 
 /// Group commit (level 30, `ring.sync`): which seqs are written and which
@@ -52,7 +57,7 @@ impl GroupCommit {
             fsyncs: Mutex::new(
                 LEVEL_SYNC,
                 "ring.sync",
-                SyncState { durable_pos: head, in_progress: false, waiting: 0, released: 0 },
+                SyncState { durable_pos: head, in_progress: false, waiting: 0, released: 0, marks: 0 },
             ),
             synced: Condvar::new(),
             written_seq: AtomicU64::new(written),
@@ -88,7 +93,7 @@ impl RingCore {
                 continue;
             }
             g.in_progress = true;
-            let released = g.released;
+            let (released, mark_slot) = (g.released, g.marks % 2);
             drop(g);
             // Threads the last fsync released usually append again right
             // away: give them a moment (no lock held) so this fsync covers
@@ -114,6 +119,17 @@ impl RingCore {
                 let st = self.state.lock();
                 (st.next_seq - 1, st.head)
             };
+            // The claim goes with the data it names: the one fsync makes
+            // both durable, and a sync needs no checkpoint fsync.
+            if self.config.sync != SyncPolicy::Always {
+                let at = SYNC_MARK_OFFSETS[mark_slot as usize];
+                if let Err(e) = self.data.write_at(&encode_sync_mark(target), at) {
+                    g = self.commit.fsyncs.lock();
+                    g.in_progress = false;
+                    self.commit.synced.notify_all();
+                    return Err(Error::io("write", &self.data_path, e));
+                }
+            }
             let result = self.data.sync_data();
             if result.is_err() {
                 // Before any waiter wakes: none may retry the fsync.
@@ -124,6 +140,7 @@ impl RingCore {
             g.in_progress = false;
             match result {
                 Ok(()) => {
+                    g.marks += 1;
                     if self.commit.durable_seq.fetch_max(target, Ordering::AcqRel) < target {
                         g.durable_pos = target_pos;
                     }
@@ -151,6 +168,10 @@ impl RingCore {
         self.checkpoints.cache_distrusted.store(true, Ordering::Release);
         // `Ok(false)`: `close` ran meanwhile, and wrote no mark.
         if matches!(self.write_checkpoint(false), Ok(true)) {
+            // Made durable if it can be: the sync mark written before the
+            // failed fsync may have reached the disk, and only this
+            // checkpoint voids its claim after a power loss.
+            let _ = self.sync_meta();
             self.data.drop_cache();
         }
     }
@@ -163,7 +184,8 @@ impl RingCore {
         }
     }
 
-    /// fsync the data, then write and fsync a checkpoint.
+    /// fsync the data (with a sync mark), then write a checkpoint; closing
+    /// (`clean`), fsync that checkpoint too.
     pub(super) fn sync_all(&self, clean: bool) -> Result<u64> {
         {
             let st = self.state.lock();
@@ -196,7 +218,9 @@ impl RingCore {
             self.ensure_reserved(1, self.renew_margin())?;
         }
         self.write_checkpoint(clean)?;
-        self.sync_meta()?;
+        if clean {
+            self.sync_meta()?;
+        }
         Ok(self.commit.durable_seq.load(Ordering::Acquire))
     }
 }

@@ -8,7 +8,7 @@ use crate::ring::state::Counts;
 use crate::stats::{LossCause, LossList, LossRange};
 
 /// Version of the on-disk format this build reads and writes.
-pub(crate) const FORMAT_VERSION: u32 = 5;
+pub(crate) const FORMAT_VERSION: u32 = 6;
 /// Magic of the data file header.
 pub(crate) const DATA_MAGIC: &[u8; 8] = b"RSHPDATA";
 /// Magic of a checkpoint slot.
@@ -25,7 +25,13 @@ pub(crate) const RESERVATION_OFFSETS: [u64; 2] = [2 * SLOT_LEN as u64, 3 * SLOT_
 /// Length of the meta file: two checkpoint slots, two reservation blocks.
 pub(crate) const META_LEN: u64 = 4 * SLOT_LEN as u64;
 const RESERVATION_LEN: usize = 40;
-const DATA_HEADER_LEN: usize = 36;
+pub(crate) const DATA_HEADER_LEN: usize = 36;
+/// Magic of a sync mark.
+pub(crate) const SYNC_MARK_MAGIC: &[u8; 8] = b"RSHPSYNC";
+/// Offsets of the two sync marks in the data file's header page, each in a
+/// sector of its own (and neither in the header's).
+pub(crate) const SYNC_MARK_OFFSETS: [u64; 2] = [512, 1024];
+pub(crate) const SYNC_MARK_LEN: usize = 20;
 const LOSS_LEN: usize = 56;
 const HINT_LEN: usize = 24;
 const FIXED_LEN: usize = 216;
@@ -101,6 +107,9 @@ pub(crate) struct Checkpoint {
     pub(crate) clean: bool,
     /// The ring ran under `SyncPolicy::Always`: every returned append was durable.
     pub(crate) sync_always: bool,
+    /// A data fsync failed: the sync mark written before it, and any since,
+    /// claim nothing beyond `durable_seq`.
+    pub(crate) marks_void: bool,
     pub(crate) boot_id: Option<[u8; 16]>,
     pub(crate) losses: LossList,
     /// Causes of holes not yet settled (first seq, last seq, cause), so a
@@ -112,6 +121,25 @@ pub(crate) struct Checkpoint {
     pub(crate) lap_ends: Vec<(u64, u64)>,
 }
 
+/// A sync mark: the last seq a data fsync covers, written into the data
+/// file just before that fsync, so that the one fsync makes the records and
+/// the claim durable together (docs/FORMAT.md, "Sync marks").
+pub(crate) fn encode_sync_mark(seq: u64) -> [u8; SYNC_MARK_LEN] {
+    let mut b = [0u8; SYNC_MARK_LEN];
+    b[..8].copy_from_slice(SYNC_MARK_MAGIC);
+    b[8..16].copy_from_slice(&seq.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..16]);
+    b[16..].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// The seq a sync mark claims durable, if `b` holds an intact one.
+pub(crate) fn decode_sync_mark(b: &[u8]) -> Option<u64> {
+    let b = b.get(..SYNC_MARK_LEN)?;
+    let intact = &b[..8] == SYNC_MARK_MAGIC && crc32c::crc32c(&b[..16]) == u32_at(b, 16);
+    Some(u64_at(b, 8)).filter(|&seq| intact && seq < MAX_POSITION)
+}
+
 fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
@@ -121,6 +149,14 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 }
 
 impl Checkpoint {
+    /// The last seq known durable: the durable seq here, or more if a sync
+    /// mark claims more and no failed fsync voided it since. (No seq above
+    /// `reserved`, the seq reservation, was ever handed out.)
+    pub(crate) fn durable_claim(&self, sync_mark: u64, reserved: u64) -> u64 {
+        let marked = if self.marks_void { 0 } else { sync_mark.min(reserved.max(self.next_seq.saturating_sub(1))) };
+        self.durable_seq.max(marked)
+    }
+
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(SLOT_LEN);
         let len = FIXED_LEN
@@ -155,8 +191,10 @@ impl Checkpoint {
         ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
-        let flags =
-            u32::from(self.clean) | (u32::from(self.boot_id.is_some()) << 1) | (u32::from(self.sync_always) << 2);
+        let flags = u32::from(self.clean)
+            | (u32::from(self.boot_id.is_some()) << 1)
+            | (u32::from(self.sync_always) << 2)
+            | (u32::from(self.marks_void) << 3);
         b.extend_from_slice(&flags.to_le_bytes());
         b.extend_from_slice(&self.boot_id.unwrap_or_default());
         b.extend_from_slice(&(self.losses.ranges.len() as u32).to_le_bytes());
@@ -289,6 +327,7 @@ impl Checkpoint {
             durable_pos: v(18),
             clean: flags & 1 != 0,
             sync_always: flags & 4 != 0,
+            marks_void: flags & 8 != 0,
             boot_id: (flags & 2 != 0).then(|| b[188..204].try_into().expect("16 bytes")),
             losses,
             hole_hints,
@@ -409,6 +448,19 @@ pub(crate) fn pick_checkpoint(slots: [&[u8]; 2]) -> Slots {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sync_mark_round_trips_and_any_flipped_bit_voids_it() {
+        let mark = encode_sync_mark(123_456);
+        assert_eq!(decode_sync_mark(&mark), Some(123_456));
+        for bit in 0..SYNC_MARK_LEN * 8 {
+            let mut m = mark;
+            m[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(decode_sync_mark(&m), None, "bit {bit}");
+        }
+        assert_eq!(decode_sync_mark(&[0; SYNC_MARK_LEN]), None);
+        assert_eq!(decode_sync_mark(&mark[..SYNC_MARK_LEN - 1]), None);
+    }
 
     /// More loss ranges or hole hints than a checkpoint ever holds: a slot
     /// the ring did not write (and would overrun if it wrote it back).

@@ -289,13 +289,19 @@ impl Ring {
         inner.write_checkpoint(false).map(|_| evicted)
     }
 
-    /// Makes every record appended so far durable, writes a checkpoint, and
-    /// returns the durable seq.
+    /// Makes every record appended so far durable with one fsync of the
+    /// data file, and returns the durable seq. The claim travels in that
+    /// fsync (a sync mark, docs/FORMAT.md), so a record reported durable is
+    /// never counted lost unsynced. The checkpoint (delivery cursor,
+    /// counters) is written too and reaches the disk with the kernel's
+    /// write-back, the next seq reservation or [`close`](Self::close):
+    /// after a power loss, records acknowledged since may be read again
+    /// (delivery is at-least-once).
     ///
     /// # Errors
-    /// [`Error::Io`] if this fsync (or the checkpoint's write) fails, which
-    /// poisons the ring; [`Error::Poisoned`] if an earlier fsync failed;
-    /// [`Error::Closed`].
+    /// [`Error::Io`] if the fsync fails, which poisons the ring, or if
+    /// writing the sync mark or the checkpoint fails; [`Error::Poisoned`] if
+    /// an earlier fsync failed; [`Error::Closed`].
     pub fn sync(&self) -> Result<u64> {
         self.inner.sync_all(false)
     }

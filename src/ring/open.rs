@@ -18,8 +18,8 @@ use super::checkpoint::Checkpoints;
 use super::commit::GroupCommit;
 use super::geometry::Geometry;
 use super::meta::{
-    Checkpoint, DATA_OFFSET, DataHeader, FORMAT_VERSION, HeaderError, META_LEN, RESERVATION_OFFSETS, Reservation,
-    SLOT_LEN, pick_checkpoint,
+    Checkpoint, DATA_HEADER_LEN, DATA_OFFSET, DataHeader, FORMAT_VERSION, HeaderError, META_LEN, RESERVATION_OFFSETS,
+    Reservation, SLOT_LEN, SYNC_MARK_OFFSETS, decode_sync_mark, encode_sync_mark, pick_checkpoint,
 };
 use super::recovery::{Input, fresh_state, recover};
 use super::reserve::SeqReservation;
@@ -128,6 +128,8 @@ struct Layout {
     /// The newest valid seq reservation (0: none).
     reserved: u64,
     reserve_counter: u64,
+    /// The largest seq an intact sync mark claims durable (0: none).
+    sync_mark: u64,
     /// Bytes of the meta file and the data header that could not be read.
     unreadable: u64,
 }
@@ -187,9 +189,12 @@ fn read_layout(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_pa
         meta.set_len(META_LEN).map_err(|e| Error::io("preallocate", meta_path, e))?;
     }
     if rewrite_header {
-        data.write_at(&DataHeader { ring_id, capacity: cap }.encode(), 0)
+        // The header alone: the sync marks after it in the page stay.
+        data.write_at(&DataHeader { ring_id, capacity: cap }.encode()[..DATA_HEADER_LEN], 0)
             .map_err(|e| Error::io("write", data_path, e))?;
     }
+    let sync_mark =
+        SYNC_MARK_OFFSETS.iter().filter_map(|&at| decode_sync_mark(header.get(at as usize..)?)).max().unwrap_or(0);
     let mine = reservations.iter().filter(|r| r.ring_id == ring_id);
     Ok(Layout {
         ring_id,
@@ -200,6 +205,7 @@ fn read_layout(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_pa
         short_len,
         reserved: mine.clone().map(|r| r.seq_reserved).max().unwrap_or(0),
         reserve_counter: mine.map(|r| r.counter).max().unwrap_or(0),
+        sync_mark,
         unreadable,
     })
 }
@@ -298,7 +304,10 @@ pub(super) fn open_on(
     let paths = Paths { data: dir.join(DATA_FILE), meta: dir.join(META_FILE), dir };
     // New storages, or a creation interrupted before its header and first
     // checkpoint were written, are (re)initialised.
-    let empty = is_blank(&*data, &paths.data, DATA_OFFSET)? && is_blank(&*meta, &paths.meta, 2 * SLOT_LEN as u64)?;
+    // (The header alone: sync marks after it may have reached the disk
+    // when the header did not.)
+    let empty =
+        is_blank(&*data, &paths.data, DATA_HEADER_LEN as u64)? && is_blank(&*meta, &paths.meta, 2 * SLOT_LEN as u64)?;
     if empty {
         init_storage(&*data, &paths.data, &*meta, &paths.meta, config.data_capacity())?;
     }
@@ -327,6 +336,15 @@ fn open_storages(
     let boot_id = data.boot_id();
     let (state, report) = recover_state(&*data, &data_path, &layout, &config, created, boot_id)?;
     let Layout { ring_id, cap, checkpoint: ck, checkpoint_slot, reserve_counter, .. } = layout;
+    // Both marks claim what recovery took as durable: never more than
+    // before (this open may fail before its checkpoint settles the seqs it
+    // skipped), and no more than the checkpoint says if a failed fsync
+    // voided them. A failed write leaves a mark that claims no more than
+    // before either (its checksum fails, or it is as it was).
+    let claim = ck.clone().unwrap_or_default().durable_claim(layout.sync_mark, layout.reserved);
+    for at in SYNC_MARK_OFFSETS {
+        data.write_at(&encode_sync_mark(claim), at).map_err(|e| Error::io("write", &data_path, e))?;
+    }
     if let Err(e) = data.sync_data() {
         distrust_cache(&*data, &*meta, ck.as_ref().map(|ck| (checkpoint_slot, ck)));
         return Err(Error::io("fsync", &data_path, e));
@@ -400,6 +418,7 @@ fn recover_state(
             checkpoint: layout.checkpoint.clone(),
             boot_now: boot_id,
             reserved: layout.reserved,
+            sync_mark: layout.sync_mark,
             data_whole: layout.short_len.is_none(),
         })
         .map_err(|e| Error::io("recover", data_path, e))?
@@ -421,6 +440,8 @@ fn recover_state(
 /// dropped.
 fn distrust_cache(data: &dyn Storage, meta: &dyn Storage, checkpoint: Option<(u64, &Checkpoint)>) {
     if let Some((slot, ck)) = checkpoint {
+        // (The sync marks this open wrote claim no more than before: the
+        // failed fsync voids none of them.)
         let marked = Checkpoint { boot_id: None, generation: ck.generation + 1, ..ck.clone() };
         if meta.write_at(&marked.encode(), (1 - slot) * SLOT_LEN as u64).is_err() {
             // Without the mark the next open trusts the page cache as after

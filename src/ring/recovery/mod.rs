@@ -53,6 +53,9 @@ pub(crate) struct Input<'a> {
     pub(crate) boot_now: Option<[u8; 16]>,
     /// The durable seq reservation: no seq above it was ever handed out.
     pub(crate) reserved: u64,
+    /// The largest seq a sync mark in the data file claims durable (0:
+    /// none).
+    pub(crate) sync_mark: u64,
     /// The data file was whole (not cut short) when opened.
     pub(crate) data_whole: bool,
 }
@@ -128,9 +131,15 @@ fn find_newest(
         None => find_head(input.data, scan)?,
     };
     let (head, found_next) = newest.unwrap_or((ck.head_pos, ck.next_seq));
+    // A sync mark may claim more than the checkpoint (a sync writes no
+    // checkpoint it waits for): the seqs it names were handed out to
+    // records, and were durable unless the fsync it came before failed or
+    // a power loss cut it short. Missing ones count as damage, never as lost
+    // unsynced: a record `sync` reported durable must not be.
+    let durable_seq = ck.durable_claim(input.sync_mark, input.reserved);
     // Under SyncPolicy::Always every returned append was durable: nothing
     // below the newest surviving record can have been lost unsynced.
-    let durable_seq = if ck.sync_always { ck.durable_seq.max(found_next.saturating_sub(1)) } else { ck.durable_seq };
+    let durable_seq = if ck.sync_always { durable_seq.max(found_next.saturating_sub(1)) } else { durable_seq };
     let torn = torn_at(scan, head, input.max_len)?;
     Ok(Newest { head, found_next, chained: chained.is_some(), torn, power_loss_possible, durable_seq, from_durable })
 }

@@ -32,9 +32,11 @@ pub(super) fn missing_head(
     let torn_seq = torn_seq.filter(|&s| {
         s >= next_seq
             && s <= reserved.max(ck.next_seq - 1)
-            && (classify.power_loss_possible || s <= ck.durable_seq || ck.sync_always)
+            && (classify.power_loss_possible || s <= classify.durable_seq || ck.sync_always)
     });
-    let assigned_before = ck.next_seq.max(torn_seq.map_or(0, |s| s + 1));
+    // And those up to the durable seq, which a sync mark may raise above
+    // the checkpoint's.
+    let assigned_before = ck.next_seq.max(classify.durable_seq + 1).max(torn_seq.map_or(0, |s| s + 1));
     let (first_ts, pos) = prev.map_or((ck.tail_ts, head), |(_, e, t)| (t, e));
     // Records gone from the head were appended before this recovery.
     let now = crate::ring::now_nanos();
