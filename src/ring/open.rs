@@ -42,25 +42,11 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("fsync directory", dir, e))
 }
 
-/// Zeros written at once when a ring is created.
-const ZERO_FILL_CHUNK: usize = 1 << 20;
-
 /// Writes the header and first checkpoint of a new, empty ring into two
 /// empty storages, and syncs them.
 fn init_storage(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_path: &Path, cap: u64) -> Result<()> {
     let ring_id = RandomState::new().hash_one(std::process::id()) | 1;
     data.set_len(DATA_OFFSET + cap).map_err(|e| Error::io("preallocate", data_path, e))?;
-    // The data area is written once, with zeros: on ext4 and XFS the first
-    // write into preallocated space converts its extents, and every data
-    // fsync of the first lap would write that metadata too, taking about
-    // as long again (BENCHMARKS.md).
-    let zeros = vec![0u8; ZERO_FILL_CHUNK.min(cap as usize)];
-    let mut at = 0;
-    while at < cap {
-        let n = (cap - at).min(zeros.len() as u64) as usize;
-        data.write_at(&zeros[..n], DATA_OFFSET + at).map_err(|e| Error::io("write", data_path, e))?;
-        at += n as u64;
-    }
     data.write_at(&DataHeader { ring_id, capacity: cap }.encode(), 0).map_err(|e| Error::io("write", data_path, e))?;
     data.sync_data().map_err(|e| Error::io("fsync", data_path, e))?;
     meta.set_len(META_LEN).map_err(|e| Error::io("preallocate", meta_path, e))?;
