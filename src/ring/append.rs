@@ -8,7 +8,7 @@ use super::evict::Room;
 use super::frame::{HEADER_LEN, encode_pad, encode_record, frame_size};
 use super::meta::DATA_OFFSET;
 use super::scan::next_lap;
-use super::state::RingState;
+use super::state::{Flight, RingState};
 use super::{RingCore, frame, now_nanos};
 use crate::sync::atomic::Ordering;
 use crate::{Error, FullPolicy, Result};
@@ -81,7 +81,8 @@ impl RingCore {
         let (frames, refusal) = self.check_sizes(payloads);
         let mut st = loop {
             let st = self.state.lock();
-            if refusal.is_some() || st.next_seq + n - 1 <= st.seq_reserved || st.poisoned.is_some() || st.closed {
+            let covered = st.reserved().1 + n - 1 <= st.seq_reserved;
+            if refusal.is_some() || covered || st.poisoned.is_some() || st.closed {
                 break st;
             }
             drop(st);
@@ -97,21 +98,36 @@ impl RingCore {
         }
         let ts = now_nanos();
         // The frames are laid out in a buffer the state keeps between
-        // appends (a batch holds the state lock from here to its write).
+        // appends (another append writing meanwhile has it: then a new one).
         let mut buf = std::mem::take(&mut st.write_buf);
-        let result = self.place(&mut st, payloads, &mut buf, frames, ts, deadline);
-        if buf.capacity() <= WRITE_BUF_KEEP {
-            st.write_buf = buf;
-        }
+        let placed = self.place(&mut st, payloads, &mut buf, frames, ts, deadline);
         let wake_background = self.ask_background(&mut st);
-        if let (Ok(Some(_)), Some(reader)) = (&result, &st.reader) {
-            reader.notify();
-        }
+        let published = match placed {
+            // A copy into the map costs less than taking the lock again:
+            // written and published under this hold.
+            Ok(Some(layout)) if self.config.mapped_writes => {
+                let written = self.write_layout(&buf, &layout);
+                self.publish(&mut st, n, buf, &layout, written).map(Some)
+            }
+            Ok(Some(layout)) => {
+                drop(st);
+                // The write, with no lock held: appenders on other threads
+                // reserve and write meanwhile, each into its own span
+                // (LOCKS.md).
+                let written = self.write_layout(&buf, &layout);
+                st = self.state.lock();
+                self.publish(&mut st, n, buf, &layout, written).map(Some)
+            }
+            refused => {
+                Self::keep_write_buf(&mut st, buf);
+                refused.map(|_| None)
+            }
+        };
         drop(st);
         if wake_background {
             self.background.wake.notify();
         }
-        let Some((first, last, checkpoint_due)) = result? else {
+        let Some((first, last, checkpoint_due)) = published? else {
             return Ok(None);
         };
         if checkpoint_due {
@@ -123,6 +139,12 @@ impl RingCore {
             let _ = self.write_checkpoint(false);
         }
         Ok(Some((first, last)))
+    }
+
+    fn keep_write_buf(st: &mut RingState, buf: Vec<u8>) {
+        if buf.capacity() <= WRITE_BUF_KEEP && buf.capacity() > st.write_buf.capacity() {
+            st.write_buf = buf;
+        }
     }
 
     /// The frames' total size, and the error refusing the batch for its
@@ -151,28 +173,29 @@ impl RingCore {
     fn ask_background(&self, st: &mut RingState) -> bool {
         // Half the reservation used: have the background thread renew it,
         // so no append has to wait for that fsync (I6).
+        let (head, next_seq) = st.reserved();
         let renew = !self.reservation.renew_asked.load(Ordering::Relaxed)
             && !st.extending
-            && st.next_seq + self.renew_margin() > st.seq_reserved;
+            && next_seq + self.renew_margin() > st.seq_reserved;
         if renew {
             self.reservation.renew_asked.store(true, Ordering::Relaxed);
         }
         // The head crossed into another prefetch step: have the background
         // thread bring in the bytes ahead, so that no append waits for the
         // disk or for the kernel to prepare pages.
-        let prefetch = st.head / PREFETCH_STEP != st.prefetch_step;
+        let prefetch = head / PREFETCH_STEP != st.prefetch_step;
         if prefetch {
-            st.prefetch_step = st.head / PREFETCH_STEP;
-            self.background.prefetch_from.store(st.head, Ordering::Relaxed);
+            st.prefetch_step = head / PREFETCH_STEP;
+            self.background.prefetch_from.store(head, Ordering::Relaxed);
         }
         renew || prefetch
     }
 
-    /// Lays out and writes a batch at the head, making room first; see
-    /// [`append_batch`](Self::append_batch). Returns the first and last seq
-    /// and whether a checkpoint is due, or `None` if it waited for room
-    /// and the seq reservation no longer covers the batch.
-    pub(super) fn place<P: AsRef<[u8]>>(
+    /// Lays out a batch at the reserved head, making room first, and
+    /// reserves its span and seqs as a flight; see
+    /// [`append_batch`](Self::append_batch). `None` if it waited and the
+    /// seq reservation no longer covers the batch.
+    fn place<P: AsRef<[u8]>>(
         &self,
         st: &mut crate::sync::MutexGuard<'_, RingState>,
         payloads: &[P],
@@ -180,17 +203,23 @@ impl RingCore {
         frames: u64,
         ts: u64,
         deadline: Option<(Option<Instant>, Duration)>,
-    ) -> Result<Option<(u64, u64, bool)>> {
+    ) -> Result<Option<Layout>> {
         let n = payloads.len() as u64;
         buf.reserve(frames as usize + HEADER_LEN);
         let layout = loop {
-            // Lay the frames out from the current head.
+            // Lay the frames out from the reserved head.
             let layout = self.lay_out(st, payloads, buf, ts);
-            debug_assert!(layout.new_head - st.head <= self.geometry.cap, "a batch spans more than the ring");
             let room = self.make_room(st, layout.new_head);
             st.debug_check("make_room");
             match room.map_err(|e| Self::refuse_unwritten(st, n, e))? {
                 Room::Ready => break layout,
+                Room::Writing => {
+                    // The span to free reaches into frames still being
+                    // written: wait for them to be published.
+                    st.flight_waiters += 1;
+                    self.flights.wait(st);
+                    st.flight_waiters -= 1;
+                }
                 Room::MustNotEvict => {
                     let Some((at, total)) = deadline else {
                         return Err(Self::reject(st, n, Error::Full { needed: frames }));
@@ -198,32 +227,105 @@ impl RingCore {
                     if !self.wait_for_room(st, at) {
                         return Err(Self::reject(st, n, Error::BlockTimeout(total)));
                     }
-                    Self::poisoned_error(st)?;
-                    // Appenders that ran while this one waited may have
-                    // used up the seq reservation it checked.
-                    if st.next_seq + n - 1 > st.seq_reserved {
-                        return Ok(None);
-                    }
                 }
             }
+            Self::poisoned_error(st)?;
+            // Appenders that ran while this one waited may have used up
+            // the seq reservation it checked.
+            if st.reserved().1 + n - 1 > st.seq_reserved {
+                return Ok(None);
+            }
         };
-        self.write_layout(st, n, buf, &layout)?;
-        st.head = layout.new_head;
-        st.next_seq += n;
-        let last = st.next_seq - 1;
-        self.commit.written_seq.store(last, Ordering::Release);
-        // By the batch's timestamp, not another clock read; a wall clock
+        st.in_flight.push_back(Flight {
+            first: layout.first_seq,
+            last: layout.first_seq + n - 1,
+            end: layout.new_head,
+            lap_end: layout.lap_end,
+            ts,
+            written: false,
+            failed: false,
+        });
+        Ok(Some(layout))
+    }
+
+    /// After the write: marks the flight written and publishes every
+    /// flight written from the oldest on (head, `next_seq`, readers
+    /// woken). A failed write is undone if no later append reserved
+    /// anything; otherwise the ring is poisoned. Returns the first and last
+    /// seq and whether a checkpoint is due.
+    fn publish(
+        &self,
+        st: &mut RingState,
+        n: u64,
+        buf: Vec<u8>,
+        layout: &Layout,
+        written: std::result::Result<(), (std::io::Error, usize)>,
+    ) -> Result<(u64, u64, bool)> {
+        let first = layout.first_seq;
+        let at = st.in_flight.iter().position(|f| f.first == first).expect("the append's own flight");
+        if let Err((e, segments)) = written {
+            let err = Error::io("write", &self.data_path, e);
+            let result = if at + 1 == st.in_flight.len() {
+                // The newest reservation: nothing follows its span, which
+                // goes back to the next append, and its seqs with it.
+                st.in_flight.pop_back();
+                self.undo_failed_write(st, n, &self.spans(&buf, layout)[..=segments], err)
+            } else {
+                // Later appends hold seqs after these: they cannot be taken
+                // back. What reached the disk is for recovery to judge.
+                st.in_flight[at].failed = true;
+                self.poisoned.store(true, Ordering::Release);
+                st.poisoned.get_or_insert_with(|| self.data_path.clone());
+                err
+            };
+            if st.flight_waiters > 0 {
+                self.flights.notify_all();
+            }
+            Self::keep_write_buf(st, buf);
+            return Err(result);
+        }
+        st.in_flight[at].written = true;
+        Self::keep_write_buf(st, buf);
+        // By each batch's timestamp, not another clock read; a wall clock
         // that jumped either way makes a checkpoint due.
         let interval = u64::try_from(self.config.checkpoint_interval.as_nanos()).unwrap_or(u64::MAX);
-        let mut due = st.unsaved_losses && ts.abs_diff(st.last_checkpoint) >= interval;
-        if let Some((end, unused)) = layout.lap_end {
-            // A checkpoint per lap keeps every lap end a crash recovery
-            // may find between the checkpoint and the oldest record, so
-            // that the bytes it counts overwritten leave the padding out.
-            st.note_lap_end(end, unused);
-            due = true;
+        let mut due = false;
+        let mut published = false;
+        while st.in_flight.front().is_some_and(|f| f.written) {
+            let f = st.in_flight.pop_front().expect("a flight");
+            st.head = f.end;
+            st.next_seq = f.last + 1;
+            due |= st.unsaved_losses && f.ts.abs_diff(st.last_checkpoint) >= interval;
+            if let Some((end, unused)) = f.lap_end {
+                // A checkpoint per lap keeps every lap end a crash recovery
+                // may find between the checkpoint and the oldest record, so
+                // that the bytes it counts overwritten leave the padding out.
+                st.note_lap_end(end, unused);
+                due = true;
+            }
+            published = true;
         }
-        Ok(Some((layout.first_seq, last, due)))
+        if published {
+            self.commit.written_seq.store(st.next_seq - 1, Ordering::Release);
+            if let Some(reader) = &st.reader {
+                reader.notify();
+            }
+            if st.flight_waiters > 0 {
+                self.flights.notify_all();
+            }
+        }
+        Ok((first, first + n - 1, due))
+    }
+
+    /// Waits until every append that reserved seqs up to `seq` has written
+    /// its frames (or failed).
+    pub(super) fn wait_written(&self, seq: u64) {
+        let mut st = self.state.lock();
+        while st.writing_through(seq) {
+            st.flight_waiters += 1;
+            self.flights.wait(&mut st);
+            st.flight_waiters -= 1;
+        }
     }
 
     /// Lays the frames of `payloads` out in `buf` from the head, with a
@@ -231,9 +333,9 @@ impl RingCore {
     fn lay_out<P: AsRef<[u8]>>(&self, st: &RingState, payloads: &[P], buf: &mut Vec<u8>, ts: u64) -> Layout {
         buf.clear();
         let cap = self.geometry.cap;
-        let mut layout =
-            Layout { segments: [(0, 0); 2], nseg: 0, new_head: st.head, first_seq: st.next_seq, lap_end: None };
-        let mut pos = st.head;
+        let (head, first_seq) = st.reserved();
+        let mut layout = Layout { segments: [(0, 0); 2], nseg: 0, new_head: head, first_seq, lap_end: None };
+        let mut pos = head;
         let mut seg_start = (pos, 0usize);
         for (i, p) in payloads.iter().enumerate() {
             let p = p.as_ref();
@@ -276,21 +378,26 @@ impl RingCore {
         !timed_out
     }
 
-    /// Writes the laid-out frames, one `pwrite` per segment (segment i ends
-    /// where segment i + 1 starts); a failed write is undone.
-    fn write_layout(&self, st: &mut RingState, n: u64, buf: &[u8], layout: &Layout) -> Result<()> {
+    /// The laid-out frames' spans: (offset in the data area, start and end
+    /// in the buffer) per segment (segment i ends where segment i + 1
+    /// starts).
+    fn spans(&self, buf: &[u8], layout: &Layout) -> Vec<(u64, usize, usize)> {
         let segments = &layout.segments[..layout.nseg];
-        let mut spans = [(0u64, 0usize, 0usize); 2];
-        for (i, &(seg_pos, from)) in segments.iter().enumerate() {
-            spans[i] = (seg_pos % self.geometry.cap, from, segments.get(i + 1).map_or(buf.len(), |s| s.1));
-        }
-        let spans = &spans[..segments.len()];
-        for (i, &(off, from, to)) in spans.iter().enumerate() {
+        segments
+            .iter()
+            .enumerate()
+            .map(|(i, &(seg_pos, from))| {
+                (seg_pos % self.geometry.cap, from, segments.get(i + 1).map_or(buf.len(), |s| s.1))
+            })
+            .collect()
+    }
+
+    /// Writes the laid-out frames, one `pwrite` per segment, with no lock
+    /// held. A failure names the segment it came at.
+    fn write_layout(&self, buf: &[u8], layout: &Layout) -> std::result::Result<(), (std::io::Error, usize)> {
+        for (i, (off, from, to)) in self.spans(buf, layout).into_iter().enumerate() {
             debug_assert!(off + (to - from) as u64 <= self.geometry.cap);
-            if let Err(e) = self.data.write_at(&buf[from..to], DATA_OFFSET + off) {
-                let err = Error::io("write", &self.data_path, e);
-                return Err(self.undo_failed_write(st, n, &spans[..=i], err));
-            }
+            self.data.write_at(&buf[from..to], DATA_OFFSET + off).map_err(|e| (e, i))?;
         }
         Ok(())
     }

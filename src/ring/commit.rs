@@ -187,7 +187,7 @@ impl RingCore {
     /// fsync the data (with a sync mark), then write a checkpoint; closing
     /// (`clean`), fsync that checkpoint too.
     pub(super) fn sync_all(&self, clean: bool) -> Result<u64> {
-        {
+        let reserved = {
             let st = self.state.lock();
             // Closing (`clean`) marks the ring closed first.
             match &st.poisoned {
@@ -195,7 +195,10 @@ impl RingCore {
                 _ if clean => {}
                 _ => Self::poisoned_error(&st)?,
             }
-        }
+            st.reserved().1 - 1
+        };
+        // Every append that reserved seqs by now, written and published.
+        self.wait_written(reserved);
         let target = self.commit.written_seq.load(Ordering::Acquire);
         self.wait_durable(target)?;
         if clean {

@@ -23,6 +23,8 @@ pub(super) enum Room {
     Ready,
     /// Only unacknowledged records could be evicted, and the policy forbids it.
     MustNotEvict,
+    /// The room is taken by frames other appends are still writing.
+    Writing,
 }
 
 impl RingCore {
@@ -76,9 +78,15 @@ impl RingCore {
                 continue;
             }
             if st.tail_pos >= st.head {
-                // Empty: nothing left to evict, and the write fits by size.
+                // Nothing written is left to evict. With no other append
+                // writing, the write fits by size; otherwise their frames
+                // are in the way until they are published.
                 st.tail_pos = st.head;
-                break;
+                if st.in_flight.is_empty() {
+                    break;
+                }
+                st.settle();
+                return Ok(Room::Writing);
             }
             let pos = st.tail_pos;
             let room = self.geometry.cap - pos % self.geometry.cap;

@@ -57,6 +57,9 @@ pub(crate) struct RingCore {
     state: Mutex<RingState>,
     /// Signalled when acks free room (for `FullPolicy::Block`).
     room: Condvar,
+    /// Signalled when an append's frames are published or its write fails
+    /// (for threads waiting on `RingState::in_flight`).
+    flights: Condvar,
     checkpoints: Checkpoints,
     reservation: SeqReservation,
     commit: GroupCommit,
@@ -200,6 +203,9 @@ impl Ring {
         }
         let (first, last) = inner.append_batch(payloads)?;
         if inner.config.sync == SyncPolicy::Always {
+            // An fsync covers what is published: the appends before this
+            // one that are still writing first.
+            inner.wait_written(last);
             inner.wait_durable(last)?;
         }
         Ok((first, last))
@@ -355,9 +361,10 @@ impl Ring {
             let _ = handle.join();
         }
         // Refuse appends first, so the final fsync covers every record the
-        // clean checkpoint will describe: appends hold the state lock from
-        // this check to their write, so each either wrote before this (and
-        // the fsync below covers it) or fails with `Error::Closed`.
+        // clean checkpoint will describe: an append checks the flag when it
+        // reserves its span, so each either reserved before this (and the
+        // sync below waits for its write, then covers it) or fails with
+        // `Error::Closed`.
         let was_closed = std::mem::replace(&mut self.inner.state.lock().closed, true);
         self.inner.room.notify_all();
         if was_closed {

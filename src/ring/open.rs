@@ -375,6 +375,7 @@ fn open_storages(
         checkpoints: Checkpoints::new(ck.map_or(1, |c| c.generation), checkpoint_slot),
         state: Mutex::new(LEVEL_RING_STATE, "ring.state", state),
         room: Condvar::new(),
+        flights: Condvar::new(),
         background: Background::new(head),
         read_ahead: AtomicU64::new(0),
         unreadable_bytes: AtomicU64::new(report.unreadable_bytes),

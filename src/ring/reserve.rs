@@ -51,14 +51,15 @@ impl RingCore {
         }
     }
 
-    /// Makes sure seqs up to `next_seq + n - 1` (and `ahead` more) are
+    /// Makes sure `n` seqs past the last handed out (and `ahead` more) are
     /// covered by a durable reservation, writing and fsyncing a larger one
     /// if not. One thread extends at a time; others wait for it, which
     /// happens once per `reserve_block` seqs at most.
     pub(super) fn ensure_reserved(&self, n: u64, ahead: u64) -> Result<()> {
         let mut st = self.state.lock();
         loop {
-            if st.next_seq + n - 1 + ahead <= st.seq_reserved || st.poisoned.is_some() || st.closed {
+            let next_seq = st.reserved().1;
+            if next_seq + n - 1 + ahead <= st.seq_reserved || st.poisoned.is_some() || st.closed {
                 return Ok(());
             }
             if st.extending {
@@ -67,7 +68,7 @@ impl RingCore {
             }
             st.extending = true;
             st.reserve_writes += 1;
-            let target = st.next_seq + n - 1 + self.reservation.block.max(ahead);
+            let target = next_seq + n - 1 + self.reservation.block.max(ahead);
             let counter = st.reserve_writes;
             drop(st);
             let result = self.write_reservation(target, counter);

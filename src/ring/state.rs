@@ -117,11 +117,45 @@ pub(crate) struct RingState {
     /// the head when read, so never stale: a position's bytes change only
     /// when the position one lap later is written, after it was evicted.
     pub(crate) tail_ahead: (u64, Vec<u8>),
-    /// The buffer appends lay their frames out in, kept between appends.
+    /// The buffer appends lay their frames out in, kept between appends
+    /// (an append writing while another lays out takes a new one).
     pub(crate) write_buf: Vec<u8>,
+    /// Appends writing their frames with no lock held, in seq order. The
+    /// head and `next_seq` above cover only frames written: they move past
+    /// a flight once it and every one before it are written (published).
+    pub(crate) in_flight: std::collections::VecDeque<Flight>,
+    /// Threads waiting for a flight to be published.
+    pub(crate) flight_waiters: u64,
+}
+
+/// An append writing its frames outside `ring.state`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Flight {
+    pub(crate) first: u64,
+    pub(crate) last: u64,
+    /// Where its frames end.
+    pub(crate) end: u64,
+    /// The lap end it crosses, with the bytes it leaves unused there.
+    pub(crate) lap_end: Option<(u64, u64)>,
+    pub(crate) ts: u64,
+    pub(crate) written: bool,
+    /// Its write failed while later appends were writing: it is never
+    /// published (the ring is poisoned).
+    pub(crate) failed: bool,
 }
 
 impl RingState {
+    /// Where the next append's frames go, and its first seq: past the
+    /// appends still writing.
+    pub(crate) fn reserved(&self) -> (u64, u64) {
+        self.in_flight.back().map_or((self.head, self.next_seq), |f| (f.end, f.last + 1))
+    }
+
+    /// Whether an append that reserved seqs up to `seq` is still writing.
+    pub(crate) fn writing_through(&self, seq: u64) -> bool {
+        self.in_flight.iter().any(|f| f.first <= seq && !f.written && !f.failed)
+    }
+
     /// Every seq up to this one is acknowledged or counted lost.
     pub(crate) fn settled(&self) -> u64 {
         self.ack_seq.max(self.tail_seq - 1)

@@ -279,5 +279,7 @@ pub(crate) fn fresh_state(cap: u64, max_losses: usize) -> RingState {
         reserve_writes: 0,
         tail_ahead: (0, Vec::new()),
         write_buf: Vec::new(),
+        in_flight: std::collections::VecDeque::new(),
+        flight_waiters: 0,
     }
 }

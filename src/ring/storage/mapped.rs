@@ -28,8 +28,9 @@ pub(crate) struct MappedFile {
     writing_chunk: AtomicUsize,
     /// The part of the map populated for writing last (`MADV_POPULATE_WRITE`),
     /// from `populated_from` to `populated_to`, and when (a coarse monotonic
-    /// clock, in ms). Only one thread writes at a time (the ring writes under
-    /// `ring.state`); the atomics are for `&self`.
+    /// clock, in ms). Appends on several threads write at once, each its
+    /// own span: a thread reading one of these while another stores them
+    /// only populates again, or leaves its stores to fault the pages in.
     populated_from: AtomicUsize,
     populated_to: AtomicUsize,
     populated_at: AtomicU64,
@@ -164,8 +165,10 @@ fn copy_forward(src: &[u8], map: &memmap2::MmapRaw, start: usize) {
     // No Rust reference into the map is ever made: its memory is only
     // written, through these raw stores, never read or borrowed, so nothing
     // in Rust observes it change. The ring never writes overlapping ranges
-    // concurrently (data writes happen under `ring.state`), so stores do not
-    // race one another. Another process changing the file underneath is
+    // concurrently (each append writes only the span it reserved under
+    // `ring.state`, and the spans of appends in flight are disjoint), and
+    // these stores never leave `start..start + src.len()`, so stores do
+    // not race one another. Another process changing the file underneath is
     // outside Rust's memory model and harmless to raw stores; one cutting
     // the file shorter than the map (ignoring the ring's lock) between
     // `populate` and these stores raises SIGBUS, as documented on
