@@ -28,7 +28,7 @@ pub fn decode_frame(buf: &[u8], pos: u64, max_len: usize) -> Option<(u64, u64, V
 /// Encodes a record frame.
 pub fn encode_frame(seq: u64, ts: u64, pos: u64, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    frame::encode_record(&mut out, seq, ts, pos, payload);
+    frame::encode_record(&mut out, seq, ts, pos, payload, false);
     out
 }
 

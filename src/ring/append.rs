@@ -29,6 +29,13 @@ struct Layout {
 /// A write buffer grown beyond this by a large batch is not kept.
 pub(super) const WRITE_BUF_KEEP: usize = 256 << 10;
 
+/// Bytes past the published head that appends may have reserved while
+/// another is still writing: an append that would reserve beyond waits
+/// for the flights before it (unless none is in flight). So after a kill
+/// every frame written past a span left unwritten lies within this many
+/// bytes of it, where recovery looks (`recovery::chain_head`).
+pub(crate) const IN_FLIGHT_BYTES: u64 = 1 << 20;
+
 impl RingCore {
     pub(super) fn poisoned_error(st: &RingState) -> Result<()> {
         if st.closed {
@@ -209,13 +216,18 @@ impl RingCore {
         let layout = loop {
             // Lay the frames out from the reserved head.
             let layout = self.lay_out(st, payloads, buf, ts);
-            let room = self.make_room(st, layout.new_head);
+            let room = if !st.in_flight.is_empty() && layout.new_head - st.head > IN_FLIGHT_BYTES {
+                Ok(Room::Writing)
+            } else {
+                self.make_room(st, layout.new_head)
+            };
             st.debug_check("make_room");
             match room.map_err(|e| Self::refuse_unwritten(st, n, e))? {
                 Room::Ready => break layout,
                 Room::Writing => {
                     // The span to free reaches into frames still being
-                    // written: wait for them to be published.
+                    // written, or too much is in flight: wait for them to
+                    // be published.
                     st.flight_waiters += 1;
                     self.flights.wait(st);
                     st.flight_waiters -= 1;
@@ -334,6 +346,9 @@ impl RingCore {
         buf.clear();
         let cap = self.geometry.cap;
         let (head, first_seq) = st.reserved();
+        // Frames reserved behind an append still writing say so: a kill
+        // may leave that append's span unwritten below them.
+        let behind = !st.in_flight.is_empty();
         let mut layout = Layout { segments: [(0, 0); 2], nseg: 0, new_head: head, first_seq, lap_end: None };
         let mut pos = head;
         let mut seg_start = (pos, 0usize);
@@ -356,7 +371,7 @@ impl RingCore {
                 }
                 seg_start = (pos, buf.len());
             }
-            encode_record(buf, layout.first_seq + i as u64, ts, pos, p);
+            encode_record(buf, layout.first_seq + i as u64, ts, pos, p, behind);
             pos += size;
         }
         layout.segments[layout.nseg] = seg_start;

@@ -5,7 +5,9 @@
 //!
 //! ```text
 //! 0..4    crc32c of bytes 4..32 of the header, then of the payload (records only)
-//! 4..8    u32: low 24 bits payload length, high 8 bits kind (1 record, 2 pad)
+//! 4..8    u32: low 24 bits payload length, high 8 bits kind (1 record, 2 pad;
+//!         a record's high bit set: reserved while an earlier append was
+//!         still writing)
 //! 8..16   u64 seq (for a pad: the seq of the record that follows it)
 //! 16..24  u64 timestamp, nanoseconds since the Unix epoch (0 for a pad)
 //! 24..32  u64 logical position of the frame
@@ -42,6 +44,10 @@ pub(crate) const UNDONE: [u8; 8] = *b"rsUNDONE";
 
 const KIND_RECORD: u8 = 1;
 const KIND_PAD: u8 = 2;
+/// Set in a record's kind byte when its append reserved its span while an
+/// earlier append was still writing (appends write outside the ring's
+/// lock): a kill may have left the earlier span unwritten below this frame.
+const BEHIND_FLIGHT: u8 = 0x80;
 
 /// Ring bytes a record of `len` payload bytes occupies.
 pub(crate) fn frame_size(len: usize) -> u64 {
@@ -54,6 +60,9 @@ pub(crate) fn frame_size(len: usize) -> u64 {
 pub(crate) struct Header {
     pub(crate) crc: u32,
     pub(crate) is_pad: bool,
+    /// A record whose append reserved its span while an earlier append was
+    /// still writing ([`BEHIND_FLIGHT`]).
+    pub(crate) behind: bool,
     pub(crate) len: usize,
     pub(crate) seq: u64,
     pub(crate) ts: u64,
@@ -86,12 +95,13 @@ pub(crate) fn decode_header(buf: &[u8], pos: u64, max_len: usize) -> Option<Head
     let len_kind = u32_at(buf, 4);
     let kind = (len_kind >> 24) as u8;
     let len = (len_kind & 0x00ff_ffff) as usize;
-    let is_pad = match kind {
+    let is_pad = match kind & !BEHIND_FLIGHT {
         KIND_RECORD if len <= max_len => false,
-        KIND_PAD => true,
+        KIND_PAD if kind == KIND_PAD => true,
         _ => return None,
     };
-    Some(Header { crc: u32_at(buf, 0), is_pad, len, seq: u64_at(buf, 8), ts: u64_at(buf, 16), pos })
+    let behind = kind & BEHIND_FLIGHT != 0;
+    Some(Header { crc: u32_at(buf, 0), is_pad, behind, len, seq: u64_at(buf, 8), ts: u64_at(buf, 16), pos })
 }
 
 /// Whether a frame's bytes (its header, then a record's payload) match the
@@ -112,10 +122,12 @@ fn put_header(out: &mut Vec<u8>, kind: u8, len: usize, seq: u64, ts: u64, pos: u
     start
 }
 
-/// Appends an encoded record frame to `out`.
-pub(crate) fn encode_record(out: &mut Vec<u8>, seq: u64, ts: u64, pos: u64, payload: &[u8]) {
+/// Appends an encoded record frame to `out`; `behind`: its append
+/// reserved it while an earlier one was still writing.
+pub(crate) fn encode_record(out: &mut Vec<u8>, seq: u64, ts: u64, pos: u64, payload: &[u8], behind: bool) {
     debug_assert!(payload.len() <= MAX_PAYLOAD);
-    let start = put_header(out, KIND_RECORD, payload.len(), seq, ts, pos);
+    let kind = if behind { KIND_RECORD | BEHIND_FLIGHT } else { KIND_RECORD };
+    let start = put_header(out, kind, payload.len(), seq, ts, pos);
     out.extend_from_slice(payload);
     // The CRC covers header bytes 4..32 and the payload, contiguous here.
     let crc = crc32c::crc32c(&out[start + 4..]);
@@ -139,7 +151,7 @@ mod tests {
     #[test]
     fn record_round_trips() {
         let mut buf = Vec::new();
-        encode_record(&mut buf, 7, 99, 4096, b"hello");
+        encode_record(&mut buf, 7, 99, 4096, b"hello", false);
         assert_eq!(buf.len() as u64, frame_size(5));
         let h = decode_header(&buf, 4096, 100).unwrap();
         assert_eq!((h.seq, h.ts, h.len, h.is_pad), (7, 99, 5, false));
@@ -149,7 +161,7 @@ mod tests {
     #[test]
     fn wrong_position_or_flipped_bit_is_rejected() {
         let mut buf = Vec::new();
-        encode_record(&mut buf, 7, 99, 4096, b"hello");
+        encode_record(&mut buf, 7, 99, 4096, b"hello", false);
         assert!(decode_header(&buf, 4096 + 8, 100).is_none());
         for bit in 0..(HEADER_LEN + 5) * 8 {
             let mut b = buf.clone();
@@ -161,6 +173,19 @@ mod tests {
     }
 
     #[test]
+    fn a_record_reserved_behind_a_flight_says_so_and_a_pad_cannot() {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, 7, 99, 4096, b"hello", true);
+        let h = decode_header(&buf, 4096, 100).unwrap();
+        assert!(h.behind && !h.is_pad);
+        assert!(crc_ok(&buf, &h));
+        let mut pad = Vec::new();
+        encode_pad(&mut pad, 3, 8, 100);
+        pad[7] |= BEHIND_FLIGHT;
+        assert_eq!(decode_header(&pad, 8, 10), None);
+    }
+
+    #[test]
     fn pad_round_trips_and_oversized_length_is_rejected() {
         let mut buf = Vec::new();
         encode_pad(&mut buf, 3, 8, 100);
@@ -169,7 +194,7 @@ mod tests {
         assert_eq!(h.size(), 132);
         assert!(crc_ok(&buf, &h));
         let mut rec = Vec::new();
-        encode_record(&mut rec, 1, 1, 0, &[0; 20]);
+        encode_record(&mut rec, 1, 1, 0, &[0; 20], false);
         assert!(decode_header(&rec, 0, 19).is_none());
     }
 }

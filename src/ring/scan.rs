@@ -78,6 +78,8 @@ pub(crate) struct Scanner<'a> {
     chunk: usize,
     buf: Vec<u8>,
     buf_off: u64,
+    /// The parts of `buf` that could not be read (data area offsets).
+    buf_unreadable: Vec<Range<u64>>,
     /// Set for scans that may read much of the ring
     /// ([`read_ahead`](Self::read_ahead)).
     ahead: Option<ReadAhead>,
@@ -89,7 +91,18 @@ pub(crate) struct Scanner<'a> {
 
 impl<'a> Scanner<'a> {
     pub(crate) fn new(data: &'a dyn Storage, cap: u64, max_len: usize, chunk: usize) -> Self {
-        Scanner { data, cap, max_len, chunk, buf: Vec::new(), buf_off: 0, ahead: None, unreadable_bytes: 0, sink: None }
+        Scanner {
+            data,
+            cap,
+            max_len,
+            chunk,
+            buf: Vec::new(),
+            buf_off: 0,
+            buf_unreadable: Vec::new(),
+            ahead: None,
+            unreadable_bytes: 0,
+            sink: None,
+        }
     }
 
     /// Counts unreadable bytes in `sink` too.
@@ -136,7 +149,10 @@ impl<'a> Scanner<'a> {
             }
             self.buf.resize(want, 0);
             match super::storage::read_or_fill(self.data, &mut self.buf, DATA_OFFSET + off) {
-                Ok(filled) => self.note_unreadable(filled),
+                Ok(filled) => {
+                    self.buf_unreadable = filled.iter().map(|r| r.start - DATA_OFFSET..r.end - DATA_OFFSET).collect();
+                    self.note_unreadable(filled);
+                }
                 Err(e) => {
                     // Nothing cached: the bytes left would pass for `buf_off`'s.
                     self.buf.clear();
@@ -147,6 +163,14 @@ impl<'a> Scanner<'a> {
         }
         let at = (off - self.buf_off) as usize;
         Ok(&self.buf[at..at + len])
+    }
+
+    /// Whether bytes `off..off + len` of the data area could be read (not
+    /// filled in for a failed read).
+    pub(crate) fn readable(&mut self, off: u64, len: usize) -> io::Result<bool> {
+        self.bytes(off, len)?;
+        let end = off + len as u64;
+        Ok(!self.buf_unreadable.iter().any(|r| r.start < end && off < r.end))
     }
 
     /// Bytes of zeroed 8-byte words from physical offset `off` on, looking

@@ -5,7 +5,8 @@
 use std::io;
 
 use super::SCAN_CHUNK;
-use crate::ring::frame::{HEADER_LEN, UNDONE, decode_header};
+use crate::ring::append::IN_FLIGHT_BYTES;
+use crate::ring::frame::{HEADER_LEN, Header, UNDONE, decode_header};
 use crate::ring::meta::Checkpoint;
 use crate::ring::scan::{Found, ReadAhead, Scanner, next_lap};
 use crate::ring::storage::Storage;
@@ -40,6 +41,13 @@ pub(super) fn chain_head(scan: &mut Scanner<'_>, ck: &Checkpoint) -> io::Result<
                 (p, next_seq) = (p + h.size(), h.seq);
             }
             Found::Record(_) | Found::Pad(_) | Found::Invalid => {
+                // Appends write outside the ring's lock: a later one may
+                // have written past a span an earlier one never did. Its
+                // frames say so, and lie within the bytes in flight.
+                if let Some((q, h)) = behind_within(scan, p, next_seq)? {
+                    (p, next_seq) = (q + h.size(), h.seq + 1);
+                    continue;
+                }
                 return Ok(match first_intact_after(scan, p)? {
                     NextFrame::Frame(pos, at) if pos >= at => None,
                     NextFrame::Frame(..) | NextFrame::Nothing => Some((p, next_seq)),
@@ -48,6 +56,21 @@ pub(super) fn chain_head(scan: &mut Scanner<'_>, ck: &Checkpoint) -> io::Result<
             }
         }
     }
+}
+
+/// The first intact record after `p`, within [`IN_FLIGHT_BYTES`], that
+/// was reserved behind an append still writing, with a seq from
+/// `next_seq` on: written past a span that append left unwritten.
+fn behind_within(scan: &mut Scanner<'_>, p: u64, next_seq: u64) -> io::Result<Option<(u64, Header)>> {
+    let mut q = p + crate::ring::frame::ALIGN;
+    while q <= p + IN_FLIGHT_BYTES {
+        match scan.frame_at(q)? {
+            Found::Record(h) if h.behind && h.seq >= next_seq => return Ok(Some((q, h))),
+            Found::Wrap => q = next_lap(q, scan.cap()),
+            _ => q += crate::ring::frame::ALIGN,
+        }
+    }
+    Ok(None)
 }
 
 /// What lies after the position where a chain of frames stops.

@@ -37,7 +37,7 @@ mod window;
 use std::io;
 
 use super::meta::Checkpoint;
-use super::scan::{ReadAhead, Scanner};
+use super::scan::{Found, ReadAhead, Scanner};
 use super::state::RingState;
 use crate::ring::storage::Storage;
 use crate::stats::{LossCause, RecoveryReport};
@@ -80,6 +80,7 @@ pub(crate) fn recover(mut input: Input<'_>) -> io::Result<(RingState, RecoveryRe
         hints: &ck.hole_hints,
         power_loss_possible: head.power_loss_possible,
         durable_seq: head.durable_seq,
+        unwritten_after: ck.durable_claim(input.sync_mark, input.reserved).max(ck.next_seq.saturating_sub(1)),
     };
     let walked = walk(&mut scan, &input, &ck, &head, &classify)?;
     report.records_recovered = walked.window.records;
@@ -235,7 +236,19 @@ fn rebuild(
             Some((_, pos, _)) if lapped => damaged_below_tail(scan, window_start, pos, tail_seq)?,
             _ => None,
         };
-        let parts = if lapped { classify.split_lapped(first, last, damaged) } else { classify.split(first, last) };
+        let cut_off = match tail {
+            Some((_, pos, _)) if !lapped => {
+                let behind = matches!(scan.header_at(pos)?, Found::Record(h) if h.behind);
+                classify.cut_off(first, behind, behind && readable_at(scan, ck.head_pos)?)
+            }
+            _ => None,
+        };
+        let parts = match cut_off {
+            // The first seq the checkpoint did not describe goes at its head.
+            Some(cause) => classify.split_or(first, last, Some(cause)),
+            None if lapped => classify.split_lapped(first, last, damaged),
+            None => classify.split(first, last),
+        };
         settle_below_tail(&mut st, report, ck, parts, (ck.settled_pos, tail_pos), tail_ts);
     }
     for h in holes {
@@ -255,4 +268,4 @@ use clean::clean_reopen;
 use head::{chain_head, find_head, head_since_durable, torn_at};
 pub(crate) use settle::fresh_state;
 use settle::{Classifier, missing_head, settle_below_tail, take_counters};
-use window::{Window, damaged_below_tail, skip_for, trusted_through, walk_window};
+use window::{Window, damaged_below_tail, readable_at, skip_for, trusted_through, walk_window};

@@ -73,9 +73,30 @@ pub(super) struct Classifier<'a> {
     pub(super) hints: &'a [(u64, u64, LossCause)],
     pub(super) power_loss_possible: bool,
     pub(super) durable_seq: u64,
+    /// Seqs an append may have reserved and been killed (or cut off by a
+    /// power loss) before writing, while a later append wrote its frames:
+    /// from the first one the checkpoint did not describe, above the
+    /// durable seq a checkpoint or sync mark claims.
+    pub(super) unwritten_after: u64,
 }
 
 impl Classifier<'_> {
+    /// The cause of seqs from `first` on missing just before a record
+    /// `behind` an append still writing when it was reserved, with their
+    /// bytes `readable`: an append killed before or during its write (none
+    /// of it, or a torn part, reached the file), which never returned.
+    /// Skipped (no record), or after a power loss lost unsynced; `None` for
+    /// anything else. (Damage at rest to such a span, above every durable
+    /// claim, looks the same: as at the head, it is taken for the write the
+    /// kill cut short.)
+    pub(super) fn cut_off(&self, first: u64, behind: bool, readable: bool) -> Option<LossCause> {
+        (behind && readable && first > self.unwritten_after).then_some(if self.power_loss_possible {
+            LossCause::LostUnsynced
+        } else {
+            LossCause::Skipped
+        })
+    }
+
     /// Splits `first..=last` into runs of one cause: a run an earlier
     /// recovery classified keeps its cause; otherwise seqs above the durable
     /// seq after a power loss were lost unsynced, and anything else is damage.

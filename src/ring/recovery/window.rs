@@ -5,6 +5,7 @@
 use std::io;
 
 use super::settle::Classifier;
+use crate::ring::frame::HEADER_LEN;
 use crate::ring::meta::Checkpoint;
 use crate::ring::scan::{Found, Scanner, next_lap};
 use crate::ring::state::Hole;
@@ -86,6 +87,17 @@ pub(super) fn chained_next(
     })
 }
 
+/// Whether the header bytes at `pos` (or, with no room for a header before
+/// the end of the lap, at the next lap's start) could be read: a block the
+/// disk failed to read is damage, whatever else it might have been.
+pub(super) fn readable_at(scan: &mut Scanner<'_>, pos: u64) -> io::Result<bool> {
+    let pos = match scan.header_at(pos)? {
+        Found::Wrap => next_lap(pos, scan.cap()),
+        _ => pos,
+    };
+    scan.readable(pos % scan.cap(), HEADER_LEN)
+}
+
 /// Walks `start..head` in logical order: intact frames are records, seq
 /// gaps between them holes.
 ///
@@ -154,7 +166,9 @@ pub(super) fn walk_window(
                         // between them: seqs missing there were skipped by an
                         // earlier recovery (whose hint may have been dropped
                         // for a newer one), never records.
-                        let unhinted = (pend == p).then_some(LossCause::Skipped);
+                        let readable = h.behind && readable_at(scan, pend)?;
+                        let cut_off = classify.cut_off(ps + 1, h.behind, readable);
+                        let unhinted = if pend == p { Some(LossCause::Skipped) } else { cut_off };
                         w.holes.extend(classify.holes_or(ps + 1, h.seq - 1, (pend, p), (pts, h.ts), unhinted));
                     }
                     Some(_) => {}
