@@ -1,7 +1,9 @@
 //! Simulation: random workloads on a simulated disk that loses, tears and
 //! reorders unsynced writes, flips bits, fails fsyncs and runs out of space;
 //! the simulated machine crashes (process crash or power loss) at random
-//! points, the ring recovers, and I1-I5 are checked after each recovery.
+//! points, among them between one append reserving its seq and writing
+//! while a later append wrote (appends write outside the ring's lock), the
+//! ring recovers, and I1-I5 are checked after each recovery.
 //!
 //! Every run is determined by its seed. A failure prints the seed and the
 //! command that replays it:
@@ -72,11 +74,75 @@ fn faults_for(seed: u64) -> Faults {
     }
 }
 
+/// The payload byte (eight in a row) of an append whose write [`Gated`]
+/// holds.
+const HELD: u8 = 0xAB;
+
+/// What happens to one run of the ring's writes: `dead` once the process
+/// is "killed" (nothing it writes after reaches the disk), and a write to
+/// hold, when armed: the first holding [`HELD`] tells `held` and waits for
+/// `release`, then is dropped (the kill came before it).
+#[derive(Default)]
+struct Gate {
+    dead: std::sync::atomic::AtomicBool,
+    hold: std::sync::Mutex<Option<(std::sync::mpsc::Sender<bool>, std::sync::mpsc::Receiver<()>)>>,
+}
+
+/// A file of the simulated disk as one run of the ring sees it.
+struct Gated(Box<dyn ringship::Storage>, std::sync::Arc<Gate>);
+
+impl ringship::Storage for Gated {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        if self.1.dead.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        if buf.windows(8).any(|w| w == [HELD; 8]) {
+            let hold = self.1.hold.lock().unwrap().take();
+            if let Some((held, release)) = hold {
+                held.send(true).unwrap();
+                release.recv().unwrap();
+                return Ok(());
+            }
+        }
+        self.0.write_at(buf, offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        if self.1.dead.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.0.sync_data()
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn boot_id(&self) -> Option<[u8; 16]> {
+        self.0.boot_id()
+    }
+}
+
+/// Kills between an append's reservation and its write, over all seeds.
+static HELD_KILLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+thread_local! {
+    /// The gate of the ring [`open`] opened last.
+    static GATE: std::cell::RefCell<std::sync::Arc<Gate>> = std::cell::RefCell::default();
+}
+
 /// Opens the ring; an injected I/O error (a failed fsync during recovery)
 /// is retried as a host's restart would, any other error fails the test.
 fn open(disk: &SimDisk, config: &RingConfig) -> (Ring, ringship::RecoveryReport) {
     for _ in 0..100 {
-        match Ring::open_on(disk.file("ring.data"), disk.file("ring.meta"), config.clone()) {
+        let gate = std::sync::Arc::new(Gate::default());
+        GATE.with(|g| *g.borrow_mut() = std::sync::Arc::clone(&gate));
+        let data = Box::new(Gated(disk.file("ring.data"), std::sync::Arc::clone(&gate)));
+        let meta = Box::new(Gated(disk.file("ring.meta"), gate));
+        match Ring::open_on(data, meta, config.clone()) {
             Ok(r) => return r,
             Err(Error::Io { .. }) => disk.process_crash(),
             Err(e) => panic!("recovery refused to open: {e}"),
@@ -251,6 +317,73 @@ fn damage_at_rest(disk: &SimDisk, random: &mut Rng, cap: u64, trace: bool) -> bo
     file == "ring.data" && offset < DATA_OFFSET
 }
 
+/// Appends write outside the ring's lock: the process is killed (or the
+/// power fails) after one append reserved its seq and before it wrote,
+/// while a later append wrote its record. Returns the ring reopened, or
+/// `ring` itself if the held append ended before it came to write.
+fn kill_between_reserve_and_write(
+    ring: Ring,
+    disk: &SimDisk,
+    model: &mut Model,
+    rest: &mut Rng,
+    config: &RingConfig,
+) -> Ring {
+    use std::sync::{Arc, mpsc};
+    let gate = GATE.with(|g| Arc::clone(&g.borrow()));
+    let (held_tx, held_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel();
+    *gate.hold.lock().unwrap() = Some((held_tx.clone(), release_rx));
+    let ring = Arc::new(ring);
+    let held_payload = vec![HELD; 40];
+    let holder = {
+        let (ring, p) = (Arc::clone(&ring), held_payload.clone());
+        std::thread::spawn(move || {
+            let r = ring.append(&p);
+            let _ = held_tx.send(false);
+            r
+        })
+    };
+    if !held_rx.recv().unwrap() {
+        // It failed (or found no room) before writing: an ordinary append.
+        gate.hold.lock().unwrap().take();
+        match holder.join().unwrap() {
+            Ok(seq) => {
+                model.payloads.insert(seq, held_payload);
+                model.max_returned = model.max_returned.max(seq);
+            }
+            Err(_) => {
+                model.failed_payloads.insert(held_payload);
+            }
+        }
+        return Arc::into_inner(ring).expect("the only handle");
+    }
+    let p = payload(model.max_returned + 2, rest);
+    match ring.append(&p) {
+        Ok(seq) => {
+            model.payloads.insert(seq, p);
+            model.max_returned = model.max_returned.max(seq);
+        }
+        Err(_) => {
+            model.failed_payloads.insert(p);
+        }
+    }
+    // The kill: the held write never happens, nor anything after.
+    gate.dead.store(true, std::sync::atomic::Ordering::SeqCst);
+    HELD_KILLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if rest.below(2) == 0 {
+        disk.power_loss();
+        model.power_losses += 1;
+    } else {
+        disk.process_crash();
+    }
+    release_tx.send(()).unwrap();
+    let _ = holder.join().unwrap();
+    model.failed_payloads.insert(held_payload);
+    drop(ring);
+    let (ring, _) = open(disk, config);
+    ring
+}
+
 /// Stops the ring: a kill, sometimes one that cuts its last write between
 /// pages, a power loss, or a clean close.
 fn stop_ring(ring: Ring, disk: &SimDisk, model: &mut Model, rest: &mut Rng) {
@@ -355,6 +488,12 @@ fn run_seed(seed: u64) -> FaultCounts {
                 ring = open(&disk, &config).0;
                 check(&ring, &disk, &mut model, cap);
             }
+        }
+        // Not under `Always`: the later append would wait for the held one.
+        if at_rest && crash.is_none() && sync != SyncPolicy::Always && rest.below(16) == 0 {
+            ring = kill_between_reserve_and_write(ring, &disk, &mut model, &mut rest, &config);
+            check(&ring, &disk, &mut model, cap);
+            continue;
         }
         if at_rest && crash.is_none() && rest.below(12) == 0 {
             stop_ring(ring, &disk, &mut model, &mut rest);
@@ -462,7 +601,8 @@ fn simulated_crashes_and_faults() {
     }
     eprintln!(
         "simulation: {} seeds, {} power losses, {} process crashes; injected {} lost writes, {} torn writes, \
-         {} bit flips, {} failed fsyncs, {} ENOSPC, {} damage at rest, {} writes cut by a kill",
+         {} bit flips, {} failed fsyncs, {} ENOSPC, {} damage at rest, {} writes cut by a kill, \
+         {} kills between an append's reservation and its write",
         seeds.len(),
         total.power_losses,
         total.process_crashes,
@@ -472,7 +612,8 @@ fn simulated_crashes_and_faults() {
         total.fsync_failures,
         total.enospc,
         total.damage_at_rest,
-        total.cut_writes
+        total.cut_writes,
+        HELD_KILLS.load(std::sync::atomic::Ordering::Relaxed)
     );
     assert!(
         seeds.len() == 1
@@ -480,6 +621,7 @@ fn simulated_crashes_and_faults() {
                 && total.torn_writes > 0
                 && total.fsync_failures > 0
                 && total.damage_at_rest > 0
-                && total.cut_writes > 0)
+                && total.cut_writes > 0
+                && HELD_KILLS.load(std::sync::atomic::Ordering::Relaxed) > 0)
     );
 }

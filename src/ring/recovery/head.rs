@@ -62,8 +62,10 @@ pub(super) fn chain_head(scan: &mut Scanner<'_>, ck: &Checkpoint) -> io::Result<
 /// was reserved behind an append still writing, with a seq from
 /// `next_seq` on: written past a span that append left unwritten.
 fn behind_within(scan: &mut Scanner<'_>, p: u64, next_seq: u64) -> io::Result<Option<(u64, Header)>> {
+    // (No further than a lap: beyond, positions repeat.)
+    let reach = p + IN_FLIGHT_BYTES.min(scan.cap());
     let mut q = p + crate::ring::frame::ALIGN;
-    while q <= p + IN_FLIGHT_BYTES {
+    while q < reach {
         match scan.frame_at(q)? {
             Found::Record(h) if h.behind && h.seq >= next_seq => return Ok(Some((q, h))),
             Found::Wrap => q = next_lap(q, scan.cap()),

@@ -239,13 +239,13 @@ fn rebuild(
         let cut_off = match tail {
             Some((_, pos, _)) if !lapped => {
                 let behind = matches!(scan.header_at(pos)?, Found::Record(h) if h.behind);
-                classify.cut_off(first, behind, behind && readable_at(scan, ck.head_pos)?)
+                classify.cut_off(behind, behind && readable_at(scan, ck.head_pos)?)
             }
             _ => None,
         };
         let parts = match cut_off {
             // The first seq the checkpoint did not describe goes at its head.
-            Some(cause) => classify.split_or(first, last, Some(cause)),
+            Some(cut) => classify.split_or(first, last, Some(cut)),
             None if lapped => classify.split_lapped(first, last, damaged),
             None => classify.split(first, last),
         };

@@ -81,20 +81,17 @@ pub(super) struct Classifier<'a> {
 }
 
 impl Classifier<'_> {
-    /// The cause of seqs from `first` on missing just before a record
-    /// `behind` an append still writing when it was reserved, with their
-    /// bytes `readable`: an append killed before or during its write (none
-    /// of it, or a torn part, reached the file), which never returned.
-    /// Skipped (no record), or after a power loss lost unsynced; `None` for
-    /// anything else. (Damage at rest to such a span, above every durable
-    /// claim, looks the same: as at the head, it is taken for the write the
-    /// kill cut short.)
-    pub(super) fn cut_off(&self, first: u64, behind: bool, readable: bool) -> Option<LossCause> {
-        (behind && readable && first > self.unwritten_after).then_some(if self.power_loss_possible {
-            LossCause::LostUnsynced
-        } else {
-            LossCause::Skipped
-        })
+    /// Where seqs missing just before a record `behind` an append still
+    /// writing when it was reserved, with their bytes `readable`, may be an
+    /// append killed before or during its write (none of it, or a torn
+    /// part, reached the file), which never returned: from the returned seq
+    /// on, and their cause: skipped (no record), or after a power loss
+    /// lost unsynced. `None` for anything else. (Damage at rest to such a
+    /// span, above every durable claim, looks the same: as at the head, it
+    /// is taken for the write the kill cut short.)
+    pub(super) fn cut_off(&self, behind: bool, readable: bool) -> Option<(u64, LossCause)> {
+        let cause = if self.power_loss_possible { LossCause::LostUnsynced } else { LossCause::Skipped };
+        (behind && readable).then_some((self.unwritten_after + 1, cause))
     }
 
     /// Splits `first..=last` into runs of one cause: a run an earlier
@@ -104,9 +101,14 @@ impl Classifier<'_> {
         self.split_or(first, last, None)
     }
 
-    /// [`split`](Self::split), with `unhinted` the cause of seqs no hint
-    /// names, when given.
-    pub(super) fn split_or(&self, first: u64, last: u64, unhinted: Option<LossCause>) -> Vec<(u64, u64, LossCause)> {
+    /// [`split`](Self::split), with `unhinted` (from, cause) the cause of
+    /// seqs from `from` on that no hint names, when given.
+    pub(super) fn split_or(
+        &self,
+        first: u64,
+        last: u64,
+        unhinted: Option<(u64, LossCause)>,
+    ) -> Vec<(u64, u64, LossCause)> {
         let mut parts: Vec<(u64, u64, LossCause)> = Vec::new();
         let mut cur = first;
         while cur <= last {
@@ -115,7 +117,10 @@ impl Classifier<'_> {
             } else {
                 let next_hint = self.hints.iter().map(|&(a, _, _)| a).filter(|&a| a > cur).min().unwrap_or(u64::MAX);
                 let mut end = last.min(next_hint.saturating_sub(1));
-                let cause = if let Some(c) = unhinted {
+                if let Some((from, _)) = unhinted.filter(|&(from, _)| cur < from) {
+                    end = end.min(from - 1);
+                }
+                let cause = if let Some((_, c)) = unhinted.filter(|&(from, _)| cur >= from) {
                     c
                 } else if self.power_loss_possible && cur > self.durable_seq {
                     LossCause::LostUnsynced
@@ -148,7 +153,7 @@ impl Classifier<'_> {
     /// holes are damage, lost writes or skipped seqs.)
     pub(super) fn split_lapped(&self, first: u64, last: u64, damaged_from: Option<u64>) -> Vec<(u64, u64, LossCause)> {
         let mut parts = Vec::new();
-        for (a, b, cause) in self.split_or(first, last, Some(LossCause::Overwritten)) {
+        for (a, b, cause) in self.split_or(first, last, Some((0, LossCause::Overwritten))) {
             match damaged_from {
                 Some(d) if cause == LossCause::Overwritten && d <= b => {
                     if a < d {
@@ -185,7 +190,7 @@ impl Classifier<'_> {
         last: u64,
         (pos, resume_pos): (u64, u64),
         (first_ts, last_ts): (u64, u64),
-        unhinted: Option<LossCause>,
+        unhinted: Option<(u64, LossCause)>,
     ) -> Vec<Hole> {
         self.split_or(first, last, unhinted)
             .into_iter()

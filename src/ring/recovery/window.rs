@@ -167,8 +167,11 @@ pub(super) fn walk_window(
                         // earlier recovery (whose hint may have been dropped
                         // for a newer one), never records.
                         let readable = h.behind && readable_at(scan, pend)?;
-                        let cut_off = classify.cut_off(ps + 1, h.behind, readable);
-                        let unhinted = if pend == p { Some(LossCause::Skipped) } else { cut_off };
+                        let unhinted = if pend == p {
+                            Some((0, LossCause::Skipped))
+                        } else {
+                            classify.cut_off(h.behind, readable)
+                        };
                         w.holes.extend(classify.holes_or(ps + 1, h.seq - 1, (pend, p), (pts, h.ts), unhinted));
                     }
                     Some(_) => {}
