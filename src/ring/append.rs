@@ -24,6 +24,23 @@ struct Layout {
     first_seq: u64,
     /// The lap end the batch crosses, if it leaves bytes unused there.
     lap_end: Option<(u64, u64)>,
+    /// The batch's timestamp.
+    ts: u64,
+}
+
+impl Layout {
+    /// The flight of a batch of `n` records laid out here.
+    fn flight(&self, n: u64) -> Flight {
+        Flight {
+            first: self.first_seq,
+            last: self.first_seq + n - 1,
+            end: self.new_head,
+            lap_end: self.lap_end,
+            ts: self.ts,
+            written: false,
+            failed: false,
+        }
+    }
 }
 
 /// A write buffer grown beyond this by a large batch is not kept.
@@ -108,7 +125,6 @@ impl RingCore {
         // appends (another append writing meanwhile has it: then a new one).
         let mut buf = std::mem::take(&mut st.write_buf);
         let placed = self.place(&mut st, payloads, &mut buf, frames, ts, deadline);
-        let wake_background = self.ask_background(&mut st);
         let published = match placed {
             // A copy into the map costs less than taking the lock again:
             // written and published under this hold.
@@ -130,6 +146,7 @@ impl RingCore {
                 refused.map(|_| None)
             }
         };
+        let wake_background = self.ask_background(&mut st);
         drop(st);
         if wake_background {
             self.background.wake.notify();
@@ -248,15 +265,9 @@ impl RingCore {
                 return Ok(None);
             }
         };
-        st.in_flight.push_back(Flight {
-            first: layout.first_seq,
-            last: layout.first_seq + n - 1,
-            end: layout.new_head,
-            lap_end: layout.lap_end,
-            ts,
-            written: false,
-            failed: false,
-        });
+        if !self.config.mapped_writes {
+            st.in_flight.push_back(layout.flight(n));
+        }
         Ok(Some(layout))
     }
 
@@ -274,21 +285,25 @@ impl RingCore {
         written: std::result::Result<(), (std::io::Error, usize)>,
     ) -> Result<(u64, u64, bool)> {
         let first = layout.first_seq;
-        let at = st.in_flight.iter().position(|f| f.first == first).expect("the append's own flight");
+        // With mapped writes the copy was made under this hold: no flight.
+        let own = (!self.config.mapped_writes)
+            .then(|| st.in_flight.iter().position(|f| f.first == first).expect("the append's own flight"));
         if let Err((e, segments)) = written {
             let err = Error::io("write", &self.data_path, e);
-            let result = if at + 1 == st.in_flight.len() {
-                // The newest reservation: nothing follows its span, which
-                // goes back to the next append, and its seqs with it.
-                st.in_flight.pop_back();
-                self.undo_failed_write(st, n, &self.spans(&buf, layout)[..=segments], err)
-            } else {
+            let result = if let Some(at) = own.filter(|&at| at + 1 < st.in_flight.len()) {
                 // Later appends hold seqs after these: they cannot be taken
                 // back. What reached the disk is for recovery to judge.
                 st.in_flight[at].failed = true;
                 self.poisoned.store(true, Ordering::Release);
                 st.poisoned.get_or_insert_with(|| self.data_path.clone());
                 err
+            } else {
+                // The newest reservation: nothing follows its span, which
+                // goes back to the next append, and its seqs with it.
+                if own.is_some() {
+                    st.in_flight.pop_back();
+                }
+                self.undo_failed_write(st, n, &self.spans(&buf, layout)[..=segments], err)
             };
             if st.flight_waiters > 0 {
                 self.flights.notify_all();
@@ -296,15 +311,21 @@ impl RingCore {
             Self::keep_write_buf(st, buf);
             return Err(result);
         }
-        st.in_flight[at].written = true;
         Self::keep_write_buf(st, buf);
         // By each batch's timestamp, not another clock read; a wall clock
         // that jumped either way makes a checkpoint due.
         let interval = u64::try_from(self.config.checkpoint_interval.as_nanos()).unwrap_or(u64::MAX);
         let mut due = false;
         let mut published = false;
-        while st.in_flight.front().is_some_and(|f| f.written) {
-            let f = st.in_flight.pop_front().expect("a flight");
+        let mut direct = None;
+        match own {
+            Some(at) => st.in_flight[at].written = true,
+            None => direct = Some(layout.flight(n)),
+        }
+        let written_front = |st: &mut RingState| {
+            if st.in_flight.front().is_some_and(|f| f.written) { st.in_flight.pop_front() } else { None }
+        };
+        while let Some(f) = direct.take().or_else(|| written_front(st)) {
             st.head = f.end;
             st.next_seq = f.last + 1;
             due |= st.unsaved_losses && f.ts.abs_diff(st.last_checkpoint) >= interval;
@@ -349,7 +370,7 @@ impl RingCore {
         // Frames reserved behind an append still writing say so: a kill
         // may leave that append's span unwritten below them.
         let behind = !st.in_flight.is_empty();
-        let mut layout = Layout { segments: [(0, 0); 2], nseg: 0, new_head: head, first_seq, lap_end: None };
+        let mut layout = Layout { segments: [(0, 0); 2], nseg: 0, new_head: head, first_seq, lap_end: None, ts };
         let mut pos = head;
         let mut seg_start = (pos, 0usize);
         for (i, p) in payloads.iter().enumerate() {
