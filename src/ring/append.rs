@@ -43,6 +43,19 @@ impl Layout {
     }
 }
 
+/// The spans of a batch's segments (at most two: a batch wraps at most
+/// once): (offset in the data area, start and end in the buffer).
+struct Spans {
+    spans: [(u64, usize, usize); 2],
+    len: usize,
+}
+
+impl Spans {
+    fn as_slice(&self) -> &[(u64, usize, usize)] {
+        &self.spans[..self.len]
+    }
+}
+
 /// A write buffer grown beyond this by a large batch is not kept.
 pub(super) const WRITE_BUF_KEEP: usize = 256 << 10;
 
@@ -303,7 +316,7 @@ impl RingCore {
                 if own.is_some() {
                     st.in_flight.pop_back();
                 }
-                self.undo_failed_write(st, n, &self.spans(&buf, layout)[..=segments], err)
+                self.undo_failed_write(st, n, &self.spans(&buf, layout).as_slice()[..=segments], err)
             };
             if st.flight_waiters > 0 {
                 self.flights.notify_all();
@@ -417,21 +430,19 @@ impl RingCore {
     /// The laid-out frames' spans: (offset in the data area, start and end
     /// in the buffer) per segment (segment i ends where segment i + 1
     /// starts).
-    fn spans(&self, buf: &[u8], layout: &Layout) -> Vec<(u64, usize, usize)> {
+    fn spans(&self, buf: &[u8], layout: &Layout) -> Spans {
         let segments = &layout.segments[..layout.nseg];
-        segments
-            .iter()
-            .enumerate()
-            .map(|(i, &(seg_pos, from))| {
-                (seg_pos % self.geometry.cap, from, segments.get(i + 1).map_or(buf.len(), |s| s.1))
-            })
-            .collect()
+        let mut spans = Spans { spans: [(0, 0, 0); 2], len: segments.len() };
+        for (i, &(seg_pos, from)) in segments.iter().enumerate() {
+            spans.spans[i] = (seg_pos % self.geometry.cap, from, segments.get(i + 1).map_or(buf.len(), |s| s.1));
+        }
+        spans
     }
 
     /// Writes the laid-out frames, one `pwrite` per segment, with no lock
     /// held. A failure names the segment it came at.
     fn write_layout(&self, buf: &[u8], layout: &Layout) -> std::result::Result<(), (std::io::Error, usize)> {
-        for (i, (off, from, to)) in self.spans(buf, layout).into_iter().enumerate() {
+        for (i, &(off, from, to)) in self.spans(buf, layout).as_slice().iter().enumerate() {
             debug_assert!(off + (to - from) as u64 <= self.geometry.cap);
             self.data.write_at(&buf[from..to], DATA_OFFSET + off).map_err(|e| (e, i))?;
         }
