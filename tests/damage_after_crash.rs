@@ -247,36 +247,21 @@ fn overwritten_bytes_after_a_crash_are_exact() {
     assert_eq!(ranges, after.overwritten_bytes);
 }
 
-/// Holds back (reports written, writes nothing) every write that holds
-/// `HELD_BYTE` eight times in a row, and lets a test know it was asked.
-struct HoldsMarked(Box<dyn ringship::Storage>, std::sync::Arc<std::sync::Barrier>);
-
+/// The payload byte (eight in a row) of the append whose write is held.
 const HELD_BYTE: u8 = 0xAB;
 
-impl ringship::Storage for HoldsMarked {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.0.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        if buf.windows(8).any(|w| w == [HELD_BYTE; 8]) {
-            // Reserved: let the other append run, and never write.
-            self.1.wait();
-            self.1.wait();
-            return Ok(());
+/// Holds back every write of `HELD_BYTE` x 8: meets the test at the
+/// barrier, waits there again, then reports it written without writing it.
+struct HoldsMarked(std::sync::Arc<std::sync::Barrier>);
+
+impl common::Hooks for HoldsMarked {
+    fn drops_write(&self, buf: &[u8]) -> bool {
+        let held = buf.windows(8).any(|w| w == [HELD_BYTE; 8]);
+        if held {
+            self.0.wait();
+            self.0.wait();
         }
-        self.0.write_at(buf, offset)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.0.sync_data()
-    }
-    fn len(&self) -> std::io::Result<u64> {
-        self.0.len()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.0.set_len(len)
-    }
-    fn boot_id(&self) -> Option<[u8; 16]> {
-        self.0.boot_id()
+        held
     }
 }
 
@@ -293,7 +278,7 @@ fn an_append_killed_before_its_write_while_a_later_one_wrote_is_skipped() {
     for before in [0u64, 3] {
         let disk = SimDisk::new(before, Faults::NONE);
         let barrier = Arc::new(Barrier::new(2));
-        let data = Box::new(HoldsMarked(disk.file("ring.data"), Arc::clone(&barrier)));
+        let data = Box::new(common::Hooked { inner: disk.file("ring.data"), hooks: HoldsMarked(Arc::clone(&barrier)) });
         let (ring, _) = Ring::open_on(data, disk.file("ring.meta"), config(SyncPolicy::Never)).unwrap();
         let ring = Arc::new(ring);
         for i in 1..=before {

@@ -74,7 +74,7 @@ fn faults_for(seed: u64) -> Faults {
     }
 }
 
-/// The payload byte (eight in a row) of an append whose write [`Gated`]
+/// The payload byte (eight in a row) of an append whose write a [`Gate`]
 /// holds.
 const HELD: u8 = 0xAB;
 
@@ -88,41 +88,23 @@ struct Gate {
     hold: std::sync::Mutex<Option<(std::sync::mpsc::Sender<bool>, std::sync::mpsc::Receiver<()>)>>,
 }
 
-/// A file of the simulated disk as one run of the ring sees it.
-struct Gated(Box<dyn ringship::Storage>, std::sync::Arc<Gate>);
-
-impl ringship::Storage for Gated {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.0.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-        if self.1.dead.load(std::sync::atomic::Ordering::SeqCst) {
-            return Ok(());
+/// What one run of the ring's writes meet: a [`Gate`].
+impl common::Hooks for std::sync::Arc<Gate> {
+    fn drops_write(&self, buf: &[u8]) -> bool {
+        if self.dead.load(std::sync::atomic::Ordering::SeqCst) {
+            return true;
         }
-        if buf.windows(8).any(|w| w == [HELD; 8]) {
-            let hold = self.1.hold.lock().unwrap().take();
-            if let Some((held, release)) = hold {
-                held.send(true).unwrap();
-                release.recv().unwrap();
-                return Ok(());
-            }
+        if !buf.windows(8).any(|w| w == [HELD; 8]) {
+            return false;
         }
-        self.0.write_at(buf, offset)
+        let armed = self.hold.lock().unwrap().take();
+        let Some((held, release)) = armed else { return false };
+        held.send(true).unwrap();
+        release.recv().unwrap();
+        true
     }
-    fn sync_data(&self) -> std::io::Result<()> {
-        if self.1.dead.load(std::sync::atomic::Ordering::SeqCst) {
-            return Ok(());
-        }
-        self.0.sync_data()
-    }
-    fn len(&self) -> std::io::Result<u64> {
-        self.0.len()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.0.set_len(len)
-    }
-    fn boot_id(&self) -> Option<[u8; 16]> {
-        self.0.boot_id()
+    fn drops_sync(&self) -> bool {
+        self.dead.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -140,8 +122,8 @@ fn open(disk: &SimDisk, config: &RingConfig) -> (Ring, ringship::RecoveryReport)
     for _ in 0..100 {
         let gate = std::sync::Arc::new(Gate::default());
         GATE.with(|g| *g.borrow_mut() = std::sync::Arc::clone(&gate));
-        let data = Box::new(Gated(disk.file("ring.data"), std::sync::Arc::clone(&gate)));
-        let meta = Box::new(Gated(disk.file("ring.meta"), gate));
+        let data = Box::new(common::Hooked { inner: disk.file("ring.data"), hooks: std::sync::Arc::clone(&gate) });
+        let meta = Box::new(common::Hooked { inner: disk.file("ring.meta"), hooks: gate });
         match Ring::open_on(data, meta, config.clone()) {
             Ok(r) => return r,
             Err(Error::Io { .. }) => disk.process_crash(),

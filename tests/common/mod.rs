@@ -119,6 +119,15 @@ pub trait Hooks: Send + Sync + 'static {
     fn before_sync(&self) -> std::io::Result<()> {
         Ok(())
     }
+    /// Whether this write is reported done without reaching the file (a
+    /// kill came first); it may block first.
+    fn drops_write(&self, _buf: &[u8]) -> bool {
+        false
+    }
+    /// Whether this sync is reported done without reaching the file.
+    fn drops_sync(&self) -> bool {
+        false
+    }
 }
 
 /// A storage that runs `hooks` before forwarding to `inner`: the one
@@ -135,10 +144,16 @@ impl<H: Hooks> ringship::Storage for Hooked<H> {
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
         self.hooks.before_write(buf, offset)?;
+        if self.hooks.drops_write(buf) {
+            return Ok(());
+        }
         self.inner.write_at(buf, offset)
     }
     fn sync_data(&self) -> std::io::Result<()> {
         self.hooks.before_sync()?;
+        if self.hooks.drops_sync() {
+            return Ok(());
+        }
         self.inner.sync_data()
     }
     fn len(&self) -> std::io::Result<u64> {
@@ -146,6 +161,15 @@ impl<H: Hooks> ringship::Storage for Hooked<H> {
     }
     fn set_len(&self, len: u64) -> std::io::Result<()> {
         self.inner.set_len(len)
+    }
+    fn drop_cache(&self) {
+        self.inner.drop_cache();
+    }
+    fn prefetch(&self, offset: u64, len: u64) {
+        self.inner.prefetch(offset, len);
+    }
+    fn prefetch_for_write(&self, offset: u64, len: u64) {
+        self.inner.prefetch_for_write(offset, len);
     }
     fn boot_id(&self) -> Option<[u8; 16]> {
         self.inner.boot_id()
