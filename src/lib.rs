@@ -59,6 +59,8 @@
 struct ReadmeDoctests;
 
 mod error;
+#[cfg(any(feature = "tracing", feature = "log", feature = "opentelemetry"))]
+mod frontend;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -71,9 +73,18 @@ mod sender;
 pub mod sim;
 mod stats;
 mod sync;
+mod threads;
 mod transport;
 
 pub use error::{Error, Result};
+#[cfg(any(feature = "tracing", feature = "log", feature = "opentelemetry"))]
+pub use frontend::FrontEndStats;
+#[cfg(feature = "log")]
+pub use frontend::log::RingLogger;
+#[cfg(feature = "opentelemetry")]
+pub use frontend::otel::{RingLogProcessor, RingSpanProcessor};
+#[cfg(feature = "tracing")]
+pub use frontend::tracing::{RingLayer, RingWriter};
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub use ring::config::StorageWrapper;

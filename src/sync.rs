@@ -29,7 +29,7 @@ mod imp {
     pub(crate) use std::thread::{JoinHandle, yield_now};
 
     pub(crate) fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
-        std::thread::Builder::new().name(name.into()).spawn(f).expect("spawn a ringship thread")
+        crate::threads::spawn(name, f).expect("spawn a ringship thread")
     }
 }
 

@@ -38,6 +38,7 @@ pub(super) fn spawn_background(inner: Weak<RingCore>, wake: Arc<Signal>, every: 
                 // writes a wait for pages the prefetch is reading.
                 inner.renew_ahead();
                 inner.prefetch_ahead();
+                inner.sync_asked();
             }
             let (Some(at), Some(every)) = (next_flush, every) else { continue };
             if Instant::now() < at {
@@ -77,16 +78,31 @@ pub(super) struct Background {
     /// The head an append asked the thread to prefetch from
     /// (`NO_PREFETCH`: none asked since it last did; at open, the head).
     pub(super) prefetch_from: AtomicU64,
+    /// Under `SyncPolicy::Always`, the last seq a front-end appended
+    /// without waiting for its fsync (0: none since the thread last synced):
+    /// the thread makes it durable (`Ring::append_nowait`).
+    pub(super) sync_upto: AtomicU64,
 }
 
 impl Background {
     /// Prefetching first from `head`.
     pub(super) fn new(head: u64) -> Self {
-        Background { wake: Arc::new(Signal::new()), prefetch_from: AtomicU64::new(head) }
+        Background { wake: Arc::new(Signal::new()), prefetch_from: AtomicU64::new(head), sync_upto: AtomicU64::new(0) }
     }
 }
 
 impl RingCore {
+    /// The background thread's fsync for front-ends' appends under
+    /// `SyncPolicy::Always`: one group commit covers every seq asked for.
+    /// A failure poisons the ring, and the next append says so.
+    fn sync_asked(&self) {
+        let upto = self.background.sync_upto.swap(0, Ordering::AcqRel);
+        if upto > 0 {
+            self.wait_written(upto);
+            let _ = self.wait_durable(upto);
+        }
+    }
+
     /// The background thread's prefetch (and `open`'s): `PREFETCH_AHEAD`
     /// bytes, at most a quarter of the ring, from the head an append asked
     /// for, if one did, in two parts where they wrap around the end of the

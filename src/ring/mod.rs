@@ -211,6 +211,49 @@ impl Ring {
         Ok((first, last))
     }
 
+    /// A front-end's append: as [`append`](Self::append), but it never
+    /// waits for an fsync or for acknowledgements. Under
+    /// [`SyncPolicy::Always`] it returns once the record is written and has
+    /// the background thread fsync it (one fsync covers every front-end
+    /// append since the last); under [`FullPolicy::Block`] a full ring
+    /// refuses the record at once, as under `RejectNew`, and counts it as
+    /// rejected. It may still wait for another append's write into the
+    /// page cache, and for a seq reservation's fsync when appends outrun
+    /// the background thread by half a reservation block.
+    #[cfg_attr(not(any(feature = "tracing", feature = "log", feature = "opentelemetry")), allow(dead_code))]
+    pub(crate) fn append_nowait(&self, payload: &[u8]) -> Result<u64> {
+        let inner = &*self.inner;
+        let payloads = [payload];
+        let (first, _) = loop {
+            if let Some(placed) = inner.try_append_batch(&payloads, None)? {
+                break placed;
+            }
+        };
+        if inner.config.sync == SyncPolicy::Always {
+            inner.background.sync_upto.fetch_max(first, Ordering::AcqRel);
+            inner.background.wake.notify();
+        }
+        Ok(first)
+    }
+
+    /// Has the background thread make every record appended so far durable,
+    /// without waiting for it (a front-end's `flush`).
+    #[cfg_attr(not(any(feature = "tracing", feature = "log", feature = "opentelemetry")), allow(dead_code))]
+    pub(crate) fn sync_soon(&self) {
+        let inner = &*self.inner;
+        let last = inner.state.lock().reserved().1 - 1;
+        if last > 0 {
+            inner.background.sync_upto.fetch_max(last, Ordering::AcqRel);
+            inner.background.wake.notify();
+        }
+    }
+
+    /// Whether a failed fsync or write poisoned the ring.
+    #[cfg_attr(not(any(feature = "tracing", feature = "log", feature = "opentelemetry")), allow(dead_code))]
+    pub(crate) fn poisoned(&self) -> bool {
+        self.inner.poisoned.load(Ordering::Acquire)
+    }
+
     /// Reads up to `max_records` records (and about `max_bytes` payload
     /// bytes, at least one record) with seq `from_seq` or above, oldest
     /// first. Records that were lost are skipped: compare seqs with

@@ -237,10 +237,10 @@ impl ShipperBuilder {
         let tx = if has_on_stall || has_on_loss {
             let (tx, rx) = crossbeam_channel::bounded(CALLBACK_QUEUE);
             let (on_stall, on_loss) = (self.on_stall, self.on_loss);
-            std::thread::Builder::new()
-                .name("ringship-callbacks".into())
-                .spawn(move || run_callbacks(&rx, on_stall.as_ref(), on_loss.as_ref()))
-                .map_err(|e| thread_error("the callback thread", e))?;
+            crate::threads::spawn("ringship-callbacks", move || {
+                run_callbacks(&rx, on_stall.as_ref(), on_loss.as_ref())
+            })
+            .map_err(|e| thread_error("the callback thread", e))?;
             Some(tx)
         } else {
             None
@@ -255,9 +255,7 @@ impl ShipperBuilder {
         let cb = Callbacks { tx, on_stall: has_on_stall, backlog: LossFeed::default() };
         // The supervisor first: if it cannot start, no worker is left
         // shipping with nobody to stop it.
-        let supervisor = std::thread::Builder::new()
-            .name("ringship-supervisor".into())
-            .spawn(move || supervise(&s, &stop_rx, &initial, cb))
+        let supervisor = crate::threads::spawn("ringship-supervisor", move || supervise(&s, &stop_rx, &initial, cb))
             .map_err(|e| thread_error("the supervisor thread", e))?;
         spawn_worker(&shared, 1);
         let phase = Phase::Running { supervisor: Some((stop, supervisor)) };

@@ -18,7 +18,7 @@ pub type LossCallback = Box<dyn Fn(&[LossRange]) + Send + Sync>;
 /// lives on.
 pub(super) fn call_back(what: &str, f: impl FnOnce()) {
     if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        eprintln!("ringship: the {what} callback panicked ({}); later ones still run", panic_message(&*p));
+        crate::threads::diag!("the {what} callback panicked ({}); later ones still run", panic_message(&*p));
         // A payload whose own drop panics must not end the thread either.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(p)));
     }

@@ -377,7 +377,7 @@ pub(super) fn spawn_worker(shared: &Arc<ShipperCore>, worker_id: u64) {
         return;
     }
     let s = Arc::clone(shared);
-    let spawned = std::thread::Builder::new().name(format!("ringship-send-{worker_id}")).spawn(move || {
+    let spawned = crate::threads::spawn(format!("ringship-send-{worker_id}"), move || {
         if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker::run(&s, worker_id))) {
             s.note_error(&format!("the sender worker panicked: {}", panic_message(&*p)));
             s.worker_died.store(worker_id, Ordering::Release);

@@ -234,12 +234,10 @@ pub(crate) fn run_cancellable<T: Send + 'static>(
         return Err(SendError::cancelled());
     }
     let (tx, rx) = mpsc::sync_channel(1);
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(move || {
-            let _ = tx.send(work());
-        })
-        .map_err(|e| SendError::retryable(format!("spawning the {name} thread: {e}")))?;
+    crate::threads::spawn(name, move || {
+        let _ = tx.send(work());
+    })
+    .map_err(|e| SendError::retryable(format!("spawning the {name} thread: {e}")))?;
     loop {
         if ctx.cancel.is_cancelled() {
             return Err(SendError::cancelled());
