@@ -1,11 +1,11 @@
 //! Front-ends installed process-wide, with a shipper shipping the ring
 //! they append to: what user code running on ringship's threads (a
 //! transport, its factory, a callback) emits is left out, so shipping
-//! never feeds the ring it ships from; a second `log` install is a clear
-//! error. One test per binary: the subscriber and the logger are global.
+//! never feeds the ring it ships from; ringship's own diagnostics go
+//! through `tracing`; a second `log` install is a clear error. One test per binary: the subscriber and the logger are global.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ringship::{
@@ -28,13 +28,37 @@ impl Transport for Chatty {
     }
 }
 
+/// Collects the messages of ringship's own diagnostics (target `ringship`).
+#[derive(Clone, Default)]
+struct Diagnostics(Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Diagnostics {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Msg(String);
+        impl tracing::field::Visit for Msg {
+            fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0 += &format!("{value:?}");
+            }
+        }
+        if event.metadata().target() == "ringship" {
+            let mut m = Msg(String::new());
+            event.record(&mut m);
+            self.0.lock().unwrap().push(m.0);
+        }
+    }
+}
+
 #[test]
 fn events_from_user_code_on_ringship_threads_are_left_out_and_a_second_logger_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let config = RingConfig::default().capacity(1 << 20).sync(SyncPolicy::Never);
     let ring = Arc::new(Ring::open(tmp.path().join("ring"), config).unwrap().0);
     let layer = RingLayer::new(Arc::clone(&ring));
-    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer.clone())).unwrap();
+    let diagnostics = Diagnostics::default();
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::registry().with(layer.clone()).with(diagnostics.clone()),
+    )
+    .unwrap();
     let logger = RingLogger::new(Arc::clone(&ring));
     logger.clone().install(log::LevelFilter::Info).unwrap();
     match RingLogger::new(Arc::clone(&ring)).install(log::LevelFilter::Info) {
@@ -72,4 +96,34 @@ fn events_from_user_code_on_ringship_threads_are_left_out_and_a_second_logger_is
     assert!(layer.stats().suppressed >= 2, "{:?}", layer.stats());
     assert!(logger.stats().suppressed >= 1, "{:?}", logger.stats());
     shipper.shutdown(Duration::from_secs(10)).unwrap();
+
+    // A second ring, overwriting while its endpoint refuses everything, with
+    // an `on_loss` callback that panics: ringship says so through
+    // `tracing`, and nothing of it lands in the first ring.
+    let small = RingConfig::default().capacity(64 << 10).sync(SyncPolicy::Never);
+    let other = Arc::new(Ring::open(tmp.path().join("other"), small).unwrap().0);
+    let refusing = Shipper::builder(Arc::clone(&other))
+        .endpoint(Endpoint::new("mem://down"))
+        .transport(|| Refusing)
+        .on_loss(|_| panic!("the host's callback broke"))
+        .start()
+        .unwrap();
+    for _ in 0..2000 {
+        other.append(&[b'x'; 100]).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !diagnostics.0.lock().unwrap().iter().any(|m| m.contains("the host's callback broke")) {
+        assert!(std::time::Instant::now() < deadline, "no diagnostic: {:?}", diagnostics.0.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(ring.stats().appended, 100, "the diagnostic is not in the first ring");
+    refusing.shutdown(Duration::from_millis(100)).unwrap();
+}
+
+struct Refusing;
+
+impl Transport for Refusing {
+    fn send(&mut self, _: &Endpoint, _: &Batch, _: &SendContext) -> Result<(), SendError> {
+        Err(SendError::retryable("down"))
+    }
 }
