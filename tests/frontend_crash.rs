@@ -69,7 +69,7 @@ fn install(kind: &str, ring: &Arc<Ring>) -> (Emit, Box<dyn Fn() -> FrontEndStats
                 let mut r = logger.create_log_record();
                 r.set_severity_number(Severity::Info);
                 r.set_body(format!("event {n}").into());
-                r.add_attribute("n", n as i64);
+                r.add_attribute("n", i64::try_from(n).expect("n fits"));
                 r.add_attribute("payload", payload(n));
                 logger.emit(r);
             };

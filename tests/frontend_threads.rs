@@ -37,7 +37,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Diagnostics {
         struct Msg(String);
         impl tracing::field::Visit for Msg {
             fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                self.0 += &format!("{value:?}");
+                use std::fmt::Write;
+                let _ = write!(self.0, "{value:?}");
             }
         }
         if event.metadata().target() == "ringship" {

@@ -1,7 +1,7 @@
 //! The front-ends (`tracing`, `log`, OpenTelemetry) against a real ring:
 //! the records they write, what they do with bad input, and that they
 //! never wait for an fsync or for room. Each test installs its subscriber
-//! for its own thread only; tests/frontend_threads.rs holds the ones that
+//! for its own thread only; `tests/frontend_threads.rs` holds the ones that
 //! need a process-wide subscriber.
 
 mod common;

@@ -5,6 +5,9 @@
 //! cut (`cap`) and optional members left out past `limit`; it then carries
 //! `"truncated":true`.
 
+// Each front-end uses the parts its records need.
+#![cfg_attr(not(all(feature = "tracing", feature = "opentelemetry")), allow(dead_code))]
+
 use std::fmt::{self, Write as _};
 
 /// A position to roll an optional member back to.
@@ -42,14 +45,12 @@ impl Json {
     }
 
     /// Members encoded before (`"a":1`), to write more after.
-    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
     pub(crate) fn members(buf: Vec<u8>) -> Self {
         let first = buf.is_empty();
         Json { buf, first, ..Json::new() }
     }
 
     /// Notes that a member was left out.
-    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
     pub(crate) fn omit(&mut self) {
         self.omitted = true;
     }
@@ -290,7 +291,6 @@ impl Json {
     }
 
     /// Bytes as lowercase hex in a string value (trace and span ids).
-    #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
     pub(crate) fn hex(&mut self, b: &[u8]) {
         self.buf.push(b'"');
         for &x in b {

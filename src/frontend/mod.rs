@@ -74,12 +74,16 @@ pub(crate) struct Sink {
     ring: Arc<Ring>,
     counters: Arc<Counters>,
     #[cfg(feature = "testing")]
-    to: Option<Arc<dyn Fn(&[u8]) + Send + Sync>>,
+    to: Option<RecordFn>,
 }
+
+/// Takes each encoded record in place of the ring (benchmarks).
+#[cfg(feature = "testing")]
+pub(crate) type RecordFn = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
 impl fmt::Debug for Sink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sink").field("ring", &self.ring.dir()).field("stats", &self.stats()).finish()
+        f.debug_struct("Sink").field("ring", &self.ring.dir()).field("stats", &self.stats()).finish_non_exhaustive()
     }
 }
 
@@ -105,10 +109,11 @@ impl Sink {
     /// (the benchmarks compare the front-ends' own cost against other
     /// writers with it).
     #[cfg(feature = "testing")]
-    pub(crate) fn to(ring: Arc<Ring>, to: Arc<dyn Fn(&[u8]) + Send + Sync>) -> Self {
+    pub(crate) fn to(ring: Arc<Ring>, to: RecordFn) -> Self {
         Sink { to: Some(to), ..Sink::new(ring) }
     }
 
+    #[cfg_attr(not(any(feature = "tracing", feature = "opentelemetry")), allow(dead_code))]
     pub(crate) fn ring(&self) -> &Ring {
         &self.ring
     }
@@ -187,6 +192,7 @@ impl Sink {
     }
 
     /// Asks for what was appended to reach the disk, without waiting.
+    #[cfg_attr(not(any(feature = "tracing", feature = "log")), allow(dead_code))]
     pub(crate) fn flush(&self) {
         self.ring.sync_soon();
     }

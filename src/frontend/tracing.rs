@@ -64,7 +64,7 @@ impl RingLayer {
     /// writers with it.
     #[cfg(feature = "testing")]
     #[doc(hidden)]
-    pub fn to_fn(ring: Arc<Ring>, to: Arc<dyn Fn(&[u8]) + Send + Sync>) -> Self {
+    pub fn to_fn(ring: Arc<Ring>, to: super::RecordFn) -> Self {
         RingLayer { sink: Sink::to(ring, to) }
     }
 
@@ -325,7 +325,10 @@ impl io::Write for &RingWriter {
         Ok(buf.len())
     }
 
+    /// Has ringship's background thread make what was written durable,
+    /// without waiting for it.
     fn flush(&mut self) -> io::Result<()> {
+        self.sink.flush();
         Ok(())
     }
 }

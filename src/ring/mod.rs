@@ -238,7 +238,7 @@ impl Ring {
 
     /// Has the background thread make every record appended so far durable,
     /// without waiting for it (a front-end's `flush`).
-    #[cfg_attr(not(any(feature = "tracing", feature = "log", feature = "opentelemetry")), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "tracing", feature = "log")), allow(dead_code))]
     pub(crate) fn sync_soon(&self) {
         let inner = &*self.inner;
         let last = inner.state.lock().reserved().1 - 1;

@@ -238,7 +238,7 @@ impl ShipperBuilder {
             let (tx, rx) = crossbeam_channel::bounded(CALLBACK_QUEUE);
             let (on_stall, on_loss) = (self.on_stall, self.on_loss);
             crate::threads::spawn("ringship-callbacks", move || {
-                run_callbacks(&rx, on_stall.as_ref(), on_loss.as_ref())
+                run_callbacks(&rx, on_stall.as_ref(), on_loss.as_ref());
             })
             .map_err(|e| thread_error("the callback thread", e))?;
             Some(tx)
