@@ -172,7 +172,11 @@ impl Ring {
     ///
     /// Under [`SyncPolicy::Always`] it returns once the record is durable;
     /// otherwise once the record is in the operating system's page cache
-    /// (it survives a crash of the process, not a power loss).
+    /// (it survives a crash of the process, not a power loss). It waits for
+    /// an fsync only under `Always`, and for room only under
+    /// [`FullPolicy::Block`](crate::FullPolicy::Block); the front-ends
+    /// (`RingLayer`, `RingLogger`, the OpenTelemetry processors) never
+    /// wait for either (docs/FRONTENDS.md).
     ///
     /// # Errors
     /// [`Error::RecordTooLarge`], [`Error::Full`], [`Error::BlockTimeout`]
