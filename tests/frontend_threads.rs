@@ -13,6 +13,7 @@ use ringship::{
     Transport,
 };
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// A transport that logs through both front-ends on every send.
 struct Chatty {
@@ -60,6 +61,8 @@ fn events_from_user_code_on_ringship_threads_are_left_out_and_a_second_logger_is
         tracing_subscriber::registry().with(layer.clone()).with(diagnostics.clone()),
     )
     .unwrap();
+    // A second subscriber is refused, and the first keeps working.
+    assert!(tracing_subscriber::registry().with(RingLayer::new(Arc::clone(&ring))).try_init().is_err());
     let logger = RingLogger::new(Arc::clone(&ring));
     logger.clone().install(log::LevelFilter::Info).unwrap();
     match RingLogger::new(Arc::clone(&ring)).install(log::LevelFilter::Info) {

@@ -420,3 +420,70 @@ fn a_tracing_event_inside_an_opentelemetry_span_carries_its_ids() {
     assert_eq!((recs[0]["trace_id"].as_str(), recs[0]["span_id"].as_str()), (Some(&*tid), Some(&*sid)));
     assert!(recs[1].get("trace_id").is_none());
 }
+
+/// A field whose `Debug` logs an event of its own, one whose `Debug`
+/// fails, and one whose `Debug` panics: the host's own code, run by the
+/// layer while it encodes.
+struct Logs;
+
+impl std::fmt::Debug for Logs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // tracing hands an event emitted while its subscriber handles
+        // another on the same thread to no subscriber; `log` has no such
+        // guard, so this one reaches the logger again while it encodes.
+        tracing::info!("logged from Debug");
+        let logger = LOGGER.with(|l| l.borrow().clone()).expect("the test's logger");
+        log::Log::log(
+            &logger,
+            &log::Record::builder().args(format_args!("logged from Debug")).level(log::Level::Info).build(),
+        );
+        f.write_str("logs")
+    }
+}
+
+thread_local! {
+    static LOGGER: std::cell::RefCell<Option<RingLogger>> = const { std::cell::RefCell::new(None) };
+}
+
+struct Fails;
+
+impl std::fmt::Debug for Fails {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("half \"way")?;
+        Err(std::fmt::Error)
+    }
+}
+
+struct Panics;
+
+impl std::fmt::Debug for Panics {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        panic!("Debug panicked")
+    }
+}
+
+#[test]
+fn field_values_that_log_fail_or_panic_while_encoded_leave_the_layer_working() {
+    let t = TempRing::new();
+    let ring = ring(&t, small(1 << 20));
+    let logger = RingLogger::new(Arc::clone(&ring));
+    LOGGER.with(|l| *l.borrow_mut() = Some(logger.clone()));
+    let kvs: [(&str, log::kv::Value); 1] = [("v", log::kv::Value::from_debug(&Logs))];
+    log::Log::log(
+        &logger,
+        &log::Record::builder().args(format_args!("outer")).level(log::Level::Info).key_values(&kvs).build(),
+    );
+    with_layer(&ring, || {
+        tracing::info!(v = ?Logs, "outer");
+        tracing::info!(v = ?Fails, "failing");
+        let panicked = std::panic::catch_unwind(|| tracing::info!(v = ?Panics, "panicking"));
+        assert!(panicked.is_err(), "the host's panic reaches the host");
+        tracing::info!("after");
+    });
+    let msgs: Vec<String> = records(&ring).iter().map(|r| r["message"].as_str().unwrap().to_owned()).collect();
+    // The record logged from Debug comes first: it is encoded in a
+    // buffer of its own and appended before the outer one's encoding ends.
+    assert_eq!(msgs, ["logged from Debug", "outer", "logged from Debug", "outer", "failing", "after"]);
+    assert_eq!(records(&ring)[1]["fields"]["v"], "logs");
+    assert_eq!(records(&ring)[4]["fields"]["v"], "half \"way");
+}
