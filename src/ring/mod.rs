@@ -78,7 +78,7 @@ pub(crate) struct RingCore {
 
 /// A bounded, crash-safe ring of records on local disk.
 ///
-/// **When full**, the ring follows its [`FullPolicy`]: by default it evicts
+/// **When full**, the ring follows its [`FullPolicy`](crate::FullPolicy): by default it evicts
 /// the oldest records, as few as the new record needs, and counts every
 /// unacknowledged one it evicts as overwritten, with its seq range, time
 /// span and size ([`Ring::losses`]). Nothing leaves the ring uncounted.

@@ -156,7 +156,7 @@ impl ShipperBuilder {
     /// Called when a stall is detected, on ringship's callback thread with
     /// no lock held: a slow callback delays only later callbacks (stall
     /// notices beyond 16 waiting are dropped and counted in
-    /// [`SenderStats::callbacks_dropped`]); it may call into the shipper.
+    /// [`SenderStats::callbacks_dropped`](crate::SenderStats::callbacks_dropped)); it may call into the shipper.
     #[must_use]
     pub fn on_stall(mut self, f: impl Fn(&Health) + Send + Sync + 'static) -> Self {
         self.on_stall = Some(Box::new(f));

@@ -125,7 +125,7 @@ impl Shipper {
     ///
     /// # Errors
     /// [`Error::Config`] for an endpoint the transport cannot use (see
-    /// [`TransportFactory::check_endpoint`]), or an address that is empty or
+    /// [`TransportFactory::check_endpoint`](crate::TransportFactory::check_endpoint)), or an address that is empty or
     /// holds whitespace or control characters; shipping goes on to the
     /// endpoint in use.
     pub fn switch_endpoint(&self, endpoint: Endpoint) -> Result<u64> {

@@ -224,7 +224,7 @@ impl SyslogTransport {
     ///
     /// # Errors
     /// [`Error::Config`](crate::Error::Config) if a setting breaks RFC 5424
-    /// (see [`SyslogConfig::validate`]).
+    /// (see [`SyslogConfig`]).
     pub fn new(config: SyslogConfig) -> Result<Self, crate::Error> {
         config.validate()?;
         Ok(SyslogTransport { config, conn: None })
