@@ -32,14 +32,20 @@ pub(crate) fn is_own() -> bool {
 }
 
 /// Reports something the user should know and cannot be told by a return
-/// value: through `tracing` (target `ringship`) with the `tracing` feature,
-/// on stderr otherwise.
+/// value: through `tracing` (target `ringship`, level WARN) with the
+/// `tracing` feature when a subscriber is set, on stderr otherwise.
 macro_rules! diag {
     ($($arg:tt)*) => {{
         #[cfg(feature = "tracing")]
-        ::tracing::warn!(target: "ringship", $($arg)*);
+        let to_tracing = !::tracing::dispatcher::get_default(|d| d.is::<::tracing::subscriber::NoSubscriber>());
         #[cfg(not(feature = "tracing"))]
-        eprintln!("ringship: {}", format_args!($($arg)*));
+        let to_tracing = false;
+        if to_tracing {
+            #[cfg(feature = "tracing")]
+            ::tracing::warn!(target: "ringship", $($arg)*);
+        } else {
+            eprintln!("ringship: {}", format_args!($($arg)*));
+        }
     }};
 }
 pub(crate) use diag;

@@ -2,7 +2,9 @@
 //! they append to: what user code running on ringship's threads (a
 //! transport, its factory, a callback) emits is left out, so shipping
 //! never feeds the ring it ships from; ringship's own diagnostics go
-//! through `tracing`; a second `log` install is a clear error. One test per binary: the subscriber and the logger are global.
+//! through `tracing`; a second `log` install is a clear error.
+//!
+//! One test in this binary: the subscriber and the logger are global.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

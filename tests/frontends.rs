@@ -149,7 +149,9 @@ fn an_event_past_max_record_len_is_cut_to_fit_says_so_and_is_counted() {
     assert!(raw.len() <= 1024, "{}", raw.len());
     let r = &recs[0];
     assert_eq!(r["truncated"], true);
-    assert!(!r["message"].as_str().unwrap().is_empty() && huge.starts_with(r["message"].as_str().unwrap()));
+    let message = r["message"].as_str().unwrap();
+    assert!(huge.starts_with(message));
+    assert!(message.len() >= 256, "cut shorter than it had to be: {} bytes", message.len());
     assert_eq!(r["level"], "INFO");
     assert_eq!(
         (&recs[1]["message"], &recs[1]["truncated"], &recs[1]["spans"][0]["name"]),
@@ -479,11 +481,66 @@ fn field_values_that_log_fail_or_panic_while_encoded_leave_the_layer_working() {
         let panicked = std::panic::catch_unwind(|| tracing::info!(v = ?Panics, "panicking"));
         assert!(panicked.is_err(), "the host's panic reaches the host");
         tracing::info!("after");
+        // A span value whose `Debug` panics while recorded: the span's
+        // fields are not left locked or poisoned.
+        let span = tracing::info_span!("s", v = tracing::field::Empty);
+        let _entered = span.enter();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            span.record("v", tracing::field::debug(Panics));
+        }));
+        assert!(panicked.is_err());
+        tracing::info!("in the span after");
     });
     let msgs: Vec<String> = records(&ring).iter().map(|r| r["message"].as_str().unwrap().to_owned()).collect();
     // The record logged from Debug comes first: it is encoded in a
     // buffer of its own and appended before the outer one's encoding ends.
-    assert_eq!(msgs, ["logged from Debug", "outer", "logged from Debug", "outer", "failing", "after"]);
+    assert_eq!(
+        msgs,
+        ["logged from Debug", "outer", "logged from Debug", "outer", "failing", "after", "in the span after"]
+    );
     assert_eq!(records(&ring)[1]["fields"]["v"], "logs");
     assert_eq!(records(&ring)[4]["fields"]["v"], "half \"way");
+}
+
+#[test]
+fn a_span_field_recorded_again_replaces_its_value() {
+    let t = TempRing::new();
+    let ring = ring(&t, small(1 << 20));
+    with_layer(&ring, || {
+        let span = tracing::info_span!("job", progress = 0u64, state = "new");
+        for i in 1..=1000u64 {
+            span.record("progress", i);
+        }
+        span.in_scope(|| tracing::info!("done"));
+    });
+    let raw = String::from_utf8(ring.read(1, 1, usize::MAX).unwrap().records.remove(0).payload.to_vec()).unwrap();
+    assert_eq!(raw.matches("progress").count(), 1, "{raw}");
+    let r = &records(&ring)[0];
+    assert_eq!(
+        (&r["spans"][0]["fields"]["progress"], &r["spans"][0]["fields"]["state"]),
+        (&1000.into(), &"new".into())
+    );
+}
+
+#[test]
+fn a_record_with_trace_ids_and_too_many_attributes_is_cut_to_fit_not_refused() {
+    use opentelemetry::logs::{LogRecord, Logger, LoggerProvider};
+    use opentelemetry::trace::{SpanId, TraceId};
+    let t = TempRing::new();
+    let ring = ring(&t, small(1 << 20).max_record_len(1024));
+    let processor = RingLogProcessor::new(Arc::clone(&ring));
+    let provider = opentelemetry_sdk::logs::SdkLoggerProvider::builder().with_log_processor(processor.clone()).build();
+    let logger = provider.logger("app");
+    let mut rec = logger.create_log_record();
+    rec.set_body("many attributes".into());
+    for i in 0..50 {
+        rec.add_attribute(format!("attr{i}"), "v".repeat(100));
+    }
+    rec.set_trace_context(TraceId::from(7), SpanId::from(9), None);
+    logger.emit(rec);
+    assert_eq!((ring.stats().rejected, processor.stats().truncated), (0, 1));
+    let r = &records(&ring)[0];
+    assert_eq!((&r["message"], &r["truncated"]), (&"many attributes".into(), &true.into()));
+    assert_eq!(r["trace_id"], format!("{:032x}", 7));
+    assert!(!r["fields"].as_object().unwrap().is_empty());
 }

@@ -44,17 +44,6 @@ impl Json {
         Json { buf: Vec::new(), cap: usize::MAX, limit: usize::MAX, cut: false, omitted: false, first: true }
     }
 
-    /// Members encoded before (`"a":1`), to write more after.
-    pub(crate) fn members(buf: Vec<u8>) -> Self {
-        let first = buf.is_empty();
-        Json { buf, first, ..Json::new() }
-    }
-
-    /// Notes that a member was left out.
-    pub(crate) fn omit(&mut self) {
-        self.omitted = true;
-    }
-
     /// Starts a record with string values cut at `cap` bytes and optional
     /// members limited to `limit` bytes in all.
     fn start(&mut self, cap: usize, limit: usize) {
@@ -77,16 +66,19 @@ impl Json {
         self.buf.push(b'}');
     }
 
+    /// Whether a value was cut or a member left out.
     pub(crate) fn truncated(&self) -> bool {
         self.cut || self.omitted
     }
 
-    /// Encodes a record with `encode` (which writes its members and calls
-    /// [`finish`](Self::finish)) into at most `max` bytes if it can: first
-    /// whole, then with ever shorter string values, keeping the first
-    /// attempt that needs no member left out (else the last). The result
-    /// is in `buf`, which may still exceed `max` if the record's required
-    /// members do.
+    /// Encodes a record with `encode` (which writes its required members
+    /// first, then optional ones, and calls [`finish`](Self::finish)) into
+    /// at most `max` bytes if it can: first whole, then with ever shorter
+    /// string values. It keeps the first attempt that needs no member left
+    /// out, else the one with the longest values that fits. The result is
+    /// in `buf`, which may still exceed `max` if the required members do.
+    /// `encode` runs once per attempt: a value's `Debug` or `Display` with
+    /// side effects repeats them.
     pub(crate) fn encode_within(&mut self, max: usize, encode: &dyn Fn(&mut Json)) {
         self.start(usize::MAX, usize::MAX);
         encode(self);
@@ -95,17 +87,32 @@ impl Json {
         }
         let limit = max.saturating_sub(CLOSING);
         let mut cap = (max / 2).max(MIN_CAP);
+        // The attempt with the longest values that fits, members left out.
+        let mut fitting: Option<(Vec<u8>, bool)> = None;
         loop {
             self.start(cap, limit);
             encode(self);
             let fits = self.buf.len() <= max;
-            if (fits && !self.omitted) || cap == MIN_CAP {
+            if fits && !self.omitted {
+                return;
+            }
+            if fits && fitting.is_none() {
+                fitting = Some((self.buf.clone(), self.cut));
+            }
+            if cap == MIN_CAP {
+                if let Some((buf, cut)) = fitting {
+                    self.buf = buf;
+                    self.cut = cut;
+                    self.omitted = true;
+                }
                 return;
             }
             cap = (cap / 4).max(MIN_CAP);
         }
     }
 
+    /// Where an optional member starts, to [`keep`](Self::keep) or
+    /// [`rollback`](Self::rollback) to.
     pub(crate) fn mark(&self) -> Mark {
         Mark { len: self.buf.len(), first: self.first }
     }
@@ -154,31 +161,33 @@ impl Json {
         self.sep();
     }
 
+    /// An object value; members follow.
     pub(crate) fn open_object(&mut self) {
         self.buf.push(b'{');
         self.first = true;
     }
 
+    /// Ends the innermost object.
     pub(crate) fn close_object(&mut self) {
         self.buf.push(b'}');
         self.first = false;
     }
 
+    /// An array value; elements follow, each after [`elem`](Self::elem).
     pub(crate) fn open_array(&mut self) {
         self.buf.push(b'[');
         self.first = true;
     }
 
+    /// Ends the innermost array.
     pub(crate) fn close_array(&mut self) {
         self.buf.push(b']');
         self.first = false;
     }
 
-    /// Members already encoded (`"a":1,"b":2`) as an object.
-    pub(crate) fn raw_object(&mut self, members: &[u8]) {
-        self.buf.push(b'{');
-        self.buf.extend_from_slice(members);
-        self.buf.push(b'}');
+    /// A value already encoded.
+    pub(crate) fn raw(&mut self, value: &[u8]) {
+        self.buf.extend_from_slice(value);
     }
 
     /// A string value, cut at `cap` bytes (on a character boundary).
@@ -197,11 +206,12 @@ impl Json {
     }
 
     /// Bytes as a string value: valid UTF-8 as text, each other byte as
-    /// the four characters `\xNN`; cut at `cap` input bytes.
+    /// the four characters `\xNN`; cut at `cap` input bytes, before a
+    /// character the cut would split.
     pub(crate) fn bytes(&mut self, b: &[u8]) {
         let b = if b.len() > self.cap {
             self.cut = true;
-            &b[..self.cap]
+            &b[..utf8_floor(b, self.cap)]
         } else {
             b
         };
@@ -232,6 +242,7 @@ impl Json {
         self.buf.push(b'"');
     }
 
+    /// An unsigned integer.
     pub(crate) fn u64(&mut self, v: u64) {
         let mut digits = [0u8; 20];
         let mut i = digits.len();
@@ -247,6 +258,7 @@ impl Json {
         self.buf.extend_from_slice(&digits[i..]);
     }
 
+    /// A signed integer.
     pub(crate) fn i64(&mut self, v: i64) {
         if v < 0 {
             self.buf.push(b'-');
@@ -269,6 +281,7 @@ impl Json {
         }
     }
 
+    /// A boolean.
     pub(crate) fn bool(&mut self, v: bool) {
         self.buf.extend_from_slice(if v { b"true" } else { b"false" });
     }
@@ -302,6 +315,17 @@ impl Json {
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `at`, moved back before a UTF-8 continuation byte's character (by at
+/// most three bytes: past that, the bytes are not UTF-8 there anyway).
+pub(crate) fn utf8_floor(b: &[u8], at: usize) -> usize {
+    let mut end = at.min(b.len());
+    let floor = end.saturating_sub(3);
+    while end > floor && end < b.len() && b[end] & 0xC0 == 0x80 {
+        end -= 1;
+    }
+    end
+}
 
 /// Writes the low decimal digits of `v` into `out`, zero-padded.
 fn put_digits(out: &mut [u8], mut v: u64) {

@@ -32,7 +32,8 @@ use json::Json;
 pub struct FrontEndStats {
     /// Events appended with string values cut or members left out to fit
     /// the ring's [`max_record_len`](Ring::max_record_len); their records
-    /// say `"truncated":true`.
+    /// say `"truncated":true` (a `RingWriter` line ends with
+    /// `…[truncated]`).
     pub truncated: u64,
     /// Events the ring refused and counted as rejected, so that
     /// [`RingStats::rejected`](crate::RingStats::rejected) and the next gap
@@ -41,13 +42,16 @@ pub struct FrontEndStats {
     pub rejected: u64,
     /// Events refused by a closed or poisoned ring: a closed ring ships
     /// nothing more and a poisoned one writes nothing more, so no gap
-    /// notice can carry them, and they are counted only here (the first is
-    /// also reported through ringship's diagnostics).
+    /// notice can carry them, and they are counted here (the first is also
+    /// reported through ringship's diagnostics). One exception: an event
+    /// whose own write failed and poisoned the ring had a seq, which the
+    /// next open's recovery counts as well.
     pub dropped: u64,
-    /// Events emitted on ringship's own threads (its workers, and the
-    /// transports, factories and callbacks it runs there), not appended so
-    /// that shipping never feeds the ring it ships from. Other subscribers
-    /// and processors still see them.
+    /// Events left out so that shipping never feeds the ring it ships
+    /// from: those emitted on ringship's own threads (its workers, and the
+    /// transports, factories and callbacks it runs there), and ringship's
+    /// own diagnostics (target `ringship`). Other subscribers and
+    /// processors still see them.
     pub suppressed: u64,
 }
 
@@ -149,16 +153,21 @@ impl Sink {
             self.append(&j.buf, j.truncated());
         };
         // An event emitted while this thread encodes one (by a value's
-        // `Debug`, say) gets a buffer of its own.
-        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        // `Debug`, say), or while the thread's locals are being destroyed,
+        // gets a buffer of its own.
+        let done = SCRATCH.try_with(|scratch| match scratch.try_borrow_mut() {
             Ok(mut j) => {
                 encode_and_append(&mut j);
                 if j.buf.capacity() > SCRATCH_KEEP {
                     j.buf = Vec::new();
                 }
+                true
             }
-            Err(_) => encode_and_append(&mut Json::new()),
+            Err(_) => false,
         });
+        if done != Ok(true) {
+            encode_and_append(&mut Json::new());
+        }
     }
 
     /// Appends one record, counting what could not be appended.

@@ -120,6 +120,9 @@ impl LogProcessor for RingLogProcessor {
                 j.key("event_name");
                 j.str(name);
             }
+            if let Some(tc) = data.trace_context() {
+                ids(j, tc.trace_id, tc.span_id);
+            }
             match data.body() {
                 Some(AnyValue::String(s)) => {
                     j.key("message");
@@ -143,9 +146,6 @@ impl LogProcessor for RingLogProcessor {
                 j.keep(m);
             }
             close_or_rollback(j, m);
-            if let Some(tc) = data.trace_context() {
-                ids(j, tc.trace_id, tc.span_id);
-            }
             j.finish();
         });
     }

@@ -74,8 +74,11 @@ impl RingLayer {
     }
 }
 
-/// A span's fields, encoded as JSON members (`"a":1,"b":"x"`).
-struct SpanFields(Vec<u8>);
+/// A span's fields: each name with its value encoded as JSON, in the
+/// order first recorded. A field recorded again replaces its value, so the
+/// list stays as long as the span's declared fields.
+#[derive(Default)]
+struct SpanFields(Vec<(&'static str, Vec<u8>)>);
 
 impl<S> Layer<S> for RingLayer
 where
@@ -83,27 +86,35 @@ where
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let mut j = Json::new();
-        attrs.record(&mut Fields { j: &mut j, skip_message: false });
-        span.extensions_mut().insert(SpanFields(j.buf));
+        let mut fields = SpanFields::default();
+        attrs.record(&mut SpanRecorder(&mut fields));
+        span.extensions_mut().replace(fields);
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let mut ext = span.extensions_mut();
-        let Some(fields) = ext.get_mut::<SpanFields>() else { return };
-        let mut j = Json::members(std::mem::take(&mut fields.0));
-        values.record(&mut Fields { j: &mut j, skip_message: false });
-        fields.0 = j.buf;
+        // Recorded with the span's extensions unlocked: a value's `Debug`
+        // is the host's code, and may emit an event in this very span
+        // (which reads them) or panic (which would poison the lock).
+        let taken = span.extensions_mut().remove::<SpanFields>();
+        let mut fields = taken.unwrap_or_default();
+        values.record(&mut SpanRecorder(&mut fields));
+        span.extensions_mut().replace(fields);
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let meta = event.metadata();
-        if super::own_target(meta.target()) || self.sink.suppressed() {
+        if super::own_target(meta.target()) {
+            self.sink.suppress();
+            return;
+        }
+        if self.sink.suppressed() {
             return;
         }
         let now = crate::ring::now_nanos();
         self.sink.emit(&|j| {
+            // Required members first, optional ones (which a record too
+            // long for the ring leaves out) after.
             j.key("ts");
             j.timestamp(now);
             j.key("level");
@@ -111,10 +122,17 @@ where
             j.key("target");
             j.str(meta.target());
             event.record(&mut Message { j: &mut *j });
+            // The OpenTelemetry SDK's own diagnostics are emitted while it
+            // holds its context borrowed: reading the context then would
+            // panic.
+            #[cfg(feature = "opentelemetry")]
+            if !meta.target().starts_with("opentelemetry") {
+                super::otel::current_ids(j);
+            }
             let m = j.mark();
             j.key("fields");
             j.open_object();
-            event.record(&mut Fields { j: &mut *j, skip_message: true });
+            event.record(&mut Fields { j: &mut *j });
             if j.is_empty() {
                 j.rollback(m);
             } else {
@@ -131,11 +149,19 @@ where
                     j.key("name");
                     j.str(span.name());
                     if let Some(SpanFields(fields)) = span.extensions().get::<SpanFields>() {
-                        if fields.len() > j.cap {
-                            j.omit();
-                        } else if !fields.is_empty() {
-                            j.key("fields");
-                            j.raw_object(fields);
+                        let f = j.mark();
+                        j.key("fields");
+                        j.open_object();
+                        for (name, value) in fields {
+                            let v = j.mark();
+                            j.key(name);
+                            j.raw(value);
+                            j.keep(v);
+                        }
+                        if j.is_empty() {
+                            j.rollback(f);
+                        } else {
+                            j.close_object();
                         }
                     }
                     j.close_object();
@@ -147,8 +173,6 @@ where
                     j.close_array();
                 }
             }
-            #[cfg(feature = "opentelemetry")]
-            super::otel::current_ids(j);
             j.finish();
         });
     }
@@ -185,15 +209,15 @@ impl Visit for Message<'_> {
     }
 }
 
-/// Writes fields as members, each left out if it would pass the limit.
+/// Writes an event's fields but `message` as members, each left out if it
+/// would pass the limit.
 struct Fields<'a> {
     j: &'a mut Json,
-    skip_message: bool,
 }
 
 impl Fields<'_> {
-    fn member(&mut self, field: &Field, value: impl FnOnce(&mut Json)) {
-        if self.skip_message && field.name() == "message" {
+    fn put(&mut self, field: &Field, value: impl FnOnce(&mut Json)) {
+        if field.name() == "message" {
             return;
         }
         let m = self.j.mark();
@@ -203,47 +227,69 @@ impl Fields<'_> {
     }
 }
 
-impl Visit for Fields<'_> {
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.member(field, |j| j.f64(value));
-    }
+/// Records a span's fields into its [`SpanFields`].
+struct SpanRecorder<'a>(&'a mut SpanFields);
 
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.member(field, |j| j.i64(value));
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.member(field, |j| j.u64(value));
-    }
-
-    fn record_i128(&mut self, field: &Field, value: i128) {
-        self.member(field, |j| j.int(value));
-    }
-
-    fn record_u128(&mut self, field: &Field, value: u128) {
-        self.member(field, |j| j.int(value));
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.member(field, |j| j.bool(value));
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.member(field, |j| j.str(value));
-    }
-
-    fn record_bytes(&mut self, field: &Field, value: &[u8]) {
-        self.member(field, |j| j.bytes(value));
-    }
-
-    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.member(field, |j| j.fmt(format_args!("{value}")));
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.member(field, |j| j.fmt(format_args!("{value:?}")));
+impl SpanRecorder<'_> {
+    fn put(&mut self, field: &Field, value: impl FnOnce(&mut Json)) {
+        let mut j = Json::new();
+        value(&mut j);
+        match self.0.0.iter_mut().find(|(name, _)| *name == field.name()) {
+            Some(slot) => slot.1 = j.buf,
+            None => self.0.0.push((field.name(), j.buf)),
+        }
     }
 }
+
+/// Encodes each kind of value the same way for event and span fields.
+macro_rules! visit_by_put {
+    ($visitor:ty) => {
+        impl Visit for $visitor {
+            fn record_f64(&mut self, field: &Field, value: f64) {
+                self.put(field, |j| j.f64(value));
+            }
+
+            fn record_i64(&mut self, field: &Field, value: i64) {
+                self.put(field, |j| j.i64(value));
+            }
+
+            fn record_u64(&mut self, field: &Field, value: u64) {
+                self.put(field, |j| j.u64(value));
+            }
+
+            fn record_i128(&mut self, field: &Field, value: i128) {
+                self.put(field, |j| j.int(value));
+            }
+
+            fn record_u128(&mut self, field: &Field, value: u128) {
+                self.put(field, |j| j.int(value));
+            }
+
+            fn record_bool(&mut self, field: &Field, value: bool) {
+                self.put(field, |j| j.bool(value));
+            }
+
+            fn record_str(&mut self, field: &Field, value: &str) {
+                self.put(field, |j| j.str(value));
+            }
+
+            fn record_bytes(&mut self, field: &Field, value: &[u8]) {
+                self.put(field, |j| j.bytes(value));
+            }
+
+            fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+                self.put(field, |j| j.fmt(format_args!("{value}")));
+            }
+
+            fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+                self.put(field, |j| j.fmt(format_args!("{value:?}")));
+            }
+        }
+    };
+}
+
+visit_by_put!(Fields<'_>);
+visit_by_put!(SpanRecorder<'_>);
 
 /// A [`MakeWriter`](tracing_subscriber::fmt::MakeWriter) appending each
 /// write to a ring as one record: a drop-in for
@@ -308,13 +354,7 @@ impl io::Write for &RingWriter {
         if line.len() <= max || max < CUT_MARK.len() {
             self.sink.append(line, false);
         } else {
-            // Cut before a UTF-8 continuation byte's character (if the
-            // line is UTF-8 there).
-            let mut end = max - CUT_MARK.len();
-            let floor = end.saturating_sub(3);
-            while end > floor && line[end] & 0xC0 == 0x80 {
-                end -= 1;
-            }
+            let end = super::json::utf8_floor(line, max - CUT_MARK.len());
             let mut cut = Vec::with_capacity(end + CUT_MARK.len());
             cut.extend_from_slice(&line[..end]);
             cut.extend_from_slice(CUT_MARK);
