@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Then: `cargo run --example relp [relp://127.0.0.1:2514]`. Each record
-//! becomes an RFC 5424 message with `[ringship@32473 seq="N"]`; a batch
+//! becomes an RFC 5424 message with `[ringship@32473 seq="N" ring=".."]`; a batch
 //! counts as delivered only once rsyslog has acknowledged every message in
 //! it. If rsyslog is not there, the example says so and the records stay in
 //! the ring for the next run.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http_receiver::HttpReceiver;
-use ringship::{BodyFormat, Endpoint, HttpConfig, HttpTransport, Ring, RingConfig, RingLayer, Shipper};
+use ringship::{Endpoint, HttpConfig, HttpTransport, Ring, RingConfig, RingLayer, Shipper};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -27,7 +27,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ring = Arc::new(ring);
     let shipper = Shipper::builder(Arc::clone(&ring))
         .endpoint(Endpoint::new(receiver.url()))
-        .transport(HttpTransport::factory(HttpConfig::default().format(BodyFormat::LengthPrefixed)))
+        // Each record is JSON already: sent as is, not as a string.
+        .transport(HttpTransport::factory(HttpConfig::default().embed_json(true)))
         .linger(Duration::from_millis(5))
         .start()?;
 
@@ -55,5 +56,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stats = layer.stats();
     println!("front-end: {} cut to fit, {} rejected, {} dropped", stats.truncated, stats.rejected, stats.dropped);
     assert_eq!(inbox.records.len(), 4, "every event arrived");
+    assert_eq!(inbox.embedded, 4, "each as JSON, not as a string");
     Ok(())
 }

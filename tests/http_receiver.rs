@@ -227,6 +227,7 @@ fn headers_carry_the_seq_range_the_gap_and_custom_values_and_gzip_works() {
         ring.append(&payload(i, 100)).unwrap();
     }
     let lost = ring.stats().overwritten;
+    let ring_id = ring.id();
     let config = HttpConfig::default().format(BodyFormat::NewlineDelimited).gzip(true);
     let shipper = Shipper::builder(ring)
         .endpoint(Endpoint::new(rx.url()).header("Authorization", "Bearer s3cret"))
@@ -242,6 +243,7 @@ fn headers_carry_the_seq_range_the_gap_and_custom_values_and_gzip_works() {
     assert_eq!(h("content-encoding"), "gzip");
     assert_eq!(h("x-ringship-first-seq"), (lost + 1).to_string());
     assert_eq!(h("x-ringship-last-seq"), "100");
+    assert_eq!(h("x-ringship-ring-id"), format!("{ring_id:016x}"));
     assert_eq!(inbox.gaps.len(), 1);
     assert!(inbox.gaps[0].starts_with(&format!("1-{lost}; count={lost}; cause=overwritten")), "{}", inbox.gaps[0]);
     for (seq, p) in &inbox.records {

@@ -119,8 +119,9 @@ impl Rsyslog {
         text.lines()
             .filter_map(|l| {
                 let rest = l.strip_prefix("[ringship@32473 seq=\"")?;
-                let (seq, rest) = rest.split_once("\"]|")?;
-                Some((seq.parse().ok()?, rest.to_owned()))
+                let (sd, rest) = rest.split_once("]|")?;
+                assert!(sd.contains(" ring=\""), "no ring id: {l}");
+                Some((sd.split('"').next()?.parse().ok()?, rest.to_owned()))
             })
             .collect()
     }
@@ -134,10 +135,11 @@ impl Rsyslog {
         for l in text.lines() {
             let Some(rest) = l.strip_prefix("[ringship@32473 seq=\"") else { continue };
             let Some((sd, msg)) = rest.split_once("]|") else { continue };
-            let (seq, part) =
-                sd.split_once("\" part=\"").map_or((sd.trim_end_matches('"'), None), |(s, p)| (s, Some(p)));
+            // `42" part="1/3" ring="..."` or `42" ring="..."`.
+            let seq = sd.split('"').next().unwrap_or_default();
+            let part = sd.split_once(" part=\"").and_then(|(_, p)| p.split('"').next());
             let Ok(seq) = seq.parse::<u64>() else { continue };
-            match part.and_then(|p| p.trim_end_matches('"').split_once('/')) {
+            match part.and_then(|p| p.split_once('/')) {
                 None => {
                     whole.insert(seq, msg.as_bytes().to_vec());
                 }
@@ -387,5 +389,7 @@ fn ringship_header_len() -> usize {
     // The default HOSTNAME: the machine's host name, as the kernel has it.
     let host =
         std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "-".to_owned(), |h| h.trim().to_owned());
-    "<14>1 2026-12-02T14:20:00.123456Z ".len() + host.len() + " ringship - - [ringship@32473 seq=\"2\"] ".len()
+    "<14>1 2026-12-02T14:20:00.123456Z ".len()
+        + host.len()
+        + " ringship - - [ringship@32473 seq=\"2\" ring=\"0123456789abcdef\"] ".len()
 }

@@ -26,6 +26,8 @@ pub struct Inbox {
     pub max_body: Option<usize>,
     /// Records in each request answered 413.
     pub refused_sizes: Vec<usize>,
+    /// Records that came embedded as JSON (`"json"`), not as strings.
+    pub embedded: u64,
 }
 
 pub struct HttpReceiver {
@@ -35,7 +37,10 @@ pub struct HttpReceiver {
     pub port: u16,
 }
 
-fn decode(body: &[u8], content_type: &str) -> Vec<(u64, Vec<u8>)> {
+/// (seq, payload) of each record in a body, and how many came embedded as
+/// JSON: their payload is the value's text as sent.
+fn decode(body: &[u8], content_type: &str) -> (Vec<(u64, Vec<u8>)>, u64) {
+    let mut embedded = 0;
     let mut out = Vec::new();
     if content_type.starts_with("application/x-ringship-records") {
         let mut at = 0;
@@ -49,11 +54,20 @@ fn decode(body: &[u8], content_type: &str) -> Vec<(u64, Vec<u8>)> {
         for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             let v: serde_json::Value = serde_json::from_slice(line).expect("a JSON line");
             let seq = v["seq"].as_u64().expect("seq");
-            let msg = v["msg"].as_str().expect("msg").as_bytes().to_vec();
+            let msg = if v.get("json").is_some() {
+                // The embedded value is the rest of the line, before the
+                // closing brace.
+                embedded += 1;
+                let key = b"\"json\":";
+                let at = line.windows(key.len()).position(|w| w == key).expect("the json key") + key.len();
+                line[at..line.len() - 1].to_vec()
+            } else {
+                v["msg"].as_str().expect("msg").as_bytes().to_vec()
+            };
             out.push((seq, msg));
         }
     }
-    out
+    (out, embedded)
 }
 
 impl HttpReceiver {
@@ -92,14 +106,16 @@ impl HttpReceiver {
                 inbox.requests += 1;
                 inbox.last_headers.clone_from(&headers);
                 let (status, retry_after) = if inbox.max_body.is_some_and(|max| sent_len > max) {
-                    let records = decode(&body, &content_type).len();
+                    let records = decode(&body, &content_type).0.len();
                     inbox.refused_sizes.push(records);
                     (413, None)
                 } else {
                     inbox.script.pop_front().unwrap_or((200, None))
                 };
                 if (200..300).contains(&status) {
-                    inbox.records.extend(decode(&body, &content_type));
+                    let (records, embedded) = decode(&body, &content_type);
+                    inbox.records.extend(records);
+                    inbox.embedded += embedded;
                     if let Some(g) = header("X-Ringship-Gap") {
                         inbox.gaps.push(g);
                     }

@@ -92,7 +92,7 @@ impl Ring {
             }
             gap = Some(notice);
         }
-        Some(Batch { records, gap })
+        Some(Batch { ring_id: self.id(), records, gap })
     }
 }
 

@@ -157,6 +157,15 @@ impl Ring {
         )
     }
 
+    /// The ring's id: random, chosen when the ring was created, and the
+    /// same for its whole life, across restarts and crashes. With a seq it
+    /// names a record uniquely among every ring's, so receivers taking
+    /// records from many senders de-duplicate by (ring id, seq); every
+    /// transport sends it with every batch ([`Batch::ring_id`](crate::Batch::ring_id)).
+    pub fn id(&self) -> u64 {
+        self.inner.ring_id
+    }
+
     /// The ring's directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir

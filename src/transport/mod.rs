@@ -128,6 +128,9 @@ impl GapNotice {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Batch {
+    /// The id of the ring the records come from ([`Ring::id`](crate::Ring::id)):
+    /// a receiver de-duplicates by (ring id, seq).
+    pub ring_id: u64,
     /// The records, in consecutive seqs: the sender ends a batch before a
     /// missing seq, and the next batch's gap notice names it.
     pub records: Vec<BatchRecord>,

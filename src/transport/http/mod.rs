@@ -6,6 +6,7 @@
 //!
 //! | header | value |
 //! |---|---|
+//! | `X-Ringship-Ring-Id` | the ring's id, 16 hex digits: receivers de-duplicate by (ring id, seq) |
 //! | `X-Ringship-First-Seq`, `X-Ringship-Last-Seq` | the batch's seq range |
 //! | `X-Ringship-Count` | records in the body |
 //! | `X-Ringship-Gap` | `first-last; count=N; cause=overwritten; rejected=R; first-ts=T; last-ts=T` when records before the batch were lost |
@@ -24,13 +25,17 @@ use base64::Engine as _;
 
 use super::{Batch, Endpoint, SendContext, SendError, Transport, TransportFactory, run_cancellable};
 
+mod json;
+
 /// How records are laid out in the request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum BodyFormat {
     /// One JSON object a line (`application/x-ndjson`):
     /// `{"seq":1,"ts":1700000000000000000,"msg":"..."}`; a payload that is
-    /// not UTF-8 goes in `"msg_b64"` instead of `"msg"`.
+    /// not UTF-8 goes in `"msg_b64"` instead of `"msg"`, and with
+    /// [`HttpConfig::embed_json`] a payload that is one JSON value goes as
+    /// is in `"json"`.
     #[default]
     NewlineDelimited,
     /// Byte-exact (`application/x-ringship-records`): per record, u64 seq,
@@ -39,17 +44,19 @@ pub enum BodyFormat {
 }
 
 /// Settings of an [`HttpTransport`]; start from [`HttpConfig::default`]
-/// (newline-delimited JSON, no gzip, TLS certificates verified).
+/// (newline-delimited JSON, payloads as strings, no gzip, TLS
+/// certificates verified).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
     format: BodyFormat,
+    embed_json: bool,
     gzip: bool,
     verify_tls: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { format: BodyFormat::default(), gzip: false, verify_tls: true }
+        HttpConfig { format: BodyFormat::default(), embed_json: false, gzip: false, verify_tls: true }
     }
 }
 
@@ -58,6 +65,17 @@ impl HttpConfig {
     #[must_use]
     pub fn format(mut self, format: BodyFormat) -> Self {
         self.format = format;
+        self
+    }
+
+    /// In newline-delimited JSON, sends a payload that is one JSON value on
+    /// one line (as the front-ends' records are) as is, under `"json"`,
+    /// instead of as a string under `"msg"`: the receiver parses it once,
+    /// and the key says which records were embedded. Other payloads keep
+    /// `"msg"` or `"msg_b64"`. Off by default.
+    #[must_use]
+    pub fn embed_json(mut self, on: bool) -> Self {
+        self.embed_json = on;
         self
     }
 
@@ -154,10 +172,10 @@ fn check_url(address: &str) -> crate::Result<()> {
     Ok(())
 }
 
-/// Encodes the records of `batch` in `format`.
-pub(crate) fn encode_body(batch: &Batch, format: BodyFormat) -> Vec<u8> {
+/// Encodes the records of `batch` as `config` says.
+pub(crate) fn encode_body(batch: &Batch, config: &HttpConfig) -> Vec<u8> {
     let mut out = Vec::with_capacity(batch.payload_bytes() + batch.records.len() * 48);
-    match format {
+    match config.format {
         BodyFormat::LengthPrefixed => {
             for r in &batch.records {
                 out.extend_from_slice(&r.seq.to_le_bytes());
@@ -169,6 +187,12 @@ pub(crate) fn encode_body(batch: &Batch, format: BodyFormat) -> Vec<u8> {
         BodyFormat::NewlineDelimited => {
             for r in &batch.records {
                 let _ = write!(out, "{{\"seq\":{},\"ts\":{},", r.seq, r.timestamp);
+                if config.embed_json && json::is_one_line_json(&r.payload) {
+                    out.extend_from_slice(b"\"json\":");
+                    out.extend_from_slice(&r.payload);
+                    out.extend_from_slice(b"}\n");
+                    continue;
+                }
                 if let Ok(text) = std::str::from_utf8(&r.payload) {
                     out.extend_from_slice(b"\"msg\":\"");
                     json_escape(text, &mut out);
@@ -371,11 +395,12 @@ fn classify(status: u16, retry_after: Option<&str>) -> Result<(), SendError> {
 /// Headers the transport sets itself: an endpoint header of the same name
 /// (compared without case) would be sent as a second value, and the
 /// receiver could take either.
-const OWN_HEADERS: [&str; 8] = [
+const OWN_HEADERS: [&str; 9] = [
     "content-type",
     "content-encoding",
     "content-length",
     "transfer-encoding",
+    "x-ringship-ring-id",
     "x-ringship-first-seq",
     "x-ringship-last-seq",
     "x-ringship-count",
@@ -398,7 +423,7 @@ impl Transport for HttpTransport {
             return Err(SendError::cancelled());
         }
         check_headers(endpoint)?;
-        let mut body = encode_body(batch, self.config.format);
+        let mut body = encode_body(batch, &self.config);
         if self.config.gzip {
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             gz.write_all(&body).map_err(|e| SendError::permanent(format!("gzip: {e}")))?;
@@ -412,6 +437,7 @@ impl Transport for HttpTransport {
             .agent
             .post(&endpoint.address)
             .header("Content-Type", content_type)
+            .header("X-Ringship-Ring-Id", format!("{:016x}", batch.ring_id))
             .header("X-Ringship-First-Seq", batch.first_seq().to_string())
             .header("X-Ringship-Last-Seq", batch.last_seq().to_string())
             .header("X-Ringship-Count", batch.records.len().to_string());

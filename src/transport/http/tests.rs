@@ -11,6 +11,7 @@ use crate::transport::{BatchRecord, GapNotice};
 
 fn batch() -> Batch {
     Batch {
+        ring_id: 0x0123_4567_89ab_cdef,
         records: vec![
             BatchRecord { seq: 7, timestamp: 1, payload: bytes::Bytes::from_static(b"a \"quoted\"\nline") },
             BatchRecord { seq: 9, timestamp: 2, payload: bytes::Bytes::from_static(&[0xff, 0x00]) },
@@ -28,7 +29,7 @@ fn batch() -> Batch {
 
 #[test]
 fn ndjson_escapes_and_falls_back_to_base64() {
-    let body = String::from_utf8(encode_body(&batch(), BodyFormat::NewlineDelimited)).unwrap();
+    let body = String::from_utf8(encode_body(&batch(), &HttpConfig::default())).unwrap();
     assert_eq!(
         body,
         "{\"seq\":7,\"ts\":1,\"msg\":\"a \\\"quoted\\\"\\nline\"}\n{\"seq\":9,\"ts\":2,\"msg_b64\":\"/wA=\"}\n"
@@ -36,8 +37,31 @@ fn ndjson_escapes_and_falls_back_to_base64() {
 }
 
 #[test]
+fn ndjson_embeds_one_line_json_payloads_as_is_when_asked() {
+    let json = br#"{"level":"WARN","n":[1,2]}"#;
+    let mut b = batch();
+    b.records[0].payload = bytes::Bytes::from_static(json);
+    b.records.push(BatchRecord { seq: 10, timestamp: 3, payload: bytes::Bytes::from_static(b"{\"a\":\n1}") });
+    let body = String::from_utf8(encode_body(&b, &HttpConfig::default().embed_json(true))).unwrap();
+    let lines: Vec<&str> = body.lines().collect();
+    assert_eq!(lines[0], r#"{"seq":7,"ts":1,"json":{"level":"WARN","n":[1,2]}}"#);
+    // Not UTF-8, and JSON over two lines: as before.
+    assert_eq!(lines[1], r#"{"seq":9,"ts":2,"msg_b64":"/wA="}"#);
+    assert_eq!(lines[2], r#"{"seq":10,"ts":3,"msg":"{\"a\":\n1}"}"#);
+    for l in lines {
+        serde_json::from_str::<serde_json::Value>(l).unwrap();
+    }
+    // Off by default.
+    assert!(
+        String::from_utf8(encode_body(&b, &HttpConfig::default()))
+            .unwrap()
+            .starts_with(r#"{"seq":7,"ts":1,"msg":"{\"level"#)
+    );
+}
+
+#[test]
 fn length_prefixed_is_byte_exact() {
-    let body = encode_body(&batch(), BodyFormat::LengthPrefixed);
+    let body = encode_body(&batch(), &HttpConfig::default().format(BodyFormat::LengthPrefixed));
     assert_eq!(&body[..8], &7u64.to_le_bytes());
     assert_eq!(&body[16..20], &15u32.to_le_bytes());
     assert_eq!(&body[20..35], b"a \"quoted\"\nline");
@@ -62,7 +86,7 @@ fn gap_header_names_the_window() {
     assert_eq!(gap_header(&batch()).unwrap(), "3-6; count=4; cause=overwritten; rejected=1; first-ts=10; last-ts=20");
     let only_rejections =
         GapNotice { first_seq: 0, last_seq: 0, first_ts: 0, last_ts: 0, cause: LossCause::Overwritten, rejected: 4 };
-    let b = Batch { records: Vec::new(), gap: Some(only_rejections) };
+    let b = Batch { ring_id: 1, records: Vec::new(), gap: Some(only_rejections) };
     assert_eq!(gap_header(&b).unwrap(), "0-0; count=0; cause=none; rejected=4; first-ts=0; last-ts=0");
 }
 

@@ -40,12 +40,15 @@ pub(super) fn rfc3339(nanos: u64) -> String {
 
 /// Formats one record as RFC 5424 messages: one, or, when that would be
 /// longer than `cfg.max_message_len`, one per part of the payload.
-pub(crate) fn format_record(cfg: &SyslogConfig, r: &BatchRecord) -> Vec<Vec<u8>> {
+pub(crate) fn format_record(cfg: &SyslogConfig, ring_id: u64, r: &BatchRecord) -> Vec<Vec<u8>> {
     let pri = u32::from(cfg.facility) * 8 + u32::from(cfg.severity);
     let ts = rfc3339(r.timestamp);
     let head = |part: &str| {
-        format!("<{pri}>1 {ts} {} {} - - [ringship@{PEN} seq=\"{}\"{part}] ", cfg.hostname, cfg.app_name, r.seq)
-            .into_bytes()
+        format!(
+            "<{pri}>1 {ts} {} {} - - [ringship@{PEN} seq=\"{}\"{part} ring=\"{ring_id:016x}\"] ",
+            cfg.hostname, cfg.app_name, r.seq
+        )
+        .into_bytes()
     };
     let whole = head("");
     if whole.len() + r.payload.len() <= cfg.max_message_len {
@@ -136,11 +139,11 @@ fn strippable_byte(b: u8) -> bool {
 }
 
 /// Formats a gap notice as an RFC 5424 message with MSGID `gap`.
-pub(crate) fn format_gap(cfg: &SyslogConfig, g: &GapNotice) -> Vec<u8> {
+pub(crate) fn format_gap(cfg: &SyslogConfig, ring_id: u64, g: &GapNotice) -> Vec<u8> {
     let pri = u32::from(cfg.facility) * 8 + 4; // warning
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0));
     format!(
-        "<{pri}>1 {} {} {} - gap [ringship-gap@{PEN} first=\"{}\" last=\"{}\" count=\"{}\" cause=\"{}\" rejected=\"{}\"] records lost before the next batch",
+        "<{pri}>1 {} {} {} - gap [ringship-gap@{PEN} first=\"{}\" last=\"{}\" count=\"{}\" cause=\"{}\" rejected=\"{}\" ring=\"{ring_id:016x}\"] records lost before the next batch",
         rfc3339(now),
         cfg.hostname,
         cfg.app_name,

@@ -3,19 +3,20 @@
 //! acknowledged protocol rsyslog speaks through imrelp.
 //!
 //! Each record becomes one RFC 5424 message whose structured data carries
-//! its seq, so a receiver can de-duplicate:
+//! its seq and its ring's id, so a receiver can de-duplicate by (ring id,
+//! seq):
 //!
 //! ```text
-//! <14>1 2026-11-24T05:30:57.123456Z host app - - [ringship@32473 seq="42"] payload
+//! <14>1 2026-11-24T05:30:57.123456Z host app - - [ringship@32473 seq="42" ring="5f1e0c9a7d3b2e41"] payload
 //! ```
 //!
 //! A record whose message would exceed [`SyslogConfig::max_message_len`]
-//! goes as several, `[ringship@32473 seq="42" part="1/3"]` and so on: a
+//! goes as several, `[ringship@32473 seq="42" part="1/3" ring=".."]` and so on: a
 //! receiver truncates a longer message and still acknowledges it. No part
 //! but the last ends in bytes a receiver strips from a message's end.
 //!
 //! A gap notice becomes one message with MSGID `gap` and
-//! `[ringship-gap@32473 first=".." last=".." count=".." cause=".." rejected=".."]`.
+//! `[ringship-gap@32473 first=".." last=".." count=".." cause=".." rejected=".." ring=".."]`.
 //!
 //! Over plain TCP a batch counts as delivered once written to the socket:
 //! records in flight when the receiver dies can be lost. Over RELP a batch
@@ -312,9 +313,9 @@ impl Transport for SyslogTransport {
     fn send(&mut self, endpoint: &Endpoint, batch: &Batch, ctx: &SendContext) -> Result<(), SendError> {
         let mut messages: Vec<Vec<u8>> = Vec::with_capacity(batch.records.len() + 1);
         if let Some(g) = &batch.gap {
-            messages.push(format_gap(&self.config, g));
+            messages.push(format_gap(&self.config, batch.ring_id, g));
         }
-        messages.extend(batch.records.iter().flat_map(|r| format_record(&self.config, r)));
+        messages.extend(batch.records.iter().flat_map(|r| format_record(&self.config, batch.ring_id, r)));
         let result = (|| {
             let conn = self.connect(endpoint, ctx)?;
             match conn.kind {

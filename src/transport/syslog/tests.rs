@@ -9,7 +9,10 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use super::connection::connect_any;
-use super::message::{format_record, rfc3339, split_payload};
+use super::message::{format_gap, format_record, rfc3339, split_payload};
+
+/// The ring id the tests' records come from.
+const RING: u64 = 0x00ab_cdef_0123_4567;
 use super::relp::{RELP_CLOSE_WAIT, parse_frame};
 use super::*;
 use crate::transport::BatchRecord;
@@ -26,8 +29,26 @@ fn records_format_as_rfc5424_with_their_seq() {
     let cfg = SyslogConfig { hostname: "h".into(), ..SyslogConfig::default() };
     let r = BatchRecord { seq: 42, timestamp: 0, payload: bytes::Bytes::from_static(b"hello") };
     assert_eq!(
-        format_record(&cfg, &r),
-        vec![b"<14>1 1970-01-01T00:00:00.000000Z h ringship - - [ringship@32473 seq=\"42\"] hello".to_vec()]
+        format_record(&cfg, RING, &r),
+        vec![b"<14>1 1970-01-01T00:00:00.000000Z h ringship - - [ringship@32473 seq=\"42\" ring=\"00abcdef01234567\"] hello".to_vec()]
+    );
+}
+
+#[test]
+fn a_gap_notice_names_its_ring() {
+    let cfg = SyslogConfig { hostname: "h".into(), ..SyslogConfig::default() };
+    let g = crate::transport::GapNotice {
+        first_seq: 3,
+        last_seq: 5,
+        first_ts: 0,
+        last_ts: 0,
+        cause: crate::stats::LossCause::Overwritten,
+        rejected: 2,
+    };
+    let m = String::from_utf8(format_gap(&cfg, RING, &g)).unwrap();
+    assert!(
+        m.contains(r#"[ringship-gap@32473 first="3" last="5" count="3" cause="overwritten" rejected="2" ring="00abcdef01234567"]"#),
+        "{m}"
     );
 }
 
@@ -43,14 +64,14 @@ fn a_record_longer_than_a_message_goes_in_parts() {
     let binary: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
     for payload in [text.into_bytes(), binary] {
         let r = BatchRecord { seq: 7, timestamp: 0, payload: bytes::Bytes::from(payload.clone()) };
-        let messages = format_record(&cfg, &r);
+        let messages = format_record(&cfg, RING, &r);
         let n = messages.len();
         assert!(n > 1 && n <= payload.len() / 500 + 1, "{n} parts");
         let mut joined = Vec::new();
         for (i, m) in messages.iter().enumerate() {
             assert!(m.len() <= 1024, "part {i}: {} bytes", m.len());
             let head = format!(
-                "<14>1 1970-01-01T00:00:00.000000Z {host} ringship - - [ringship@32473 seq=\"7\" part=\"{}/{n}\"] ",
+                "<14>1 1970-01-01T00:00:00.000000Z {host} ringship - - [ringship@32473 seq=\"7\" part=\"{}/{n}\" ring=\"00abcdef01234567\"] ",
                 i + 1
             );
             assert!(m.starts_with(head.as_bytes()), "part {i}");
@@ -64,11 +85,11 @@ fn a_record_longer_than_a_message_goes_in_parts() {
     }
     // Exactly at the limit: one message, no part.
     let cfg = SyslogConfig { hostname: "h".into(), max_message_len: 1024, ..SyslogConfig::default() };
-    let head = format_record(&cfg, &BatchRecord { seq: 7, timestamp: 0, payload: bytes::Bytes::new() })[0].len();
+    let head = format_record(&cfg, RING, &BatchRecord { seq: 7, timestamp: 0, payload: bytes::Bytes::new() })[0].len();
     let fits = BatchRecord { seq: 7, timestamp: 0, payload: bytes::Bytes::from(vec![b'x'; 1024 - head]) };
-    assert_eq!(format_record(&cfg, &fits).len(), 1);
+    assert_eq!(format_record(&cfg, RING, &fits).len(), 1);
     let over = BatchRecord { payload: bytes::Bytes::from(vec![b'x'; 1025 - head]), ..fits };
-    assert_eq!(format_record(&cfg, &over).len(), 2);
+    assert_eq!(format_record(&cfg, RING, &over).len(), 2);
 }
 
 /// Whether `chunk` ends in a byte a receiver may strip from a
@@ -135,7 +156,7 @@ fn no_part_ends_in_bytes_a_receiver_strips() {
     for (seq, payload) in random_records(0x5eed_1717, 300, 6000).into_iter().enumerate() {
         let utf8 = std::str::from_utf8(&payload).is_ok();
         let r = BatchRecord { seq: seq as u64, timestamp: 0, payload: bytes::Bytes::from(payload.clone()) };
-        let messages = format_record(&cfg, &r);
+        let messages = format_record(&cfg, RING, &r);
         let n = messages.len();
         if n > 1 {
             split += 1;
@@ -144,7 +165,7 @@ fn no_part_ends_in_bytes_a_receiver_strips() {
         for (i, m) in messages.iter().enumerate() {
             assert!(m.len() <= 1024, "seq {seq} part {i}: {} bytes", m.len());
             let part = if n == 1 { String::new() } else { format!(" part=\"{}/{n}\"", i + 1) };
-            let head = format!("{HEADER}[ringship@32473 seq=\"{seq}\"{part}] ");
+            let head = format!("{HEADER}[ringship@32473 seq=\"{seq}\"{part} ring=\"00abcdef01234567\"] ");
             assert!(m.starts_with(head.as_bytes()), "seq {seq} part {i}");
             let chunk = &m[head.len()..];
             if utf8 {
@@ -240,7 +261,7 @@ fn settings_that_break_rfc5424_are_refused() {
 
 fn one_record_batch(seq: u64) -> Batch {
     let r = BatchRecord { seq, timestamp: 0, payload: bytes::Bytes::from_static(b"hello") };
-    Batch { records: vec![r], gap: None }
+    Batch { ring_id: RING, records: vec![r], gap: None }
 }
 
 fn ctx() -> SendContext {
