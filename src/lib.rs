@@ -11,8 +11,8 @@
 //!   read; recovery truncates a torn tail, damage is skipped and counted,
 //!   and a ring never refuses to open over a bad record.
 //! - **Exact**: `appended = acked + pending + overwritten + rejected +
-//!   corrupted + lost_unsynced` holds at every moment and after any crash,
-//!   and every counter survives restarts.
+//!   corrupted + lost_unsynced + refused` holds at every moment and after
+//!   any crash, and every counter survives restarts.
 //!
 //! Linux only: the ring uses Linux file APIs (`fallocate`, `posix_fadvise`,
 //! `preadv2`) and the kernel's boot id.

@@ -21,11 +21,15 @@ pub enum LossCause {
     /// they are in `seqs_skipped`, not in `appended`. How many records
     /// were lost among them is not known.
     Skipped,
+    /// Refused by the receiver: sent, answered, and not taken (a partial
+    /// acceptance, or a record refused alone as too large). The range is
+    /// the batch's; its count says how many of its records were refused.
+    Refused,
 }
 
 impl LossCause {
     /// The cause as receivers see it in gap notices: `overwritten`,
-    /// `corrupted`, `lost-unsynced`, `mixed` or `skipped`.
+    /// `corrupted`, `lost-unsynced`, `mixed`, `skipped` or `refused`.
     pub fn as_str(self) -> &'static str {
         match self {
             LossCause::Overwritten => "overwritten",
@@ -33,6 +37,7 @@ impl LossCause {
             LossCause::LostUnsynced => "lost-unsynced",
             LossCause::Mixed => "mixed",
             LossCause::Skipped => "skipped",
+            LossCause::Refused => "refused",
         }
     }
 
@@ -43,6 +48,7 @@ impl LossCause {
             LossCause::LostUnsynced => 3,
             LossCause::Mixed => 4,
             LossCause::Skipped => 5,
+            LossCause::Refused => 6,
         }
     }
 
@@ -53,6 +59,7 @@ impl LossCause {
             3 => LossCause::LostUnsynced,
             4 => LossCause::Mixed,
             5 => LossCause::Skipped,
+            6 => LossCause::Refused,
             _ => return None,
         })
     }
@@ -192,7 +199,7 @@ impl LossFeed {
 /// The accounting identity (invariant I2) holds in every snapshot, and
 /// after any crash and recovery:
 ///
-/// `appended = acked + pending + overwritten + rejected + corrupted + lost_unsynced`
+/// `appended = acked + pending + overwritten + rejected + corrupted + lost_unsynced + refused`
 ///
 /// All record counters survive restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -215,6 +222,16 @@ pub struct RingStats {
     /// reported when the process stops are reported after it starts again.
     /// Not part of the identity.
     pub rejected_reported: u64,
+    /// Records the receiver refused: sent and answered, yet not taken (a
+    /// partial acceptance such as OTLP's `partial_success`, or a record
+    /// refused alone as too large). They are not sent again; their ranges
+    /// are in [`Ring::losses`](crate::Ring::losses) with
+    /// [`LossCause::Refused`], and the next gap notice counts them.
+    pub refused: u64,
+    /// Of `refused`, how many a receiver has been told of in a gap notice
+    /// the shipper delivered (as `rejected_reported`). Not part of the
+    /// identity.
+    pub refused_reported: u64,
     /// Records found damaged and never delivered.
     pub corrupted: u64,
     /// Records lost to a power loss (or a failed fsync) before they were
@@ -246,7 +263,13 @@ pub struct RingStats {
 impl RingStats {
     /// The right-hand side of the accounting identity.
     pub fn accounted(&self) -> u64 {
-        self.acked + self.pending + self.overwritten + self.rejected + self.corrupted + self.lost_unsynced
+        self.acked
+            + self.pending
+            + self.overwritten
+            + self.rejected
+            + self.corrupted
+            + self.lost_unsynced
+            + self.refused
     }
 
     /// Whether `appended` equals the sum of where every record went.

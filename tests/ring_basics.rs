@@ -502,7 +502,7 @@ fn an_unknown_format_version_is_refused() {
     data[32..36].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(t.data_file(), data).unwrap();
     let err = Ring::open(&t.dir, small(64 << 10)).unwrap_err();
-    assert!(matches!(err, Error::UnsupportedVersion { found: 99, supported: 6, .. }), "{err}");
+    assert!(matches!(err, Error::UnsupportedVersion { found: 99, supported: 7, .. }), "{err}");
 }
 
 /// A ring of format version 3 (whose `ring.meta` is 9,216 bytes, with
@@ -530,7 +530,7 @@ fn a_version_3_ring_is_refused_untouched() {
     std::fs::write(t.data_file(), &data).unwrap();
     std::fs::write(t.meta_file(), &meta).unwrap();
     let err = Ring::open(&t.dir, small(64 << 10)).unwrap_err();
-    assert!(matches!(err, Error::UnsupportedVersion { found: 3, supported: 6, .. }), "{err}");
+    assert!(matches!(err, Error::UnsupportedVersion { found: 3, supported: 7, .. }), "{err}");
     let after = std::fs::read(t.meta_file()).unwrap();
     assert!(after == meta, "ring.meta touched: {} bytes, was {}", after.len(), meta.len());
     assert!(std::fs::read(t.data_file()).unwrap() == data, "ring.data touched");

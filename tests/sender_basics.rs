@@ -730,3 +730,78 @@ fn any_clone_shuts_the_shipper_down_once() {
     let (_, report) = Ring::open(&t.dir, small(1 << 20)).expect("the directory was released");
     assert!(report.clean_shutdown, "{report:?}");
 }
+
+/// A transport whose endpoint takes each batch but refuses its first
+/// record (a partial acceptance), and tells the shipper so.
+struct RefusesFirst {
+    rx: ringship::MemoryTransport,
+}
+
+impl ringship::Transport for RefusesFirst {
+    fn send(
+        &mut self,
+        endpoint: &Endpoint,
+        batch: &ringship::Batch,
+        ctx: &ringship::SendContext,
+    ) -> Result<(), ringship::SendError> {
+        self.rx.send(endpoint, batch, ctx)?;
+        ctx.refuse(1);
+        Ok(())
+    }
+}
+
+/// Records an endpoint takes but refuses are a loss the receiver caused:
+/// counted refused (not acked) in the identity, ranged in `losses()` and
+/// `on_loss`, announced in the next gap notice, shown in health, kept
+/// across a restart, and never sent again.
+#[test]
+fn records_an_endpoint_refuses_are_counted_announced_and_not_sent_again() {
+    let t = TempRing::new();
+    let receiver = ringship::MemoryReceiver::new();
+    let rx = receiver.clone();
+    let fed = Arc::new(AtomicU64::new(0));
+    let f = Arc::clone(&fed);
+    let shipper = Shipper::builder(ring(&t, 1 << 20))
+        .endpoint(Endpoint::new("a"))
+        .transport(move || RefusesFirst { rx: rx.transport() })
+        .max_batch_records(10)
+        .linger(Duration::from_millis(1))
+        .on_loss(move |ranges| {
+            let refused: u64 = ranges.iter().filter(|r| r.cause == LossCause::Refused).map(|r| r.count).sum();
+            f.fetch_add(refused, Ordering::SeqCst);
+        })
+        .start()
+        .unwrap();
+    for i in 1..=30 {
+        shipper.append(&payload(i, 20)).unwrap();
+        if i % 10 == 0 {
+            // One batch at a time: each refusal is announced by the next.
+            eventually("a batch settled", || shipper.stats().ring.pending == 0);
+        }
+    }
+    let s = shipper.stats().ring;
+    assert_eq!((s.acked, s.refused, s.pending), (27, 3, 0), "{s:?}");
+    assert_identity(&s);
+    eventually("on_loss told of each refusal", || fed.load(Ordering::SeqCst) == 3);
+    let refused_ranges: u64 =
+        shipper.ring().losses().iter().filter(|l| l.cause == LossCause::Refused).map(|l| l.count).sum();
+    assert_eq!(refused_ranges, 3);
+    let got = receiver.received("a");
+    assert_eq!(got.records.len(), 30, "sent once each, none again");
+    // Each batch after the first announces the refusal before it.
+    let announced: Vec<u64> = got.gaps.iter().map(|g| g.refused).collect();
+    assert_eq!(announced, vec![1, 1], "{:?}", got.gaps);
+    assert!(shipper.health().last_error.unwrap_or_default().contains("refused 1"));
+    shipper.shutdown(Duration::from_secs(5)).unwrap();
+    // The third refusal is announced after a restart, and only then.
+    let r = ring(&t, 1 << 20);
+    assert_eq!((r.stats().refused, r.stats().refused_reported), (3, 2));
+    let rx = receiver.clone();
+    let shipper = Shipper::builder(r).endpoint(Endpoint::new("a")).transport(move || rx.transport()).start().unwrap();
+    shipper.append(b"after").unwrap();
+    eventually("acked", || shipper.stats().ring.acked == 28);
+    assert_eq!(receiver.received("a").gaps.last().map(|g| g.refused), Some(1));
+    assert_eq!(shipper.stats().ring.refused_reported, 3);
+    assert_identity(&shipper.stats().ring);
+    shipper.shutdown(Duration::from_secs(5)).unwrap();
+}

@@ -13,9 +13,10 @@ pub(crate) struct Delivery {
     /// The records from the cursor, and the gap notice before them;
     /// `None` when nothing is pending.
     pub(crate) batch: Option<Batch>,
-    /// The rejected count the notice reports up to: pass it to
-    /// [`Ring::ack_delivery`] once the batch is delivered.
+    /// The rejected and refused counts the notice reports up to: pass them
+    /// to [`Ring::ack_delivery`] once the batch is delivered.
     pub(crate) rejected: u64,
+    pub(crate) refused: u64,
     /// The ring's overwritten count and last seq just before the read.
     pub(crate) overwritten: u64,
     pub(crate) last_seq: u64,
@@ -41,26 +42,28 @@ impl Ring {
             // abandoned send's late success) are not repeated.
             let start = m.from_seq.max(m.ack_after + 1);
             let unreported = m.rejected.saturating_sub(m.reported_after);
+            let unreported_refused = m.refused.saturating_sub(m.refused_reported_after);
             let read_any = !rb.records.is_empty();
-            match self.build_batch(rb.records, start, unreported) {
+            match self.build_batch(rb.records, start, unreported, unreported_refused) {
                 None if read_any => from = start,
                 batch => {
-                    let (rejected, overwritten, last_seq) = (m.rejected, m.overwritten, m.last_seq);
-                    return Ok(Delivery { batch, rejected, overwritten, last_seq });
+                    let (rejected, refused, overwritten, last_seq) = (m.rejected, m.refused, m.overwritten, m.last_seq);
+                    return Ok(Delivery { batch, rejected, refused, overwritten, last_seq });
                 }
             }
         }
     }
 
     /// Turns records read from `cursor` into a batch, with a gap notice
-    /// when seqs between the cursor and the first record are missing or
-    /// `rejected` rejections are still to be reported.
+    /// when seqs between the cursor and the first record are missing, or
+    /// `rejected` rejections or `refused` refusals are still to be
+    /// reported.
     ///
     /// The batch ends before the first seq missing after its first record:
     /// the records after such a gap are read again, in the next batch,
     /// which opens with the notice for it. Each notice thus covers every
     /// seq missing before its batch, and no seq goes missing inside a batch.
-    fn build_batch(&self, records: Vec<super::Record>, cursor: u64, rejected: u64) -> Option<Batch> {
+    fn build_batch(&self, records: Vec<super::Record>, cursor: u64, rejected: u64, refused: u64) -> Option<Batch> {
         // Records below the cursor were read before an ack passed them.
         let mut read = records.into_iter().skip_while(|r| r.seq < cursor).peekable();
         let first = read.peek()?.seq;
@@ -70,7 +73,7 @@ impl Ring {
             .map(|(r, _)| BatchRecord { seq: r.seq, timestamp: r.timestamp, payload: r.payload })
             .collect();
         let mut gap = None;
-        if first > cursor || rejected > 0 {
+        if first > cursor || rejected > 0 || refused > 0 {
             let mut notice = GapNotice {
                 first_seq: 0,
                 last_seq: 0,
@@ -78,6 +81,7 @@ impl Ring {
                 last_ts: 0,
                 cause: LossCause::Overwritten,
                 rejected,
+                refused,
             };
             if first > cursor {
                 notice.first_seq = cursor;
@@ -98,8 +102,9 @@ impl Ring {
 
 #[cfg(test)]
 mod tests {
+    use crate::ring::Delivered;
     use crate::sim::{Faults, SimDisk};
-    use crate::{Ring, RingConfig, SyncPolicy};
+    use crate::{LossCause, Ring, RingConfig, SyncPolicy};
 
     fn open(disk: &SimDisk) -> Ring {
         let config = RingConfig::default().capacity(64 << 10).max_record_len(1024).sync(SyncPolicy::Never);
@@ -121,14 +126,14 @@ mod tests {
         let d = ring.read_delivery(1, (10, 1 << 20)).unwrap();
         assert_eq!(d.rejected, 3);
         assert_eq!(d.batch.unwrap().gap.map(|g| g.rejected), Some(3));
-        ring.ack_delivery(seq, seq, Some(2)).unwrap();
+        ring.ack_delivery(seq, seq, Delivered { rejected: Some(2), ..Delivered::default() }).unwrap();
         assert_eq!(ring.stats().rejected_reported, 2);
-        ring.ack_delivery(seq, seq, Some(1)).unwrap();
+        ring.ack_delivery(seq, seq, Delivered { rejected: Some(1), ..Delivered::default() }).unwrap();
         assert_eq!(ring.stats().rejected_reported, 2, "a maximum");
         let seq = ring.append(b"two").unwrap();
         let d = ring.read_delivery(seq, (10, 1 << 20)).unwrap();
         assert_eq!(d.batch.unwrap().gap.map(|g| g.rejected), Some(1), "the one still unreported");
-        ring.ack_delivery(seq, seq, Some(9)).unwrap();
+        ring.ack_delivery(seq, seq, Delivered { rejected: Some(9), ..Delivered::default() }).unwrap();
         assert_eq!(ring.stats().rejected_reported, 3, "never above what the ring counted");
         drop(ring);
         disk.process_crash();
@@ -138,5 +143,45 @@ mod tests {
         assert!(s.identity_holds(), "{s:?}");
         let seq = ring.append(b"three").unwrap();
         assert!(ring.read_delivery(seq, (10, 1 << 20)).unwrap().batch.unwrap().gap.is_none());
+    }
+
+    /// Records a receiver took but refused are settled as refused, not
+    /// acked, with a loss range over their batch; the next batch's notice
+    /// counts them; all of it survives a crash, and the identity holds.
+    #[test]
+    fn records_refused_by_the_receiver_are_counted_ranged_and_announced() {
+        let disk = SimDisk::new(8, Faults::NONE);
+        let ring = open(&disk);
+        for i in 0..10u8 {
+            ring.append(&[i; 16]).unwrap();
+        }
+        let d = ring.read_delivery(1, (10, 1 << 20)).unwrap();
+        let b = d.batch.unwrap();
+        assert!(b.gap.is_none());
+        let ts = (b.records[0].timestamp, b.records[9].timestamp);
+        // The receiver took the batch and refused 3 of its records; a
+        // claim past the batch counts no more than the batch.
+        ring.ack_delivery(10, 1, Delivered { refused: 3, refused_ts: ts, ..Delivered::default() }).unwrap();
+        let s = ring.stats();
+        assert_eq!((s.acked, s.refused, s.refused_reported, s.pending), (7, 3, 0, 0));
+        assert!(s.identity_holds(), "{s:?}");
+        let loss = ring.losses().into_iter().find(|l| l.cause == LossCause::Refused).unwrap();
+        assert_eq!((loss.first_seq, loss.last_seq, loss.count, loss.first_ts, loss.last_ts), (1, 10, 3, ts.0, ts.1));
+        ring.append(b"next").unwrap();
+        let d = ring.read_delivery(11, (10, 1 << 20)).unwrap();
+        assert_eq!(d.refused, 3);
+        let gap = d.batch.unwrap().gap.expect("a notice for the refusals");
+        assert_eq!((gap.refused, gap.missing(), gap.rejected), (3, 0, 0));
+        ring.ack_delivery(11, 11, Delivered { refused_reported: Some(3), refused: 99, ..Delivered::default() })
+            .unwrap();
+        let s = ring.stats();
+        assert_eq!((s.acked, s.refused, s.refused_reported), (7, 4, 3), "at most the batch's one record");
+        drop(ring);
+        disk.process_crash();
+        let ring = open(&disk);
+        let s = ring.stats();
+        assert_eq!((s.acked, s.refused, s.refused_reported), (7, 4, 3));
+        assert!(s.identity_holds(), "{s:?}");
+        assert_eq!(ring.losses().iter().filter(|l| l.cause == LossCause::Refused).map(|l| l.count).sum::<u64>(), 4);
     }
 }

@@ -8,7 +8,7 @@ use crate::ring::state::Counts;
 use crate::stats::{LossCause, LossList, LossRange};
 
 /// Version of the on-disk format this build reads and writes.
-pub(crate) const FORMAT_VERSION: u32 = 6;
+pub(crate) const FORMAT_VERSION: u32 = 7;
 /// Magic of the data file header.
 pub(crate) const DATA_MAGIC: &[u8; 8] = b"RSHPDATA";
 /// Magic of a checkpoint slot.
@@ -34,7 +34,7 @@ pub(crate) const SYNC_MARK_OFFSETS: [u64; 2] = [512, 1024];
 pub(crate) const SYNC_MARK_LEN: usize = 20;
 const LOSS_LEN: usize = 56;
 const HINT_LEN: usize = 24;
-const FIXED_LEN: usize = 216;
+const FIXED_LEN: usize = 232;
 /// Most unsettled holes a checkpoint remembers the cause of.
 pub(crate) const MAX_HOLE_HINTS: usize = 16;
 /// Lap ends whose padding a checkpoint keeps, newest last.
@@ -188,6 +188,8 @@ impl Checkpoint {
             self.durable_pos,
             self.counts.rejected_reported,
             self.counts.skipped,
+            self.counts.refused,
+            self.counts.refused_reported,
         ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
@@ -236,6 +238,7 @@ impl Checkpoint {
             self.counts.corrupted,
             self.counts.lost_unsynced,
             self.counts.skipped,
+            self.counts.refused,
         ]
         .into_iter()
         .try_fold(0u64, u64::checked_add);
@@ -246,6 +249,7 @@ impl Checkpoint {
             && self.head_pos < MAX_POSITION
             && self.counts.rejected < MAX_POSITION
             && self.counts.rejected_reported <= self.counts.rejected
+            && self.counts.refused_reported <= self.counts.refused
             && self.counts.overwritten_bytes < MAX_POSITION
             && (1..=self.next_seq).contains(&self.tail_seq)
             && self.ack_seq < self.next_seq
@@ -287,10 +291,10 @@ impl Checkpoint {
             return Err(HeaderError::Version(version));
         }
         let v = |i: usize| u64_at(b, 16 + 8 * i);
-        let flags = u32_at(b, 184);
-        let n = u32_at(b, 204) as usize;
-        let h = u32_at(b, 208) as usize;
-        let ends = u32_at(b, 212) as usize;
+        let flags = u32_at(b, 200);
+        let n = u32_at(b, 220) as usize;
+        let h = u32_at(b, 224) as usize;
+        let ends = u32_at(b, 228) as usize;
         // More than a checkpoint ever holds: a forged or foreign slot, and
         // encoding it again would overrun the slot.
         if n > crate::ring::config::MAX_LOSS_RANGES
@@ -323,12 +327,14 @@ impl Checkpoint {
                 lost_unsynced: v(17),
                 rejected_reported: v(19),
                 skipped: v(20),
+                refused: v(21),
+                refused_reported: v(22),
             },
             durable_pos: v(18),
             clean: flags & 1 != 0,
             sync_always: flags & 4 != 0,
             marks_void: flags & 8 != 0,
-            boot_id: (flags & 2 != 0).then(|| b[188..204].try_into().expect("16 bytes")),
+            boot_id: (flags & 2 != 0).then(|| b[204..220].try_into().expect("16 bytes")),
             losses,
             hole_hints,
             lap_ends,

@@ -39,6 +39,20 @@ use crate::{Error, Result, RingConfig, SyncPolicy};
 
 pub use read::{ReadBatch, Record};
 
+/// What the ack of a delivered batch says besides its seq
+/// ([`Ring::ack_delivery`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Delivered {
+    /// The rejected count its gap notice reported up to.
+    pub(crate) rejected: Option<u64>,
+    /// The refused count its gap notice reported up to.
+    pub(crate) refused_reported: Option<u64>,
+    /// How many of its records the receiver refused...
+    pub(crate) refused: u64,
+    /// ... and the first and last timestamps of its records.
+    pub(crate) refused_ts: (u64, u64),
+}
+
 /// The ring behind a [`Ring`] handle: its files, its state, and the parts
 /// that own the rest (each in its own file, with its lock level in
 /// docs/LOCKS.md).
@@ -290,18 +304,21 @@ impl Ring {
     /// [`Error::AckBeyondHead`] for a seq never assigned, [`Error::Closed`],
     /// or [`Error::Io`] if the checkpoint could not be written.
     pub fn ack(&self, seq: u64) -> Result<()> {
-        self.ack_delivery(seq, seq.saturating_add(1), None).map(|_| ())
+        self.ack_delivery(seq, seq.saturating_add(1), Delivered::default()).map(|_| ())
     }
 
-    /// Acks through `seq` the delivery of the records from `first` on, and
-    /// notes that the receiver was told of the ring's first `rejected`
-    /// rejections (the count [`read_delivery`](Self::read_delivery) gave a
-    /// batch whose gap notice was delivered), in one checkpoint. A maximum,
-    /// not a sum: the same rejections can be delivered twice (an abandoned
-    /// send's late success after its replacement's). Returns how many of
-    /// the records the ring evicted meanwhile (counted overwritten, yet the
-    /// receiver has them).
-    pub(crate) fn ack_delivery(&self, seq: u64, first: u64, rejected: Option<u64>) -> Result<u64> {
+    /// Acks through `seq` the delivery of the records from `first` on, in
+    /// one checkpoint with what `delivered` says: the receiver was told of
+    /// the ring's first `rejected` rejections and `refused_reported`
+    /// refusals (the counts [`read_delivery`](Self::read_delivery) gave a
+    /// batch whose gap notice was delivered; maxima, not sums: the same
+    /// notice can be delivered twice, by an abandoned send's late success
+    /// after its replacement's), and it refused `refused` of the batch's
+    /// records (counted refused, with a loss range, instead of acked).
+    /// Returns how many of the records the ring evicted meanwhile (counted
+    /// overwritten, yet the receiver has them).
+    pub(crate) fn ack_delivery(&self, seq: u64, first: u64, delivered: Delivered) -> Result<u64> {
+        let Delivered { rejected, refused_reported, refused, refused_ts } = delivered;
         let inner = &*self.inner;
         let evicted;
         let unplaced = {
@@ -316,8 +333,12 @@ impl Ring {
             // Only ever a count the ring gave out.
             let reported = rejected
                 .map_or(st.counts.rejected_reported, |r| r.min(st.counts.rejected).max(st.counts.rejected_reported));
-            let newly_reported = reported > st.counts.rejected_reported;
+            let refusals_reported = refused_reported
+                .map_or(st.counts.refused_reported, |r| r.min(st.counts.refused).max(st.counts.refused_reported));
+            let newly_reported =
+                reported > st.counts.rejected_reported || refusals_reported > st.counts.refused_reported;
             st.counts.rejected_reported = reported;
+            st.counts.refused_reported = refusals_reported;
             if seq <= st.ack_seq {
                 drop(st);
                 return if newly_reported { inner.write_checkpoint(false).map(|_| 0) } else { Ok(0) };
@@ -327,7 +348,23 @@ impl Ring {
             evicted = st.tail_seq.min(seq.saturating_add(1)).saturating_sub(first.max(st.ack_seq + 1));
             let from = st.settled() + 1;
             let present = st.present_in(from, seq);
-            st.counts.acked += present;
+            // Refused records of the batch are settled as refused, not
+            // acked: at most as many as it has in the acked range.
+            let lo = from.max(first);
+            let refused = refused.min(st.present_in(lo, seq));
+            st.counts.acked += present - refused;
+            if refused > 0 {
+                st.counts.refused += refused;
+                st.record_loss(LossRange {
+                    first_seq: lo,
+                    last_seq: seq,
+                    first_ts: refused_ts.0,
+                    last_ts: refused_ts.1,
+                    count: refused,
+                    bytes: 0,
+                    cause: crate::LossCause::Refused,
+                });
+            }
             st.ack_seq = seq;
             st.ack_pos = st.hints.get(&(seq + 1)).copied();
             st.settle();

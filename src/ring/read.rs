@@ -80,6 +80,7 @@ struct ReadWindow {
 
 /// The ring's counters a read takes under the locks it takes anyway: with
 /// its window, and after its walk.
+#[derive(Default)]
 pub(super) struct ReadMarks {
     /// Where the read started: `from_seq`, or past the delivery cursor.
     pub(super) from_seq: u64,
@@ -88,9 +89,13 @@ pub(super) struct ReadMarks {
     pub(super) overwritten: u64,
     pub(super) last_seq: u64,
     pub(super) rejected: u64,
-    /// After the walk: the delivery cursor and the rejections reported.
+    /// Before the walk: the refused count.
+    pub(super) refused: u64,
+    /// After the walk: the delivery cursor, and the rejections and
+    /// refusals reported.
     pub(super) ack_after: u64,
     pub(super) reported_after: u64,
+    pub(super) refused_reported_after: u64,
 }
 
 impl RingCore {
@@ -108,8 +113,7 @@ impl RingCore {
         past_ack: bool,
     ) -> Result<(ReadBatch, ReadMarks)> {
         loop {
-            let mut marks =
-                ReadMarks { from_seq, overwritten: 0, last_seq: 0, rejected: 0, ack_after: 0, reported_after: 0 };
+            let mut marks = ReadMarks { from_seq, ..ReadMarks::default() };
             let window = {
                 let st = self.state.lock();
                 if st.closed {
@@ -118,8 +122,8 @@ impl RingCore {
                 if past_ack {
                     marks.from_seq = from_seq.max(st.ack_seq + 1);
                 }
-                (marks.overwritten, marks.last_seq, marks.rejected) =
-                    (st.counts.overwritten, st.next_seq - 1, st.counts.rejected);
+                (marks.overwritten, marks.last_seq, marks.rejected, marks.refused) =
+                    (st.counts.overwritten, st.next_seq - 1, st.counts.rejected, st.counts.refused);
                 let (start_seq, start_pos) = st.start_for(marks.from_seq);
                 ReadWindow {
                     start_seq,
@@ -135,7 +139,8 @@ impl RingCore {
                 .walk(&window, from_seq, max_records, max_bytes)
                 .map_err(|e| Error::io("read", &self.data_path, e))?;
             let mut st = self.state.lock();
-            (marks.ack_after, marks.reported_after) = (st.ack_seq, st.counts.rejected_reported);
+            (marks.ack_after, marks.reported_after, marks.refused_reported_after) =
+                (st.ack_seq, st.counts.rejected_reported, st.counts.refused_reported);
             if st.tail_pos > window.start_pos {
                 // The writer evicted part of what we read while we read it:
                 // keep only what was still in the ring afterwards.

@@ -67,6 +67,10 @@ pub(crate) struct Counts {
     pub(crate) lost_unsynced: u64,
     /// Seqs passed over after an unclean shutdown.
     pub(crate) skipped: u64,
+    /// Records the receiver refused (settled, like `acked`).
+    pub(crate) refused: u64,
+    /// Of `refused`, how many a receiver was told of (at most `refused`).
+    pub(crate) refused_reported: u64,
 }
 
 /// The ring's state in memory (`ring.state`, level 20).
@@ -354,6 +358,8 @@ impl RingState {
             overwritten_bytes: self.counts.overwritten_bytes,
             rejected: self.counts.rejected,
             rejected_reported: self.counts.rejected_reported,
+            refused: self.counts.refused,
+            refused_reported: self.counts.refused_reported,
             corrupted: self.counts.corrupted + hc,
             lost_unsynced: self.counts.lost_unsynced + hu,
             seqs_skipped: self.counts.skipped + hs,

@@ -145,6 +145,7 @@ impl SenderStats {
             ("records_rejected_total", "counter", "Records refused at append.", r.rejected),
             ("records_corrupted_total", "counter", "Records found damaged on disk.", r.corrupted),
             ("records_lost_unsynced_total", "counter", "Records lost to power loss before sync.", r.lost_unsynced),
+            ("records_refused_total", "counter", "Records an endpoint took but refused.", r.refused),
             (
                 "seqs_skipped_total",
                 "counter",

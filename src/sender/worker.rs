@@ -6,6 +6,7 @@ use std::time::Instant;
 use super::ShipperCore;
 use super::machine::{Action, BatchInfo, Machine, Nanos, Outcome, RingMark, SendCounters};
 use crate::Error;
+use crate::ring::Delivered;
 use crate::sync::Woken;
 use crate::sync::atomic::Ordering;
 use crate::transport::{Batch, CancelToken, Endpoint, SendContext, SendError, Transport};
@@ -25,8 +26,7 @@ pub(super) fn run(shared: &Arc<ShipperCore>, worker_id: u64) {
                 d.woken(shared);
             }
             Step::Send(job) => {
-                let ctx =
-                    SendContext { deadline: Instant::now() + shared.cfg.send_timeout, cancel: job.cancel.clone() };
+                let ctx = SendContext::until(Instant::now() + shared.cfg.send_timeout, job.cancel.clone());
                 // User code: a panic is a failed send, and the transport,
                 // in whatever state the panic left it, is replaced.
                 let mut panicked = false;
@@ -38,7 +38,7 @@ pub(super) fn run(shared: &Arc<ShipperCore>, worker_id: u64) {
                     panicked = true;
                     Err(SendError::retryable(format!("the transport panicked: {}", super::panic_message(&*p))))
                 });
-                d.finish_send(shared, &job, &result);
+                d.finish_send(shared, &job, &result, ctx.refused());
                 if panicked {
                     let Some(t) = make_transport(shared, worker_id) else { return };
                     transport = t;
@@ -78,6 +78,12 @@ pub(super) struct Driver {
     m: Machine,
     /// The batch read.
     held: Option<Batch>,
+    /// The refused count the held batch's gap notice reports up to, if it
+    /// has a notice.
+    notice_refused: Option<u64>,
+    /// Records of the held batch its endpoint took yet refused
+    /// ([`SendContext::refuse`](crate::SendContext::refuse)).
+    endpoint_refused: u64,
     /// Shutdown and abandonment were reported to the machine.
     told_shutdown: bool,
     told_abandoned: bool,
@@ -91,7 +97,15 @@ impl Driver {
         let counters = Arc::clone(&shared.counters);
         let m = Machine::new(shared.cfg.machine, stats.ack_seq + 1, shared.generation(), seed, counters)
             .with_evict_guard(half_ring);
-        Driver { worker_id, m, held: None, told_shutdown: false, told_abandoned: false }
+        Driver {
+            worker_id,
+            m,
+            held: None,
+            notice_refused: None,
+            endpoint_refused: 0,
+            told_shutdown: false,
+            told_abandoned: false,
+        }
     }
 
     /// The batch a [`Step::Send`] asks to send.
@@ -156,6 +170,8 @@ impl Driver {
         match shared.ring.read_delivery(from_seq, self.m.read_limits()) {
             Ok(delivery) => {
                 self.held = delivery.batch;
+                self.notice_refused = self.held.as_ref().and_then(|b| b.gap).map(|_| delivery.refused);
+                self.endpoint_refused = 0;
                 let mark = RingMark { overwritten: delivery.overwritten, last_seq: delivery.last_seq };
                 let info = self.held.as_ref().map(|b| BatchInfo {
                     first_seq: b.first_seq(),
@@ -175,13 +191,21 @@ impl Driver {
         Ok(())
     }
 
-    /// Acks the held batch through `seq`, with the rejections its gap
-    /// notice reported, counting its records the ring evicted while it was
-    /// in flight: the ring counts them overwritten, yet the receiver has
-    /// them.
+    /// Acks the held batch through `seq`, with the rejections and
+    /// refusals its gap notice reported and the records its endpoint
+    /// refused, counting its records the ring evicted while it was in
+    /// flight: the ring counts them overwritten, yet the receiver has them.
     fn ack(&self, shared: &ShipperCore, seq: u64, rejected: Option<u64>) -> crate::Result<()> {
-        let first = self.held.as_ref().map_or(seq + 1, Batch::first_seq);
-        let evicted = shared.ring.ack_delivery(seq, first, rejected)?;
+        let held = self.held.as_ref();
+        let first = held.map_or(seq + 1, Batch::first_seq);
+        let ts = |r: Option<&crate::BatchRecord>| r.map_or(0, |r| r.timestamp);
+        let delivered = Delivered {
+            rejected,
+            refused_reported: self.notice_refused,
+            refused: self.endpoint_refused,
+            refused_ts: held.map_or((0, 0), |b| (ts(b.records.first()), ts(b.records.last()))),
+        };
+        let evicted = shared.ring.ack_delivery(seq, first, delivered)?;
         SendCounters::add(&shared.counters.overwritten_after_delivery, evicted);
         Ok(())
     }
@@ -193,8 +217,15 @@ impl Driver {
         self.m.handle_wake(RingMark { overwritten: s.overwritten, last_seq: s.last_seq });
     }
 
-    /// The transport answered the send of `job`.
-    pub(super) fn finish_send(&mut self, shared: &ShipperCore, job: &SendJob, result: &Result<(), SendError>) {
+    /// The transport answered the send of `job`, refusing `refused` of the
+    /// batch's records if it took it.
+    pub(super) fn finish_send(
+        &mut self,
+        shared: &ShipperCore,
+        job: &SendJob,
+        result: &Result<(), SendError>,
+        refused: u64,
+    ) {
         shared.end_send(self.worker_id);
         self.report_flags(shared);
         let outcome = match result {
@@ -203,6 +234,15 @@ impl Driver {
                 // its replacement's sends go.
                 if !self.told_abandoned {
                     shared.note_accepted();
+                }
+                let records = self.held.as_ref().map_or(0, |b| b.records.len() as u64);
+                self.endpoint_refused = refused.min(records);
+                if refused > 0 {
+                    // Records the ring will count lost: health says who.
+                    shared.note_error(&format!(
+                        "{} took a batch of {records} records but refused {} of them; they are counted refused",
+                        job.endpoint, self.endpoint_refused
+                    ));
                 }
                 Outcome::Accepted
             }

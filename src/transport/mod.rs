@@ -29,6 +29,7 @@ pub use syslog::{SyslogConfig, SyslogTransport};
 use crate::stats::LossCause;
 use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::sync::{Condvar, LEVEL_CANCEL, Mutex};
+use std::sync::atomic::AtomicU64;
 
 /// Where batches go: an address a transport understands (a URL, a
 /// `host:port`) and headers to send with every batch (auth tokens).
@@ -89,11 +90,13 @@ pub struct BatchRecord {
 ///
 /// Seqs `first_seq..=last_seq` were lost (overwritten before they were
 /// acknowledged, or damaged); `rejected` counts records refused at append
-/// since the previous notice (they never had seqs).
+/// since the previous notice (they never had seqs), `refused` records the
+/// receiver refused since the previous notice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GapNotice {
-    /// First missing seq (0 with `last_seq` 0 when only `rejected` is set).
+    /// First missing seq (0 with `last_seq` 0 when only `rejected` or
+    /// `refused` is set).
     pub first_seq: u64,
     /// Last missing seq.
     pub last_seq: u64,
@@ -108,6 +111,10 @@ pub struct GapNotice {
     pub cause: LossCause,
     /// Records refused at append since the previous notice.
     pub rejected: u64,
+    /// Records the receiver refused since the previous notice (they had
+    /// seqs: [`Ring::losses`](crate::Ring::losses) names their batches'
+    /// ranges, cause [`LossCause::Refused`]).
+    pub refused: u64,
 }
 
 impl GapNotice {
@@ -264,6 +271,8 @@ pub(crate) fn run_cancellable<T: Send + 'static>(
 pub struct SendContext {
     pub(crate) deadline: Instant,
     pub(crate) cancel: CancelToken,
+    /// Records of the batch the endpoint refused ([`SendContext::refuse`]).
+    pub(crate) refused: Arc<AtomicU64>,
 }
 
 impl SendContext {
@@ -272,7 +281,30 @@ impl SendContext {
     #[cfg(any(test, feature = "testing"))]
     #[doc(hidden)]
     pub fn new(timeout: Duration) -> Self {
-        SendContext { deadline: Instant::now() + timeout, cancel: CancelToken::new() }
+        SendContext::until(Instant::now() + timeout, CancelToken::new())
+    }
+
+    /// A context ending at `deadline`, cancelled by `cancel`.
+    pub(crate) fn until(deadline: Instant, cancel: CancelToken) -> Self {
+        SendContext { deadline, cancel, refused: Arc::default() }
+    }
+
+    /// Tells the shipper that the endpoint took the batch but refused
+    /// `records` of its records for good: a partial acceptance, such as
+    /// OTLP's `partial_success`. Then return `Ok(())`: the batch is
+    /// acknowledged, and that many of its records are counted refused
+    /// ([`RingStats::refused`](crate::RingStats::refused), a loss range
+    /// with [`LossCause::Refused`], `on_loss` and the next gap notice)
+    /// instead of acknowledged. They are never sent again. Calls add up;
+    /// more than the batch holds counts all of it. Refusing nothing, or
+    /// returning an error instead, changes nothing.
+    pub fn refuse(&self, records: u64) {
+        self.refused.fetch_add(records, Ordering::Relaxed);
+    }
+
+    /// Records refused so far ([`refuse`](Self::refuse)).
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Return by then, with [`SendErrorKind::TimedOut`] if not done.
@@ -507,7 +539,7 @@ mod tests {
             std::thread::sleep(Duration::from_secs(3));
             Ok(())
         };
-        let ctx = SendContext { deadline: Instant::now() + Duration::from_secs(60), cancel: CancelToken::new() };
+        let ctx = SendContext::until(Instant::now() + Duration::from_secs(60), CancelToken::new());
         let cancel = ctx.cancel.clone();
         let canceller = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(20));
@@ -515,7 +547,7 @@ mod tests {
         });
         assert_eq!(run_cancellable("test", &ctx, slow).unwrap_err().kind, SendErrorKind::Cancelled);
         canceller.join().unwrap();
-        let ctx = SendContext { deadline: Instant::now() + Duration::from_millis(20), cancel: CancelToken::new() };
+        let ctx = SendContext::until(Instant::now() + Duration::from_millis(20), CancelToken::new());
         assert_eq!(run_cancellable("test", &ctx, slow).unwrap_err().kind, SendErrorKind::TimedOut);
     }
 

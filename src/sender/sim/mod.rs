@@ -64,23 +64,35 @@ impl Rng {
 /// How an endpoint answers, for now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    Deliver { latency: Nanos },
+    Deliver {
+        latency: Nanos,
+    },
     HangHonouring,
-    HangIgnoring { late_success: bool },
+    HangIgnoring {
+        late_success: bool,
+    },
     Panic,
-    TooLarge { limit: usize },
+    TooLarge {
+        limit: usize,
+    },
     Refuse,
     Flaky,
+    /// Takes each batch but refuses its last `refuse` records (a partial
+    /// acceptance, `SendContext::refuse`).
+    Partial {
+        refuse: u64,
+    },
 }
 
 fn random_mode(r: &mut Rng) -> Mode {
-    match r.below(12) {
+    match r.below(13) {
         0..=4 => Mode::Deliver { latency: r.below(20) * MS },
         5 => Mode::HangHonouring,
         6 => Mode::HangIgnoring { late_success: r.below(2) == 0 },
         7 => Mode::Panic,
         8 => Mode::TooLarge { limit: 64 + r.below(4096) as usize },
         9 => Mode::Refuse,
+        10 => Mode::Partial { refuse: 1 + r.below(3) },
         _ => Mode::Flaky,
     }
 }
@@ -92,6 +104,8 @@ struct InFlight {
     done_at: Nanos,
     result: Result<(), SendError>,
     honours_cancel: bool,
+    /// Records of the batch the endpoint refuses if it takes it.
+    refused: u64,
 }
 
 enum WorkerState {
@@ -109,16 +123,21 @@ struct Worker {
 struct Receiver {
     records: BTreeMap<u64, Vec<u8>>,
     notices: Vec<GapNotice>,
+    /// Seqs it took in a batch but refused (a partial acceptance).
+    refused: std::collections::BTreeSet<u64>,
 }
 
 impl Receiver {
-    fn take(&mut self, batch: &Batch) {
+    /// Takes `batch`, but for its last `refused` records.
+    fn take(&mut self, batch: &Batch, refused: u64) {
         if let Some(g) = batch.gap {
             self.notices.push(g);
         }
-        for r in &batch.records {
+        let keep = batch.records.len().saturating_sub(usize::try_from(refused).unwrap_or(usize::MAX));
+        for r in &batch.records[..keep] {
             self.records.insert(r.seq, r.payload.to_vec());
         }
+        self.refused.extend(batch.records[keep..].iter().map(|r| r.seq));
     }
 }
 
@@ -262,13 +281,14 @@ impl Run {
                     return true;
                 }
                 let result = if cancelled && now < f.done_at { Err(SendError::cancelled()) } else { f.result.clone() };
+                let refused = if result.is_ok() { f.refused } else { 0 };
                 if result.is_ok() {
-                    rx.take(w.driver.batch());
+                    rx.take(w.driver.batch(), refused);
                 }
                 let WorkerState::Sending(f) = std::mem::replace(&mut w.state, WorkerState::Ready) else {
                     unreachable!()
                 };
-                w.driver.finish_send(&shared, &f.job, &result);
+                w.driver.finish_send(&shared, &f.job, &result, refused);
             }
             WorkerState::Ready => {}
         }
@@ -287,6 +307,8 @@ impl Run {
                 let mode = modes.get(&job.endpoint.address).copied().unwrap_or(Mode::Deliver { latency: 0 });
                 let timeout = nanos(shared.cfg.send_timeout);
                 let bytes = w.driver.batch().payload_bytes();
+                let records = w.driver.batch().records.len() as u64;
+                let refused = if let Mode::Partial { refuse } = mode { refuse.min(records) } else { 0 };
                 let (after, result, honours_cancel) = match mode {
                     Mode::Deliver { latency } => (latency, Ok(()), true),
                     Mode::HangHonouring => (timeout, Err(SendError::timed_out()), true),
@@ -296,12 +318,12 @@ impl Run {
                     }
                     Mode::Panic => (0, Err(SendError::retryable("the transport panicked: scripted")), true),
                     Mode::TooLarge { limit } if bytes > limit => (MS, Err(SendError::too_large("413")), true),
-                    Mode::TooLarge { .. } => (MS, Ok(()), true),
+                    Mode::TooLarge { .. } | Mode::Partial { .. } => (MS, Ok(()), true),
                     Mode::Refuse => (MS, Err(SendError::permanent("403")), true),
                     Mode::Flaky => (MS, Err(SendError::retryable("503")), true),
                 };
                 let done_at = now + after.max(1);
-                w.state = WorkerState::Sending(InFlight { job, done_at, result, honours_cancel });
+                w.state = WorkerState::Sending(InFlight { job, done_at, result, honours_cancel, refused });
             }
         }
         true
@@ -555,6 +577,9 @@ impl SeedRun {
 /// Every seq is delivered byte-exact or announced in a gap notice with the
 /// ring's cause for it; a returned record is skipped only after damage.
 fn check_every_seq(ring: &Ring, payloads: &BTreeMap<u64, Vec<u8>>, rx: &Receiver, damaged: bool) {
+    let s = ring.stats();
+    assert!(s.identity_holds(), "I2: {s:?}");
+    assert!(s.refused_reported <= s.refused, "{s:?}");
     let losses = ring.losses();
     let last = ring.stats().last_seq;
     // Seqs missing after the last delivered record are announced with the
@@ -563,6 +588,16 @@ fn check_every_seq(ring: &Ring, payloads: &BTreeMap<u64, Vec<u8>>, rx: &Receiver
     for seq in 1..=last {
         if let Some(got) = rx.records.get(&seq) {
             assert_eq!(Some(got), payloads.get(&seq), "I4: seq {seq} delivered with other bytes");
+            continue;
+        }
+        // Refused by the receiver itself, which took the rest of its
+        // batch: the ring counts it lost (refused, or overwritten if it
+        // was evicted while its batch was in flight), in a range.
+        if rx.refused.contains(&seq) {
+            assert!(
+                losses.iter().any(|l| l.first_seq <= seq && seq <= l.last_seq),
+                "seq {seq}, refused by the receiver, is not counted lost"
+            );
             continue;
         }
         if seq > announced_through {

@@ -9,7 +9,7 @@
 //! | `X-Ringship-Ring-Id` | the ring's id, 16 hex digits: receivers de-duplicate by (ring id, seq) |
 //! | `X-Ringship-First-Seq`, `X-Ringship-Last-Seq` | the batch's seq range |
 //! | `X-Ringship-Count` | records in the body |
-//! | `X-Ringship-Gap` | `first-last; count=N; cause=overwritten; rejected=R; first-ts=T; last-ts=T` when records before the batch were lost |
+//! | `X-Ringship-Gap` | `first-last; count=N; cause=overwritten; rejected=R; refused=F; first-ts=T; last-ts=T` when records before the batch were lost, or refused at append or by the receiver |
 //!
 //! 2xx acknowledges the batch. 408, 429, 5xx and connection errors are
 //! retried (honouring `Retry-After`, in seconds or as a date); any other status is
@@ -231,12 +231,13 @@ fn json_escape(text: &str, out: &mut Vec<u8>) {
 pub(crate) fn gap_header(batch: &Batch) -> Option<String> {
     batch.gap.map(|g| {
         format!(
-            "{}-{}; count={}; cause={}; rejected={}; first-ts={}; last-ts={}",
+            "{}-{}; count={}; cause={}; rejected={}; refused={}; first-ts={}; last-ts={}",
             g.first_seq,
             g.last_seq,
             g.missing(),
             g.cause_label(),
             g.rejected,
+            g.refused,
             g.first_ts,
             g.last_ts
         )

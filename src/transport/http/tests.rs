@@ -23,6 +23,7 @@ fn batch() -> Batch {
             last_ts: 20,
             cause: LossCause::Overwritten,
             rejected: 1,
+            refused: 0,
         }),
     }
 }
@@ -83,11 +84,21 @@ fn endpoint_headers_that_the_transport_sets_itself_are_refused() {
 
 #[test]
 fn gap_header_names_the_window() {
-    assert_eq!(gap_header(&batch()).unwrap(), "3-6; count=4; cause=overwritten; rejected=1; first-ts=10; last-ts=20");
-    let only_rejections =
-        GapNotice { first_seq: 0, last_seq: 0, first_ts: 0, last_ts: 0, cause: LossCause::Overwritten, rejected: 4 };
+    assert_eq!(
+        gap_header(&batch()).unwrap(),
+        "3-6; count=4; cause=overwritten; rejected=1; refused=0; first-ts=10; last-ts=20"
+    );
+    let only_rejections = GapNotice {
+        first_seq: 0,
+        last_seq: 0,
+        first_ts: 0,
+        last_ts: 0,
+        cause: LossCause::Overwritten,
+        rejected: 4,
+        refused: 0,
+    };
     let b = Batch { ring_id: 1, records: Vec::new(), gap: Some(only_rejections) };
-    assert_eq!(gap_header(&b).unwrap(), "0-0; count=0; cause=none; rejected=4; first-ts=0; last-ts=0");
+    assert_eq!(gap_header(&b).unwrap(), "0-0; count=0; cause=none; rejected=4; refused=0; first-ts=0; last-ts=0");
 }
 
 #[test]

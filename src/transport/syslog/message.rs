@@ -143,7 +143,7 @@ pub(crate) fn format_gap(cfg: &SyslogConfig, ring_id: u64, g: &GapNotice) -> Vec
     let pri = u32::from(cfg.facility) * 8 + 4; // warning
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0));
     format!(
-        "<{pri}>1 {} {} {} - gap [ringship-gap@{PEN} first=\"{}\" last=\"{}\" count=\"{}\" cause=\"{}\" rejected=\"{}\" ring=\"{ring_id:016x}\"] records lost before the next batch",
+        "<{pri}>1 {} {} {} - gap [ringship-gap@{PEN} first=\"{}\" last=\"{}\" count=\"{}\" cause=\"{}\" rejected=\"{}\" refused=\"{}\" ring=\"{ring_id:016x}\"] records lost before the next batch",
         rfc3339(now),
         cfg.hostname,
         cfg.app_name,
@@ -151,7 +151,8 @@ pub(crate) fn format_gap(cfg: &SyslogConfig, ring_id: u64, g: &GapNotice) -> Vec
         g.last_seq,
         g.missing(),
         g.cause_label(),
-        g.rejected
+        g.rejected,
+        g.refused
     )
     .into_bytes()
 }

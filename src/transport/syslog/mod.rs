@@ -16,7 +16,7 @@
 //! but the last ends in bytes a receiver strips from a message's end.
 //!
 //! A gap notice becomes one message with MSGID `gap` and
-//! `[ringship-gap@32473 first=".." last=".." count=".." cause=".." rejected=".." ring=".."]`.
+//! `[ringship-gap@32473 first=".." last=".." count=".." cause=".." rejected=".." refused=".." ring=".."]`.
 //!
 //! Over plain TCP a batch counts as delivered once written to the socket:
 //! records in flight when the receiver dies can be lost. Over RELP a batch
@@ -253,10 +253,7 @@ impl SyslogTransport {
                 self.conn = Some(conn);
             } else if !peer_closed {
                 // A switch: the old session ends in order.
-                let close = SendContext {
-                    deadline: ctx.deadline.min(Instant::now() + RELP_CLOSE_WAIT),
-                    cancel: ctx.cancel.clone(),
-                };
+                let close = SendContext::until(ctx.deadline.min(Instant::now() + RELP_CLOSE_WAIT), ctx.cancel.clone());
                 conn.close_session(&close);
             }
         }
@@ -303,7 +300,7 @@ impl SyslogTransport {
 impl Drop for SyslogTransport {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            let ctx = SendContext { deadline: Instant::now() + RELP_CLOSE_WAIT, cancel: CancelToken::new() };
+            let ctx = SendContext::until(Instant::now() + RELP_CLOSE_WAIT, CancelToken::new());
             conn.close_session(&ctx);
         }
     }

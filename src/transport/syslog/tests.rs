@@ -44,10 +44,11 @@ fn a_gap_notice_names_its_ring() {
         last_ts: 0,
         cause: crate::stats::LossCause::Overwritten,
         rejected: 2,
+        refused: 0,
     };
     let m = String::from_utf8(format_gap(&cfg, RING, &g)).unwrap();
     assert!(
-        m.contains(r#"[ringship-gap@32473 first="3" last="5" count="3" cause="overwritten" rejected="2" ring="00abcdef01234567"]"#),
+        m.contains(r#"[ringship-gap@32473 first="3" last="5" count="3" cause="overwritten" rejected="2" refused="0" ring="00abcdef01234567"]"#),
         "{m}"
     );
 }
@@ -265,7 +266,7 @@ fn one_record_batch(seq: u64) -> Batch {
 }
 
 fn ctx() -> SendContext {
-    SendContext { deadline: Instant::now() + Duration::from_secs(5), cancel: crate::transport::CancelToken::new() }
+    SendContext::until(Instant::now() + Duration::from_secs(5), crate::transport::CancelToken::new())
 }
 
 /// Reads one octet-counted message from `s`.
