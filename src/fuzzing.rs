@@ -50,6 +50,7 @@ pub fn drive_machine(input: &[u8]) {
     let mut generation = 1;
     let mut next_seq = 1u64;
     let mut last_accepted: Option<u64> = None;
+    let mut last_refused: Option<u64> = None;
     let mut in_flight: Option<BatchInfo> = None;
     let mut bytes = input.iter().skip(2).copied();
     for _ in 0..10_000 {
@@ -107,11 +108,19 @@ pub fn drive_machine(input: &[u8]) {
                 if outcome == Outcome::Accepted {
                     last_accepted = Some(info.last_seq);
                 }
+                let too_large = outcome == Outcome::Failed { kind: SendErrorKind::TooLarge, retry_after: None };
+                if too_large && info.records == 1 {
+                    last_refused = Some(info.last_seq);
+                }
                 m.handle_send_result(now, sent, outcome);
             }
             Some(Action::Ack { seq, .. }) => {
                 assert_eq!(Some(seq), last_accepted, "acked a batch the endpoint did not accept");
                 last_accepted = None;
+            }
+            Some(Action::Refuse { seq }) => {
+                assert_eq!(Some(seq), last_refused, "refused a batch the endpoint did not refuse alone for its size");
+                last_refused = None;
             }
             Some(Action::Wait { until }) => assert!(until > now, "waits for a moment already past"),
             Some(Action::Stop) => return,

@@ -154,9 +154,9 @@ fn batches_refused_for_their_size_are_halved_until_they_pass() {
 }
 
 /// One record too large for the receiver's body limit halves the batches
-/// down to a batch of its own; once the limit is raised, the batches grow
-/// back as full ones pass, rather than keeping the halved size (a request
-/// per few records) for good.
+/// down to a batch of its own (then refused and counted); once the limit
+/// is raised, the batches grow back as full ones pass, rather than keeping
+/// the halved size (a request per few records) for good.
 #[test]
 fn batches_grow_back_once_the_receiver_takes_them() {
     let t = TempRing::new();
@@ -167,37 +167,49 @@ fn batches_grow_back_once_the_receiver_takes_them() {
     let mut first: Vec<Vec<u8>> = (1..=9).map(|i| payload(i, 50)).collect();
     first.push(payload(10, 1000));
     shipper.append_batch(&first).unwrap();
-    eventually("the large record refused on its own", || shipper.stats().permanent_failures >= 1);
+    eventually("the large record refused on its own", || shipper.stats().ring.refused == 1);
     assert_eq!(shipper.stats().ring.acked, 9);
     rx.inbox.lock().unwrap().max_body = None;
-    eventually("the large record delivered", || shipper.stats().ring.acked == 10);
     let before = rx.inbox.lock().unwrap().requests;
     let records: Vec<Vec<u8>> = (11..=4010).map(|i| payload(i, 50)).collect();
     shipper.append_batch(&records).unwrap();
-    eventually("all acked", || shipper.stats().ring.acked == 4010);
+    eventually("all acked", || shipper.stats().ring.acked == 4009);
     let requests = rx.inbox.lock().unwrap().requests - before;
     // Doubling every two full batches from a few records: about 20.
     assert!(requests <= 100, "{requests} requests for 4,000 records");
-    assert_eq!(rx.seqs(), (1..=4010).collect::<Vec<_>>());
+    assert_eq!(rx.seqs(), (1..=9).chain(11..=4010).collect::<Vec<_>>());
 }
 
-/// A single record larger than the receiver takes cannot pass: a permanent
-/// failure that names the size, and the record stays in the ring.
+/// A single record larger than the receiver takes would be refused
+/// forever and hold up every record behind it until the ring overwrote
+/// them. Refused alone, it is counted refused, announced
+/// (by seq) in the next gap notice, and the records behind it ship.
 #[test]
-fn a_record_too_large_for_the_receiver_is_a_permanent_failure() {
+fn a_record_too_large_for_the_receiver_is_refused_counted_and_the_rest_ship() {
     let t = TempRing::new();
     let rx = HttpReceiver::start();
     rx.inbox.lock().unwrap().max_body = Some(500);
-    let shipper =
-        shipper_builder(&t, 1 << 20, &rx.url(), exact()).backoff_max(Duration::from_millis(200)).start().unwrap();
-    shipper.append(&payload(1, 1000)).unwrap();
-    eventually("a permanent failure", || shipper.stats().permanent_failures >= 1);
-    let error = shipper.health().last_error.unwrap();
-    assert!(error.contains("HTTP 413"), "{error}");
-    assert_eq!(shipper.stats().ring.pending, 1, "never silently dropped");
-    // The receiver's limit raised: the record goes through.
-    rx.inbox.lock().unwrap().max_body = None;
-    eventually("delivered", || shipper.stats().ring.acked == 1);
+    let shipper = shipper_builder(&t, 1 << 20, &rx.url(), HttpConfig::default())
+        .backoff_max(Duration::from_millis(200))
+        .start()
+        .unwrap();
+    shipper.append(&payload(1, 10)).unwrap();
+    eventually("the first delivered", || shipper.stats().ring.acked == 1);
+    shipper.append(&payload(2, 1000)).unwrap();
+    for seq in 3..=5 {
+        shipper.append(&payload(seq, 10)).unwrap();
+    }
+    eventually("the rest delivered", || shipper.stats().ring.acked == 4);
+    let s = shipper.stats();
+    assert_eq!((s.ring.refused, s.ring.pending), (1, 0), "{s:?}");
+    assert_identity(&s.ring);
+    assert!(s.permanent_failures >= 1, "the refusal counts as a permanent failure of its send");
+    let losses = shipper.ring().losses();
+    assert!(losses.iter().any(|l| l.cause == ringship::LossCause::Refused && l.first_seq == 2 && l.last_seq == 2));
+    assert_eq!(rx.seqs(), vec![1, 3, 4, 5]);
+    let inbox = rx.inbox.lock().unwrap();
+    assert_eq!(inbox.gaps.len(), 1, "{:?}", inbox.gaps);
+    assert!(inbox.gaps[0].starts_with("2-2; count=1; cause=refused; rejected=0; refused=1;"), "{}", inbox.gaps[0]);
 }
 
 /// A redirect fails the send. Followed, a 302 would turn the POST into a

@@ -44,7 +44,10 @@ impl Ring {
             let unreported = m.rejected.saturating_sub(m.reported_after);
             let unreported_refused = m.refused.saturating_sub(m.refused_reported_after);
             let read_any = !rb.records.is_empty();
-            match self.build_batch(rb.records, start, unreported, unreported_refused) {
+            // A refused batch's undelivered notice: the next one starts
+            // where it did.
+            let notice_start = m.notice_from.map_or(start, |n| n.min(start));
+            match self.build_batch(rb.records, start, notice_start, unreported, unreported_refused) {
                 None if read_any => from = start,
                 batch => {
                     let (rejected, refused, overwritten, last_seq) = (m.rejected, m.refused, m.overwritten, m.last_seq);
@@ -55,15 +58,22 @@ impl Ring {
     }
 
     /// Turns records read from `cursor` into a batch, with a gap notice
-    /// when seqs between the cursor and the first record are missing, or
-    /// `rejected` rejections or `refused` refusals are still to be
-    /// reported.
+    /// when seqs between the cursor (or an earlier `notice_start`) and the
+    /// first record are missing, or `rejected` rejections or `refused`
+    /// refusals are still to be reported.
     ///
     /// The batch ends before the first seq missing after its first record:
     /// the records after such a gap are read again, in the next batch,
     /// which opens with the notice for it. Each notice thus covers every
     /// seq missing before its batch, and no seq goes missing inside a batch.
-    fn build_batch(&self, records: Vec<super::Record>, cursor: u64, rejected: u64, refused: u64) -> Option<Batch> {
+    fn build_batch(
+        &self,
+        records: Vec<super::Record>,
+        cursor: u64,
+        notice_start: u64,
+        rejected: u64,
+        refused: u64,
+    ) -> Option<Batch> {
         // Records below the cursor were read before an ack passed them.
         let mut read = records.into_iter().skip_while(|r| r.seq < cursor).peekable();
         let first = read.peek()?.seq;
@@ -73,6 +83,7 @@ impl Ring {
             .map(|(r, _)| BatchRecord { seq: r.seq, timestamp: r.timestamp, payload: r.payload })
             .collect();
         let mut gap = None;
+        let cursor = notice_start.min(cursor);
         if first > cursor || rejected > 0 || refused > 0 {
             let mut notice = GapNotice {
                 first_seq: 0,

@@ -34,7 +34,7 @@ pub(crate) const SYNC_MARK_OFFSETS: [u64; 2] = [512, 1024];
 pub(crate) const SYNC_MARK_LEN: usize = 20;
 const LOSS_LEN: usize = 56;
 const HINT_LEN: usize = 24;
-const FIXED_LEN: usize = 232;
+const FIXED_LEN: usize = 240;
 /// Most unsettled holes a checkpoint remembers the cause of.
 pub(crate) const MAX_HOLE_HINTS: usize = 16;
 /// Lap ends whose padding a checkpoint keeps, newest last.
@@ -190,6 +190,7 @@ impl Checkpoint {
             self.counts.skipped,
             self.counts.refused,
             self.counts.refused_reported,
+            self.counts.notice_from,
         ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
@@ -250,6 +251,7 @@ impl Checkpoint {
             && self.counts.rejected < MAX_POSITION
             && self.counts.rejected_reported <= self.counts.rejected
             && self.counts.refused_reported <= self.counts.refused
+            && self.counts.notice_from <= self.settled_seq
             && self.counts.overwritten_bytes < MAX_POSITION
             && (1..=self.next_seq).contains(&self.tail_seq)
             && self.ack_seq < self.next_seq
@@ -291,10 +293,10 @@ impl Checkpoint {
             return Err(HeaderError::Version(version));
         }
         let v = |i: usize| u64_at(b, 16 + 8 * i);
-        let flags = u32_at(b, 200);
-        let n = u32_at(b, 220) as usize;
-        let h = u32_at(b, 224) as usize;
-        let ends = u32_at(b, 228) as usize;
+        let flags = u32_at(b, 208);
+        let n = u32_at(b, 228) as usize;
+        let h = u32_at(b, 232) as usize;
+        let ends = u32_at(b, 236) as usize;
         // More than a checkpoint ever holds: a forged or foreign slot, and
         // encoding it again would overrun the slot.
         if n > crate::ring::config::MAX_LOSS_RANGES
@@ -329,12 +331,13 @@ impl Checkpoint {
                 skipped: v(20),
                 refused: v(21),
                 refused_reported: v(22),
+                notice_from: v(23),
             },
             durable_pos: v(18),
             clean: flags & 1 != 0,
             sync_always: flags & 4 != 0,
             marks_void: flags & 8 != 0,
-            boot_id: (flags & 2 != 0).then(|| b[204..220].try_into().expect("16 bytes")),
+            boot_id: (flags & 2 != 0).then(|| b[212..228].try_into().expect("16 bytes")),
             losses,
             hole_hints,
             lap_ends,

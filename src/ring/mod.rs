@@ -51,6 +51,10 @@ pub(crate) struct Delivered {
     pub(crate) refused: u64,
     /// ... and the first and last timestamps of its records.
     pub(crate) refused_ts: (u64, u64),
+    /// The batch was refused whole and its gap notice, from this seq,
+    /// never delivered: the next notice starts there. `None` for a
+    /// delivered batch, whose notice (if any) clears an earlier one.
+    pub(crate) undelivered_from: Option<u64>,
 }
 
 /// The ring behind a [`Ring`] handle: its files, its state, and the parts
@@ -318,7 +322,7 @@ impl Ring {
     /// Returns how many of the records the ring evicted meanwhile (counted
     /// overwritten, yet the receiver has them).
     pub(crate) fn ack_delivery(&self, seq: u64, first: u64, delivered: Delivered) -> Result<u64> {
-        let Delivered { rejected, refused_reported, refused, refused_ts } = delivered;
+        let Delivered { rejected, refused_reported, refused, refused_ts, undelivered_from } = delivered;
         let inner = &*self.inner;
         let evicted;
         let unplaced = {
@@ -339,9 +343,18 @@ impl Ring {
                 reported > st.counts.rejected_reported || refusals_reported > st.counts.refused_reported;
             st.counts.rejected_reported = reported;
             st.counts.refused_reported = refusals_reported;
+            let notice_from = st.counts.notice_from;
+            match undelivered_from {
+                Some(from) if notice_from == 0 || from < notice_from => st.counts.notice_from = from,
+                // A delivered notice covered everything from there.
+                None if rejected.is_some() => st.counts.notice_from = 0,
+                _ => {}
+            }
+            let notice_changed = st.counts.notice_from != notice_from;
             if seq <= st.ack_seq {
                 drop(st);
-                return if newly_reported { inner.write_checkpoint(false).map(|_| 0) } else { Ok(0) };
+                let changed = newly_reported || notice_changed;
+                return if changed { inner.write_checkpoint(false).map(|_| 0) } else { Ok(0) };
             }
             // Seqs below the oldest record still in the ring and above the
             // cursor were evicted unacknowledged: counted overwritten.

@@ -89,8 +89,10 @@ pub(super) struct ReadMarks {
     pub(super) overwritten: u64,
     pub(super) last_seq: u64,
     pub(super) rejected: u64,
-    /// Before the walk: the refused count.
+    /// Before the walk: the refused count, and where the next notice
+    /// starts if a refused batch's notice was never delivered.
     pub(super) refused: u64,
+    pub(super) notice_from: Option<u64>,
     /// After the walk: the delivery cursor, and the rejections and
     /// refusals reported.
     pub(super) ack_after: u64,
@@ -122,8 +124,13 @@ impl RingCore {
                 if past_ack {
                     marks.from_seq = from_seq.max(st.ack_seq + 1);
                 }
-                (marks.overwritten, marks.last_seq, marks.rejected, marks.refused) =
-                    (st.counts.overwritten, st.next_seq - 1, st.counts.rejected, st.counts.refused);
+                (marks.overwritten, marks.last_seq, marks.rejected, marks.refused, marks.notice_from) = (
+                    st.counts.overwritten,
+                    st.next_seq - 1,
+                    st.counts.rejected,
+                    st.counts.refused,
+                    (st.counts.notice_from > 0).then_some(st.counts.notice_from),
+                );
                 let (start_seq, start_pos) = st.start_for(marks.from_seq);
                 ReadWindow {
                     start_seq,

@@ -71,6 +71,11 @@ pub(crate) struct Counts {
     pub(crate) refused: u64,
     /// Of `refused`, how many a receiver was told of (at most `refused`).
     pub(crate) refused_reported: u64,
+    /// Not a count: the first seq of a batch the receiver refused whole
+    /// whose gap notice was never delivered (0: none). The next notice
+    /// starts there, so the receiver hears of those seqs too; kept with
+    /// the counts so that it survives a restart.
+    pub(crate) notice_from: u64,
 }
 
 /// The ring's state in memory (`ring.state`, level 20).

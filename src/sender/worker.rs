@@ -152,6 +152,11 @@ impl Driver {
                     Err(Error::Closed) => return Step::Exit,
                     Err(e) => shared.note_error(&e.to_string()),
                 },
+                Action::Refuse { seq } => match self.refuse(shared, seq) {
+                    Ok(()) => shared.note_ack(),
+                    Err(Error::Closed) => return Step::Exit,
+                    Err(e) => shared.note_error(&e.to_string()),
+                },
                 Action::Wait { until } => return Step::Wait(until),
                 Action::Stop => return Step::Exit,
             }
@@ -204,9 +209,30 @@ impl Driver {
             refused_reported: self.notice_refused,
             refused: self.endpoint_refused,
             refused_ts: held.map_or((0, 0), |b| (ts(b.records.first()), ts(b.records.last()))),
+            undelivered_from: None,
         };
         let evicted = shared.ring.ack_delivery(seq, first, delivered)?;
         SendCounters::add(&shared.counters.overwritten_after_delivery, evicted);
+        Ok(())
+    }
+
+    /// Settles the held batch, one record through `seq` that its endpoint
+    /// refused for its size, as refused: it is not sent again, and the next
+    /// gap notice names its seq and the seqs its own undelivered notice
+    /// named.
+    fn refuse(&self, shared: &ShipperCore, seq: u64) -> crate::Result<()> {
+        let held = self.held.as_ref();
+        let first = held.map_or(seq, Batch::first_seq);
+        let from = held.and_then(|b| b.gap).filter(|g| g.missing() > 0).map_or(first, |g| g.first_seq);
+        let ts = held.and_then(|b| b.records.first()).map_or(0, |r| r.timestamp);
+        let delivered = Delivered {
+            rejected: None,
+            refused_reported: None,
+            refused: held.map_or(1, |b| b.records.len() as u64),
+            refused_ts: (ts, ts),
+            undelivered_from: Some(from),
+        };
+        shared.ring.ack_delivery(seq, first, delivered)?;
         Ok(())
     }
 

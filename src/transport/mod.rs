@@ -349,8 +349,9 @@ pub enum SendErrorKind {
     /// sends the same records again at once in batches of half as many
     /// records and bytes, and keeps to that size for this endpoint until
     /// full batches pass again, then grows it back toward the configured
-    /// limits. A single record refused so is a
-    /// [`Permanent`](SendErrorKind::Permanent) failure.
+    /// limits. A single record refused so would be refused forever: it is
+    /// counted refused ([`RingStats::refused`](crate::RingStats::refused))
+    /// and announced in the next gap notice, and shipping goes on.
     TooLarge,
 }
 

@@ -65,6 +65,10 @@ pub(crate) enum Action {
     /// Acknowledge the ring up to `seq`, noting the ring's first `rejected`
     /// rejections as reported (the batch's gap notice told of them).
     Ack { seq: u64, rejected: Option<u64> },
+    /// The endpoint refused the batch, one record through `seq`, for its
+    /// size: it will refuse it again. Settle it as refused (not sent
+    /// again); its gap notice was not delivered.
+    Refuse { seq: u64 },
     /// Nothing to do before `until` unless an event arrives.
     Wait { until: Nanos },
     /// The machine has stopped.
@@ -158,6 +162,8 @@ pub(crate) struct Machine {
     /// The supervisor gave up on this worker: it acks what its send got
     /// accepted, and stops.
     abandoned: bool,
+    /// The batch in `Acking` was refused, not accepted ([`Action::Refuse`]).
+    refusing: bool,
     /// Records and bytes a read may return: the configured batch limits,
     /// or less once the endpoint refused a batch for its size, growing
     /// back as full batches pass.
@@ -208,6 +214,7 @@ impl Machine {
             held: None,
             mark_at_read: RingMark::default(),
             abandoned: false,
+            refusing: false,
             limits: (cfg.max_batch_records, cfg.max_batch_bytes),
             streak: 0,
             grow_after: GROW_AFTER,
@@ -259,6 +266,9 @@ impl Machine {
             }
             MachineState::Acking { seq, rejected } => {
                 self.state = if self.abandoned { MachineState::Stopped } else { MachineState::NeedRead };
+                if std::mem::take(&mut self.refusing) {
+                    return Some(Action::Refuse { seq });
+                }
                 Some(Action::Ack { seq, rejected })
             }
             MachineState::Reading | MachineState::Sending { .. } => None,
@@ -348,15 +358,31 @@ impl Machine {
                 self.state = MachineState::Acking { seq: info.last_seq, rejected: info.notice_rejected };
             }
             Outcome::Failed { .. } if self.abandoned => self.state = MachineState::Stopped,
+            // One record the endpoint refuses alone for its size will be
+            // refused again, and would hold up every record behind it until
+            // the ring overwrote them: settled as refused, and shipping
+            // goes on. (Refused by an endpoint switched away from, it goes
+            // to the new one below.)
+            Outcome::Failed { kind: SendErrorKind::TooLarge, .. }
+                if info.records == 1 && sent_generation >= self.generation =>
+            {
+                SendCounters::add(&c.failures, 1);
+                SendCounters::add(&c.permanent_failures, 1);
+                self.cursor = self.cursor.max(info.last_seq + 1);
+                self.held = None;
+                self.linger_start = None;
+                self.attempt = 0;
+                self.retrying = false;
+                self.refusing = true;
+                self.state = MachineState::Acking { seq: info.last_seq, rejected: None };
+            }
             Outcome::Failed { kind, retry_after } => {
                 self.streak = 0;
                 SendCounters::add(&c.failures, 1);
                 SendCounters::add(&c.retries, 1);
                 self.retrying = true;
                 let halve = kind == SendErrorKind::TooLarge && info.records > 1;
-                // A single record too large for the endpoint will be
-                // refused again: a permanent failure.
-                let permanent = kind == SendErrorKind::Permanent || (kind == SendErrorKind::TooLarge && !halve);
+                let permanent = kind == SendErrorKind::Permanent;
                 if permanent {
                     SendCounters::add(&c.permanent_failures, 1);
                 } else if kind == SendErrorKind::Cancelled {

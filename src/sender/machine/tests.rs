@@ -201,7 +201,8 @@ fn permanent_failure_waits_the_longest_backoff_and_keeps_the_batch() {
 /// A batch refused for its size is read again at once, half as large
 /// (records and bytes), sent without lingering, and later batches keep
 /// to that size until full batches pass (see the next test) or the
-/// endpoint changes. A single record refused so is a permanent failure.
+/// endpoint changes. A single record refused so would be refused again:
+/// it is settled as refused, and shipping goes on past it.
 #[test]
 fn a_batch_too_large_is_halved_at_once_until_one_record_is_left() {
     let too_large = Outcome::Failed { kind: SendErrorKind::TooLarge, retry_after: None };
@@ -220,8 +221,8 @@ fn a_batch_too_large_is_halved_at_once_until_one_record_is_left() {
     assert_eq!(m.poll_action(0), Some(Action::Ack { seq: 5, rejected: None }));
     assert_eq!(m.poll_action(0), Some(Action::Read { from_seq: 6 }));
     assert_eq!(m.read_limits(), (5, 5), "one accepted batch does not grow them");
-    // Down to one record: then permanent. A read may pass its byte
-    // limit by one record: the limits never grow for it.
+    // Down to one record: then refused. A read may pass its byte limit
+    // by one record: the limits never grow for it.
     m.handle_batch(
         0,
         Some(BatchInfo { first_seq: 6, last_seq: 7, records: 2, bytes: 400, notice_rejected: None }),
@@ -238,19 +239,30 @@ fn a_batch_too_large_is_halved_at_once_until_one_record_is_left() {
     );
     assert_eq!(m.poll_action(0), Some(Action::Send));
     m.handle_send_result(0, 1, too_large);
-    assert_eq!(m.state(), MachineState::Backoff { until: 2_000 * MS });
+    assert_eq!(m.poll_action(0), Some(Action::Refuse { seq: 6 }), "no backoff, no retry");
     assert_eq!(
         (
             m.counters.permanent_failures.load(Ordering::Relaxed),
             m.counters.failures.load(Ordering::Relaxed),
             m.cursor()
         ),
-        (1, 3, 6)
+        (1, 3, 7)
     );
+    assert_eq!(m.poll_action(0), Some(Action::Read { from_seq: 7 }));
     // Another endpoint may take whole batches again.
     m.handle_switch(2);
     assert_eq!(m.read_limits(), (10, 1000));
-    assert_eq!(m.poll_action(0), Some(Action::Read { from_seq: 6 }));
+    // A single record refused for its size by an endpoint switched away
+    // from goes to the new one.
+    let one = BatchInfo { first_seq: 7, last_seq: 7, records: 1, bytes: 300, notice_rejected: None };
+    m.handle_batch(0, Some(one), RingMark::default());
+    // It lingers, is read again, and goes.
+    assert_eq!(m.poll_action(20 * MS), Some(Action::Read { from_seq: 7 }));
+    m.handle_batch(20 * MS, Some(one), RingMark::default());
+    assert_eq!(m.poll_action(20 * MS), Some(Action::Send));
+    m.handle_switch(3);
+    m.handle_send_result(20 * MS, 2, too_large);
+    assert_eq!(m.poll_action(20 * MS), Some(Action::Read { from_seq: 7 }), "sent again, to the new endpoint");
 }
 
 /// Reads a batch from `from` as full as the read limits allow, and
