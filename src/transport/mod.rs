@@ -9,6 +9,8 @@
 #[cfg(feature = "http")]
 mod http;
 mod memory;
+#[cfg(feature = "http")]
+mod otlp;
 #[cfg(feature = "syslog")]
 mod syslog;
 
