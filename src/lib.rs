@@ -101,5 +101,7 @@ pub use transport::{
 };
 #[cfg(feature = "http")]
 pub use transport::{BodyFormat, HttpConfig, HttpTransport};
+#[cfg(feature = "otlp")]
+pub use transport::{OtlpConfig, OtlpEncoding, OtlpTransport};
 #[cfg(feature = "syslog")]
 pub use transport::{SyslogConfig, SyslogTransport};

@@ -9,7 +9,7 @@
 #[cfg(feature = "http")]
 mod http;
 mod memory;
-#[cfg(feature = "http")]
+#[cfg(feature = "otlp")]
 mod otlp;
 #[cfg(feature = "syslog")]
 mod syslog;
@@ -23,6 +23,8 @@ use bytes::Bytes;
 #[cfg(feature = "http")]
 pub use http::{BodyFormat, HttpConfig, HttpTransport};
 pub use memory::{MemoryReceiver, MemoryTransport, Received};
+#[cfg(feature = "otlp")]
+pub use otlp::{OtlpConfig, OtlpEncoding, OtlpTransport};
 #[cfg(fuzzing)]
 pub(crate) use syslog::parse_frame;
 #[cfg(feature = "syslog")]

@@ -148,7 +148,7 @@ impl TransportFactory for HttpFactory {
 }
 
 /// Refuses what is not an absolute `http` or `https` URL with a host.
-fn check_url(address: &str) -> crate::Result<()> {
+pub(crate) fn check_url(address: &str) -> crate::Result<()> {
     let refuse = |why: &str| Err(crate::Error::Config(format!("the endpoint {address:?} is not an HTTP URL: {why}")));
     let uri = match address.parse::<ureq::http::Uri>() {
         Ok(uri) => uri,
@@ -245,7 +245,7 @@ pub(crate) fn gap_header(batch: &Batch) -> Option<String> {
 }
 
 /// Largest answer body read; a longer one closes the connection.
-const MAX_ANSWER: u64 = 64 << 10;
+pub(crate) const MAX_ANSWER: u64 = 64 << 10;
 /// Characters of a refusal's answer kept in the error message.
 const MAX_REASON: usize = 200;
 
@@ -255,7 +255,7 @@ const MAX_REASON: usize = 200;
 /// elements), each run of whitespace and control characters (line breaks
 /// too) as one space, and at most [`MAX_REASON`] characters, `…` after a
 /// cut. Crude, and meant to be: it is for a person to read.
-fn sanitize(text: &str) -> String {
+pub(crate) fn sanitize(text: &str) -> String {
     let lower = text.to_ascii_lowercase();
     let html = ["<html", "<!doctype", "</"].iter().any(|m| lower.contains(*m));
     let mut out = String::new();
@@ -322,7 +322,7 @@ const HANDSHAKE_REFUSALS: [&str; 13] = [
 /// configuration changes: a permanent failure, saying what to fix, not a
 /// transient one retried as if the next attempt could pass. Anything else
 /// (a refused or reset connection, a failed lookup...) is retried.
-fn request_failure(error: &str) -> SendError {
+pub(crate) fn request_failure(error: &str) -> SendError {
     if let Some(at) = error.find(BAD_CERTIFICATE) {
         let reason = sanitize(&error[at + BAD_CERTIFICATE.len()..]);
         let hint = if reason.contains("CaUsedAsEndEntity") {
@@ -365,7 +365,7 @@ fn request_failure(error: &str) -> SendError {
 
 /// A `Retry-After` value: seconds, or an HTTP date (RFC 9110, 10.2.3),
 /// which asks for the time until then (none if it has passed).
-fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     match value.parse::<u64>() {
         Ok(secs) => Some(Duration::from_secs(secs)),

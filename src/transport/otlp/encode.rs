@@ -15,13 +15,11 @@ use base64::Engine as _;
 
 use crate::transport::{Batch, GapNotice};
 
-/// An attribute value: OTLP's `AnyValue` for the kinds a resource takes.
-#[derive(Debug, Clone, PartialEq)]
+/// An attribute value: OTLP's `AnyValue`, for the kinds ringship sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Value {
     Str(String),
     Int(i64),
-    Double(f64),
-    Bool(bool),
 }
 
 /// What every request carries besides the records.
@@ -68,15 +66,20 @@ fn logs<'a>(batch: &'a Batch, gap_text: Option<&'a str>, now: u64) -> impl Itera
 /// The text of a gap notice's record.
 pub(crate) fn gap_text(g: &GapNotice) -> String {
     if g.missing() == 0 {
-        format!("ringship: {} records were refused at append since the last notice", g.rejected)
+        format!(
+            "ringship: since the last notice, {} records were refused at append and {} by the receiver",
+            g.rejected, g.refused
+        )
     } else {
         format!(
-            "ringship: {} records lost before this batch (seqs {} to {}, {}); {} refused at append",
+            "ringship: {} records lost before this batch (seqs {} to {}, {}); since the last notice, {} refused at \
+             append and {} by the receiver",
             g.missing(),
             g.first_seq,
             g.last_seq,
             g.cause_label(),
-            g.rejected
+            g.rejected,
+            g.refused
         )
     }
 }
@@ -94,6 +97,7 @@ fn gap_log<'a>(g: &GapNotice, text: &'a str, ring: String, now: u64) -> Log<'a> 
             ("ringship.gap.count", int(g.missing())),
             ("ringship.gap.cause", Value::Str(g.cause_label().to_owned())),
             ("ringship.gap.rejected", int(g.rejected)),
+            ("ringship.gap.refused", int(g.refused)),
             ("ringship.gap.first_ts", int(g.first_ts)),
             ("ringship.gap.last_ts", int(g.last_ts)),
         ],
@@ -162,18 +166,10 @@ fn key_value(out: &mut Vec<u8>, k: &str, v: &Value) {
     // out, the value would be unset rather than 0, "" or false.
     match v {
         Value::Str(s) => string_always(&mut any, 1, s),
-        Value::Bool(b) => {
-            tag(&mut any, 2, 0);
-            varint(&mut any, u64::from(*b));
-        }
         Value::Int(i) => {
             tag(&mut any, 3, 0);
             // int64 is not zigzag: a negative value is ten bytes.
-            varint(&mut any, *i as u64);
-        }
-        Value::Double(d) => {
-            tag(&mut any, 4, 1);
-            any.extend_from_slice(&d.to_le_bytes());
+            varint(&mut any, u64::from_ne_bytes(i.to_ne_bytes()));
         }
     }
     message(out, 2, &any);
@@ -297,22 +293,6 @@ fn json_key_value(out: &mut Vec<u8>, k: &str, v: &Value) {
         Value::Int(i) => {
             let _ = write!(out, r#"{{"intValue":"{i}"}}"#);
         }
-        Value::Bool(b) => {
-            let _ = write!(out, r#"{{"boolValue":{b}}}"#);
-        }
-        Value::Double(d) if d.is_finite() => {
-            let _ = write!(out, r#"{{"doubleValue":{d:?}}}"#);
-        }
-        Value::Double(d) => {
-            let name = if d.is_nan() {
-                "NaN"
-            } else if *d > 0.0 {
-                "Infinity"
-            } else {
-                "-Infinity"
-            };
-            let _ = write!(out, r#"{{"doubleValue":"{name}"}}"#);
-        }
     }
     out.push(b'}');
 }
@@ -363,18 +343,14 @@ mod tests {
                 last_ts: 20,
                 cause: LossCause::Overwritten,
                 rejected: 1,
+                refused: 0,
             }),
         }
     }
 
     fn envelope() -> Envelope {
         Envelope {
-            resource: vec![
-                ("service.name".into(), Value::Str("checkout".into())),
-                ("n".into(), Value::Int(-1)),
-                ("f".into(), Value::Bool(false)),
-                ("d".into(), Value::Double(0.5)),
-            ],
+            resource: vec![("service.name".into(), Value::Str("checkout".into())), ("n".into(), Value::Int(-1))],
         }
     }
 
@@ -384,7 +360,7 @@ mod tests {
         varint(&mut b, 300);
         assert_eq!(b, [0xac, 0x02]);
         b.clear();
-        varint(&mut b, -1i64 as u64);
+        varint(&mut b, u64::MAX); // -1 as an int64
         assert_eq!(b, [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
     }
 

@@ -1,7 +1,304 @@
-//! The OTLP/HTTP logs transport (in progress: the request encoding).
+//! The OTLP/HTTP logs transport: each batch as one
+//! `ExportLogsServiceRequest`, in protobuf or OTLP's JSON, sent by POST to the
+//! collector's logs URL (`http://collector:4318/v1/logs`).
+//!
+//! Statuses as the OTLP specification says: 429, 502, 503 and 504 are
+//! retried, honouring `Retry-After`; 413 halves the batch (one record
+//! refused so is counted refused); every other answer is permanent. A 200
+//! with `partial_success` acknowledges the batch and counts the records
+//! the collector rejected as refused (`SendContext::refuse`); a 200 whose
+//! body is not an OTLP answer, or claims more rejections than the batch
+//! held, acknowledges nothing.
 
-#![allow(dead_code)]
+use std::io::Write as _;
+use std::time::{Duration, SystemTime};
+
+use super::http::{MAX_ANSWER, check_url, parse_retry_after, request_failure, sanitize};
+use super::{Batch, Endpoint, SendContext, SendError, Transport, TransportFactory, run_cancellable};
 
 mod encode;
 #[cfg(test)]
 mod tests;
+
+use encode::{Envelope, Value};
+
+/// How an [`OtlpTransport`] encodes requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OtlpEncoding {
+    /// Protobuf, `Content-Type: application/x-protobuf` (OTLP's default).
+    #[default]
+    Protobuf,
+    /// OTLP's JSON mapping, `Content-Type: application/json`.
+    Json,
+}
+
+/// Settings of an [`OtlpTransport`]; start from [`OtlpConfig::default`]
+/// (protobuf, no gzip, no resource attributes).
+#[derive(Debug, Clone, Default)]
+pub struct OtlpConfig {
+    encoding: OtlpEncoding,
+    gzip: bool,
+    resource: Vec<(String, Value)>,
+}
+
+impl OtlpConfig {
+    /// The request encoding.
+    #[must_use]
+    pub fn encoding(mut self, encoding: OtlpEncoding) -> Self {
+        self.encoding = encoding;
+        self
+    }
+
+    /// Compresses requests with gzip (`Content-Encoding: gzip`), which
+    /// every OTLP receiver takes.
+    #[must_use]
+    pub fn gzip(mut self, on: bool) -> Self {
+        self.gzip = on;
+        self
+    }
+
+    /// Adds a resource attribute with a string value (`service.name`,
+    /// `service.version`, `host.name`...), sent with every request. Set
+    /// again, a key keeps its last value. An empty key is refused when
+    /// the shipper starts.
+    #[must_use]
+    pub fn resource(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        let key = key.into();
+        self.resource.retain(|(k, _)| *k != key);
+        self.resource.push((key, Value::Str(value.into())));
+        self
+    }
+
+    fn check(&self) -> crate::Result<()> {
+        if self.resource.iter().any(|(k, _)| k.trim().is_empty()) {
+            return Err(crate::Error::Config("an OTLP resource attribute has an empty key".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Ships each batch as an OTLP logs request (feature `otlp`): every record
+/// a `LogRecord` with its payload as the body, its timestamp, and the
+/// attributes `ringship.ring_id` and `ringship.seq`, by which a collector
+/// can de-duplicate; a gap notice a WARN record of its own (event name
+/// `ringship.gap`) before them. docs/TRANSPORTS.md has the details.
+pub struct OtlpTransport {
+    agent: ureq::Agent,
+    config: OtlpConfig,
+}
+
+impl std::fmt::Debug for OtlpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpTransport").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl OtlpTransport {
+    /// A transport with the given settings.
+    pub fn new(config: OtlpConfig) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .user_agent(concat!("ringship/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        OtlpTransport { agent, config }
+    }
+
+    /// The factory to hand to
+    /// [`ShipperBuilder::transport`](crate::ShipperBuilder::transport). It
+    /// refuses (at `start` and at every switch) an endpoint that is not an
+    /// `http://` or `https://` URL with a host, and a config with a resource
+    /// attribute whose key is empty.
+    pub fn factory(config: OtlpConfig) -> impl TransportFactory + 'static {
+        OtlpFactory(config)
+    }
+}
+
+struct OtlpFactory(OtlpConfig);
+
+impl TransportFactory for OtlpFactory {
+    fn make(&self) -> Result<Box<dyn Transport>, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Box::new(OtlpTransport::new(self.0.clone())))
+    }
+
+    fn check_endpoint(&self, endpoint: &Endpoint) -> crate::Result<()> {
+        self.0.check()?;
+        check_url(&endpoint.address)
+    }
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0))
+}
+
+impl Transport for OtlpTransport {
+    fn send(&mut self, endpoint: &Endpoint, batch: &Batch, ctx: &SendContext) -> Result<(), SendError> {
+        if ctx.cancel.is_cancelled() {
+            return Err(SendError::cancelled());
+        }
+        let envelope = Envelope { resource: self.config.resource.clone() };
+        let (mut body, content_type) = match self.config.encoding {
+            OtlpEncoding::Protobuf => (encode::protobuf(batch, &envelope, now_nanos()), "application/x-protobuf"),
+            OtlpEncoding::Json => (encode::json(batch, &envelope, now_nanos()), "application/json"),
+        };
+        if self.config.gzip {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&body).map_err(|e| SendError::permanent(format!("gzip: {e}")))?;
+            body = gz.finish().map_err(|e| SendError::permanent(format!("gzip: {e}")))?;
+        }
+        let mut req = self.agent.post(&endpoint.address).header("Content-Type", content_type);
+        if self.config.gzip {
+            req = req.header("Content-Encoding", "gzip");
+        }
+        for (k, v) in &endpoint.headers {
+            if k.eq_ignore_ascii_case("content-type") || k.eq_ignore_ascii_case("content-encoding") {
+                return Err(SendError::permanent(format!(
+                    "the endpoint sets header {k}, which the OTLP transport sets itself; remove it from the endpoint"
+                )));
+            }
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let req = req.config().timeout_global(Some(ctx.remaining().max(Duration::from_millis(1)))).build();
+        let encoding = self.config.encoding;
+        // Records in the request: the batch's, and a gap notice's own.
+        let sent = batch.records.len() as u64 + u64::from(batch.gap.is_some());
+        let answer = run_cancellable("ringship-otlp", ctx, move || match req.send(&body[..]) {
+            Ok(mut resp) => {
+                let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let answer = resp.body_mut().with_config().limit(MAX_ANSWER).read_to_vec().unwrap_or_default();
+                Ok((resp.status().as_u16(), retry_after, answer))
+            }
+            Err(ureq::Error::Timeout(_)) => Err(SendError::timed_out()),
+            Err(e @ (ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::InvalidProxyUrl)) => {
+                Err(SendError::permanent(format!("the endpoint's URL or headers are invalid: {e}")))
+            }
+            Err(e) => Err(request_failure(&e.to_string())),
+        })?;
+        let (status, retry_after, answer) = answer;
+        let rejected = classify(status, retry_after.as_deref(), &answer, encoding)?;
+        if rejected > sent {
+            return Err(SendError::permanent(format!(
+                "the collector's partial_success rejects {rejected} log records of the {sent} sent: not an answer \
+                 to this request, so nothing is acknowledged"
+            )));
+        }
+        // Which records were rejected is not said: the batch's records
+        // count for all of them, the gap notice's own record included.
+        ctx.refuse(rejected.min(batch.records.len() as u64));
+        Ok(())
+    }
+}
+
+/// What an answer says: the records the collector rejected out of an
+/// accepted request, or why the request failed.
+fn classify(status: u16, retry_after: Option<&str>, answer: &[u8], encoding: OtlpEncoding) -> Result<u64, SendError> {
+    let why = || {
+        let text = sanitize(&String::from_utf8_lossy(answer));
+        if text.is_empty() { String::new() } else { format!(": {text}") }
+    };
+    match status {
+        200..=299 => partial_success(answer, encoding).map_err(|e| {
+            SendError::permanent(format!(
+                "HTTP {status} with an answer that is not an OTLP ExportLogsServiceResponse ({e}), so nothing is \
+                 acknowledged{}",
+                why()
+            ))
+        }),
+        429 | 502 | 503 | 504 => {
+            let mut e = SendError::retryable(format!("HTTP {status}{}", why()));
+            if let Some(wait) = retry_after.and_then(|v| parse_retry_after(v, SystemTime::now())) {
+                e = e.with_retry_after(wait);
+            }
+            Err(e)
+        }
+        413 => Err(SendError::too_large(format!("HTTP 413: the collector refused the request for its size{}", why()))),
+        _ => Err(SendError::permanent(format!(
+            "HTTP {status}: the collector refused the request, and OTLP says not to retry it{}",
+            why()
+        ))),
+    }
+}
+
+/// The rejected count of an `ExportLogsServiceResponse` (0 for an empty
+/// answer or one without `partial_success`).
+fn partial_success(answer: &[u8], encoding: OtlpEncoding) -> Result<u64, String> {
+    if answer.iter().all(u8::is_ascii_whitespace) {
+        return Ok(0);
+    }
+    match encoding {
+        OtlpEncoding::Protobuf => protobuf_rejected(answer),
+        OtlpEncoding::Json => json_rejected(answer),
+    }
+}
+
+fn json_rejected(answer: &[u8]) -> Result<u64, String> {
+    let v: serde_json::Value = serde_json::from_slice(answer).map_err(|e| format!("not JSON: {e}"))?;
+    let Some(obj) = v.as_object() else { return Err("not a JSON object".into()) };
+    let Some(partial) = obj.get("partialSuccess").or_else(|| obj.get("partial_success")) else {
+        return Ok(0);
+    };
+    let rejected = partial.get("rejectedLogRecords").or_else(|| partial.get("rejected_log_records"));
+    match rejected {
+        None => Ok(0),
+        Some(serde_json::Value::Number(n)) => n.as_u64().ok_or_else(|| format!("rejectedLogRecords is {n}")),
+        Some(serde_json::Value::String(s)) => s.parse().map_err(|_| format!("rejectedLogRecords is {s:?}")),
+        Some(other) => Err(format!("rejectedLogRecords is {other}")),
+    }
+}
+
+/// Reads a protobuf varint at `*at`.
+fn varint(b: &[u8], at: &mut usize) -> Result<u64, String> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*at).ok_or("a varint runs past the end")?;
+        *at += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Ok(v);
+        }
+    }
+    Err("a varint longer than 10 bytes".into())
+}
+
+/// Skips a field of wire type `wire` at `*at`.
+fn skip(b: &[u8], at: &mut usize, wire: u64) -> Result<(), String> {
+    let len = match wire {
+        0 => return varint(b, at).map(|_| ()),
+        1 => 8,
+        2 => usize::try_from(varint(b, at)?).map_err(|_| "a length too large")?,
+        5 => 4,
+        other => return Err(format!("wire type {other}")),
+    };
+    *at = at.checked_add(len).filter(|&end| end <= b.len()).ok_or("a field runs past the end")?;
+    Ok(())
+}
+
+fn protobuf_rejected(answer: &[u8]) -> Result<u64, String> {
+    let mut at = 0;
+    let mut rejected = 0;
+    while at < answer.len() {
+        let tag = varint(answer, &mut at)?;
+        if tag == 0x0a {
+            // partial_success: a message.
+            let len = usize::try_from(varint(answer, &mut at)?).map_err(|_| "a length too large")?;
+            let end = at.checked_add(len).filter(|&e| e <= answer.len()).ok_or("partial_success runs past the end")?;
+            let inner = &answer[at..end];
+            let mut i = 0;
+            while i < inner.len() {
+                let t = varint(inner, &mut i)?;
+                if t == 0x08 {
+                    let v = varint(inner, &mut i)?;
+                    rejected = i64::try_from(v).ok().and_then(|v| u64::try_from(v).ok()).ok_or("a negative count")?;
+                } else {
+                    skip(inner, &mut i, t & 7)?;
+                }
+            }
+            at = end;
+        } else {
+            skip(answer, &mut at, tag & 7)?;
+        }
+    }
+    Ok(rejected)
+}

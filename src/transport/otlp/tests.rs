@@ -37,6 +37,7 @@ fn batch() -> Batch {
             last_ts: 20,
             cause: LossCause::Overwritten,
             rejected: 1,
+            refused: 2,
         }),
     }
 }
@@ -46,8 +47,7 @@ fn envelope() -> Envelope {
         resource: vec![
             ("service.name".into(), Value::Str("checkout".into())),
             ("n".into(), Value::Int(-1)),
-            ("f".into(), Value::Bool(false)),
-            ("d".into(), Value::Double(0.5)),
+            ("z".into(), Value::Int(0)),
             ("e".into(), Value::Str(String::new())),
         ],
     }
@@ -71,9 +71,8 @@ fn the_official_decoder_reads_both_encodings_as_sent() {
     let attrs = &rl["resource"]["attributes"];
     assert_eq!(attrs[0], serde_json::json!({"key": "service.name", "value": {"string_value": "checkout"}}));
     assert_eq!(attrs[1]["value"], serde_json::json!({"int_value": "-1"}));
-    assert_eq!(attrs[2]["value"], serde_json::json!({"bool_value": false}), "false is a value, not unset");
-    assert_eq!(attrs[3]["value"], serde_json::json!({"double_value": 0.5}));
-    assert_eq!(attrs[4]["value"], serde_json::json!({"string_value": ""}), "an empty string is a value");
+    assert_eq!(attrs[2]["value"], serde_json::json!({"int_value": "0"}), "0 is a value, not unset");
+    assert_eq!(attrs[3]["value"], serde_json::json!({"string_value": ""}), "an empty string is a value");
     let scope = &rl["scope_logs"][0];
     assert_eq!(scope["scope"]["name"], "ringship");
     let logs = scope["log_records"].as_array().unwrap();
@@ -90,6 +89,7 @@ fn the_official_decoder_reads_both_encodings_as_sent() {
     assert_eq!(gap_attr("ringship.gap.count"), Some(serde_json::json!({"int_value": "4"})));
     assert_eq!(gap_attr("ringship.gap.cause"), Some(serde_json::json!({"string_value": "overwritten"})));
     assert_eq!(gap_attr("ringship.gap.rejected"), Some(serde_json::json!({"int_value": "1"})));
+    assert_eq!(gap_attr("ringship.gap.refused"), Some(serde_json::json!({"int_value": "2"})));
     let r = &logs[1];
     assert_eq!(r["body"], serde_json::json!({"string_value": "hé \"q\"\n\u{1}"}));
     assert_eq!(

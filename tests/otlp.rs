@@ -1,0 +1,269 @@
+//! The OTLP transport against a receiver that decodes every request with
+//! the official OTLP classes (Python's `opentelemetry-proto`, in
+//! `tests/otlp_receiver.py`, started here on loopback): both encodings,
+//! gzip, gap records, the statuses OTLP says to retry and not, partial
+//! success, answers that are not OTLP, a receiver killed mid-stream.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TempRing, assert_identity, eventually, payload, small};
+use ringship::{Endpoint, Error, OtlpConfig, OtlpEncoding, OtlpTransport, Ring, Shipper, ShipperBuilder};
+use serde_json::Value;
+
+/// The Python receiver, killed when dropped.
+struct Receiver {
+    child: Child,
+    port: u16,
+}
+
+impl Receiver {
+    fn start(port: u16) -> Self {
+        Self::start_logging(port, None)
+    }
+
+    /// A receiver that also appends the seqs it takes to `log`.
+    fn start_logging(port: u16, log: Option<&std::path::Path>) -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otlp_receiver.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .args(log)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.strip_prefix("PORT ").and_then(|p| p.trim().parse().ok()).unwrap_or_else(|| {
+            let status = child.wait();
+            panic!(
+                "the OTLP test receiver did not start ({status:?}): it needs `pip install opentelemetry-proto` \
+                 (.ci/run installs it)"
+            )
+        });
+        Receiver { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1/logs", self.port)
+    }
+
+    fn dump(&self) -> Value {
+        let body = ureq::get(&format!("http://127.0.0.1:{}/dump", self.port))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Scripted answers, in order: (status, Retry-After, rejected, garbage).
+    fn script(&self, steps: &[(u16, Option<u64>, Option<u64>, bool)]) {
+        let body = serde_json::to_string(steps).unwrap();
+        ureq::post(&format!("http://127.0.0.1:{}/script", self.port)).send(body).unwrap();
+    }
+
+    /// Distinct seqs received, sorted.
+    fn seqs(&self) -> Vec<u64> {
+        let mut seqs: Vec<u64> =
+            self.dump()["records"].as_array().unwrap().iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        seqs
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn builder(ring: Ring, url: &str, config: OtlpConfig) -> ShipperBuilder {
+    Shipper::builder(ring)
+        .endpoint(Endpoint::new(url))
+        .transport(OtlpTransport::factory(config))
+        .max_batch_records(100)
+        .linger(Duration::from_millis(1))
+        .backoff_initial(Duration::from_millis(10))
+        .backoff_max(Duration::from_millis(200))
+        .send_timeout(Duration::from_secs(5))
+}
+
+#[test]
+fn records_and_gaps_arrive_as_the_official_classes_decode_them_in_both_encodings() {
+    for (encoding, gzip) in [(OtlpEncoding::Protobuf, true), (OtlpEncoding::Json, false), (OtlpEncoding::Json, true)] {
+        let t = TempRing::new();
+        let rx = Receiver::start(0);
+        let ring = Ring::open(&t.dir, small(64 << 10)).unwrap().0;
+        // Overwrite some before the shipper starts: its first batch opens
+        // with a gap record.
+        for i in 1..=1000 {
+            ring.append(&payload(i, 100)).unwrap();
+        }
+        let (ring_id, lost) = (ring.id(), ring.stats().overwritten);
+        assert!(lost > 0);
+        let config = OtlpConfig::default().encoding(encoding).gzip(gzip).resource("service.name", "checkout");
+        let shipper = builder(ring, &rx.url(), config).start().unwrap();
+        eventually("delivered", || shipper.stats().ring.pending == 0);
+        let d = rx.dump();
+        assert_eq!(d["errors"], serde_json::json!([]), "{encoding:?}");
+        let records = d["records"].as_array().unwrap();
+        assert_eq!(rx.seqs(), (lost + 1..=1000).collect::<Vec<_>>(), "{encoding:?}");
+        for r in records {
+            let seq = r["seq"].as_u64().unwrap();
+            assert_eq!(r["body"].as_str().unwrap().as_bytes(), &payload(seq, 100)[..], "{encoding:?} seq {seq}");
+            assert_eq!(r["ring"], format!("{ring_id:016x}"));
+            assert_eq!(r["scope"], "ringship");
+        }
+        assert!(d["resources"].as_array().unwrap().iter().all(|r| r["service.name"] == "checkout"));
+        let gaps = d["gaps"].as_array().unwrap();
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        let g = &gaps[0];
+        assert_eq!((g["ringship.gap.first_seq"].as_u64(), g["ringship.gap.last_seq"].as_u64()), (Some(1), Some(lost)));
+        assert_eq!((g["ringship.gap.cause"].as_str(), g["severity"].as_u64()), (Some("overwritten"), Some(13)));
+        shipper.shutdown(Duration::from_secs(5)).unwrap();
+    }
+}
+
+#[test]
+fn the_statuses_otlp_calls_retryable_are_retried_honouring_retry_after() {
+    let t = TempRing::new();
+    let rx = Receiver::start(0);
+    rx.script(&[
+        (503, Some(1), None, false),
+        (429, None, None, false),
+        (502, None, None, false),
+        (504, None, None, false),
+    ]);
+    let shipper =
+        builder(Ring::open(&t.dir, small(1 << 20)).unwrap().0, &rx.url(), OtlpConfig::default()).start().unwrap();
+    let started = Instant::now();
+    for i in 1..=10 {
+        shipper.append(&payload(i, 20)).unwrap();
+    }
+    eventually("delivered", || shipper.stats().ring.acked == 10);
+    assert!(started.elapsed() >= Duration::from_millis(950), "Retry-After: 1 honoured: {:?}", started.elapsed());
+    let s = shipper.stats();
+    assert_eq!((s.permanent_failures, s.retries >= 4), (0, true), "{s:?}");
+    assert_eq!(rx.seqs(), (1..=10).collect::<Vec<_>>());
+}
+
+#[test]
+fn other_statuses_are_permanent_and_keep_the_records() {
+    let t = TempRing::new();
+    let rx = Receiver::start(0);
+    rx.script(&[(400, None, None, false), (500, None, None, false), (404, None, None, false)]);
+    let shipper =
+        builder(Ring::open(&t.dir, small(1 << 20)).unwrap().0, &rx.url(), OtlpConfig::default()).start().unwrap();
+    shipper.append(&payload(1, 20)).unwrap();
+    eventually("a permanent failure", || shipper.stats().permanent_failures >= 1);
+    let error = shipper.health().last_error.unwrap();
+    assert!(error.contains("HTTP 400") && error.contains("not to retry"), "{error}");
+    assert_eq!(shipper.stats().ring.acked, 0, "nothing acked on a refusal");
+    eventually("delivered once the receiver takes it", || shipper.stats().ring.acked == 1);
+    assert_eq!(shipper.stats().permanent_failures, 3);
+}
+
+#[test]
+fn partial_success_counts_the_rejected_records_refused() {
+    let t = TempRing::new();
+    let rx = Receiver::start(0);
+    rx.script(&[(200, None, Some(2), false)]);
+    let ring = Ring::open(&t.dir, small(1 << 20)).unwrap().0;
+    for i in 1..=5 {
+        ring.append(&payload(i, 20)).unwrap();
+    }
+    let shipper = builder(ring, &rx.url(), OtlpConfig::default().encoding(OtlpEncoding::Json)).start().unwrap();
+    eventually("settled", || shipper.stats().ring.pending == 0);
+    let s = shipper.stats().ring;
+    assert_eq!((s.acked, s.refused), (3, 2), "{s:?}");
+    assert_identity(&s);
+    // The next batch's gap record tells the receiver.
+    shipper.append(&payload(6, 20)).unwrap();
+    eventually("acked", || shipper.stats().ring.acked == 4);
+    let gaps = rx.dump()["gaps"].clone();
+    assert_eq!(gaps[0]["ringship.gap.refused"], 2, "{gaps}");
+}
+
+#[test]
+fn answers_that_are_not_otlp_or_reject_more_than_was_sent_acknowledge_nothing() {
+    let t = TempRing::new();
+    let rx = Receiver::start(0);
+    rx.script(&[(200, None, None, true), (200, None, Some(9_999), false)]);
+    let shipper =
+        builder(Ring::open(&t.dir, small(1 << 20)).unwrap().0, &rx.url(), OtlpConfig::default()).start().unwrap();
+    shipper.append(&payload(1, 20)).unwrap();
+    eventually("two permanent failures", || shipper.stats().permanent_failures >= 2);
+    eventually("then delivered", || shipper.stats().ring.acked == 1);
+    let s = shipper.stats().ring;
+    assert_eq!(s.refused, 0, "{s:?}");
+    let requests = rx.dump()["requests"].as_u64().unwrap();
+    assert_eq!(requests, 3, "sent again after each answer it could not trust");
+}
+
+#[test]
+fn a_receiver_killed_and_restarted_mid_stream_loses_nothing() {
+    let t = TempRing::new();
+    let log = t.dir.with_extension("taken");
+    let mut rx = Receiver::start_logging(0, Some(&log));
+    let port = rx.port;
+    let shipper = builder(Ring::open(&t.dir, small(4 << 20)).unwrap().0, &rx.url(), OtlpConfig::default().gzip(true))
+        .start()
+        .unwrap();
+    for i in 1..=3000 {
+        shipper.append(&payload(i, 60)).unwrap();
+        if i == 1000 {
+            eventually("some delivered", || shipper.stats().ring.acked >= 500);
+            drop(rx);
+            rx = Receiver::start_on_again(port, &log);
+        }
+    }
+    eventually("all delivered", || shipper.stats().ring.acked == 3000);
+    drop(rx);
+    let mut seqs: Vec<u64> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .flat_map(|l| serde_json::from_str::<Vec<u64>>(l).unwrap())
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let missing: Vec<u64> = (1..=3000).filter(|s| seqs.binary_search(s).is_err()).collect();
+    assert!(missing.is_empty(), "acked but never taken: {missing:?}");
+    assert_identity(&shipper.stats().ring);
+}
+
+impl Receiver {
+    /// A receiver on `port` again, once the old one's socket is free.
+    fn start_on_again(port: u16, log: &std::path::Path) -> Self {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() || Instant::now() > deadline {
+                return Receiver::start_logging(port, Some(log));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn bad_endpoints_and_settings_are_refused_at_start() {
+    let t = TempRing::new();
+    let ring = || Ring::open(&t.dir, small(1 << 20)).unwrap().0;
+    for url in ["ftp://collector/v1/logs", "collector:4318", "http:///v1/logs"] {
+        match builder(ring(), url, OtlpConfig::default()).start() {
+            Err(Error::Config(msg)) => assert!(msg.contains("HTTP URL"), "{msg}"),
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+    match builder(ring(), "http://127.0.0.1:1/v1/logs", OtlpConfig::default().resource(" ", "x")).start() {
+        Err(Error::Config(msg)) => assert!(msg.contains("empty key"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+}
