@@ -267,3 +267,31 @@ fn bad_endpoints_and_settings_are_refused_at_start() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A collector that rejects every record of a request, its gap record too:
+/// the next gap record names the gap's seqs again, with the batch's.
+#[test]
+fn a_gap_record_rejected_with_the_whole_batch_is_announced_again() {
+    let t = TempRing::new();
+    let rx = Receiver::start(0);
+    let ring = Ring::open(&t.dir, small(64 << 10)).unwrap().0;
+    for i in 1..=1000 {
+        ring.append(&payload(i, 100)).unwrap();
+    }
+    let lost = ring.stats().overwritten;
+    // The first request holds the gap record and 10 records: all 11
+    // rejected.
+    rx.script(&[(200, None, Some(11), false)]);
+    let shipper = builder(ring, &rx.url(), OtlpConfig::default()).max_batch_records(10).start().unwrap();
+    eventually("delivered", || shipper.stats().ring.pending == 0);
+    let s = shipper.stats().ring;
+    assert_eq!(s.refused, 10, "{s:?}");
+    assert_identity(&s);
+    let gaps = rx.dump()["gaps"].as_array().unwrap().clone();
+    assert_eq!(gaps.len(), 2, "{gaps:?}");
+    for g in &gaps {
+        assert_eq!(g["ringship.gap.first_seq"].as_u64(), Some(1), "{g}");
+    }
+    // The second names the gap and the ten refused records.
+    assert_eq!(gaps[1]["ringship.gap.last_seq"].as_u64(), Some(lost + 10), "{gaps:?}");
+}

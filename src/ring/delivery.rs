@@ -195,4 +195,38 @@ mod tests {
         assert!(s.identity_holds(), "{s:?}");
         assert_eq!(ring.losses().iter().filter(|l| l.cause == LossCause::Refused).map(|l| l.count).sum::<u64>(), 4);
     }
+
+    /// A batch whose notice was not delivered (refused whole) has the
+    /// next notice start where it did; a late ack (an abandoned worker's,
+    /// of seqs already settled) neither clears nor sets that; a delivered
+    /// notice from there on clears it; and it survives a crash.
+    #[test]
+    fn an_undelivered_notice_is_named_again_and_a_late_ack_does_not_lose_it() {
+        let disk = SimDisk::new(9, Faults::NONE);
+        let ring = open(&disk);
+        for i in 1..=5u8 {
+            ring.append(&[i; 8]).unwrap();
+        }
+        ring.ack_delivery(3, 1, Delivered::default()).unwrap();
+        // Seq 4 went missing (say), and 5, refused alone, took the notice
+        // for 4 with it.
+        let refused = Delivered { refused: 1, undelivered_from: Some(4), ..Delivered::default() };
+        ring.ack_delivery(5, 5, refused).unwrap();
+        assert_eq!((ring.stats().refused, ring.stats().refused_reported), (1, 1), "named by the range");
+        // A late success of an abandoned send of 1..3 with a notice.
+        let late = Delivered { rejected: Some(0), notice_first: Some(1), ..Delivered::default() };
+        ring.ack_delivery(3, 1, late).unwrap();
+        drop(ring);
+        disk.process_crash();
+        let ring = open(&disk);
+        // (The crash skipped the seqs reserved past 5: the notice names
+        // them too.)
+        let six = ring.append(b"six").unwrap();
+        let gap = ring.read_delivery(6, (10, 1 << 20)).unwrap().batch.unwrap().gap.expect("a notice");
+        assert_eq!((gap.first_seq, gap.last_seq, gap.refused), (4, six - 1, 0));
+        let delivered = Delivered { rejected: Some(0), notice_first: Some(4), ..Delivered::default() };
+        ring.ack_delivery(six, six, delivered).unwrap();
+        let seven = ring.append(b"seven").unwrap();
+        assert!(ring.read_delivery(seven, (10, 1 << 20)).unwrap().batch.unwrap().gap.is_none());
+    }
 }

@@ -51,10 +51,16 @@ pub(crate) struct Delivered {
     pub(crate) refused: u64,
     /// ... and the first and last timestamps of its records.
     pub(crate) refused_ts: (u64, u64),
-    /// The batch was refused whole and its gap notice, from this seq,
-    /// never delivered: the next notice starts there. `None` for a
-    /// delivered batch, whose notice (if any) clears an earlier one.
+    /// The batch's gap notice was not delivered (the batch was refused
+    /// whole, or the receiver may have refused the notice itself): the
+    /// next notice starts at this seq, where it did (or at the batch's
+    /// first record), so that it names those seqs. Refusals counted by
+    /// such an ack are named by that range, and count as reported.
     pub(crate) undelivered_from: Option<u64>,
+    /// The first seq the batch's delivered gap notice named, if it named
+    /// a range: it covered everything an earlier undelivered notice did
+    /// from there.
+    pub(crate) notice_first: Option<u64>,
 }
 
 /// The ring behind a [`Ring`] handle: its files, its state, and the parts
@@ -322,7 +328,7 @@ impl Ring {
     /// Returns how many of the records the ring evicted meanwhile (counted
     /// overwritten, yet the receiver has them).
     pub(crate) fn ack_delivery(&self, seq: u64, first: u64, delivered: Delivered) -> Result<u64> {
-        let Delivered { rejected, refused_reported, refused, refused_ts, undelivered_from } = delivered;
+        let Delivered { rejected, refused_reported, refused, refused_ts, undelivered_from, notice_first } = delivered;
         let inner = &*self.inner;
         let evicted;
         let unplaced = {
@@ -343,18 +349,19 @@ impl Ring {
                 reported > st.counts.rejected_reported || refusals_reported > st.counts.refused_reported;
             st.counts.rejected_reported = reported;
             st.counts.refused_reported = refusals_reported;
-            let notice_from = st.counts.notice_from;
-            match undelivered_from {
-                Some(from) if notice_from == 0 || from < notice_from => st.counts.notice_from = from,
-                // A delivered notice covered everything from there.
-                None if rejected.is_some() => st.counts.notice_from = 0,
-                _ => {}
-            }
-            let notice_changed = st.counts.notice_from != notice_from;
             if seq <= st.ack_seq {
+                // A late ack (an abandoned worker's) of seqs a later one
+                // settled: it moves no notice start either way.
                 drop(st);
-                let changed = newly_reported || notice_changed;
-                return if changed { inner.write_checkpoint(false).map(|_| 0) } else { Ok(0) };
+                return if newly_reported { inner.write_checkpoint(false).map(|_| 0) } else { Ok(0) };
+            }
+            let notice_from = st.counts.notice_from;
+            match (undelivered_from, notice_first) {
+                (Some(from), _) if notice_from == 0 || from < notice_from => st.counts.notice_from = from,
+                // A delivered notice from there on named every seq the
+                // undelivered one did.
+                (None, Some(first)) if notice_from > 0 && first <= notice_from => st.counts.notice_from = 0,
+                _ => {}
             }
             // Seqs below the oldest record still in the ring and above the
             // cursor were evicted unacknowledged: counted overwritten.
@@ -368,6 +375,11 @@ impl Ring {
             st.counts.acked += present - refused;
             if refused > 0 {
                 st.counts.refused += refused;
+                if undelivered_from.is_some() {
+                    // The next notice's range names them: counted there,
+                    // they would be counted twice.
+                    st.counts.refused_reported += refused;
+                }
                 st.record_loss(LossRange {
                     first_seq: lo,
                     last_seq: seq,

@@ -71,10 +71,10 @@ pub(crate) struct Counts {
     pub(crate) refused: u64,
     /// Of `refused`, how many a receiver was told of (at most `refused`).
     pub(crate) refused_reported: u64,
-    /// Not a count: the first seq of a batch the receiver refused whole
-    /// whose gap notice was never delivered (0: none). The next notice
-    /// starts there, so the receiver hears of those seqs too; kept with
-    /// the counts so that it survives a restart.
+    /// Not a count: where the next gap notice starts because a batch's
+    /// notice was not delivered (the first seq it named, else the batch's
+    /// first record; 0: none), so the receiver hears of those seqs too;
+    /// kept with the counts so that it survives a restart.
     pub(crate) notice_from: u64,
 }
 

@@ -9,7 +9,7 @@ use crate::Error;
 use crate::ring::Delivered;
 use crate::sync::Woken;
 use crate::sync::atomic::Ordering;
-use crate::transport::{Batch, CancelToken, Endpoint, SendContext, SendError, Transport};
+use crate::transport::{Batch, CancelToken, Endpoint, SendAnswer, SendContext, SendError, Transport};
 
 /// Runs until stopped, abandoned or the ring closes: the thread around a
 /// [`Driver`], which it hands the transport's answers and the wake-ups.
@@ -38,7 +38,7 @@ pub(super) fn run(shared: &Arc<ShipperCore>, worker_id: u64) {
                     panicked = true;
                     Err(SendError::retryable(format!("the transport panicked: {}", super::panic_message(&*p))))
                 });
-                d.finish_send(shared, &job, &result, ctx.refused());
+                d.finish_send(shared, &job, &result, ctx.answer());
                 if panicked {
                     let Some(t) = make_transport(shared, worker_id) else { return };
                     transport = t;
@@ -80,10 +80,12 @@ pub(super) struct Driver {
     held: Option<Batch>,
     /// The refused count the held batch's gap notice reports up to, if it
     /// has a notice.
-    notice_refused: Option<u64>,
+    notice_refused_count: Option<u64>,
     /// Records of the held batch its endpoint took yet refused
-    /// ([`SendContext::refuse`](crate::SendContext::refuse)).
+    /// ([`SendContext::refuse`](crate::SendContext::refuse)), and whether
+    /// it refused the batch's gap notice too.
     endpoint_refused: u64,
+    notice_refused: bool,
     /// Shutdown and abandonment were reported to the machine.
     told_shutdown: bool,
     told_abandoned: bool,
@@ -101,8 +103,9 @@ impl Driver {
             worker_id,
             m,
             held: None,
-            notice_refused: None,
+            notice_refused_count: None,
             endpoint_refused: 0,
+            notice_refused: false,
             told_shutdown: false,
             told_abandoned: false,
         }
@@ -175,8 +178,9 @@ impl Driver {
         match shared.ring.read_delivery(from_seq, self.m.read_limits()) {
             Ok(delivery) => {
                 self.held = delivery.batch;
-                self.notice_refused = self.held.as_ref().and_then(|b| b.gap).map(|_| delivery.refused);
+                self.notice_refused_count = self.held.as_ref().and_then(|b| b.gap).map(|_| delivery.refused);
                 self.endpoint_refused = 0;
+                self.notice_refused = false;
                 let mark = RingMark { overwritten: delivery.overwritten, last_seq: delivery.last_seq };
                 let info = self.held.as_ref().map(|b| BatchInfo {
                     first_seq: b.first_seq(),
@@ -204,12 +208,27 @@ impl Driver {
         let held = self.held.as_ref();
         let first = held.map_or(seq + 1, Batch::first_seq);
         let ts = |r: Option<&crate::BatchRecord>| r.map_or(0, |r| r.timestamp);
-        let delivered = Delivered {
-            rejected,
-            refused_reported: self.notice_refused,
-            refused: self.endpoint_refused,
-            refused_ts: held.map_or((0, 0), |b| (ts(b.records.first()), ts(b.records.last()))),
-            undelivered_from: None,
+        let gap = held.and_then(|b| b.gap);
+        let named_from = gap.filter(|g| g.missing() > 0).map(|g| g.first_seq);
+        // A refused notice is named again by the next one, from where it
+        // started (or, naming no seqs, from the batch's first record, all
+        // of them refused with it).
+        let delivered = if self.notice_refused && gap.is_some() {
+            Delivered {
+                refused: self.endpoint_refused,
+                refused_ts: held.map_or((0, 0), |b| (ts(b.records.first()), ts(b.records.last()))),
+                undelivered_from: Some(named_from.unwrap_or(first)),
+                ..Delivered::default()
+            }
+        } else {
+            Delivered {
+                rejected,
+                refused_reported: self.notice_refused_count,
+                refused: self.endpoint_refused,
+                refused_ts: held.map_or((0, 0), |b| (ts(b.records.first()), ts(b.records.last()))),
+                undelivered_from: None,
+                notice_first: named_from,
+            }
         };
         let evicted = shared.ring.ack_delivery(seq, first, delivered)?;
         SendCounters::add(&shared.counters.overwritten_after_delivery, evicted);
@@ -231,6 +250,7 @@ impl Driver {
             refused: held.map_or(1, |b| b.records.len() as u64),
             refused_ts: (ts, ts),
             undelivered_from: Some(from),
+            notice_first: None,
         };
         shared.ring.ack_delivery(seq, first, delivered)?;
         Ok(())
@@ -250,8 +270,9 @@ impl Driver {
         shared: &ShipperCore,
         job: &SendJob,
         result: &Result<(), SendError>,
-        refused: u64,
+        answer: SendAnswer,
     ) {
+        let refused = answer.refused;
         shared.end_send(self.worker_id);
         self.report_flags(shared);
         let outcome = match result {
@@ -263,6 +284,7 @@ impl Driver {
                 }
                 let records = self.held.as_ref().map_or(0, |b| b.records.len() as u64);
                 self.endpoint_refused = refused.min(records);
+                self.notice_refused = answer.notice_refused;
                 if refused > 0 {
                     // Records the ring will count lost: health says who.
                     shared.note_error(&format!(

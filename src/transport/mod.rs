@@ -270,6 +270,14 @@ pub(crate) fn run_cancellable<T: Send + 'static>(
     }
 }
 
+/// What a send said beyond its result: records of the batch the endpoint
+/// refused, and whether it refused the batch's gap notice too.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SendAnswer {
+    pub(crate) refused: u64,
+    pub(crate) notice_refused: bool,
+}
+
 /// What a transport gets with each send.
 #[derive(Debug, Clone)]
 pub struct SendContext {
@@ -277,6 +285,8 @@ pub struct SendContext {
     pub(crate) cancel: CancelToken,
     /// Records of the batch the endpoint refused ([`SendContext::refuse`]).
     pub(crate) refused: Arc<AtomicU64>,
+    /// The endpoint refused the batch's gap notice too.
+    pub(crate) notice_refused: Arc<AtomicBool>,
 }
 
 impl SendContext {
@@ -290,7 +300,7 @@ impl SendContext {
 
     /// A context ending at `deadline`, cancelled by `cancel`.
     pub(crate) fn until(deadline: Instant, cancel: CancelToken) -> Self {
-        SendContext { deadline, cancel, refused: Arc::default() }
+        SendContext { deadline, cancel, refused: Arc::default(), notice_refused: Arc::default() }
     }
 
     /// Tells the shipper that the endpoint took the batch but refused
@@ -309,6 +319,18 @@ impl SendContext {
     /// Records refused so far ([`refuse`](Self::refuse)).
     pub(crate) fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Tells the shipper that the endpoint refused the batch's gap notice
+    /// as well as its records: the next notice names its seqs again.
+    #[cfg_attr(not(feature = "otlp"), allow(dead_code))]
+    pub(crate) fn refuse_notice(&self) {
+        self.notice_refused.store(true, Ordering::Relaxed);
+    }
+
+    /// What the send said beyond its result.
+    pub(crate) fn answer(&self) -> SendAnswer {
+        SendAnswer { refused: self.refused(), notice_refused: self.notice_refused.load(Ordering::Relaxed) }
     }
 
     /// Return by then, with [`SendErrorKind::TimedOut`] if not done.

@@ -288,7 +288,8 @@ impl Run {
                 let WorkerState::Sending(f) = std::mem::replace(&mut w.state, WorkerState::Ready) else {
                     unreachable!()
                 };
-                w.driver.finish_send(&shared, &f.job, &result, refused);
+                let answer = crate::transport::SendAnswer { refused, notice_refused: false };
+                w.driver.finish_send(&shared, &f.job, &result, answer);
             }
             WorkerState::Ready => {}
         }

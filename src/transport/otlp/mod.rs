@@ -166,9 +166,21 @@ impl Transport for OtlpTransport {
         let sent = batch.records.len() as u64 + u64::from(batch.gap.is_some());
         let answer = run_cancellable("ringship-otlp", ctx, move || match req.send(&body[..]) {
             Ok(mut resp) => {
-                let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
-                let answer = resp.body_mut().with_config().limit(MAX_ANSWER).read_to_vec().unwrap_or_default();
-                Ok((resp.status().as_u16(), retry_after, answer))
+                let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let (retry_after, answer_type) = (header("retry-after"), header("content-type"));
+                let status = resp.status().as_u16();
+                let answer = match resp.body_mut().with_config().limit(MAX_ANSWER).read_to_vec() {
+                    Ok(answer) => answer,
+                    // An acceptance must be read whole: its partial_success
+                    // may reject records.
+                    Err(e) if (200..300).contains(&status) => {
+                        return Err(SendError::retryable(format!(
+                            "HTTP {status}, but its answer could not be read whole ({e}), so nothing is acknowledged"
+                        )));
+                    }
+                    Err(_) => Vec::new(),
+                };
+                Ok((status, retry_after, answer_type, answer))
             }
             Err(ureq::Error::Timeout(_)) => Err(SendError::timed_out()),
             Err(e @ (ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::InvalidProxyUrl)) => {
@@ -176,7 +188,13 @@ impl Transport for OtlpTransport {
             }
             Err(e) => Err(request_failure(&e.to_string())),
         })?;
-        let (status, retry_after, answer) = answer;
+        let (status, retry_after, answer_type, answer) = answer;
+        // The answer in the encoding it says it is in, else the request's.
+        let encoding = match answer_type.as_deref().map(|t| t.split(';').next().unwrap_or_default().trim()) {
+            Some("application/json") => OtlpEncoding::Json,
+            Some("application/x-protobuf") => OtlpEncoding::Protobuf,
+            _ => encoding,
+        };
         let rejected = classify(status, retry_after.as_deref(), &answer, encoding)?;
         if rejected > sent {
             return Err(SendError::permanent(format!(
@@ -184,9 +202,15 @@ impl Transport for OtlpTransport {
                  to this request, so nothing is acknowledged"
             )));
         }
-        // Which records were rejected is not said: the batch's records
-        // count for all of them, the gap notice's own record included.
-        ctx.refuse(rejected.min(batch.records.len() as u64));
+        // Which records were rejected is not said. Fewer than all count
+        // among the batch's records (the gap record, well formed, taken);
+        // all of them include the gap record, whose seqs the next notice
+        // then names again.
+        let records = batch.records.len() as u64;
+        if batch.gap.is_some() && rejected == sent {
+            ctx.refuse_notice();
+        }
+        ctx.refuse(rejected.min(records));
         Ok(())
     }
 }
