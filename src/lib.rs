@@ -59,6 +59,8 @@
 struct ReadmeDoctests;
 
 mod error;
+#[cfg(any(feature = "http", feature = "tracing", feature = "log", feature = "opentelemetry"))]
+mod escape;
 #[cfg(any(feature = "tracing", feature = "log", feature = "opentelemetry"))]
 mod frontend;
 #[cfg(fuzzing)]

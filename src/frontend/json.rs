@@ -10,6 +10,8 @@
 
 use std::fmt::{self, Write as _};
 
+use crate::escape::json_escape;
+
 /// A position to roll an optional member back to.
 #[derive(Clone, Copy)]
 pub(crate) struct Mark {
@@ -135,6 +137,16 @@ impl Json {
         self.first = m.first;
     }
 
+    /// Ends the object opened after `m`, or removes it (its key too) if
+    /// nothing went into it.
+    pub(crate) fn close_or_rollback(&mut self, m: Mark) {
+        if self.first {
+            self.rollback(m);
+        } else {
+            self.close_object();
+        }
+    }
+
     /// Whether nothing was written in the innermost open object or array.
     pub(crate) fn is_empty(&self) -> bool {
         self.first
@@ -152,7 +164,7 @@ impl Json {
     pub(crate) fn key(&mut self, k: &str) {
         self.sep();
         self.buf.push(b'"');
-        escape(&mut self.buf, k.as_bytes());
+        json_escape(&mut self.buf, k.as_bytes());
         self.buf.extend_from_slice(b"\":");
     }
 
@@ -201,7 +213,7 @@ impl Json {
             self.cut = true;
         }
         self.buf.push(b'"');
-        escape(&mut self.buf, &s.as_bytes()[..end]);
+        json_escape(&mut self.buf, &s.as_bytes()[..end]);
         self.buf.push(b'"');
     }
 
@@ -217,7 +229,7 @@ impl Json {
         };
         self.buf.push(b'"');
         for chunk in b.utf8_chunks() {
-            escape(&mut self.buf, chunk.valid().as_bytes());
+            json_escape(&mut self.buf, chunk.valid().as_bytes());
             for &x in chunk.invalid() {
                 self.buf.extend_from_slice(b"\\\\x");
                 self.buf.push(HEX[usize::from(x >> 4)]);
@@ -350,32 +362,6 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (y, m, d)
 }
 
-/// Appends `s` escaped for a JSON string: quote, backslash, and every
-/// control character (C0 and DEL).
-fn escape(out: &mut Vec<u8>, s: &[u8]) {
-    let mut start = 0;
-    for (i, &b) in s.iter().enumerate() {
-        if b >= 0x20 && b != b'"' && b != b'\\' && b != 0x7f {
-            continue;
-        }
-        out.extend_from_slice(&s[start..i]);
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            _ => {
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(b >> 4)]);
-                out.push(HEX[usize::from(b & 15)]);
-            }
-        }
-        start = i + 1;
-    }
-    out.extend_from_slice(&s[start..]);
-}
-
 /// Formats into a string value, escaping, and dropping what comes past
 /// `left` bytes.
 struct Escaping<'a> {
@@ -398,7 +384,7 @@ impl fmt::Write for Escaping<'_> {
         } else {
             self.left -= end;
         }
-        escape(&mut self.json.buf, &s.as_bytes()[..end]);
+        json_escape(&mut self.json.buf, &s.as_bytes()[..end]);
         Ok(())
     }
 }

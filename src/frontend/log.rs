@@ -86,11 +86,7 @@ impl log::Log for RingLogger {
             j.key("fields");
             j.open_object();
             let _ = record.key_values().visit(&mut Pairs { j: &mut *j });
-            if j.is_empty() {
-                j.rollback(m);
-            } else {
-                j.close_object();
-            }
+            j.close_or_rollback(m);
             j.finish();
         });
     }

@@ -145,7 +145,7 @@ impl LogProcessor for RingLogProcessor {
                 any_value(j, v);
                 j.keep(m);
             }
-            close_or_rollback(j, m);
+            j.close_or_rollback(m);
             j.finish();
         });
     }
@@ -207,7 +207,7 @@ impl SpanProcessor for RingSpanProcessor {
             j.key("fields");
             j.open_object();
             attributes(j, &span.attributes);
-            close_or_rollback(j, m);
+            j.close_or_rollback(m);
             if !span.events.is_empty() {
                 let m = j.mark();
                 j.key("events");
@@ -288,14 +288,6 @@ fn ids(j: &mut Json, trace_id: TraceId, span_id: SpanId) {
 
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-fn close_or_rollback(j: &mut Json, m: super::json::Mark) {
-    if j.is_empty() {
-        j.rollback(m);
-    } else {
-        j.close_object();
-    }
 }
 
 fn attributes(j: &mut Json, kvs: &[KeyValue]) {

@@ -133,11 +133,7 @@ where
             j.key("fields");
             j.open_object();
             event.record(&mut Fields { j: &mut *j });
-            if j.is_empty() {
-                j.rollback(m);
-            } else {
-                j.close_object();
-            }
+            j.close_or_rollback(m);
             if let Some(scope) = ctx.event_scope(event) {
                 let m = j.mark();
                 j.key("spans");
@@ -158,11 +154,7 @@ where
                             j.raw(value);
                             j.keep(v);
                         }
-                        if j.is_empty() {
-                            j.rollback(f);
-                        } else {
-                            j.close_object();
-                        }
+                        j.close_or_rollback(f);
                     }
                     j.close_object();
                     j.keep(e);

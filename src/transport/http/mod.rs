@@ -110,18 +110,7 @@ impl std::fmt::Debug for HttpTransport {
 impl HttpTransport {
     /// A transport with the given settings.
     pub fn new(config: HttpConfig) -> Self {
-        let tls = ureq::tls::TlsConfig::builder().disable_verification(!config.verify_tls).build();
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            // Following a 301, 302 or 303 turns the POST into a GET without
-            // the body, and a 2xx from the redirect's target would then ack
-            // a batch nobody received. A 3xx fails the send instead.
-            .max_redirects(0)
-            .tls_config(tls)
-            .user_agent(concat!("ringship/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
-        HttpTransport { agent, config }
+        HttpTransport { agent: agent(config.verify_tls), config }
     }
 
     /// The factory to hand to
@@ -132,6 +121,29 @@ impl HttpTransport {
     pub fn factory(config: HttpConfig) -> impl TransportFactory + 'static {
         HttpFactory(config)
     }
+}
+
+/// The agent of the HTTP-based transports: a status is an answer, not an
+/// error, and redirects are not followed.
+pub(crate) fn agent(verify_tls: bool) -> ureq::Agent {
+    let tls = ureq::tls::TlsConfig::builder().disable_verification(!verify_tls).build();
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        // Following a 301, 302 or 303 turns the POST into a GET without
+        // the body, and a 2xx from the redirect's target would then ack
+        // a batch nobody received. A 3xx fails the send instead.
+        .max_redirects(0)
+        .tls_config(tls)
+        .user_agent(concat!("ringship/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
+}
+
+/// `body` compressed with gzip.
+pub(crate) fn gzip(body: &[u8]) -> Result<Vec<u8>, SendError> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(body).map_err(|e| SendError::permanent(format!("gzip: {e}")))?;
+    gz.finish().map_err(|e| SendError::permanent(format!("gzip: {e}")))
 }
 
 struct HttpFactory(HttpConfig);
@@ -195,7 +207,7 @@ pub(crate) fn encode_body(batch: &Batch, config: &HttpConfig) -> Vec<u8> {
                 }
                 if let Ok(text) = std::str::from_utf8(&r.payload) {
                     out.extend_from_slice(b"\"msg\":\"");
-                    json_escape(text, &mut out);
+                    crate::escape::json_escape(&mut out, text.as_bytes());
                 } else {
                     out.extend_from_slice(b"\"msg_b64\":\"");
                     out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(&r.payload).as_bytes());
@@ -206,25 +218,6 @@ pub(crate) fn encode_body(batch: &Batch, config: &HttpConfig) -> Vec<u8> {
         }
     }
     out
-}
-
-fn json_escape(text: &str, out: &mut Vec<u8>) {
-    for c in text.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => {
-                let mut buf = [0; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-            }
-        }
-    }
 }
 
 /// The `X-Ringship-Gap` header value for a batch, if it has a gap notice.
@@ -426,9 +419,7 @@ impl Transport for HttpTransport {
         check_headers(endpoint)?;
         let mut body = encode_body(batch, &self.config);
         if self.config.gzip {
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            gz.write_all(&body).map_err(|e| SendError::permanent(format!("gzip: {e}")))?;
-            body = gz.finish().map_err(|e| SendError::permanent(format!("gzip: {e}")))?;
+            body = gzip(&body)?;
         }
         let content_type = match self.config.format {
             BodyFormat::NewlineDelimited => "application/x-ndjson",

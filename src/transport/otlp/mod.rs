@@ -10,10 +10,9 @@
 //! body is not an OTLP answer, or claims more rejections than the batch
 //! held, acknowledges nothing.
 
-use std::io::Write as _;
 use std::time::{Duration, SystemTime};
 
-use super::http::{MAX_ANSWER, check_url, parse_retry_after, request_failure, sanitize};
+use super::http::{MAX_ANSWER, agent, check_url, gzip, parse_retry_after, request_failure, sanitize};
 use super::{Batch, Endpoint, SendContext, SendError, Transport, TransportFactory, run_cancellable};
 
 mod encode;
@@ -97,13 +96,7 @@ impl std::fmt::Debug for OtlpTransport {
 impl OtlpTransport {
     /// A transport with the given settings.
     pub fn new(config: OtlpConfig) -> Self {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .user_agent(concat!("ringship/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
-        OtlpTransport { agent, config }
+        OtlpTransport { agent: agent(true), config }
     }
 
     /// The factory to hand to
@@ -144,9 +137,7 @@ impl Transport for OtlpTransport {
             OtlpEncoding::Json => (encode::json(batch, &envelope, now_nanos()), "application/json"),
         };
         if self.config.gzip {
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            gz.write_all(&body).map_err(|e| SendError::permanent(format!("gzip: {e}")))?;
-            body = gz.finish().map_err(|e| SendError::permanent(format!("gzip: {e}")))?;
+            body = gzip(&body)?;
         }
         let mut req = self.agent.post(&endpoint.address).header("Content-Type", content_type);
         if self.config.gzip {
