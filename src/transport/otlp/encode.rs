@@ -9,6 +9,7 @@
 //! `ringship.seq`. A gap notice comes first, as a WARN record of its own
 //! (event name `ringship.gap`).
 
+use std::borrow::Cow;
 use std::io::Write as _;
 
 use base64::Engine as _;
@@ -16,10 +17,12 @@ use base64::Engine as _;
 use crate::transport::{Batch, GapNotice};
 
 /// An attribute value: OTLP's `AnyValue`, for the kinds ringship sends.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Value {
     Str(String),
     Int(i64),
+    Double(f64),
+    Bool(bool),
 }
 
 /// What every request carries besides the records.
@@ -37,30 +40,125 @@ const SCOPE: &str = "ringship";
 /// One log record, before encoding.
 struct Log<'a> {
     time: u64,
-    severity: Option<(u64, &'a str)>,
+    severity: Option<(u64, Cow<'a, str>)>,
     body: Body<'a>,
-    attributes: Vec<(&'a str, Value)>,
-    event_name: Option<&'a str>,
+    attributes: Vec<(Cow<'a, str>, Value)>,
+    event_name: Option<Cow<'a, str>>,
+    /// Trace and span id.
+    trace: Option<([u8; 16], [u8; 8])>,
 }
 
 enum Body<'a> {
-    Str(&'a str),
+    Str(Cow<'a, str>),
     Bytes(&'a [u8]),
 }
 
 fn logs<'a>(batch: &'a Batch, gap_text: Option<&'a str>, now: u64) -> impl Iterator<Item = Log<'a>> + 'a {
     let ring = format!("{:016x}", batch.ring_id);
     let gap = batch.gap.zip(gap_text).map(|(g, text)| gap_log(&g, text, ring.clone(), now));
-    gap.into_iter().chain(batch.records.iter().map(move |r| Log {
-        time: r.timestamp,
-        severity: None,
-        body: std::str::from_utf8(&r.payload).map_or(Body::Bytes(&r.payload), Body::Str),
-        attributes: vec![
-            ("ringship.ring_id", Value::Str(ring.clone())),
-            ("ringship.seq", Value::Int(i64::try_from(r.seq).unwrap_or(i64::MAX))),
-        ],
-        event_name: None,
+    gap.into_iter().chain(batch.records.iter().map(move |r| {
+        let mut log = structured(&r.payload).unwrap_or_else(|| Log {
+            time: 0,
+            severity: None,
+            body: std::str::from_utf8(&r.payload).map_or(Body::Bytes(&r.payload), |s| Body::Str(Cow::Borrowed(s))),
+            attributes: Vec::new(),
+            event_name: None,
+            trace: None,
+        });
+        log.time = r.timestamp;
+        log.attributes.push((Cow::Borrowed("ringship.ring_id"), Value::Str(ring.clone())));
+        log.attributes.push((Cow::Borrowed("ringship.seq"), Value::Int(i64::try_from(r.seq).unwrap_or(i64::MAX))));
+        log
     }))
+}
+
+/// A record of ringship's front-ends (docs/FRONTENDS.md: a JSON object
+/// with a string `ts` and `level`) as an OTLP log record of its own kind:
+/// `level` as the severity, `message` (or `body`) as the body, `fields`
+/// as attributes, `target`, `spans` and `truncated` as attributes too,
+/// `event_name`, and `trace_id` and `span_id` as the trace context.
+/// `None` for any other payload, which goes as its body.
+fn structured(payload: &[u8]) -> Option<Log<'static>> {
+    if payload.first() != Some(&b'{') {
+        return None;
+    }
+    let serde_json::Value::Object(mut o) = serde_json::from_slice(payload).ok()? else { return None };
+    if !o.get("ts").is_some_and(serde_json::Value::is_string) {
+        return None;
+    }
+    let serde_json::Value::String(level) = o.remove("level")? else { return None };
+    let severity = severity_number(&level);
+    let body = match o.remove("message").or_else(|| o.remove("body")) {
+        Some(serde_json::Value::String(s)) => s,
+        Some(other) => other.to_string(),
+        None => String::new(),
+    };
+    let mut attributes = Vec::new();
+    if let Some(serde_json::Value::Object(fields)) = o.remove("fields") {
+        for (k, v) in fields {
+            attributes.push((Cow::Owned(k), json_value(v)));
+        }
+    }
+    for key in ["target", "spans", "truncated"] {
+        if let Some(v) = o.remove(key) {
+            attributes.push((Cow::Borrowed(key), json_value(v)));
+        }
+    }
+    let event_name = match o.remove("event_name") {
+        Some(serde_json::Value::String(s)) => Some(Cow::Owned(s)),
+        _ => None,
+    };
+    let hex = |v: Option<serde_json::Value>| -> Option<Vec<u8>> {
+        let s = v?.as_str()?.to_owned();
+        (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
+    };
+    let trace = match (hex(o.remove("trace_id")), hex(o.remove("span_id"))) {
+        (Some(t), Some(s)) => Some((t.try_into().ok()?, s.try_into().ok()?)),
+        _ => None,
+    };
+    Some(Log {
+        time: 0,
+        severity: Some((severity, Cow::Owned(level))),
+        body: Body::Str(Cow::Owned(body)),
+        attributes,
+        event_name,
+        trace,
+    })
+}
+
+/// OTLP's `SeverityNumber` for a level name (`INFO`, `WARN2`...), 0 if
+/// unknown.
+fn severity_number(level: &str) -> u64 {
+    let upper = level.to_ascii_uppercase();
+    let (name, step) = match upper.as_bytes().last() {
+        Some(d @ b'2'..=b'4') => (&upper[..upper.len() - 1], u64::from(d - b'1')),
+        _ => (upper.as_str(), 0),
+    };
+    let base = match name {
+        "TRACE" => 1,
+        "DEBUG" => 5,
+        "INFO" => 9,
+        "WARN" | "WARNING" => 13,
+        "ERROR" => 17,
+        "FATAL" | "CRITICAL" => 21,
+        _ => return 0,
+    };
+    base + step
+}
+
+/// A JSON value as an attribute: strings, integers, floats and booleans
+/// as themselves, anything else as its JSON text.
+fn json_value(v: serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::String(s) => Value::Str(s),
+        serde_json::Value::Bool(b) => Value::Bool(b),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => Value::Int(i),
+            (None, Some(f)) if n.is_f64() => Value::Double(f),
+            _ => Value::Str(n.to_string()),
+        },
+        other => Value::Str(other.to_string()),
+    }
 }
 
 /// The text of a gap notice's record.
@@ -86,22 +184,24 @@ pub(crate) fn gap_text(g: &GapNotice) -> String {
 
 fn gap_log<'a>(g: &GapNotice, text: &'a str, ring: String, now: u64) -> Log<'a> {
     let int = |v: u64| Value::Int(i64::try_from(v).unwrap_or(i64::MAX));
+    let attributes = [
+        ("ringship.ring_id", Value::Str(ring)),
+        ("ringship.gap.first_seq", int(g.first_seq)),
+        ("ringship.gap.last_seq", int(g.last_seq)),
+        ("ringship.gap.count", int(g.missing())),
+        ("ringship.gap.cause", Value::Str(g.cause_label().to_owned())),
+        ("ringship.gap.rejected", int(g.rejected)),
+        ("ringship.gap.refused", int(g.refused)),
+        ("ringship.gap.first_ts", int(g.first_ts)),
+        ("ringship.gap.last_ts", int(g.last_ts)),
+    ];
     Log {
         time: now,
-        severity: Some((SEVERITY_WARN, "WARN")),
-        body: Body::Str(text),
-        attributes: vec![
-            ("ringship.ring_id", Value::Str(ring)),
-            ("ringship.gap.first_seq", int(g.first_seq)),
-            ("ringship.gap.last_seq", int(g.last_seq)),
-            ("ringship.gap.count", int(g.missing())),
-            ("ringship.gap.cause", Value::Str(g.cause_label().to_owned())),
-            ("ringship.gap.rejected", int(g.rejected)),
-            ("ringship.gap.refused", int(g.refused)),
-            ("ringship.gap.first_ts", int(g.first_ts)),
-            ("ringship.gap.last_ts", int(g.last_ts)),
-        ],
-        event_name: Some("ringship.gap"),
+        severity: Some((SEVERITY_WARN, Cow::Borrowed("WARN"))),
+        body: Body::Str(Cow::Borrowed(text)),
+        attributes: attributes.into_iter().map(|(k, v)| (Cow::Borrowed(k), v)).collect(),
+        event_name: Some(Cow::Borrowed("ringship.gap")),
+        trace: None,
     }
 }
 
@@ -137,12 +237,12 @@ pub(crate) fn protobuf(batch: &Batch, envelope: &Envelope, now: u64) -> Vec<u8> 
 
 fn log_record(out: &mut Vec<u8>, log: &Log<'_>) {
     fixed64(out, 1, log.time); // time_unix_nano
-    if let Some((number, text)) = log.severity {
-        varint_field(out, 2, number); // severity_number
+    if let Some((number, text)) = &log.severity {
+        varint_field(out, 2, *number); // severity_number
         string(out, 3, text); // severity_text
     }
     let mut body = Vec::new();
-    match log.body {
+    match &log.body {
         Body::Str(s) => string_always(&mut body, 1, s),
         Body::Bytes(b) => bytes_always(&mut body, 7, b),
     }
@@ -153,8 +253,12 @@ fn log_record(out: &mut Vec<u8>, log: &Log<'_>) {
         key_value(&mut kv, k, v);
         message(out, 6, &kv); // attributes
     }
+    if let Some((trace_id, span_id)) = &log.trace {
+        bytes_always(out, 9, trace_id); // trace_id
+        bytes_always(out, 10, span_id); // span_id
+    }
     fixed64(out, 11, log.time); // observed_time_unix_nano
-    if let Some(name) = log.event_name {
+    if let Some(name) = &log.event_name {
         string(out, 12, name); // event_name
     }
 }
@@ -170,6 +274,14 @@ fn key_value(out: &mut Vec<u8>, k: &str, v: &Value) {
             tag(&mut any, 3, 0);
             // int64 is not zigzag: a negative value is ten bytes.
             varint(&mut any, u64::from_ne_bytes(i.to_ne_bytes()));
+        }
+        Value::Bool(b) => {
+            tag(&mut any, 2, 0);
+            varint(&mut any, u64::from(*b));
+        }
+        Value::Double(d) => {
+            tag(&mut any, 4, 1);
+            any.extend_from_slice(&d.to_le_bytes());
         }
     }
     message(out, 2, &any);
@@ -245,13 +357,20 @@ pub(crate) fn json(batch: &Batch, envelope: &Envelope, now: u64) -> Vec<u8> {
             out.push(b',');
         }
         let _ = write!(out, r#"{{"timeUnixNano":"{}","observedTimeUnixNano":"{}","#, log.time, log.time);
-        if let Some((number, text)) = log.severity {
+        if let Some((number, text)) = &log.severity {
             let _ = write!(out, r#""severityNumber":{number},"severityText":"#);
             json_string(&mut out, text);
             out.push(b',');
         }
+        if let Some((trace_id, span_id)) = &log.trace {
+            out.extend_from_slice(br#""traceId":"#);
+            json_hex(&mut out, trace_id);
+            out.extend_from_slice(br#","spanId":"#);
+            json_hex(&mut out, span_id);
+            out.push(b',');
+        }
         out.extend_from_slice(br#""body":"#);
-        match log.body {
+        match &log.body {
             Body::Str(s) => {
                 out.extend_from_slice(br#"{"stringValue":"#);
                 json_string(&mut out, s);
@@ -270,7 +389,7 @@ pub(crate) fn json(batch: &Batch, envelope: &Envelope, now: u64) -> Vec<u8> {
             json_key_value(&mut out, k, v);
         }
         out.push(b']');
-        if let Some(name) = log.event_name {
+        if let Some(name) = &log.event_name {
             out.extend_from_slice(br#","eventName":"#);
             json_string(&mut out, name);
         }
@@ -278,6 +397,16 @@ pub(crate) fn json(batch: &Batch, envelope: &Envelope, now: u64) -> Vec<u8> {
     }
     out.extend_from_slice(b"]}]}]}");
     out
+}
+
+/// Bytes as a JSON string of lowercase hex (OTLP/JSON's trace and span
+/// ids).
+fn json_hex(out: &mut Vec<u8>, b: &[u8]) {
+    out.push(b'"');
+    for x in b {
+        let _ = write!(out, "{x:02x}");
+    }
+    out.push(b'"');
 }
 
 fn json_key_value(out: &mut Vec<u8>, k: &str, v: &Value) {
@@ -292,6 +421,22 @@ fn json_key_value(out: &mut Vec<u8>, k: &str, v: &Value) {
         }
         Value::Int(i) => {
             let _ = write!(out, r#"{{"intValue":"{i}"}}"#);
+        }
+        Value::Bool(b) => {
+            let _ = write!(out, r#"{{"boolValue":{b}}}"#);
+        }
+        Value::Double(d) if d.is_finite() => {
+            let _ = write!(out, r#"{{"doubleValue":{d:?}}}"#);
+        }
+        Value::Double(d) => {
+            let name = if d.is_nan() {
+                "NaN"
+            } else if *d > 0.0 {
+                "Infinity"
+            } else {
+                "-Infinity"
+            };
+            let _ = write!(out, r#"{{"doubleValue":"{name}"}}"#);
         }
     }
     out.push(b'}');

@@ -78,10 +78,12 @@ impl OtlpConfig {
 }
 
 /// Ships each batch as an OTLP logs request (feature `otlp`): every record
-/// a `LogRecord` with its payload as the body, its timestamp, and the
-/// attributes `ringship.ring_id` and `ringship.seq`, by which a collector
-/// can de-duplicate; a gap notice a WARN record of its own (event name
-/// `ringship.gap`) before them. docs/TRANSPORTS.md has the details.
+/// a `LogRecord` with its payload as the body (a front-end's record with
+/// its severity, message, fields and trace context in their places), its
+/// timestamp, and the attributes `ringship.ring_id` and `ringship.seq`, by
+/// which a collector can de-duplicate; a gap notice a WARN record of its
+/// own (event name `ringship.gap`) before them. docs/TRANSPORTS.md has the
+/// details.
 pub struct OtlpTransport {
     agent: ureq::Agent,
     config: OtlpConfig,

@@ -157,6 +157,8 @@ fn expected(batch: &Batch, envelope: &Envelope) -> serde_json::Value {
         .map(|(k, v)| match v {
             Value::Str(s) => serde_json::json!([k, s]),
             Value::Int(i) => serde_json::json!([k, i]),
+            Value::Double(d) => serde_json::json!([k, d]),
+            Value::Bool(b) => serde_json::json!([k, b]),
         })
         .collect();
     let records: Vec<serde_json::Value> = batch
@@ -254,4 +256,53 @@ fn random_batches_decode_exactly_with_the_official_classes() {
             assert_eq!(read, want, "case {case}, {kind}");
         }
     }
+}
+
+/// A front-end's record (docs/FRONTENDS.md) goes as a log record of its
+/// own kind: severity from its level, its message as the body, its fields,
+/// target, spans and truncation as attributes, its trace context as the
+/// record's; other JSON goes as its text.
+#[test]
+fn front_end_records_become_structured_log_records() {
+    let record = r#"{"ts":"2026-12-07T14:43:20.123456789Z","level":"WARN","target":"app::auth","message":"login failed","fields":{"user":"alice","attempt":3,"ratio":0.5,"ok":false,"big":18446744073709551615},"spans":[{"name":"request"}],"trace_id":"0af7651916cd43dd8448eb211c80319c","span_id":"b7ad6b7169203331","truncated":true}"#;
+    let batch = Batch {
+        ring_id: 1,
+        records: vec![
+            BatchRecord { seq: 1, timestamp: 5, payload: record.into() },
+            BatchRecord { seq: 2, timestamp: 6, payload: r#"{"level":"INFO","msg":"no ts"}"#.into() },
+        ],
+        gap: None,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (pb, js) = (dir.path().join("body.pb"), dir.path().join("body.json"));
+    std::fs::write(&pb, protobuf(&batch, &Envelope::default(), 5)).unwrap();
+    std::fs::write(&js, json(&batch, &Envelope::default(), 5)).unwrap();
+    let out = std::process::Command::new("python3").arg("-c").arg(DECODE).arg(&pb).arg(&js).output().expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The JSON encoding's hex ids read as base64 by json_format: compare
+    // the protobuf decode, and the rest of both.
+    let logs = &v["pb"]["resource_logs"][0]["scope_logs"][0]["log_records"];
+    let r = &logs[0];
+    assert_eq!((&r["severity_number"], &r["severity_text"]), (&13.into(), &"WARN".into()));
+    assert_eq!(r["body"], serde_json::json!({"string_value": "login failed"}));
+    assert_eq!(r["trace_id"], "CvdlGRbNQ92ESOshHIAxnA==", "0af7651916cd43dd8448eb211c80319c in base64");
+    assert_eq!(r["span_id"], "t61rcWkgMzE=");
+    let attr = |k: &str| r["attributes"].as_array().unwrap().iter().find(|a| a["key"] == k).map(|a| a["value"].clone());
+    assert_eq!(attr("user"), Some(serde_json::json!({"string_value": "alice"})));
+    assert_eq!(attr("attempt"), Some(serde_json::json!({"int_value": "3"})));
+    assert_eq!(attr("ratio"), Some(serde_json::json!({"double_value": 0.5})));
+    assert_eq!(attr("ok"), Some(serde_json::json!({"bool_value": false})));
+    assert_eq!(attr("big"), Some(serde_json::json!({"string_value": "18446744073709551615"})));
+    assert_eq!(attr("target"), Some(serde_json::json!({"string_value": "app::auth"})));
+    assert_eq!(attr("spans"), Some(serde_json::json!({"string_value": "[{\"name\":\"request\"}]"})));
+    assert_eq!(attr("truncated"), Some(serde_json::json!({"bool_value": true})));
+    assert_eq!(attr("ringship.seq"), Some(serde_json::json!({"int_value": "1"})));
+    // Without a `ts`, not a front-end record: its text is the body.
+    assert_eq!(logs[1]["body"], serde_json::json!({"string_value": r#"{"level":"INFO","msg":"no ts"}"#}));
+    assert!(logs[1].get("severity_number").is_none());
+    // The JSON encoding decodes to the same, ids apart (hex there).
+    let jl = &v["json"]["resource_logs"][0]["scope_logs"][0]["log_records"];
+    assert_eq!(jl[0]["attributes"], r["attributes"]);
+    assert_eq!(jl[0]["severity_number"], 13);
 }
