@@ -37,22 +37,27 @@ pub struct HttpReceiver {
     pub port: u16,
 }
 
+/// (seq, payload) of records, in arrival order.
+type Records = Vec<(u64, Vec<u8>)>;
+
 /// (seq, payload) of each record in a body, and how many came embedded as
-/// JSON: their payload is the value's text as sent.
-fn decode(body: &[u8], content_type: &str) -> (Vec<(u64, Vec<u8>)>, u64) {
+/// JSON: their payload is the value's text as sent. `None` for a body cut
+/// short (its sender killed mid-request).
+fn decode(body: &[u8], content_type: &str) -> Option<(Records, u64)> {
     let mut embedded = 0;
     let mut out = Vec::new();
     if content_type.starts_with("application/x-ringship-records") {
         let mut at = 0;
-        while at + 20 <= body.len() {
-            let seq = u64::from_le_bytes(body[at..at + 8].try_into().unwrap());
-            let len = u32::from_le_bytes(body[at + 16..at + 20].try_into().unwrap()) as usize;
-            out.push((seq, body[at + 20..at + 20 + len].to_vec()));
+        while at < body.len() {
+            let head = body.get(at..at + 20)?;
+            let seq = u64::from_le_bytes(head[..8].try_into().unwrap());
+            let len = u32::from_le_bytes(head[16..20].try_into().unwrap()) as usize;
+            out.push((seq, body.get(at + 20..at + 20 + len)?.to_vec()));
             at += 20 + len;
         }
     } else {
         for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let v: serde_json::Value = serde_json::from_slice(line).expect("a JSON line");
+            let v: serde_json::Value = serde_json::from_slice(line).ok()?;
             let seq = v["seq"].as_u64().expect("seq");
             let msg = if v.get("json").is_some() {
                 // The embedded value is the rest of the line, before the
@@ -67,7 +72,7 @@ fn decode(body: &[u8], content_type: &str) -> (Vec<(u64, Vec<u8>)>, u64) {
             out.push((seq, msg));
         }
     }
-    (out, embedded)
+    Some((out, embedded))
 }
 
 impl HttpReceiver {
@@ -85,7 +90,7 @@ impl HttpReceiver {
         let handle = std::thread::spawn(move || {
             for mut req in s.incoming_requests() {
                 let mut body = Vec::new();
-                let _ = req.as_reader().read_to_end(&mut body);
+                let mut whole = req.as_reader().read_to_end(&mut body).is_ok();
                 let sent_len = body.len();
                 let headers: Vec<(String, String)> = req
                     .headers()
@@ -98,22 +103,24 @@ impl HttpReceiver {
                 };
                 if header("Content-Encoding").as_deref() == Some("gzip") {
                     let mut plain = Vec::new();
-                    flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut plain).expect("gzip body");
+                    whole &= flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut plain).is_ok();
                     body = plain;
                 }
                 let content_type = header("Content-Type").unwrap_or_default();
                 let mut inbox = i.lock().unwrap();
                 inbox.requests += 1;
                 inbox.last_headers.clone_from(&headers);
-                let (status, retry_after) = if inbox.max_body.is_some_and(|max| sent_len > max) {
-                    let records = decode(&body, &content_type).0.len();
-                    inbox.refused_sizes.push(records);
-                    (413, None)
-                } else {
-                    inbox.script.pop_front().unwrap_or((200, None))
+                let decoded = if whole { decode(&body, &content_type) } else { None };
+                let (status, retry_after) = match &decoded {
+                    // A body cut short: its sender died mid-request.
+                    None => (400, None),
+                    Some((records, _)) if inbox.max_body.is_some_and(|max| sent_len > max) => {
+                        inbox.refused_sizes.push(records.len());
+                        (413, None)
+                    }
+                    Some(_) => inbox.script.pop_front().unwrap_or((200, None)),
                 };
-                if (200..300).contains(&status) {
-                    let (records, embedded) = decode(&body, &content_type);
+                if let (200..300, Some((records, embedded))) = (status, decoded) {
                     inbox.records.extend(records);
                     inbox.embedded += embedded;
                     if let Some(g) = header("X-Ringship-Gap") {
