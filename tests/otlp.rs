@@ -68,6 +68,12 @@ impl Receiver {
         ureq::post(&format!("http://127.0.0.1:{}/script", self.port)).send(body).unwrap();
     }
 
+    /// Scripted answers to `/v1/traces`, as [`script`](Self::script).
+    fn script_traces(&self, steps: &[(u16, Option<u64>, Option<u64>, bool)]) {
+        let body = serde_json::to_string(steps).unwrap();
+        ureq::post(&format!("http://127.0.0.1:{}/script/traces", self.port)).send(body).unwrap();
+    }
+
     /// Distinct seqs received, sorted.
     fn seqs(&self) -> Vec<u64> {
         let mut seqs: Vec<u64> =
@@ -294,4 +300,124 @@ fn a_gap_record_rejected_with_the_whole_batch_is_announced_again() {
     }
     // The second names the gap and the ten refused records.
     assert_eq!(gaps[1]["ringship.gap.last_seq"].as_u64(), Some(lost + 10), "{gaps:?}");
+}
+
+/// Ends `n` spans of the OpenTelemetry SDK into `ring`: each a child of
+/// one root (ended last), with an attribute, an event, a link to the
+/// root and an error status.
+fn sdk_spans(ring: &std::sync::Arc<Ring>, n: usize) -> String {
+    use opentelemetry::KeyValue;
+    use opentelemetry::trace::{Link, Span, SpanKind, Status, TraceContextExt, Tracer, TracerProvider};
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_span_processor(ringship::RingSpanProcessor::new(std::sync::Arc::clone(ring)))
+        .build();
+    let tracer = provider.tracer("payments");
+    let root = tracer.span_builder("request").with_kind(SpanKind::Server).start(&tracer);
+    let root_cx = root.span_context().clone();
+    let cx = opentelemetry::Context::current().with_remote_span_context(root_cx.clone());
+    for i in 0..n {
+        let mut child = tracer
+            .span_builder(format!("charge {i}"))
+            .with_kind(SpanKind::Client)
+            .with_links(vec![Link::with_context(root_cx.clone())])
+            .start_with_context(&tracer, &cx);
+        child.set_attribute(KeyValue::new("i", i64::try_from(i).unwrap()));
+        child.add_event("retry", vec![KeyValue::new("attempt", 2)]);
+        child.set_status(Status::error("gateway timeout"));
+        child.end();
+    }
+    let mut root = root;
+    root.end();
+    root_cx.trace_id().to_string()
+}
+
+/// Spans of the OpenTelemetry SDK, through `RingSpanProcessor` and the
+/// ring, arrive at the collector's traces URL as spans, every part in
+/// place, in both encodings; the ring's other records arrive as logs.
+#[test]
+fn spans_of_the_opentelemetry_sdk_arrive_as_traces_beside_the_logs() {
+    for (encoding, gzip) in [(OtlpEncoding::Protobuf, false), (OtlpEncoding::Json, true)] {
+        let t = TempRing::new();
+        let rx = Receiver::start(0);
+        let ring = std::sync::Arc::new(Ring::open(&t.dir, small(1 << 20)).unwrap().0);
+        ring.append(b"before").unwrap();
+        let trace_id = sdk_spans(&ring, 30);
+        ring.append(b"after").unwrap();
+        let ring_id = ring.id();
+        let config = OtlpConfig::default().encoding(encoding).gzip(gzip).resource("service.name", "checkout");
+        let ring = std::sync::Arc::into_inner(ring).unwrap();
+        let shipper = builder(ring, &rx.url(), config).max_batch_records(7).start().unwrap();
+        eventually("delivered", || shipper.stats().ring.pending == 0);
+        let d = rx.dump();
+        assert_eq!(d["errors"], serde_json::json!([]), "{encoding:?}");
+        assert_eq!(rx.seqs(), vec![1, 33], "{encoding:?}: the log records");
+        let spans = d["spans"].as_array().unwrap();
+        let mut seqs: Vec<u64> = spans.iter().map(|s| s["seq"].as_u64().unwrap()).collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (2..=32).collect::<Vec<_>>(), "{encoding:?}: each span once");
+        let root = spans.iter().find(|s| s["name"] == "request").unwrap();
+        assert_eq!((&root["kind"], &root["parent_span_id"]), (&2.into(), &"".into()), "{root}");
+        for s in spans.iter().filter(|s| s["name"] != "request") {
+            assert_eq!(s["trace_id"], trace_id, "{s}");
+            assert_eq!(s["parent_span_id"], root["span_id"], "{s}");
+            assert_eq!(
+                (&s["scope"], &s["kind"], &s["ring"]),
+                (&"payments".into(), &3.into(), &format!("{ring_id:016x}").into())
+            );
+            assert_eq!(s["status"], serde_json::json!([2, "gateway timeout"]), "{s}");
+            assert_eq!(s["events"][0][0], "retry");
+            assert_eq!(s["events"][0][2]["attempt"], 2);
+            assert_eq!(s["links"][0], serde_json::json!([trace_id, root["span_id"]]));
+            let (start, end) = (s["start"].as_u64().unwrap(), s["end"].as_u64().unwrap());
+            assert!(start > 1_700_000_000_000_000_000 && start <= end, "{s}");
+            let i = s["attributes"]["i"].as_u64().unwrap();
+            assert_eq!(s["name"], format!("charge {i}"));
+        }
+        assert!(d["resources"].as_array().unwrap().iter().all(|r| r["service.name"] == "checkout"));
+        shipper.shutdown(Duration::from_secs(5)).unwrap();
+    }
+}
+
+/// A batch whose log records the collector took while its spans were
+/// refused for a while (503, then a 200 that is not OTLP): sent again,
+/// only its spans go, so the logs arrive once; rejected spans are refused.
+#[test]
+fn a_traces_failure_sends_only_the_spans_again_and_rejected_spans_are_refused() {
+    let t = TempRing::new();
+    let rx = Receiver::start(0);
+    let ring = std::sync::Arc::new(Ring::open(&t.dir, small(1 << 20)).unwrap().0);
+    for round in 0..3u8 {
+        ring.append(&[b'a' + round; 10]).unwrap();
+        sdk_spans(&ring, 2);
+    }
+    rx.script_traces(&[(503, Some(0), None, false), (200, None, None, true), (200, None, Some(2), false)]);
+    let ring = std::sync::Arc::into_inner(ring).unwrap();
+    let shipper = builder(ring, &rx.url(), OtlpConfig::default()).start().unwrap();
+    eventually("delivered", || shipper.stats().ring.pending == 0);
+    let d = rx.dump();
+    assert_eq!(d["errors"], serde_json::json!([]));
+    let logs: Vec<u64> = d["records"].as_array().unwrap().iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(logs, vec![1, 5, 9], "each log record once");
+    assert_eq!(d["requests"], 1, "one logs request");
+    assert_eq!(d["trace_requests"], 3, "the spans three times");
+    let s = shipper.stats().ring;
+    assert_eq!(s.refused, 2, "{s:?}");
+    assert_identity(&s);
+    shipper.shutdown(Duration::from_secs(5)).unwrap();
+}
+
+/// With spans as traces, the endpoint must be a logs URL (the traces URL
+/// is made from it); with them off, any path goes.
+#[test]
+fn spans_as_traces_need_a_logs_url() {
+    let t = TempRing::new();
+    let ring = || Ring::open(&t.dir, small(64 << 10)).unwrap().0;
+    match builder(ring(), "http://127.0.0.1:1/ingest", OtlpConfig::default()).start() {
+        Err(Error::Config(m)) => assert!(m.contains("/v1/logs") && m.contains("traces(false)"), "{m}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    let shipper = builder(ring(), "http://127.0.0.1:1/ingest", OtlpConfig::default().traces(false)).start().unwrap();
+    shipper.shutdown(Duration::from_secs(1)).unwrap();
+    let shipper = builder(ring(), "http://127.0.0.1:1/otlp/v1/logs?tenant=a", OtlpConfig::default()).start().unwrap();
+    shipper.shutdown(Duration::from_secs(1)).unwrap();
 }

@@ -1,4 +1,4 @@
-"""An OTLP/HTTP logs receiver for ringship's tests.
+"""An OTLP/HTTP logs and traces receiver for ringship's tests.
 
 Decodes every request with the official generated classes (PyPI's
 opentelemetry-proto), protobuf or JSON, gzip or not; keeps what it got;
@@ -8,9 +8,10 @@ answers as scripted. Started by tests/otlp.rs on loopback:
 
 It prints `PORT n` once listening. With LOG, the seqs of every request
 it takes are also appended to that file, a JSON list a line, so that a
-receiver killed mid-stream leaves what it took behind. POST /script appends scripted answers,
-each [status, retry_after, rejected, garbage]; GET /dump returns what it
-got as JSON.
+receiver killed mid-stream leaves what it took behind. POST /script appends
+scripted answers to /v1/logs, each [status, retry_after, rejected,
+garbage], and POST /script/traces to /v1/traces; GET /dump returns what
+it got as JSON.
 """
 
 import base64
@@ -26,10 +27,25 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
 )
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTracePartialSuccess,
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 
 LOCK = threading.Lock()
 LOG = sys.argv[2] if len(sys.argv) > 2 else None
-STATE = {"records": [], "gaps": [], "resources": [], "requests": 0, "errors": [], "script": []}
+STATE = {
+    "records": [],
+    "gaps": [],
+    "spans": [],
+    "resources": [],
+    "requests": 0,
+    "trace_requests": 0,
+    "errors": [],
+    "script": [],
+    "script_traces": [],
+}
 IDS = ("traceId", "spanId", "parentSpanId")
 
 
@@ -50,10 +66,11 @@ def json_violations(o, path="$"):
         for k, v in o.items():
             if "_" in k:
                 out.append(f"{path}.{k}: a snake_case key")
-            if k in ("severityNumber",) and not isinstance(v, int):
+            if k in ("severityNumber", "kind", "code") and not isinstance(v, int):
                 out.append(f"{path}.{k}: an enum that is not a number")
-            if k in ("timeUnixNano", "observedTimeUnixNano", "intValue") and not isinstance(v, str):
-                out.append(f"{path}.{k}: a 64-bit integer that is not a string")
+            if k.endswith("TimeUnixNano") or k in ("timeUnixNano", "intValue"):
+                if not isinstance(v, str):
+                    out.append(f"{path}.{k}: a 64-bit integer that is not a string")
             out += json_violations(v, f"{path}.{k}")
     elif isinstance(o, list):
         for i, x in enumerate(o):
@@ -95,22 +112,24 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         with LOCK:
-            dump = {k: v for k, v in STATE.items() if k != "script"}
+            dump = {k: v for k, v in STATE.items() if not k.startswith("script")}
             self.reply(200, json.dumps(dump).encode(), "application/json")
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        if self.path == "/script":
+        if self.path in ("/script", "/script/traces"):
             with LOCK:
-                STATE["script"].extend(json.loads(body))
+                STATE["script" if self.path == "/script" else "script_traces"].extend(json.loads(body))
             return self.reply(200, b"", "text/plain")
-        if self.path != "/v1/logs":
+        if self.path not in ("/v1/logs", "/v1/traces"):
             return self.reply(404, b"not here", "text/plain")
+        traces = self.path == "/v1/traces"
         ctype = self.headers.get("Content-Type", "").split(";")[0].strip()
         is_json = ctype == "application/json"
         with LOCK:
-            STATE["requests"] += 1
-            step = STATE["script"].pop(0) if STATE["script"] else [200, None, None, False]
+            STATE["trace_requests" if traces else "requests"] += 1
+            script = STATE["script_traces" if traces else "script"]
+            step = script.pop(0) if script else [200, None, None, False]
         status, retry_after, rejected, garbage = (step + [None, None, False])[:4]
         if status != 200:
             headers = [("Retry-After", str(retry_after))] if retry_after is not None else []
@@ -118,7 +137,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if self.headers.get("Content-Encoding", "").lower() == "gzip":
                 body = gzip.decompress(body)
-            req = ExportLogsServiceRequest()
+            req = ExportTraceServiceRequest() if traces else ExportLogsServiceRequest()
             if is_json:
                 raw = json.loads(body)
                 bad = json_violations(raw)
@@ -133,6 +152,8 @@ class Handler(BaseHTTPRequestHandler):
             with LOCK:
                 STATE["errors"].append(f"{type(e).__name__}: {e}")
             return self.reply(400, str(e).encode(), "text/plain")
+        if traces:
+            return self.took_spans(req, is_json, rejected, garbage)
         with LOCK:
             taken = []
             for rl in req.resource_logs:
@@ -163,6 +184,41 @@ class Handler(BaseHTTPRequestHandler):
             resp.partial_success.CopyFrom(
                 ExportLogsPartialSuccess(rejected_log_records=rejected, error_message="scripted rejection")
             )
+        if is_json:
+            out = json_format.MessageToJson(resp).encode() if rejected is not None else b"{}"
+            return self.reply(200, out, "application/json")
+        return self.reply(200, resp.SerializeToString(), "application/x-protobuf")
+
+    def took_spans(self, req, is_json, rejected, garbage):
+        with LOCK:
+            for rs in req.resource_spans:
+                STATE["resources"].append(attrs(rs.resource.attributes))
+                for ss in rs.scope_spans:
+                    for sp in ss.spans:
+                        a = attrs(sp.attributes)
+                        STATE["spans"].append(
+                            {
+                                "seq": a.pop("ringship.seq", None),
+                                "ring": a.pop("ringship.ring_id", None),
+                                "scope": ss.scope.name,
+                                "name": sp.name,
+                                "kind": sp.kind,
+                                "trace_id": sp.trace_id.hex(),
+                                "span_id": sp.span_id.hex(),
+                                "parent_span_id": sp.parent_span_id.hex(),
+                                "start": sp.start_time_unix_nano,
+                                "end": sp.end_time_unix_nano,
+                                "attributes": a,
+                                "events": [[e.name, e.time_unix_nano, attrs(e.attributes)] for e in sp.events],
+                                "links": [[ln.trace_id.hex(), ln.span_id.hex()] for ln in sp.links],
+                                "status": [sp.status.code, sp.status.message],
+                            }
+                        )
+        if garbage:
+            return self.reply(200, b"<html><body>OK</body></html>", "text/html")
+        resp = ExportTraceServiceResponse()
+        if rejected is not None:
+            resp.partial_success.CopyFrom(ExportTracePartialSuccess(rejected_spans=rejected, error_message="scripted"))
         if is_json:
             out = json_format.MessageToJson(resp).encode() if rejected is not None else b"{}"
             return self.reply(200, out, "application/json")

@@ -83,21 +83,16 @@ fn appenders_renewals_syncs_and_close_or_crash_then_power_loss() {
         assert!(s.identity_holds(), "iteration {iter}: {s:?}");
         // Every record the ring kept reads back whole; none is damaged (the
         // disk only drops unsynced writes).
-        let mut present = Vec::new();
-        let mut from = 1;
-        loop {
-            let batch = reopened.read(from, 1000, usize::MAX).unwrap();
-            if batch.is_empty() {
-                break;
-            }
-            for r in &batch.records {
-                assert_eq!(&r.payload[..], &[7u8; 16][..], "iteration {iter}: seq {} altered", r.seq);
-                present.push(r.seq);
-            }
-            from = batch.next_seq;
-        }
+        let present = read_all(&reopened, iter);
         assert_eq!(s.corrupted, 0, "iteration {iter}: {s:?}");
-        assert_eq!(present.len() as u64, s.pending, "iteration {iter}: {s:?}");
+        assert_eq!(
+            present.len() as u64,
+            s.pending,
+            "iteration {iter} ({}, {policy:?}, block {block}): {s:?}; unread: {:?}; losses: {:?}",
+            if do_close { "closed" } else { "crashed" },
+            unread(&present, s.last_seq),
+            reopened.losses()
+        );
         let durable = if do_close {
             assert_eq!(
                 (s.lost_unsynced, s.last_seq, s.pending),
@@ -122,4 +117,34 @@ fn appenders_renewals_syncs_and_close_or_crash_then_power_loss() {
         assert!(next > max, "iteration {iter}: seq {next} reused (max handed out {max})");
         reopened.close().unwrap();
     }
+}
+
+/// The seqs of every record `ring` holds, each checked whole.
+fn read_all(ring: &Ring, iter: u64) -> Vec<u64> {
+    let mut present = Vec::new();
+    let mut from = 1;
+    loop {
+        let batch = ring.read(from, 1000, usize::MAX).unwrap();
+        if batch.is_empty() {
+            return present;
+        }
+        for r in &batch.records {
+            assert_eq!(&r.payload[..], &[7u8; 16][..], "iteration {iter}: seq {} altered", r.seq);
+            present.push(r.seq);
+        }
+        from = batch.next_seq;
+    }
+}
+
+/// The seq ranges up to `last` not in `present` (sorted).
+fn unread(present: &[u64], last: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut next = 1;
+    for &seq in present.iter().chain(std::iter::once(&(last + 1))) {
+        if seq > next {
+            out.push((next, seq - 1));
+        }
+        next = seq + 1;
+    }
+    out
 }

@@ -1,6 +1,8 @@
-//! The OTLP/HTTP logs transport: each batch as one
-//! `ExportLogsServiceRequest`, in protobuf or OTLP's JSON, sent by POST to the
-//! collector's logs URL (`http://collector:4318/v1/logs`).
+//! The OTLP/HTTP transport: each batch's log records as one
+//! `ExportLogsServiceRequest`, in protobuf or OTLP's JSON, sent by POST to
+//! the collector's logs URL (`http://collector:4318/v1/logs`), and its
+//! spans (the OpenTelemetry front-end's) as one `ExportTraceServiceRequest`
+//! to the traces URL beside it (`.../v1/traces`).
 //!
 //! Statuses as the OTLP specification says: 429, 502, 503 and 504 are
 //! retried, honouring `Retry-After`; 413 halves the batch (one record
@@ -19,7 +21,7 @@ mod encode;
 #[cfg(test)]
 mod tests;
 
-use encode::{Envelope, Value};
+use encode::{Envelope, Parts, Value};
 
 /// How an [`OtlpTransport`] encodes requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -33,12 +35,19 @@ pub enum OtlpEncoding {
 }
 
 /// Settings of an [`OtlpTransport`]; start from [`OtlpConfig::default`]
-/// (protobuf, no gzip, no resource attributes).
-#[derive(Debug, Clone, Default)]
+/// (protobuf, no gzip, no resource attributes, spans as traces).
+#[derive(Debug, Clone)]
 pub struct OtlpConfig {
     encoding: OtlpEncoding,
     gzip: bool,
     resource: Vec<(String, Value)>,
+    traces: bool,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        OtlpConfig { encoding: OtlpEncoding::default(), gzip: false, resource: Vec::new(), traces: true }
+    }
 }
 
 impl OtlpConfig {
@@ -69,12 +78,49 @@ impl OtlpConfig {
         self
     }
 
-    fn check(&self) -> crate::Result<()> {
+    /// Sends the OpenTelemetry front-end's spans (`RingSpanProcessor`) as
+    /// traces, to the traces URL beside the endpoint's logs URL (its path's
+    /// final `/v1/logs` made `/v1/traces`); on by default. Off, they go as
+    /// log records, their JSON as the body, and the endpoint's URL may
+    /// have any path.
+    #[must_use]
+    pub fn traces(mut self, on: bool) -> Self {
+        self.traces = on;
+        self
+    }
+
+    fn check(&self, endpoint: &Endpoint) -> crate::Result<()> {
         if self.resource.iter().any(|(k, _)| k.trim().is_empty()) {
             return Err(crate::Error::Config("an OTLP resource attribute has an empty key".into()));
         }
+        check_url(&endpoint.address)?;
+        if self.traces && traces_url(&endpoint.address).is_none() {
+            return Err(crate::Error::Config(format!(
+                "the OTLP endpoint {:?} is not a logs URL ending in /v1/logs, from which the traces URL is made; \
+                 give the collector's logs URL, or turn spans as traces off with OtlpConfig::traces(false)",
+                sanitize(&endpoint.address)
+            )));
+        }
+        for (k, _) in &endpoint.headers {
+            if k.eq_ignore_ascii_case("content-type") || k.eq_ignore_ascii_case("content-encoding") {
+                return Err(crate::Error::Config(format!(
+                    "the endpoint sets header {k}, which the OTLP transport sets itself; remove it from the endpoint"
+                )));
+            }
+        }
         Ok(())
     }
+}
+
+/// The traces URL beside a logs URL: its path's final `/v1/logs` made
+/// `/v1/traces`, the query kept.
+fn traces_url(logs: &str) -> Option<String> {
+    let (path, query) = logs.split_once('?').map_or((logs, None), |(p, q)| (p, Some(q)));
+    let base = path.strip_suffix("/v1/logs")?;
+    Some(match query {
+        Some(q) => format!("{base}/v1/traces?{q}"),
+        None => format!("{base}/v1/traces"),
+    })
 }
 
 /// Ships each batch as an OTLP logs request (feature `otlp`): every record
@@ -87,6 +133,28 @@ impl OtlpConfig {
 pub struct OtlpTransport {
     agent: ureq::Agent,
     config: OtlpConfig,
+    /// A batch whose log records the collector took while its spans
+    /// failed: sent again, only its spans go.
+    logs_taken: Option<LogsTaken>,
+}
+
+/// A batch whose log records were taken, and how many the collector
+/// rejected of them.
+#[derive(Debug)]
+struct LogsTaken {
+    batch: BatchKey,
+    rejected: u64,
+}
+
+/// What tells a batch sent again from another: where it went, its
+/// records and its gap notice.
+#[derive(Debug, PartialEq)]
+struct BatchKey {
+    address: String,
+    ring_id: u64,
+    seqs: Option<(u64, u64)>,
+    count: usize,
+    gap: Option<crate::transport::GapNotice>,
 }
 
 impl std::fmt::Debug for OtlpTransport {
@@ -98,13 +166,15 @@ impl std::fmt::Debug for OtlpTransport {
 impl OtlpTransport {
     /// A transport with the given settings.
     pub fn new(config: OtlpConfig) -> Self {
-        OtlpTransport { agent: agent(true), config }
+        OtlpTransport { agent: agent(true), config, logs_taken: None }
     }
 
     /// The factory to hand to
     /// [`ShipperBuilder::transport`](crate::ShipperBuilder::transport). It
     /// refuses (at `start` and at every switch) an endpoint that is not an
-    /// `http://` or `https://` URL with a host, and a config with a resource
+    /// `http://` or `https://` URL with a host, one whose path does not end
+    /// in `/v1/logs` while spans go as traces, one that sets
+    /// `Content-Type` or `Content-Encoding`, and a config with a resource
     /// attribute whose key is empty.
     pub fn factory(config: OtlpConfig) -> impl TransportFactory + 'static {
         OtlpFactory(config)
@@ -119,8 +189,7 @@ impl TransportFactory for OtlpFactory {
     }
 
     fn check_endpoint(&self, endpoint: &Endpoint) -> crate::Result<()> {
-        self.0.check()?;
-        check_url(&endpoint.address)
+        self.0.check(endpoint)
     }
 }
 
@@ -128,35 +197,49 @@ fn now_nanos() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0))
 }
 
-impl Transport for OtlpTransport {
-    fn send(&mut self, endpoint: &Endpoint, batch: &Batch, ctx: &SendContext) -> Result<(), SendError> {
-        if ctx.cancel.is_cancelled() {
-            return Err(SendError::cancelled());
+/// Which request of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Logs,
+    Traces,
+}
+
+impl Signal {
+    fn items(self) -> &'static str {
+        match self {
+            Signal::Logs => "log records",
+            Signal::Traces => "spans",
         }
-        let envelope = Envelope { resource: self.config.resource.clone() };
-        let (mut body, content_type) = match self.config.encoding {
-            OtlpEncoding::Protobuf => (encode::protobuf(batch, &envelope, now_nanos()), "application/x-protobuf"),
-            OtlpEncoding::Json => (encode::json(batch, &envelope, now_nanos()), "application/json"),
+    }
+}
+
+impl OtlpTransport {
+    /// POSTs one export request; the number of its `sent` items the
+    /// collector rejected, or why the request failed.
+    fn post(
+        &self,
+        url: &str,
+        endpoint: &Endpoint,
+        mut body: Vec<u8>,
+        signal: Signal,
+        sent: u64,
+        ctx: &SendContext,
+    ) -> Result<u64, SendError> {
+        let content_type = match self.config.encoding {
+            OtlpEncoding::Protobuf => "application/x-protobuf",
+            OtlpEncoding::Json => "application/json",
         };
         if self.config.gzip {
             body = gzip(&body)?;
         }
-        let mut req = self.agent.post(&endpoint.address).header("Content-Type", content_type);
+        let mut req = self.agent.post(url).header("Content-Type", content_type);
         if self.config.gzip {
             req = req.header("Content-Encoding", "gzip");
         }
         for (k, v) in &endpoint.headers {
-            if k.eq_ignore_ascii_case("content-type") || k.eq_ignore_ascii_case("content-encoding") {
-                return Err(SendError::permanent(format!(
-                    "the endpoint sets header {k}, which the OTLP transport sets itself; remove it from the endpoint"
-                )));
-            }
             req = req.header(k.as_str(), v.as_str());
         }
         let req = req.config().timeout_global(Some(ctx.remaining().max(Duration::from_millis(1)))).build();
-        let encoding = self.config.encoding;
-        // Records in the request: the batch's, and a gap notice's own.
-        let sent = batch.records.len() as u64 + u64::from(batch.gap.is_some());
         let answer = run_cancellable("ringship-otlp", ctx, move || match req.send(&body[..]) {
             Ok(mut resp) => {
                 let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -186,40 +269,96 @@ impl Transport for OtlpTransport {
         let encoding = match answer_type.as_deref().map(|t| t.split(';').next().unwrap_or_default().trim()) {
             Some("application/json") => OtlpEncoding::Json,
             Some("application/x-protobuf") => OtlpEncoding::Protobuf,
-            _ => encoding,
+            _ => self.config.encoding,
         };
-        let rejected = classify(status, retry_after.as_deref(), &answer, encoding)?;
+        let rejected = classify(status, retry_after.as_deref(), &answer, encoding, signal)?;
         if rejected > sent {
             return Err(SendError::permanent(format!(
-                "the collector's partial_success rejects {rejected} log records of the {sent} sent: not an answer \
-                 to this request, so nothing is acknowledged"
+                "the collector's partial_success rejects {rejected} {} of the {sent} sent: not an answer to this \
+                 request, so nothing is acknowledged",
+                signal.items()
             )));
         }
-        // Which records were rejected is not said. Fewer than all count
-        // among the batch's records (the gap record, well formed, taken);
-        // all of them include the gap record, whose seqs the next notice
-        // then names again.
-        let records = batch.records.len() as u64;
-        if batch.gap.is_some() && rejected == sent {
+        Ok(rejected)
+    }
+}
+
+impl Transport for OtlpTransport {
+    fn send(&mut self, endpoint: &Endpoint, batch: &Batch, ctx: &SendContext) -> Result<(), SendError> {
+        if ctx.cancel.is_cancelled() {
+            return Err(SendError::cancelled());
+        }
+        let parts = Parts::of(batch, self.config.traces, now_nanos());
+        let envelope = Envelope { resource: self.config.resource.clone() };
+        let json = self.config.encoding == OtlpEncoding::Json;
+        let key = BatchKey {
+            address: endpoint.address.clone(),
+            ring_id: batch.ring_id,
+            seqs: batch.records.first().zip(batch.records.last()).map(|(f, l)| (f.seq, l.seq)),
+            count: batch.records.len(),
+            gap: batch.gap,
+        };
+        // Log records (or, with no spans either, the empty request an
+        // empty batch is), unless the collector took these already.
+        let logs_rejected = match self.logs_taken.take() {
+            Some(done) if done.batch == key => done.rejected,
+            _ if parts.logs() == 0 && parts.spans() > 0 => 0,
+            _ => {
+                let body = if json { parts.logs_json(&envelope) } else { parts.logs_protobuf(&envelope) };
+                self.post(&endpoint.address, endpoint, body, Signal::Logs, parts.logs() as u64, ctx)?
+            }
+        };
+        let mut spans_rejected = 0;
+        if parts.spans() > 0 {
+            let Some(url) = traces_url(&endpoint.address) else {
+                return Err(SendError::permanent("the endpoint's URL does not end in /v1/logs: no traces URL"));
+            };
+            let body = if json { parts.traces_json(&envelope) } else { parts.traces_protobuf(&envelope) };
+            match self.post(&url, endpoint, body, Signal::Traces, parts.spans() as u64, ctx) {
+                Ok(rejected) => spans_rejected = rejected,
+                Err(e) => {
+                    if parts.logs() > 0 {
+                        self.logs_taken = Some(LogsTaken { batch: key, rejected: logs_rejected });
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        // Which records were rejected is not said. Fewer than all log
+        // records count among the batch's records (the gap record, well
+        // formed, taken); all of them include the gap record, whose seqs
+        // the next notice then names again.
+        let gap_rejected = batch.gap.is_some() && logs_rejected == parts.logs() as u64;
+        if gap_rejected {
             ctx.refuse_notice();
         }
-        ctx.refuse(rejected.min(records));
+        let records = batch.records.len() as u64;
+        ctx.refuse((logs_rejected - u64::from(gap_rejected) + spans_rejected).min(records));
         Ok(())
     }
 }
 
 /// What an answer says: the records the collector rejected out of an
 /// accepted request, or why the request failed.
-fn classify(status: u16, retry_after: Option<&str>, answer: &[u8], encoding: OtlpEncoding) -> Result<u64, SendError> {
+fn classify(
+    status: u16,
+    retry_after: Option<&str>,
+    answer: &[u8],
+    encoding: OtlpEncoding,
+    signal: Signal,
+) -> Result<u64, SendError> {
     let why = || {
         let text = sanitize(&String::from_utf8_lossy(answer));
         if text.is_empty() { String::new() } else { format!(": {text}") }
     };
     match status {
-        200..=299 => partial_success(answer, encoding).map_err(|e| {
+        200..=299 => partial_success(answer, encoding, signal).map_err(|e| {
+            let kind = match signal {
+                Signal::Logs => "ExportLogsServiceResponse",
+                Signal::Traces => "ExportTraceServiceResponse",
+            };
             SendError::permanent(format!(
-                "HTTP {status} with an answer that is not an OTLP ExportLogsServiceResponse ({e}), so nothing is \
-                 acknowledged{}",
+                "HTTP {status} with an answer that is not an OTLP {kind} ({e}), so nothing is acknowledged{}",
                 why()
             ))
         }),
@@ -238,30 +377,34 @@ fn classify(status: u16, retry_after: Option<&str>, answer: &[u8], encoding: Otl
     }
 }
 
-/// The rejected count of an `ExportLogsServiceResponse` (0 for an empty
-/// answer or one without `partial_success`).
-fn partial_success(answer: &[u8], encoding: OtlpEncoding) -> Result<u64, String> {
+/// The rejected count of an `ExportLogsServiceResponse` or
+/// `ExportTraceServiceResponse` (0 for an empty answer or one without
+/// `partial_success`). Both put the count in field 1 of field 1.
+fn partial_success(answer: &[u8], encoding: OtlpEncoding, signal: Signal) -> Result<u64, String> {
     if answer.iter().all(u8::is_ascii_whitespace) {
         return Ok(0);
     }
     match encoding {
         OtlpEncoding::Protobuf => protobuf_rejected(answer),
-        OtlpEncoding::Json => json_rejected(answer),
+        OtlpEncoding::Json => json_rejected(answer, signal),
     }
 }
 
-fn json_rejected(answer: &[u8]) -> Result<u64, String> {
+fn json_rejected(answer: &[u8], signal: Signal) -> Result<u64, String> {
+    let (camel, snake) = match signal {
+        Signal::Logs => ("rejectedLogRecords", "rejected_log_records"),
+        Signal::Traces => ("rejectedSpans", "rejected_spans"),
+    };
     let v: serde_json::Value = serde_json::from_slice(answer).map_err(|e| format!("not JSON: {e}"))?;
     let Some(obj) = v.as_object() else { return Err("not a JSON object".into()) };
     let Some(partial) = obj.get("partialSuccess").or_else(|| obj.get("partial_success")) else {
         return Ok(0);
     };
-    let rejected = partial.get("rejectedLogRecords").or_else(|| partial.get("rejected_log_records"));
-    match rejected {
+    match partial.get(camel).or_else(|| partial.get(snake)) {
         None => Ok(0),
-        Some(serde_json::Value::Number(n)) => n.as_u64().ok_or_else(|| format!("rejectedLogRecords is {n}")),
-        Some(serde_json::Value::String(s)) => s.parse().map_err(|_| format!("rejectedLogRecords is {s:?}")),
-        Some(other) => Err(format!("rejectedLogRecords is {other}")),
+        Some(serde_json::Value::Number(n)) => n.as_u64().ok_or_else(|| format!("{camel} is {n}")),
+        Some(serde_json::Value::String(s)) => s.parse().map_err(|_| format!("{camel} is {s:?}")),
+        Some(other) => Err(format!("{camel} is {other}")),
     }
 }
 

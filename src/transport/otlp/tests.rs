@@ -2,7 +2,7 @@
 //! classes (`pip install opentelemetry-proto`) decode both encodings of one
 //! batch to the same message, with every value as sent.
 
-use super::encode::{Envelope, Value, json, protobuf};
+use super::encode::{Envelope, Parts, Value, json, protobuf};
 use crate::stats::LossCause;
 use crate::transport::{Batch, BatchRecord, GapNotice};
 
@@ -305,4 +305,287 @@ fn front_end_records_become_structured_log_records() {
     let jl = &v["json"]["resource_logs"][0]["scope_logs"][0]["log_records"];
     assert_eq!(jl[0]["attributes"], r["attributes"]);
     assert_eq!(jl[0]["severity_number"], 13);
+}
+
+/// Decodes `pb` and `json` as `ExportTraceServiceRequest`s with the
+/// official classes; prints both as dicts (ids in base64).
+const DECODE_TRACES: &str = r#"
+import base64, sys, json
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+def b64_ids(o):
+    if isinstance(o, dict):
+        return {k: base64.b64encode(bytes.fromhex(v)).decode() if k in ("traceId", "spanId", "parentSpanId") and isinstance(v, str) else b64_ids(v) for k, v in o.items()}
+    return [b64_ids(x) for x in o] if isinstance(o, list) else o
+out = {}
+for kind, path in (("pb", sys.argv[1]), ("json", sys.argv[2])):
+    r = ExportTraceServiceRequest()
+    body = open(path, "rb").read()
+    if kind == "json":
+        json_format.ParseDict(b64_ids(json.loads(body)), r)
+    else:
+        r.ParseFromString(body)
+    out[kind] = json_format.MessageToDict(r, preserving_proto_field_name=True, use_integers_for_enums=True)
+print(json.dumps(out))
+"#;
+
+/// The OpenTelemetry front-end's span records (docs/FRONTENDS.md) go as
+/// spans, grouped by scope, every part in its place as the official
+/// classes read it, in both encodings; a span record without valid ids
+/// or times goes as a log record; with traces off, every span record does.
+#[test]
+fn span_records_become_spans_the_official_classes_read() {
+    let span = r#"{"type":"span","ts":"2026-12-07T14:43:20.123456789Z","end":"2026-12-07T14:43:21.5Z","name":"charge","target":"payments","kind":"client","status":"error","status_message":"gateway timeout","trace_id":"0af7651916cd43dd8448eb211c80319c","span_id":"b7ad6b7169203331","parent_span_id":"00f067aa0ba902b7","fields":{"amount":12,"currency":"EUR"},"events":[{"ts":"2026-12-07T14:43:20.2Z","name":"retry","fields":{"attempt":2}}],"links":[{"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","span_id":"00f067aa0ba902b8"}]}"#;
+    let root = r#"{"type":"span","ts":"1970-01-01T00:00:00.000000001Z","end":"2000-02-29T00:00:00Z","name":"root","target":"web","kind":"server","status":"unset","trace_id":"0af7651916cd43dd8448eb211c80319c","span_id":"1111111111111111"}"#;
+    let broken = r#"{"type":"span","ts":"2026-12-07T14:43:20Z","end":"2026-12-07T14:43:21Z","name":"bad","trace_id":"0af7","span_id":"b7ad6b7169203331","level":"INFO","message":"not a span"}"#;
+    let batch = Batch {
+        ring_id: 0xfeed,
+        records: vec![
+            BatchRecord { seq: 4, timestamp: 1, payload: span.into() },
+            BatchRecord { seq: 5, timestamp: 2, payload: "plain".into() },
+            BatchRecord { seq: 6, timestamp: 3, payload: root.into() },
+            BatchRecord { seq: 7, timestamp: 4, payload: broken.into() },
+        ],
+        gap: None,
+    };
+    let parts = Parts::of(&batch, true, 9);
+    assert_eq!((parts.logs(), parts.spans()), (2, 2));
+    let dir = tempfile::tempdir().unwrap();
+    let (pb, js) = (dir.path().join("t.pb"), dir.path().join("t.json"));
+    std::fs::write(&pb, parts.traces_protobuf(&envelope())).unwrap();
+    std::fs::write(&js, parts.traces_json(&envelope())).unwrap();
+    let out =
+        std::process::Command::new("python3").arg("-c").arg(DECODE_TRACES).arg(&pb).arg(&js).output().expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["pb"], v["json"], "both encodings decode to the same message");
+    let rs = &v["pb"]["resource_spans"][0];
+    assert_eq!(rs["resource"]["attributes"][0]["value"], serde_json::json!({"string_value": "checkout"}));
+    let scopes = rs["scope_spans"].as_array().unwrap();
+    assert_eq!(scopes.len(), 2);
+    assert_eq!((&scopes[0]["scope"]["name"], &scopes[1]["scope"]["name"]), (&"payments".into(), &"web".into()));
+    let s = &scopes[0]["spans"][0];
+    assert_eq!(s["trace_id"], "CvdlGRbNQ92ESOshHIAxnA==", "0af7651916cd43dd8448eb211c80319c in base64");
+    assert_eq!(s["span_id"], "t61rcWkgMzE=");
+    assert_eq!(s["parent_span_id"], "APBnqgupArc=", "00f067aa0ba902b7 in base64");
+    assert_eq!((&s["name"], &s["kind"]), (&"charge".into(), &3.into()));
+    // `date -u -d 2026-12-07T14:43:20Z +%s` is 1796654600.
+    assert_eq!(s["start_time_unix_nano"], "1796654600123456789");
+    assert_eq!(s["end_time_unix_nano"], "1796654601500000000");
+    assert_eq!(s["status"], serde_json::json!({"code": 2, "message": "gateway timeout"}));
+    let attr = |k: &str| s["attributes"].as_array().unwrap().iter().find(|a| a["key"] == k).map(|a| a["value"].clone());
+    assert_eq!(attr("amount"), Some(serde_json::json!({"int_value": "12"})));
+    assert_eq!(attr("currency"), Some(serde_json::json!({"string_value": "EUR"})));
+    assert_eq!(attr("ringship.ring_id"), Some(serde_json::json!({"string_value": "000000000000feed"})));
+    assert_eq!(attr("ringship.seq"), Some(serde_json::json!({"int_value": "4"})));
+    assert_eq!(
+        s["events"],
+        serde_json::json!([{"time_unix_nano": "1796654600200000000", "name": "retry",
+            "attributes": [{"key": "attempt", "value": {"int_value": "2"}}]}])
+    );
+    assert_eq!(s["links"], serde_json::json!([{"trace_id": "S/kvNXezTaajzpKdDg5HNg==", "span_id": "APBnqgupArg="}]));
+    let root = &scopes[1]["spans"][0];
+    assert_eq!((&root["kind"], root.get("parent_span_id")), (&2.into(), None));
+    assert_eq!(
+        (&root["start_time_unix_nano"], &root["end_time_unix_nano"]),
+        (&"1".into(), &"951782400000000000".into())
+    );
+    assert!(root.get("status").is_none_or(|st| st.get("code").is_none()), "unset: {root}");
+    // The broken span record and the plain one are log records.
+    std::fs::write(&pb, parts.logs_protobuf(&envelope())).unwrap();
+    std::fs::write(&js, parts.logs_json(&envelope())).unwrap();
+    let out = std::process::Command::new("python3").arg("-c").arg(DECODE).arg(&pb).arg(&js).output().expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let logs = &v["pb"]["resource_logs"][0]["scope_logs"][0]["log_records"];
+    assert_eq!(logs[0]["body"], serde_json::json!({"string_value": "plain"}));
+    assert_eq!(logs[1]["body"], serde_json::json!({"string_value": "not a span"}));
+    assert_eq!(logs[1]["time_unix_nano"], "1796654600000000000", "the event's own time");
+    assert_eq!(logs[1]["observed_time_unix_nano"], "4", "the append time");
+    // Traces off: every record a log record.
+    let off = Parts::of(&batch, false, 9);
+    assert_eq!((off.logs(), off.spans()), (4, 0));
+}
+
+#[test]
+fn front_end_times_parse_as_rfc3339_utc_and_anything_else_does_not() {
+    use super::encode::rfc3339_nanos;
+    for (text, want) in [
+        ("1970-01-01T00:00:00Z", Some(0)),
+        ("1970-01-01T00:00:00.000000001Z", Some(1)),
+        ("2000-02-29T00:00:00.5Z", Some(951_782_400_500_000_000)),
+        ("2026-12-07T14:43:20.123456789Z", Some(1_796_654_600_123_456_789)),
+        ("2100-03-01T00:00:00.000000000Z", Some(4_107_542_400_000_000_000)),
+        ("2026-12-07T14:43:20.1234567891Z", None),
+        ("2026-12-07T14:43:20.Z", None),
+        ("2026-12-07T14:43:20+01:00", None),
+        ("2026-13-07T14:43:20Z", None),
+        ("2026-12-07 14:43:20Z", None),
+        ("1969-12-31T23:59:59Z", None),
+        ("2026-12-07T14:43:2xZ", None),
+        ("", None),
+        ("2026-12-07T14:43:20.١Z", None),
+    ] {
+        assert_eq!(rfc3339_nanos(text), want, "{text}");
+    }
+}
+
+/// Prints, per `N.pb`/`N.json` pair of `ExportTraceServiceRequest`s, what
+/// a receiver reads of each span.
+const DECODE_MANY_TRACES: &str = r#"
+import base64, json, os, sys
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+def value(v):
+    k = v.WhichOneof("value")
+    return getattr(v, k) if k else None
+def attrs(kvs):
+    return [[kv.key, value(kv.value)] for kv in kvs]
+def b64_ids(o):
+    if isinstance(o, dict):
+        return {k: base64.b64encode(bytes.fromhex(v)).decode() if k in ("traceId", "spanId", "parentSpanId") and isinstance(v, str) else b64_ids(v) for k, v in o.items()}
+    return [b64_ids(x) for x in o] if isinstance(o, list) else o
+d = sys.argv[1]
+result = {}
+for name in sorted(os.listdir(d)):
+    case, kind = name.split(".")
+    r = ExportTraceServiceRequest()
+    body = open(os.path.join(d, name), "rb").read()
+    if kind == "json":
+        json_format.ParseDict(b64_ids(json.loads(body)), r)
+    else:
+        r.ParseFromString(body)
+    spans = []
+    for rs in r.resource_spans:
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                spans.append([ss.scope.name, s.name, s.kind, s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(),
+                    s.start_time_unix_nano, s.end_time_unix_nano, attrs(s.attributes),
+                    [[e.time_unix_nano, e.name, attrs(e.attributes)] for e in s.events],
+                    [[l.trace_id.hex(), l.span_id.hex()] for l in s.links], s.status.code, s.status.message])
+    result.setdefault(case, {})[kind] = spans
+print(json.dumps(result))
+"#;
+
+/// A random span record as `RingSpanProcessor` writes it, at `seq` of
+/// ring `ring_id`, with its scope and what `DECODE_MANY_TRACES` should
+/// read of it.
+fn random_span(next: &mut impl FnMut() -> u64, ring_id: u64, seq: u64) -> (BatchRecord, String, serde_json::Value) {
+    let texts = ["", "plain", "é日本🎉", "quote \" back \\ nl \n tab \t nul \u{0}", "\u{7f}\u{80}\u{ffff}"];
+    let mut pick = |list: &[&'static str]| list[usize::try_from(next() % list.len() as u64).unwrap()];
+    let (scope, name, key_text) = (pick(&texts[..3]), pick(&texts), pick(&texts));
+    let (kind, status) =
+        (pick(&["internal", "server", "client", "producer", "consumer"]), pick(&["unset", "ok", "error"]));
+    let (message, event_name) = (if status == "error" { pick(&texts) } else { "" }, pick(&texts));
+    let hex = |b: u64, n: usize| format!("{b:016x}{:016x}", b.rotate_left(17))[..n].to_string();
+    // `date` writes the times: an oracle apart from the encoder's parser.
+    let time = |nanos: u64| {
+        let secs = nanos / 1_000_000_000;
+        let out = std::process::Command::new("date")
+            .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%S"])
+            .output()
+            .unwrap();
+        format!("{}.{:09}Z", String::from_utf8(out.stdout).unwrap().trim(), nanos % 1_000_000_000)
+    };
+    let start = next() % 7_258_118_400_000_000_000; // 1970 to 2200
+    let end = start + next() % 1_000_000_000_000;
+    let (tid, sid) = (hex(next() | 1, 32), hex(next() | 1, 16));
+    let parent = (next() % 2 == 0).then(|| hex(next() | 1, 16));
+    let int = i64::try_from(next() >> 1).unwrap() * if next() % 2 == 0 { -1 } else { 1 };
+    let (key, flag) = (format!("{key_text} {seq}"), next() % 2 == 0);
+    let event = (next() % 2 == 0).then_some((start + 5, event_name));
+    let mut record = serde_json::json!({
+        "type": "span", "ts": time(start), "end": time(end), "name": name, "target": scope,
+        "kind": kind, "status": status, "trace_id": tid, "span_id": sid,
+        "fields": {key.clone(): int, "flag": flag, "text": name},
+        "links": [{"trace_id": tid, "span_id": sid}],
+    });
+    if let Some(p) = &parent {
+        record["parent_span_id"] = p.clone().into();
+    }
+    if !message.is_empty() {
+        record["status_message"] = message.into();
+    }
+    if let Some((ts, name)) = event {
+        record["events"] = serde_json::json!([{"ts": time(ts), "name": name, "fields": {"n": 1}}]);
+    }
+    // Fields in serde_json's order (sorted keys), then the stamps.
+    let mut attributes =
+        vec![(key, serde_json::json!(int)), ("flag".into(), flag.into()), ("text".into(), name.into())];
+    attributes.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut attributes: Vec<serde_json::Value> =
+        attributes.into_iter().map(|(k, v)| serde_json::json!([k, v])).collect();
+    attributes.push(serde_json::json!(["ringship.ring_id", format!("{ring_id:016x}")]));
+    attributes.push(serde_json::json!(["ringship.seq", seq]));
+    let events = event.map_or(serde_json::json!([]), |(ts, name)| serde_json::json!([[ts, name, [["n", 1]]]]));
+    let kind_number =
+        ["internal", "server", "client", "producer", "consumer"].iter().position(|k| *k == kind).unwrap() + 1;
+    let status_code = ["unset", "ok", "error"].iter().position(|s| *s == status).unwrap();
+    let want = serde_json::json!([
+        scope,
+        name,
+        kind_number,
+        tid,
+        sid,
+        parent.unwrap_or_default(),
+        start,
+        end,
+        attributes,
+        events,
+        [[tid, sid]],
+        status_code,
+        message
+    ]);
+    (BatchRecord { seq, timestamp: 1, payload: record.to_string().into() }, scope.to_owned(), want)
+}
+
+/// Random span records (names, scopes, attribute keys and values in many
+/// scripts and with control characters, every kind and status, times from
+/// 1970 to 2200, events and links), each batch in both encodings, read by
+/// the official classes exactly as written, grouped by scope in order of
+/// first use.
+#[test]
+fn random_span_records_decode_exactly_with_the_official_classes() {
+    let mut rng = 0x5eed_5a11_u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cases = Vec::new();
+    for case in 0..40u64 {
+        let n = 1 + next() % 5;
+        let spans: Vec<_> = (0..n).map(|i| random_span(&mut next, case, case * 10 + i + 1)).collect();
+        let mut order: Vec<&String> = Vec::new();
+        for (_, scope, _) in &spans {
+            if !order.contains(&scope) {
+                order.push(scope);
+            }
+        }
+        let grouped: Vec<serde_json::Value> = order
+            .iter()
+            .flat_map(|s| spans.iter().filter(move |(_, w, _)| w == *s).map(|(_, _, v)| v.clone()))
+            .collect();
+        let batch = Batch { ring_id: case, records: spans.iter().map(|(r, _, _)| r.clone()).collect(), gap: None };
+        let parts = Parts::of(&batch, true, 5);
+        assert_eq!(parts.spans(), batch.records.len(), "case {case}: every record a span");
+        std::fs::write(dir.path().join(format!("{case:03}.pb")), parts.traces_protobuf(&Envelope::default())).unwrap();
+        std::fs::write(dir.path().join(format!("{case:03}.json")), parts.traces_json(&Envelope::default())).unwrap();
+        cases.push(serde_json::Value::Array(grouped));
+    }
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(DECODE_MANY_TRACES)
+        .arg(dir.path())
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "the official decoder failed: {}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (case, want) in cases.iter().enumerate() {
+        for kind in ["pb", "json"] {
+            assert_eq!(&got[format!("{case:03}")][kind], want, "case {case}, {kind}");
+        }
+    }
 }
