@@ -75,10 +75,11 @@ fn appenders_renewals_syncs_and_close_or_crash_then_power_loss() {
         seqs.dedup();
         assert_eq!(count, seqs.len(), "iteration {iter}: a seq handed out twice");
         let max = seqs.last().copied().unwrap_or(0);
-        let durable_before = ring.stats().durable_seq;
+        let before = ring.stats();
+        let durable_before = before.durable_seq;
         drop(ring);
         disk.power_loss();
-        let reopened = Ring::open_on(disk.file("ring.data"), disk.file("ring.meta"), config).unwrap().0;
+        let (reopened, report) = Ring::open_on(disk.file("ring.data"), disk.file("ring.meta"), config).unwrap();
         let s = reopened.stats();
         assert!(s.identity_holds(), "iteration {iter}: {s:?}");
         // Every record the ring kept reads back whole; none is damaged (the
@@ -88,7 +89,8 @@ fn appenders_renewals_syncs_and_close_or_crash_then_power_loss() {
         assert_eq!(
             present.len() as u64,
             s.pending,
-            "iteration {iter} ({}, {policy:?}, block {block}): {s:?}; unread: {:?}; losses: {:?}",
+            "iteration {iter} ({}, {policy:?}, block {block}): {s:?}; unread: {:?}; losses: {:?}; before: \
+             {before:?}; recovery: {report:?}",
             if do_close { "closed" } else { "crashed" },
             unread(&present, s.last_seq),
             reopened.losses()

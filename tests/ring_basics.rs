@@ -1162,3 +1162,83 @@ fn a_batch_refused_for_its_size_reserves_no_seqs() {
     assert!(s.lost_unsynced <= 4, "seqs of refused batches counted lost: {s:?}");
     assert!(ring.append(b"two").unwrap() <= 6);
 }
+
+/// A ring dropped (not closed) while its background thread is inside a
+/// flush: the drop waits for the flush, so no write of the ring reaches
+/// its files once the drop has returned, where it would meet whatever
+/// comes next (the files opened again; in the simulation, a power loss
+/// then a checkpoint claiming records the loss took).
+#[test]
+fn nothing_of_a_dropped_ring_writes_after_the_drop_returns() {
+    use std::sync::{Condvar, Mutex};
+    #[derive(Default)]
+    struct Gate {
+        /// Hold the next data fsync until released.
+        armed: AtomicBool,
+        held: Mutex<(bool, bool)>, // (entered, released)
+        moved: Condvar,
+        dropped: AtomicBool,
+        writes_after_drop: AtomicU64,
+    }
+    struct GateHooks(Arc<Gate>, bool);
+    impl Hooks for GateHooks {
+        fn before_write(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+            if self.0.dropped.load(SeqCst) {
+                self.0.writes_after_drop.fetch_add(1, SeqCst);
+            }
+            Ok(())
+        }
+        fn before_sync(&self) -> std::io::Result<()> {
+            if self.0.dropped.load(SeqCst) {
+                self.0.writes_after_drop.fetch_add(1, SeqCst);
+            }
+            if self.1 && self.0.armed.swap(false, SeqCst) {
+                let mut held = self.0.held.lock().unwrap();
+                held.0 = true;
+                self.0.moved.notify_all();
+                while !held.1 {
+                    held = self.0.moved.wait(held).unwrap();
+                }
+            }
+            Ok(())
+        }
+    }
+    let t = TempRing::new();
+    let gate = Arc::new(Gate::default());
+    let watched = Arc::clone(&gate);
+    let config = small(1 << 20).sync(SyncPolicy::Interval(Duration::from_millis(5))).storage_wrapper(Arc::new(
+        move |path: &std::path::Path, inner| {
+            let data = path.ends_with("ring.data");
+            Box::new(common::Hooked { inner, hooks: GateHooks(Arc::clone(&watched), data) })
+                as Box<dyn ringship::Storage>
+        },
+    ));
+    let ring = Ring::open(&t.dir, config).unwrap().0;
+    gate.armed.store(true, SeqCst);
+    ring.append(b"flushed by the background thread").unwrap();
+    {
+        let mut held = gate.held.lock().unwrap();
+        while !held.0 {
+            held = gate.moved.wait(held).unwrap();
+        }
+    }
+    // The background thread is inside its flush's fsync: drop the ring.
+    let dropper = {
+        let gate = Arc::clone(&gate);
+        std::thread::spawn(move || {
+            drop(ring);
+            gate.dropped.store(true, SeqCst);
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!gate.dropped.load(SeqCst), "the drop returned while the flush was still running");
+    gate.held.lock().unwrap().1 = true;
+    gate.moved.notify_all();
+    dropper.join().unwrap();
+    // The flush's checkpoint (and anything else) came before the drop's end.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(gate.writes_after_drop.load(SeqCst), 0);
+    let (ring, report) = Ring::open(&t.dir, small(1 << 20)).unwrap();
+    assert_eq!(report.pending, 1);
+    ring.close().unwrap();
+}

@@ -113,8 +113,10 @@ pub(crate) struct RingCore {
 /// counter of the accounting identity (I2).
 ///
 /// All methods take `&self`; share the ring between threads with an `Arc`.
-/// Dropping the ring never blocks: call [`Ring::close`] to sync and record
-/// a clean shutdown.
+/// Dropping the ring syncs nothing (call [`Ring::close`] to sync and record
+/// a clean shutdown); it waits only for a flush its background thread has
+/// already started, so that nothing of the ring writes to its files once
+/// the drop has returned and the directory can be opened again at once.
 pub struct Ring {
     inner: Arc<RingCore>,
     /// The background thread: renews the seq reservation ahead of the
@@ -503,7 +505,15 @@ impl Ring {
 
 impl Drop for Ring {
     fn drop(&mut self) {
-        // Only signal: the thread holds a weak reference and exits on its own.
+        // The thread holds a weak reference and ends once signalled, but it
+        // may be inside a flush with a strong one: waiting for it means
+        // nothing of this ring writes to its files after the drop, where a
+        // late checkpoint would meet whatever comes next (the same files
+        // opened again). It never owns a `Ring`, so it never runs this.
         self.inner.background.wake.close();
+        let handle = self.background_thread.lock().take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
     }
 }
