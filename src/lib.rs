@@ -59,7 +59,7 @@
 struct ReadmeDoctests;
 
 mod error;
-#[cfg(any(feature = "http", feature = "tracing", feature = "log", feature = "opentelemetry"))]
+#[cfg(any(feature = "http", feature = "tls", feature = "tracing", feature = "log", feature = "opentelemetry"))]
 mod escape;
 #[cfg(any(feature = "tracing", feature = "log", feature = "opentelemetry"))]
 mod frontend;
@@ -68,6 +68,7 @@ mod frontend;
 pub mod fuzzing;
 #[cfg(all(test, loom))]
 mod loom_models;
+mod redact;
 mod ring;
 mod sender;
 #[cfg(any(test, feature = "testing"))]
@@ -76,6 +77,8 @@ pub mod sim;
 mod stats;
 mod sync;
 mod threads;
+#[cfg(feature = "tls")]
+mod tls;
 mod transport;
 
 pub use error::{Error, Result};
@@ -97,12 +100,14 @@ pub use ring::storage::Storage;
 pub use ring::{ReadBatch, Record, Ring};
 pub use sender::{Health, HealthState, SenderStats, Shipper, ShipperBuilder, ShutdownReport};
 pub use stats::{LossCause, LossRange, RecoveryReport, RingStats};
+#[cfg(feature = "tls")]
+pub use tls::{Tls, TlsVersion};
 pub use transport::{
     Batch, BatchRecord, Endpoint, GapNotice, MemoryReceiver, MemoryTransport, Received, SendContext, SendError,
     SendErrorKind, Transport, TransportFactory,
 };
 #[cfg(feature = "http")]
-pub use transport::{BodyFormat, HttpConfig, HttpTransport};
+pub use transport::{BodyFormat, HttpConfig, HttpTransport, Proxy};
 #[cfg(feature = "otlp")]
 pub use transport::{OtlpConfig, OtlpEncoding, OtlpTransport};
 #[cfg(feature = "syslog")]

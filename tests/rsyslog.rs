@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::pki::Pki;
 use common::{TempRing, assert_identity, eventually, kill_and_restart, payload, small};
-use ringship::{Endpoint, Ring, Shipper, ShipperBuilder, SyslogConfig, SyslogTransport};
+use ringship::{Endpoint, Ring, Shipper, ShipperBuilder, SyslogConfig, SyslogTransport, Tls};
 
 const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
 const MODULE_DIRS: [&str; 3] = ["/usr/lib/x86_64-linux-gnu/rsyslog", "/usr/lib/rsyslog", "/usr/lib64/rsyslog"];
@@ -72,17 +73,49 @@ impl Rsyslog {
     }
 
     fn start_in(dir: &Path, tcp: u16, relp: u16) -> Rsyslog {
+        Rsyslog::start_with(dir, tcp, relp, None)
+    }
+
+    /// Over TLS (rsyslog's gtls driver) with the test CA's server
+    /// certificate; RELP asks for a client certificate the CA issued.
+    fn start_tls(pki: &Pki) -> Rsyslog {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut r = Rsyslog::start_with(&dir, free_port(), free_port(), Some(pki));
+        r.owned_dir = Some(tmp);
+        r
+    }
+
+    fn start_with(dir: &Path, tcp: u16, relp: u16, tls: Option<&Pki>) -> Rsyslog {
         let d = dir.display();
+        let (global, imtcp, relp_tls) = match tls {
+            None => (String::new(), String::new(), String::new()),
+            Some(pki) => {
+                let (ca, (cert, key)) = (pki.path("ca.pem"), pki.pair("server"));
+                let (ca, cert, key) = (ca.display(), cert.display(), key.display());
+                (
+                    format!(
+                        " defaultNetstreamDriver=\"gtls\" defaultNetstreamDriverCAFile=\"{ca}\" \
+                         defaultNetstreamDriverCertFile=\"{cert}\" defaultNetstreamDriverKeyFile=\"{key}\""
+                    ),
+                    " streamDriver.name=\"gtls\" streamDriver.mode=\"1\" streamDriver.authMode=\"anon\"".to_owned(),
+                    format!(
+                        " tls=\"on\" tls.caCert=\"{ca}\" tls.myCert=\"{cert}\" tls.myPrivKey=\"{key}\" \
+                         tls.authMode=\"certvalid\""
+                    ),
+                )
+            }
+        };
         // A direct main queue: imrelp acks a message only after omfile has
         // written it, so killing rsyslogd cannot drop an acked message from
         // an in-memory queue (the default), which would look like our loss.
         let conf = format!(
-            "global(workDirectory=\"{d}\")\n\
+            "global(workDirectory=\"{d}\"{global})\n\
              main_queue(queue.type=\"Direct\")\n\
-             module(load=\"imtcp\")\n\
+             module(load=\"imtcp\"{imtcp})\n\
              module(load=\"imrelp\")\n\
              input(type=\"imtcp\" port=\"{tcp}\" address=\"127.0.0.1\")\n\
-             input(type=\"imrelp\" port=\"{relp}\" address=\"127.0.0.1\")\n\
+             input(type=\"imrelp\" port=\"{relp}\" address=\"127.0.0.1\"{relp_tls})\n\
              template(name=\"ringship\" type=\"string\" string=\"%structured-data%|%msg%\\n\")\n\
              *.* action(type=\"omfile\" file=\"{d}/out.log\" template=\"ringship\")\n"
         );
@@ -192,9 +225,13 @@ impl Drop for Rsyslog {
 }
 
 fn builder(ring: Ring, url: &str) -> ShipperBuilder {
+    builder_with(ring, url, SyslogConfig::default())
+}
+
+fn builder_with(ring: Ring, url: &str, config: SyslogConfig) -> ShipperBuilder {
     Shipper::builder(ring)
         .endpoint(Endpoint::new(url))
-        .transport(SyslogTransport::factory(SyslogConfig::default()).expect("valid defaults"))
+        .transport(SyslogTransport::factory(config).expect("valid settings"))
         .max_batch_records(100)
         .linger(Duration::from_millis(2))
         .backoff_initial(Duration::from_millis(20))
@@ -392,4 +429,90 @@ fn ringship_header_len() -> usize {
     "<14>1 2026-12-02T14:20:00.123456Z ".len()
         + host.len()
         + " ringship - - [ringship@32473 seq=\"2\" ring=\"0123456789abcdef\"] ".len()
+}
+
+/// Syslog over TLS (RFC 5425) and RELP over TLS with a client
+/// certificate, against rsyslog's gtls driver with the test CA's
+/// certificates: every record byte-exact over each; RELP without a client
+/// certificate delivers nothing; RELP over TLS across rsyslog killed and
+/// restarted mid-stream loses nothing.
+#[test]
+fn syslog_and_relp_over_tls_deliver_byte_exact() {
+    require_rsyslog!();
+    if !MODULE_DIRS.iter().any(|d| Path::new(d).join("lmnsd_gtls.so").exists()) {
+        assert!(std::env::var("RINGSHIP_REQUIRE_RSYSLOG").is_err(), "rsyslog-gnutls is not installed");
+        eprintln!("SKIPPED: rsyslog's gtls driver is not installed (Debian: apt-get install rsyslog-gnutls)");
+        return;
+    }
+    let pki = Pki::new();
+    let r = Rsyslog::start_tls(&pki);
+    let trust = Tls::default().system_roots(false).ca_file(pki.path("ca.pem")).server_name("localhost");
+    let (cert, key) = pki.pair("client1");
+    let config = SyslogConfig::default().tls(trust.clone().client_cert(cert, key));
+
+    let t = TempRing::new();
+    let url = format!("tls://127.0.0.1:{}", r.tcp);
+    let shipper = builder_with(Ring::open(&t.dir, small(1 << 20)).unwrap().0, &url, config.clone()).start().unwrap();
+    for i in 1..=300 {
+        shipper.append(&payload(i, 48)).unwrap();
+    }
+    eventually("acked over TLS", || shipper.stats().ring.acked == 300);
+    eventually("written", || r.seqs() == (1..=300).collect());
+    shipper.shutdown(Duration::from_secs(2)).unwrap();
+
+    // RELP over TLS without a client certificate: refused, nothing acked.
+    let t2 = TempRing::new();
+    let relp = format!("relp+tls://127.0.0.1:{}", r.relp);
+    let refused =
+        builder_with(Ring::open(&t2.dir, small(1 << 20)).unwrap().0, &relp, SyslogConfig::default().tls(trust))
+            .start()
+            .unwrap();
+    refused.append(b"kept").unwrap();
+    eventually("a failure", || refused.stats().send_failures >= 1);
+    assert_eq!(refused.stats().ring.acked, 0);
+    refused.shutdown(Duration::from_secs(2)).unwrap();
+
+    let shipper = builder_with(Ring::open(&t.dir, small(1 << 20)).unwrap().0, &relp, config).start().unwrap();
+    for i in 301..=600 {
+        shipper.append(&payload(i, 48)).unwrap();
+    }
+    eventually("acked over RELP and TLS", || shipper.stats().ring.acked == 600);
+    eventually("written", || r.seqs() == (1..=600).collect());
+    assert_exact(&r.records(), 48);
+    assert_identity(&shipper.stats().ring);
+}
+
+#[test]
+fn relp_over_tls_rsyslog_killed_and_restarted_mid_stream_loses_nothing() {
+    require_rsyslog!();
+    if !MODULE_DIRS.iter().any(|d| Path::new(d).join("lmnsd_gtls.so").exists()) {
+        assert!(std::env::var("RINGSHIP_REQUIRE_RSYSLOG").is_err(), "rsyslog-gnutls is not installed");
+        eprintln!("SKIPPED: rsyslog's gtls driver is not installed (Debian: apt-get install rsyslog-gnutls)");
+        return;
+    }
+    let pki = Pki::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let (tcp, relp) = (free_port(), free_port());
+    let mut r = Rsyslog::start_with(tmp.path(), tcp, relp, Some(&pki));
+    let (cert, key) = pki.pair("client2");
+    let tls =
+        Tls::default().system_roots(false).ca_file(pki.path("ca.pem")).server_name("localhost").client_cert(cert, key);
+    let t = TempRing::new();
+    let url = format!("relp+tls://127.0.0.1:{relp}");
+    let shipper = builder_with(Ring::open(&t.dir, small(1 << 20)).unwrap().0, &url, SyslogConfig::default().tls(tls))
+        .start()
+        .unwrap();
+    for i in 1..=300 {
+        shipper.append(&payload(i, 32)).unwrap();
+    }
+    eventually("some written", || !r.seqs().is_empty());
+    r.kill();
+    for i in 301..=600 {
+        shipper.append(&payload(i, 32)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let r = Rsyslog::start_with(tmp.path(), tcp, relp, Some(&pki));
+    eventually("all acked", || shipper.stats().ring.acked == 600);
+    eventually("all written", || r.seqs() == (1..=600).collect());
+    assert_exact(&r.records(), 32);
 }

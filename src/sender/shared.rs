@@ -46,6 +46,9 @@ pub(super) struct Status {
     pub(super) failing: bool,
     pub(super) stalled_since: Option<Nanos>,
     pub(super) stopped: bool,
+    /// The secrets of every endpoint given, scrubbed from errors before
+    /// they are kept (a transport's error may quote its URL or headers).
+    pub(super) secrets: crate::redact::Secrets,
 }
 
 pub(crate) struct ShipperCore {
@@ -155,8 +158,12 @@ impl ShipperCore {
             ring,
             cfg,
             factory,
+            status: Mutex::new(LEVEL_SENDER_STATUS, "sender.status", {
+                let mut status = Status::default();
+                status.secrets.add(&endpoint.address, &endpoint.headers);
+                status
+            }),
             endpoint: Switchboard::new(endpoint),
-            status: Mutex::new(LEVEL_SENDER_STATUS, "sender.status", Status::default()),
             wake,
             worker_id: AtomicU64::new(1),
             closing: AtomicBool::new(false),
@@ -208,6 +215,9 @@ impl ShipperCore {
 
     pub(super) fn switch_endpoint(&self, endpoint: Endpoint) -> Result<u64> {
         check_endpoint(&*self.factory, &endpoint)?;
+        // Before the switch: the first error from the new endpoint is
+        // scrubbed of its secrets too.
+        self.status.lock().secrets.add(&endpoint.address, &endpoint.headers);
         let (generation, changed) = self.endpoint.switch(endpoint);
         self.counters.switches.fetch_add(1, Ordering::Relaxed);
         if changed {
@@ -248,7 +258,7 @@ impl ShipperCore {
     pub(super) fn note_error(&self, message: &str) {
         let mut st = self.status.lock();
         st.failing = true;
-        st.last_error = Some(message.to_owned());
+        st.last_error = Some(st.secrets.scrub(message));
     }
 
     /// The endpoint accepted a batch: clears the error shown in health.
@@ -270,7 +280,7 @@ impl ShipperCore {
     /// Health, given a snapshot of the ring's counters.
     pub(super) fn health_with(&self, ring: &crate::RingStats) -> Health {
         let (generation, endpoint) = self.endpoint.current();
-        let endpoint = endpoint.address.clone();
+        let endpoint = endpoint.to_string();
         let st = self.status.lock();
         let state = if st.stopped {
             HealthState::Stopped
@@ -409,11 +419,21 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 /// whitespace or control characters), then one the factory's transports
 /// cannot (its check is user code: a panic in it refuses the endpoint).
 pub(super) fn check_endpoint(factory: &dyn TransportFactory, endpoint: &Endpoint) -> Result<()> {
-    let a = &endpoint.address;
-    if a.is_empty() {
+    let mut secrets = crate::redact::Secrets::default();
+    secrets.add(&endpoint.address, &endpoint.headers);
+    // The factory's message may quote the address or headers it refused.
+    check_endpoint_unscrubbed(factory, endpoint).map_err(|e| match e {
+        Error::Config(m) => Error::Config(secrets.scrub(&m)),
+        other => other,
+    })
+}
+
+fn check_endpoint_unscrubbed(factory: &dyn TransportFactory, endpoint: &Endpoint) -> Result<()> {
+    let (raw, a) = (&endpoint.address, &crate::redact::url(&endpoint.address));
+    if raw.is_empty() {
         return Err(Error::Config("the endpoint address is empty".into()));
     }
-    if a.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(Error::Config(format!("the endpoint address {a:?} holds whitespace or control characters")));
     }
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| factory.check_endpoint(endpoint))) {

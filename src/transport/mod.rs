@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 #[cfg(feature = "http")]
-pub use http::{BodyFormat, HttpConfig, HttpTransport};
+pub use http::{BodyFormat, HttpConfig, HttpTransport, Proxy};
 pub use memory::{MemoryReceiver, MemoryTransport, Received};
 #[cfg(feature = "otlp")]
 pub use otlp::{OtlpConfig, OtlpEncoding, OtlpTransport};
@@ -37,7 +37,12 @@ use std::sync::atomic::AtomicU64;
 
 /// Where batches go: an address a transport understands (a URL, a
 /// `host:port`) and headers to send with every batch (auth tokens).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// Its `Display` and `Debug` forms are redacted: the address without its
+/// user info, with its query values masked (`https://***@host/ingest?api_key=***`),
+/// and the headers' names without their values. ringship shows only
+/// those, and scrubs the secrets from every error it keeps.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     pub(crate) address: String,
     pub(crate) headers: Vec<(String, String)>,
@@ -73,7 +78,17 @@ impl Endpoint {
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.address)
+        f.write_str(&crate::redact::url(&self.address))
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<String> = self.headers.iter().map(|(k, _)| format!("{k}: ***")).collect();
+        f.debug_struct("Endpoint")
+            .field("address", &crate::redact::url(&self.address))
+            .field("headers", &headers)
+            .finish()
     }
 }
 

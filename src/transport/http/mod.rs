@@ -24,6 +24,10 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 
 use super::{Batch, Endpoint, SendContext, SendError, Transport, TransportFactory, run_cancellable};
+#[cfg(test)]
+use crate::escape::MAX_REASON;
+pub(crate) use crate::escape::sanitize;
+use crate::tls::{Loaded, Tls};
 
 mod json;
 
@@ -44,19 +48,74 @@ pub enum BodyFormat {
 }
 
 /// Settings of an [`HttpTransport`]; start from [`HttpConfig::default`]
-/// (newline-delimited JSON, payloads as strings, no gzip, TLS
-/// certificates verified).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// (newline-delimited JSON, payloads as strings, no gzip, TLS as
+/// [`Tls::default`] says, no proxy).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HttpConfig {
     format: BodyFormat,
     embed_json: bool,
     gzip: bool,
-    verify_tls: bool,
+    tls: Tls,
+    proxy: Proxy,
 }
 
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig { format: BodyFormat::default(), embed_json: false, gzip: false, verify_tls: true }
+/// The proxy an HTTP-based transport sends through: none (the default),
+/// the one the environment names, or one given. Its credentials never
+/// appear in errors, health or `Debug` output.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Proxy(ProxyKind);
+
+#[derive(Clone, PartialEq, Eq, Default)]
+enum ProxyKind {
+    #[default]
+    None,
+    FromEnv,
+    Url(String),
+}
+
+impl Proxy {
+    /// No proxy, whatever the environment says (the default).
+    pub fn none() -> Self {
+        Proxy(ProxyKind::None)
+    }
+
+    /// The proxy the environment names, if any: `ALL_PROXY`, `HTTPS_PROXY`
+    /// or `HTTP_PROXY` (upper or lower case, the first set), except for
+    /// hosts `NO_PROXY` lists; read when a transport is made.
+    pub fn from_env() -> Self {
+        Proxy(ProxyKind::FromEnv)
+    }
+
+    /// This proxy: `http://[user:password@]host:port` (HTTP `CONNECT`,
+    /// for `http` and `https` endpoints alike) or `https://` (TLS to the
+    /// proxy too).
+    pub fn url(url: impl Into<String>) -> Self {
+        Proxy(ProxyKind::Url(url.into()))
+    }
+
+    /// ureq's proxy setting.
+    ///
+    /// # Errors
+    /// [`Error::Config`](crate::Error::Config) for a URL that is no proxy
+    /// URL (named without its credentials).
+    pub(crate) fn for_ureq(&self) -> crate::Result<Option<ureq::Proxy>> {
+        match &self.0 {
+            ProxyKind::None => Ok(None),
+            ProxyKind::FromEnv => Ok(ureq::Proxy::try_from_env()),
+            ProxyKind::Url(url) => ureq::Proxy::new(url).map(Some).map_err(|e| {
+                crate::Error::Config(format!("the proxy {} is not a proxy URL: {e}", crate::redact::url(url)))
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            ProxyKind::None => f.write_str("Proxy::none()"),
+            ProxyKind::FromEnv => f.write_str("Proxy::from_env()"),
+            ProxyKind::Url(url) => write!(f, "Proxy::url({:?})", crate::redact::url(url)),
+        }
     }
 }
 
@@ -86,18 +145,27 @@ impl HttpConfig {
         self
     }
 
-    /// Verifies the server's TLS certificate (on by default; turn it off
-    /// only for tests).
+    /// The TLS settings ([`Tls::default`]: the system's CAs, no client
+    /// certificate).
     #[must_use]
-    pub fn verify_tls(mut self, on: bool) -> Self {
-        self.verify_tls = on;
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// The proxy ([`Proxy::none`] by default: the environment's
+    /// `HTTPS_PROXY` and the like are ignored unless [`Proxy::from_env`]
+    /// asks for them).
+    #[must_use]
+    pub fn proxy(mut self, proxy: Proxy) -> Self {
+        self.proxy = proxy;
         self
     }
 }
 
 /// POSTs each batch to the endpoint's URL.
 pub struct HttpTransport {
-    agent: ureq::Agent,
+    client: Client,
     config: HttpConfig,
 }
 
@@ -110,33 +178,141 @@ impl std::fmt::Debug for HttpTransport {
 impl HttpTransport {
     /// A transport with the given settings.
     pub fn new(config: HttpConfig) -> Self {
-        HttpTransport { agent: agent(config.verify_tls), config }
+        HttpTransport { client: Client::new(config.tls.clone(), config.proxy.clone()), config }
     }
 
     /// The factory to hand to
     /// [`ShipperBuilder::transport`](crate::ShipperBuilder::transport): it
     /// makes transports with `config`, and refuses an endpoint that is not
     /// an `http://` or `https://` URL with a host (and a valid port, if it
-    /// names one), or whose headers name one the transport sets itself.
+    /// names one), or whose headers name one the transport sets itself;
+    /// and, at `start` and at every switch, TLS files that cannot be used
+    /// and a proxy URL that is none.
     pub fn factory(config: HttpConfig) -> impl TransportFactory + 'static {
         HttpFactory(config)
     }
 }
 
-/// The agent of the HTTP-based transports: a status is an answer, not an
-/// error, and redirects are not followed.
-pub(crate) fn agent(verify_tls: bool) -> ureq::Agent {
-    let tls = ureq::tls::TlsConfig::builder().disable_verification(!verify_tls).build();
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        // Following a 301, 302 or 303 turns the POST into a GET without
-        // the body, and a 2xx from the redirect's target would then ack
-        // a batch nobody received. A 3xx fails the send instead.
-        .max_redirects(0)
-        .tls_config(tls)
-        .user_agent(concat!("ringship/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into()
+/// The HTTP client of the HTTP-based transports: a ureq agent with the
+/// TLS and proxy settings, made again when a TLS file changed on disk (a
+/// rotated client certificate), so the next connection uses what the
+/// files hold now.
+pub(crate) struct Client {
+    tls: Tls,
+    proxy: Proxy,
+    /// The agent, what its TLS files held, and (with a server name
+    /// override) the origin (`scheme://host:port`) it was made for.
+    made: Option<(ureq::Agent, Loaded, Option<String>)>,
+    secrets: crate::redact::Secrets,
+}
+
+impl Client {
+    pub(crate) fn new(tls: Tls, proxy: Proxy) -> Self {
+        let mut secrets = crate::redact::Secrets::default();
+        if let ProxyKind::Url(url) = &proxy.0 {
+            secrets.add(url, &[]);
+        }
+        Client { tls, proxy, made: None, secrets }
+    }
+
+    /// `e` without the proxy's credentials (the endpoint's are the
+    /// shipper's to scrub).
+    pub(crate) fn scrub(&self, mut e: SendError) -> SendError {
+        e.message = self.secrets.scrub(&e.message);
+        e
+    }
+
+    /// Checks the settings as a factory does at `start` and at every
+    /// switch.
+    pub(crate) fn check(tls: &Tls, proxy: &Proxy) -> crate::Result<()> {
+        tls.load()?;
+        proxy.for_ureq().map(|_| ())
+    }
+
+    /// The agent for a request to `address`, the URL to give it, and which
+    /// CAs it trusts (for error messages). With a server name override the
+    /// URL names that server, which a resolver of the agent's own maps to
+    /// the address's host: the name is the one verified, sent as SNI and
+    /// in `Host`.
+    ///
+    /// # Errors
+    /// A permanent failure if the TLS files (changed since the factory
+    /// checked them) or the proxy cannot be used: the records stay until
+    /// they are fixed.
+    pub(crate) fn agent(&mut self, address: &str) -> Result<(ureq::Agent, String, String), SendError> {
+        let name = self.tls.name_override().map(str::to_owned);
+        let origin = address.split_once("://").map_or(address, |(scheme, rest)| {
+            &address[..scheme.len() + 3 + rest.find(['/', '?', '#']).unwrap_or(rest.len())]
+        });
+        let stale = self.made.as_ref().is_some_and(|(_, loaded, made_for)| {
+            loaded.changed() || (name.is_some() && made_for.as_deref() != Some(origin))
+        });
+        if stale {
+            self.made = None;
+        }
+        let url = match &name {
+            Some(name) => renamed(address, name)?,
+            None => address.to_owned(),
+        };
+        if self.made.is_none() {
+            let fail = |e: crate::Error| SendError::permanent(e.to_string());
+            let loaded = self.tls.load().map_err(fail)?;
+            let proxy = self.proxy.for_ureq().map_err(fail)?;
+            let config = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                // Following a 301, 302 or 303 turns the POST into a GET
+                // without the body, and a 2xx from the redirect's target
+                // would then ack a batch nobody received. A 3xx fails the
+                // send instead.
+                .max_redirects(0)
+                .tls_config(self.tls.ureq_config(&loaded))
+                .proxy(proxy)
+                .user_agent(concat!("ringship/", env!("CARGO_PKG_VERSION")))
+                .build();
+            let agent = match &name {
+                Some(name) => {
+                    let target = address.parse::<ureq::http::Uri>().map_err(|e| SendError::permanent(e.to_string()))?;
+                    let resolver = Rename { name: name.clone(), target };
+                    ureq::Agent::with_parts(config, ureq::unversioned::transport::DefaultConnector::new(), resolver)
+                }
+                None => config.into(),
+            };
+            self.made = Some((agent, loaded, name.is_some().then(|| origin.to_owned())));
+        }
+        let (agent, loaded, _) = self.made.as_ref().expect("made");
+        Ok((agent.clone(), url, loaded.trust()))
+    }
+}
+
+/// `address` with its host made `name`.
+fn renamed(address: &str, name: &str) -> Result<String, SendError> {
+    let uri = address.parse::<ureq::http::Uri>().map_err(|e| SendError::permanent(e.to_string()))?;
+    let host = uri.host().ok_or_else(|| SendError::permanent("the endpoint's URL names no host"))?;
+    let name = if name.contains(':') && !name.starts_with('[') { format!("[{name}]") } else { name.to_owned() };
+    let (scheme, rest) = address.split_once("://").ok_or_else(|| SendError::permanent("no scheme"))?;
+    let at = rest.find(host).ok_or_else(|| SendError::permanent("the endpoint's URL names no host"))?;
+    Ok(format!("{scheme}://{}{name}{}", &rest[..at], &rest[at + host.len()..]))
+}
+
+/// Resolves the server name of [`Tls::server_name`] to the endpoint's own
+/// host; any other host (a proxy's) as usual.
+#[derive(Debug)]
+struct Rename {
+    name: String,
+    target: ureq::http::Uri,
+}
+
+impl ureq::unversioned::resolver::Resolver for Rename {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let named = uri.host().is_some_and(|h| h.trim_start_matches('[').trim_end_matches(']') == self.name);
+        let uri = if named { &self.target } else { uri };
+        ureq::unversioned::resolver::DefaultResolver::default().resolve(uri, config, timeout)
+    }
 }
 
 /// `body` compressed with gzip.
@@ -155,13 +331,17 @@ impl TransportFactory for HttpFactory {
 
     fn check_endpoint(&self, endpoint: &Endpoint) -> crate::Result<()> {
         check_url(&endpoint.address)?;
-        check_headers(endpoint).map_err(|e| crate::Error::Config(e.message))
+        check_headers(endpoint).map_err(|e| crate::Error::Config(e.message))?;
+        Client::check(&self.0.tls, &self.0.proxy)
     }
 }
 
 /// Refuses what is not an absolute `http` or `https` URL with a host.
 pub(crate) fn check_url(address: &str) -> crate::Result<()> {
-    let refuse = |why: &str| Err(crate::Error::Config(format!("the endpoint {address:?} is not an HTTP URL: {why}")));
+    let refuse = |why: &str| {
+        let shown = crate::redact::url(address);
+        Err(crate::Error::Config(format!("the endpoint {shown:?} is not an HTTP URL: {why}")))
+    };
     let uri = match address.parse::<ureq::http::Uri>() {
         Ok(uri) => uri,
         Err(e) => return refuse(&e.to_string()),
@@ -239,74 +419,6 @@ pub(crate) fn gap_header(batch: &Batch) -> Option<String> {
 
 /// Largest answer body read; a longer one closes the connection.
 pub(crate) const MAX_ANSWER: u64 = 64 << 10;
-/// Characters of a refusal's answer kept in the error message.
-const MAX_REASON: usize = 200;
-
-/// `text` (a receiver's answer, an error) as one short line for an error
-/// message, which ends up in health's `last_error` and in logs: the text of
-/// an HTML page without its tags (and without its `script` and `style`
-/// elements), each run of whitespace and control characters (line breaks
-/// too) as one space, and at most [`MAX_REASON`] characters, `…` after a
-/// cut. Crude, and meant to be: it is for a person to read.
-pub(crate) fn sanitize(text: &str) -> String {
-    let lower = text.to_ascii_lowercase();
-    let html = ["<html", "<!doctype", "</"].iter().any(|m| lower.contains(*m));
-    let mut out = String::new();
-    let mut space = false;
-    let mut i = 0;
-    while let Some(c) = text[i..].chars().next() {
-        if html && c == '<' {
-            // To the end of the tag, or of the element for a script or a
-            // style. (`lower` has the same character boundaries as `text`.)
-            let from = ["script", "style"]
-                .iter()
-                .find(|name| lower[i + 1..].starts_with(**name))
-                .and_then(|name| lower[i..].find(&format!("</{name}")))
-                .map_or(i, |at| i + at);
-            i = text[from..].find('>').map_or(text.len(), |at| from + at + 1);
-            space = true;
-            continue;
-        }
-        i += c.len_utf8();
-        if c.is_whitespace() || c.is_control() {
-            space = true;
-            continue;
-        }
-        if space && !out.is_empty() {
-            out.push(' ');
-        }
-        space = false;
-        out.push(c);
-    }
-    let cut = out.char_indices().nth(MAX_REASON).map(|(at, _)| at);
-    match cut {
-        Some(cut) => format!("{}…", out[..cut].trim_end()),
-        None => out,
-    }
-}
-
-/// What rustls says before the reason it refused a server's certificate
-/// (`invalid peer certificate: UnknownIssuer`); ureq wraps it in an I/O
-/// error (`io: invalid peer certificate: ...`).
-const BAD_CERTIFICATE: &str = "invalid peer certificate: ";
-/// TLS alerts (as rustls names them) with which a server refuses a
-/// handshake for good: no TLS version or cipher suite in common, no
-/// certificate for the name asked, or a client certificate wanted.
-const HANDSHAKE_REFUSALS: [&str; 13] = [
-    "HandshakeFailure",
-    "ProtocolVersion",
-    "InsufficientSecurity",
-    "NoCertificate",
-    "BadCertificate",
-    "UnsupportedCertificate",
-    "CertificateRevoked",
-    "CertificateExpired",
-    "CertificateUnknown",
-    "UnknownCA",
-    "AccessDenied",
-    "CertificateRequired",
-    "UnrecognisedName",
-];
 
 /// What a request that got no answer says about the batch; `error` is its
 /// error as text. A server certificate that TLS verification refused
@@ -315,43 +427,9 @@ const HANDSHAKE_REFUSALS: [&str; 13] = [
 /// configuration changes: a permanent failure, saying what to fix, not a
 /// transient one retried as if the next attempt could pass. Anything else
 /// (a refused or reset connection, a failed lookup...) is retried.
-pub(crate) fn request_failure(error: &str) -> SendError {
-    if let Some(at) = error.find(BAD_CERTIFICATE) {
-        let reason = sanitize(&error[at + BAD_CERTIFICATE.len()..]);
-        let hint = if reason.contains("CaUsedAsEndEntity") {
-            " (the server presents a CA certificate as its own, as a self-signed one often is)"
-        } else if reason.contains("UnknownIssuer") {
-            " (no trusted CA issued it: it is self-signed or from a private CA)"
-        } else {
-            ""
-        };
-        return SendError::permanent(format!(
-            "the server's TLS certificate is not trusted: {reason}{hint}; fix the server's certificate: ringship \
-             trusts the webpki roots (Mozilla's CAs) for the endpoint's host name, not a self-signed or \
-             private-CA certificate"
-        ));
-    }
-    if error.contains("peer sent no certificates") {
-        return SendError::permanent(
-            "the server sent no TLS certificate; fix the server's TLS settings (it must present a certificate \
-             for the endpoint's host name)",
-        );
-    }
-    if let Some(at) = error.find("received fatal alert: ") {
-        let alert = error[at + "received fatal alert: ".len()..].split_whitespace().next().unwrap_or_default();
-        if HANDSHAKE_REFUSALS.contains(&alert) {
-            return SendError::permanent(format!(
-                "the server refused the TLS handshake ({alert}): it takes no TLS version or cipher suite \
-                 ringship offers, has no certificate for the endpoint's host name, or wants a client \
-                 certificate, which ringship does not send; fix the server's TLS settings"
-            ));
-        }
-    }
-    if let Some(at) = error.find("peer is incompatible: ") {
-        return SendError::permanent(format!(
-            "the server's TLS is incompatible with ringship's ({}); fix the server's TLS settings",
-            sanitize(&error[at + "peer is incompatible: ".len()..])
-        ));
+pub(crate) fn request_failure(error: &str, trust: &str) -> SendError {
+    if let Some(e) = crate::tls::failure(error, trust) {
+        return e;
     }
     SendError::retryable(sanitize(error))
 }
@@ -425,9 +503,9 @@ impl Transport for HttpTransport {
             BodyFormat::NewlineDelimited => "application/x-ndjson",
             BodyFormat::LengthPrefixed => "application/x-ringship-records",
         };
-        let mut req = self
-            .agent
-            .post(&endpoint.address)
+        let (agent, url, trust) = self.client.agent(&endpoint.address)?;
+        let mut req = agent
+            .post(&url)
             .header("Content-Type", content_type)
             .header("X-Ringship-Ring-Id", format!("{:016x}", batch.ring_id))
             .header("X-Ringship-First-Seq", batch.first_seq().to_string())
@@ -445,7 +523,7 @@ impl Transport for HttpTransport {
         let req = req.config().timeout_global(Some(ctx.remaining().max(Duration::from_millis(1)))).build();
         // The request runs on a helper thread so that a cancellation is
         // honoured at once; the helper ends by the deadline at the latest.
-        run_cancellable("ringship-http", ctx, move || match req.send(&body[..]) {
+        let sent = run_cancellable("ringship-http", ctx, move || match req.send(&body[..]) {
             Ok(mut resp) => {
                 let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
                 // Read the answer to its end (up to `MAX_ANSWER`): only then
@@ -469,8 +547,9 @@ impl Transport for HttpTransport {
             }
             // A TLS certificate or handshake the server will fail again is
             // permanent; the rest is retried.
-            Err(e) => Err(request_failure(&e.to_string())),
-        })
+            Err(e) => Err(request_failure(&e.to_string(), &trust)),
+        });
+        sent.map_err(|e| self.client.scrub(e))
     }
 }
 

@@ -124,32 +124,32 @@ fn retry_after_is_seconds_or_an_http_date() {
 fn certificate_failures_are_permanent_and_say_what_to_fix() {
     for (error, says) in [
         ("io: invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))", "presents a CA certificate"),
-        ("io: invalid peer certificate: UnknownIssuer", "self-signed or from a private CA"),
+        ("io: invalid peer certificate: UnknownIssuer", "give its CA with Tls::ca_file"),
         (
             "io: invalid peer certificate: certificate not valid for name \"logs.example\"; certificate is \
              only valid for other.example",
-            "not valid for name \"logs.example\"",
+            "Tls::server_name",
         ),
         (
             "io: invalid peer certificate: certificate expired: verification time 1795500000 (UNIX), but \
              certificate is not valid after 1795400000 (100000 seconds ago)",
-            "certificate expired",
+            "renew the server's certificate",
         ),
-        ("rustls: invalid peer certificate: BadSignature", "BadSignature"),
+        ("rustls: invalid peer certificate: BadSignature", "fix the server's certificate"),
     ] {
-        let e = request_failure(error);
+        let e = request_failure(error, "the CAs given");
         assert_eq!(e.kind, SendErrorKind::Permanent, "{error}");
-        assert!(e.message.starts_with("the server's TLS certificate is not trusted: "), "{e}");
-        assert!(e.message.contains(says) && e.message.contains("fix the server's certificate"), "{e}");
+        assert!(e.message.starts_with("the server's TLS certificate is not accepted: "), "{e}");
+        assert!(e.message.contains(says) && e.message.ends_with("(trusted: the CAs given)"), "{e}");
     }
-    let e = request_failure("io: peer sent no certificates");
+    let e = request_failure("io: peer sent no certificates", "");
     assert_eq!(e.kind, SendErrorKind::Permanent, "{e}");
     for alert in ["HandshakeFailure", "UnknownCA", "CertificateRequired", "ProtocolVersion"] {
-        let e = request_failure(&format!("io: received fatal alert: {alert}"));
+        let e = request_failure(&format!("io: received fatal alert: {alert}"), "");
         assert_eq!(e.kind, SendErrorKind::Permanent, "{e}");
         assert!(e.message.contains("refused the TLS handshake") && e.message.contains(alert), "{e}");
     }
-    let e = request_failure("io: peer is incompatible: NoCipherSuitesInCommon");
+    let e = request_failure("io: peer is incompatible: NoCipherSuitesInCommon", "");
     assert!(e.kind == SendErrorKind::Permanent && e.message.contains("NoCipherSuitesInCommon"), "{e}");
     // What a later attempt can get past stays retryable.
     for error in [
@@ -159,7 +159,7 @@ fn certificate_failures_are_permanent_and_say_what_to_fix() {
         "io: received fatal alert: InternalError",
         "io: received corrupt message of type InvalidContentType",
     ] {
-        let e = request_failure(error);
+        let e = request_failure(error, "");
         assert_eq!((e.kind, e.message.as_str()), (SendErrorKind::Retryable, error));
     }
 }

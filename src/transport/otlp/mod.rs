@@ -14,8 +14,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::http::{MAX_ANSWER, agent, check_url, gzip, parse_retry_after, request_failure, sanitize};
+use super::http::{Client, MAX_ANSWER, Proxy, check_url, gzip, parse_retry_after, request_failure, sanitize};
 use super::{Batch, Endpoint, SendContext, SendError, Transport, TransportFactory, run_cancellable};
+use crate::tls::Tls;
 
 mod encode;
 #[cfg(test)]
@@ -35,18 +36,28 @@ pub enum OtlpEncoding {
 }
 
 /// Settings of an [`OtlpTransport`]; start from [`OtlpConfig::default`]
-/// (protobuf, no gzip, no resource attributes, spans as traces).
+/// (protobuf, no gzip, no resource attributes, spans as traces, TLS as
+/// [`Tls::default`] says, no proxy).
 #[derive(Debug, Clone)]
 pub struct OtlpConfig {
     encoding: OtlpEncoding,
     gzip: bool,
     resource: Vec<(String, Value)>,
     traces: bool,
+    tls: Tls,
+    proxy: Proxy,
 }
 
 impl Default for OtlpConfig {
     fn default() -> Self {
-        OtlpConfig { encoding: OtlpEncoding::default(), gzip: false, resource: Vec::new(), traces: true }
+        OtlpConfig {
+            encoding: OtlpEncoding::default(),
+            gzip: false,
+            resource: Vec::new(),
+            traces: true,
+            tls: Tls::default(),
+            proxy: Proxy::none(),
+        }
     }
 }
 
@@ -89,16 +100,32 @@ impl OtlpConfig {
         self
     }
 
+    /// The TLS settings ([`Tls::default`]: the system's CAs, no client
+    /// certificate).
+    #[must_use]
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// The proxy ([`Proxy::none`] by default).
+    #[must_use]
+    pub fn proxy(mut self, proxy: Proxy) -> Self {
+        self.proxy = proxy;
+        self
+    }
+
     fn check(&self, endpoint: &Endpoint) -> crate::Result<()> {
         if self.resource.iter().any(|(k, _)| k.trim().is_empty()) {
             return Err(crate::Error::Config("an OTLP resource attribute has an empty key".into()));
         }
         check_url(&endpoint.address)?;
+        Client::check(&self.tls, &self.proxy)?;
         if self.traces && traces_url(&endpoint.address).is_none() {
             return Err(crate::Error::Config(format!(
                 "the OTLP endpoint {:?} is not a logs URL ending in /v1/logs, from which the traces URL is made; \
                  give the collector's logs URL, or turn spans as traces off with OtlpConfig::traces(false)",
-                sanitize(&endpoint.address)
+                crate::redact::url(&endpoint.address)
             )));
         }
         for (k, _) in &endpoint.headers {
@@ -131,7 +158,7 @@ fn traces_url(logs: &str) -> Option<String> {
 /// own (event name `ringship.gap`) before them. docs/TRANSPORTS.md has the
 /// details.
 pub struct OtlpTransport {
-    agent: ureq::Agent,
+    client: Client,
     config: OtlpConfig,
     /// A batch whose log records the collector took while its spans
     /// failed: sent again, only its spans go.
@@ -166,7 +193,7 @@ impl std::fmt::Debug for OtlpTransport {
 impl OtlpTransport {
     /// A transport with the given settings.
     pub fn new(config: OtlpConfig) -> Self {
-        OtlpTransport { agent: agent(true), config, logs_taken: None }
+        OtlpTransport { client: Client::new(config.tls.clone(), config.proxy.clone()), config, logs_taken: None }
     }
 
     /// The factory to hand to
@@ -217,7 +244,7 @@ impl OtlpTransport {
     /// POSTs one export request; the number of its `sent` items the
     /// collector rejected, or why the request failed.
     fn post(
-        &self,
+        &mut self,
         url: &str,
         endpoint: &Endpoint,
         mut body: Vec<u8>,
@@ -232,7 +259,8 @@ impl OtlpTransport {
         if self.config.gzip {
             body = gzip(&body)?;
         }
-        let mut req = self.agent.post(url).header("Content-Type", content_type);
+        let (agent, url, trust) = self.client.agent(url)?;
+        let mut req = agent.post(&url).header("Content-Type", content_type);
         if self.config.gzip {
             req = req.header("Content-Encoding", "gzip");
         }
@@ -262,8 +290,9 @@ impl OtlpTransport {
             Err(e @ (ureq::Error::BadUri(_) | ureq::Error::Http(_) | ureq::Error::InvalidProxyUrl)) => {
                 Err(SendError::permanent(format!("the endpoint's URL or headers are invalid: {e}")))
             }
-            Err(e) => Err(request_failure(&e.to_string())),
-        })?;
+            Err(e) => Err(request_failure(&e.to_string(), &trust)),
+        })
+        .map_err(|e| self.client.scrub(e))?;
         let (status, retry_after, answer_type, answer) = answer;
         // The answer in the encoding it says it is in, else the request's.
         let encoding = match answer_type.as_deref().map(|t| t.split(';').next().unwrap_or_default().trim()) {

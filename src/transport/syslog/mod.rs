@@ -1,6 +1,8 @@
 //! Syslog transports: RFC 5424 messages over TCP with RFC 6587 octet
-//! counting (`tcp://host:port`), and RELP (`relp://host:port`), the
-//! acknowledged protocol rsyslog speaks through imrelp.
+//! counting (`tcp://host:port`), over TLS as RFC 5425 says
+//! (`tls://host:port`), and RELP (`relp://host:port`, over TLS
+//! `relp+tls://host:port`), the acknowledged protocol rsyslog speaks
+//! through imrelp.
 //!
 //! Each record becomes one RFC 5424 message whose structured data carries
 //! its seq and its ring's id, so a receiver can de-duplicate by (ring id,
@@ -47,7 +49,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Instant;
 
 use super::{Batch, CancelToken, Endpoint, SendContext, SendError, Transport, TransportFactory, run_cancellable};
-use connection::{Connection, connect_any};
+use connection::{Connection, Stream, connect_any};
 use message::{format_gap, format_record};
 #[cfg(fuzzing)]
 pub(crate) use relp::parse_frame;
@@ -61,6 +63,8 @@ pub struct SyslogConfig {
     facility: u8,
     severity: u8,
     max_message_len: usize,
+    #[cfg(feature = "tls")]
+    tls: crate::Tls,
 }
 
 /// The least `max_message_len`: room for the longest header (a 255-byte
@@ -77,7 +81,15 @@ impl Default for SyslogConfig {
             .map(|h| h.trim().to_owned())
             .filter(|h| !h.is_empty() && h.is_ascii() && !h.contains(' '))
             .unwrap_or_else(|| "-".to_owned());
-        SyslogConfig { hostname, app_name: "ringship".to_owned(), facility: 1, severity: 6, max_message_len: 8096 }
+        SyslogConfig {
+            hostname,
+            app_name: "ringship".to_owned(),
+            facility: 1,
+            severity: 6,
+            max_message_len: 8096,
+            #[cfg(feature = "tls")]
+            tls: crate::Tls::default(),
+        }
     }
 }
 
@@ -127,6 +139,16 @@ impl SyslogConfig {
         self
     }
 
+    /// The TLS settings for `tls://` and `relp+tls://` endpoints
+    /// ([`Tls::default`](crate::Tls::default): the system's CAs, no client
+    /// certificate).
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn tls(mut self, tls: crate::Tls) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// Checks the fields against RFC 5424: a field outside its bounds would
     /// shift the message's fields, and a receiver would no longer find a
     /// record's seq.
@@ -170,10 +192,15 @@ enum Kind {
 }
 
 /// Sends batches to rsyslog (or any RFC 5424 receiver) over TCP or RELP,
-/// chosen by the endpoint's scheme: `tcp://host:port` or `relp://host:port`.
+/// with or without TLS, chosen by the endpoint's scheme: `tcp://host:port`,
+/// `tls://host:port`, `relp://host:port` or `relp+tls://host:port`.
 pub struct SyslogTransport {
     config: SyslogConfig,
     conn: Option<Connection>,
+    /// The TLS client configuration, made at the first TLS connection and
+    /// again when a file behind it changed.
+    #[cfg(feature = "tls")]
+    tls: Option<(std::sync::Arc<rustls::ClientConfig>, crate::tls::Loaded)>,
 }
 
 impl std::fmt::Debug for SyslogTransport {
@@ -186,27 +213,47 @@ struct SyslogFactory(SyslogConfig);
 
 impl TransportFactory for SyslogFactory {
     fn make(&self) -> Result<Box<dyn Transport>, Box<dyn std::error::Error + Send + Sync>> {
-        Ok(Box::new(SyslogTransport { config: self.0.clone(), conn: None }))
+        Ok(Box::new(SyslogTransport::with(self.0.clone())))
     }
 
     fn check_endpoint(&self, endpoint: &Endpoint) -> Result<(), crate::Error> {
-        split_address(&endpoint.address).map(|_| ()).map_err(|e| crate::Error::Config(e.message))
+        let (_, tls, _) = split_address(&endpoint.address).map_err(|e| crate::Error::Config(e.message))?;
+        #[cfg(feature = "tls")]
+        if tls {
+            let loaded = self.0.tls.load()?;
+            self.0.tls.rustls_config(&loaded)?;
+        }
+        #[cfg(not(feature = "tls"))]
+        if tls {
+            return Err(crate::Error::Config(format!(
+                "the syslog endpoint {:?} asks for TLS, which this build of ringship leaves out: enable the \
+                 `tls` feature",
+                crate::redact::url(&endpoint.address)
+            )));
+        }
+        Ok(())
     }
 }
 
-/// The protocol and `host:port` of a syslog endpoint.
-fn split_address(address: &str) -> Result<(Kind, &str), SendError> {
+/// The protocol, whether over TLS, and `host:port` of a syslog endpoint.
+fn split_address(address: &str) -> Result<(Kind, bool, &str), SendError> {
     let refuse = |why: &str| {
         Err(SendError::permanent(format!(
-            "the syslog endpoint {address:?} {why}: write tcp://host:port or relp://host:port"
+            "the syslog endpoint {:?} {why}: write tcp://host:port, tls://host:port, relp://host:port or \
+             relp+tls://host:port",
+            crate::redact::url(address)
         )))
     };
-    let (kind, hostport) = if let Some(rest) = address.strip_prefix("relp://") {
-        (Kind::Relp, rest)
-    } else if let Some(rest) = address.strip_prefix("tcp://") {
-        (Kind::Tcp, rest)
-    } else {
-        return refuse("names no tcp:// or relp:// scheme");
+    let schemes = [
+        ("relp://", Kind::Relp, false),
+        ("relp+tls://", Kind::Relp, true),
+        ("tcp://", Kind::Tcp, false),
+        ("tls://", Kind::Tcp, true),
+    ];
+    let Some((kind, tls, hostport)) =
+        schemes.iter().find_map(|&(scheme, kind, tls)| address.strip_prefix(scheme).map(|rest| (kind, tls, rest)))
+    else {
+        return refuse("names no tcp://, tls://, relp:// or relp+tls:// scheme");
     };
     let Some((host, port)) = hostport.rsplit_once(':') else {
         return refuse("names no port");
@@ -217,7 +264,7 @@ fn split_address(address: &str) -> Result<(Kind, &str), SendError> {
     if !matches!(port.parse::<u16>(), Ok(1..)) {
         return refuse("has a port that is not a number from 1 to 65535");
     }
-    Ok((kind, hostport))
+    Ok((kind, tls, hostport))
 }
 
 impl SyslogTransport {
@@ -228,13 +275,40 @@ impl SyslogTransport {
     /// (see [`SyslogConfig`]).
     pub fn new(config: SyslogConfig) -> Result<Self, crate::Error> {
         config.validate()?;
-        Ok(SyslogTransport { config, conn: None })
+        Ok(SyslogTransport::with(config))
+    }
+
+    fn with(config: SyslogConfig) -> Self {
+        SyslogTransport {
+            config,
+            conn: None,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
+    /// The TLS client configuration and which CAs it trusts, made again
+    /// when a file behind it changed (a rotated client certificate).
+    #[cfg(feature = "tls")]
+    fn tls_config(&mut self) -> Result<(std::sync::Arc<rustls::ClientConfig>, String), SendError> {
+        if self.tls.as_ref().is_some_and(|(_, loaded)| loaded.changed()) {
+            self.tls = None;
+        }
+        if self.tls.is_none() {
+            let fail = |e: crate::Error| SendError::permanent(e.to_string());
+            let loaded = self.config.tls.load().map_err(fail)?;
+            let config = self.config.tls.rustls_config(&loaded).map_err(fail)?;
+            self.tls = Some((config, loaded));
+        }
+        let (config, loaded) = self.tls.as_ref().expect("made");
+        Ok((std::sync::Arc::clone(config), loaded.trust()))
     }
 
     /// The factory to hand to
     /// [`ShipperBuilder::transport`](crate::ShipperBuilder::transport): it
     /// makes transports with `config`, and refuses an endpoint that is not
-    /// `tcp://host:port` or `relp://host:port`.
+    /// `tcp://host:port`, `tls://host:port`, `relp://host:port` or
+    /// `relp+tls://host:port`, and (for TLS) TLS files it cannot use.
     ///
     /// # Errors
     /// As [`SyslogTransport::new`].
@@ -247,7 +321,7 @@ impl SyslogTransport {
         // A receiver that closed the connection since the last batch (a
         // restart) leaves it writable: over plain TCP, the next batch would
         // be written into it, reported sent, and lost.
-        if let Some(conn) = self.conn.take() {
+        if let Some(mut conn) = self.conn.take() {
             let peer_closed = conn.closed_by_peer();
             if !peer_closed && conn.address == endpoint.address {
                 self.conn = Some(conn);
@@ -258,9 +332,26 @@ impl SyslogTransport {
             }
         }
         if self.conn.is_none() {
-            let (kind, hostport) = split_address(&endpoint.address)?;
-            // A lookup has no timeout and a connect no cancellation: both
-            // run on a helper thread.
+            let (kind, tls, hostport) = split_address(&endpoint.address)?;
+            #[cfg(feature = "tls")]
+            let tls = if tls {
+                let (config, trust) = self.tls_config()?;
+                let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+                let name =
+                    self.config.tls.name_override().unwrap_or(host.trim_start_matches('[').trim_end_matches(']'));
+                let name = rustls::pki_types::ServerName::try_from(name.to_owned()).map_err(|_| {
+                    SendError::permanent(format!("the TLS server name {name:?} is not a DNS name or an IP address"))
+                })?;
+                Some((config, name, trust))
+            } else {
+                None
+            };
+            #[cfg(not(feature = "tls"))]
+            if tls {
+                return Err(SendError::permanent("TLS asked for, and this build of ringship has no `tls` feature"));
+            }
+            // A lookup has no timeout, a connect no cancellation and a
+            // handshake neither: they run on a helper thread.
             let (hostport, deadline) = (hostport.to_owned(), ctx.deadline);
             let stream = run_cancellable("ringship-connect", ctx, move || {
                 let addrs: Vec<SocketAddr> = hostport
@@ -275,10 +366,16 @@ impl SyslogTransport {
                         }
                     })?
                     .collect();
-                connect_any(&addrs, deadline)
-                    .map_err(|e| SendError { message: format!("{hostport}: {}", e.message), ..e })
+                let tcp = connect_any(&addrs, deadline)
+                    .map_err(|e| SendError { message: format!("{hostport}: {}", e.message), ..e })?;
+                let _ = tcp.set_nodelay(true);
+                #[cfg(feature = "tls")]
+                if let Some((config, name, trust)) = tls {
+                    return connection::handshake(tcp, config, name, deadline, &trust)
+                        .map_err(|e| SendError { message: format!("{hostport}: {}", e.message), ..e });
+                }
+                Ok(Stream::Plain(tcp))
             })?;
-            let _ = stream.set_nodelay(true);
             let mut conn =
                 Connection { address: endpoint.address.clone(), kind, stream, next_txnr: 1, inbox: Vec::new() };
             if kind == Kind::Relp {
