@@ -364,6 +364,88 @@ fn unusable_tls_files_are_refused_at_start_naming_the_file() {
             other => panic!("{says}: {:?}", other.map(|_| ())),
         }
     }
+    // The OTLP and syslog transports take the same settings, checked the
+    // same way (syslog only for a TLS endpoint).
+    let bad = Tls::default().ca_file(&empty);
+    let ring = |t: &TempRing| Ring::open(&t.dir, small(1 << 20)).unwrap().0;
+    let t = TempRing::new();
+    let otlp = Shipper::builder(ring(&t))
+        .endpoint(Endpoint::new("https://localhost:1/v1/logs"))
+        .transport(ringship::OtlpTransport::factory(ringship::OtlpConfig::default().tls(bad.clone())))
+        .start();
+    assert!(matches!(&otlp, Err(Error::Config(m)) if m.contains("is empty")), "{:?}", otlp.map(|_| ()));
+    let syslog = |url: &str| {
+        let t = TempRing::new();
+        let config = ringship::SyslogConfig::default().tls(bad.clone());
+        Shipper::builder(ring(&t))
+            .endpoint(Endpoint::new(url))
+            .transport(ringship::SyslogTransport::factory(config).unwrap())
+            .start()
+            .map(|s| s.shutdown(Duration::from_secs(1)))
+    };
+    assert!(matches!(syslog("relp+tls://localhost:1"), Err(Error::Config(m)) if m.contains("is empty")));
+    assert!(syslog("relp://localhost:1").is_ok(), "no TLS: the TLS settings are not used");
+}
+
+/// A tinyproxy of our own on a loopback port, asking for a password when
+/// given one; its log names each request.
+struct Tinyproxy {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Tinyproxy {
+    fn start(auth: Option<(&str, &str)>) -> Tinyproxy {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let d = dir.path().display();
+        let auth = auth.map_or(String::new(), |(user, password)| format!("BasicAuth {user} {password}\n"));
+        std::fs::write(
+            dir.path().join("tinyproxy.conf"),
+            format!(
+                "Port {port}\nListen 127.0.0.1\nTimeout 30\nMaxClients 20\nAllow 127.0.0.1\n{auth}LogFile \
+                 \"{d}/tinyproxy.log\"\nLogLevel Connect\nPidFile \"{d}/tinyproxy.pid\"\n"
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(TINYPROXY)
+            .arg("-d")
+            .arg("-c")
+            .arg(dir.path().join("tinyproxy.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_listening(port, "tinyproxy", &mut child);
+        Tinyproxy { child, dir, port }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tinyproxy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn via_proxy(rx: &HttpReceiver, proxy: Proxy) -> (TempRing, Shipper) {
+    let t = TempRing::new();
+    let config = HttpConfig::default().format(BodyFormat::LengthPrefixed).proxy(proxy);
+    let ring = Ring::open(&t.dir, small(1 << 20)).unwrap().0;
+    let shipper = Shipper::builder(ring)
+        .endpoint(Endpoint::new(rx.url()))
+        .transport(HttpTransport::factory(config))
+        .linger(Duration::from_millis(2))
+        .backoff_initial(Duration::from_millis(10))
+        .backoff_max(Duration::from_millis(100))
+        .start()
+        .unwrap();
+    (t, shipper)
 }
 
 /// An explicit proxy (a real tinyproxy, with a password) carries every
@@ -373,58 +455,110 @@ fn unusable_tls_files_are_refused_at_start_naming_the_file() {
 fn an_explicit_proxy_carries_the_requests_and_keeps_its_password() {
     require!(TINYPROXY);
     let rx = HttpReceiver::start();
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let d = dir.path().display();
-    std::fs::write(
-        dir.path().join("tinyproxy.conf"),
-        format!(
-            "Port {port}\nListen 127.0.0.1\nTimeout 30\nMaxClients 20\nAllow 127.0.0.1\nBasicAuth ringship \
-             pr0xy-s3cret\nLogFile \"{d}/tinyproxy.log\"\nLogLevel Connect\nPidFile \"{d}/tinyproxy.pid\"\n"
-        ),
-    )
-    .unwrap();
-    let mut proxy = Command::new(TINYPROXY)
-        .arg("-d")
-        .arg("-c")
-        .arg(dir.path().join("tinyproxy.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_listening(port, "tinyproxy", &mut proxy);
-    let make = |password: &str| {
-        let t = TempRing::new();
-        let config = HttpConfig::default()
-            .format(BodyFormat::LengthPrefixed)
-            .proxy(Proxy::url(format!("http://ringship:{password}@127.0.0.1:{port}")));
-        let ring = Ring::open(&t.dir, small(1 << 20)).unwrap().0;
-        let shipper = Shipper::builder(ring)
-            .endpoint(Endpoint::new(rx.url()))
-            .transport(HttpTransport::factory(config))
-            .linger(Duration::from_millis(2))
-            .backoff_initial(Duration::from_millis(10))
-            .backoff_max(Duration::from_millis(100))
-            .start()
-            .unwrap();
-        (t, shipper)
-    };
-    let (_t, shipper) = make("pr0xy-s3cret");
+    let proxy = Tinyproxy::start(Some(("ringship", "pr0xy-s3cret")));
+    let url = |password: &str| Proxy::url(format!("http://ringship:{password}@127.0.0.1:{}", proxy.port));
+    let (_t, shipper) = via_proxy(&rx, url("pr0xy-s3cret"));
     for i in 1..=100 {
         shipper.append(&payload(i, 64)).unwrap();
     }
     eventually("all acked", || shipper.stats().ring.acked == 100);
     assert_exact(&rx, 100, 64);
-    let log = std::fs::read_to_string(dir.path().join("tinyproxy.log")).unwrap_or_default();
-    assert!(log.contains("CONNECT") || log.contains("Request"), "the proxy saw no request: {log}");
+    assert!(proxy.log().contains(&format!("127.0.0.1:{}", rx.port)), "the proxy saw no request: {}", proxy.log());
     shipper.shutdown(Duration::from_secs(2)).unwrap();
 
-    let (_t, shipper) = make("wr0ng-passw0rd");
+    let (_t, shipper) = via_proxy(&rx, url("wr0ng-passw0rd"));
     shipper.append(b"kept").unwrap();
     eventually("refused by the proxy", || shipper.health().last_error.is_some());
     let shown = format!("{:?}{}", shipper.health(), shipper.stats().to_prometheus());
     assert!(!shown.contains("wr0ng-passw0rd"), "{shown}");
     assert_eq!(shipper.stats().ring.acked, 0);
-    let _ = proxy.kill();
-    let _ = proxy.wait();
+}
+
+/// The environment's proxy is used only when asked for: run in a child
+/// process (the environment is the process's) with `HTTP_PROXY` naming a
+/// live tinyproxy, a shipper with the default setting sends to receiver A
+/// directly, and one with `Proxy::from_env()` to receiver B through the
+/// proxy, whose log names B and never A.
+#[test]
+fn the_environments_proxy_is_used_only_when_asked_for() {
+    require!(TINYPROXY);
+    let proxy = Tinyproxy::start(None);
+    let (a, b) = (HttpReceiver::start(), HttpReceiver::start());
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "proxy_from_the_environment_child", "--nocapture"])
+        .env("HTTP_PROXY", format!("http://127.0.0.1:{}", proxy.port))
+        .env("RINGSHIP_TEST_RECEIVERS", format!("{} {}", a.url(), b.url()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the child failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!((a.seqs().len(), b.seqs().len()), (20, 20));
+    let log = proxy.log();
+    assert!(log.contains(&format!("127.0.0.1:{}", b.port)), "{log}");
+    assert!(!log.contains(&format!("127.0.0.1:{}", a.port)), "the default setting used the environment's proxy: {log}");
+}
+
+/// Run by the test above, in a process with the proxy environment set.
+#[test]
+#[ignore = "run by the_environments_proxy_is_used_only_when_asked_for, in a child process"]
+fn proxy_from_the_environment_child() {
+    let urls = std::env::var("RINGSHIP_TEST_RECEIVERS").expect("run by its parent test");
+    let (a, b) = urls.split_once(' ').unwrap();
+    for (url, proxy) in [(a, Proxy::none()), (b, Proxy::from_env())] {
+        let t = TempRing::new();
+        let ring = Ring::open(&t.dir, small(1 << 20)).unwrap().0;
+        let shipper = Shipper::builder(ring)
+            .endpoint(Endpoint::new(url))
+            .transport(HttpTransport::factory(HttpConfig::default().format(BodyFormat::LengthPrefixed).proxy(proxy)))
+            .linger(Duration::from_millis(2))
+            .start()
+            .unwrap();
+        for i in 1..=20 {
+            shipper.append(&payload(i, 16)).unwrap();
+        }
+        eventually("acked", || shipper.stats().ring.acked == 20);
+        shipper.shutdown(Duration::from_secs(2)).unwrap();
+    }
+}
+
+/// `Tls::default()` trusts the system's bundle, which `SSL_CERT_FILE`
+/// names: run in a child process with it naming the private CA, a shipper
+/// with the default settings delivers through nginx.
+#[test]
+fn the_default_trusts_the_bundle_ssl_cert_file_names() {
+    require!(NGINX);
+    let pki = Pki::new();
+    let rx = HttpReceiver::start();
+    let nginx = Nginx::start(&pki, "server", false, rx.port, false);
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "default_trust_child", "--nocapture"])
+        .env("SSL_CERT_FILE", pki.path("ca.pem"))
+        .env("RINGSHIP_TEST_RECEIVERS", nginx.url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the child failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_exact(&rx, 20, 16);
+}
+
+/// Run by the test above, in a process with `SSL_CERT_FILE` set.
+#[test]
+#[ignore = "run by the_default_trusts_the_bundle_ssl_cert_file_names, in a child process"]
+fn default_trust_child() {
+    let url = std::env::var("RINGSHIP_TEST_RECEIVERS").expect("run by its parent test");
+    let t = TempRing::new();
+    let shipper = builder(&t, &url, Tls::default()).start().unwrap();
+    for i in 1..=20 {
+        shipper.append(&payload(i, 16)).unwrap();
+    }
+    eventually("acked", || shipper.stats().ring.acked == 20);
+    shipper.shutdown(Duration::from_secs(2)).unwrap();
 }
