@@ -58,6 +58,8 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+#[cfg(any(feature = "syslog", feature = "tracing", feature = "log", feature = "opentelemetry", feature = "inspect"))]
+mod civil;
 mod error;
 #[cfg(any(feature = "http", feature = "tls", feature = "tracing", feature = "log", feature = "opentelemetry"))]
 mod escape;
@@ -66,6 +68,9 @@ mod frontend;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "inspect")]
+#[doc(hidden)]
+pub mod inspect;
 #[cfg(all(test, loom))]
 mod loom_models;
 mod redact;

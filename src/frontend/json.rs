@@ -302,7 +302,7 @@ impl Json {
     /// nanoseconds: `"2026-12-07T14:43:20.123456789Z"`.
     pub(crate) fn timestamp(&mut self, nanos: u64) {
         let secs = nanos / 1_000_000_000;
-        let (y, mo, d) = civil_from_days(secs / 86_400);
+        let (y, mo, d) = crate::civil::civil_from_days(secs / 86_400);
         let s = secs % 86_400;
         let mut out = *b"\"0000-00-00T00:00:00.000000000Z\"";
         put_digits(&mut out[1..5], y);
@@ -345,21 +345,6 @@ fn put_digits(out: &mut [u8], mut v: u64) {
         *slot = b'0' + (v % 10) as u8;
         v /= 10;
     }
-}
-
-/// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard
-/// Hinnant's `civil_from_days`, for days on or after the epoch).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
 }
 
 /// Formats into a string value, escaping, and dropping what comes past

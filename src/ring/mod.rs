@@ -517,3 +517,44 @@ impl Drop for Ring {
         }
     }
 }
+
+/// A ring opened to be looked at (`ringship inspect`): recovered in
+/// memory, read-only, without the directory's lock; see
+/// [`open::open_read_only`].
+#[cfg(feature = "inspect")]
+pub(crate) struct Inspection {
+    inner: RingCore,
+    pub(crate) report: RecoveryReport,
+    /// The checkpoint recovery started from, if a slot held one.
+    pub(crate) checkpoint: Option<meta::Checkpoint>,
+}
+
+#[cfg(feature = "inspect")]
+impl Inspection {
+    pub(crate) fn open(dir: &Path) -> Result<Self> {
+        let (inner, opened) = open::open_read_only(dir)?;
+        Ok(Inspection { inner, report: opened.report, checkpoint: opened.checkpoint })
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.inner.ring_id
+    }
+
+    /// As [`Ring::stats`] would say right after an open.
+    pub(crate) fn stats(&self) -> RingStats {
+        let durable = self.inner.commit.durable_seq.load(Ordering::Acquire);
+        let mut stats = self.inner.state.lock().stats(durable);
+        stats.unreadable_bytes = self.inner.unreadable_bytes.load(Ordering::Relaxed);
+        stats
+    }
+
+    pub(crate) fn losses(&self) -> Vec<LossRange> {
+        self.inner.state.lock().losses()
+    }
+
+    /// As [`Ring::read`]: every record returned had its checksum checked,
+    /// and damage found on the way is counted (in memory).
+    pub(crate) fn read(&self, from_seq: u64, max_records: usize, max_bytes: usize) -> Result<ReadBatch> {
+        self.inner.read(from_seq, max_records, max_bytes)
+    }
+}

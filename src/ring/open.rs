@@ -137,6 +137,19 @@ struct Layout {
 /// Reads the checkpoint slots and the data header, repairing a damaged
 /// header from the checkpoint and a short data file by extending it.
 fn read_layout(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_path: &Path) -> Result<Layout> {
+    read_layout_for(data, data_path, meta, meta_path, true)
+}
+
+/// [`read_layout`], repairing nothing unless `repair` (an inspection
+/// writes nothing: a short data file reads as zeros past its end, a
+/// damaged header is taken from the checkpoint in memory).
+fn read_layout_for(
+    data: &dyn Storage,
+    data_path: &Path,
+    meta: &dyn Storage,
+    meta_path: &Path,
+    repair: bool,
+) -> Result<Layout> {
     let mut slots = vec![0u8; META_LEN as usize];
     let meta_len = meta.len().map_err(|e| Error::io("stat", meta_path, e))?;
     let readable = (meta_len as usize).min(slots.len());
@@ -181,14 +194,16 @@ fn read_layout(data: &dyn Storage, data_path: &Path, meta: &dyn Storage, meta_pa
         // Cut short (by a tool, or a file system that lost the
         // preallocation): the missing bytes read as zeros, and recovery
         // counts the records they held.
-        data.set_len(DATA_OFFSET + cap).map_err(|e| Error::io("preallocate", data_path, e))?;
+        if repair {
+            data.set_len(DATA_OFFSET + cap).map_err(|e| Error::io("preallocate", data_path, e))?;
+        }
         short_len = Some(data_len);
     }
     // Extended only now: a file of another version is refused untouched.
-    if meta_len < META_LEN {
+    if meta_len < META_LEN && repair {
         meta.set_len(META_LEN).map_err(|e| Error::io("preallocate", meta_path, e))?;
     }
-    if rewrite_header {
+    if rewrite_header && repair {
         // The header alone: the sync marks after it in the page stay.
         data.write_at(&DataHeader { ring_id, capacity: cap }.encode()[..DATA_HEADER_LEN], 0)
             .map_err(|e| Error::io("write", data_path, e))?;
@@ -451,4 +466,104 @@ fn distrust_cache(data: &dyn Storage, meta: &dyn Storage, checkpoint: Option<(u6
         }
     }
     data.drop_cache();
+}
+
+/// A storage that reads and never writes: an inspection's. Reads past the
+/// end of a file cut short return zeros, as the file extended would.
+#[cfg(feature = "inspect")]
+struct ReadOnly(FileStorage);
+
+#[cfg(feature = "inspect")]
+impl Storage for ReadOnly {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let len = self.0.len()?;
+        let have = usize::try_from(len.saturating_sub(offset)).unwrap_or(usize::MAX).min(buf.len());
+        self.0.read_at(&mut buf[..have], offset)?;
+        buf[have..].fill(0);
+        Ok(())
+    }
+
+    fn write_at(&self, _: &[u8], _: u64) -> io::Result<()> {
+        Err(io::Error::new(io::ErrorKind::PermissionDenied, "an inspection writes nothing"))
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        self.0.len()
+    }
+
+    fn set_len(&self, _: u64) -> io::Result<()> {
+        Err(io::Error::new(io::ErrorKind::PermissionDenied, "an inspection writes nothing"))
+    }
+}
+
+/// What an inspection found beside the ring's state.
+#[cfg(feature = "inspect")]
+pub(crate) struct Opened {
+    pub(crate) report: RecoveryReport,
+    pub(crate) checkpoint: Option<Checkpoint>,
+}
+
+/// Opens the ring in `dir` to look at it: the same recovery as an open,
+/// in memory, without the directory's lock and without writing a byte
+/// (the files are opened read-only). For a ring whose owner is running,
+/// or a copy taken off a broken machine.
+///
+/// # Errors
+/// [`Error::NotARing`] for a path that is no directory or holds no ring,
+/// [`Error::UnsupportedVersion`], or [`Error::Io`].
+#[cfg(feature = "inspect")]
+pub(super) fn open_read_only(dir: &Path) -> Result<(RingCore, Opened)> {
+    if !dir.exists() {
+        return Err(not_a_ring(dir, "it does not exist"));
+    }
+    if !dir.is_dir() {
+        return Err(not_a_ring(dir, "it is a file, not a directory"));
+    }
+    let (data_path, meta_path) = (dir.join(DATA_FILE), dir.join(META_FILE));
+    for path in [&data_path, &meta_path] {
+        if !path.is_file() {
+            return Err(not_a_ring(
+                dir,
+                format!("it has no {}", path.file_name().unwrap_or_default().to_string_lossy()),
+            ));
+        }
+    }
+    let data_file = File::open(&data_path).map_err(|e| Error::io("open", &data_path, e))?;
+    let meta_file = File::open(&meta_path).map_err(|e| Error::io("open", &meta_path, e))?;
+    let data: Box<dyn Storage> = Box::new(ReadOnly(FileStorage { file: data_file }));
+    let meta: Box<dyn Storage> = Box::new(ReadOnly(FileStorage { file: meta_file }));
+    let layout = read_layout_for(&*data, &data_path, &*meta, &meta_path, false)?;
+    let config = RingConfig::default().capacity(layout.cap);
+    let boot_id = data.boot_id();
+    let (state, report) = recover_state(&*data, &data_path, &layout, &config, false, boot_id)?;
+    let Layout { ring_id, cap, checkpoint: ck, checkpoint_slot, .. } = layout;
+    let written = state.next_seq - 1;
+    let head = state.head;
+    let inner = RingCore {
+        dir: dir.to_path_buf(),
+        data_path,
+        meta_path,
+        data,
+        meta,
+        geometry: Geometry::new(cap, &config),
+        reservation: SeqReservation::new(config.seq_reservation),
+        ring_id,
+        boot_id,
+        checkpoints: Checkpoints::new(ck.as_ref().map_or(1, |c| c.generation), checkpoint_slot),
+        state: Mutex::new(LEVEL_RING_STATE, "ring.state", state),
+        room: Condvar::new(),
+        flights: Condvar::new(),
+        background: Background::new(head),
+        read_ahead: AtomicU64::new(0),
+        unreadable_bytes: AtomicU64::new(report.unreadable_bytes),
+        commit: GroupCommit::new(written, head),
+        poisoned: AtomicBool::new(false),
+        lock_file: Mutex::new(LEVEL_RING_LOCK_FILE, "ring.lock_file", None),
+        config,
+    };
+    Ok((inner, Opened { report, checkpoint: ck }))
 }

@@ -15,27 +15,9 @@ use crate::transport::{BatchRecord, GapNotice};
 /// documentation examples by RFC 5612).
 const PEN: u32 = 32473;
 
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    // Both are in range by construction (day 1..=31, month 1..=12).
-    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
-    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 /// RFC 3339 UTC timestamp with microseconds.
 pub(super) fn rfc3339(nanos: u64) -> String {
-    let secs = nanos / 1_000_000_000;
-    let micros = (nanos % 1_000_000_000) / 1000;
-    let (y, mo, d) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
-    let rem = secs % 86_400;
-    format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", rem / 3600, rem / 60 % 60, rem % 60)
+    crate::civil::rfc3339(nanos, 6)
 }
 
 /// Formats one record as RFC 5424 messages: one, or, when that would be
