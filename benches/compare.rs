@@ -46,6 +46,9 @@ struct Row {
     met: Option<bool>,
 }
 
+#[path = "../tests/common/nats.rs"]
+mod nats;
+
 fn best<F: FnMut() -> Duration>(mut f: F) -> Duration {
     (0..RUNS).map(|_| f()).min().expect("runs")
 }
@@ -532,6 +535,49 @@ fn ship(n: u64, endpoint: &str, factory: &Factory) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
+/// Loopback JetStream, file storage, one replica (one server) and three
+/// (a three-node cluster): each record a message, each acknowledged.
+fn nats_rows(rows: &mut Vec<Row>) {
+    if !std::path::Path::new(nats::NATS_SERVER).exists() {
+        assert!(std::env::var_os("CI").is_none(), "CI has nats-server");
+        eprintln!("no nats-server: the NATS rows are left out");
+        return;
+    }
+    let factory: Factory =
+        Arc::new(|| Box::new(ringship::NatsTransport::new(ringship::NatsConfig::default())) as Box<dyn Transport>);
+    let stream = |api: &mut nats::Api, replicas: u64| {
+        api.create_stream(&serde_json::json!({
+            "name": "BENCH", "subjects": ["bench.logs"], "storage": "file", "num_replicas": replicas,
+            "duplicate_window": 120_000_000_000u64,
+        }));
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats::NatsServer::start(dir.path(), nats::free_port(), true);
+    stream(&mut nats::Api::connect(server.port), 1);
+    let one = ship(200_000, &format!("nats://{}/bench.logs", server.url()), &factory);
+    rows.push(Row {
+        scenario: "end to end, loopback NATS JetStream (file, 1 replica), 1000 x 128 B batches".into(),
+        ours: format!("{one:.0} rec/s"),
+        theirs: "100000 rec/s".into(),
+        ratio: one / 1e5,
+        target: ">= 1.0".into(),
+        met: Some(one >= 1e5),
+    });
+    drop(server);
+    let cluster = nats::NatsServer::cluster(dir.path());
+    stream(&mut nats::Api::connect(cluster[0].port), 3);
+    let urls: Vec<String> = cluster.iter().map(nats::NatsServer::url).collect();
+    let three = ship(200_000, &format!("nats://{}/bench.logs", urls.join(",")), &factory);
+    rows.push(Row {
+        scenario: "end to end, loopback NATS JetStream (file, 3 replicas), 1000 x 128 B batches".into(),
+        ours: format!("{three:.0} rec/s"),
+        theirs: "(reported)".into(),
+        ratio: three / 1e5,
+        target: "-".into(),
+        met: None,
+    });
+}
+
 /// A send that hangs until cancelled.
 struct Hang;
 impl Transport for Hang {
@@ -864,6 +910,7 @@ fn main() {
             target: ">= 1.0".into(),
             met: Some(otlp >= 3e5),
         });
+        nats_rows(&mut rows);
     }
 
     if want("switch") {

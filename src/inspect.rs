@@ -167,8 +167,18 @@ fn loss_json(l: &LossRange) -> serde_json::Value {
 }
 
 fn stat(dir: &Path, json: bool, prometheus: bool, out: &mut dyn std::io::Write) -> Result<i32, String> {
-    let ring = open(dir)?;
     let live = owner_running(dir);
+    let mut ring = open(dir)?;
+    // Damage the owner's recovery has not counted, seen while it writes,
+    // may be a frame read mid-write: look again before showing it.
+    let new_damage = |r: &Inspection| r.stats().corrupted > r.checkpoint.as_ref().map_or(0, |c| c.counts.corrupted);
+    for _ in 0..3 {
+        if !live || !new_damage(&ring) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        ring = open(dir)?;
+    }
     let s = ring.stats();
     let losses = ring.losses();
     let r = &ring.report;

@@ -113,6 +113,8 @@ pub use transport::{
 };
 #[cfg(feature = "http")]
 pub use transport::{BodyFormat, HttpConfig, HttpTransport, Proxy};
+#[cfg(feature = "nats")]
+pub use transport::{NatsConfig, NatsTransport};
 #[cfg(feature = "otlp")]
 pub use transport::{OtlpConfig, OtlpEncoding, OtlpTransport};
 #[cfg(feature = "syslog")]

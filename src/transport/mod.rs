@@ -9,6 +9,10 @@
 #[cfg(feature = "http")]
 mod http;
 mod memory;
+#[cfg(feature = "nats")]
+mod nats;
+#[cfg(any(feature = "syslog", feature = "nats"))]
+mod net;
 #[cfg(feature = "otlp")]
 mod otlp;
 #[cfg(feature = "syslog")]
@@ -23,6 +27,8 @@ use bytes::Bytes;
 #[cfg(feature = "http")]
 pub use http::{BodyFormat, HttpConfig, HttpTransport, Proxy};
 pub use memory::{MemoryReceiver, MemoryTransport, Received};
+#[cfg(feature = "nats")]
+pub use nats::{NatsConfig, NatsTransport};
 #[cfg(feature = "otlp")]
 pub use otlp::{OtlpConfig, OtlpEncoding, OtlpTransport};
 #[cfg(fuzzing)]
@@ -143,7 +149,7 @@ impl GapNotice {
     }
 
     /// The cause as transports write it: `none` when no seq is missing.
-    #[cfg(any(feature = "http", feature = "syslog"))]
+    #[cfg(any(feature = "http", feature = "syslog", feature = "nats"))]
     pub(crate) fn cause_label(&self) -> &'static str {
         if self.missing() == 0 { "none" } else { self.cause.as_str() }
     }
@@ -252,7 +258,7 @@ impl CancelToken {
 /// that take no cancellation of their own (a DNS lookup, a connect, a
 /// request). A helper left behind runs on until `work` returns, and its
 /// result is dropped, so `work` must bound itself (by the deadline).
-#[cfg(any(feature = "http", feature = "syslog"))]
+#[cfg(any(feature = "http", feature = "syslog", feature = "nats"))]
 pub(crate) fn run_cancellable<T: Send + 'static>(
     name: &str,
     ctx: &SendContext,
@@ -574,7 +580,7 @@ mod tests {
     /// Work that ignores both the token and the deadline (it would succeed
     /// three seconds on) is left behind: the caller gets the cancellation,
     /// or the timeout, not the late success.
-    #[cfg(any(feature = "http", feature = "syslog"))]
+    #[cfg(any(feature = "http", feature = "syslog", feature = "nats"))]
     #[test]
     fn run_cancellable_returns_on_cancel_and_at_the_deadline() {
         let slow = || {

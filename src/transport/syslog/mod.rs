@@ -371,7 +371,7 @@ impl SyslogTransport {
                 let _ = tcp.set_nodelay(true);
                 #[cfg(feature = "tls")]
                 if let Some((config, name, trust)) = tls {
-                    return connection::handshake(tcp, config, name, deadline, &trust)
+                    return crate::transport::net::handshake(tcp, config, name, deadline, &trust)
                         .map_err(|e| SendError { message: format!("{hostport}: {}", e.message), ..e });
                 }
                 Ok(Stream::Plain(tcp))
