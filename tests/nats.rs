@@ -19,8 +19,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::nats::{Api, NATS_SERVER, NatsServer, free_port};
+use common::pki::Pki;
 use common::{TempRing, assert_identity, eventually, payload, small};
-use ringship::{Endpoint, Error, NatsConfig, NatsTransport, Ring, Shipper, ShipperBuilder};
+use ringship::{Endpoint, Error, NatsConfig, NatsTransport, Ring, Shipper, ShipperBuilder, Tls};
 use serde_json::json;
 
 const CHILD_ENV: &str = "RINGSHIP_NATS_CHILD";
@@ -325,4 +326,139 @@ fn wrong_endpoints_and_a_server_without_jetstream_fail_clearly() {
     assert!(error.contains("no JetStream stream"), "{error}");
     assert_eq!(shipper.stats().ring.acked, 0);
     shipper.shutdown(Duration::from_secs(2)).unwrap();
+}
+
+/// Credentials in the endpoint (a token; a user and password) are what
+/// the server takes; wrong ones fail for good, naming no secret.
+#[test]
+fn token_and_user_password_authentication() {
+    require_nats!();
+    for (server_args, api_credentials, good, bad) in [
+        (vec!["--auth", "t0ken-s3cret"], r#""auth_token":"t0ken-s3cret","#, "t0ken-s3cret@", "wr0ng-t0ken@"),
+        (
+            vec!["--user", "svc", "--pass", "pa55-s3cret"],
+            r#""user":"svc","pass":"pa55-s3cret","#,
+            "svc:pa55-s3cret@",
+            "svc:wr0ng-pa55@",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let args: Vec<String> = server_args.iter().map(|a| (*a).to_owned()).collect();
+        let server = NatsServer::start_with(dir.path(), free_port(), &args);
+        let mut api = Api::connect_as(server.port, api_credentials);
+        stream(&mut api, "LOGS", "logs.app", 1, &json!({}));
+        let t = TempRing::new();
+        let ring = Ring::open(&t.dir, small(1 << 20)).unwrap().0;
+        let shipper = builder(ring, &format!("nats://{good}{}/logs.app", server.url())).start().unwrap();
+        for i in 1..=100 {
+            shipper.append(&payload(i, 32)).unwrap();
+        }
+        eventually("acked", || shipper.stats().ring.acked == 100);
+        shipper.shutdown(Duration::from_secs(2)).unwrap();
+        assert_once(&stored(&mut api, "LOGS").0, 100);
+
+        let t = TempRing::new();
+        let ring = Ring::open(&t.dir, small(1 << 20)).unwrap().0;
+        let shipper = builder(ring, &format!("nats://{bad}{}/logs.app", server.url())).start().unwrap();
+        shipper.append(b"kept").unwrap();
+        eventually("a permanent failure", || shipper.stats().permanent_failures >= 1);
+        let shown = format!("{:?}", shipper.health());
+        assert!(shown.to_ascii_lowercase().contains("authorization"), "{shown}");
+        assert!(!shown.contains("wr0ng"), "{shown}");
+        assert_eq!(shipper.stats().ring.acked, 0);
+        shipper.shutdown(Duration::from_secs(2)).unwrap();
+    }
+}
+
+/// TLS with verification: a server with the test CA's certificate is
+/// trusted through the CA file; without it the failure is permanent and
+/// says why; a `nats://` endpoint to a server that requires TLS says so.
+#[test]
+fn tls_with_verification() {
+    require_nats!();
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.pair("server");
+    let args = vec![
+        "--tls".to_owned(),
+        "--tlscert".to_owned(),
+        cert.display().to_string(),
+        "--tlskey".to_owned(),
+        key.display().to_string(),
+    ];
+    let server = NatsServer::start_with(dir.path(), free_port(), &args);
+    let ship = |url: &str, tls: Tls| {
+        let t = TempRing::new();
+        let ring = Ring::open(&t.dir, small(1 << 20)).unwrap().0;
+        let shipper = Shipper::builder(ring)
+            .endpoint(Endpoint::new(url))
+            .transport(NatsTransport::factory(NatsConfig::default().tls(tls)))
+            .linger(Duration::from_millis(2))
+            .backoff_initial(Duration::from_millis(20))
+            .backoff_max(Duration::from_millis(200))
+            .start()
+            .unwrap();
+        (t, shipper)
+    };
+    let trusted = Tls::default().ca_file(pki.path("ca.pem"));
+    let url = format!("tls://localhost:{}/logs.app", server.port);
+    let mut api = Api::connect_tls(server.port, &pki.path("ca.pem"), "localhost");
+    stream(&mut api, "LOGS", "logs.app", 1, &json!({}));
+    let (_t, shipper) = ship(&url, trusted.clone());
+    for i in 1..=200 {
+        shipper.append(&payload(i, 48)).unwrap();
+    }
+    eventually("acked over TLS", || shipper.stats().ring.acked == 200);
+    shipper.shutdown(Duration::from_secs(2)).unwrap();
+    let Stored(counts, payloads, _) = stored(&mut api, "LOGS");
+    assert_once(&counts, 200);
+    assert!(payloads.iter().all(|(seq, p)| p[..] == payload(*seq, 48)[..]));
+    let (_t, shipper) = ship(&url, Tls::default());
+    shipper.append(b"kept").unwrap();
+    eventually("a permanent failure", || shipper.stats().permanent_failures >= 1);
+    let error = shipper.health().last_error.unwrap_or_default();
+    assert!(error.contains("UnknownIssuer") && error.contains("Tls::ca_file"), "{error}");
+    assert_eq!(shipper.stats().ring.acked, 0);
+    shipper.shutdown(Duration::from_secs(2)).unwrap();
+    let (_t, shipper) = ship(&format!("nats://localhost:{}/logs.app", server.port), trusted);
+    shipper.append(b"kept").unwrap();
+    eventually("a permanent failure", || shipper.stats().permanent_failures >= 1);
+    let error = shipper.health().last_error.unwrap_or_default();
+    assert!(error.contains("requires TLS"), "{error}");
+    shipper.shutdown(Duration::from_secs(2)).unwrap();
+}
+
+/// A server that accepts the connection and never speaks: the send ends
+/// by its deadline, nothing is acked, and a switch to a real server moves
+/// on at once (the stuck send is cancelled).
+#[test]
+fn a_silent_server_times_out_and_a_switch_moves_on() {
+    require_nats!();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let conns: Vec<_> = silent.incoming().take(3).collect();
+        std::thread::sleep(Duration::from_secs(10));
+        drop(conns);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::start(dir.path(), free_port(), true);
+    let mut api = Api::connect(server.port);
+    stream(&mut api, "LOGS", "logs.app", 1, &json!({}));
+    let t = TempRing::new();
+    let ring = Ring::open(&t.dir, small(1 << 20)).unwrap().0;
+    let shipper = builder(ring, &format!("nats://127.0.0.1:{silent_port}/logs.app"))
+        .send_timeout(Duration::from_millis(500))
+        .start()
+        .unwrap();
+    for i in 1..=50 {
+        shipper.append(&payload(i, 32)).unwrap();
+    }
+    eventually("a timeout", || shipper.stats().send_failures >= 1);
+    assert_eq!(shipper.stats().ring.acked, 0);
+    shipper.switch_endpoint(Endpoint::new(format!("nats://{}/logs.app", server.url()))).unwrap();
+    eventually("acked by the real server", || shipper.stats().ring.acked == 50);
+    assert_once(&stored(&mut api, "LOGS").0, 50);
+    shipper.shutdown(Duration::from_secs(2)).unwrap();
+    drop(held);
 }

@@ -35,6 +35,14 @@ impl NatsServer {
         NatsServer::spawn(dir, port, args)
     }
 
+    /// One JetStream server with extra arguments (credentials, TLS).
+    pub fn start_with(dir: &Path, port: u16, extra: &[String]) -> NatsServer {
+        let mut args = vec!["-a".into(), "127.0.0.1".into(), "-p".into(), port.to_string()];
+        args.extend(["-js".into(), "-sd".into(), dir.join("js").display().to_string()]);
+        args.extend(extra.iter().cloned());
+        NatsServer::spawn(dir, port, args)
+    }
+
     /// Three servers in one JetStream cluster.
     pub fn cluster(dir: &Path) -> Vec<NatsServer> {
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
@@ -98,26 +106,72 @@ impl Drop for NatsServer {
     }
 }
 
+/// A byte stream, plain or TLS.
+pub trait Io: Read + Write + Send {}
+impl<T: Read + Write + Send> Io for T {}
+
 /// A blocking client for requests to JetStream's API.
 pub struct Api {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Box<dyn Io>>,
     next: u64,
 }
 
 impl Api {
     pub fn connect(port: u16) -> Api {
+        Api::connect_as(port, "")
+    }
+
+    /// With credentials, as `CONNECT` fields (`"user":"u","pass":"p",`).
+    pub fn connect_as(port: u16, credentials: &str) -> Api {
+        Api::open(port, credentials, None)
+    }
+
+    /// Over TLS, trusting the CAs in `ca` (PEM), to server `name`.
+    pub fn connect_tls(port: u16, ca: &Path, name: &str) -> Api {
+        Api::open(port, "", Some((ca, name)))
+    }
+
+    fn open(port: u16, credentials: &str, tls: Option<(&Path, &str)>) -> Api {
         let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut api = Api { stream: BufReader::new(tcp), next: 0 };
-        let mut info = String::new();
-        api.stream.read_line(&mut info).unwrap();
-        assert!(info.starts_with("INFO "), "{info}");
-        api.write(
-            b"CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":true}\r\nSUB _TEST_INBOX.> 1\r\nPING\r\n",
+        // The INFO comes before any TLS.
+        let mut info = Vec::new();
+        let mut byte = [0u8; 1];
+        let mut raw = &tcp;
+        while !info.ends_with(b"\r\n") {
+            raw.read_exact(&mut byte).unwrap();
+            info.push(byte[0]);
+        }
+        assert!(info.starts_with(b"INFO "), "{}", String::from_utf8_lossy(&info));
+        let io: Box<dyn Io> = match tls {
+            None => Box::new(tcp),
+            Some((ca, name)) => {
+                use rustls::pki_types::pem::PemObject as _;
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+                    roots.add(cert.unwrap()).unwrap();
+                }
+                let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+                let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+                Box::new(rustls::StreamOwned::new(conn, tcp))
+            }
+        };
+        let mut api = Api { stream: BufReader::new(io), next: 0 };
+        let connect = format!(
+            "CONNECT {{{credentials}\"verbose\":false,\"headers\":true,\"no_responders\":true}}\r\n\
+             SUB _TEST_INBOX.> 1\r\nPING\r\n"
         );
+        api.write(connect.as_bytes());
         loop {
             let mut line = String::new();
-            api.stream.read_line(&mut line).unwrap();
+            let n = api.stream.read_line(&mut line).unwrap();
+            assert!(n > 0 && !line.starts_with("-ERR"), "the server refused the test's connection: {line:?}");
             if line.trim() == "PONG" {
                 break;
             }
