@@ -65,10 +65,7 @@ pub(super) struct Conn {
 
 /// What a TLS handshake takes: the client configuration, the name to
 /// verify, and which CAs are trusted (for errors).
-#[cfg(feature = "tls")]
 pub(super) type Handshake = (std::sync::Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>, String);
-#[cfg(not(feature = "tls"))]
-pub(super) type Handshake = std::convert::Infallible;
 
 /// Credentials from the endpoint's user info.
 pub(super) enum Auth {
@@ -81,7 +78,6 @@ impl Conn {
     /// The handshake over `tcp`: the server's `INFO`, TLS when `tls` is
     /// given (or the server requires it, which then fails), `CONNECT`, and a
     /// `PING` answered by `PONG`, which says the server took the `CONNECT`.
-    #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
     pub(super) fn open(
         tcp: std::net::TcpStream,
         server: String,
@@ -115,7 +111,6 @@ impl Conn {
             )));
         }
         match tls {
-            #[cfg(feature = "tls")]
             Some((config, name, trust)) => {
                 // TLS starts after the INFO; nothing else came before it.
                 let Conn { stream: Stream::Plain(tcp), buf, at, out, info, inbox, server } = conn else {
@@ -367,8 +362,11 @@ impl Conn {
         Ok(payload)
     }
 
-    /// Whether the server closed the connection (or sent something) since
-    /// it was last used; then a fresh one is made.
+    /// Whether the server closed the connection, or sent something while
+    /// it was idle (a `PING`, an acknowledgement come late), since it was
+    /// last used: then a fresh one is made rather than the old one's
+    /// leftovers sorted out. (Over TLS, what the server sent is read into
+    /// the TLS buffer and taken by the next read.)
     pub(super) fn stale(&mut self) -> bool {
         let tcp = self.stream.tcp();
         if tcp.set_nonblocking(true).is_err() {
@@ -377,7 +375,6 @@ impl Conn {
         let mut probe = [0u8; 1];
         let stale = match &mut self.stream {
             Stream::Plain(s) => !matches!(s.peek(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
-            #[cfg(feature = "tls")]
             Stream::Tls(s) => loop {
                 match s.conn.read_tls(&mut s.sock) {
                     Ok(0) => break true,
@@ -391,8 +388,6 @@ impl Conn {
                 }
             },
         };
-        // Something the server sent while idle (a PING, an INFO): the
-        // connection is fine but its protocol state is not ours to drop.
         self.stream.tcp().set_nonblocking(false).is_err() || stale
     }
 }

@@ -20,13 +20,11 @@ const IN_FLIGHT: usize = 1024;
 /// endpoints and servers that require it).
 #[derive(Debug, Clone, Default)]
 pub struct NatsConfig {
-    #[cfg(feature = "tls")]
     tls: crate::Tls,
 }
 
 impl NatsConfig {
     /// The TLS settings for `tls://` endpoints.
-    #[cfg(feature = "tls")]
     #[must_use]
     pub fn tls(mut self, tls: crate::Tls) -> Self {
         self.tls = tls;
@@ -48,7 +46,6 @@ pub struct NatsTransport {
     next_server: usize,
     /// Servers of the cluster the last connection's server named.
     discovered: Vec<String>,
-    #[cfg(feature = "tls")]
     tls: Option<(std::sync::Arc<rustls::ClientConfig>, crate::tls::Loaded)>,
 }
 
@@ -61,15 +58,7 @@ impl std::fmt::Debug for NatsTransport {
 impl NatsTransport {
     /// A transport with the given settings.
     pub fn new(config: NatsConfig) -> Self {
-        NatsTransport {
-            config,
-            conn: None,
-            sends: 0,
-            next_server: 0,
-            discovered: Vec::new(),
-            #[cfg(feature = "tls")]
-            tls: None,
-        }
+        NatsTransport { config, conn: None, sends: 0, next_server: 0, discovered: Vec::new(), tls: None }
     }
 
     /// The factory to hand to
@@ -91,14 +80,9 @@ impl TransportFactory for NatsFactory {
 
     fn check_endpoint(&self, endpoint: &Endpoint) -> crate::Result<()> {
         let target = Target::parse(&endpoint.address).map_err(|e| crate::Error::Config(e.message))?;
-        #[cfg(feature = "tls")]
         if target.tls {
             let loaded = self.0.tls.load()?;
             self.0.tls.rustls_config(&loaded)?;
-        }
-        #[cfg(not(feature = "tls"))]
-        if target.tls {
-            return Err(crate::Error::Config("a tls:// NATS endpoint needs the `tls` feature".into()));
         }
         Ok(())
     }
@@ -155,7 +139,6 @@ impl Target {
 impl NatsTransport {
     /// The TLS client configuration, made again when a file behind it
     /// changed.
-    #[cfg(feature = "tls")]
     fn handshake_for(&mut self, host: &str) -> Result<client::Handshake, SendError> {
         if self.tls.as_ref().is_some_and(|(_, loaded)| loaded.changed()) {
             self.tls = None;
@@ -191,12 +174,11 @@ impl NatsTransport {
         let start = self.next_server % servers.len().max(1);
         servers.rotate_left(start);
         for (tried, server) in servers.into_iter().enumerate() {
-            let host = server.rsplit_once(':').map_or(server.as_str(), |(h, _)| h).to_owned();
-            #[cfg(feature = "tls")]
-            let tls = if target.tls { Some(self.handshake_for(&host)?) } else { None };
-            #[cfg(not(feature = "tls"))]
-            let tls: Option<client::Handshake> = None;
-            let _ = &host;
+            let tls = if target.tls {
+                Some(self.handshake_for(server.rsplit_once(':').map_or(server.as_str(), |(h, _)| h))?)
+            } else {
+                None
+            };
             let (hostport, deadline) = (server.clone(), ctx.deadline);
             let tcp = run_cancellable("ringship-connect", ctx, move || {
                 let addrs: Vec<SocketAddr> = hostport
