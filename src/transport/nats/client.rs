@@ -68,6 +68,7 @@ pub(super) struct Conn {
 pub(super) type Handshake = (std::sync::Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>, String);
 
 /// Credentials from the endpoint's user info.
+#[derive(Clone)]
 pub(super) enum Auth {
     None,
     Token(String),

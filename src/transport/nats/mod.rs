@@ -179,16 +179,19 @@ impl NatsTransport {
             } else {
                 None
             };
-            let (hostport, deadline) = (server.clone(), ctx.deadline);
-            let tcp = run_cancellable("ringship-connect", ctx, move || {
+            // The lookup, the connect and the handshakes run on a helper
+            // thread: a cancellation is honoured at once.
+            let (hostport, auth, until) =
+                (server.clone(), target.auth.clone(), SendContext::until(ctx.deadline, ctx.cancel.clone()));
+            let opened = run_cancellable("ringship-connect", ctx, move || {
                 let addrs: Vec<SocketAddr> = hostport
                     .to_socket_addrs()
                     .map_err(|e| SendError::retryable(format!("resolving {hostport}: {e}")))?
                     .collect();
-                crate::transport::net::connect_any(&addrs, deadline)
-                    .map_err(|e| SendError { message: format!("{hostport}: {}", e.message), ..e })
+                let tcp = crate::transport::net::connect_any(&addrs, until.deadline)
+                    .map_err(|e| SendError { message: format!("{hostport}: {}", e.message), ..e })?;
+                Conn::open(tcp, hostport, &auth, tls, &until)
             });
-            let opened = tcp.and_then(|tcp| Conn::open(tcp, server.clone(), &target.auth, tls, ctx));
             match opened {
                 Ok(conn) => {
                     self.next_server = start + tried;
