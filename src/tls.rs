@@ -16,6 +16,7 @@ use std::time::SystemTime;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::transport::SendError;
 use crate::{Error, Result};
 
 /// The least TLS version a transport accepts.
@@ -252,6 +253,45 @@ impl Tls {
     }
 }
 
+/// A rustls client configuration made from a [`Tls`] (the socket
+/// transports'), made again when a file behind it changed (a rotated
+/// client certificate).
+#[derive(Default)]
+pub(crate) struct RustlsCache {
+    made: Option<(Arc<rustls::ClientConfig>, Loaded)>,
+}
+
+impl RustlsCache {
+    /// The configuration, which CAs it trusts (for errors), and the name
+    /// to verify the server at `host` for.
+    ///
+    /// # Errors
+    /// A permanent failure for files that cannot be used (changed since
+    /// the factory checked them) or a name that is none.
+    pub(crate) fn get(
+        &mut self,
+        tls: &Tls,
+        host: &str,
+    ) -> std::result::Result<(Arc<rustls::ClientConfig>, String, rustls::pki_types::ServerName<'static>), SendError>
+    {
+        if self.made.as_ref().is_some_and(|(_, loaded)| loaded.changed()) {
+            self.made = None;
+        }
+        if self.made.is_none() {
+            let fail = |e: Error| SendError::permanent(e.to_string());
+            let loaded = tls.load().map_err(fail)?;
+            let config = tls.rustls_config(&loaded).map_err(fail)?;
+            self.made = Some((config, loaded));
+        }
+        let (config, loaded) = self.made.as_ref().expect("made");
+        let name = tls.name_override().unwrap_or(host.trim_start_matches('[').trim_end_matches(']'));
+        let name = rustls::pki_types::ServerName::try_from(name.to_owned()).map_err(|_| {
+            SendError::permanent(format!("the TLS server name {name:?} is not a DNS name or an IP address"))
+        })?;
+        Ok((Arc::clone(config), loaded.trust(), name))
+    }
+}
+
 /// The `ring` provider, with only TLS 1.3's cipher suites when that is the
 /// least version: rustls offers no version it has no suite for.
 fn provider(min: TlsVersion) -> rustls::crypto::CryptoProvider {
@@ -431,8 +471,7 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
 /// A TLS failure a server's certificate or settings cause, as a permanent
 /// send error naming the cause and what to change; `None` for anything
 /// else. `trust` says which CAs were trusted.
-pub(crate) fn failure(error: &str, trust: &str) -> Option<crate::transport::SendError> {
-    use crate::transport::SendError;
+pub(crate) fn failure(error: &str, trust: &str) -> Option<SendError> {
     const BAD_CERTIFICATE: &str = "invalid peer certificate: ";
     if let Some(at) = error.find(BAD_CERTIFICATE) {
         let reason = crate::escape::sanitize(&error[at + BAD_CERTIFICATE.len()..]);

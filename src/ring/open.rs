@@ -374,30 +374,10 @@ fn open_storages(
     // Open prefetches from the head itself (below); appends ask again
     // from the next prefetch step on.
     state.prefetch_step = state.head / super::background::PREFETCH_STEP;
-    let written = state.next_seq - 1;
-    let head = state.head;
-    let inner = RingCore {
-        dir,
-        data_path,
-        meta_path: meta_path.clone(),
-        data,
-        meta,
-        geometry: Geometry::new(cap, &config),
-        reservation: SeqReservation::new(config.seq_reservation),
-        config,
-        ring_id,
-        boot_id,
-        checkpoints: Checkpoints::new(ck.map_or(1, |c| c.generation), checkpoint_slot),
-        state: Mutex::new(LEVEL_RING_STATE, "ring.state", state),
-        room: Condvar::new(),
-        flights: Condvar::new(),
-        background: Background::new(head),
-        read_ahead: AtomicU64::new(0),
-        unreadable_bytes: AtomicU64::new(report.unreadable_bytes),
-        commit: GroupCommit::new(written, head),
-        poisoned: AtomicBool::new(false),
-        lock_file: Mutex::new(LEVEL_RING_LOCK_FILE, "ring.lock_file", lock_file),
-    };
+    let generation = ck.map_or(1, |c| c.generation);
+    let paths = Paths { dir, data: data_path, meta: meta_path };
+    let identity = (ring_id, cap, boot_id, generation, checkpoint_slot);
+    let inner = assemble(paths, (data, meta), config, identity, state, report.unreadable_bytes, lock_file);
     if !created {
         // The newest checkpoint may never have been fsynced (acks write
         // theirs without one; a crash can come between close's clean
@@ -410,6 +390,44 @@ fn open_storages(
     inner.sync_meta()?;
     inner.prefetch_ahead();
     Ok((inner, report))
+}
+
+/// The ring's core from what an open found: its files, the identity the
+/// layout read (ring id, capacity, boot id, checkpoint generation and
+/// slot), the state recovered, and the bytes that could not be read.
+fn assemble(
+    paths: Paths,
+    (data, meta): (Box<dyn Storage>, Box<dyn Storage>),
+    config: RingConfig,
+    (ring_id, cap, boot_id, generation, checkpoint_slot): (u64, u64, Option<[u8; 16]>, u64, u64),
+    state: super::state::RingState,
+    unreadable: u64,
+    lock_file: Option<File>,
+) -> RingCore {
+    let Paths { dir, data: data_path, meta: meta_path } = paths;
+    let (written, head) = (state.next_seq - 1, state.head);
+    RingCore {
+        dir,
+        data_path,
+        meta_path,
+        data,
+        meta,
+        geometry: Geometry::new(cap, &config),
+        reservation: SeqReservation::new(config.seq_reservation),
+        config,
+        ring_id,
+        boot_id,
+        checkpoints: Checkpoints::new(generation, checkpoint_slot),
+        state: Mutex::new(LEVEL_RING_STATE, "ring.state", state),
+        room: Condvar::new(),
+        flights: Condvar::new(),
+        background: Background::new(head),
+        read_ahead: AtomicU64::new(0),
+        unreadable_bytes: AtomicU64::new(unreadable),
+        commit: GroupCommit::new(written, head),
+        poisoned: AtomicBool::new(false),
+        lock_file: Mutex::new(LEVEL_RING_LOCK_FILE, "ring.lock_file", lock_file),
+    }
 }
 
 /// The state of the ring on `data`: a fresh one for a ring just created,
@@ -541,29 +559,9 @@ pub(super) fn open_read_only(dir: &Path) -> Result<(RingCore, Opened)> {
     let boot_id = data.boot_id();
     let (state, report) = recover_state(&*data, &data_path, &layout, &config, false, boot_id)?;
     let Layout { ring_id, cap, checkpoint: ck, checkpoint_slot, .. } = layout;
-    let written = state.next_seq - 1;
-    let head = state.head;
-    let inner = RingCore {
-        dir: dir.to_path_buf(),
-        data_path,
-        meta_path,
-        data,
-        meta,
-        geometry: Geometry::new(cap, &config),
-        reservation: SeqReservation::new(config.seq_reservation),
-        ring_id,
-        boot_id,
-        checkpoints: Checkpoints::new(ck.as_ref().map_or(1, |c| c.generation), checkpoint_slot),
-        state: Mutex::new(LEVEL_RING_STATE, "ring.state", state),
-        room: Condvar::new(),
-        flights: Condvar::new(),
-        background: Background::new(head),
-        read_ahead: AtomicU64::new(0),
-        unreadable_bytes: AtomicU64::new(report.unreadable_bytes),
-        commit: GroupCommit::new(written, head),
-        poisoned: AtomicBool::new(false),
-        lock_file: Mutex::new(LEVEL_RING_LOCK_FILE, "ring.lock_file", None),
-        config,
-    };
+    let generation = ck.as_ref().map_or(1, |c| c.generation);
+    let paths = Paths { dir: dir.to_path_buf(), data: data_path, meta: meta_path };
+    let identity = (ring_id, cap, boot_id, generation, checkpoint_slot);
+    let inner = assemble(paths, (data, meta), config, identity, state, report.unreadable_bytes, None);
     Ok((inner, Opened { report, checkpoint: ck }))
 }

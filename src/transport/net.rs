@@ -7,7 +7,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::transport::SendError;
+use crate::transport::{SendContext, SendError};
 
 /// The connection's byte stream: plain TCP, or TLS over it.
 pub(crate) enum Stream {
@@ -115,4 +115,19 @@ pub(crate) fn connect_any(addrs: &[SocketAddr], deadline: Instant) -> Result<Tcp
         }
     }
     Err(last)
+}
+
+/// Socket timeouts of at most 20 ms, and no more than the send has left,
+/// so that blocking reads and writes see a cancellation within 20 ms; or
+/// why the send must stop now (cancelled, or out of time).
+pub(crate) fn deadline_slice(tcp: &TcpStream, ctx: &SendContext) -> Result<(), SendError> {
+    if ctx.cancel.is_cancelled() {
+        return Err(SendError::cancelled());
+    }
+    let left = ctx.remaining();
+    if left.is_zero() {
+        return Err(SendError::timed_out());
+    }
+    let slice = Some(left.min(Duration::from_millis(20)));
+    tcp.set_write_timeout(slice).and_then(|()| tcp.set_read_timeout(slice)).map_err(|e| retryable("socket", &e))
 }

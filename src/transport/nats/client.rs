@@ -7,7 +7,6 @@
 //! send's deadline and sees its cancellation within 20 ms.
 
 use std::io::{Read, Write};
-use std::time::Duration;
 
 use crate::transport::net::{Stream, retryable};
 use crate::transport::{SendContext, SendError};
@@ -298,16 +297,7 @@ impl Conn {
 
     /// Short socket timeouts, so that cancellation is seen within 20 ms.
     fn slice(&self, ctx: &SendContext) -> Result<(), SendError> {
-        if ctx.cancel.is_cancelled() {
-            return Err(SendError::cancelled());
-        }
-        let left = ctx.remaining();
-        if left.is_zero() {
-            return Err(SendError::timed_out());
-        }
-        let slice = Some(left.min(Duration::from_millis(20)));
-        let tcp = self.stream.tcp();
-        tcp.set_read_timeout(slice).and_then(|()| tcp.set_write_timeout(slice)).map_err(|e| retryable("socket", &e))
+        crate::transport::net::deadline_slice(self.stream.tcp(), ctx)
     }
 
     /// Reads more into the buffer.

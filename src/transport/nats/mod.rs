@@ -46,7 +46,7 @@ pub struct NatsTransport {
     next_server: usize,
     /// Servers of the cluster the last connection's server named.
     discovered: Vec<String>,
-    tls: Option<(std::sync::Arc<rustls::ClientConfig>, crate::tls::Loaded)>,
+    tls: crate::tls::RustlsCache,
 }
 
 impl std::fmt::Debug for NatsTransport {
@@ -58,7 +58,14 @@ impl std::fmt::Debug for NatsTransport {
 impl NatsTransport {
     /// A transport with the given settings.
     pub fn new(config: NatsConfig) -> Self {
-        NatsTransport { config, conn: None, sends: 0, next_server: 0, discovered: Vec::new(), tls: None }
+        NatsTransport {
+            config,
+            conn: None,
+            sends: 0,
+            next_server: 0,
+            discovered: Vec::new(),
+            tls: crate::tls::RustlsCache::default(),
+        }
     }
 
     /// The factory to hand to
@@ -137,26 +144,6 @@ impl Target {
 }
 
 impl NatsTransport {
-    /// The TLS client configuration, made again when a file behind it
-    /// changed.
-    fn handshake_for(&mut self, host: &str) -> Result<client::Handshake, SendError> {
-        if self.tls.as_ref().is_some_and(|(_, loaded)| loaded.changed()) {
-            self.tls = None;
-        }
-        if self.tls.is_none() {
-            let fail = |e: crate::Error| SendError::permanent(e.to_string());
-            let loaded = self.config.tls.load().map_err(fail)?;
-            let config = self.config.tls.rustls_config(&loaded).map_err(fail)?;
-            self.tls = Some((config, loaded));
-        }
-        let (config, loaded) = self.tls.as_ref().expect("made");
-        let name = self.config.tls.name_override().unwrap_or(host.trim_start_matches('[').trim_end_matches(']'));
-        let name = rustls::pki_types::ServerName::try_from(name.to_owned()).map_err(|_| {
-            SendError::permanent(format!("the TLS server name {name:?} is not a DNS name or an IP address"))
-        })?;
-        Ok((std::sync::Arc::clone(config), name, loaded.trust()))
-    }
-
     /// A connection to one of the endpoint's servers (or of the cluster
     /// members the last one named), the first that takes one.
     fn connect(&mut self, endpoint: &Endpoint, target: &Target, ctx: &SendContext) -> Result<&mut Conn, SendError> {
@@ -175,7 +162,9 @@ impl NatsTransport {
         servers.rotate_left(start);
         for (tried, server) in servers.into_iter().enumerate() {
             let tls = if target.tls {
-                Some(self.handshake_for(server.rsplit_once(':').map_or(server.as_str(), |(h, _)| h))?)
+                let host = server.rsplit_once(':').map_or(server.as_str(), |(h, _)| h);
+                let (config, trust, name) = self.tls.get(&self.config.tls, host)?;
+                Some((config, name, trust))
             } else {
                 None
             };

@@ -7,7 +7,6 @@
 //! over it are in `relp`.
 
 use std::io::{self, Write};
-use std::time::Duration;
 
 use super::Kind;
 pub(super) use crate::transport::net::{Stream, connect_any, retryable};
@@ -52,17 +51,7 @@ impl Connection {
     }
 
     pub(super) fn deadline_io(&self, ctx: &SendContext) -> Result<(), SendError> {
-        if ctx.cancel.is_cancelled() {
-            return Err(SendError::cancelled());
-        }
-        let left = ctx.remaining();
-        if left.is_zero() {
-            return Err(SendError::timed_out());
-        }
-        // Short slices, so cancellation is seen within 20 ms.
-        let slice = Some(left.min(Duration::from_millis(20)));
-        let tcp = self.stream.tcp();
-        tcp.set_write_timeout(slice).and_then(|()| tcp.set_read_timeout(slice)).map_err(|e| retryable("socket", &e))
+        crate::transport::net::deadline_slice(self.stream.tcp(), ctx)
     }
 
     pub(super) fn write_all(&mut self, mut buf: &[u8], ctx: &SendContext) -> Result<(), SendError> {

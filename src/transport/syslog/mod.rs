@@ -200,7 +200,7 @@ pub struct SyslogTransport {
     /// The TLS client configuration, made at the first TLS connection and
     /// again when a file behind it changed.
     #[cfg(feature = "tls")]
-    tls: Option<(std::sync::Arc<rustls::ClientConfig>, crate::tls::Loaded)>,
+    tls: crate::tls::RustlsCache,
 }
 
 impl std::fmt::Debug for SyslogTransport {
@@ -283,25 +283,8 @@ impl SyslogTransport {
             config,
             conn: None,
             #[cfg(feature = "tls")]
-            tls: None,
+            tls: crate::tls::RustlsCache::default(),
         }
-    }
-
-    /// The TLS client configuration and which CAs it trusts, made again
-    /// when a file behind it changed (a rotated client certificate).
-    #[cfg(feature = "tls")]
-    fn tls_config(&mut self) -> Result<(std::sync::Arc<rustls::ClientConfig>, String), SendError> {
-        if self.tls.as_ref().is_some_and(|(_, loaded)| loaded.changed()) {
-            self.tls = None;
-        }
-        if self.tls.is_none() {
-            let fail = |e: crate::Error| SendError::permanent(e.to_string());
-            let loaded = self.config.tls.load().map_err(fail)?;
-            let config = self.config.tls.rustls_config(&loaded).map_err(fail)?;
-            self.tls = Some((config, loaded));
-        }
-        let (config, loaded) = self.tls.as_ref().expect("made");
-        Ok((std::sync::Arc::clone(config), loaded.trust()))
     }
 
     /// The factory to hand to
@@ -335,13 +318,8 @@ impl SyslogTransport {
             let (kind, tls, hostport) = split_address(&endpoint.address)?;
             #[cfg(feature = "tls")]
             let tls = if tls {
-                let (config, trust) = self.tls_config()?;
                 let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
-                let name =
-                    self.config.tls.name_override().unwrap_or(host.trim_start_matches('[').trim_end_matches(']'));
-                let name = rustls::pki_types::ServerName::try_from(name.to_owned()).map_err(|_| {
-                    SendError::permanent(format!("the TLS server name {name:?} is not a DNS name or an IP address"))
-                })?;
+                let (config, trust, name) = self.tls.get(&self.config.tls, host)?;
                 Some((config, name, trust))
             } else {
                 None
