@@ -338,7 +338,7 @@ fn check(ring: &Inspection) -> Result<Check, String> {
     let stats = ring.stats();
     Ok(Check {
         records,
-        damaged_now: stats.corrupted - ring.checkpoint.as_ref().map_or(0, |c| c.counts.corrupted),
+        damaged_now: stats.corrupted.saturating_sub(ring.checkpoint.as_ref().map_or(0, |c| c.counts.corrupted)),
         losses: ring.losses(),
         damaged_slots: ring.report.damaged_checkpoint_slots,
         unreadable: stats.unreadable_bytes,
@@ -374,7 +374,7 @@ fn verify(dir: &Path, json: bool, out: &mut dyn std::io::Write) -> Result<i32, S
             "owner_running": live,
             "records_checked": found.records,
             "damaged_records_found": found.damaged_now,
-            "damaged_records_known": found.stats.corrupted - found.damaged_now,
+            "damaged_records_known": found.stats.corrupted.saturating_sub(found.damaged_now),
             "damaged_checkpoint_slots": found.damaged_slots,
             "unreadable_bytes": found.unreadable,
             "torn_bytes_at_head": found.torn,
@@ -387,7 +387,7 @@ fn verify(dir: &Path, json: bool, out: &mut dyn std::io::Write) -> Result<i32, S
         let _ = writeln!(t, "{}: {verdict}", dir.display());
         let _ = writeln!(t, "records checked             {}", found.records);
         let _ = writeln!(t, "damaged records found now   {}", found.damaged_now);
-        let _ = writeln!(t, "damaged records known       {}", found.stats.corrupted - found.damaged_now);
+        let _ = writeln!(t, "damaged records known       {}", found.stats.corrupted.saturating_sub(found.damaged_now));
         let _ = writeln!(t, "damaged checkpoint slots    {}", found.damaged_slots);
         let _ = writeln!(t, "unreadable bytes            {}", found.unreadable);
         if found.torn > 0 {
