@@ -840,33 +840,8 @@ fn json_string(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::LossCause;
-    use crate::transport::BatchRecord;
-
-    fn batch() -> Batch {
-        Batch {
-            ring_id: 0x0123_4567_89ab_cdef,
-            records: vec![
-                BatchRecord { seq: 7, timestamp: 1_795_500_000_123_456_789, payload: "hé \"q\"\n\u{1}".into() },
-                BatchRecord { seq: 8, timestamp: 2, payload: bytes::Bytes::from_static(&[0xff, 0, b'a']) },
-            ],
-            gap: Some(GapNotice {
-                first_seq: 3,
-                last_seq: 6,
-                first_ts: 10,
-                last_ts: 20,
-                cause: LossCause::Overwritten,
-                rejected: 1,
-                refused: 0,
-            }),
-        }
-    }
-
-    fn envelope() -> Envelope {
-        Envelope {
-            resource: vec![("service.name".into(), Value::Str("checkout".into())), ("n".into(), Value::Int(-1))],
-        }
-    }
+    // The fixtures the official decoder checks too.
+    use crate::transport::otlp::tests::{batch, envelope};
 
     #[test]
     fn varints_follow_protobuf() {
@@ -883,7 +858,7 @@ mod tests {
         let body = json(&batch(), &envelope(), 5);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let records = &v["resourceLogs"][0]["scopeLogs"][0]["logRecords"];
-        assert_eq!(records.as_array().unwrap().len(), 3);
+        assert_eq!(records.as_array().unwrap().len(), 4);
         assert_eq!(records[0]["severityNumber"], 13);
         assert_eq!(records[0]["eventName"], "ringship.gap");
         assert_eq!(records[1]["timeUnixNano"], "1795500000123456789");

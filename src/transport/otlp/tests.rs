@@ -22,7 +22,7 @@ for kind, path in (("pb", sys.argv[1]), ("json", sys.argv[2])):
 print(json.dumps(out))
 "#;
 
-fn batch() -> Batch {
+pub(super) fn batch() -> Batch {
     Batch {
         ring_id: 0x0123_4567_89ab_cdef,
         records: vec![
@@ -42,7 +42,7 @@ fn batch() -> Batch {
     }
 }
 
-fn envelope() -> Envelope {
+pub(super) fn envelope() -> Envelope {
     Envelope {
         resource: vec![
             ("service.name".into(), Value::Str("checkout".into())),
