@@ -171,4 +171,40 @@ mod tests {
         assert!(clean.contains("id 42"), "{clean}");
         assert!(clean.contains("@host/ingest"), "{clean}");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Whatever the secrets (user, password, query value, a header's
+        /// token, percent-encoded or not) and wherever an error quotes
+        /// them, as written or decoded, none survives the scrub.
+        #[test]
+        fn no_secret_survives_the_scrub(
+            user in "[A-Za-z0-9_.~-]{4,12}",
+            password in "[A-Za-z0-9_.~%+-]{4,16}",
+            key in "[A-Za-z0-9_.~%-]{4,16}",
+            token in "[A-Za-z0-9_.~-]{4,24}",
+            prefix in "[ -~]{0,20}",
+            suffix in "[ -~]{0,20}",
+        ) {
+            let address = format!("https://{user}:{password}@host:8443/ingest?api_key={key}&n=1");
+            let headers = [("Authorization".to_owned(), format!("Bearer {token}"))];
+            let mut s = Secrets::default();
+            s.add(&address, &headers);
+            let forms: Vec<String> = [&user, &password, &key, &token]
+                .iter()
+                .flat_map(|w| [(*w).clone(), percent_decoded(w).unwrap_or_else(|| (*w).clone())])
+                .filter(|w| !w.contains('*') && w.trim().len() >= MIN_SECRET)
+                .collect();
+            let text = format!(
+                "{prefix} sending to {address} with {:?}: {} refused ({}) {suffix}",
+                headers,
+                forms.join(" / "),
+                forms.concat()
+            );
+            let clean = s.scrub(&text);
+            for form in &forms {
+                proptest::prop_assert!(!clean.contains(form.trim()), "{form:?} survives in {clean:?}");
+            }
+        }
+    }
 }
