@@ -48,6 +48,18 @@ macro_rules! require_rsyslog {
     };
 }
 
+/// Skips the test (saying why) without rsyslog's TLS driver, unless CI
+/// requires it.
+macro_rules! require_gtls {
+    () => {
+        if !MODULE_DIRS.iter().any(|d| Path::new(d).join("lmnsd_gtls.so").exists()) {
+            assert!(std::env::var("RINGSHIP_REQUIRE_RSYSLOG").is_err(), "rsyslog-gnutls is not installed");
+            eprintln!("SKIPPED: rsyslog's gtls driver is not installed (Debian: apt-get install rsyslog-gnutls)");
+            return;
+        }
+    };
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -439,11 +451,7 @@ fn ringship_header_len() -> usize {
 #[test]
 fn syslog_and_relp_over_tls_deliver_byte_exact() {
     require_rsyslog!();
-    if !MODULE_DIRS.iter().any(|d| Path::new(d).join("lmnsd_gtls.so").exists()) {
-        assert!(std::env::var("RINGSHIP_REQUIRE_RSYSLOG").is_err(), "rsyslog-gnutls is not installed");
-        eprintln!("SKIPPED: rsyslog's gtls driver is not installed (Debian: apt-get install rsyslog-gnutls)");
-        return;
-    }
+    require_gtls!();
     let pki = Pki::new();
     let r = Rsyslog::start_tls(&pki);
     let trust = Tls::default().system_roots(false).ca_file(pki.path("ca.pem")).server_name("localhost");
@@ -485,11 +493,7 @@ fn syslog_and_relp_over_tls_deliver_byte_exact() {
 #[test]
 fn relp_over_tls_rsyslog_killed_and_restarted_mid_stream_loses_nothing() {
     require_rsyslog!();
-    if !MODULE_DIRS.iter().any(|d| Path::new(d).join("lmnsd_gtls.so").exists()) {
-        assert!(std::env::var("RINGSHIP_REQUIRE_RSYSLOG").is_err(), "rsyslog-gnutls is not installed");
-        eprintln!("SKIPPED: rsyslog's gtls driver is not installed (Debian: apt-get install rsyslog-gnutls)");
-        return;
-    }
+    require_gtls!();
     let pki = Pki::new();
     let tmp = tempfile::tempdir().unwrap();
     let (tcp, relp) = (free_port(), free_port());

@@ -433,12 +433,28 @@ impl Drop for Tinyproxy {
     }
 }
 
-fn via_proxy(rx: &HttpReceiver, proxy: Proxy) -> (TempRing, Shipper) {
+/// Runs the ignored test `name` of this binary in a child process with
+/// `env` set (the environment is the process's), and asserts it passed.
+fn run_child(name: &str, env: &[(&str, String)]) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", name, "--nocapture"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the child failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn via_proxy(url: &str, proxy: Proxy) -> (TempRing, Shipper) {
     let t = TempRing::new();
     let config = HttpConfig::default().format(BodyFormat::LengthPrefixed).proxy(proxy);
     let ring = Ring::open(&t.dir, small(1 << 20)).unwrap().0;
     let shipper = Shipper::builder(ring)
-        .endpoint(Endpoint::new(rx.url()))
+        .endpoint(Endpoint::new(url))
         .transport(HttpTransport::factory(config))
         .linger(Duration::from_millis(2))
         .backoff_initial(Duration::from_millis(10))
@@ -457,7 +473,7 @@ fn an_explicit_proxy_carries_the_requests_and_keeps_its_password() {
     let rx = HttpReceiver::start();
     let proxy = Tinyproxy::start(Some(("ringship", "pr0xy-s3cret")));
     let url = |password: &str| Proxy::url(format!("http://ringship:{password}@127.0.0.1:{}", proxy.port));
-    let (_t, shipper) = via_proxy(&rx, url("pr0xy-s3cret"));
+    let (_t, shipper) = via_proxy(&rx.url(), url("pr0xy-s3cret"));
     for i in 1..=100 {
         shipper.append(&payload(i, 64)).unwrap();
     }
@@ -466,7 +482,7 @@ fn an_explicit_proxy_carries_the_requests_and_keeps_its_password() {
     assert!(proxy.log().contains(&format!("127.0.0.1:{}", rx.port)), "the proxy saw no request: {}", proxy.log());
     shipper.shutdown(Duration::from_secs(2)).unwrap();
 
-    let (_t, shipper) = via_proxy(&rx, url("wr0ng-passw0rd"));
+    let (_t, shipper) = via_proxy(&rx.url(), url("wr0ng-passw0rd"));
     shipper.append(b"kept").unwrap();
     eventually("refused by the proxy", || shipper.health().last_error.is_some());
     let shown = format!("{:?}{}", shipper.health(), shipper.stats().to_prometheus());
@@ -484,17 +500,12 @@ fn the_environments_proxy_is_used_only_when_asked_for() {
     require!(TINYPROXY);
     let proxy = Tinyproxy::start(None);
     let (a, b) = (HttpReceiver::start(), HttpReceiver::start());
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "proxy_from_the_environment_child", "--nocapture"])
-        .env("HTTP_PROXY", format!("http://127.0.0.1:{}", proxy.port))
-        .env("RINGSHIP_TEST_RECEIVERS", format!("{} {}", a.url(), b.url()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the child failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    run_child(
+        "proxy_from_the_environment_child",
+        &[
+            ("HTTP_PROXY", format!("http://127.0.0.1:{}", proxy.port)),
+            ("RINGSHIP_TEST_RECEIVERS", format!("{} {}", a.url(), b.url())),
+        ],
     );
     assert_eq!((a.seqs().len(), b.seqs().len()), (20, 20));
     let log = proxy.log();
@@ -509,14 +520,7 @@ fn proxy_from_the_environment_child() {
     let urls = std::env::var("RINGSHIP_TEST_RECEIVERS").expect("run by its parent test");
     let (a, b) = urls.split_once(' ').unwrap();
     for (url, proxy) in [(a, Proxy::none()), (b, Proxy::from_env())] {
-        let t = TempRing::new();
-        let ring = Ring::open(&t.dir, small(1 << 20)).unwrap().0;
-        let shipper = Shipper::builder(ring)
-            .endpoint(Endpoint::new(url))
-            .transport(HttpTransport::factory(HttpConfig::default().format(BodyFormat::LengthPrefixed).proxy(proxy)))
-            .linger(Duration::from_millis(2))
-            .start()
-            .unwrap();
+        let (_t, shipper) = via_proxy(url, proxy);
         for i in 1..=20 {
             shipper.append(&payload(i, 16)).unwrap();
         }
@@ -534,17 +538,9 @@ fn the_default_trusts_the_bundle_ssl_cert_file_names() {
     let pki = Pki::new();
     let rx = HttpReceiver::start();
     let nginx = Nginx::start(&pki, "server", false, rx.port, false);
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "default_trust_child", "--nocapture"])
-        .env("SSL_CERT_FILE", pki.path("ca.pem"))
-        .env("RINGSHIP_TEST_RECEIVERS", nginx.url())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "the child failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    run_child(
+        "default_trust_child",
+        &[("SSL_CERT_FILE", pki.path("ca.pem").display().to_string()), ("RINGSHIP_TEST_RECEIVERS", nginx.url())],
     );
     assert_exact(&rx, 20, 16);
 }
